@@ -1,0 +1,1 @@
+//! Exact analytic testbed (work in progress).

@@ -1,0 +1,276 @@
+//! diffusers' `scheduler_config.json`, read with serde, and presets for the checkpoints people
+//! load.
+//!
+//! A checkpoint's `scheduler/scheduler_config.json` carries the training schedule (betas,
+//! `num_train_timesteps`, `prediction_type`, `steps_offset`, …) whatever sampler class it names.
+//! As in diffusers' `Scheduler.from_config`, the sampler a user picks takes the fields it knows
+//! from that file and its **own** defaults for the fields the file lacks (so an SD 1.5 config,
+//! which has no `timestep_spacing`, gives `leading` to DDPM and DDIM but `linspace` to Euler
+//! ancestral, exactly as in diffusers). Options that would change the numbers and that deradiff
+//! does not implement (`thresholding`, `rescale_betas_zero_snr`) are rejected, never ignored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schedule::{BetaSchedule, PredictionType, TimestepSpacing};
+
+/// The fields of a diffusers `scheduler_config.json` that matter to deradiff's samplers.
+/// Unknown fields are ignored; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    /// The scheduler class the checkpoint was saved with (informational).
+    #[serde(rename = "_class_name", default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Number of training timesteps `T`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_train_timesteps: Option<usize>,
+    /// First beta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_start: Option<f64>,
+    /// Last beta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_end: Option<f64>,
+    /// `linear`, `scaled_linear` or `squaredcos_cap_v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_schedule: Option<String>,
+    /// Explicit betas (overrides `beta_schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_betas: Option<Vec<f64>>,
+    /// `epsilon`, `v_prediction` or `sample`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_type: Option<String>,
+    /// `leading`, `trailing` or `linspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_spacing: Option<String>,
+    /// Offset added to leading timesteps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_offset: Option<usize>,
+    /// DDPM: `fixed_small`, `fixed_small_log`, `fixed_large`, `learned`, `learned_range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance_type: Option<String>,
+    /// DDPM / DDIM: clamp the predicted `x₀` to `[-clip_sample_range, clip_sample_range]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample: Option<bool>,
+    /// Range of `clip_sample`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample_range: Option<f64>,
+    /// DDIM: use `ᾱ = 1` (instead of `ᾱ_0`) past the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_alpha_to_one: Option<bool>,
+    /// Dynamic thresholding (Imagen); not implemented, rejected when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholding: Option<bool>,
+    /// Zero-terminal-SNR rescaling; not implemented, rejected when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale_betas_zero_snr: Option<bool>,
+}
+
+/// The presets' JSON: the `scheduler/scheduler_config.json` files of the public checkpoints.
+const SD15_JSON: &str = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000, "set_alpha_to_one": false,
+  "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null}"#;
+const SD21_JSON: &str = r#"{"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+  "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null}"#;
+const SD21_BASE_JSON: &str = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+  "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null}"#;
+const SDXL_JSON: &str = r#"{"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "interpolation_type": "linear", "num_train_timesteps": 1000,
+  "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": false, "skip_prk_steps": true,
+  "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": null, "use_karras_sigmas": false}"#;
+
+impl SchedulerConfig {
+    /// Parses a `scheduler_config.json` document.
+    pub fn from_json(json: &str) -> Result<Self> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// Reads and parses a `scheduler_config.json` file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidArgument(format!("cannot read scheduler config {}: {e}", path.display()))
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::InvalidArgument(format!("cannot parse scheduler config {}: {e}", path.display()))
+        })
+    }
+
+    fn preset(json: &str) -> Self {
+        // The presets are constants of this crate, covered by tests.
+        serde_json::from_str(json).expect("built-in scheduler preset is valid JSON")
+    }
+
+    /// `runwayml/stable-diffusion-v1-5` (scaled-linear 0.00085→0.012, ε, steps_offset 1).
+    pub fn stable_diffusion_v1_5() -> Self {
+        Self::preset(SD15_JSON)
+    }
+
+    /// `stabilityai/stable-diffusion-2-1` (768 px, v-prediction).
+    pub fn stable_diffusion_v2_1() -> Self {
+        Self::preset(SD21_JSON)
+    }
+
+    /// `stabilityai/stable-diffusion-2-1-base` (512 px, ε).
+    pub fn stable_diffusion_v2_1_base() -> Self {
+        Self::preset(SD21_BASE_JSON)
+    }
+
+    /// `stabilityai/stable-diffusion-xl-base-1.0` (leading spacing, steps_offset 1).
+    pub fn stable_diffusion_xl() -> Self {
+        Self::preset(SDXL_JSON)
+    }
+
+    pub(crate) fn reject_unsupported(&self) -> Result<()> {
+        if self.thresholding == Some(true) {
+            return Err(Error::Unsupported(
+                "thresholding = true (dynamic thresholding) is not implemented; set it to false".into(),
+            ));
+        }
+        if self.rescale_betas_zero_snr == Some(true) {
+            return Err(Error::Unsupported(
+                "rescale_betas_zero_snr = true is not implemented; set it to false".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The training schedule, filling missing fields with the given sampler class's defaults.
+    pub(crate) fn training(&self, defaults: &TrainingConfig) -> Result<TrainingConfig> {
+        self.reject_unsupported()?;
+        let num_train_timesteps = self.num_train_timesteps.unwrap_or(defaults.num_train_timesteps);
+        let (d_start, d_end) = match &defaults.beta_schedule {
+            BetaSchedule::Linear { beta_start, beta_end } | BetaSchedule::ScaledLinear { beta_start, beta_end } => {
+                (*beta_start, *beta_end)
+            }
+            _ => (1e-4, 0.02),
+        };
+        let beta_start = self.beta_start.unwrap_or(d_start);
+        let beta_end = self.beta_end.unwrap_or(d_end);
+        let beta_schedule = if let Some(betas) = &self.trained_betas {
+            BetaSchedule::Trained(betas.clone())
+        } else {
+            match self.beta_schedule.as_deref() {
+                None => defaults.beta_schedule.clone(),
+                Some("linear") => BetaSchedule::Linear { beta_start, beta_end },
+                Some("scaled_linear") => BetaSchedule::ScaledLinear { beta_start, beta_end },
+                Some("squaredcos_cap_v2") => BetaSchedule::SquaredCosCapV2,
+                Some(other) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "beta_schedule '{other}' is not one of 'linear', 'scaled_linear', 'squaredcos_cap_v2'"
+                    )))
+                }
+            }
+        };
+        Ok(TrainingConfig {
+            num_train_timesteps,
+            beta_schedule,
+            prediction_type: match &self.prediction_type {
+                Some(p) => PredictionType::from_name(p)?,
+                None => defaults.prediction_type,
+            },
+            timestep_spacing: match &self.timestep_spacing {
+                Some(s) => TimestepSpacing::from_name(s)?,
+                None => defaults.timestep_spacing,
+            },
+            steps_offset: self.steps_offset.unwrap_or(defaults.steps_offset),
+        })
+    }
+
+    /// `Some(range)` if `clip_sample` is on (diffusers default given), else `None`.
+    pub(crate) fn clip(&self, default_on: bool) -> Result<Option<f64>> {
+        if !self.clip_sample.unwrap_or(default_on) {
+            return Ok(None);
+        }
+        let range = self.clip_sample_range.unwrap_or(1.0);
+        if !(range > 0.0 && range.is_finite()) {
+            return Err(Error::InvalidConfig(format!("clip_sample_range must be positive, got {range}")));
+        }
+        Ok(Some(range))
+    }
+}
+
+/// The part of a scheduler's configuration that describes the trained model and the placement of
+/// inference steps; shared by every sampler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingConfig {
+    /// Number of training timesteps `T`.
+    pub num_train_timesteps: usize,
+    /// The betas.
+    pub beta_schedule: BetaSchedule,
+    /// What the model predicts.
+    pub prediction_type: PredictionType,
+    /// Where inference steps are placed.
+    pub timestep_spacing: TimestepSpacing,
+    /// Offset of leading timesteps.
+    pub steps_offset: usize,
+}
+
+impl TrainingConfig {
+    /// diffusers' defaults: `T = 1000`, linear betas 1e-4 → 0.02, ε-prediction, the given spacing,
+    /// no offset.
+    pub fn diffusers_default(timestep_spacing: TimestepSpacing) -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_schedule: BetaSchedule::Linear { beta_start: 1e-4, beta_end: 0.02 },
+            prediction_type: PredictionType::Epsilon,
+            timestep_spacing,
+            steps_offset: 0,
+        }
+    }
+
+    /// The Stable Diffusion training schedule (scaled-linear 0.00085 → 0.012, T = 1000).
+    pub fn stable_diffusion(
+        prediction_type: PredictionType,
+        timestep_spacing: TimestepSpacing,
+        steps_offset: usize,
+    ) -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_schedule: BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 },
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse() {
+        for c in [
+            SchedulerConfig::stable_diffusion_v1_5(),
+            SchedulerConfig::stable_diffusion_v2_1(),
+            SchedulerConfig::stable_diffusion_v2_1_base(),
+            SchedulerConfig::stable_diffusion_xl(),
+        ] {
+            assert_eq!(c.num_train_timesteps, Some(1000));
+            assert_eq!(c.steps_offset, Some(1));
+        }
+        assert_eq!(SchedulerConfig::stable_diffusion_v2_1().prediction_type.as_deref(), Some("v_prediction"));
+    }
+
+    #[test]
+    fn missing_fields_take_the_sampler_defaults() {
+        let sd15 = SchedulerConfig::stable_diffusion_v1_5();
+        let euler = sd15.training(&TrainingConfig::diffusers_default(TimestepSpacing::Linspace)).unwrap();
+        assert_eq!(euler.timestep_spacing, TimestepSpacing::Linspace);
+        let ddim = sd15.training(&TrainingConfig::diffusers_default(TimestepSpacing::Leading)).unwrap();
+        assert_eq!(ddim.timestep_spacing, TimestepSpacing::Leading);
+        assert_eq!(ddim.beta_schedule, BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 });
+    }
+
+    #[test]
+    fn unsupported_and_malformed_options_are_errors() {
+        let c = SchedulerConfig::from_json(r#"{"thresholding": true}"#).unwrap();
+        assert!(matches!(c.reject_unsupported(), Err(Error::Unsupported(_))));
+        let c = SchedulerConfig::from_json(r#"{"beta_schedule": "sigmoid"}"#).unwrap();
+        assert!(c.training(&TrainingConfig::diffusers_default(TimestepSpacing::Leading)).is_err());
+        assert!(SchedulerConfig::from_json("{ not json").is_err());
+        assert!(SchedulerConfig::from_json(r#"{"steps_offset": -1}"#).is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! The one error type of `deradiff-core`.
+//!
+//! Every bad input a user can give (a λ that is NaN, weights that do not match the number of
+//! models, a step out of range, a schedule that makes no sense, posteriors of different shapes)
+//! comes back as a variant of [`Error`] whose message says what to fix; nothing in this crate
+//! panics on user input.
+
+use candle_core::{DType, DeviceLocation, Shape};
+
+/// Errors of the core crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error raised inside candle (tensor arithmetic, allocation, device transfer).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A noise schedule or scheduler was configured with values that cannot work.
+    #[error("invalid scheduler configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A `scheduler_config.json` could not be parsed.
+    #[error("cannot parse scheduler config: {0}")]
+    ConfigParse(#[from] serde_json::Error),
+
+    /// The config asks for a feature this crate does not implement (rather than ignoring it).
+    #[error("unsupported scheduler option: {0}")]
+    Unsupported(String),
+
+    /// A step index at or past the number of inference steps.
+    #[error("step {step} is out of range: the scheduler has {num_steps} inference steps (0..{num_steps})")]
+    StepOutOfRange {
+        /// The index that was asked for.
+        step: usize,
+        /// The number of inference steps.
+        num_steps: usize,
+    },
+
+    /// Two tensors that must have the same shape do not.
+    #[error("shape mismatch in {context}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// What was being compared.
+        context: String,
+        /// The shape that was required.
+        expected: Shape,
+        /// The shape that was given.
+        got: Shape,
+    },
+
+    /// Two tensors that must have the same dtype do not.
+    #[error("dtype mismatch in {context}: expected {expected:?}, got {got:?}")]
+    DTypeMismatch {
+        /// What was being compared.
+        context: String,
+        /// The dtype that was required.
+        expected: DType,
+        /// The dtype that was given.
+        got: DType,
+    },
+
+    /// Two tensors that must live on the same device do not.
+    #[error("device mismatch in {context}: expected {expected:?}, got {got:?}")]
+    DeviceMismatch {
+        /// What was being compared.
+        context: String,
+        /// The device that was required.
+        expected: DeviceLocation,
+        /// The device that was given.
+        got: DeviceLocation,
+    },
+
+    /// Realignment weights that are NaN or infinite, or that do not sum to one.
+    #[error("invalid realignment weights: {0}")]
+    InvalidWeights(String),
+
+    /// The number of weights differs from the number of posteriors (or denoisers).
+    #[error("{weights} weights were given for {posteriors} posteriors: give exactly one weight per model")]
+    WeightCountMismatch {
+        /// Number of weights.
+        weights: usize,
+        /// Number of posteriors (models).
+        posteriors: usize,
+    },
+
+    /// A posterior variance that is negative or not finite.
+    #[error("invalid posterior variance at step {step}: {detail}")]
+    InvalidVariance {
+        /// The inference step.
+        step: usize,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The fused precision `Σ w_i / σ_i²` is zero or negative somewhere (possible for λ > 1 with
+    /// unequal variances): the geometric mixture is not a Gaussian there.
+    #[error(
+        "fused precision is not positive at step {step} (element {element}): the weights extrapolate \
+         too far for these variances; use a smaller λ, or choose PrecisionPolicy::Clamp explicitly"
+    )]
+    NonPositivePrecision {
+        /// The inference step.
+        step: usize,
+        /// Flat index of the first offending element (0 for scalar variances).
+        element: usize,
+    },
+
+    /// Variances differ across models and one of them is zero: the product of a point mass with a
+    /// Gaussian has no Gaussian limit that does not depend on how the variances went to zero.
+    #[error(
+        "cannot fuse at step {step} (element {element}): one model has zero variance and another \
+         has a positive one; zero variances can only be fused when every model has them"
+    )]
+    ZeroVarianceConflict {
+        /// The inference step.
+        step: usize,
+        /// Flat index of the first offending element (0 for scalar variances).
+        element: usize,
+    },
+
+    /// The fused mean or variance overflowed.
+    #[error("fusion at step {step} produced a non-finite value (element {element})")]
+    NonFiniteFusion {
+        /// The inference step.
+        step: usize,
+        /// Flat index of the first offending element.
+        element: usize,
+    },
+
+    /// A latent became NaN or infinite during sampling.
+    #[error("the latent became non-finite at step {step} (timestep {timestep}); the sampling run was stopped")]
+    NonFiniteLatent {
+        /// The inference step that produced it.
+        step: usize,
+        /// The training timestep of that step.
+        timestep: f64,
+    },
+
+    /// No models were given where at least one is needed.
+    #[error("no models: give at least one denoiser / posterior")]
+    NoModels,
+
+    /// An invalid argument that fits none of the above.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An error from a user-supplied [`crate::Denoiser`] or observer.
+    #[error("denoiser error: {0}")]
+    Denoiser(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result alias of the core crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps any error of a user's own [`crate::Denoiser`] implementation.
+    pub fn denoiser<E: std::error::Error + Send + Sync + 'static>(err: E) -> Self {
+        Error::Denoiser(Box::new(err))
+    }
+}

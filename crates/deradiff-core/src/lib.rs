@@ -1,0 +1,53 @@
+//! # deradiff-core
+//!
+//! The core of [deradiff](https://github.com/deradiff/deradiff): denoising-time realignment of
+//! diffusion models (DeRaDiff). At every reverse step each model's scheduler posterior
+//! `N(μ_i, σ_i²)` is computed exactly as HuggingFace diffusers does, and the step is taken from
+//! their normalised geometric mixture `Π_i N(μ_i, σ_i²)^{w_i}` (paper eq. 5), a Gaussian in closed
+//! form (Theorem 1, eq. 7; A.4, eqs. 34–35). With a reference and a model aligned at KL strength
+//! β, weights `[1 − λ, λ]` emulate the model aligned at β/λ without training.
+//!
+//! * [`Scheduler`] — [`Ddpm`], [`Ddim`], [`EulerAncestral`]: stateless, `posterior(x, out, step)`.
+//! * [`Realigner`] — fuses K posteriors ([`fusion`] holds the scalar math).
+//! * [`Denoiser`] — the model interface; [`Sampler`] — the loop of Algorithm 1 with seeded
+//!   noise ([`SeededNoise`]) and an [`Observer`] per step.
+//! * [`SchedulerConfig`] — diffusers' `scheduler_config.json` and presets (SD 1.5, SD 2.1, SDXL).
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use deradiff_core::*;
+//!
+//! let scheduler = SchedulerKind::EulerAncestral.build(&SchedulerConfig::stable_diffusion_xl(), 20)?;
+//! let reference = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.zeros_like()?));
+//! let aligned = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.01, 0.0)?));
+//! let sampler = Sampler::new(scheduler.as_ref(), vec![&reference, &aligned], Realigner::two_model(0.5)?)?;
+//! let out = sampler.run(&[1, 4, 8, 8], DType::F32, &Device::Cpu, &mut SeededNoise::new(42), &mut NoObserver)?;
+//! assert_eq!(out.steps_taken, 20);
+//! # Ok::<(), deradiff_core::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod denoiser;
+pub mod error;
+pub mod fusion;
+pub mod noise;
+pub mod posterior;
+pub mod realigner;
+pub mod sampler;
+pub mod schedule;
+pub mod scheduler;
+
+pub use config::{SchedulerConfig, TrainingConfig};
+pub use denoiser::{Denoiser, FnDenoiser};
+pub use error::{Error, Result};
+pub use fusion::PrecisionPolicy;
+pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
+pub use posterior::{Posterior, Variance};
+pub use realigner::Realigner;
+pub use sampler::{Flow, NoObserver, Observer, SampleOutput, Sampler, StepEvent};
+pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing};
+pub use scheduler::{
+    Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler, SchedulerKind, VarianceType,
+};

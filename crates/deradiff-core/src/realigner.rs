@@ -1,0 +1,380 @@
+//! The [`Realigner`]: fuses K Gaussian posteriors into the stepwise geometric mixture of
+//! DeRaDiff (paper eq. 5, Theorem 1, A.4).
+//!
+//! The arithmetic is [`crate::fusion::FusionPlan`]'s; this module validates inputs, chooses the
+//! weights of the step, and applies the plan to tensors:
+//! * all variances scalar → one plan per step, and the fused mean is the linear combination
+//!   `Σ α_i μ_i` (one pass over memory on CPU, candle ops elsewhere);
+//! * any variance diagonal → one plan per element (on CPU, in f64).
+
+use candle_core::{DType, Device, Tensor};
+use num_traits::Float;
+
+use crate::error::{Error, Result};
+use crate::fusion::{FusionFailure, FusionPlan, PrecisionPolicy};
+use crate::posterior::{Posterior, Variance};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Weights {
+    Constant(Vec<f64>),
+    PerStep(Vec<Vec<f64>>),
+}
+
+/// Fuses the posteriors of K models with weights `w` (`Σ w = 1`):
+/// `p̂ ∝ Π_i N(μ_i, σ_i²)^{w_i}`.
+///
+/// * two models (reference, aligned at β): `w = [1 − λ, λ]` emulates the model aligned at β/λ;
+///   λ > 1 extrapolates;
+/// * K aligned models (one per reward, paper A.4): `w = [1 − Σλ_i, λ_1, …, λ_K]`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use deradiff_core::{Posterior, Realigner};
+/// let dev = Device::Cpu;
+/// let reference = Posterior::scalar(Tensor::new(&[0.0f32, 1.0], &dev)?, 0.5);
+/// let aligned = Posterior::scalar(Tensor::new(&[2.0f32, 3.0], &dev)?, 0.5);
+/// let fused = Realigner::two_model(0.25)?.fuse(&[reference, aligned], 0)?;
+/// assert_eq!(fused.mean.to_vec1::<f32>()?, vec![0.5, 1.5]);
+/// assert_eq!(fused.variance.as_scalar(), Some(0.5));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Realigner {
+    weights: Weights,
+    policy: PrecisionPolicy,
+}
+
+fn validate_weights(w: &[f64], what: &str) -> Result<()> {
+    if w.is_empty() {
+        return Err(Error::InvalidWeights(format!("{what}: no weights; give one weight per model")));
+    }
+    if let Some((i, x)) = w.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(Error::InvalidWeights(format!("{what}: weight {i} is {x}; weights must be finite numbers")));
+    }
+    let sum: f64 = w.iter().sum();
+    let scale: f64 = w.iter().map(|x| x.abs()).sum::<f64>().max(1.0);
+    if (sum - 1.0).abs() > 1e-9 * scale {
+        return Err(Error::InvalidWeights(format!(
+            "{what}: weights {w:?} sum to {sum}, not 1; the geometric mixture needs Σ w = 1 \
+             (use Realigner::two_model or multi_reward to get the reference weight right)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_lambda(lambda: f64) -> Result<()> {
+    if !lambda.is_finite() {
+        return Err(Error::InvalidWeights(format!("λ = {lambda}; λ must be a finite number")));
+    }
+    Ok(())
+}
+
+impl Realigner {
+    /// Fixed weights, one per model, summing to one (within 1e-9 relative).
+    pub fn new(weights: Vec<f64>) -> Result<Self> {
+        validate_weights(&weights, "weights")?;
+        Ok(Self { weights: Weights::Constant(weights), policy: PrecisionPolicy::Error })
+    }
+
+    /// Reference and one aligned model: weights `[1 − λ, λ]` (paper eq. 7). λ = 0 is the
+    /// reference, λ = 1 the aligned model, λ > 1 extrapolates toward smaller β.
+    pub fn two_model(lambda: f64) -> Result<Self> {
+        validate_lambda(lambda)?;
+        Self::new(vec![1.0 - lambda, lambda])
+    }
+
+    /// Reference and K aligned models: weights `[1 − Σλ_i, λ_1, …, λ_K]` (paper A.4, eqs. 34–35).
+    pub fn multi_reward(lambdas: &[f64]) -> Result<Self> {
+        if lambdas.is_empty() {
+            return Err(Error::InvalidWeights("multi_reward needs at least one λ".into()));
+        }
+        for &l in lambdas {
+            validate_lambda(l)?;
+        }
+        let mut w = Vec::with_capacity(lambdas.len() + 1);
+        w.push(1.0 - lambdas.iter().sum::<f64>());
+        w.extend_from_slice(lambdas);
+        Self::new(w)
+    }
+
+    /// A weight vector per inference step (`weights[step]`), each summing to one.
+    pub fn per_step(weights: Vec<Vec<f64>>) -> Result<Self> {
+        let k = weights.first().map(Vec::len).unwrap_or(0);
+        if weights.is_empty() {
+            return Err(Error::InvalidWeights("per_step: no steps given".into()));
+        }
+        for (s, w) in weights.iter().enumerate() {
+            if w.len() != k {
+                return Err(Error::InvalidWeights(format!(
+                    "per_step: step {s} has {} weights but step 0 has {k}",
+                    w.len()
+                )));
+            }
+            validate_weights(w, &format!("step {s}"))?;
+        }
+        Ok(Self { weights: Weights::PerStep(weights), policy: PrecisionPolicy::Error })
+    }
+
+    /// Two models with a λ per inference step (`lambdas[step]`), e.g. to realign only late steps.
+    pub fn two_model_per_step(lambdas: &[f64]) -> Result<Self> {
+        for &l in lambdas {
+            validate_lambda(l)?;
+        }
+        Self::per_step(lambdas.iter().map(|&l| vec![1.0 - l, l]).collect())
+    }
+
+    /// Chooses what happens where the fused Gaussian does not exist (default: an error).
+    pub fn with_policy(mut self, policy: PrecisionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> PrecisionPolicy {
+        self.policy
+    }
+
+    /// Number of models this realigner expects.
+    pub fn num_models(&self) -> usize {
+        match &self.weights {
+            Weights::Constant(w) => w.len(),
+            Weights::PerStep(ws) => ws[0].len(),
+        }
+    }
+
+    /// The weights used at `step`. Errors past the end of a per-step schedule.
+    pub fn weights(&self, step: usize) -> Result<&[f64]> {
+        match &self.weights {
+            Weights::Constant(w) => Ok(w),
+            Weights::PerStep(ws) => ws.get(step).map(Vec::as_slice).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the realigner's weight schedule has {} steps; step {step} has no weights",
+                    ws.len()
+                ))
+            }),
+        }
+    }
+
+    /// Fuses the posteriors of step `step` (one per model, in weight order).
+    ///
+    /// Errors (never NaN/Inf) for: a count that differs from the weights; means of different
+    /// shape, dtype or device; a diagonal variance of the wrong shape; a negative or non-finite
+    /// variance; a zero variance beside a positive one or a non-positive fused precision (unless
+    /// the policy says otherwise); a result that overflows.
+    pub fn fuse(&self, posteriors: &[Posterior], step: usize) -> Result<Posterior> {
+        let weights = self.weights(step)?;
+        if posteriors.is_empty() {
+            return Err(Error::NoModels);
+        }
+        if posteriors.len() != weights.len() {
+            return Err(Error::WeightCountMismatch { weights: weights.len(), posteriors: posteriors.len() });
+        }
+        check_posteriors(posteriors)?;
+        let scalars: Option<Vec<f64>> = posteriors.iter().map(|p| p.variance.as_scalar()).collect();
+        match scalars {
+            Some(vars) => self.fuse_scalar(weights, posteriors, &vars, step),
+            None => self.fuse_diagonal(weights, posteriors, step),
+        }
+    }
+
+    fn fuse_scalar(&self, weights: &[f64], posteriors: &[Posterior], vars: &[f64], step: usize) -> Result<Posterior> {
+        let plan = FusionPlan::new(weights, vars, self.policy).map_err(|f| failure(f, step, 0))?;
+        let variance = plan.variance();
+        let terms: Vec<(f64, &Tensor)> = weights
+            .iter()
+            .zip(vars)
+            .zip(posteriors)
+            .filter(|((&w, _), _)| w != 0.0)
+            .map(|((&w, &v), p)| (plan.coefficient(w, v), &p.mean))
+            .collect();
+        if let [(c, mean)] = terms.as_slice() {
+            if *c == 1.0 {
+                return Ok(Posterior::scalar((*mean).clone(), variance));
+            }
+        }
+        let mean = linear_combination(&terms, step)?;
+        Ok(Posterior::scalar(mean, variance))
+    }
+
+    fn fuse_diagonal(&self, weights: &[f64], posteriors: &[Posterior], step: usize) -> Result<Posterior> {
+        let first = &posteriors[0].mean;
+        let (shape, dtype, device) = (first.shape().clone(), first.dtype(), first.device().clone());
+        let n = first.elem_count();
+        let to_vec = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        };
+        let means: Vec<Vec<f64>> = posteriors.iter().map(|p| to_vec(&p.mean)).collect::<Result<_>>()?;
+        enum Var {
+            Scalar(f64),
+            Diag(Vec<f64>),
+        }
+        let variances: Vec<Var> = posteriors
+            .iter()
+            .map(|p| {
+                Ok(match &p.variance {
+                    Variance::Scalar(v) => Var::Scalar(*v),
+                    Variance::Diagonal(t) => Var::Diag(to_vec(t)?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let k = weights.len();
+        let mut v = vec![0.0f64; k];
+        let mut out_mean = Vec::with_capacity(n);
+        let mut out_var = Vec::with_capacity(n);
+        for j in 0..n {
+            for (slot, var) in v.iter_mut().zip(&variances) {
+                *slot = match var {
+                    Var::Scalar(s) => *s,
+                    Var::Diag(d) => d[j],
+                };
+            }
+            let plan = FusionPlan::new(weights, &v, self.policy).map_err(|f| failure(f, step, j))?;
+            let mut m = 0.0;
+            for i in 0..k {
+                if weights[i] != 0.0 {
+                    m += plan.coefficient(weights[i], v[i]) * means[i][j];
+                }
+            }
+            let var = plan.variance();
+            if !m.is_finite() || !var.is_finite() {
+                return Err(Error::NonFiniteFusion { step, element: j });
+            }
+            out_mean.push(m);
+            out_var.push(var);
+        }
+        let back = |data: Vec<f64>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(data, shape.clone(), &Device::Cpu)?.to_dtype(dtype)?.to_device(&device)?)
+        };
+        Ok(Posterior { mean: back(out_mean)?, variance: Variance::Diagonal(back(out_var)?) })
+    }
+}
+
+fn failure(f: FusionFailure, step: usize, element: usize) -> Error {
+    match f {
+        FusionFailure::InvalidVariance => Error::InvalidVariance {
+            step,
+            detail: format!("element {element} has a negative or non-finite variance"),
+        },
+        FusionFailure::NonPositivePrecision => Error::NonPositivePrecision { step, element },
+        FusionFailure::ZeroVarianceConflict => Error::ZeroVarianceConflict { step, element },
+        FusionFailure::NonFinite => Error::NonFiniteFusion { step, element },
+        FusionFailure::LengthMismatch => Error::InvalidArgument("weights and variances differ in length".into()),
+    }
+}
+
+fn check_posteriors(posteriors: &[Posterior]) -> Result<()> {
+    let first = &posteriors[0].mean;
+    for (i, p) in posteriors.iter().enumerate() {
+        let m = &p.mean;
+        if m.shape() != first.shape() {
+            return Err(Error::ShapeMismatch {
+                context: format!("posterior mean of model {i} vs model 0"),
+                expected: first.shape().clone(),
+                got: m.shape().clone(),
+            });
+        }
+        if m.dtype() != first.dtype() {
+            return Err(Error::DTypeMismatch {
+                context: format!("posterior mean of model {i} vs model 0"),
+                expected: first.dtype(),
+                got: m.dtype(),
+            });
+        }
+        if !m.device().same_device(first.device()) {
+            return Err(Error::DeviceMismatch {
+                context: format!("posterior mean of model {i} vs model 0"),
+                expected: first.device().location(),
+                got: m.device().location(),
+            });
+        }
+        if let Variance::Diagonal(v) = &p.variance {
+            if v.shape() != m.shape() {
+                return Err(Error::ShapeMismatch {
+                    context: format!("diagonal variance of model {i} vs its mean"),
+                    expected: m.shape().clone(),
+                    got: v.shape().clone(),
+                });
+            }
+            if !v.device().same_device(m.device()) {
+                return Err(Error::DeviceMismatch {
+                    context: format!("diagonal variance of model {i} vs its mean"),
+                    expected: m.device().location(),
+                    got: v.device().location(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Σ c_i t_i` for tensors of one shape, dtype and device.
+fn linear_combination(terms: &[(f64, &Tensor)], step: usize) -> Result<Tensor> {
+    let first = terms[0].1;
+    if first.device().is_cpu() {
+        match first.dtype() {
+            DType::F32 => return combine_cpu::<f32>(terms, step),
+            DType::F64 => return combine_cpu::<f64>(terms, step),
+            _ => {}
+        }
+    }
+    // Other devices and dtypes: candle's own ops, in f32 for half precision.
+    let dtype = first.dtype();
+    let cdt = crate::scheduler::compute_dtype(dtype);
+    let mut acc: Option<Tensor> = None;
+    for (c, t) in terms {
+        let term = t.to_dtype(cdt)?.affine(*c, 0.0)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    let acc = acc.ok_or(Error::NoModels)?;
+    Ok(acc.to_dtype(dtype)?)
+}
+
+/// One pass over memory for the first two terms, then one per further term, with the finiteness
+/// check folded into the last pass.
+fn combine_cpu<T>(terms: &[(f64, &Tensor)], step: usize) -> Result<Tensor>
+where
+    T: Float + candle_core::WithDType,
+{
+    if terms.iter().any(|(_, t)| !t.is_contiguous()) {
+        let contiguous: Vec<(f64, Tensor)> =
+            terms.iter().map(|(c, t)| Ok((*c, t.contiguous()?))).collect::<Result<_>>()?;
+        let refs: Vec<(f64, &Tensor)> = contiguous.iter().map(|(c, t)| (*c, t)).collect();
+        return combine_cpu::<T>(&refs, step);
+    }
+    let first = terms[0].1;
+    let guards: Vec<_> = terms.iter().map(|(_, t)| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[T]> = Vec::with_capacity(terms.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            return Err(Error::InvalidArgument("expected a CPU tensor".into()));
+        };
+        let data = cpu.as_slice::<T>()?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::InvalidArgument("expected a contiguous tensor".into()))?;
+        slices.push(&data[start..end]);
+    }
+    let coeffs: Vec<T> = terms.iter().map(|(c, _)| T::from(*c).unwrap_or_else(T::nan)).collect();
+    let mut out: Vec<T> = match (slices.as_slice(), coeffs.as_slice()) {
+        ([a, b, ..], [ca, cb, ..]) => a.iter().zip(b.iter()).map(|(&x, &y)| *ca * x + *cb * y).collect(),
+        ([a], [ca]) => a.iter().map(|&x| *ca * x).collect(),
+        _ => return Err(Error::NoModels),
+    };
+    for (s, &c) in slices.iter().zip(&coeffs).skip(2) {
+        for (o, &x) in out.iter_mut().zip(s.iter()) {
+            *o = *o + c * x;
+        }
+    }
+    // x − x is 0 for finite x and NaN for NaN/±Inf: a branch-free, vectorisable check.
+    let probe = out.iter().fold(T::zero(), |acc, &x| acc + (x - x));
+    if probe != T::zero() || probe.is_nan() {
+        let element = out.iter().position(|x| !x.is_finite()).unwrap_or(0);
+        return Err(Error::NonFiniteFusion { step, element });
+    }
+    drop(slices);
+    drop(guards);
+    Ok(Tensor::from_vec(out, first.shape().clone(), &Device::Cpu)?)
+}

@@ -1,0 +1,164 @@
+//! The realigned sampling loop: paper Algorithm 1 for any scheduler and K models.
+
+use candle_core::{DType, Device, Shape, Tensor};
+
+use crate::denoiser::Denoiser;
+use crate::error::{Error, Result};
+use crate::noise::NoiseSource;
+use crate::posterior::Posterior;
+use crate::realigner::Realigner;
+use crate::scheduler::Scheduler;
+
+/// What an [`Observer`] sees after each step.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// The inference step just taken (0-based).
+    pub step: usize,
+    /// Number of inference steps of the run.
+    pub num_steps: usize,
+    /// Its training timestep.
+    pub timestep: f64,
+    /// Each model's posterior at this step.
+    pub posteriors: &'a [Posterior],
+    /// The fused posterior.
+    pub fused: &'a Posterior,
+    /// The new latent `x_{t-1}`.
+    pub latent: &'a Tensor,
+}
+
+/// Whether the loop goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Take the next step.
+    Continue,
+    /// Stop now and return the current latent.
+    Stop,
+}
+
+/// Called after every step: progress bars, tracing latents, early stopping.
+pub trait Observer {
+    /// Sees the step; returning [`Flow::Stop`] ends the run early; an error aborts it.
+    fn on_step(&mut self, event: &StepEvent<'_>) -> Result<Flow>;
+}
+
+impl<F: FnMut(&StepEvent<'_>) -> Flow> Observer for F {
+    fn on_step(&mut self, event: &StepEvent<'_>) -> Result<Flow> {
+        Ok(self(event))
+    }
+}
+
+/// An observer that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn on_step(&mut self, _event: &StepEvent<'_>) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+}
+
+/// The result of a sampling run.
+#[derive(Debug, Clone)]
+pub struct SampleOutput {
+    /// The final latent (`x_0`, or the latent at the step an observer stopped at).
+    pub latent: Tensor,
+    /// Number of steps taken.
+    pub steps_taken: usize,
+    /// Whether an observer stopped the run before the last step.
+    pub stopped_early: bool,
+}
+
+/// A scheduler, K denoisers and a realigner: everything of a realigned sampling run but the
+/// noise.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use deradiff_core::*;
+///
+/// // Two toy models that predict different constant noise.
+/// let reference = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.zeros_like()?));
+/// let aligned = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.ones_like()?.affine(0.1, 0.0)?));
+/// let scheduler = Ddim::new(DdimConfig::default(), 10)?;
+/// let sampler = Sampler::new(&scheduler, vec![&reference, &aligned], Realigner::two_model(0.5)?)?;
+/// let out = sampler.run(&[2, 4], DType::F32, &Device::Cpu, &mut SeededNoise::new(0), &mut NoObserver)?;
+/// assert_eq!(out.latent.dims(), &[2, 4]);
+/// # Ok::<(), deradiff_core::Error>(())
+/// ```
+pub struct Sampler<'a> {
+    scheduler: &'a dyn Scheduler,
+    denoisers: Vec<&'a dyn Denoiser>,
+    realigner: Realigner,
+}
+
+impl<'a> Sampler<'a> {
+    /// Checks that there is one weight per denoiser.
+    pub fn new(scheduler: &'a dyn Scheduler, denoisers: Vec<&'a dyn Denoiser>, realigner: Realigner) -> Result<Self> {
+        if denoisers.is_empty() {
+            return Err(Error::NoModels);
+        }
+        if denoisers.len() != realigner.num_models() {
+            return Err(Error::WeightCountMismatch { weights: realigner.num_models(), posteriors: denoisers.len() });
+        }
+        Ok(Self { scheduler, denoisers, realigner })
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &dyn Scheduler {
+        self.scheduler
+    }
+
+    /// The realigner.
+    pub fn realigner(&self) -> &Realigner {
+        &self.realigner
+    }
+
+    /// Samples from `x_T ~ N(0, init_noise_sigma² I)` of the given shape: the first draw of
+    /// `noise` is `x_T`'s, then one draw per step.
+    pub fn run(
+        &self,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &Device,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> Result<SampleOutput> {
+        let z = noise.standard_normal(&shape.into(), dtype, device)?;
+        self.run_from(&z, noise, observer)
+    }
+
+    /// Samples from a given standard-normal `z_T` (scaled here by the scheduler's
+    /// `init_noise_sigma`, as diffusers' pipelines do); `noise` gives one draw per step.
+    pub fn run_from(&self, z_t: &Tensor, noise: &mut dyn NoiseSource, observer: &mut dyn Observer) -> Result<SampleOutput> {
+        let sched = self.scheduler;
+        let num_steps = sched.num_steps();
+        let mut x = z_t.affine(sched.init_noise_sigma(), 0.0)?;
+        let mut posteriors = Vec::with_capacity(self.denoisers.len());
+        for step in 0..num_steps {
+            let timestep = sched.timestep(step)?;
+            let x_in = sched.scale_model_input(&x, step)?;
+            posteriors.clear();
+            for denoiser in &self.denoisers {
+                let out = denoiser.predict(&x_in, timestep)?;
+                posteriors.push(sched.posterior(&x, &out, step)?);
+            }
+            let fused = self.realigner.fuse(&posteriors, step)?;
+            let z = noise.standard_normal(x.shape(), x.dtype(), x.device())?;
+            x = fused.sample_with(&z)?;
+            if !is_finite(&x)? {
+                return Err(Error::NonFiniteLatent { step, timestep });
+            }
+            let event = StepEvent { step, num_steps, timestep, posteriors: &posteriors, fused: &fused, latent: &x };
+            if observer.on_step(&event)? == Flow::Stop {
+                let stopped_early = step + 1 < num_steps;
+                return Ok(SampleOutput { latent: x, steps_taken: step + 1, stopped_early });
+            }
+        }
+        Ok(SampleOutput { latent: x, steps_taken: num_steps, stopped_early: false })
+    }
+}
+
+/// Whether every element is finite: `Σ (x − x)` is 0 exactly then, NaN otherwise.
+fn is_finite(x: &Tensor) -> Result<bool> {
+    let probe = (x - x)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(probe == 0.0)
+}

@@ -1,0 +1,152 @@
+//! DDIM (Song et al. 2021, eq. 12), as diffusers' `DDIMScheduler`.
+
+use candle_core::Tensor;
+
+use super::{check_compatible, check_step, compute_dtype, lin2, predict_x0_vp, Scheduler};
+use crate::config::{SchedulerConfig, TrainingConfig};
+use crate::error::{Error, Result};
+use crate::posterior::{Posterior, Variance};
+use crate::schedule::{inference_timesteps, NoiseSchedule, PredictionType, TimestepSpacing};
+
+/// Configuration of [`Ddim`]; [`Default`] is diffusers' `DDIMScheduler()` with `η = 0`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdimConfig {
+    /// Training schedule and step placement.
+    pub training: TrainingConfig,
+    /// Stochasticity `η ∈ [0, 1]`: 0 is deterministic DDIM, 1 has DDPM's posterior variance.
+    pub eta: f64,
+    /// Past the last step use `ᾱ = 1` (true) or `ᾱ_0` (false).
+    pub set_alpha_to_one: bool,
+    /// Clamp `x̂₀` to `[-r, r]` (`clip_sample`); diffusers' default is on with `r = 1`.
+    pub clip_sample: Option<f64>,
+    /// Recompute ε from the clipped `x̂₀` (diffusers' `use_clipped_model_output`).
+    pub use_clipped_model_output: bool,
+}
+
+impl Default for DdimConfig {
+    fn default() -> Self {
+        Self {
+            training: TrainingConfig::diffusers_default(TimestepSpacing::Leading),
+            eta: 0.0,
+            set_alpha_to_one: true,
+            clip_sample: Some(1.0),
+            use_clipped_model_output: false,
+        }
+    }
+}
+
+impl DdimConfig {
+    /// From a checkpoint's `scheduler_config.json`, with `DDIMScheduler`'s defaults for missing
+    /// fields (`η` is a sampling choice, not part of the file: 0 here).
+    pub fn from_diffusers(config: &SchedulerConfig) -> Result<Self> {
+        let d = Self::default();
+        Ok(Self {
+            training: config.training(&d.training)?,
+            set_alpha_to_one: config.set_alpha_to_one.unwrap_or(d.set_alpha_to_one),
+            clip_sample: config.clip(true)?,
+            ..d
+        })
+    }
+}
+
+/// DDIM: `μ = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ_t²) ε̂`, `σ_t² = η² (1−ᾱ_prev)/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_prev)`.
+///
+/// The previous timestep is `t − T / n` (integer division) whatever the spacing, exactly as
+/// diffusers; with `η = 0` every step has variance 0.
+#[derive(Debug, Clone)]
+pub struct Ddim {
+    config: DdimConfig,
+    schedule: NoiseSchedule,
+    timesteps: Vec<f64>,
+    final_alpha_cumprod: f64,
+}
+
+impl Ddim {
+    /// A DDIM sampler with `num_inference_steps` steps. Errors if `η` is outside `[0, 1]`.
+    pub fn new(config: DdimConfig, num_inference_steps: usize) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.eta) {
+            return Err(Error::InvalidConfig(format!("DDIM eta must lie in [0, 1], got {}", config.eta)));
+        }
+        let schedule = NoiseSchedule::new(&config.training.beta_schedule, config.training.num_train_timesteps)?;
+        let timesteps = inference_timesteps(
+            config.training.timestep_spacing,
+            schedule.num_train_timesteps(),
+            num_inference_steps,
+            config.training.steps_offset,
+            false,
+        )?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod()[0] };
+        Ok(Self { config, schedule, timesteps, final_alpha_cumprod })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DdimConfig {
+        &self.config
+    }
+
+    /// The noise schedule.
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+}
+
+impl Scheduler for Ddim {
+    fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.num_steps())?;
+        Ok(x.clone())
+    }
+
+    fn prediction_type(&self) -> PredictionType {
+        self.config.training.prediction_type
+    }
+
+    fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {
+        check_step(step, self.num_steps())?;
+        check_compatible(x, model_output, 1)?;
+        let dtype = x.dtype();
+        let cdt = compute_dtype(dtype);
+        let (x, model_output) = (x.to_dtype(cdt)?, model_output.to_dtype(cdt)?);
+
+        let ac = self.schedule.alphas_cumprod();
+        let t = self.timesteps[step] as i64;
+        let prev_t = t - (self.schedule.num_train_timesteps() / self.num_steps()) as i64;
+        let alpha_prod_t = ac[t as usize];
+        let alpha_prod_t_prev = if prev_t >= 0 { ac[prev_t as usize] } else { self.final_alpha_cumprod };
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+        let prediction = self.config.training.prediction_type;
+
+        let x0 = predict_x0_vp(&x, &model_output, prediction, alpha_prod_t, self.config.clip_sample)?;
+        let eps = if self.config.use_clipped_model_output {
+            lin2(&x, 1.0 / beta_prod_t.sqrt(), &x0, -alpha_prod_t.sqrt() / beta_prod_t.sqrt())?
+        } else {
+            match prediction {
+                PredictionType::Epsilon => model_output,
+                PredictionType::Sample => {
+                    lin2(&x, 1.0 / beta_prod_t.sqrt(), &x0, -alpha_prod_t.sqrt() / beta_prod_t.sqrt())?
+                }
+                PredictionType::VPrediction => lin2(&model_output, alpha_prod_t.sqrt(), &x, beta_prod_t.sqrt())?,
+            }
+        };
+
+        // Song et al. eq. 16 with η.
+        let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
+        let std_dev_t = self.config.eta * variance.sqrt();
+        let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).max(0.0).sqrt();
+        let mean = lin2(&x0, alpha_prod_t_prev.sqrt(), &eps, direction)?.to_dtype(dtype)?;
+        let var = if self.config.eta > 0.0 { std_dev_t * std_dev_t } else { 0.0 };
+        Ok(Posterior { mean, variance: Variance::Scalar(var) })
+    }
+}

@@ -1,0 +1,163 @@
+//! Schedulers: the Gaussian posterior `p(x_{t-1} | x_t)` of each reverse step.
+//!
+//! Unlike diffusers' `step`, which draws the noise and returns a sample (and, for Euler ancestral,
+//! advances a hidden `_step_index`), a [`Scheduler`] here is **stateless** and returns the
+//! posterior's mean and variance for a step index. That is what DeRaDiff fuses (paper Algorithm 1,
+//! lines 10–11), and it is safe to call once per model per step.
+
+mod ddim;
+mod ddpm;
+mod euler_ancestral;
+
+pub use ddim::{Ddim, DdimConfig};
+pub use ddpm::{Ddpm, DdpmConfig, VarianceType};
+pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
+
+use candle_core::{DType, Tensor};
+
+use crate::config::SchedulerConfig;
+use crate::error::{Error, Result};
+use crate::posterior::Posterior;
+use crate::schedule::PredictionType;
+
+/// A sampler's reverse step as a Gaussian posterior.
+///
+/// Implementations follow diffusers' numerics (the reference users trust). `x` is the current
+/// latent `x_t` in the scheduler's own parameterisation (for Euler ancestral, the
+/// variance-exploding `x = x_VP · √(σ² + 1)`); `model_output` is the denoiser's output for
+/// [`Scheduler::scale_model_input`]`(x, step)`.
+pub trait Scheduler: Send + Sync {
+    /// Number of inference steps.
+    fn num_steps(&self) -> usize;
+
+    /// The training timestep of each inference step, descending (fractional for Euler ancestral
+    /// with `linspace` spacing).
+    fn timesteps(&self) -> &[f64];
+
+    /// Standard deviation of the initial latent `x_T` (1 for DDPM/DDIM).
+    fn init_noise_sigma(&self) -> f64;
+
+    /// The denoiser input for `x` at `step` (identity for DDPM/DDIM, `x / √(σ² + 1)` for Euler).
+    fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor>;
+
+    /// The Gaussian posterior `N(μ, σ²)` of `x_{t-1}` given `x_t = x` and the model output.
+    fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior>;
+
+    /// What the model output is expected to be.
+    fn prediction_type(&self) -> PredictionType;
+
+    /// The training timestep of `step`.
+    fn timestep(&self, step: usize) -> Result<f64> {
+        self.timesteps()
+            .get(step)
+            .copied()
+            .ok_or(Error::StepOutOfRange { step, num_steps: self.num_steps() })
+    }
+}
+
+/// The samplers deradiff implements, for choosing one at run time (for example from a command
+/// line) together with a checkpoint's [`SchedulerConfig`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SchedulerKind {
+    /// DDPM ancestral sampling (variance from the config's `variance_type`).
+    Ddpm,
+    /// DDIM with the given `η` (0 = deterministic).
+    Ddim {
+        /// Stochasticity `η ∈ [0, 1]`.
+        eta: f64,
+    },
+    /// Euler ancestral (k-diffusion's `sample_euler_ancestral`).
+    EulerAncestral,
+}
+
+impl SchedulerKind {
+    /// Builds this sampler for `num_inference_steps` from a checkpoint's scheduler config, the
+    /// way diffusers' `from_config` does (this sampler's defaults for missing fields).
+    pub fn build(&self, config: &SchedulerConfig, num_inference_steps: usize) -> Result<Box<dyn Scheduler>> {
+        Ok(match *self {
+            SchedulerKind::Ddpm => Box::new(Ddpm::new(DdpmConfig::from_diffusers(config)?, num_inference_steps)?),
+            SchedulerKind::Ddim { eta } => {
+                let mut c = DdimConfig::from_diffusers(config)?;
+                c.eta = eta;
+                Box::new(Ddim::new(c, num_inference_steps)?)
+            }
+            SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(
+                EulerAncestralConfig::from_diffusers(config)?,
+                num_inference_steps,
+            )?),
+        })
+    }
+}
+
+/// The dtype posterior arithmetic runs in: half precision is upcast to f32 (as diffusers'
+/// Euler ancestral does), f32 and f64 stay as they are.
+pub(crate) fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+pub(crate) fn check_step(step: usize, num_steps: usize) -> Result<()> {
+    if step >= num_steps {
+        return Err(Error::StepOutOfRange { step, num_steps });
+    }
+    Ok(())
+}
+
+/// Checks that `b` has `a`'s dtype and device, and (unless `channels_factor` ≠ 1 is allowed)
+/// its shape.
+pub(crate) fn check_compatible(x: &Tensor, model_output: &Tensor, output_channels_factor: usize) -> Result<()> {
+    if x.dtype() != model_output.dtype() {
+        return Err(Error::DTypeMismatch {
+            context: "model output vs latent".into(),
+            expected: x.dtype(),
+            got: model_output.dtype(),
+        });
+    }
+    if !x.device().same_device(model_output.device()) {
+        return Err(Error::DeviceMismatch {
+            context: "model output vs latent".into(),
+            expected: x.device().location(),
+            got: model_output.device().location(),
+        });
+    }
+    let mut expected = x.dims().to_vec();
+    if output_channels_factor != 1 && expected.len() >= 2 {
+        expected[1] *= output_channels_factor;
+    }
+    if model_output.dims() != expected.as_slice() {
+        return Err(Error::ShapeMismatch {
+            context: "model output vs latent".into(),
+            expected: expected.into(),
+            got: model_output.shape().clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `a · x + b · y`, in `x`'s dtype.
+pub(crate) fn lin2(x: &Tensor, a: f64, y: &Tensor, b: f64) -> Result<Tensor> {
+    Ok((x.affine(a, 0.0)? + y.affine(b, 0.0)?)?)
+}
+
+/// The predicted clean sample `x̂₀` of the variance-preserving parameterisation
+/// (`x_t = √ᾱ x₀ + √(1−ᾱ) ε`), optionally clipped, as diffusers' DDPM and DDIM compute it.
+pub(crate) fn predict_x0_vp(
+    x: &Tensor,
+    model_output: &Tensor,
+    prediction: PredictionType,
+    alpha_prod_t: f64,
+    clip: Option<f64>,
+) -> Result<Tensor> {
+    let beta_prod_t = 1.0 - alpha_prod_t;
+    let x0 = match prediction {
+        PredictionType::Epsilon => (x - model_output.affine(beta_prod_t.sqrt(), 0.0)?)?.affine(1.0 / alpha_prod_t.sqrt(), 0.0)?,
+        PredictionType::Sample => model_output.clone(),
+        PredictionType::VPrediction => lin2(x, alpha_prod_t.sqrt(), model_output, -beta_prod_t.sqrt())?,
+    };
+    Ok(match clip {
+        Some(r) => x0.clamp(-r, r)?,
+        None => x0,
+    })
+}

@@ -1,0 +1,21 @@
+//! # deradiff
+//!
+//! Denoising-time realignment of diffusion models (DeRaDiff): align a diffusion model once at a
+//! KL strength β, then emulate the model aligned at β/λ at sampling time by fusing the reference
+//! and aligned models' Gaussian posteriors at every step — no retraining.
+//!
+//! This crate is the single entry point: the core ([`Scheduler`], [`Realigner`], [`Denoiser`],
+//! [`Sampler`]) is re-exported at the top level, and the other parts of the workspace are modules
+//! behind features:
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
+//!
+//! See `docs/math.md` for the derivation of the fusion and `examples/` for programs to copy.
+
+pub use deradiff_core::*;
+
+/// The exact analytic testbed (feature `analytic`).
+#[cfg(feature = "analytic")]
+pub use deradiff_analytic as analytic;
