@@ -223,6 +223,31 @@ impl NoiseSchedule {
     pub fn sigmas(&self) -> Vec<f64> {
         self.alphas_cumprod.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
     }
+
+    /// `σ(t)` at a possibly fractional timestep, interpolated linearly in `t` between the
+    /// training timesteps (as diffusers' Euler schedulers do, `numpy.interp`).
+    pub fn sigma_at(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, (self.betas.len() - 1) as f64);
+        let j = t.floor() as usize;
+        let sigma = |a: f64| ((1.0 - a) / a).sqrt();
+        if t == j as f64 {
+            return sigma(self.alphas_cumprod[j]);
+        }
+        let (s0, s1) = (sigma(self.alphas_cumprod[j]), sigma(self.alphas_cumprod[j + 1]));
+        (s1 - s0) * (t - j as f64) + s0
+    }
+
+    /// `ᾱ` at a possibly fractional timestep: `ᾱ_t` itself at integer `t`, and `1 / (1 + σ(t)²)`
+    /// with [`Self::sigma_at`] between them — the `ᾱ` that Euler ancestral's
+    /// `scale_model_input` implies, so an exact denoiser stays exact under every scheduler.
+    pub fn alpha_cumprod_at(&self, t: f64) -> f64 {
+        let tc = t.clamp(0.0, (self.betas.len() - 1) as f64);
+        if tc == tc.floor() {
+            return self.alphas_cumprod[tc as usize];
+        }
+        let s = self.sigma_at(tc);
+        1.0 / (1.0 + s * s)
+    }
 }
 
 /// `numpy.arange(start, stop, step)` for floats: length `ceil((stop − start) / step)`, values
