@@ -1,1 +1,242 @@
-fn main() {}
+//! `deradiff`: the command line of deradiff.
+//!
+//! `deradiff demo` runs the realignment study on the exact analytic testbed (a built-in 2-D
+//! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use deradiff_analytic::{
+    default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward, run_study_with_progress, StudyConfig,
+};
+use deradiff_core::{PredictionType, SchedulerKind};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Denoising-time realignment of diffusion models (DeRaDiff).
+#[derive(Debug, Parser)]
+#[command(name = "deradiff", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the realignment study on the exact analytic testbed (no weights, seconds on a CPU).
+    ///
+    /// Samples a built-in 2-D Gaussian mixture with the exact reference model, the exact model
+    /// aligned at the anchor β, the exact models aligned at each target β ("from scratch"), and
+    /// DeRaDiff (reference + anchor, λ = β_anchor / β_target), all from the same noise; prints
+    /// the table and writes study.csv, study.json, samples.png and reward_vs_lambda.png.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchedulerArg {
+    /// DDPM ancestral sampling (fixed_small variance).
+    Ddpm,
+    /// DDIM (η from --eta; 0 = deterministic).
+    Ddim,
+    /// Euler ancestral.
+    #[value(name = "euler-a")]
+    EulerA,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RewardArg {
+    /// r(x) = x1 + 0.5 x2.
+    Linear,
+    /// r(x) = x1 + 0.5 x2 − ½(0.5 x1² + 0.5 x2²).
+    Quadratic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PredictionArg {
+    /// The models predict the noise ε.
+    Epsilon,
+    /// The models predict v = √ᾱ ε − √(1−ᾱ) x₀.
+    #[value(name = "v_prediction", alias = "v")]
+    VPrediction,
+    /// The models predict x₀.
+    Sample,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Sampler.
+    #[arg(long, value_enum, default_value = "ddpm")]
+    scheduler: SchedulerArg,
+    /// DDIM's η in [0, 1] (only with --scheduler ddim).
+    #[arg(long, allow_negative_numbers = true)]
+    eta: Option<f64>,
+    /// Inference steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Samples per run (all runs share the same noise).
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// Mixture components of the built-in data (1 = one Gaussian: realignment is exact with a
+    /// linear reward).
+    #[arg(long, default_value_t = 3)]
+    components: usize,
+    /// Reward.
+    #[arg(long, value_enum, default_value = "linear")]
+    reward: RewardArg,
+    /// KL strength β of the one aligned model DeRaDiff is given.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    anchor_beta: f64,
+    /// Comma-separated target βs to emulate (λ = anchor β / target β).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4,2,1,0.5,0.25",
+        allow_negative_numbers = true,
+        conflicts_with = "lambdas"
+    )]
+    target_betas: Vec<f64>,
+    /// Comma-separated λs instead of target βs (target β = anchor β / λ; λ = 0 is the reference).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    lambdas: Option<Vec<f64>>,
+    /// What the models predict.
+    #[arg(long, value_enum, default_value = "epsilon")]
+    prediction: PredictionArg,
+    /// Noise seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory for study.csv, study.json and the PNG figures (created if missing).
+    #[arg(long, default_value = "deradiff-out/demo")]
+    out: PathBuf,
+    /// Print the result as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns the options into a study configuration, with a message for every bad value.
+fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
+    if !(args.anchor_beta > 0.0 && args.anchor_beta.is_finite()) {
+        return Err(format!("--anchor-beta is {}; it must be a positive finite number", args.anchor_beta));
+    }
+    let target_betas = match &args.lambdas {
+        Some(lambdas) => {
+            if lambdas.is_empty() {
+                return Err("--lambdas is empty; give at least one λ".into());
+            }
+            let mut betas = Vec::with_capacity(lambdas.len());
+            for &l in lambdas {
+                if !(l >= 0.0 && l.is_finite()) {
+                    return Err(format!(
+                        "λ = {l} gives the target β = {} / {l} = {}; λ must be finite and ≥ 0 so that \
+                         every target β is positive",
+                        args.anchor_beta,
+                        args.anchor_beta / l
+                    ));
+                }
+                betas.push(if l == 0.0 { f64::INFINITY } else { args.anchor_beta / l });
+            }
+            betas
+        }
+        None => {
+            if args.target_betas.is_empty() {
+                return Err("--target-betas is empty; give at least one β".into());
+            }
+            if let Some(b) = args.target_betas.iter().find(|b| !(**b > 0.0)) {
+                return Err(format!("target β = {b} (λ = {}); every target β must be positive", args.anchor_beta / b));
+            }
+            args.target_betas.clone()
+        }
+    };
+    if args.steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    if args.samples == 0 {
+        return Err("--samples must be at least 1".into());
+    }
+    let scheduler = match args.scheduler {
+        SchedulerArg::Ddpm | SchedulerArg::EulerA if args.eta.is_some() => {
+            return Err("--eta applies to --scheduler ddim only".into());
+        }
+        SchedulerArg::Ddpm => SchedulerKind::Ddpm,
+        SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
+        SchedulerArg::Ddim => {
+            let eta = args.eta.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&eta) {
+                return Err(format!("--eta is {eta}; DDIM's η must lie in [0, 1]"));
+            }
+            SchedulerKind::Ddim { eta }
+        }
+    };
+    let mixture = demo_mixture(args.components).map_err(|e| format!("--components {}: {e}", args.components))?;
+    let reward = match args.reward {
+        RewardArg::Linear => demo_linear_reward(),
+        RewardArg::Quadratic => demo_quadratic_reward(),
+    };
+    let mut training = default_training(scheduler);
+    training.prediction_type = match args.prediction {
+        PredictionArg::Epsilon => PredictionType::Epsilon,
+        PredictionArg::VPrediction => PredictionType::VPrediction,
+        PredictionArg::Sample => PredictionType::Sample,
+    };
+    if args.steps > training.num_train_timesteps {
+        return Err(format!(
+            "--steps {} is more than the {} training timesteps of the exact models",
+            args.steps, training.num_train_timesteps
+        ));
+    }
+    let mut config = StudyConfig::new(mixture, reward, args.anchor_beta, target_betas);
+    config.scheduler = scheduler;
+    config.steps = args.steps;
+    config.samples = args.samples;
+    config.seed = args.seed;
+    config.training = Some(training);
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn demo(args: DemoArgs) -> Result<(), String> {
+    let config = config_from(&args)?;
+    let start = Instant::now();
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps  {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let output = run_study_with_progress(&config, &mut |p| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(p.stage.to_string());
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let written = output.write_files(&args.out).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", output.result.to_json().map_err(|e| e.to_string())?);
+    } else {
+        println!("{}", output.result);
+        println!("wrote:");
+        for path in &written {
+            println!("  {}", path.display());
+        }
+        println!("done in {elapsed:.2} s");
+    }
+    Ok(())
+}
