@@ -89,12 +89,10 @@ impl SchedulerConfig {
     /// Reads and parses a `scheduler_config.json` file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::InvalidArgument(format!("cannot read scheduler config {}: {e}", path.display()))
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            Error::InvalidArgument(format!("cannot parse scheduler config {}: {e}", path.display()))
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("cannot read scheduler config {}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::InvalidArgument(format!("cannot parse scheduler config {}: {e}", path.display())))
     }
 
     fn preset(json: &str) -> Self {
@@ -129,9 +127,7 @@ impl SchedulerConfig {
             ));
         }
         if self.rescale_betas_zero_snr == Some(true) {
-            return Err(Error::Unsupported(
-                "rescale_betas_zero_snr = true is not implemented; set it to false".into(),
-            ));
+            return Err(Error::Unsupported("rescale_betas_zero_snr = true is not implemented; set it to false".into()));
         }
         Ok(())
     }

@@ -61,6 +61,11 @@ pub enum FusionFailure {
     LengthMismatch,
 }
 
+/// `x > 0`, false for NaN.
+fn positive<T: Float>(x: T) -> bool {
+    x > T::zero()
+}
+
 /// A scalar Gaussian: mean and variance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gaussian<T> {
@@ -102,7 +107,7 @@ impl<T: Float> FusionPlan<T> {
         let mut max_variance = T::zero();
         let mut weight_sum = T::zero();
         for (i, (&w, &v)) in weights.iter().zip(variances).enumerate() {
-            if !(v >= T::zero()) || !v.is_finite() {
+            if !v.is_finite() || v < T::zero() {
                 return Err(FusionFailure::InvalidVariance);
             }
             if w == T::zero() {
@@ -124,9 +129,9 @@ impl<T: Float> FusionPlan<T> {
         let pivot_variance = variances[p];
         let fallback = |failure| match policy {
             PrecisionPolicy::Error => Err(failure),
-            PrecisionPolicy::MeanOfMeans if weight_sum > T::zero() => Ok(FusionPlan {
-                mode: Mode::Fallback { weight_sum, variance: max_variance },
-            }),
+            PrecisionPolicy::MeanOfMeans if weight_sum > T::zero() => {
+                Ok(FusionPlan { mode: Mode::Fallback { weight_sum, variance: max_variance } })
+            }
             PrecisionPolicy::MeanOfMeans => Err(FusionFailure::NonPositivePrecision),
         };
 
@@ -135,7 +140,7 @@ impl<T: Float> FusionPlan<T> {
             if active().any(|(_, &v)| v != T::zero()) {
                 return fallback(FusionFailure::ZeroVarianceConflict);
             }
-            if !(weight_sum > T::zero()) {
+            if !positive(weight_sum) {
                 return Err(FusionFailure::NonPositivePrecision);
             }
             return Ok(FusionPlan { mode: Mode::PointMass { weight_sum } });
@@ -150,7 +155,7 @@ impl<T: Float> FusionPlan<T> {
         if !precision.is_finite() {
             return Err(FusionFailure::NonFinite);
         }
-        if !(precision > T::zero()) {
+        if !positive(precision) {
             return fallback(FusionFailure::NonPositivePrecision);
         }
         Ok(FusionPlan { mode: Mode::Precision { pivot_variance, precision } })

@@ -128,7 +128,12 @@ impl<'a> Sampler<'a> {
 
     /// Samples from a given standard-normal `z_T` (scaled here by the scheduler's
     /// `init_noise_sigma`, as diffusers' pipelines do); `noise` gives one draw per step.
-    pub fn run_from(&self, z_t: &Tensor, noise: &mut dyn NoiseSource, observer: &mut dyn Observer) -> Result<SampleOutput> {
+    pub fn run_from(
+        &self,
+        z_t: &Tensor,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> Result<SampleOutput> {
         let sched = self.scheduler;
         let num_steps = sched.num_steps();
         let mut x = z_t.affine(sched.init_noise_sigma(), 0.0)?;
@@ -157,8 +162,8 @@ impl<'a> Sampler<'a> {
     }
 }
 
-/// Whether every element is finite: `Σ (x − x)` is 0 exactly then, NaN otherwise.
+/// Whether every element is finite: `Σ 0·x` is 0 exactly then, NaN otherwise.
 fn is_finite(x: &Tensor) -> Result<bool> {
-    let probe = (x - x)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let probe = x.affine(0.0, 0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     Ok(probe == 0.0)
 }

@@ -122,9 +122,7 @@ fn torch_linspace(start: f64, end: f64, steps: usize) -> Vec<f64> {
     }
     let step = (end - start) / (steps - 1) as f64;
     let half = steps / 2;
-    (0..steps)
-        .map(|i| if i < half { start + step * i as f64 } else { end - step * (steps - 1 - i) as f64 })
-        .collect()
+    (0..steps).map(|i| if i < half { start + step * i as f64 } else { end - step * (steps - 1 - i) as f64 }).collect()
 }
 
 /// diffusers' `betas_for_alpha_bar` with the cosine transform and `max_beta = 0.999`.
@@ -255,7 +253,7 @@ impl NoiseSchedule {
 /// spacing has exactly diffusers' length and values.
 fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
+    if len.is_nan() || len <= 0.0 {
         return Vec::new();
     }
     let len = len as usize;

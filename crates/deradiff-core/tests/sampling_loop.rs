@@ -46,7 +46,11 @@ fn posterior_is_stateless() {
         let _ = s.posterior(&x, o, 2).unwrap();
         let b = s.posterior(&x, o, 5).unwrap();
         assert_eq!(values(&a.mean), values(&b.mean), "{name}");
-        assert_eq!(values(&a.variance.to_tensor_like(&a.mean).unwrap()), values(&b.variance.to_tensor_like(&b.mean).unwrap()), "{name}");
+        assert_eq!(
+            values(&a.variance.to_tensor_like(&a.mean).unwrap()),
+            values(&b.variance.to_tensor_like(&b.mean).unwrap()),
+            "{name}"
+        );
         assert_eq!(values(&s.scale_model_input(&x, 5).unwrap()), values(&s.scale_model_input(&x, 5).unwrap()));
     }
 }
@@ -81,7 +85,11 @@ fn scheduler_inputs_are_validated() {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &dev).unwrap();
     for (name, s) in schedulers(10) {
-        let out = if name == "ddpm-learned-range" { Tensor::zeros((1, 8, 2, 2), DType::F32, &dev).unwrap() } else { x.clone() };
+        let out = if name == "ddpm-learned-range" {
+            Tensor::zeros((1, 8, 2, 2), DType::F32, &dev).unwrap()
+        } else {
+            x.clone()
+        };
         assert!(matches!(s.posterior(&x, &out, 10), Err(Error::StepOutOfRange { step: 10, num_steps: 10 })));
         assert!(matches!(s.scale_model_input(&x, 11), Err(Error::StepOutOfRange { .. })));
         let wrong = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
@@ -174,13 +182,8 @@ fn observer_sees_every_step_and_can_stop() {
 
 #[test]
 fn non_finite_latent_stops_with_the_step() {
-    let bad = FnDenoiser(|x: &Tensor, t: f64| {
-        if t < 500.0 {
-            Ok(x.affine(f64::NAN, 0.0)?)
-        } else {
-            Ok(x.zeros_like()?)
-        }
-    });
+    let bad =
+        FnDenoiser(|x: &Tensor, t: f64| if t < 500.0 { Ok(x.affine(f64::NAN, 0.0)?) } else { Ok(x.zeros_like()?) });
     let good = Toy { gain: 0.1 };
     let s = SchedulerKind::Ddim { eta: 0.0 }.build(&SchedulerConfig::stable_diffusion_v1_5(), 10).unwrap();
     let first_bad = s.timesteps().iter().position(|&t| t < 500.0).unwrap();
@@ -201,7 +204,10 @@ fn non_finite_latent_stops_with_the_step() {
 fn sampler_and_realigner_reject_bad_input() {
     let a = Toy { gain: 0.5 };
     let s = SchedulerKind::Ddpm.build(&SchedulerConfig::stable_diffusion_v1_5(), 4).unwrap();
-    assert!(matches!(Sampler::new(s.as_ref(), vec![&a], Realigner::two_model(0.5).unwrap()), Err(Error::WeightCountMismatch { .. })));
+    assert!(matches!(
+        Sampler::new(s.as_ref(), vec![&a], Realigner::two_model(0.5).unwrap()),
+        Err(Error::WeightCountMismatch { .. })
+    ));
     assert!(matches!(Sampler::new(s.as_ref(), vec![], Realigner::new(vec![1.0]).unwrap()), Err(Error::NoModels)));
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert!(matches!(Realigner::two_model(bad), Err(Error::InvalidWeights(_))));
@@ -213,9 +219,13 @@ fn sampler_and_realigner_reject_bad_input() {
     assert!(matches!(Realigner::per_step(vec![vec![1.0], vec![0.5, 0.5]]), Err(Error::InvalidWeights(_))));
     // A per-step schedule shorter than the run is an error at the step it runs out.
     let r = Realigner::two_model_per_step(&[0.5, 0.5]).unwrap();
-    let err = Sampler::new(s.as_ref(), vec![&a, &a], r)
-        .unwrap()
-        .run(&[1, 2], DType::F32, &Device::Cpu, &mut SeededNoise::new(0), &mut NoObserver);
+    let err = Sampler::new(s.as_ref(), vec![&a, &a], r).unwrap().run(
+        &[1, 2],
+        DType::F32,
+        &Device::Cpu,
+        &mut SeededNoise::new(0),
+        &mut NoObserver,
+    );
     assert!(matches!(err, Err(Error::InvalidArgument(_))), "{err:?}");
     // Multi-reward weights.
     let r = Realigner::multi_reward(&[0.25, 0.5]).unwrap();
@@ -246,5 +256,8 @@ fn extrapolation_with_unequal_variances_names_the_step_or_falls_back() {
     // Zero variance beside a positive one.
     let z = Posterior::scalar(Tensor::new(&[0.0f32, 1.0], &dev).unwrap(), 0.0);
     let q = Posterior::scalar(Tensor::new(&[0.0f32, 1.0], &dev).unwrap(), 0.5);
-    assert!(matches!(Realigner::two_model(0.5).unwrap().fuse(&[z, q], 4), Err(Error::ZeroVarianceConflict { step: 4, .. })));
+    assert!(matches!(
+        Realigner::two_model(0.5).unwrap().fuse(&[z, q], 4),
+        Err(Error::ZeroVarianceConflict { step: 4, .. })
+    ));
 }

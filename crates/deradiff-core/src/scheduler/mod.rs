@@ -48,10 +48,7 @@ pub trait Scheduler: Send + Sync {
 
     /// The training timestep of `step`.
     fn timestep(&self, step: usize) -> Result<f64> {
-        self.timesteps()
-            .get(step)
-            .copied()
-            .ok_or(Error::StepOutOfRange { step, num_steps: self.num_steps() })
+        self.timesteps().get(step).copied().ok_or(Error::StepOutOfRange { step, num_steps: self.num_steps() })
     }
 }
 
@@ -81,10 +78,9 @@ impl SchedulerKind {
                 c.eta = eta;
                 Box::new(Ddim::new(c, num_inference_steps)?)
             }
-            SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(
-                EulerAncestralConfig::from_diffusers(config)?,
-                num_inference_steps,
-            )?),
+            SchedulerKind::EulerAncestral => {
+                Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, num_inference_steps)?)
+            }
         })
     }
 }
@@ -152,7 +148,9 @@ pub(crate) fn predict_x0_vp(
 ) -> Result<Tensor> {
     let beta_prod_t = 1.0 - alpha_prod_t;
     let x0 = match prediction {
-        PredictionType::Epsilon => (x - model_output.affine(beta_prod_t.sqrt(), 0.0)?)?.affine(1.0 / alpha_prod_t.sqrt(), 0.0)?,
+        PredictionType::Epsilon => {
+            (x - model_output.affine(beta_prod_t.sqrt(), 0.0)?)?.affine(1.0 / alpha_prod_t.sqrt(), 0.0)?
+        }
         PredictionType::Sample => model_output.clone(),
         PredictionType::VPrediction => lin2(x, alpha_prod_t.sqrt(), model_output, -beta_prod_t.sqrt())?,
     };
