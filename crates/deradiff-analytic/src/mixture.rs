@@ -291,7 +291,7 @@ impl GaussianMixture {
 
 /// Checks a KL strength: positive, not NaN (`+∞` allowed: the reference itself).
 pub(crate) fn check_beta(beta: f64) -> Result<()> {
-    if !(beta > 0.0) {
+    if beta.is_nan() || beta <= 0.0 {
         return Err(Error::InvalidBeta(format!("β = {beta}; the KL strength β must be a positive number")));
     }
     Ok(())

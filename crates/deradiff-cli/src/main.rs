@@ -72,14 +72,14 @@ struct DemoArgs {
     #[arg(long, allow_negative_numbers = true)]
     eta: Option<f64>,
     /// Inference steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
     steps: usize,
     /// Samples per run (all runs share the same noise).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
     samples: usize,
     /// Mixture components of the built-in data (1 = one Gaussian: realignment is exact with a
     /// linear reward).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     components: usize,
     /// Reward.
     #[arg(long, value_enum, default_value = "linear")]
@@ -103,7 +103,7 @@ struct DemoArgs {
     #[arg(long, value_enum, default_value = "epsilon")]
     prediction: PredictionArg,
     /// Noise seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Directory for study.csv, study.json and the PNG figures (created if missing).
     #[arg(long, default_value = "deradiff-out/demo")]
@@ -158,7 +158,7 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
             if args.target_betas.is_empty() {
                 return Err("--target-betas is empty; give at least one β".into());
             }
-            if let Some(b) = args.target_betas.iter().find(|b| !(**b > 0.0)) {
+            if let Some(b) = args.target_betas.iter().find(|b| b.is_nan() || **b <= 0.0) {
                 return Err(format!("target β = {b} (λ = {}); every target β must be positive", args.anchor_beta / b));
             }
             args.target_betas.clone()
