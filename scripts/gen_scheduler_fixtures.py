@@ -436,6 +436,13 @@ def all_cases() -> list[dict]:
     for n in STEP_COUNTS:
         # diffusers' default DDIMScheduler(): linear betas, clip_sample on.
         cases.append(ddim_case(f"ddim/eta1/epsilon/leading+0/default_clip/n{n}", n, 1.0))
+        # Sample / v prediction with clipping: diffusers derives ε̂ from the model output before
+        # x̂₀ is clipped.
+        cases.append(ddim_case(
+            f"ddim/eta0/sample/leading+1/clip/n{n}", n, 0.0, prediction_type="sample", steps_offset=1, **SD_BETAS))
+        cases.append(ddim_case(
+            f"ddim/eta1/v_prediction/trailing/clip/n{n}", n, 1.0, prediction_type="v_prediction",
+            timestep_spacing="trailing", **SD_BETAS))
 
     # Euler ancestral: spacings x predictions (SD betas; leading with steps_offset 1 as SDXL),
     # plus linear betas (diffusers' default, and with leading spacing).

@@ -33,6 +33,7 @@ pub mod denoiser;
 pub mod error;
 pub mod fusion;
 pub mod noise;
+mod ops;
 pub mod posterior;
 pub mod realigner;
 pub mod sampler;

@@ -8,7 +8,6 @@
 //! * any variance diagonal → one plan per element (on CPU, in f64).
 
 use candle_core::{DType, Device, Tensor};
-use num_traits::Float;
 
 use crate::error::{Error, Result};
 use crate::fusion::{FusionFailure, FusionPlan, PrecisionPolicy};
@@ -192,7 +191,10 @@ impl Realigner {
                 return Ok(Posterior::scalar((*mean).clone(), variance));
             }
         }
-        let mean = linear_combination(&terms, step)?;
+        let (mean, bad) = crate::ops::linear_combination(&terms, true)?;
+        if let Some(element) = bad {
+            return Err(Error::NonFiniteFusion { step, element });
+        }
         Ok(Posterior::scalar(mean, variance))
     }
 
@@ -304,87 +306,4 @@ fn check_posteriors(posteriors: &[Posterior]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `Σ c_i t_i` for tensors of one shape, dtype and device.
-fn linear_combination(terms: &[(f64, &Tensor)], step: usize) -> Result<Tensor> {
-    let first = terms[0].1;
-    if first.device().is_cpu() {
-        match first.dtype() {
-            DType::F32 => return combine_cpu::<f32>(terms, step),
-            DType::F64 => return combine_cpu::<f64>(terms, step),
-            _ => {}
-        }
-    }
-    // Other devices and dtypes: candle's own ops, in f32 for half precision.
-    let dtype = first.dtype();
-    let cdt = crate::scheduler::compute_dtype(dtype);
-    let mut acc: Option<Tensor> = None;
-    for (c, t) in terms {
-        let term = t.to_dtype(cdt)?.affine(*c, 0.0)?;
-        acc = Some(match acc {
-            None => term,
-            Some(a) => (a + term)?,
-        });
-    }
-    let acc = acc.ok_or(Error::NoModels)?;
-    Ok(acc.to_dtype(dtype)?)
-}
-
-/// One pass over memory for the first two terms, then one per further term, with the finiteness
-/// check folded into the last pass.
-fn combine_cpu<T>(terms: &[(f64, &Tensor)], step: usize) -> Result<Tensor>
-where
-    T: Float + num_traits::NumAssign + candle_core::WithDType,
-{
-    if terms.iter().any(|(_, t)| !t.is_contiguous()) {
-        let contiguous: Vec<(f64, Tensor)> =
-            terms.iter().map(|(c, t)| Ok((*c, t.contiguous()?))).collect::<Result<_>>()?;
-        let refs: Vec<(f64, &Tensor)> = contiguous.iter().map(|(c, t)| (*c, t)).collect();
-        return combine_cpu::<T>(&refs, step);
-    }
-    let first = terms[0].1;
-    let guards: Vec<_> = terms.iter().map(|(_, t)| t.storage_and_layout()).collect();
-    let mut slices: Vec<&[T]> = Vec::with_capacity(terms.len());
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            return Err(Error::InvalidArgument("expected a CPU tensor".into()));
-        };
-        let data = cpu.as_slice::<T>()?;
-        let (start, end) =
-            layout.contiguous_offsets().ok_or_else(|| Error::InvalidArgument("expected a contiguous tensor".into()))?;
-        slices.push(&data[start..end]);
-    }
-    let coeffs: Vec<T> = terms.iter().map(|(c, _)| T::from(*c).unwrap_or_else(T::nan)).collect();
-    let mut out: Vec<T> = match (slices.as_slice(), coeffs.as_slice()) {
-        ([a, b, ..], [ca, cb, ..]) => a.iter().zip(b.iter()).map(|(&x, &y)| *ca * x + *cb * y).collect(),
-        ([a], [ca]) => a.iter().map(|&x| *ca * x).collect(),
-        _ => return Err(Error::NoModels),
-    };
-    for (s, &c) in slices.iter().zip(&coeffs).skip(2) {
-        for (o, &x) in out.iter_mut().zip(s.iter()) {
-            *o += c * x;
-        }
-    }
-    if !all_finite(&out) {
-        let element = out.iter().position(|x| !x.is_finite()).unwrap_or(0);
-        return Err(Error::NonFiniteFusion { step, element });
-    }
-    drop(slices);
-    drop(guards);
-    Ok(Tensor::from_vec(out, first.shape().clone(), &Device::Cpu)?)
-}
-
-/// Whether every value is finite. `0 · x` is 0 for finite `x` and NaN for NaN/±Inf; summing it
-/// into 16 independent lanes (rather than one serial chain) lets the loop vectorise.
-fn all_finite<T: Float>(xs: &[T]) -> bool {
-    let mut lanes = [T::zero(); 16];
-    let chunks = xs.chunks_exact(16);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = *lane + x * T::zero();
-        }
-    }
-    lanes.iter().chain(rest).all(|x| x.is_finite())
 }

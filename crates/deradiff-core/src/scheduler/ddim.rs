@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{check_compatible, check_step, compute_dtype, lin2, predict_x0_vp, Scheduler};
+use super::{check_compatible, check_step, compute_dtype, x0_coefficients_vp, AffineMean, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::posterior::{Posterior, Variance};
@@ -128,24 +128,27 @@ impl Scheduler for Ddim {
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let prediction = self.config.training.prediction_type;
 
-        let x0 = predict_x0_vp(&x, &model_output, prediction, alpha_prod_t, self.config.clip_sample)?;
-        let eps = if self.config.use_clipped_model_output {
-            lin2(&x, 1.0 / beta_prod_t.sqrt(), &x0, -alpha_prod_t.sqrt() / beta_prod_t.sqrt())?
-        } else {
-            match prediction {
-                PredictionType::Epsilon => model_output,
-                PredictionType::Sample => {
-                    lin2(&x, 1.0 / beta_prod_t.sqrt(), &x0, -alpha_prod_t.sqrt() / beta_prod_t.sqrt())?
-                }
-                PredictionType::VPrediction => lin2(&model_output, alpha_prod_t.sqrt(), &x, beta_prod_t.sqrt())?,
-            }
-        };
-
-        // Song et al. eq. 16 with η.
+        // Song et al. eq. 12 with η (eq. 16): μ = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ_t²) ε̂.
         let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
         let std_dev_t = self.config.eta * variance.sqrt();
         let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).max(0.0).sqrt();
-        let mean = lin2(&x0, alpha_prod_t_prev.sqrt(), &eps, direction)?.to_dtype(dtype)?;
+        let (sa, sb) = (alpha_prod_t.sqrt(), beta_prod_t.sqrt());
+        let (a, b, c) = if self.config.use_clipped_model_output {
+            // ε̂ = (x − √ᾱ x̂₀)/√(1−ᾱ) from the clipped x̂₀.
+            (alpha_prod_t_prev.sqrt() - direction * sa / sb, direction / sb, 0.0)
+        } else {
+            // ε̂ from the raw model output (diffusers computes it before clipping x̂₀).
+            let (ex, eo) = match prediction {
+                PredictionType::Epsilon => (0.0, 1.0),
+                PredictionType::Sample => (1.0 / sb, -sa / sb),
+                PredictionType::VPrediction => (sb, sa),
+            };
+            (alpha_prod_t_prev.sqrt(), direction * ex, direction * eo)
+        };
+        let mean =
+            AffineMean { x0: x0_coefficients_vp(prediction, alpha_prod_t), clip: self.config.clip_sample, a, b, c }
+                .apply(&x, &model_output)?
+                .to_dtype(dtype)?;
         let var = if self.config.eta > 0.0 { std_dev_t * std_dev_t } else { 0.0 };
         Ok(Posterior { mean, variance: Variance::Scalar(var) })
     }

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{check_compatible, check_step, compute_dtype, lin2, predict_x0_vp, Scheduler};
+use super::{check_compatible, check_step, compute_dtype, x0_coefficients_vp, AffineMean, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::posterior::{Posterior, Variance};
@@ -175,17 +175,16 @@ impl Scheduler for Ddpm {
         let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
         let current_beta_t = 1.0 - current_alpha_t;
 
-        let x0 = predict_x0_vp(
-            &x,
-            &model_output,
-            self.config.training.prediction_type,
-            alpha_prod_t,
-            self.config.clip_sample,
-        )?;
-        // Ho et al. eq. 7.
-        let x0_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
-        let xt_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
-        let mean = lin2(&x0, x0_coeff, &x, xt_coeff)?.to_dtype(dtype)?;
+        // Ho et al. eq. 7: μ = c₀ x̂₀ + c_t x_t.
+        let mean = AffineMean {
+            x0: x0_coefficients_vp(self.config.training.prediction_type, alpha_prod_t),
+            clip: self.config.clip_sample,
+            a: alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t,
+            b: current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t,
+            c: 0.0,
+        }
+        .apply(&x, &model_output)?
+        .to_dtype(dtype)?;
 
         if t == 0 {
             return Ok(Posterior { mean, variance: Variance::Scalar(0.0) });

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{check_compatible, check_step, compute_dtype, lin2, Scheduler};
+use super::{check_compatible, check_step, compute_dtype, AffineMean, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
 use crate::error::Result;
 use crate::posterior::{Posterior, Variance};
@@ -117,20 +117,20 @@ impl Scheduler for EulerAncestral {
         let sigma = self.sigmas[step];
         let sigma_to = self.sigmas[step + 1];
         let x0 = match self.config.training.prediction_type {
-            PredictionType::Epsilon => lin2(&x, 1.0, &model_output, -sigma)?,
+            PredictionType::Epsilon => (1.0, -sigma),
             PredictionType::VPrediction => {
                 let s2 = sigma * sigma + 1.0;
-                lin2(&model_output, -sigma / s2.sqrt(), &x, 1.0 / s2)?
+                (1.0 / s2, -sigma / s2.sqrt())
             }
             // diffusers raises NotImplementedError here; the x₀ parameterisation is exact.
-            PredictionType::Sample => model_output,
+            PredictionType::Sample => (0.0, 1.0),
         };
         let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).max(0.0).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).max(0.0).sqrt();
-        // derivative = (x − x̂₀)/σ; μ = x + derivative · (σ_down − σ)
-        let dt = sigma_down - sigma;
-        let derivative = (&x - &x0)?.affine(1.0 / sigma, 0.0)?;
-        let mean = lin2(&x, 1.0, &derivative, dt)?.to_dtype(dtype)?;
+        // μ = x + (x − x̂₀)/σ · (σ_down − σ)
+        let r = (sigma_down - sigma) / sigma;
+        let mean =
+            AffineMean { x0, clip: None, a: -r, b: 1.0 + r, c: 0.0 }.apply(&x, &model_output)?.to_dtype(dtype)?;
         Ok(Posterior { mean, variance: Variance::Scalar(sigma_up * sigma_up) })
     }
 }

@@ -17,6 +17,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::SchedulerConfig;
 use crate::error::{Error, Result};
+use crate::ops::linear_combination;
 use crate::posterior::Posterior;
 use crate::schedule::PredictionType;
 
@@ -132,30 +133,40 @@ pub(crate) fn check_compatible(x: &Tensor, model_output: &Tensor, output_channel
     Ok(())
 }
 
-/// `a · x + b · y`, in `x`'s dtype.
-pub(crate) fn lin2(x: &Tensor, a: f64, y: &Tensor, b: f64) -> Result<Tensor> {
-    Ok((x.affine(a, 0.0)? + y.affine(b, 0.0)?)?)
+/// `x̂₀ = p·x + q·o` for the variance-preserving parameterisation `x_t = √ᾱ x₀ + √(1−ᾱ) ε`:
+/// ε-prediction `(x − √(1−ᾱ) o)/√ᾱ`, v-prediction `√ᾱ x − √(1−ᾱ) o`, sample-prediction `o`.
+pub(crate) fn x0_coefficients_vp(prediction: PredictionType, alpha_prod_t: f64) -> (f64, f64) {
+    let (sa, sb) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
+    match prediction {
+        PredictionType::Epsilon => (1.0 / sa, -sb / sa),
+        PredictionType::VPrediction => (sa, -sb),
+        PredictionType::Sample => (0.0, 1.0),
+    }
 }
 
-/// The predicted clean sample `x̂₀` of the variance-preserving parameterisation
-/// (`x_t = √ᾱ x₀ + √(1−ᾱ) ε`), optionally clipped, as diffusers' DDPM and DDIM compute it.
-pub(crate) fn predict_x0_vp(
-    x: &Tensor,
-    model_output: &Tensor,
-    prediction: PredictionType,
-    alpha_prod_t: f64,
-    clip: Option<f64>,
-) -> Result<Tensor> {
-    let beta_prod_t = 1.0 - alpha_prod_t;
-    let x0 = match prediction {
-        PredictionType::Epsilon => {
-            (x - model_output.affine(beta_prod_t.sqrt(), 0.0)?)?.affine(1.0 / alpha_prod_t.sqrt(), 0.0)?
-        }
-        PredictionType::Sample => model_output.clone(),
-        PredictionType::VPrediction => lin2(x, alpha_prod_t.sqrt(), model_output, -beta_prod_t.sqrt())?,
-    };
-    Ok(match clip {
-        Some(r) => x0.clamp(-r, r)?,
-        None => x0,
-    })
+/// A posterior mean `μ = a·x̂₀ + b·x + c·o`, with `x̂₀ = p·x + q·o` clipped to `[−r, r]` when
+/// `clip` is set. Every scheduler's mean has this form, so without clipping it is one linear
+/// combination of the latent and the model output (one pass over memory on CPU).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AffineMean {
+    pub x0: (f64, f64),
+    pub clip: Option<f64>,
+    pub a: f64,
+    pub b: f64,
+    pub c: f64,
+}
+
+impl AffineMean {
+    pub(crate) fn apply(&self, x: &Tensor, o: &Tensor) -> Result<Tensor> {
+        let (p, q) = self.x0;
+        let (mean, _) = match self.clip {
+            None => linear_combination(&[(self.a * p + self.b, x), (self.a * q + self.c, o)], false)?,
+            Some(r) => {
+                let (x0, _) = linear_combination(&[(p, x), (q, o)], false)?;
+                let x0 = x0.clamp(-r, r)?;
+                linear_combination(&[(self.a, &x0), (self.b, x), (self.c, o)], false)?
+            }
+        };
+        Ok(mean)
+    }
 }
