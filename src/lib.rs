@@ -11,6 +11,8 @@
 //! | feature | module | what |
 //! |---|---|---|
 //! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
+//! | `sd` (default) | [`sd`] | Stable Diffusion denoisers, guidance, the text-to-image pipeline |
+//! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
 //! See `docs/math.md` for the derivation of the fusion and `examples/` for programs to copy.
 
@@ -19,3 +21,7 @@ pub use deradiff_core::*;
 /// The exact analytic testbed (feature `analytic`).
 #[cfg(feature = "analytic")]
 pub use deradiff_analytic as analytic;
+
+/// Stable Diffusion denoisers, guidance and the text-to-image pipeline (feature `sd`).
+#[cfg(feature = "sd")]
+pub use deradiff_sd as sd;

@@ -1,0 +1,1 @@
+//! Stable Diffusion for deradiff (work in progress).
