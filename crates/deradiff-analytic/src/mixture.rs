@@ -180,7 +180,7 @@ impl GaussianMixture {
         }
         Self::from_log_weights(log_weights, means, variances).map_err(|e| match e {
             Error::InvalidMixture(msg) => Error::InvalidBeta(format!(
-                "tilting at β = {beta} overflows ({msg}); use a larger β or a smaller reward"
+                "tilting at β = {beta:?} overflows ({msg}); use a larger β or a smaller reward"
             )),
             other => other,
         })

@@ -178,7 +178,8 @@ pub struct StudyRow {
     /// Mean distance between DeRaDiff's and the target model's coupled samples (same noise).
     pub coupled_distance: f64,
     /// Energy distance between DeRaDiff's and the target model's sample sets (see
-    /// [`crate::energy_distance`]).
+    /// [`crate::energy_distance`]), on their first
+    /// [`crate::metrics::ENERGY_DISTANCE_MAX_ROWS`] rows.
     pub energy_distance: f64,
 }
 

@@ -130,6 +130,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The most samples per run `deradiff demo` accepts (each of the study's runs keeps an
+/// `[n, 2]` f64 tensor; 10⁷ samples is about 2 GB in all).
+const MAX_SAMPLES: usize = 10_000_000;
+
 /// Turns the options into a study configuration, with a message for every bad value.
 fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
     if !(args.anchor_beta > 0.0 && args.anchor_beta.is_finite()) {
@@ -169,6 +173,12 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
     }
     if args.samples == 0 {
         return Err("--samples must be at least 1".into());
+    }
+    if args.samples > MAX_SAMPLES {
+        return Err(format!(
+            "--samples {} is more than {MAX_SAMPLES}; every run keeps its samples in memory",
+            args.samples
+        ));
     }
     let scheduler = match args.scheduler {
         SchedulerArg::Ddpm | SchedulerArg::EulerA if args.eta.is_some() => {

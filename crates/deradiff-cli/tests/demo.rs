@@ -117,6 +117,7 @@ fn bad_options_exit_nonzero_with_a_message() {
         (&["--components", "99"], "1 to 16"),
         (&["--reward", "cubic"], "invalid value 'cubic'"),
         (&["--target-betas", "abc"], "invalid value 'abc'"),
+        (&["--samples", "20000000"], "--samples 20000000 is more than 10000000"),
         (&["--samples", "-3"], "invalid value '-3' for '--samples"),
         (&["--target-betas", "2", "--lambdas", "1"], "cannot be used with"),
     ];
