@@ -333,20 +333,6 @@ pub fn inference_timesteps(
     Ok(timesteps)
 }
 
-/// `numpy.interp(x, arange(len(fp)), fp)`: piecewise-linear interpolation on the integer grid.
-pub(crate) fn interp_on_grid(x: f64, fp: &[f64]) -> f64 {
-    let last = fp.len() - 1;
-    if x <= 0.0 {
-        return fp[0];
-    }
-    if x >= last as f64 {
-        return fp[last];
-    }
-    let j = x.floor() as usize;
-    let slope = fp[j + 1] - fp[j];
-    slope * (x - j as f64) + fp[j]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,10 +389,15 @@ mod tests {
     }
 
     #[test]
-    fn interp_matches_linear_interpolation() {
-        let fp = [0.0, 2.0, 4.0, 10.0];
-        assert_eq!(interp_on_grid(2.5, &fp), 7.0);
-        assert_eq!(interp_on_grid(3.0, &fp), 10.0);
-        assert_eq!(interp_on_grid(0.0, &fp), 0.0);
+    fn sigma_at_interpolates_linearly_in_t() {
+        let s = NoiseSchedule::new(&BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 }, 1000).unwrap();
+        let sig = s.sigmas();
+        assert_eq!(s.sigma_at(500.0), sig[500]);
+        assert!((s.sigma_at(500.25) - (0.75 * sig[500] + 0.25 * sig[501])).abs() < 1e-15);
+        assert_eq!(s.sigma_at(-3.0), sig[0]);
+        assert_eq!(s.sigma_at(1e6), sig[999]);
+        assert_eq!(s.alpha_cumprod_at(500.0), s.alphas_cumprod()[500]);
+        let a = s.alpha_cumprod_at(500.5);
+        assert!(a < s.alphas_cumprod()[500] && a > s.alphas_cumprod()[501]);
     }
 }

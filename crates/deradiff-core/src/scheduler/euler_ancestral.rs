@@ -7,7 +7,7 @@ use super::{check_compatible, check_step, compute_dtype, AffineMean, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
 use crate::error::Result;
 use crate::posterior::{Posterior, Variance};
-use crate::schedule::{inference_timesteps, interp_on_grid, NoiseSchedule, PredictionType, TimestepSpacing};
+use crate::schedule::{inference_timesteps, NoiseSchedule, PredictionType, TimestepSpacing};
 
 /// Configuration of [`EulerAncestral`]; [`Default`] is diffusers'
 /// `EulerAncestralDiscreteScheduler()` (note its default spacing is `linspace`).
@@ -57,8 +57,7 @@ impl EulerAncestral {
             config.training.steps_offset,
             true,
         )?;
-        let train_sigmas = schedule.sigmas();
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_on_grid(t, &train_sigmas)).collect();
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| schedule.sigma_at(t)).collect();
         sigmas.push(0.0);
         Ok(Self { config, schedule, timesteps, sigmas })
     }
