@@ -3,6 +3,7 @@
 //! `deradiff demo` runs the realignment study on the exact analytic testbed (a built-in 2-D
 //! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -238,15 +239,25 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     bar.finish_and_clear();
     let written = output.write_files(&args.out).map_err(|e| e.to_string())?;
     let elapsed = start.elapsed().as_secs_f64();
-    if args.json {
-        println!("{}", output.result.to_json().map_err(|e| e.to_string())?);
+    let mut text = if args.json {
+        output.result.to_json().map_err(|e| e.to_string())?
     } else {
-        println!("{}", output.result);
-        println!("wrote:");
+        let mut t = format!("{}\nwrote:\n", output.result);
         for path in &written {
-            println!("  {}", path.display());
+            t.push_str(&format!("  {}\n", path.display()));
         }
-        println!("done in {elapsed:.2} s");
+        t.push_str(&format!("done in {elapsed:.2} s"));
+        t
+    };
+    text.push('\n');
+    print_stdout(&text)
+}
+
+/// Writes to stdout; a closed pipe (`deradiff demo | head`) is not an error.
+fn print_stdout(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write to stdout: {e}")),
+        _ => Ok(()),
     }
-    Ok(())
 }
