@@ -1,0 +1,148 @@
+//! The CLIP text transformer of Stable Diffusion, configured from the checkpoint's own
+//! `text_encoder/config.json`.
+//!
+//! candle-transformers' `stable_diffusion::clip::ClipTextTransformer` only takes its private
+//! preset configs (and uses the tanh GELU where transformers' `"gelu"` is exact), so this is a
+//! small reimplementation of transformers' `CLIPTextModel` with every size, the activation and
+//! the LayerNorm epsilon read from the config. Weight names are transformers' own
+//! (`text_model.embeddings.token_embedding.weight`, …).
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::config::{ClipActivation, ClipTextConfig};
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        let head_dim = h / c.num_attention_heads;
+        Ok(Self {
+            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
+            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
+            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
+            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            heads: c.num_attention_heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// `x`: `[B, L, H]`; `mask`: additive `[L, L]` in f32.
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let dtype = x.dtype();
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
+        };
+        let q = split((self.q.forward(x)? * self.scale)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = probs.matmul(&v)?.to_dtype(dtype)?.transpose(1, 2)?.reshape((b, l, h))?;
+        self.out.forward(&o)
+    }
+}
+
+struct Layer {
+    attn: Attention,
+    ln1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ln2: LayerNorm,
+    act: ClipActivation,
+}
+
+impl Layer {
+    fn new(vb: VarBuilder, c: &ClipTextConfig, act: ClipActivation) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            attn: Attention::new(vb.pp("self_attn"), c)?,
+            ln1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            fc1: candle_nn::linear(h, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: candle_nn::linear(c.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
+            ln2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
+        let y = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let y = match self.act {
+            ClipActivation::QuickGelu => (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
+            ClipActivation::Gelu => y.gelu_erf()?,
+            ClipActivation::GeluTanh => y.gelu()?,
+        };
+        self.fc2.forward(&y)? + x
+    }
+}
+
+/// transformers' `CLIPTextModel` up to its last hidden state (what SD pipelines condition on).
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+    config: ClipTextConfig,
+}
+
+impl std::fmt::Debug for ClipTextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTextModel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ClipTextModel {
+    /// Builds the model from `vb` positioned at the `text_model` prefix (its children are
+    /// `embeddings`, `encoder`, `final_layer_norm`). The config must have been validated.
+    pub fn new(vb: VarBuilder, config: &ClipTextConfig, act: ClipActivation) -> candle_core::Result<Self> {
+        let h = config.hidden_size;
+        let emb = vb.pp("embeddings");
+        let token_embedding = candle_nn::embedding(config.vocab_size, h, emb.pp("token_embedding"))?;
+        let position_embedding = candle_nn::embedding(config.max_position_embeddings, h, emb.pp("position_embedding"))?;
+        let enc = vb.pp("encoder").pp("layers");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::new(enc.pp(i), config, act))
+            .collect::<candle_core::Result<_>>()?;
+        let final_layer_norm = candle_nn::layer_norm(h, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, config: config.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// Last hidden states `[B, L, hidden]` for token ids `[B, L]` (u32), with CLIP's causal mask
+    /// and no padding mask (as SD pipelines call it).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (_b, l) = ids.dims2()?;
+        let device = ids.device();
+        let positions = Tensor::arange(0u32, l as u32, device)?;
+        let x = self.token_embedding.forward(ids)?.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(l, device)?;
+        let mut x = x;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask)?;
+        }
+        self.final_layer_norm.forward(&x)
+    }
+}
+
+/// `mask[i][j] = −∞` for `j > i`, else 0 (f32).
+fn causal_mask(l: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> =
+        (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(data, (l, l), device)
+}

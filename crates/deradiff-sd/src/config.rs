@@ -1,0 +1,660 @@
+//! The `config.json` files of a diffusers-layout checkpoint (UNet, VAE, CLIP text model), read
+//! with serde, and their translation into candle-transformers' configurations.
+//!
+//! Every field has diffusers' / transformers' default, so a real checkpoint's file and a tiny test
+//! model's file load the same way. Options that would change the numbers and that candle's models
+//! do not implement (SDXL's added conditioning, class embeddings, other block types, …) are
+//! rejected with an error naming the file and the field — never silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use candle_transformers::models::stable_diffusion::{unet_2d, vae};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    if !path.is_file() {
+        return Err(Error::NotFound { what: what.to_string(), path: path.to_path_buf() });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
+}
+
+/// An integer or one integer per block (diffusers writes both forms).
+fn per_block(value: &Value, n: usize, field: &str, path: &Path) -> Result<Vec<usize>> {
+    let bad = || Error::config(path, format!("`{field}` must be an integer or a list of {n} integers, got {value}"));
+    match value {
+        Value::Number(x) => {
+            let v = x.as_u64().ok_or_else(bad)? as usize;
+            Ok(vec![v; n])
+        }
+        Value::Array(items) => {
+            if items.len() != n {
+                return Err(Error::config(
+                    path,
+                    format!("`{field}` has {} entries but the model has {n} blocks", items.len()),
+                ));
+            }
+            items.iter().map(|x| x.as_u64().map(|v| v as usize).ok_or_else(bad)).collect()
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn is_unset(v: &Value) -> bool {
+    v.is_null()
+}
+
+/// A diffusers `unet/config.json` (`UNet2DConditionModel`). Unknown fields are ignored; missing
+/// ones take diffusers' defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UnetConfig {
+    /// Latent height and width the model was trained at: an integer or `[height, width]`.
+    pub sample_size: Value,
+    /// Latent channels in.
+    pub in_channels: usize,
+    /// Channels out (the model output: ε or v).
+    pub out_channels: usize,
+    /// Whether the input is mapped to `2x − 1` first.
+    pub center_input_sample: bool,
+    /// Timestep embedding: cos first.
+    pub flip_sin_to_cos: bool,
+    /// Timestep embedding frequency shift.
+    pub freq_shift: f64,
+    /// `CrossAttnDownBlock2D` or `DownBlock2D` per level.
+    pub down_block_types: Vec<String>,
+    /// `UNetMidBlock2DCrossAttn`.
+    pub mid_block_type: Option<String>,
+    /// The mirror of `down_block_types`.
+    pub up_block_types: Vec<String>,
+    /// Must be false.
+    pub only_cross_attention: Value,
+    /// Channels per level.
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per down block (up blocks have one more).
+    pub layers_per_block: Value,
+    /// Padding of the downsampling convolutions.
+    pub downsample_padding: usize,
+    /// Output scale of the mid block.
+    pub mid_block_scale_factor: f64,
+    /// Must be `silu`.
+    pub act_fn: String,
+    /// Groups of every GroupNorm.
+    pub norm_num_groups: Option<usize>,
+    /// Epsilon of the resnets' GroupNorms.
+    pub norm_eps: f64,
+    /// Width of the text embeddings.
+    pub cross_attention_dim: Value,
+    /// Transformer blocks per cross-attention block: an integer or one per level.
+    pub transformer_layers_per_block: Value,
+    /// diffusers' legacy name for the **number of attention heads** (an integer or one per level).
+    pub attention_head_dim: Value,
+    /// Must be null (diffusers itself rejects it for this class).
+    pub num_attention_heads: Value,
+    /// Linear (SD 2.x) instead of 1×1-convolution projections in the transformers.
+    pub use_linear_projection: bool,
+    /// Attention in float32 (candle always computes attention in float32, so this is honoured).
+    pub upcast_attention: bool,
+    /// Must be false.
+    pub dual_cross_attention: bool,
+    /// Must be null (class-conditional models).
+    pub class_embed_type: Value,
+    /// Must be null (SDXL's `text_time` conditioning is not implemented by candle's UNet).
+    pub addition_embed_type: Value,
+    /// Must be null.
+    pub num_class_embeds: Value,
+    /// Must be null.
+    pub encoder_hid_dim: Value,
+    /// Must be null.
+    pub encoder_hid_dim_type: Value,
+    /// Must be `default`.
+    pub resnet_time_scale_shift: String,
+    /// Must be false.
+    pub resnet_skip_time_act: bool,
+    /// Must be 1.
+    pub resnet_out_scale_factor: f64,
+    /// Must be `positional`.
+    pub time_embedding_type: String,
+    /// Must be null.
+    pub time_embedding_dim: Value,
+    /// Must be null.
+    pub time_embedding_act_fn: Value,
+    /// Must be null.
+    pub timestep_post_act: Value,
+    /// Must be null (LCM guidance embedding).
+    pub time_cond_proj_dim: Value,
+    /// Must be 3.
+    pub conv_in_kernel: usize,
+    /// Must be 3.
+    pub conv_out_kernel: usize,
+    /// Must be null.
+    pub projection_class_embeddings_input_dim: Value,
+    /// Must be `default`.
+    pub attention_type: String,
+    /// Must be null.
+    pub mid_block_only_cross_attention: Value,
+    /// Must be null.
+    pub reverse_transformer_layers_per_block: Value,
+    /// Must be null.
+    pub cross_attention_norm: Value,
+}
+
+impl Default for UnetConfig {
+    /// diffusers' `UNet2DConditionModel()` defaults (SD 1.x-like, cross-attention dim 1280).
+    fn default() -> Self {
+        let s = |v: &str| v.to_string();
+        Self {
+            sample_size: Value::Null,
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: vec![
+                s("CrossAttnDownBlock2D"),
+                s("CrossAttnDownBlock2D"),
+                s("CrossAttnDownBlock2D"),
+                s("DownBlock2D"),
+            ],
+            mid_block_type: Some(s("UNetMidBlock2DCrossAttn")),
+            up_block_types: vec![
+                s("UpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+            ],
+            only_cross_attention: Value::Bool(false),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: Value::from(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: s("silu"),
+            norm_num_groups: Some(32),
+            norm_eps: 1e-5,
+            cross_attention_dim: Value::from(1280),
+            transformer_layers_per_block: Value::from(1),
+            attention_head_dim: Value::from(8),
+            num_attention_heads: Value::Null,
+            use_linear_projection: false,
+            upcast_attention: false,
+            dual_cross_attention: false,
+            class_embed_type: Value::Null,
+            addition_embed_type: Value::Null,
+            num_class_embeds: Value::Null,
+            encoder_hid_dim: Value::Null,
+            encoder_hid_dim_type: Value::Null,
+            resnet_time_scale_shift: s("default"),
+            resnet_skip_time_act: false,
+            resnet_out_scale_factor: 1.0,
+            time_embedding_type: s("positional"),
+            time_embedding_dim: Value::Null,
+            time_embedding_act_fn: Value::Null,
+            timestep_post_act: Value::Null,
+            time_cond_proj_dim: Value::Null,
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            projection_class_embeddings_input_dim: Value::Null,
+            attention_type: s("default"),
+            mid_block_only_cross_attention: Value::Null,
+            reverse_transformer_layers_per_block: Value::Null,
+            cross_attention_norm: Value::Null,
+        }
+    }
+}
+
+/// A [`UnetConfig`] checked and translated for candle-transformers' `UNet2DConditionModel`.
+#[derive(Debug, Clone)]
+pub struct UnetArch {
+    /// candle's configuration (never with `sliced_attention_size`, which is broken in 0.11).
+    pub candle: unet_2d::UNet2DConditionModelConfig,
+    /// Latent channels in.
+    pub in_channels: usize,
+    /// Channels out.
+    pub out_channels: usize,
+    /// Width of the text embeddings the model attends to.
+    pub cross_attention_dim: usize,
+    /// Default latent `(height, width)` (`sample_size`), if the config gives one.
+    pub sample_size: Option<(usize, usize)>,
+}
+
+impl UnetConfig {
+    /// Reads a `unet/config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        read_json(path.as_ref(), "UNet config")
+    }
+
+    /// Parses a `config.json` document (`path` is only used in error messages).
+    pub fn from_json(json: &str, path: impl AsRef<Path>) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| Error::config(path.as_ref(), e.to_string()))
+    }
+
+    /// Checks that candle's UNet computes what diffusers would for this config, and builds
+    /// candle's configuration. `path` names the config in errors.
+    pub fn arch(&self, path: impl AsRef<Path>) -> Result<UnetArch> {
+        let path = path.as_ref();
+        let unsupported = |field: &str, value: &dyn std::fmt::Display, why: &str| {
+            Error::unsupported(path, format!("`{field}` = {value}: {why}"))
+        };
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::config(path, "`block_out_channels` is empty"));
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(Error::config(
+                path,
+                format!(
+                    "{} block_out_channels, {} down_block_types and {} up_block_types: they must agree",
+                    n,
+                    self.down_block_types.len(),
+                    self.up_block_types.len()
+                ),
+            ));
+        }
+        let mut cross = Vec::with_capacity(n);
+        for t in &self.down_block_types {
+            cross.push(match t.as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => {
+                    return Err(unsupported(
+                        "down_block_types",
+                        &other,
+                        "only CrossAttnDownBlock2D and DownBlock2D are supported",
+                    ))
+                }
+            });
+        }
+        for (i, t) in self.up_block_types.iter().enumerate() {
+            let want = if cross[n - 1 - i] { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            if t != want {
+                return Err(unsupported(
+                    "up_block_types",
+                    &format!("{:?}", self.up_block_types),
+                    &format!("up block {i} must be {want}, the mirror of down block {}", n - 1 - i),
+                ));
+            }
+        }
+        match self.mid_block_type.as_deref() {
+            Some("UNetMidBlock2DCrossAttn") => {}
+            other => {
+                return Err(unsupported(
+                    "mid_block_type",
+                    &format!("{other:?}"),
+                    "only UNetMidBlock2DCrossAttn is supported",
+                ))
+            }
+        }
+        let layers = per_block(&self.layers_per_block, n, "layers_per_block", path)?;
+        if layers.iter().any(|&l| l != layers[0]) {
+            return Err(unsupported("layers_per_block", &self.layers_per_block, "must be the same for every block"));
+        }
+        let cross_dim = per_block(&self.cross_attention_dim, n, "cross_attention_dim", path)?;
+        if cross_dim.iter().any(|&d| d != cross_dim[0]) {
+            return Err(unsupported("cross_attention_dim", &self.cross_attention_dim, "must be one integer"));
+        }
+        let heads = per_block(&self.attention_head_dim, n, "attention_head_dim", path)?;
+        let tlpb = per_block(&self.transformer_layers_per_block, n, "transformer_layers_per_block", path)?;
+        let groups = self.norm_num_groups.ok_or_else(|| {
+            unsupported("norm_num_groups", &"null", "a UNet without GroupNorm before its output is not supported")
+        })?;
+        if groups == 0 {
+            return Err(Error::config(path, "`norm_num_groups` must be positive"));
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            if c == 0 || c % groups != 0 {
+                return Err(Error::config(
+                    path,
+                    format!("block {i} has {c} channels, not a positive multiple of norm_num_groups = {groups}"),
+                ));
+            }
+            if heads[i] == 0 || c % heads[i] != 0 {
+                return Err(Error::config(
+                    path,
+                    format!("block {i} has {c} channels, not divisible into attention_head_dim = {} heads", heads[i]),
+                ));
+            }
+            if tlpb[i] == 0 {
+                return Err(Error::config(path, format!("transformer_layers_per_block is 0 for block {i}")));
+            }
+        }
+        if !cross[n - 1] && tlpb[n - 1] != 1 {
+            return Err(unsupported(
+                "transformer_layers_per_block",
+                &self.transformer_layers_per_block,
+                "the mid block must have one transformer layer when the last block has no cross-attention",
+            ));
+        }
+        if self.in_channels == 0 || self.out_channels == 0 {
+            return Err(Error::config(path, "`in_channels` and `out_channels` must be positive"));
+        }
+
+        // Options candle's UNet does not have.
+        let must_be_false = |field: &str, v: &Value| -> Result<()> {
+            if v.is_null() || v == &Value::Bool(false) {
+                return Ok(());
+            }
+            if let Value::Array(a) = v {
+                if a.iter().all(|x| x == &Value::Bool(false)) {
+                    return Ok(());
+                }
+            }
+            Err(unsupported(field, v, "not implemented by candle's UNet"))
+        };
+        must_be_false("only_cross_attention", &self.only_cross_attention)?;
+        must_be_false("mid_block_only_cross_attention", &self.mid_block_only_cross_attention)?;
+        let null_fields: [(&str, &Value); 13] = [
+            ("num_attention_heads", &self.num_attention_heads),
+            ("class_embed_type", &self.class_embed_type),
+            ("addition_embed_type", &self.addition_embed_type),
+            ("num_class_embeds", &self.num_class_embeds),
+            ("encoder_hid_dim", &self.encoder_hid_dim),
+            ("encoder_hid_dim_type", &self.encoder_hid_dim_type),
+            ("time_embedding_dim", &self.time_embedding_dim),
+            ("time_embedding_act_fn", &self.time_embedding_act_fn),
+            ("timestep_post_act", &self.timestep_post_act),
+            ("time_cond_proj_dim", &self.time_cond_proj_dim),
+            ("projection_class_embeddings_input_dim", &self.projection_class_embeddings_input_dim),
+            ("reverse_transformer_layers_per_block", &self.reverse_transformer_layers_per_block),
+            ("cross_attention_norm", &self.cross_attention_norm),
+        ];
+        for (field, v) in null_fields {
+            if !is_unset(v) {
+                let why = if field == "addition_embed_type" {
+                    "SDXL-style added conditioning is not implemented by candle's UNet (SD 1.x / 2.x UNets only)"
+                } else {
+                    "not implemented by candle's UNet; it must be null"
+                };
+                return Err(unsupported(field, v, why));
+            }
+        }
+        let checks: [(&str, bool, String); 8] = [
+            ("act_fn", self.act_fn == "silu", self.act_fn.clone()),
+            ("dual_cross_attention", !self.dual_cross_attention, self.dual_cross_attention.to_string()),
+            (
+                "resnet_time_scale_shift",
+                self.resnet_time_scale_shift == "default",
+                self.resnet_time_scale_shift.clone(),
+            ),
+            ("resnet_skip_time_act", !self.resnet_skip_time_act, self.resnet_skip_time_act.to_string()),
+            ("resnet_out_scale_factor", self.resnet_out_scale_factor == 1.0, self.resnet_out_scale_factor.to_string()),
+            ("time_embedding_type", self.time_embedding_type == "positional", self.time_embedding_type.clone()),
+            ("attention_type", self.attention_type == "default", self.attention_type.clone()),
+            (
+                "conv_in_kernel / conv_out_kernel",
+                self.conv_in_kernel == 3 && self.conv_out_kernel == 3,
+                format!("{} / {}", self.conv_in_kernel, self.conv_out_kernel),
+            ),
+        ];
+        for (field, ok, value) in checks {
+            if !ok {
+                return Err(unsupported(field, &value, "not implemented by candle's UNet"));
+            }
+        }
+        let finite =
+            self.freq_shift.is_finite() && self.mid_block_scale_factor.is_finite() && self.norm_eps.is_finite();
+        if !(finite && self.norm_eps > 0.0) {
+            return Err(Error::config(
+                path,
+                "freq_shift, mid_block_scale_factor and norm_eps must be finite (eps > 0)",
+            ));
+        }
+
+        let blocks = (0..n)
+            .map(|i| unet_2d::BlockConfig {
+                out_channels: self.block_out_channels[i],
+                use_cross_attn: if cross[i] { Some(tlpb[i]) } else { None },
+                // candle's field means the number of heads, as diffusers' legacy name does.
+                attention_head_dim: heads[i],
+            })
+            .collect();
+        let candle = unet_2d::UNet2DConditionModelConfig {
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: layers[0],
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: cross_dim[0],
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        };
+        let sample_size = match &self.sample_size {
+            Value::Null => None,
+            Value::Number(x) => x.as_u64().map(|v| (v as usize, v as usize)),
+            Value::Array(a) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
+                (Some(h), Some(w)) => Some((h as usize, w as usize)),
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(UnetArch {
+            candle,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            cross_attention_dim: cross_dim[0],
+            sample_size,
+        })
+    }
+}
+
+/// A diffusers `vae/config.json` (`AutoencoderKL`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VaeConfig {
+    /// Image channels in.
+    pub in_channels: usize,
+    /// Image channels out.
+    pub out_channels: usize,
+    /// All `DownEncoderBlock2D`.
+    pub down_block_types: Vec<String>,
+    /// All `UpDecoderBlock2D`.
+    pub up_block_types: Vec<String>,
+    /// Channels per level; the spatial scale factor is `2^(len − 1)`.
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder block (decoder blocks have one more).
+    pub layers_per_block: usize,
+    /// Must be `silu`.
+    pub act_fn: String,
+    /// Latent channels.
+    pub latent_channels: usize,
+    /// GroupNorm groups.
+    pub norm_num_groups: usize,
+    /// Latents are divided by this before decoding (SD 1.x 0.18215, SDXL 0.13025).
+    pub scaling_factor: f64,
+    /// Whether fp16 checkpoints should decode in float32 (diffusers' `force_upcast`).
+    pub force_upcast: bool,
+    /// Whether the model has `quant_conv`.
+    pub use_quant_conv: bool,
+    /// Whether the model has `post_quant_conv`.
+    pub use_post_quant_conv: bool,
+    /// Must be true (candle's VAE always has the mid-block attention).
+    pub mid_block_add_attention: bool,
+}
+
+impl Default for VaeConfig {
+    /// diffusers' `AutoencoderKL()` defaults.
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec!["DownEncoderBlock2D".into()],
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: "silu".into(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+impl VaeConfig {
+    /// Reads a `vae/config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        read_json(path.as_ref(), "VAE config")
+    }
+
+    /// The spatial factor between latents and images: `2^(len(block_out_channels) − 1)`.
+    pub fn scale_factor(&self) -> usize {
+        1usize << self.block_out_channels.len().saturating_sub(1).min(16)
+    }
+
+    /// Checks the config against what candle's `AutoEncoderKL` implements and builds its config.
+    pub fn arch(&self, path: impl AsRef<Path>) -> Result<vae::AutoEncoderKLConfig> {
+        let path = path.as_ref();
+        let n = self.block_out_channels.len();
+        if n == 0 || n > 16 {
+            return Err(Error::config(path, format!("`block_out_channels` must have 1 to 16 entries, got {n}")));
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(Error::config(path, "block_out_channels, down_block_types and up_block_types must agree"));
+        }
+        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
+            return Err(Error::unsupported(path, format!("down block type {t}: only DownEncoderBlock2D is supported")));
+        }
+        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            return Err(Error::unsupported(path, format!("up block type {t}: only UpDecoderBlock2D is supported")));
+        }
+        if self.act_fn != "silu" {
+            return Err(Error::unsupported(path, format!("act_fn = {}: only silu is supported", self.act_fn)));
+        }
+        if !self.mid_block_add_attention {
+            return Err(Error::unsupported(path, "mid_block_add_attention = false is not implemented by candle's VAE"));
+        }
+        let g = self.norm_num_groups;
+        if g == 0 || self.block_out_channels.iter().any(|&c| c == 0 || c % g != 0) {
+            return Err(Error::config(
+                path,
+                format!("block_out_channels must be positive multiples of norm_num_groups = {g}"),
+            ));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(Error::config(path, format!("scaling_factor must be positive, got {}", self.scaling_factor)));
+        }
+        if self.latent_channels == 0 || self.in_channels == 0 || self.out_channels != 3 {
+            return Err(Error::unsupported(
+                path,
+                "the VAE must decode to 3 (RGB) channels from at least one latent channel",
+            ));
+        }
+        Ok(vae::AutoEncoderKLConfig {
+            block_out_channels: self.block_out_channels.clone(),
+            layers_per_block: self.layers_per_block,
+            latent_channels: self.latent_channels,
+            norm_num_groups: g,
+            use_quant_conv: self.use_quant_conv,
+            use_post_quant_conv: self.use_post_quant_conv,
+        })
+    }
+}
+
+/// The activation of the CLIP MLPs (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipActivation {
+    /// `quick_gelu`: `x · σ(1.702 x)` (OpenAI CLIP, SD 1.x).
+    QuickGelu,
+    /// `gelu`: exact (erf) GELU (OpenCLIP ViT-H, SD 2.x).
+    Gelu,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+}
+
+/// A transformers `text_encoder/config.json` (`CLIPTextModel`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the hidden states (the UNet's cross-attention dim).
+    pub hidden_size: usize,
+    /// Width of the MLPs.
+    pub intermediate_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Number of positions (77 for SD).
+    pub max_position_embeddings: usize,
+    /// `quick_gelu`, `gelu`, `gelu_new` or `gelu_pytorch_tanh`.
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' `CLIPTextConfig()` defaults.
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// Reads a `text_encoder/config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        read_json(path.as_ref(), "text encoder config")
+    }
+
+    /// The activation, or an error naming the file for one this crate does not implement.
+    pub fn activation(&self, path: impl AsRef<Path>) -> Result<ClipActivation> {
+        match self.hidden_act.as_str() {
+            "quick_gelu" => Ok(ClipActivation::QuickGelu),
+            "gelu" => Ok(ClipActivation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(ClipActivation::GeluTanh),
+            other => Err(Error::unsupported(
+                path.as_ref(),
+                format!("hidden_act = {other}: supported are quick_gelu, gelu, gelu_new, gelu_pytorch_tanh"),
+            )),
+        }
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.activation(path)?;
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::config(path, format!("`{name}` must be positive")));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::config(
+                path,
+                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
+            ));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(Error::config(path, "`layer_norm_eps` must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// The config file beside weights: `dir/config.json`.
+pub(crate) fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}

@@ -1,0 +1,166 @@
+//! RGB images: the pipeline's output, PNG encoding and atomic writes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved `r, g, b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// From raw interleaved RGB bytes (`width · height · 3` of them).
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
+        if width == 0 || height == 0 || width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "an RGB image of {width}x{height} needs {} bytes, got {}",
+                width.saturating_mul(height).saturating_mul(3),
+                data.len()
+            )));
+        }
+        Ok(Self { width, height, data })
+    }
+
+    /// Images from a decoded batch `[B, 3, H, W]` with values in `[-1, 1]`, exactly as diffusers'
+    /// `VaeImageProcessor.postprocess` + `numpy_to_pil` do in float32:
+    /// `round_half_even(clamp(x/2 + 1/2, 0, 1) · 255)`.
+    pub fn from_tensor(images: &Tensor) -> Result<Vec<Self>> {
+        let (b, c, h, w) = images.dims4()?;
+        if c != 3 {
+            return Err(Error::InvalidArgument(format!("expected 3 image channels, got {c}")));
+        }
+        let hwc = images.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let values = hwc.flatten_all()?.to_vec1::<f32>()?;
+        let per = h * w * 3;
+        (0..b)
+            .map(|i| {
+                let data = values[i * per..(i + 1) * per]
+                    .iter()
+                    .map(|&x| {
+                        let v = (x * 0.5f32 + 0.5f32).clamp(0.0, 1.0);
+                        // NaN maps to 0 (`as` saturates).
+                        (v * 255.0f32).round_ties_even() as u8
+                    })
+                    .collect();
+                Self::new(w, h, data)
+            })
+            .collect()
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The interleaved RGB bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The bytes, consuming the image.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// The pixel at column `x`, row `y` (`None` outside the image).
+    pub fn pixel(&self, x: usize, y: usize) -> Option<[u8; 3]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let i = (y * self.width + x) * 3;
+        Some([self.data[i], self.data[i + 1], self.data[i + 2]])
+    }
+
+    /// Images side by side in rows of `columns`, separated by `gap` pixels of `background`
+    /// (all images must have the same size).
+    pub fn grid(images: &[RgbImage], columns: usize, gap: usize, background: [u8; 3]) -> Result<Self> {
+        let first = images.first().ok_or_else(|| Error::InvalidArgument("a grid needs at least one image".into()))?;
+        if columns == 0 {
+            return Err(Error::InvalidArgument("a grid needs at least one column".into()));
+        }
+        let (w, h) = (first.width, first.height);
+        if let Some(other) = images.iter().find(|i| i.width != w || i.height != h) {
+            return Err(Error::InvalidArgument(format!(
+                "grid images must have one size: {w}x{h} and {}x{}",
+                other.width, other.height
+            )));
+        }
+        let cols = columns.min(images.len());
+        let rows = images.len().div_ceil(cols);
+        let gw = cols * w + (cols - 1) * gap;
+        let gh = rows * h + (rows - 1) * gap;
+        let mut data: Vec<u8> = background.iter().copied().cycle().take(gw * gh * 3).collect();
+        for (k, img) in images.iter().enumerate() {
+            let (ox, oy) = ((k % cols) * (w + gap), (k / cols) * (h + gap));
+            for y in 0..h {
+                let src = &img.data[y * w * 3..(y + 1) * w * 3];
+                let start = ((oy + y) * gw + ox) * 3;
+                data[start..start + w * 3].copy_from_slice(src);
+            }
+        }
+        Self::new(gw, gh, data)
+    }
+
+    /// The image as PNG bytes.
+    pub fn encode_png(&self) -> Result<Vec<u8>> {
+        let too_big = || Error::InvalidArgument(format!("{}x{} is too large for PNG", self.width, self.height));
+        let (w, h) =
+            (u32::try_from(self.width).map_err(|_| too_big())?, u32::try_from(self.height).map_err(|_| too_big())?);
+        let mut out = Vec::new();
+        let png_err = |e: png::EncodingError| Error::InvalidArgument(format!("PNG encoding failed: {e}"));
+        {
+            let mut encoder = png::Encoder::new(&mut out, w, h);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().map_err(png_err)?;
+            writer.write_image_data(&self.data).map_err(png_err)?;
+            writer.finish().map_err(png_err)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes the image as a PNG file, atomically (see [`write_atomic`]).
+    pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomic(path, &self.encode_png()?)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: into `.<name>.<pid>.tmp` in the same directory (created
+/// if missing), flushed to disk, then renamed over `path`. On failure the temporary file is
+/// removed, `path` is left as it was, and the error names the path.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("output path {} does not name a file", path.display())))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the directory of", path, e))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("write", path, e));
+    }
+    Ok(())
+}

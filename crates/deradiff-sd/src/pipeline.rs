@@ -1,0 +1,385 @@
+//! The realigned text-to-image pipeline: a reference checkpoint, aligned UNets, one text
+//! encoding, the realigned sampling loop of deradiff-core, one VAE decode.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use deradiff_core::{
+    Denoiser, NoiseSource, Observer, Realigner, SampleOutput, Sampler, SchedulerConfig, SchedulerKind, SeededNoise,
+};
+
+use crate::device::check_dtype_supported;
+use crate::error::{Error, Result};
+use crate::guidance::{GuidanceScale, Guided, PromptEmbeddings};
+use crate::image::RgbImage;
+use crate::text::TextEncoder;
+use crate::unet::Unet;
+use crate::vae::Vae;
+
+/// dtype and device the models are loaded in.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// f32 (default), f16 or bf16 (bf16 needs a GPU in candle 0.11).
+    pub dtype: DType,
+    /// CPU (default), CUDA or Metal (see [`crate::parse_device`]).
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// What to generate: prompts and sampling settings (the models and the realigner are given
+/// separately).
+///
+/// ```
+/// use deradiff_core::SchedulerKind;
+/// let request = deradiff_sd::Request {
+///     prompts: vec!["an astronaut riding a horse".into()],
+///     scheduler: SchedulerKind::Ddim { eta: 0.0 },
+///     steps: 30,
+///     seed: 42,
+///     ..Default::default()
+/// };
+/// assert_eq!(request.guidance_scale, 7.5);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// One image (or [`Request::images_per_prompt`] images) per prompt.
+    pub prompts: Vec<String>,
+    /// The negative prompt for every prompt (`None`: the empty prompt, as diffusers).
+    pub negative_prompt: Option<String>,
+    /// Images per prompt (diffusers' `num_images_per_prompt`), default 1.
+    pub images_per_prompt: usize,
+    /// The sampler, default Euler ancestral (the paper's SD 1.5 setting).
+    pub scheduler: SchedulerKind,
+    /// Inference steps, default 50.
+    pub steps: usize,
+    /// Classifier-free guidance scale, default 7.5 (`<= 1` turns guidance off, as in diffusers).
+    pub guidance_scale: f64,
+    /// Seed of the initial latent and of every step's noise, default 0.
+    pub seed: u64,
+    /// Image height in pixels (default: the UNet's `sample_size` × the VAE's scale factor).
+    pub height: Option<usize>,
+    /// Image width in pixels (default as the height).
+    pub width: Option<usize>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            prompts: Vec::new(),
+            negative_prompt: None,
+            images_per_prompt: 1,
+            scheduler: SchedulerKind::EulerAncestral,
+            steps: 50,
+            guidance_scale: 7.5,
+            seed: 0,
+            height: None,
+            width: None,
+        }
+    }
+}
+
+/// The result of [`StableDiffusion::generate`].
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// One image per sample, prompt-major (`prompt 0` × images per prompt, then `prompt 1`, …).
+    pub images: Vec<RgbImage>,
+    /// The final latents `[batch, channels, h, w]` (before the VAE's scaling).
+    pub latents: Tensor,
+    /// Steps taken.
+    pub steps_taken: usize,
+    /// Whether an observer stopped the run early.
+    pub stopped_early: bool,
+}
+
+/// A reference Stable Diffusion checkpoint and aligned UNets sharing its text encoder and VAE.
+///
+/// ```no_run
+/// use deradiff_core::{NoObserver, Realigner};
+/// use deradiff_sd::{LoadOptions, Request, StableDiffusion};
+///
+/// let sd = StableDiffusion::load("stable-diffusion-v1-5", &["dpo-sd1.5-text2image-v1"], &LoadOptions::default())?;
+/// let request = Request { prompts: vec!["a red cube on a table".into()], steps: 30, ..Default::default() };
+/// let out = sd.generate(&request, &Realigner::two_model(0.5)?, &mut NoObserver)?;
+/// out.images[0].save_png("cube.png")?;
+/// # Ok::<(), deradiff_sd::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct StableDiffusion {
+    text_encoder: TextEncoder,
+    vae: Vae,
+    unets: Vec<Unet>,
+    scheduler_config: SchedulerConfig,
+    dtype: DType,
+    device: Device,
+}
+
+fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(Error::NotFound { what: what.to_string(), path: dir })
+    }
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
+    /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
+    /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
+    /// config). Every aligned UNet must have the reference's architecture.
+    pub fn load<P: AsRef<Path>>(reference: impl AsRef<Path>, aligned: &[P], options: &LoadOptions) -> Result<Self> {
+        let root = reference.as_ref();
+        if !root.is_dir() {
+            return Err(Error::NotFound { what: "reference model directory".into(), path: root.to_path_buf() });
+        }
+        let unet_dir = require_dir(root.join("unet"), "reference UNet directory")?;
+        let te_dir = require_dir(root.join("text_encoder"), "text encoder directory")?;
+        let tok_dir = require_dir(root.join("tokenizer"), "tokenizer directory")?;
+        let vae_dir = require_dir(root.join("vae"), "VAE directory")?;
+        let sched_path = root.join("scheduler").join("scheduler_config.json");
+        if !sched_path.is_file() {
+            return Err(Error::NotFound { what: "scheduler config".into(), path: sched_path });
+        }
+        let scheduler_config = SchedulerConfig::from_file(&sched_path)?;
+        let (dtype, device) = (options.dtype, &options.device);
+        check_dtype_supported(dtype, device)?;
+
+        let reference_unet = Unet::load(&unet_dir, None, dtype, device)?;
+        let ref_cfg_path = unet_dir.join("config.json");
+        let mut unets = vec![];
+        let mut aligned_unets = Vec::with_capacity(aligned.len());
+        for a in aligned {
+            let u = Unet::load(a, Some((reference_unet.config(), &ref_cfg_path)), dtype, device)?;
+            reference_unet.check_same_architecture(&u)?;
+            aligned_unets.push(u);
+        }
+        unets.push(reference_unet);
+        unets.extend(aligned_unets);
+        let text_encoder = TextEncoder::load(&te_dir, &tok_dir, dtype, device)?;
+        let vae = Vae::load(&vae_dir, dtype, device)?;
+        Self::from_parts(text_encoder, vae, unets, scheduler_config)
+    }
+
+    /// Assembles loaded parts (reference UNet first), checking that they fit together.
+    pub fn from_parts(
+        text_encoder: TextEncoder,
+        vae: Vae,
+        unets: Vec<Unet>,
+        scheduler_config: SchedulerConfig,
+    ) -> Result<Self> {
+        let reference = unets.first().ok_or_else(|| Error::InvalidArgument("no UNet given".into()))?;
+        for u in &unets[1..] {
+            reference.check_same_architecture(u)?;
+        }
+        if text_encoder.hidden_size() != reference.cross_attention_dim() {
+            return Err(Error::ModelMismatch(format!(
+                "the text encoder's hidden size is {} but the UNet attends to {}-wide embeddings",
+                text_encoder.hidden_size(),
+                reference.cross_attention_dim()
+            )));
+        }
+        if vae.latent_channels() != reference.in_channels() {
+            return Err(Error::ModelMismatch(format!(
+                "the VAE has {} latent channels but the UNet takes {}",
+                vae.latent_channels(),
+                reference.in_channels()
+            )));
+        }
+        let dtype = reference.dtype();
+        let device = reference.device().clone();
+        Ok(Self { text_encoder, vae, unets, scheduler_config, dtype, device })
+    }
+
+    /// Number of UNets (reference + aligned): what the realigner must weigh.
+    pub fn num_models(&self) -> usize {
+        self.unets.len()
+    }
+
+    /// The UNets, reference first.
+    pub fn unets(&self) -> &[Unet] {
+        &self.unets
+    }
+
+    /// The text encoder (shared by all UNets).
+    pub fn text_encoder(&self) -> &TextEncoder {
+        &self.text_encoder
+    }
+
+    /// The VAE.
+    pub fn vae(&self) -> &Vae {
+        &self.vae
+    }
+
+    /// The reference's scheduler config (training schedule, prediction type).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// Replaces the scheduler config (for example to force `v_prediction`).
+    pub fn set_scheduler_config(&mut self, config: SchedulerConfig) {
+        self.scheduler_config = config;
+    }
+
+    /// The dtype of the UNets and latents.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Default image `(height, width)`: the UNet's `sample_size` × the VAE's scale factor
+    /// (64 × 8 = 512 for SD 1.5).
+    pub fn default_size(&self) -> (usize, usize) {
+        let f = self.vae.scale_factor();
+        let (h, w) = self.unets[0].arch().sample_size.unwrap_or((64, 64));
+        (h * f, w * f)
+    }
+
+    /// Encodes the prompts once (and, with guidance on, the negative prompt — the empty prompt
+    /// when `None`), each distinct text in a single text-encoder pass, for every UNet to share.
+    pub fn encode_prompts<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        negative_prompt: Option<&str>,
+        guidance_scale: f64,
+    ) -> Result<PromptEmbeddings> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidArgument("no prompts: give at least one prompt".into()));
+        }
+        let guidance = GuidanceScale::new(guidance_scale)?;
+        fn index_of<'s>(s: &'s str, distinct: &mut Vec<&'s str>) -> u32 {
+            match distinct.iter().position(|d| *d == s) {
+                Some(i) => i as u32,
+                None => {
+                    distinct.push(s);
+                    (distinct.len() - 1) as u32
+                }
+            }
+        }
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut rows = Vec::new();
+        let prompts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
+        let negative = negative_prompt.unwrap_or("");
+        for p in &prompts {
+            rows.push(index_of(p, &mut distinct));
+        }
+        let uncond_row = guidance.is_active().then(|| index_of(negative, &mut distinct));
+        let hidden = self.text_encoder.encode(&distinct)?.to_dtype(self.dtype)?;
+        let pick = |idx: &[u32]| -> Result<Tensor> {
+            let idx = Tensor::new(idx, hidden.device())?;
+            Ok(hidden.index_select(&idx, 0)?)
+        };
+        let cond = pick(&rows)?;
+        let uncond = uncond_row.map(|r| pick(&vec![r; prompts.len()])).transpose()?;
+        PromptEmbeddings::new(cond, uncond)
+    }
+
+    /// The text embeddings of a request (prompts × images per prompt).
+    pub fn encode(&self, request: &Request) -> Result<PromptEmbeddings> {
+        self.encode_prompts(&request.prompts, request.negative_prompt.as_deref(), request.guidance_scale)?
+            .repeat_each(request.images_per_prompt)
+    }
+
+    /// One guided denoiser per UNet (reference first), all sharing `embeddings`.
+    pub fn denoisers<'a>(
+        &'a self,
+        embeddings: &'a PromptEmbeddings,
+        guidance_scale: f64,
+    ) -> Result<Vec<Guided<'a, Unet>>> {
+        self.unets.iter().map(|u| Guided::new(u, embeddings, guidance_scale)).collect()
+    }
+
+    /// The latent shape `[batch, channels, height / f, width / f]` of a request.
+    pub fn latent_shape(&self, request: &Request, batch: usize) -> Result<[usize; 4]> {
+        let (dh, dw) = self.default_size();
+        let (h, w) = (request.height.unwrap_or(dh), request.width.unwrap_or(dw));
+        let f = self.vae.scale_factor();
+        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "image size {h}x{w} must be a positive multiple of the VAE's scale factor {f}"
+            )));
+        }
+        Ok([batch, self.unets[0].in_channels(), h / f, w / f])
+    }
+
+    /// Runs the realigned sampling loop for `request` with precomputed `embeddings`, drawing
+    /// `x_T` and every step's noise from `noise`; `observer` sees every step. Models whose weight
+    /// is 0 at every step are not run (λ = 0 or 1 costs one UNet per step).
+    pub fn sample(
+        &self,
+        request: &Request,
+        embeddings: &PromptEmbeddings,
+        realigner: &Realigner,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> Result<SampleOutput> {
+        if request.steps == 0 {
+            return Err(Error::InvalidArgument("the number of inference steps must be at least 1".into()));
+        }
+        GuidanceScale::new(request.guidance_scale)?;
+        if realigner.num_models() != self.unets.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the realigner weighs {} models but {} UNets are loaded (reference + {} aligned); use \
+                 Realigner::two_model(λ) for one aligned model, Realigner::multi_reward(&[λ…]) for several",
+                realigner.num_models(),
+                self.unets.len(),
+                self.unets.len() - 1
+            )));
+        }
+        let shape = self.latent_shape(request, embeddings.batch())?;
+        let scheduler = request.scheduler.build(&self.scheduler_config, request.steps)?;
+        let (kept, realigner) = prune_zero_weights(realigner, request.steps)?;
+        let guided: Vec<Guided<'_, Unet>> = kept
+            .iter()
+            .map(|&i| Guided::new(&self.unets[i], embeddings, request.guidance_scale))
+            .collect::<Result<_>>()?;
+        let denoisers: Vec<&dyn Denoiser> = guided.iter().map(|g| g as &dyn Denoiser).collect();
+        let sampler = Sampler::new(scheduler.as_ref(), denoisers, realigner)?;
+        Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
+    }
+
+    /// Decodes final latents to images (one VAE pass).
+    pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        self.vae.decode(latents)
+    }
+
+    /// Encodes the prompts, samples with seeded noise and `realigner`, decodes.
+    pub fn generate(
+        &self,
+        request: &Request,
+        realigner: &Realigner,
+        observer: &mut dyn Observer,
+    ) -> Result<Generation> {
+        let embeddings = self.encode(request)?;
+        let out = self.sample(request, &embeddings, realigner, &mut SeededNoise::new(request.seed), observer)?;
+        let images = self.decode(&out.latent)?;
+        Ok(Generation { images, latents: out.latent, steps_taken: out.steps_taken, stopped_early: out.stopped_early })
+    }
+}
+
+/// Drops the models whose weight is exactly 0 at every one of `steps` steps (their posteriors
+/// do not enter the fusion), returning the kept model indices and the realigner over them.
+fn prune_zero_weights(realigner: &Realigner, steps: usize) -> Result<(Vec<usize>, Realigner)> {
+    let k = realigner.num_models();
+    let per_step: Vec<Vec<f64>> =
+        (0..steps).map(|s| realigner.weights(s).map(<[f64]>::to_vec)).collect::<deradiff_core::Result<_>>()?;
+    let kept: Vec<usize> = (0..k).filter(|&i| per_step.iter().any(|w| w[i] != 0.0)).collect();
+    if kept.len() == k || kept.is_empty() {
+        return Ok(((0..k).collect(), realigner.clone()));
+    }
+    let pick = |w: &Vec<f64>| kept.iter().map(|&i| w[i]).collect::<Vec<f64>>();
+    let constant = per_step.windows(2).all(|p| p[0] == p[1]);
+    let pruned = if constant {
+        Realigner::new(pick(&per_step[0]))?
+    } else {
+        Realigner::per_step(per_step.iter().map(pick).collect())?
+    };
+    Ok((kept, pruned.with_policy(realigner.policy())))
+}

@@ -1,0 +1,149 @@
+//! Text encoding: the checkpoint's tokenizer and CLIP text model, run once per distinct prompt.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::clip::ClipTextModel;
+use crate::config::{config_path, ClipTextConfig};
+use crate::error::{Error, Result};
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{find_weight_files, CheckedWeights};
+
+/// Tokenizer + CLIP text model. Counts its forward passes and encoded prompts, so that sharing
+/// one encoding among many UNets can be checked.
+pub struct TextEncoder {
+    tokenizer: ClipTokenizer,
+    model: ClipTextModel,
+    dtype: DType,
+    device: Device,
+    forward_calls: AtomicUsize,
+    prompts_encoded: AtomicUsize,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder")
+            .field("tokenizer", &self.tokenizer)
+            .field("model", &self.model)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextEncoder {
+    /// Loads `text_encoder_dir` (`config.json` + `model.safetensors`, transformers' names with
+    /// or without the `text_model.` prefix) and the tokenizer in `tokenizer_dir`.
+    pub fn load(
+        text_encoder_dir: impl AsRef<Path>,
+        tokenizer_dir: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+        let model = load_clip(text_encoder_dir.as_ref(), dtype, device)?;
+        Self::new(tokenizer, model, dtype, device)
+    }
+
+    /// From a tokenizer and a loaded model; checks that the token ids fit the model.
+    pub fn new(tokenizer: ClipTokenizer, model: ClipTextModel, dtype: DType, device: &Device) -> Result<Self> {
+        let c = model.config();
+        if tokenizer.max_length() > c.max_position_embeddings {
+            return Err(Error::ModelMismatch(format!(
+                "the tokenizer pads prompts to {} tokens but the text encoder has {} positions",
+                tokenizer.max_length(),
+                c.max_position_embeddings
+            )));
+        }
+        let largest = tokenizer.bos_id().max(tokenizer.eos_id()).max(tokenizer.pad_id()) as usize;
+        if largest >= c.vocab_size {
+            return Err(Error::ModelMismatch(format!(
+                "the tokenizer's special token id {largest} is outside the text encoder's vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        Ok(Self {
+            tokenizer,
+            model,
+            dtype,
+            device: device.clone(),
+            forward_calls: AtomicUsize::new(0),
+            prompts_encoded: AtomicUsize::new(0),
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// The CLIP model.
+    pub fn model(&self) -> &ClipTextModel {
+        &self.model
+    }
+
+    /// Width of the hidden states (must equal the UNets' cross-attention dim).
+    pub fn hidden_size(&self) -> usize {
+        self.model.config().hidden_size
+    }
+
+    /// The dtype of the hidden states.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Last hidden states `[N, max_length, hidden]` of `prompts`, in one forward pass.
+    pub fn encode(&self, prompts: &[&str]) -> Result<Tensor> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidArgument("no prompts to encode".into()));
+        }
+        let vocab = self.model.config().vocab_size;
+        let mut ids = Vec::with_capacity(prompts.len() * self.tokenizer.max_length());
+        for p in prompts {
+            let row = self.tokenizer.encode(p)?;
+            if let Some(&bad) = row.iter().find(|&&i| i as usize >= vocab) {
+                return Err(Error::ModelMismatch(format!(
+                    "the tokenizer produced id {bad}, outside the text encoder's vocabulary of {vocab}"
+                )));
+            }
+            ids.extend(row);
+        }
+        let ids = Tensor::from_vec(ids, (prompts.len(), self.tokenizer.max_length()), &self.device)?;
+        self.forward_calls.fetch_add(1, Ordering::Relaxed);
+        self.prompts_encoded.fetch_add(prompts.len(), Ordering::Relaxed);
+        Ok(self.model.forward(&ids)?)
+    }
+
+    /// Forward passes run so far.
+    pub fn forward_calls(&self) -> usize {
+        self.forward_calls.load(Ordering::Relaxed)
+    }
+
+    /// Prompts (sequences) encoded so far.
+    pub fn prompts_encoded(&self) -> usize {
+        self.prompts_encoded.load(Ordering::Relaxed)
+    }
+}
+
+/// Loads a CLIP text model from a transformers directory.
+pub fn load_clip(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+    if !dir.is_dir() {
+        return Err(Error::NotFound { what: "text encoder directory".into(), path: dir.to_path_buf() });
+    }
+    let cfg_path = config_path(dir);
+    let config = ClipTextConfig::from_file(&cfg_path)?;
+    config.validate(&cfg_path)?;
+    let act = config.activation(&cfg_path)?;
+    let files = find_weight_files(dir, "model", "text encoder")?;
+    let weights = CheckedWeights::open(&files)?;
+    // Real SD checkpoints carry the `text_model.` prefix; transformers 5 saves without it.
+    let prefix = if weights.contains("text_model.embeddings.token_embedding.weight")
+        || !weights.contains("embeddings.token_embedding.weight")
+    {
+        Some("text_model")
+    } else {
+        None
+    };
+    weights.build(dtype, device, prefix, |vb| ClipTextModel::new(vb, &config, act))
+}

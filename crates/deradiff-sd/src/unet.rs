@@ -1,0 +1,249 @@
+//! The Stable Diffusion UNet: candle-transformers' `UNet2DConditionModel`, configured from the
+//! checkpoint's own `unet/config.json`.
+//!
+//! Fidelity note: candle 0.11's transformer blocks use the tanh-approximate GELU in their GEGLU
+//! feed-forward where diffusers uses the exact (erf) GELU. On the tiny test UNets this moves the
+//! output by about 6e-5 (well inside the 1e-4 bar); an exact-GELU UNet needs its own copy of the
+//! transformer blocks (candle's `BasicTransformerBlock` and `FeedForward` are private).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+
+use crate::config::{config_path, UnetArch, UnetConfig};
+use crate::error::{Error, Result};
+use crate::guidance::ConditionalModel;
+use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
+
+/// A loaded UNet with its config and the shapes of its weights.
+pub struct Unet {
+    model: UNet2DConditionModel,
+    config: UnetConfig,
+    arch: UnetArch,
+    source: PathBuf,
+    shapes: HashMap<String, Shape>,
+    dtype: DType,
+    device: Device,
+    forward_calls: AtomicUsize,
+}
+
+impl std::fmt::Debug for Unet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unet")
+            .field("source", &self.source)
+            .field("in_channels", &self.arch.in_channels)
+            .field("out_channels", &self.arch.out_channels)
+            .field("cross_attention_dim", &self.arch.cross_attention_dim)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a UNet's weights and config are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnetLocation {
+    /// The safetensors file(s).
+    pub weights: Vec<PathBuf>,
+    /// Its `config.json`, if it has one of its own.
+    pub config: Option<PathBuf>,
+}
+
+impl UnetLocation {
+    /// Resolves what a user gave:
+    /// * a pipeline directory with a `unet/` subdirectory;
+    /// * a UNet directory (`config.json` + `diffusion_pytorch_model[.fp16].safetensors` or shards);
+    /// * a single `.safetensors` file (no config of its own: the reference's is used).
+    pub fn resolve(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_file() {
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "safetensors" {
+                return Err(Error::unsupported(
+                    path,
+                    "a single-file UNet must be a .safetensors file in the diffusers layout (pickle \
+                     .bin / .ckpt files are not loaded)",
+                ));
+            }
+            return Ok(Self { weights: vec![path.to_path_buf()], config: None });
+        }
+        if !path.exists() {
+            return Err(Error::NotFound { what: "UNet (directory or .safetensors file)".into(), path: path.into() });
+        }
+        let dir = if path.join("unet").is_dir() { path.join("unet") } else { path.to_path_buf() };
+        let cfg = config_path(&dir);
+        if !cfg.is_file() {
+            return Err(Error::NotFound {
+                what: "UNet config (a pipeline directory needs unet/config.json, a UNet directory config.json)".into(),
+                path: cfg,
+            });
+        }
+        let weights = find_weight_files(&dir, "diffusion_pytorch_model", "UNet")?;
+        Ok(Self { weights, config: Some(cfg) })
+    }
+}
+
+impl Unet {
+    /// Loads a UNet from a pipeline directory, a UNet directory, or (with `fallback` — the
+    /// reference's config and its path) a single safetensors file.
+    pub fn load(
+        path: impl AsRef<Path>,
+        fallback: Option<(&UnetConfig, &Path)>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let loc = UnetLocation::resolve(path)?;
+        let (config, cfg_path) = match (&loc.config, fallback) {
+            (Some(p), _) => (UnetConfig::from_file(p)?, p.clone()),
+            (None, Some((c, p))) => (c.clone(), p.to_path_buf()),
+            (None, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is a bare weight file: the reference UNet needs its config.json (give its directory)",
+                    path.display()
+                )))
+            }
+        };
+        Self::from_files(&loc.weights, config, &cfg_path, dtype, device)
+    }
+
+    /// Loads weights `files` with `config` (whose path `config_path` is named in errors).
+    pub fn from_files(
+        files: &[PathBuf],
+        config: UnetConfig,
+        config_path: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::InvalidArgument("no UNet weight files given".into()));
+        }
+        let arch = config.arch(config_path)?;
+        let weights = CheckedWeights::open(files)?;
+        let candle_config = arch.candle.clone();
+        let (in_c, out_c) = (arch.in_channels, arch.out_channels);
+        let model = weights
+            .build(dtype, device, None, |vb| UNet2DConditionModel::new(vb, in_c, out_c, false, candle_config))?;
+        Ok(Self {
+            model,
+            config,
+            arch,
+            source: weights.primary().to_path_buf(),
+            shapes: weights.used(),
+            dtype,
+            device: device.clone(),
+            forward_calls: AtomicUsize::new(0),
+        })
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &UnetConfig {
+        &self.config
+    }
+
+    /// The checked architecture.
+    pub fn arch(&self) -> &UnetArch {
+        &self.arch
+    }
+
+    /// The (first) weight file.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Latent channels in.
+    pub fn in_channels(&self) -> usize {
+        self.arch.in_channels
+    }
+
+    /// Channels out.
+    pub fn out_channels(&self) -> usize {
+        self.arch.out_channels
+    }
+
+    /// Width of the text embeddings it attends to.
+    pub fn cross_attention_dim(&self) -> usize {
+        self.arch.cross_attention_dim
+    }
+
+    /// The dtype of its weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device of its weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Forward passes run so far.
+    pub fn forward_calls(&self) -> usize {
+        self.forward_calls.load(Ordering::Relaxed)
+    }
+
+    /// Errors unless `other` has exactly the same weight names and shapes (and channels): a
+    /// reference and an aligned model must be the same network with different weights.
+    pub fn check_same_architecture(&self, other: &Unet) -> Result<()> {
+        let io = |u: &Unet| (u.in_channels(), u.out_channels(), u.cross_attention_dim());
+        if io(self) != io(other) {
+            return Err(Error::ModelMismatch(format!(
+                "{} has (in, out, cross-attention) channels {:?} but {} has {:?}",
+                self.source.display(),
+                io(self),
+                other.source.display(),
+                io(other)
+            )));
+        }
+        let diff = shape_differences(&self.shapes, &other.shapes);
+        if !diff.is_empty() {
+            let shown: Vec<&str> = diff.iter().take(3).map(String::as_str).collect();
+            return Err(Error::ModelMismatch(format!(
+                "{} and {} are different architectures ({} tensors differ: {}{})",
+                self.source.display(),
+                other.source.display(),
+                diff.len(),
+                shown.join("; "),
+                if diff.len() > 3 { "; …" } else { "" }
+            )));
+        }
+        Ok(())
+    }
+
+    /// The model output for latents `x` `[B, in_channels, h, w]` at `timestep`, attending to
+    /// `context` `[B, L, cross_attention_dim]`.
+    pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        let (b, c, _h, _w) = x.dims4().map_err(|_| {
+            Error::InvalidArgument(format!("UNet input must be [batch, channels, height, width], got {:?}", x.dims()))
+        })?;
+        if c != self.arch.in_channels {
+            return Err(Error::InvalidArgument(format!(
+                "UNet input has {c} channels but {} takes {}",
+                self.source.display(),
+                self.arch.in_channels
+            )));
+        }
+        let ctx = context.dims();
+        if ctx.len() != 3 || ctx[0] != b || ctx[2] != self.arch.cross_attention_dim {
+            return Err(Error::InvalidArgument(format!(
+                "UNet context must be [{b}, tokens, {}], got {ctx:?}",
+                self.arch.cross_attention_dim
+            )));
+        }
+        if !timestep.is_finite() {
+            return Err(Error::InvalidArgument(format!("timestep {timestep} is not finite")));
+        }
+        self.forward_calls.fetch_add(1, Ordering::Relaxed);
+        let out_dtype = x.dtype();
+        let x = x.to_dtype(self.dtype)?;
+        let context = context.to_dtype(self.dtype)?;
+        Ok(self.model.forward(&x, timestep, &context)?.to_dtype(out_dtype)?)
+    }
+}
+
+impl ConditionalModel for Unet {
+    fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward(x, timestep, context)
+    }
+}

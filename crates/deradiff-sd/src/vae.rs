@@ -1,0 +1,94 @@
+//! The VAE decoder: candle-transformers' `AutoEncoderKL` configured from `vae/config.json`,
+//! with the checkpoint's own `scaling_factor` and spatial scale factor.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+
+use crate::config::{config_path, VaeConfig};
+use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::weights::{find_weight_files, CheckedWeights};
+
+/// A loaded VAE.
+pub struct Vae {
+    model: AutoEncoderKL,
+    config: VaeConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Vae {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vae").field("config", &self.config).field("dtype", &self.dtype).finish_non_exhaustive()
+    }
+}
+
+impl Vae {
+    /// Loads `dir` (`config.json` + `diffusion_pytorch_model.safetensors`). With `dtype` f16 and
+    /// the config's `force_upcast` (diffusers' default), the VAE runs in f32, as diffusers does to
+    /// avoid fp16 overflow in the decoder.
+    pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::NotFound { what: "VAE directory".into(), path: dir.to_path_buf() });
+        }
+        let cfg_path = config_path(dir);
+        let config = VaeConfig::from_file(&cfg_path)?;
+        let arch = config.arch(&cfg_path)?;
+        let dtype = if dtype == DType::F16 && config.force_upcast { DType::F32 } else { dtype };
+        let files = find_weight_files(dir, "diffusion_pytorch_model", "VAE")?;
+        let weights = CheckedWeights::open(&files)?;
+        let (in_c, out_c) = (config.in_channels, config.out_channels);
+        let model = weights.build(dtype, device, None, |vb| AutoEncoderKL::new(vb, in_c, out_c, arch))?;
+        Ok(Self { model, config, dtype, device: device.clone() })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// Image pixels per latent pixel: `2^(len(block_out_channels) − 1)` (8 for SD, 2 for a
+    /// two-level test VAE).
+    pub fn scale_factor(&self) -> usize {
+        self.config.scale_factor()
+    }
+
+    /// `scaling_factor` from the config (latents are divided by it before decoding).
+    pub fn scaling_factor(&self) -> f64 {
+        self.config.scaling_factor
+    }
+
+    /// Latent channels.
+    pub fn latent_channels(&self) -> usize {
+        self.config.latent_channels
+    }
+
+    /// The dtype the VAE computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The decoder's raw output `[B, 3, H·f, W·f]` (values about `[-1, 1]`, as f32) for latents
+    /// `z` already divided by the scaling factor.
+    pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+        let dims = z.dims();
+        if dims.len() != 4 || dims[1] != self.config.latent_channels {
+            return Err(Error::InvalidArgument(format!(
+                "VAE latents must be [batch, {}, height, width], got {dims:?}",
+                self.config.latent_channels
+            )));
+        }
+        let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(self.model.decode(&z)?.to_dtype(DType::F32)?)
+    }
+
+    /// Images from sampled latents: `decode(latents / scaling_factor)`, then diffusers'
+    /// post-processing to 8-bit RGB.
+    pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
+        RgbImage::from_tensor(&self.decode_raw(&z)?)
+    }
+}

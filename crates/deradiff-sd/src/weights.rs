@@ -1,0 +1,311 @@
+//! Safetensors weight files: finding them in a diffusers-layout directory, and loading them
+//! through a checking [`SimpleBackend`] so that a missing or misshapen tensor is reported with the
+//! file and tensor names rather than as a bare candle error.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+
+/// The safetensors file(s) of one model component, in the order they are read.
+///
+/// Found in a directory as diffusers and transformers name them: `{stem}.safetensors`, else
+/// `{stem}.fp16.safetensors`, else the shards listed in `{stem}.safetensors.index.json`.
+pub(crate) fn find_weight_files(dir: &Path, stem: &str, what: &str) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(Error::NotFound { what: format!("{what} directory"), path: dir.to_path_buf() });
+    }
+    for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+        let p = dir.join(&name);
+        if p.is_file() {
+            return Ok(vec![p]);
+        }
+    }
+    for index in [format!("{stem}.safetensors.index.json"), format!("{stem}.safetensors.index.fp16.json")] {
+        let p = dir.join(&index);
+        if p.is_file() {
+            return shards_of(&p, dir);
+        }
+    }
+    for other in ["bin", "ckpt", "pt", "pth"] {
+        let p = dir.join(format!("{stem}.{other}"));
+        if p.is_file() {
+            return Err(Error::unsupported(
+                p,
+                "only safetensors weights are loaded (pickle files can run code); convert it with \
+                 diffusers' `save_pretrained(..., safe_serialization=True)`",
+            ));
+        }
+    }
+    Err(Error::NotFound { what: format!("{what} weights"), path: dir.join(format!("{stem}.safetensors")) })
+}
+
+fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io("read", index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(index, e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::config(index, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::config(index, "`weight_map` lists no files"));
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(&f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(Error::NotFound { what: format!("weight shard listed in {}", index.display()), path: p })
+            }
+        })
+        .collect()
+}
+
+/// What went wrong while a model pulled its tensors (reported after candle gives up).
+#[derive(Debug, Clone)]
+enum Failure {
+    Missing { tensor: String },
+    Shape { tensor: String, expected: Shape, got: Shape },
+    DType { tensor: String, dtype: DType },
+}
+
+/// Memory-mapped safetensors that check every requested tensor's name, shape and dtype before
+/// loading it, remember what went wrong, and record which tensors were used (with their shapes).
+pub(crate) struct CheckedWeights {
+    files: Vec<PathBuf>,
+    st: MmapedSafetensors,
+    /// Tensor name → index into `files`.
+    location: HashMap<String, usize>,
+    failure: Mutex<Option<Failure>>,
+    used: Mutex<HashMap<String, Shape>>,
+}
+
+impl std::fmt::Debug for CheckedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedWeights").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl CheckedWeights {
+    /// Opens (memory-maps) the files; a file that is not valid safetensors is an error naming it.
+    pub(crate) fn open(files: &[PathBuf]) -> Result<Arc<Self>> {
+        let mut location = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            if !f.is_file() {
+                return Err(Error::NotFound { what: "weight file".into(), path: f.clone() });
+            }
+            // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be
+            // truncated by another process while it is in use.
+            let one = unsafe { MmapedSafetensors::new(f) }
+                .map_err(|e| Error::Weights { file: f.clone(), message: e.to_string() })?;
+            for (name, _) in one.tensors() {
+                location.insert(name, i);
+            }
+        }
+        // SAFETY: as above.
+        let st = unsafe { MmapedSafetensors::multi(files) }
+            .map_err(|e| Error::Weights { file: files[0].clone(), message: e.to_string() })?;
+        Ok(Arc::new(Self {
+            files: files.to_vec(),
+            st,
+            location,
+            failure: Mutex::new(None),
+            used: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The first file (what error messages name for a tensor that is nowhere).
+    pub(crate) fn primary(&self) -> &Path {
+        &self.files[0]
+    }
+
+    /// The file that holds `tensor` (the first file if none does).
+    fn file_of(&self, tensor: &str) -> PathBuf {
+        self.location.get(tensor).map(|&i| self.files[i].clone()).unwrap_or_else(|| self.files[0].clone())
+    }
+
+    /// Whether the files hold a tensor of this name.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// Names of all tensors in the files.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
+    /// The tensors a model has taken so far, with their shapes.
+    pub(crate) fn used(&self) -> HashMap<String, Shape> {
+        self.used.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// A `VarBuilder` over these weights, converting to `dtype` on `device`.
+    pub(crate) fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Shared(self.clone())), dtype, device.clone())
+    }
+
+    /// Builds a model with `build`; if candle fails, reports the last tensor problem seen (with
+    /// file and tensor names) instead of candle's error, when there was one.
+    pub(crate) fn build<T>(
+        self: &Arc<Self>,
+        dtype: DType,
+        device: &Device,
+        prefix: Option<&str>,
+        build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T> {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
+        }
+        let vb = self.var_builder(dtype, device);
+        let vb = match prefix {
+            Some(p) => vb.pp(p),
+            None => vb,
+        };
+        match build(vb) {
+            Ok(model) => Ok(model),
+            Err(err) => {
+                let failure = self.failure.lock().ok().and_then(|mut f| f.take());
+                Err(match failure {
+                    Some(f) => self.describe(f),
+                    None => Error::Weights { file: self.primary().to_path_buf(), message: err.to_string() },
+                })
+            }
+        }
+    }
+
+    fn describe(&self, failure: Failure) -> Error {
+        match failure {
+            Failure::Missing { tensor } => {
+                let hint = self.hint_for_missing(&tensor);
+                Error::MissingTensor { file: self.primary().to_path_buf(), tensor, hint }
+            }
+            Failure::Shape { tensor, expected, got } => {
+                Error::TensorShape { file: self.file_of(&tensor), tensor, expected, got }
+            }
+            Failure::DType { tensor, dtype } => Error::TensorDType { file: self.file_of(&tensor), tensor, dtype },
+        }
+    }
+
+    /// Explains a missing tensor when the file's names look like another layout.
+    fn hint_for_missing(&self, tensor: &str) -> String {
+        if self.names().any(|n| n.starts_with("model.diffusion_model.") || n.starts_with("first_stage_model.")) {
+            return "; this looks like an original (CompVis / LDM) single-file checkpoint: deradiff loads the \
+                    diffusers layout (convert it with diffusers' `from_single_file(...).save_pretrained(...)`)"
+                .into();
+        }
+        let mut with_prefix: Vec<&str> = self.names().filter(|n| n.ends_with(&format!(".{tensor}"))).collect();
+        with_prefix.sort();
+        if let Some(n) = with_prefix.first() {
+            let prefix = &n[..n.len() - tensor.len()];
+            return format!("; the file has `{n}`: its tensor names carry the prefix `{prefix}`, strip it");
+        }
+        let total = self.location.len();
+        format!(" (the file holds {total} tensors; is it the right component, and does its config match?)")
+    }
+
+    fn record(&self, failure: Failure) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(failure);
+        }
+    }
+
+    fn load_checked(
+        &self,
+        name: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let view = match self.st.get(name) {
+            Ok(v) => v,
+            Err(_) => {
+                self.record(Failure::Missing { tensor: name.to_string() });
+                return Err(candle_core::Error::CannotFindTensor { path: name.to_string() });
+            }
+        };
+        let got = Shape::from(view.shape().to_vec());
+        if let Some(expected) = expected {
+            if &got != expected {
+                self.record(Failure::Shape { tensor: name.to_string(), expected: expected.clone(), got: got.clone() });
+                return Err(candle_core::Error::UnexpectedShape {
+                    msg: format!("shape mismatch for {name}"),
+                    expected: expected.clone(),
+                    got,
+                });
+            }
+        }
+        let stored: std::result::Result<DType, _> = view.dtype().try_into();
+        match stored {
+            Ok(d) if d.is_float() => {}
+            Ok(d) => {
+                self.record(Failure::DType { tensor: name.to_string(), dtype: d });
+                return Err(candle_core::Error::Msg(format!("tensor {name} has dtype {d:?}")));
+            }
+            Err(e) => {
+                self.record(Failure::DType { tensor: name.to_string(), dtype: DType::U8 });
+                return Err(e);
+            }
+        }
+        let t = self.st.load(name, dev)?.to_dtype(dtype)?;
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(name.to_string(), got);
+        }
+        // A failed probe that candle recovered from (e.g. a second shape tried) is forgotten.
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
+        }
+        Ok(t)
+    }
+}
+
+/// The backend handed to candle: a shared handle, so the loader can read the failure afterwards.
+struct Shared(Arc<CheckedWeights>);
+
+impl SimpleBackend for Shared {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.load_checked(name, Some(&s), dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.load_checked(name, None, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// Names in `a` that `b` lacks or has with another shape (first few), for comparing the
+/// architectures of two loaded models.
+pub(crate) fn shape_differences(a: &HashMap<String, Shape>, b: &HashMap<String, Shape>) -> Vec<String> {
+    let mut names: Vec<&String> = a.keys().chain(b.keys()).collect::<HashSet<_>>().into_iter().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        match (a.get(n), b.get(n)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("`{n}`: {x:?} vs {y:?}")),
+            (Some(_), None) => out.push(format!("`{n}` only in the first")),
+            (None, Some(_)) => out.push(format!("`{n}` only in the second")),
+            _ => {}
+        }
+    }
+    out
+}
