@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
 //! | `sd` (default) | [`sd`] | Stable Diffusion denoisers, guidance, the text-to-image pipeline |
+//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics |
 //! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
 //! See `docs/math.md` for the derivation of the fusion and `examples/` for programs to copy.
@@ -25,3 +26,7 @@ pub use deradiff_analytic as analytic;
 /// Stable Diffusion denoisers, guidance and the text-to-image pipeline (feature `sd`).
 #[cfg(feature = "sd")]
 pub use deradiff_sd as sd;
+
+/// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
+#[cfg(feature = "tune")]
+pub use deradiff_tune as tune;

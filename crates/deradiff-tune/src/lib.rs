@@ -1,0 +1,1 @@
+//! Finding the right λ (work in progress).
