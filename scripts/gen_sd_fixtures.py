@@ -54,8 +54,9 @@ References
 * text-encoder last hidden states (`CLIPTextModel(...)[0]`, what SD pipelines use);
 * UNet output for given latents, timesteps (integer and fractional) and embeddings, for both UNets;
 * VAE decode of given latents (raw decoder output) ;
-* complete two-model realigned runs, lambda = 0.5, classifier-free guidance, for DDIM (eta = 0) and
-  Euler ancestral (injected noise), built from diffusers' own pieces: `pipe.encode_prompt`,
+* complete two-model realigned runs, lambda = 0.5, classifier-free guidance, for DDIM (eta = 0),
+  Euler ancestral (injected noise) and DDIM with `prediction_type = "v_prediction"` (SD 2.1-768
+  style; the same UNets' outputs read as v), built from diffusers' own pieces: `pipe.encode_prompt`,
   `scheduler.scale_model_input`, both UNets' guided outputs, and each model's posterior
   mean / std read off diffusers' `scheduler.step` with its `randn_tensor` patched to zeros / ones
   (as `scripts/gen_scheduler_fixtures.py` does; for Euler ancestral the hidden `_step_index` is
@@ -93,7 +94,7 @@ from diffusers import (
 )
 from diffusers.models.activations import GEGLU
 from diffusers.schedulers import scheduling_ddim, scheduling_euler_ancestral_discrete
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 assert diffusers.__version__.startswith("0.42"), diffusers.__version__
@@ -126,9 +127,28 @@ SD15_SCHEDULER = {
 GUIDANCE = 5.0
 LAMBDA = 0.5
 STEPS = 6
+# name: sampler, scheduler-config overrides, prompts, negative prompt, steps, noise seed.
 RUNS = {
-    "ddim": dict(prompts=["a red cube on a wooden table"], negative="blurry, dark"),
-    "euler_a": dict(prompts=["a red cube on a wooden table", "an astronaut riding a horse"], negative=None),
+    "ddim": dict(
+        sampler="ddim", config={}, prompts=["a red cube on a wooden table"], negative="blurry, dark", steps=STEPS, seed=51
+    ),
+    "euler_a": dict(
+        sampler="euler_a",
+        config={},
+        prompts=["a red cube on a wooden table", "an astronaut riding a horse"],
+        negative=None,
+        steps=STEPS,
+        seed=52,
+    ),
+    # SD 2.1-768 style: the same UNets read as v-predictions (the scheduler config says so).
+    "ddim_v": dict(
+        sampler="ddim",
+        config={"prediction_type": "v_prediction"},
+        prompts=["a lighthouse at dusk"],
+        negative=None,
+        steps=4,
+        seed=53,
+    ),
 }
 
 TOKEN_PROMPTS = [
@@ -201,20 +221,44 @@ def clip_pipeline(tok: Tokenizer) -> None:
     )
 
 
+def learn_merges(corpus: list[str], n_merges: int) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learned deterministically (the `tokenizers` trainer breaks ties in
+    hash-map order, so it gives different merges from run to run): words are pre-tokenized by
+    CLIP's own normalizer and pre-tokenizer, the last symbol of a word carries `</w>`, and each
+    round merges the most frequent pair, ties broken by the smallest pair."""
+    tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOS))
+    clip_pipeline(tok)
+    words: dict[str, int] = {}
+    for line in corpus:
+        for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+            words[w] = words.get(w, 0) + 1
+    seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+    merges = []
+    for _ in range(n_merges):
+        pairs: dict[tuple[str, str], int] = {}
+        for w, count in words.items():
+            seq = seqs[w]
+            for pair in zip(seq, seq[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for w, seq in seqs.items():
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[w] = out
+    return merges
+
+
 def train_tokenizer(directory: str) -> CLIPTokenizer:
-    trainer_tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOS))
-    clip_pipeline(trainer_tok)
-    trainer = trainers.BpeTrainer(
-        vocab_size=900,
-        min_frequency=1,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    trainer_tok.train_from_iterator(CORPUS * 4, trainer)
-    merges = json.loads(trainer_tok.to_str())["model"]["merges"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    merges = learn_merges(CORPUS, 380)
 
     # CLIP's vocabulary order (openai/CLIP simple_tokenizer.py): bytes, bytes + </w>, merges, specials.
     byte_symbols = list(bytes_to_unicode().values())
@@ -448,16 +492,16 @@ def posterior(kind, scheduler, module, i, t, x, out):
     return mean, std
 
 
-def make_scheduler(kind, n):
+def make_scheduler(kind, n, overrides=None):
     cls = DDIMScheduler if kind == "ddim" else EulerAncestralDiscreteScheduler
-    scheduler = cls.from_config(SD15_SCHEDULER)
+    scheduler = cls.from_config({**SD15_SCHEDULER, **(overrides or {})})
     scheduler.set_timesteps(n)
     return scheduler
 
 
-def realigned_run(kind, unets, weights, embeds, noise, g, n):
+def realigned_run(kind, unets, weights, embeds, noise, g, n, overrides=None):
     """x_T = noise[0] * init_noise_sigma; step i uses noise[i + 1]."""
-    scheduler = make_scheduler(kind, n)
+    scheduler = make_scheduler(kind, n, overrides)
     module = scheduling_ddim if kind == "ddim" else scheduling_euler_ancestral_discrete
     x = noise[0] * scheduler.init_noise_sigma
     trace = []
@@ -479,9 +523,9 @@ def realigned_run(kind, unets, weights, embeds, noise, g, n):
     return x, trace, [float(t) for t in scheduler.timesteps]
 
 
-def pipeline_run(kind, pipe, prompts, negative, noise, g, n):
+def pipeline_run(kind, pipe, prompts, negative, noise, g, n, overrides=None):
     """diffusers' StableDiffusionPipeline itself, with the same latents and injected noise."""
-    pipe.scheduler = make_scheduler(kind, n)
+    pipe.scheduler = make_scheduler(kind, n, overrides)
     queue = list(noise[1:])
 
     def injected(shape, dtype, device):
@@ -496,7 +540,7 @@ def pipeline_run(kind, pipe, prompts, negative, noise, g, n):
             prompts, negative_prompt=negative, num_inference_steps=n, guidance_scale=g,
             latents=noise[0].clone(), output_type="latent", **extra
         ).images
-    pipe.scheduler = make_scheduler(kind, n)
+    pipe.scheduler = make_scheduler(kind, n, overrides)
     queue = list(noise[1:])
     with patched_noise(module, injected):
         image = pipe(
@@ -629,50 +673,50 @@ def main() -> None:
     )
     pipe.set_progress_bar_config(disable=True)
     meta["runs"] = {}
-    for kind, spec in RUNS.items():
+    for name, spec in RUNS.items():
+        kind, overrides, n = spec["sampler"], spec["config"], spec["steps"]
         prompts, negative = spec["prompts"], spec["negative"]
         b = len(prompts)
         negatives = None if negative is None else [negative] * b  # one negative prompt for all
-        gen = torch.Generator().manual_seed(51 if kind == "ddim" else 52)
-        noise = [torch.randn((b, 4, 8, 8), generator=gen) for _ in range(STEPS + 1)]
+        gen = torch.Generator().manual_seed(spec["seed"])
+        noise = [torch.randn((b, 4, 8, 8), generator=gen) for _ in range(n + 1)]
+        both, weights = [unet, aligned], [1 - LAMBDA, LAMBDA]
         with torch.no_grad():
             cond, uncond = pipe.encode_prompt(prompts, torch.device("cpu"), 1, True, negatives)
             embeds = torch.cat([uncond, cond])
-            final, trace, timesteps = realigned_run(
-                kind, [unet, aligned], [1 - LAMBDA, LAMBDA], embeds, noise, GUIDANCE, STEPS
-            )
+            final, trace, timesteps = realigned_run(kind, both, weights, embeds, noise, GUIDANCE, n, overrides)
             with tanh_geglu():
-                final_tanh, _, _ = realigned_run(
-                    kind, [unet, aligned], [1 - LAMBDA, LAMBDA], embeds, noise, GUIDANCE, STEPS
-                )
+                final_tanh, _, _ = realigned_run(kind, both, weights, embeds, noise, GUIDANCE, n, overrides)
             # The loop with the reference alone must be diffusers' pipeline itself.
-            single, _, _ = realigned_run(kind, [unet], [1.0], embeds, noise, GUIDANCE, STEPS)
-            piped, image_u8 = pipeline_run(kind, pipe, prompts, negatives, noise, GUIDANCE, STEPS)
+            single, _, _ = realigned_run(kind, [unet], [1.0], embeds, noise, GUIDANCE, n, overrides)
+            piped, image_u8 = pipeline_run(kind, pipe, prompts, negatives, noise, GUIDANCE, n, overrides)
             err = (single - piped).abs().max().item()
-            assert err <= 1e-5, (kind, err)
-            single_aligned, _, _ = realigned_run(kind, [aligned], [1.0], embeds, noise, GUIDANCE, STEPS)
+            assert err <= 1e-5, (name, err)
+            single_aligned, _, _ = realigned_run(kind, [aligned], [1.0], embeds, noise, GUIDANCE, n, overrides)
         spread = (single - single_aligned).abs().max().item()
-        assert spread > 0.05, f"the two UNets barely differ ({spread}); the realigned test would be weak"
-        tensors[f"run.{kind}.noise"] = torch.stack(noise)
-        tensors[f"run.{kind}.embeds"] = embeds
-        tensors[f"run.{kind}.final"] = final
-        tensors[f"run.{kind}.final_tanh"] = final_tanh
-        tensors[f"run.{kind}.trace"] = torch.stack(trace)
-        tensors[f"run.{kind}.single_ref"] = single
-        tensors[f"run.{kind}.image_ref"] = torch.from_numpy(image_u8.copy())
-        meta["runs"][kind] = {
+        assert spread > 0.05, f"{name}: the two UNets barely differ ({spread}); the realigned test would be weak"
+        tensors[f"run.{name}.noise"] = torch.stack(noise)
+        tensors[f"run.{name}.embeds"] = embeds
+        tensors[f"run.{name}.final"] = final
+        tensors[f"run.{name}.final_tanh"] = final_tanh
+        tensors[f"run.{name}.trace"] = torch.stack(trace)
+        tensors[f"run.{name}.single_ref"] = single
+        tensors[f"run.{name}.image_ref"] = torch.from_numpy(image_u8.copy())
+        meta["runs"][name] = {
+            "sampler": kind,
+            "scheduler_config_overrides": overrides,
             "prompts": prompts,
             "negative_prompt": negative,
             "guidance_scale": GUIDANCE,
             "lambda": LAMBDA,
-            "steps": STEPS,
+            "steps": n,
             "timesteps": timesteps,
             "pipeline_vs_loop_max_abs": err,
             "ref_vs_aligned_max_abs": spread,
             "tanh_vs_exact_max_abs": (final - final_tanh).abs().max().item(),
         }
-        print(f"{kind}: pipeline vs loop {err:.2e}, ref vs aligned {spread:.3f}, "
-              f"tanh-GELU vs exact {meta['runs'][kind]['tanh_vs_exact_max_abs']:.2e}")
+        print(f"{name}: pipeline vs loop {err:.2e}, ref vs aligned {spread:.3f}, "
+              f"tanh-GELU vs exact {meta['runs'][name]['tanh_vs_exact_max_abs']:.2e}")
 
     for k in ("ref", "aligned"):
         for i in range(3):

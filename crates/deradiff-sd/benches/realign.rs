@@ -1,1 +1,133 @@
-fn main() {}
+//! Single-model sampling vs two-model realigned sampling on the tiny UNet (blocks 32/64, 8×8
+//! latents, classifier-free guidance: UNet batch 2), same scheduler, steps and batch.
+//!
+//! Goal: realigned time ÷ (2 × single-model time) ≤ 1.01 — the realignment itself (a second
+//! posterior and the closed-form fusion) costs next to nothing beside the second UNet.
+//!
+//! Run: `cargo bench -p deradiff-sd --bench realign`. After criterion's report, the bench times
+//! the two runs again interleaved (so load on a shared machine hits both alike) and prints the
+//! ratio of medians.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion};
+use deradiff_core::{NoObserver, Realigner, SchedulerKind, SeededNoise};
+use deradiff_sd::{LoadOptions, PromptEmbeddings, Request, StableDiffusion};
+
+const STEPS: usize = 4;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+struct Setup {
+    single: StableDiffusion,
+    two: StableDiffusion,
+    request: Request,
+    emb_single: PromptEmbeddings,
+    emb_two: PromptEmbeddings,
+    one: Realigner,
+    half: Realigner,
+}
+
+fn setup() -> Setup {
+    let options = LoadOptions::default();
+    let single = StableDiffusion::load(fixtures().join("tiny-sd"), &[] as &[&Path], &options).unwrap();
+    let two =
+        StableDiffusion::load(fixtures().join("tiny-sd"), &[fixtures().join("tiny-aligned-unet")], &options).unwrap();
+    let request = Request {
+        prompts: vec!["a red cube on a wooden table".into()],
+        scheduler: SchedulerKind::EulerAncestral,
+        steps: STEPS,
+        guidance_scale: 7.5,
+        ..Default::default()
+    };
+    let emb_single = single.encode(&request).unwrap();
+    let emb_two = two.encode(&request).unwrap();
+    Setup {
+        single,
+        two,
+        request,
+        emb_single,
+        emb_two,
+        one: Realigner::new(vec![1.0]).unwrap(),
+        half: Realigner::two_model(0.5).unwrap(),
+    }
+}
+
+impl Setup {
+    fn run_single(&self) {
+        let out = self
+            .single
+            .sample(&self.request, &self.emb_single, &self.one, &mut SeededNoise::new(0), &mut NoObserver)
+            .unwrap();
+        black_box(out);
+    }
+
+    fn run_two(&self) {
+        let out = self
+            .two
+            .sample(&self.request, &self.emb_two, &self.half, &mut SeededNoise::new(0), &mut NoObserver)
+            .unwrap();
+        black_box(out);
+    }
+}
+
+fn bench_realign(c: &mut Criterion) {
+    let s = setup();
+    let mut group = c.benchmark_group(format!("sample_tiny_unet_{STEPS}_steps_cfg"));
+    group.sample_size(20).measurement_time(Duration::from_secs(8));
+    group.bench_function("single_model", |b| b.iter(|| s.run_single()));
+    group.bench_function("realigned_two_models", |b| b.iter(|| s.run_two()));
+    group.finish();
+}
+
+criterion_group!(benches, bench_realign);
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Alternates the two runs and prints realigned ÷ (2 × single) from the medians.
+fn interleaved_ratio(rounds: usize) {
+    let s = setup();
+    for _ in 0..3 {
+        s.run_single();
+        s.run_two();
+    }
+    let (mut single, mut two) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.run_single();
+        single.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        s.run_two();
+        two.push(t.elapsed().as_secs_f64());
+    }
+    let (ms, mt) = (median(&mut single), median(&mut two));
+    println!(
+        "interleaved ({rounds} rounds, {STEPS} steps): single {:.2} ms, realigned {:.2} ms, \
+         realigned / (2 x single) = {:.4}",
+        ms * 1e3,
+        mt * 1e3,
+        mt / (2.0 * ms)
+    );
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `cargo test --benches` runs this binary with `--test`: criterion then runs each benchmark
+    // once; skip the long interleaved measurement there.
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        interleaved_ratio(60);
+    }
+}

@@ -17,8 +17,9 @@ fn sd() -> &'static StableDiffusion {
     SD.get_or_init(|| StableDiffusion::load(tiny_sd(), &[tiny_aligned()], &LoadOptions::default()).unwrap())
 }
 
-fn request(kind: &str) -> Request {
-    let run = &meta()["runs"][kind];
+fn request(name: &str) -> Request {
+    let run = &meta()["runs"][name];
+    let kind = run["sampler"].as_str().unwrap();
     Request {
         prompts: run["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect(),
         negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
@@ -29,13 +30,35 @@ fn request(kind: &str) -> Request {
     }
 }
 
-fn injected(kind: &str) -> InjectedNoise {
-    let noise = reference(&format!("run.{kind}.noise"));
+fn injected(name: &str) -> InjectedNoise {
+    let noise = reference(&format!("run.{name}.noise"));
     InjectedNoise::new((0..noise.dim(0).unwrap()).map(|i| noise.get(i).unwrap()))
 }
 
+/// A pipeline with the run's scheduler-config overrides (v-prediction) applied, if it has any.
+fn with_overrides(name: &str) -> Option<StableDiffusion> {
+    let overrides = meta()["runs"][name]["scheduler_config_overrides"].as_object().unwrap();
+    if overrides.is_empty() {
+        return None;
+    }
+    let mut sd = StableDiffusion::load(tiny_sd(), &[tiny_aligned()], &LoadOptions::default()).unwrap();
+    let mut config = sd.scheduler_config().clone();
+    for (key, value) in overrides {
+        match key.as_str() {
+            "prediction_type" => config.prediction_type = Some(value.as_str().unwrap().to_string()),
+            other => panic!("override {other} not handled by the test"),
+        }
+    }
+    sd.set_scheduler_config(config);
+    Some(sd)
+}
+
 fn check_run(kind: &str) {
-    let sd = sd();
+    let own = with_overrides(kind);
+    let sd: &StableDiffusion = match &own {
+        Some(own) => own,
+        None => sd(),
+    };
     let run = &meta()["runs"][kind];
     let req = request(kind);
     let emb = sd.encode(&req).unwrap();
@@ -91,6 +114,11 @@ fn realigned_ddim_matches_diffusers() {
 #[test]
 fn realigned_euler_ancestral_matches_diffusers() {
     check_run("euler_a");
+}
+
+#[test]
+fn realigned_ddim_v_prediction_matches_diffusers() {
+    check_run("ddim_v");
 }
 
 #[test]
