@@ -1,1 +1,74 @@
-//! Finding the right λ (work in progress).
+//! # deradiff-tune
+//!
+//! Finding the right λ for [deradiff](https://github.com/deradiff/deradiff) without retraining
+//! (paper §6, A.5): with a reference model and one model aligned at β, weights `[1 − λ, λ]`
+//! emulate the model aligned at β/λ, so the regularisation strength can be searched at sampling
+//! time.
+//!
+//! * [`Reward`] — scores a batch of samples (optionally with one prompt per sample);
+//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed.
+//! * [`SweepModel`] — what is sampled ([`AnalyticModel`] for the testbed); [`Prompt`]s.
+//! * [`BatchedSampler`] — many λ in one run: the λ values share the batch dimension, each model
+//!   runs once per step for all of them, and every λ gets the noise of an unbatched run.
+//! * [`run_sweep`] — a λ grid over a prompt set, streamed to JSONL/CSV as each (λ, prompt)
+//!   finishes, resumable after an interruption ([`read_results`] reads a file back).
+//! * [`optimize`] — Bayesian optimisation of λ (Algorithm 2): [`GaussianProcess`] surrogate
+//!   with RBF kernel and noise fitted by marginal likelihood, Expected Improvement or UCB, on an
+//!   [`Objective`] such as [`SweepObjective`] (the realigned sampler's measured mean reward,
+//!   with common random numbers).
+//! * [`agreement`] — the paper's Table 5: MAE with a seeded bootstrap CI, RMSE, median absolute
+//!   error, Bland–Altman bias, SD and limits of agreement, each relative to the originals' mean.
+//! * [`plot`] — PNG figures: reward vs λ, the BO trace, Bland–Altman, ECDF of |Δ|.
+//!
+//! Everything a command line needs is a plain struct ([`SweepConfig`], [`BoConfig`],
+//! [`AgreementConfig`]), a callback ([`SweepObserver`], the `progress` of [`optimize`]) and a
+//! file path.
+//!
+//! ```
+//! use deradiff_analytic::{demo_linear_reward, demo_mixture, GaussianMixture};
+//! use deradiff_tune::*;
+//!
+//! // One Gaussian, a linear proxy reward, anchor β = 1: the true reward penalises leaving the
+//! // data with weight 2 × log p_ref, so the best λ is β / 2 = 0.5.
+//! let data = demo_mixture(1)?;
+//! let mut setup = AnalyticSetup::new(data.clone(), demo_linear_reward(), 1.0);
+//! setup.steps = 10;
+//! let model = AnalyticModel::new(setup)?;
+//! let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(data), 2.0)?;
+//! let mut objective = SweepObjective::new(&model, &truth, Prompt::seeds([1]), 256)?;
+//! let result = optimize(&mut objective, &BoConfig::default(), &mut |_| Ok(()))?;
+//! assert!((result.lambda_star - 0.5).abs() < 0.1, "λ* = {}", result.lambda_star);
+//! # Ok::<(), deradiff_tune::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod bo;
+pub mod error;
+pub mod gp;
+pub mod model;
+pub mod objective;
+pub mod plot;
+pub mod reward;
+pub mod stats;
+pub mod sweep;
+
+pub use batch::{BatchStep, BatchedSampler};
+pub use bo::{
+    expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig, BoEvaluation,
+    BoPhase, BoResult, Incumbent, InitialDesign, Objective,
+};
+pub use error::{Error, Result};
+pub use gp::{GaussianProcess, GpBounds, GpHyper};
+pub use model::{fnv1a, AnalyticModel, AnalyticSetup, Prompt, SweepModel};
+pub use objective::SweepObjective;
+pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
+pub use stats::{
+    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, SplitMix64, Stat,
+};
+pub use sweep::{
+    check_lambdas, csv_header, csv_line, lambda_summaries, read_results, run_sweep, IfExists, LambdaSummary,
+    NoSweepObserver, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver, SweepOutput,
+    SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
+};

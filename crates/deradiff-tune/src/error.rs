@@ -1,0 +1,140 @@
+//! The one error type of `deradiff-tune`.
+
+use std::path::PathBuf;
+
+/// Errors of the λ-search crate. Every bad input (an empty λ grid, a reversed λ range, a budget
+/// of zero, a malformed results file, a reward that is NaN) comes back as one of these with a
+/// message that says what to fix; nothing here panics on user input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error of the core crate (schedulers, the realigner, a denoiser).
+    #[error(transparent)]
+    Core(#[from] deradiff_core::Error),
+
+    /// An error of the analytic testbed (mixtures, rewards, exact models).
+    #[error(transparent)]
+    Analytic(#[from] deradiff_analytic::Error),
+
+    /// An error raised inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// The λ grid of a sweep has no values.
+    #[error("the λ grid is empty: give at least one λ")]
+    EmptyGrid,
+
+    /// A λ that is NaN or infinite, or that appears twice in a grid.
+    #[error("invalid λ: {0}")]
+    InvalidLambda(String),
+
+    /// A search range `[lower, upper]` whose ends are not finite or not increasing.
+    #[error(
+        "the λ range [{lower}, {upper}] is not valid: it needs finite ends with lower < upper \
+         (was it given reversed?)"
+    )]
+    InvalidRange {
+        /// The lower end given.
+        lower: f64,
+        /// The upper end given.
+        upper: f64,
+    },
+
+    /// A Bayesian-optimisation budget that cannot work (zero, or smaller than the initial design).
+    #[error("invalid budget: {0}")]
+    InvalidBudget(String),
+
+    /// A reward (or an objective) gave NaN or ±∞.
+    #[error("the reward {reward:?} is {value} for {context}; rewards must be finite numbers")]
+    NonFiniteReward {
+        /// The reward's name.
+        reward: String,
+        /// The offending value.
+        value: f64,
+        /// Where: λ, prompt and sample index (or the objective's λ).
+        context: String,
+    },
+
+    /// A results file that cannot be read back: a line that is not a sweep row, a missing
+    /// header, a duplicated row.
+    #[error("malformed results file {path}, line {line}: {detail}")]
+    MalformedResults {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A results file written by a different sweep (another model, reward or sample count)
+    /// than the one asked to resume it.
+    #[error(
+        "cannot resume {path}: it was written with {field} = {in_file}, but this sweep has \
+         {field} = {in_config}; use another output file or overwrite it"
+    )]
+    ResumeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The setting that differs.
+        field: String,
+        /// Its value in the file.
+        in_file: String,
+        /// Its value in this sweep.
+        in_config: String,
+    },
+
+    /// The output file exists and the sweep was told neither to resume nor to overwrite it.
+    #[error("{0} already exists; resume it, overwrite it, or choose another file")]
+    OutputExists(PathBuf),
+
+    /// An argument that fits none of the above.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The Gaussian process could not be fitted or evaluated.
+    #[error("Gaussian process: {0}")]
+    Gp(String),
+
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// JSON (de)serialisation failed.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// A figure could not be drawn or encoded.
+    #[error("cannot draw {what}: {detail}")]
+    Plot {
+        /// Which figure.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// An error of a user-supplied reward, model, objective or progress callback (a callback
+    /// that returns it stops a sweep or an optimisation; what was written so far is kept).
+    #[error("{0}")]
+    User(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result alias of the tune crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps any error of a user's own reward, model, objective or callback.
+    pub fn user<E: Into<Box<dyn std::error::Error + Send + Sync>>>(err: E) -> Self {
+        Error::User(err.into())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
