@@ -100,6 +100,9 @@ impl std::fmt::Debug for CheckedWeights {
 impl CheckedWeights {
     /// Opens (memory-maps) the files; a file that is not valid safetensors is an error naming it.
     pub(crate) fn open(files: &[PathBuf]) -> Result<Arc<Self>> {
+        if files.is_empty() {
+            return Err(Error::InvalidArgument("no weight files given".into()));
+        }
         let mut location = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             if !f.is_file() {

@@ -29,11 +29,9 @@ fn request() -> Request {
 fn text_encoder_runs_once_per_prompt_whatever_the_number_of_unets() {
     let aligned = tiny_aligned();
     let mut counts = Vec::new();
-    for (n_aligned, realigner) in [
-        (1, Realigner::two_model(0.5).unwrap()),
-        (2, Realigner::multi_reward(&[0.3, 0.3]).unwrap()),
-        (3, Realigner::multi_reward(&[0.2, 0.2, 0.2]).unwrap()),
-    ] {
+    for (n_aligned, realigner) in
+        [(1, Realigner::two_model(0.5).unwrap()), (3, Realigner::multi_reward(&[0.2, 0.2, 0.2]).unwrap())]
+    {
         let paths = vec![aligned.as_path(); n_aligned];
         let sd = load(&paths);
         assert_eq!(sd.num_models(), n_aligned + 1);
@@ -48,7 +46,7 @@ fn text_encoder_runs_once_per_prompt_whatever_the_number_of_unets() {
             assert_eq!(u.forward_calls(), req.steps);
         }
     }
-    assert_eq!(counts, vec![(1, 3); 3]);
+    assert_eq!(counts, vec![(1, 3); 2]);
 }
 
 #[test]
@@ -73,7 +71,7 @@ fn same_seed_same_images_and_other_seed_other_images() {
     let sd = load(&[&tiny_aligned()]);
     let realigner = Realigner::two_model(0.5).unwrap();
     let req =
-        Request { scheduler: SchedulerKind::EulerAncestral, steps: 2, prompts: vec!["a cat".into()], ..request() };
+        Request { scheduler: SchedulerKind::EulerAncestral, steps: 1, prompts: vec!["a cat".into()], ..request() };
     let run =
         |seed| -> Generation { sd.generate(&Request { seed, ..req.clone() }, &realigner, &mut NoObserver).unwrap() };
     let (a, b, c) = (run(11), run(11), run(12));
