@@ -180,7 +180,7 @@ impl ClipTokenizer {
         }
         let specials = read_specials(dir)?;
         let json = dir.join("tokenizer.json");
-        let inner = if json.is_file() {
+        let mut inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer { path: json.clone(), message: e.to_string() })?
         } else {
             let vocab_path = dir.join("vocab.json");
@@ -200,6 +200,11 @@ impl ClipTokenizer {
                 .map_err(|e| Error::Tokenizer { path: dir.to_path_buf(), message: e.to_string() })?;
             clip_pipeline(bpe, &specials, dir)?
         };
+        // Truncation and padding are done here, the SD way; a tokenizer.json may carry its own.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer { path: dir.to_path_buf(), message: e.to_string() })?
+            .with_padding(None);
         let id = |t: &str, what: &str| {
             inner.token_to_id(t).ok_or_else(|| Error::Tokenizer {
                 path: dir.to_path_buf(),

@@ -46,6 +46,25 @@ fn token_ids_equal_transformers_from_tokenizer_json() {
 }
 
 #[test]
+fn padding_and_truncation_in_tokenizer_json_are_ignored() {
+    // Some tokenizer.json files carry their own fixed padding / truncation; SD's is applied here.
+    let dir = scratch("tokenizer-json-padded");
+    copy_dir(&fixtures().join("tokenizer-json"), &dir);
+    let path = dir.join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["truncation"] =
+        serde_json::json!({"direction": "Right", "max_length": 77, "strategy": "LongestFirst", "stride": 0});
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 77}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "!"});
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    let (prompts, ids) = expected_ids();
+    for (p, want) in prompts.iter().zip(&ids) {
+        assert_eq!(&tok.encode(p).unwrap(), want, "prompt {p:?}");
+    }
+}
+
+#[test]
 fn pad_token_from_special_tokens_map() {
     // SD 2.x pads with "!": special_tokens_map.json overrides tokenizer_config.json.
     let dir = scratch("pad-bang");
