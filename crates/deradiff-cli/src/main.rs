@@ -1,7 +1,10 @@
 //! `deradiff`: the command line of deradiff.
 //!
 //! `deradiff demo` runs the realignment study on the exact analytic testbed (a built-in 2-D
-//! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG).
+//! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG); `deradiff sample`
+//! realigns Stable Diffusion checkpoints and writes PNGs.
+
+mod sample;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,10 +35,15 @@ enum Command {
     /// DeRaDiff (reference + anchor, λ = β_anchor / β_target), all from the same noise; prints
     /// the table and writes study.csv, study.json, samples.png and reward_vs_lambda.png.
     Demo(DemoArgs),
+    /// Realigned text-to-image sampling: a reference Stable Diffusion checkpoint (diffusers
+    /// layout) and aligned UNets, fused at every step with weights [1 − λ, λ] (or K weights).
+    ///
+    /// Several λ give one image each (same seed) and a labelled grid.
+    Sample(sample::SampleArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SchedulerArg {
+pub(crate) enum SchedulerArg {
     /// DDPM ancestral sampling (fixed_small variance).
     Ddpm,
     /// DDIM (η from --eta; 0 = deterministic).
@@ -121,6 +129,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(args),
+        Command::Sample(args) => sample::sample(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,123 @@
+//! `deradiff sample` end to end on the tiny Stable Diffusion fixtures of `deradiff-sd`: real PNGs
+//! that decode, one per λ plus a labelled grid, and bad options that exit non-zero with a message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn deradiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
+}
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-sd/tests/fixtures").join(name);
+    p.to_str().unwrap().to_string()
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sample-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Decodes a PNG: (width, height, RGB bytes).
+fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+fn base_args<'a>(reference: &'a str, aligned: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "sample",
+        "--reference",
+        reference,
+        "--aligned",
+        aligned,
+        "--prompt",
+        "a red cube on a table",
+        "--steps",
+        "3",
+        "--guidance",
+        "5",
+        "--seed",
+        "11",
+        "--quiet",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn lambda_row_writes_one_png_per_lambda_and_a_grid() {
+    let dir = out_dir("row");
+    let out = dir.join("row.png");
+    let (reference, aligned) = (fixture("tiny-sd"), fixture("tiny-aligned-unet"));
+    let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+    args.extend(["--lambda", "0,1", "--scheduler", "ddim"]);
+    let result = deradiff(&args);
+    assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+
+    let (w0, h0, l0) = decode_png(&dir.join("row-l0.png"));
+    let (w1, h1, l1) = decode_png(&dir.join("row-l1.png"));
+    assert_eq!((w0, h0), (w1, h1));
+    assert!(w0 > 0 && h0 > 0);
+    assert_ne!(l0, l1, "λ = 0 (reference) and λ = 1 (aligned) give different images");
+    let (gw, gh, _) = decode_png(&out);
+    assert!(gw > 2 * w0 && gh > h0, "the grid holds both images and their labels: {gw}x{gh}");
+    // No temporary files are left behind (PNGs are written atomically).
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| n.ends_with(".png")), "{names:?}");
+
+    // λ = 0 through the CLI is the reference model alone: the same image as weights [1, 0].
+    let single = dir.join("weights.png");
+    let mut args = base_args(&reference, &aligned, single.to_str().unwrap());
+    args.extend(["--weights", "1,0", "--scheduler", "ddim"]);
+    let result = deradiff(&args);
+    assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(decode_png(&single).2, l0);
+}
+
+#[test]
+fn bad_options_exit_nonzero_with_a_message() {
+    let dir = out_dir("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("x.png");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let unwritable = blocker.join("x.png");
+    let (reference, aligned) = (fixture("tiny-sd"), fixture("tiny-aligned-unet"));
+    let missing = dir.join("no-such-checkpoint");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--guidance", "-1"], "guidance"),
+        (vec!["--steps", "0"], "steps"),
+        (vec!["--lambda", "0.5", "--weights", "0.5,0.5"], "cannot be used with"),
+        (vec!["--weights", "0.2,0.2"], "sum"),
+        (vec!["--weights", "1"], "--weights"),
+        (vec!["--lambda", "nan"], "λ"),
+        (vec!["--size", "17x16"], "size"),
+        (vec!["--size", "big"], "--size"),
+        (vec!["--eta", "0.5"], "--eta"),
+        (vec!["--dtype", "f8"], "dtype"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+        args.extend(extra.iter().copied());
+        let result = deradiff(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{extra:?} succeeded");
+        assert!(stderr.contains(needle), "{extra:?}: stderr does not mention '{needle}': {stderr}");
+        assert!(!stderr.contains("panicked"), "{extra:?} panicked: {stderr}");
+    }
+    // A missing checkpoint and an unwritable output: errors naming the path.
+    let result = deradiff(&base_args(missing.to_str().unwrap(), &aligned, out.to_str().unwrap()));
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("no-such-checkpoint"));
+    let result = deradiff(&base_args(&reference, &aligned, unwritable.to_str().unwrap()));
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("output directory"));
+    assert!(!out.exists());
+}
