@@ -72,6 +72,12 @@ fn padded(values: impl IntoIterator<Item = f64>, pad: f64, min_pad: f64) -> (f64
     (lo - p, hi + p)
 }
 
+/// Widens `(lo, hi)` by `below` and `above` of its span: room for a legend.
+fn room((lo, hi): (f64, f64), below: f64, above: f64) -> (f64, f64) {
+    let span = hi - lo;
+    (lo - below * span, hi + above * span)
+}
+
 fn finite_all(what: &str, values: impl IntoIterator<Item = f64>) -> Result<()> {
     if values.into_iter().all(f64::is_finite) {
         Ok(())
@@ -85,6 +91,18 @@ type Chart<'a, 'b> = ChartContext<
     BitMapBackend<'b>,
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
+
+/// Tick labels with as many decimals as the axis span needs, and no "-0".
+fn tick(v: f64, span: f64) -> String {
+    let step = (span / 10.0).abs().max(1e-300);
+    let decimals = (-step.log10().floor()).clamp(0.0, 12.0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
+        text.trim_start_matches('-').to_string()
+    } else {
+        text
+    }
+}
 
 fn new_chart<'a, 'b>(
     root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
@@ -106,6 +124,8 @@ fn new_chart<'a, 'b>(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&|v| tick(*v, x.1 - x.0))
+        .y_label_formatter(&|v| tick(*v, y.1 - y.0))
         .axis_desc_style((FONT, 16))
         .label_style((FONT, 13))
         .light_line_style(RGBColor(246, 246, 246))
@@ -139,7 +159,7 @@ pub fn reward_vs_lambda_png(summaries: &[LambdaSummary], reward: &str, z: f64, t
     }
     finite_all(what, summaries.iter().flat_map(|s| [s.lambda, s.mean, s.sem]))?;
     let x = padded(summaries.iter().map(|s| s.lambda), 0.05, 0.05);
-    let y = padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6);
+    let y = room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6), 0.3, 0.0);
     let best = summaries.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map(|s| (s.lambda, s.mean));
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
@@ -207,6 +227,7 @@ pub fn bo_trace_png(result: &BoResult, reference: Option<&[(f64, f64)]>, title: 
         0.06,
         1e-6,
     );
+    let y = room(y, 0.35, 0.0);
     let x = (lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo));
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
@@ -263,7 +284,10 @@ pub fn bo_trace_png(result: &BoResult, reference: Option<&[(f64, f64)]>, title: 
             .legend(|(x, y)| Circle::new((x + 10, y), 6, GREEN.filled()));
         chart
             .draw_series(result.history.iter().map(|e| {
-                Text::new(format!("{}", e.index + 1), (e.lambda, e.value), (FONT, 13).into_font().color(&BLACK))
+                // Numbered above the marker, alternating sides so that neighbours stay legible.
+                let dx = if e.index % 2 == 0 { 6 } else { -14 };
+                EmptyElement::at((e.lambda, e.value))
+                    + Text::new(format!("{}", e.index + 1), (dx, -22), (FONT, 13).into_font().color(&BLACK))
             }))
             .map_err(plot_err(what))?;
         legend(&mut chart, SeriesLabelPosition::LowerRight, what)?;
@@ -300,6 +324,7 @@ pub fn bland_altman_png(original: &[f64], approx: &[f64], stats: &AgreementStats
         0.12,
         1e-9,
     );
+    let y = room(y, 0.0, 0.3);
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
