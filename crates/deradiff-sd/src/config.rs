@@ -96,14 +96,18 @@ pub struct UnetConfig {
     pub num_attention_heads: Value,
     /// Linear (SD 2.x) instead of 1×1-convolution projections in the transformers.
     pub use_linear_projection: bool,
-    /// Attention in float32 (candle always computes attention in float32, so this is honoured).
-    pub upcast_attention: bool,
+    /// Attention in float32 (candle always computes attention in float32, so this is honoured);
+    /// null (SDXL's file) means false.
+    pub upcast_attention: Option<bool>,
     /// Must be false.
     pub dual_cross_attention: bool,
     /// Must be null (class-conditional models).
     pub class_embed_type: Value,
-    /// Must be null (SDXL's `text_time` conditioning is not implemented by candle's UNet).
+    /// Null, or `text_time` (SDXL: pooled text embedding and size/crop `time_ids`, see
+    /// [`TextTimeArch`]).
     pub addition_embed_type: Value,
+    /// Width of the sinusoidal embedding of each `time_ids` entry (SDXL: 256).
+    pub addition_time_embed_dim: Option<usize>,
     /// Must be null.
     pub num_class_embeds: Value,
     /// Must be null.
@@ -130,7 +134,8 @@ pub struct UnetConfig {
     pub conv_in_kernel: usize,
     /// Must be 3.
     pub conv_out_kernel: usize,
-    /// Must be null.
+    /// Input width of `add_embedding` with `text_time`: pooled width + 6 × `addition_time_embed_dim`
+    /// (SDXL: 1280 + 6 × 256 = 2816); otherwise null.
     pub projection_class_embeddings_input_dim: Value,
     /// Must be `default`.
     pub attention_type: String,
@@ -179,10 +184,11 @@ impl Default for UnetConfig {
             attention_head_dim: Value::from(8),
             num_attention_heads: Value::Null,
             use_linear_projection: false,
-            upcast_attention: false,
+            upcast_attention: None,
             dual_cross_attention: false,
             class_embed_type: Value::Null,
             addition_embed_type: Value::Null,
+            addition_time_embed_dim: None,
             num_class_embeds: Value::Null,
             encoder_hid_dim: Value::Null,
             encoder_hid_dim_type: Value::Null,
@@ -218,6 +224,29 @@ pub struct UnetArch {
     pub cross_attention_dim: usize,
     /// Default latent `(height, width)` (`sample_size`), if the config gives one.
     pub sample_size: Option<(usize, usize)>,
+    /// SDXL's added conditioning (`addition_embed_type = "text_time"`), if the model has it.
+    pub text_time: Option<TextTimeArch>,
+}
+
+/// SDXL's `text_time` added conditioning: the six `time_ids` (original size, crop top-left,
+/// target size) through a sinusoidal projection of width `time_embed_dim` each, concatenated
+/// after the pooled text embedding (width `pooled_dim`), through `add_embedding`
+/// (linear, SiLU, linear) and added to the timestep embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeArch {
+    /// `addition_time_embed_dim`.
+    pub time_embed_dim: usize,
+    /// Width of the pooled text embedding (text encoder 2's projection dim).
+    pub pooled_dim: usize,
+    /// Number of `time_ids` per sample (6).
+    pub num_time_ids: usize,
+}
+
+impl TextTimeArch {
+    /// Input width of `add_embedding`: `pooled_dim + num_time_ids × time_embed_dim`.
+    pub fn input_dim(&self) -> usize {
+        self.pooled_dim + self.num_time_ids * self.time_embed_dim
+    }
 }
 
 impl UnetConfig {
@@ -345,10 +374,10 @@ impl UnetConfig {
         };
         must_be_false("only_cross_attention", &self.only_cross_attention)?;
         must_be_false("mid_block_only_cross_attention", &self.mid_block_only_cross_attention)?;
-        let null_fields: [(&str, &Value); 13] = [
+        let text_time = self.text_time(path)?;
+        let null_fields: [(&str, &Value); 11] = [
             ("num_attention_heads", &self.num_attention_heads),
             ("class_embed_type", &self.class_embed_type),
-            ("addition_embed_type", &self.addition_embed_type),
             ("num_class_embeds", &self.num_class_embeds),
             ("encoder_hid_dim", &self.encoder_hid_dim),
             ("encoder_hid_dim_type", &self.encoder_hid_dim_type),
@@ -356,18 +385,12 @@ impl UnetConfig {
             ("time_embedding_act_fn", &self.time_embedding_act_fn),
             ("timestep_post_act", &self.timestep_post_act),
             ("time_cond_proj_dim", &self.time_cond_proj_dim),
-            ("projection_class_embeddings_input_dim", &self.projection_class_embeddings_input_dim),
             ("reverse_transformer_layers_per_block", &self.reverse_transformer_layers_per_block),
             ("cross_attention_norm", &self.cross_attention_norm),
         ];
         for (field, v) in null_fields {
             if !is_unset(v) {
-                let why = if field == "addition_embed_type" {
-                    "SDXL-style added conditioning is not implemented by candle's UNet (SD 1.x / 2.x UNets only)"
-                } else {
-                    "not implemented by candle's UNet; it must be null"
-                };
-                return Err(unsupported(field, v, why));
+                return Err(unsupported(field, v, "not implemented by candle's UNet; it must be null"));
             }
         }
         let checks: [(&str, bool, String); 8] = [
@@ -439,7 +462,54 @@ impl UnetConfig {
             out_channels: self.out_channels,
             cross_attention_dim: cross_dim[0],
             sample_size,
+            text_time,
         })
+    }
+
+    /// SDXL's added conditioning from `addition_embed_type`, `addition_time_embed_dim` and
+    /// `projection_class_embeddings_input_dim`; `None` for SD 1.x / 2.x UNets.
+    fn text_time(&self, path: &Path) -> Result<Option<TextTimeArch>> {
+        let unsupported = |message: String| Error::unsupported(path, message);
+        match &self.addition_embed_type {
+            Value::Null => {
+                if !self.projection_class_embeddings_input_dim.is_null() {
+                    return Err(unsupported(format!(
+                        "`projection_class_embeddings_input_dim` = {} without `addition_embed_type`: class \
+                         embeddings are not implemented; it must be null",
+                        self.projection_class_embeddings_input_dim
+                    )));
+                }
+                Ok(None)
+            }
+            Value::String(s) if s == "text_time" => {
+                let time = self.addition_time_embed_dim.filter(|&d| d > 0).ok_or_else(|| {
+                    unsupported(
+                        "`addition_embed_type` = \"text_time\" needs a positive `addition_time_embed_dim`".to_string(),
+                    )
+                })?;
+                let input =
+                    self.projection_class_embeddings_input_dim.as_u64().map(|v| v as usize).ok_or_else(|| {
+                        unsupported(
+                            "`addition_embed_type` = \"text_time\" needs an integer \
+                         `projection_class_embeddings_input_dim` (pooled width + 6 × addition_time_embed_dim)"
+                                .to_string(),
+                        )
+                    })?;
+                let num_time_ids = 6;
+                if input <= num_time_ids * time {
+                    return Err(unsupported(format!(
+                        "`addition_embed_type` = \"text_time\": projection_class_embeddings_input_dim = {input} \
+                         leaves no room for a pooled text embedding beside {num_time_ids} time ids × {time} \
+                         (SDXL base: 1280 + 6 × 256 = 2816; the refiner's aesthetic-score conditioning is not \
+                         supported)"
+                    )));
+                }
+                Ok(Some(TextTimeArch { time_embed_dim: time, pooled_dim: input - num_time_ids * time, num_time_ids }))
+            }
+            other => Err(unsupported(format!(
+                "`addition_embed_type` = {other}: only SDXL's \"text_time\" added conditioning is supported"
+            ))),
+        }
     }
 }
 
@@ -590,6 +660,11 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
+    /// The end-of-text id, where the pooled output is read. transformers' legacy rule: with
+    /// `eos_token_id = 2` (SD / SDXL configs) the pooled position is the argmax of the ids.
+    pub eos_token_id: i64,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection`, SDXL's `text_encoder_2`).
+    pub projection_dim: usize,
 }
 
 impl Default for ClipTextConfig {
@@ -604,6 +679,8 @@ impl Default for ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            projection_dim: 512,
         }
     }
 }

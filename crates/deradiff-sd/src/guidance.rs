@@ -17,11 +17,94 @@ use crate::error::{Error, Result};
 pub trait ConditionalModel {
     /// The model output for `x` `[B, …]` at `timestep` given `context` `[B, …]`.
     fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor>;
+
+    /// The model output with SDXL's added conditioning (one row per sample). The default
+    /// implementation takes none: it runs [`Self::forward_conditional`] for `None` and is an
+    /// error for `Some`.
+    fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        match added {
+            None => self.forward_conditional(x, timestep, context),
+            Some(_) => Err(Error::InvalidArgument(
+                "this model takes no added conditioning (pooled text embeddings / time_ids are SDXL's)".into(),
+            )),
+        }
+    }
 }
 
 impl<M: ConditionalModel + ?Sized> ConditionalModel for &M {
     fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
         (**self).forward_conditional(x, timestep, context)
+    }
+
+    fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        (**self).forward_added(x, timestep, context, added)
+    }
+}
+
+/// SDXL's added conditioning, one row per sample: the pooled text embedding `[B, P]` and the
+/// six micro-conditioning `time_ids` `[B, 6]` (original height, width, crop top, left, target
+/// height, width), both f32 or the model's dtype.
+#[derive(Debug, Clone)]
+pub struct AddedConditioning {
+    text_embeds: Tensor,
+    time_ids: Tensor,
+}
+
+impl AddedConditioning {
+    /// Checks the shapes: `text_embeds` `[B, P]`, `time_ids` `[B, K]` with the same `B ≥ 1`.
+    pub fn new(text_embeds: Tensor, time_ids: Tensor) -> Result<Self> {
+        let (te, ti) = (text_embeds.dims(), time_ids.dims());
+        if te.len() != 2 || ti.len() != 2 || te[0] != ti[0] || te[0] == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "added conditioning must be pooled text embeddings [batch, width] and time_ids [batch, 6] \
+                 with the same batch >= 1, got {te:?} and {ti:?}"
+            )));
+        }
+        Ok(Self { text_embeds, time_ids })
+    }
+
+    /// The pooled text embeddings `[B, P]`.
+    pub fn text_embeds(&self) -> &Tensor {
+        &self.text_embeds
+    }
+
+    /// The time ids `[B, K]`.
+    pub fn time_ids(&self) -> &Tensor {
+        &self.time_ids
+    }
+
+    /// Number of samples.
+    pub fn batch(&self) -> usize {
+        self.text_embeds.dims()[0]
+    }
+
+    /// `[self; other]` along the batch.
+    pub fn cat(&self, other: &Self) -> Result<Self> {
+        Self::new(
+            Tensor::cat(&[&self.text_embeds, &other.text_embeds], 0)?,
+            Tensor::cat(&[&self.time_ids, &other.time_ids], 0)?,
+        )
+    }
+
+    /// Each row repeated `n` times in a row.
+    pub fn repeat_each(&self, n: usize) -> Result<Self> {
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let (b, d) = t.dims2()?;
+            Ok(t.unsqueeze(1)?.broadcast_as((b, n, d))?.reshape((b * n, d))?)
+        };
+        Self::new(rep(&self.text_embeds)?, rep(&self.time_ids)?)
     }
 }
 
@@ -56,6 +139,10 @@ pub struct PromptEmbeddings {
     uncond: Option<Tensor>,
     /// `[uncond; cond]`, concatenated once here rather than at every step.
     both: Option<Tensor>,
+    /// SDXL: the added conditioning of `cond`, of `uncond`, and `[uncond; cond]`.
+    added: Option<AddedConditioning>,
+    added_uncond: Option<AddedConditioning>,
+    added_both: Option<AddedConditioning>,
 }
 
 impl PromptEmbeddings {
@@ -83,7 +170,35 @@ impl PromptEmbeddings {
             }
             None => None,
         };
-        Ok(Self { cond, uncond, both })
+        Ok(Self { cond, uncond, both, added: None, added_uncond: None, added_both: None })
+    }
+
+    /// Attaches SDXL's added conditioning: `cond` for the prompts and, exactly when there are
+    /// negative-prompt embeddings, `uncond` for them (same batch).
+    pub fn with_added(mut self, cond: AddedConditioning, uncond: Option<AddedConditioning>) -> Result<Self> {
+        let b = self.batch();
+        if cond.batch() != b || uncond.as_ref().is_some_and(|u| u.batch() != b) {
+            return Err(Error::InvalidArgument(format!("added conditioning does not have the embeddings' batch {b}")));
+        }
+        if uncond.is_some() != self.uncond.is_some() {
+            return Err(Error::InvalidArgument(
+                "negative-prompt added conditioning must be given exactly when negative-prompt embeddings are".into(),
+            ));
+        }
+        self.added_both = uncond.as_ref().map(|u| u.cat(&cond)).transpose()?;
+        self.added = Some(cond);
+        self.added_uncond = uncond;
+        Ok(self)
+    }
+
+    /// SDXL's added conditioning of the prompts, if any.
+    pub fn added(&self) -> Option<&AddedConditioning> {
+        self.added.as_ref()
+    }
+
+    /// SDXL's added conditioning of the negative prompts, if any.
+    pub fn added_uncond(&self) -> Option<&AddedConditioning> {
+        self.added_uncond.as_ref()
     }
 
     /// Number of samples `B`.
@@ -113,7 +228,13 @@ impl PromptEmbeddings {
             let (b, l, d) = t.dims3()?;
             Ok(t.unsqueeze(1)?.broadcast_as((b, n, l, d))?.reshape((b * n, l, d))?)
         };
-        Self::new(rep(&self.cond)?, self.uncond.as_ref().map(rep).transpose()?)
+        let out = Self::new(rep(&self.cond)?, self.uncond.as_ref().map(rep).transpose()?)?;
+        match &self.added {
+            Some(a) => {
+                out.with_added(a.repeat_each(n)?, self.added_uncond.as_ref().map(|u| u.repeat_each(n)).transpose()?)
+            }
+            None => Ok(out),
+        }
     }
 }
 
@@ -169,13 +290,13 @@ impl<'a, M: ConditionalModel + ?Sized> Guided<'a, M> {
         match (&self.embeddings.both, self.scale.is_active()) {
             (Some(both), true) => {
                 let x2 = Tensor::cat(&[x, x], 0)?;
-                let out = self.model.forward_conditional(&x2, timestep, both)?;
+                let out = self.model.forward_added(&x2, timestep, both, self.embeddings.added_both.as_ref())?;
                 let uncond = out.narrow(0, 0, b)?;
                 let cond = out.narrow(0, b, b)?;
                 // diffusers: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
                 Ok((&uncond + ((&cond - &uncond)? * self.scale.value())?)?)
             }
-            _ => self.model.forward_conditional(x, timestep, &self.embeddings.cond),
+            _ => self.model.forward_added(x, timestep, &self.embeddings.cond, self.embeddings.added.as_ref()),
         }
     }
 }

@@ -54,14 +54,15 @@ pub mod pipeline;
 pub mod text;
 pub mod tokenizer;
 pub mod unet;
+pub mod unet_xl;
 pub mod vae;
 mod weights;
 
-pub use clip::ClipTextModel;
-pub use config::{ClipActivation, ClipTextConfig, UnetArch, UnetConfig, VaeConfig};
+pub use clip::{ClipOutput, ClipTextModel};
+pub use config::{ClipActivation, ClipTextConfig, TextTimeArch, UnetArch, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
-pub use guidance::{ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};
+pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};
 pub use image::{write_atomic, RgbImage};
 pub use pipeline::{Generation, LoadOptions, Request, StableDiffusion};
 pub use text::TextEncoder;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::clip::ClipTextModel;
+use crate::clip::{ClipOutput, ClipTextModel};
 use crate::config::{config_path, ClipTextConfig};
 use crate::error::{Error, Result};
 use crate::tokenizer::ClipTokenizer;
@@ -43,6 +43,19 @@ impl TextEncoder {
     ) -> Result<Self> {
         let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
         let model = load_clip(text_encoder_dir.as_ref(), dtype, device)?;
+        Self::new(tokenizer, model, dtype, device)
+    }
+
+    /// Loads a `CLIPTextModelWithProjection` (SDXL's `text_encoder_2/`: transformers' names
+    /// plus `text_projection.weight`) and its tokenizer.
+    pub fn load_with_projection(
+        text_encoder_dir: impl AsRef<Path>,
+        tokenizer_dir: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+        let model = load_clip_with_projection(text_encoder_dir.as_ref(), dtype, device)?;
         Self::new(tokenizer, model, dtype, device)
     }
 
@@ -95,6 +108,24 @@ impl TextEncoder {
 
     /// Last hidden states `[N, max_length, hidden]` of `prompts`, in one forward pass.
     pub fn encode(&self, prompts: &[&str]) -> Result<Tensor> {
+        let ids = self.ids(prompts)?;
+        Ok(self.model.forward(&ids)?)
+    }
+
+    /// Every output of one forward pass over `prompts` (penultimate hidden states and pooled
+    /// outputs for SDXL).
+    pub fn encode_all(&self, prompts: &[&str]) -> Result<ClipOutput> {
+        let ids = self.ids(prompts)?;
+        Ok(self.model.forward_all(&ids)?)
+    }
+
+    /// Width of the projected pooled output, if the model has a projection.
+    pub fn projection_dim(&self) -> Option<usize> {
+        self.model.has_projection().then_some(self.model.config().projection_dim)
+    }
+
+    /// Token ids `[N, max_length]` of `prompts` (and the counters of one forward pass).
+    fn ids(&self, prompts: &[&str]) -> Result<Tensor> {
         if prompts.is_empty() {
             return Err(Error::InvalidArgument("no prompts to encode".into()));
         }
@@ -112,7 +143,7 @@ impl TextEncoder {
         let ids = Tensor::from_vec(ids, (prompts.len(), self.tokenizer.max_length()), &self.device)?;
         self.forward_calls.fetch_add(1, Ordering::Relaxed);
         self.prompts_encoded.fetch_add(prompts.len(), Ordering::Relaxed);
-        Ok(self.model.forward(&ids)?)
+        Ok(ids)
     }
 
     /// Forward passes run so far.
@@ -128,6 +159,16 @@ impl TextEncoder {
 
 /// Loads a CLIP text model from a transformers directory.
 pub fn load_clip(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+    load_clip_impl(dir, dtype, device, false)
+}
+
+/// Loads a `CLIPTextModelWithProjection` (weights `text_model.*` and `text_projection.weight`)
+/// from a transformers directory.
+pub fn load_clip_with_projection(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+    load_clip_impl(dir, dtype, device, true)
+}
+
+fn load_clip_impl(dir: &Path, dtype: DType, device: &Device, projection: bool) -> Result<ClipTextModel> {
     if !dir.is_dir() {
         return Err(Error::NotFound { what: "text encoder directory".into(), path: dir.to_path_buf() });
     }
@@ -145,5 +186,20 @@ pub fn load_clip(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextMo
     } else {
         None
     };
+    if projection {
+        if config.projection_dim == 0 {
+            return Err(Error::config(&cfg_path, "`projection_dim` must be positive"));
+        }
+        if prefix.is_none() {
+            return Err(Error::MissingTensor {
+                file: weights.primary().to_path_buf(),
+                tensor: "text_model.embeddings.token_embedding.weight".into(),
+                hint: "; a CLIPTextModelWithProjection keeps its tensors under `text_model.` beside \
+                       `text_projection.weight`"
+                    .into(),
+            });
+        }
+        return weights.build(dtype, device, None, |vb| ClipTextModel::new_with_projection(vb, &config, act));
+    }
     weights.build(dtype, device, prefix, |vb| ClipTextModel::new(vb, &config, act))
 }

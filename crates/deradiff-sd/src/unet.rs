@@ -13,14 +13,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
-use crate::config::{config_path, UnetArch, UnetConfig};
+use crate::config::{config_path, TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
-use crate::guidance::ConditionalModel;
+use crate::guidance::{AddedConditioning, ConditionalModel};
+use crate::unet_xl::TextTimeUnet;
 use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
 
-/// A loaded UNet with its config and the shapes of its weights.
+/// candle's SD 1.x / 2.x UNet, or our top level with SDXL's added conditioning.
+enum Model {
+    Sd(UNet2DConditionModel),
+    TextTime(TextTimeUnet),
+}
+
+/// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x (candle's
+/// `UNet2DConditionModel`) or, when `unet/config.json` says `addition_embed_type = "text_time"`,
+/// SDXL (see [`crate::unet_xl`]), which needs pooled text embeddings and `time_ids`
+/// ([`Unet::forward_added`]).
 pub struct Unet {
-    model: UNet2DConditionModel,
+    model: Model,
     config: UnetConfig,
     arch: UnetArch,
     source: PathBuf,
@@ -124,8 +134,15 @@ impl Unet {
         let weights = CheckedWeights::open(files)?;
         let candle_config = arch.candle.clone();
         let (in_c, out_c) = (arch.in_channels, arch.out_channels);
-        let model = weights
-            .build(dtype, device, None, |vb| UNet2DConditionModel::new(vb, in_c, out_c, false, candle_config))?;
+        let model =
+            match arch.text_time {
+                None => Model::Sd(weights.build(dtype, device, None, |vb| {
+                    UNet2DConditionModel::new(vb, in_c, out_c, false, candle_config)
+                })?),
+                Some(tt) => Model::TextTime(
+                    weights.build(dtype, device, None, |vb| TextTimeUnet::new(vb, in_c, out_c, candle_config, tt))?,
+                ),
+            };
         Ok(Self {
             model,
             config,
@@ -166,6 +183,11 @@ impl Unet {
     /// Width of the text embeddings it attends to.
     pub fn cross_attention_dim(&self) -> usize {
         self.arch.cross_attention_dim
+    }
+
+    /// SDXL's added conditioning, if the UNet has it.
+    pub fn text_time(&self) -> Option<TextTimeArch> {
+        self.arch.text_time
     }
 
     /// The dtype of its weights.
@@ -212,8 +234,21 @@ impl Unet {
     }
 
     /// The model output for latents `x` `[B, in_channels, h, w]` at `timestep`, attending to
-    /// `context` `[B, L, cross_attention_dim]`.
+    /// `context` `[B, L, cross_attention_dim]` (SD 1.x / 2.x UNets; SDXL's needs
+    /// [`Self::forward_added`]).
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None)
+    }
+
+    /// As [`Self::forward`], with SDXL's added conditioning (pooled text embeddings `[B, P]` and
+    /// `time_ids` `[B, 6]`), which an SDXL UNet requires and an SD 1.x / 2.x UNet refuses.
+    pub fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let (b, c, _h, _w) = x.dims4().map_err(|_| {
             Error::InvalidArgument(format!("UNet input must be [batch, channels, height, width], got {:?}", x.dims()))
         })?;
@@ -234,16 +269,57 @@ impl Unet {
         if !timestep.is_finite() {
             return Err(Error::InvalidArgument(format!("timestep {timestep} is not finite")));
         }
-        self.forward_calls.fetch_add(1, Ordering::Relaxed);
         let out_dtype = x.dtype();
         let x = x.to_dtype(self.dtype)?;
         let context = context.to_dtype(self.dtype)?;
-        Ok(self.model.forward(&x, timestep, &context)?.to_dtype(out_dtype)?)
+        let out = match (&self.model, added) {
+            (Model::Sd(m), None) => {
+                self.forward_calls.fetch_add(1, Ordering::Relaxed);
+                m.forward(&x, timestep, &context)?
+            }
+            (Model::Sd(_), Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an SD 1.x / 2.x UNet: it takes no pooled text embeddings or time_ids",
+                    self.source.display()
+                )))
+            }
+            (Model::TextTime(_), None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an SDXL UNet (addition_embed_type = \"text_time\"): it needs pooled text embeddings \
+                     and time_ids (Unet::forward_added)",
+                    self.source.display()
+                )))
+            }
+            (Model::TextTime(m), Some(a)) => {
+                let tt = self.arch.text_time.ok_or_else(|| Error::InvalidArgument("no text_time config".into()))?;
+                let (te, ti) = (a.text_embeds().dims(), a.time_ids().dims());
+                if te != [b, tt.pooled_dim] || ti != [b, tt.num_time_ids] {
+                    return Err(Error::InvalidArgument(format!(
+                        "SDXL added conditioning must be pooled text embeddings [{b}, {}] and time_ids [{b}, {}], \
+                         got {te:?} and {ti:?}",
+                        tt.pooled_dim, tt.num_time_ids
+                    )));
+                }
+                self.forward_calls.fetch_add(1, Ordering::Relaxed);
+                m.forward(&x, timestep, &context, a.text_embeds(), a.time_ids())?
+            }
+        };
+        Ok(out.to_dtype(out_dtype)?)
     }
 }
 
 impl ConditionalModel for Unet {
     fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
         self.forward(x, timestep, context)
+    }
+
+    fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        Unet::forward_added(self, x, timestep, context, added)
     }
 }

@@ -79,3 +79,32 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The tiny SDXL checkpoint (`scripts/gen_sdxl_fixtures.py`).
+pub fn tiny_sdxl() -> PathBuf {
+    fixtures().join("tiny-sdxl")
+}
+
+/// The tiny aligned SDXL UNet (a bare `unet/` directory).
+pub fn tiny_sdxl_aligned() -> PathBuf {
+    fixtures().join("tiny-sdxl-aligned-unet")
+}
+
+/// The SDXL reference tensors (`tiny-sdxl-reference.safetensors`).
+pub fn xl_reference(name: &str) -> Tensor {
+    static REFS: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    let refs = REFS.get_or_init(|| {
+        candle_core::safetensors::load(fixtures().join("tiny-sdxl-reference.safetensors"), &Device::Cpu)
+            .expect("tiny-sdxl-reference.safetensors loads")
+    });
+    refs.get(name).unwrap_or_else(|| panic!("SDXL reference tensor {name} missing")).clone()
+}
+
+/// `tiny-sdxl-reference.json`.
+pub fn xl_meta() -> &'static serde_json::Value {
+    static META: OnceLock<serde_json::Value> = OnceLock::new();
+    META.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("tiny-sdxl-reference.json")).expect("reference json");
+        serde_json::from_str(&text).expect("tiny-sdxl-reference.json parses")
+    })
+}
