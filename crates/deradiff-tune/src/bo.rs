@@ -469,3 +469,46 @@ pub fn linspace(lower: f64, upper: f64, n: usize) -> Result<Vec<f64>> {
         _ => Ok((0..n).map(|i| lower + (upper - lower) * i as f64 / (n - 1) as f64).collect()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_search_finds_interior_and_boundary_maxima() {
+        let (x, v) = line_search(&|l: f64| -(l - 0.3141).powi(2), 0.0, 1.0, 11);
+        assert!((x - 0.3141).abs() < 1e-6 && v <= 0.0);
+        let (x, _) = line_search(&|l: f64| l, 0.0, 1.0, 11);
+        assert_eq!(x, 1.0);
+        let (x, _) = line_search(&|l: f64| -l, -2.0, 1.0, 3);
+        assert_eq!(x, -2.0);
+    }
+
+    #[test]
+    fn initial_designs_stay_in_range_and_are_seeded() {
+        for design in [InitialDesign::Uniform, InitialDesign::LatinHypercube, InitialDesign::Grid] {
+            let config = BoConfig { lower: -1.0, upper: 3.0, initial: 5, design, seed: 4, ..BoConfig::default() };
+            let a = initial_design(&config);
+            assert_eq!(a.len(), 5);
+            assert!(a.iter().all(|x| (-1.0..=3.0).contains(x)));
+            assert_eq!(a, initial_design(&config));
+            if design == InitialDesign::LatinHypercube {
+                for (i, x) in a.iter().enumerate() {
+                    assert!(*x >= -1.0 + 0.8 * i as f64 && *x <= -1.0 + 0.8 * (i + 1) as f64, "stratum {i}: {x}");
+                }
+            }
+        }
+        let one = BoConfig { initial: 1, design: InitialDesign::Grid, ..BoConfig::default() };
+        assert_eq!(initial_design(&one), vec![0.5]);
+    }
+
+    #[test]
+    fn acquisition_helpers() {
+        assert_eq!(expected_improvement(1.0, 0.0, 0.5, 0.0), 0.5);
+        assert_eq!(expected_improvement(0.0, 0.0, 0.5, 0.0), 0.0);
+        // EI(μ = best, σ) = σ φ(0).
+        assert!((expected_improvement(0.2, 2.0, 0.2, 0.0) - 2.0 * normal_pdf(0.0)).abs() < 1e-15);
+        assert!(ucb_beta(10, 0.1) > ucb_beta(2, 0.1));
+        assert!((ucb_beta(1, 0.1) - (2.0 * (std::f64::consts::PI.powi(2) / 0.6).ln()).sqrt()).abs() < 1e-12);
+    }
+}

@@ -439,3 +439,37 @@ impl GaussianProcess {
         (value - self.y_mean) / self.y_std
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_and_rejects_indefinite_matrices() {
+        let a = [4.0, 2.0, 2.0, 3.0];
+        let l = cholesky(&a, 2).unwrap();
+        let x = backward(&l, 2, &forward(&l, 2, &[2.0, 1.0]));
+        assert!((4.0 * x[0] + 2.0 * x[1] - 2.0).abs() < 1e-14 && (2.0 * x[0] + 3.0 * x[1] - 1.0).abs() < 1e-14);
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+        assert!(cholesky(&[f64::NAN], 1).is_none());
+    }
+
+    #[test]
+    fn nelder_mead_minimises_rosenbrock_and_respects_infinite_walls() {
+        let mut f = |x: &[f64; 2]| (1.0 - x[0]).powi(2) + 100.0 * (x[1] - x[0] * x[0]).powi(2);
+        let (x, v) = nelder_mead(&mut f, [-1.2, 1.0], [0.5, 0.5], 4000, 1e-16);
+        assert!(v < 1e-8 && (x[0] - 1.0).abs() < 1e-3, "{x:?} {v}");
+        let mut walled = |x: &[f64; 1]| if x[0] < 0.0 { f64::INFINITY } else { (x[0] - 0.0).powi(2) + x[0] };
+        let (x, _) = nelder_mead(&mut walled, [1.0], [0.5], 500, 1e-14);
+        assert!(x[0] >= 0.0 && x[0] < 1e-3, "{x:?}");
+    }
+
+    #[test]
+    fn one_point_and_constant_data_are_fine() {
+        let gp = GaussianProcess::fit(&[0.3], &[2.0], 0.0, 1.0, &GpBounds::default()).unwrap();
+        let (m, s) = gp.predict(0.3);
+        assert!((m - 2.0).abs() < 1e-6 && s < 0.1, "{m} {s}");
+        let gp = GaussianProcess::fit(&[0.1, 0.5, 0.9], &[1.0, 1.0, 1.0], 0.0, 1.0, &GpBounds::default()).unwrap();
+        assert!((gp.predict(0.7).0 - 1.0).abs() < 1e-9);
+    }
+}

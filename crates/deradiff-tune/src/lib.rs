@@ -68,7 +68,7 @@ pub use stats::{
     agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, SplitMix64, Stat,
 };
 pub use sweep::{
-    check_lambdas, csv_header, csv_line, lambda_summaries, read_results, run_sweep, IfExists, LambdaSummary,
-    NoSweepObserver, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver, SweepOutput,
-    SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
+    check_lambdas, csv_header, csv_line, lambda_summaries, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
+    NoSweepObserver, PairBy, Pairs, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver,
+    SweepOutput, SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
 };

@@ -269,3 +269,37 @@ impl AgreementStats {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix64_matches_the_reference_implementation() {
+        // Vigna's splitmix64.c: seed 0 and seed 1234567.
+        let mut r = SplitMix64::new(0);
+        assert_eq!(
+            [r.next_u64(), r.next_u64(), r.next_u64()],
+            [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]
+        );
+        let mut r = SplitMix64::new(1234567);
+        assert_eq!([r.next_u64(), r.next_u64()], [6457827717110365317, 3203168211198807973]);
+        let mut r = SplitMix64::new(5);
+        assert!((0..10_000).all(|_| r.index(7) < 7));
+        assert!((0..100).all(|_| r.index(1) == 0));
+    }
+
+    #[test]
+    fn quantiles_and_medians_follow_numpy() {
+        let v = [1.0, 2.0, 4.0, 8.0];
+        assert_eq!(quantile_sorted(&v, 0.0), 1.0);
+        assert_eq!(quantile_sorted(&v, 1.0), 8.0);
+        assert_eq!(quantile_sorted(&v, 0.5), 3.0); // np.quantile([1,2,4,8], 0.5)
+        assert!((quantile_sorted(&v, 0.025) - 1.075).abs() < 1e-15); // np.quantile(..., 0.025)
+        assert!((quantile_sorted(&v, 0.975) - 7.7).abs() < 1e-12);
+        assert_eq!(quantile_sorted(&[3.0], 0.3), 3.0);
+        assert!(quantile_sorted(&[], 0.5).is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

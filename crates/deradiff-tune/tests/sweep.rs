@@ -366,3 +366,61 @@ fn bad_sweep_inputs_give_clear_errors() {
     setup.steps = 0;
     assert!(AnalyticModel::new(setup).is_err());
 }
+
+/// A text–image-style reward: the prompt's length, per sample (needs the prompts).
+struct PromptLength;
+
+impl Reward for PromptLength {
+    fn name(&self) -> String {
+        "prompt_length".into()
+    }
+    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let prompts = prompts.ok_or_else(|| Error::user("this reward needs prompts"))?;
+        assert_eq!(prompts.len(), samples.dims()[0]);
+        Ok(prompts.iter().map(|p| p.chars().count() as f64).collect())
+    }
+}
+
+#[test]
+fn text_prompts_reach_rewards_and_csv_escapes_them() {
+    let m = model(SchedulerKind::Ddpm, 2);
+    let prompts = vec![Prompt::text("cat, sitting", "a \"cat\", sitting", 1), Prompt::text("dog", "a dog", 2)];
+    let path = tmp("text.jsonl");
+    let csv = tmp("text.csv");
+    let mut config = SweepConfig::new(vec![0.5], prompts, 3);
+    config.output = Some(SweepOutput::jsonl(&path).with_csv(&csv));
+    let r = run_sweep(&m, &[&PromptLength], &config, &mut NoSweepObserver).unwrap();
+    assert_eq!(r.row(0.5, "cat, sitting").unwrap().rewards[0].mean, 16.0);
+    assert_eq!(r.row(0.5, "dog").unwrap().rewards[0].std, 0.0);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().nth(1).unwrap(), "0.5,0,\"cat, sitting\",1,3,16,0");
+    // Seeded groups have no text: a reward that needs it says so.
+    let e = run_sweep(&m, &[&PromptLength], &SweepConfig::new(vec![0.5], Prompt::seeds([1]), 3), &mut NoSweepObserver);
+    assert!(e.unwrap_err().to_string().contains("needs prompts"));
+}
+
+#[test]
+fn rows_of_two_sets_pair_for_the_agreement_statistics() {
+    let m = model(SchedulerKind::Ddpm, 3);
+    let proxy = AnalyticReward::new("proxy", demo_linear_reward());
+    let a = run_sweep(&m, &[&proxy], &SweepConfig::new(vec![0.5, 1.0], Prompt::seeds([1, 2]), 6), &mut NoSweepObserver)
+        .unwrap();
+    let b = run_sweep(&m, &[&proxy], &SweepConfig::new(vec![1.0, 0.5], Prompt::seeds([2, 1]), 6), &mut NoSweepObserver)
+        .unwrap();
+    let pairs = pair_rows(&a.rows, &b.rows, "proxy", PairBy::LambdaAndPrompt).unwrap();
+    assert_eq!(pairs.labels.len(), 4);
+    assert_eq!(pairs.original, pairs.approx, "the same sweep in another order pairs to equal values");
+    assert_eq!(pairs.labels[0], "λ=0.5, seed-1");
+    let s = agreement(&pairs.original, &pairs.approx, &AgreementConfig::default()).unwrap();
+    assert_eq!(s.mae.value, 0.0);
+    assert!(pair_rows(&a.rows, &b.rows, "proxy", PairBy::Prompt).unwrap_err().to_string().contains("two rows"));
+    assert!(pair_rows(&a.rows, &b.rows[..3], "proxy", PairBy::LambdaAndPrompt)
+        .unwrap_err()
+        .to_string()
+        .contains("no row"));
+    assert!(pair_rows(&a.rows[..3], &b.rows, "proxy", PairBy::LambdaAndPrompt)
+        .unwrap_err()
+        .to_string()
+        .contains("without a partner"));
+    assert!(pair_rows(&a.rows, &b.rows, "nope", PairBy::LambdaAndPrompt).is_err());
+}
