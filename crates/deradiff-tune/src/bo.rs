@@ -457,6 +457,25 @@ pub fn optimize(
     })
 }
 
+/// The KL strength DeRaDiff emulates at `lambda` with an anchor aligned at `anchor_beta`:
+/// `β_anchor / λ` (`+∞` for λ = 0, the reference). Errors for an anchor β that is not positive
+/// and finite, or a λ that is negative or not finite.
+///
+/// ```
+/// assert_eq!(deradiff_tune::equivalent_beta(500.0, 0.25)?, 2000.0);
+/// assert_eq!(deradiff_tune::equivalent_beta(500.0, 0.0)?, f64::INFINITY);
+/// # Ok::<(), deradiff_tune::Error>(())
+/// ```
+pub fn equivalent_beta(anchor_beta: f64, lambda: f64) -> Result<f64> {
+    if !(anchor_beta.is_finite() && anchor_beta > 0.0) {
+        return Err(Error::InvalidArgument(format!("the anchor β is {anchor_beta}; it must be positive and finite")));
+    }
+    if !(lambda.is_finite() && lambda >= 0.0) {
+        return Err(Error::InvalidLambda(format!("λ = {lambda} has no equivalent β; it must be finite and ≥ 0")));
+    }
+    Ok(if lambda == 0.0 { f64::INFINITY } else { anchor_beta / lambda })
+}
+
 /// `n` evenly spaced λ from `lower` to `upper` inclusive (n ≥ 2; the midpoint for n = 1), for
 /// dense grids and sweeps. Errors for a reversed or non-finite range or n = 0.
 pub fn linspace(lower: f64, upper: f64, n: usize) -> Result<Vec<f64>> {

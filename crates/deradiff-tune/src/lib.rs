@@ -16,8 +16,10 @@
 //!   with RBF kernel and noise fitted by marginal likelihood, Expected Improvement or UCB, on an
 //!   [`Objective`] such as [`SweepObjective`] (the realigned sampler's measured mean reward,
 //!   with common random numbers).
+//! * [`equivalent_beta`] — the KL strength `β_anchor / λ` a λ emulates.
 //! * [`agreement`] — the paper's Table 5: MAE with a seeded bootstrap CI, RMSE, median absolute
-//!   error, Bland–Altman bias, SD and limits of agreement, each relative to the originals' mean.
+//!   error, Bland–Altman bias, SD and limits of agreement, each relative to the originals' mean;
+//!   [`pair_rows`] pairs two result sets for it.
 //! * [`plot`] — PNG figures: reward vs λ, the BO trace, Bland–Altman, ECDF of |Δ|.
 //!
 //! Everything a command line needs is a plain struct ([`SweepConfig`], [`BoConfig`],
@@ -56,8 +58,8 @@ pub mod sweep;
 
 pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
-    expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig, BoEvaluation,
-    BoPhase, BoResult, Incumbent, InitialDesign, Objective,
+    equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,
+    BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective,
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
