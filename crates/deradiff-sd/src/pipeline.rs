@@ -8,9 +8,10 @@ use deradiff_core::{
     Denoiser, NoiseSource, Observer, Realigner, SampleOutput, Sampler, SchedulerConfig, SchedulerKind, SeededNoise,
 };
 
+use crate::config::UnetConfig;
 use crate::device::check_dtype_supported;
 use crate::error::{Error, Result};
-use crate::guidance::{GuidanceScale, Guided, PromptEmbeddings};
+use crate::guidance::{AddedConditioning, GuidanceScale, Guided, PromptEmbeddings};
 use crate::image::RgbImage;
 use crate::text::TextEncoder;
 use crate::unet::Unet;
@@ -65,6 +66,13 @@ pub struct Request {
     pub height: Option<usize>,
     /// Image width in pixels (default as the height).
     pub width: Option<usize>,
+    /// SDXL micro-conditioning: the original image size `(height, width)` (default: the image
+    /// size, as diffusers).
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL micro-conditioning: the crop's top-left corner `(top, left)` (default `(0, 0)`).
+    pub crop_top_left: (usize, usize),
+    /// SDXL micro-conditioning: the target size `(height, width)` (default: the image size).
+    pub target_size: Option<(usize, usize)>,
 }
 
 impl Default for Request {
@@ -79,6 +87,9 @@ impl Default for Request {
             seed: 0,
             height: None,
             width: None,
+            original_size: None,
+            crop_top_left: (0, 0),
+            target_size: None,
         }
     }
 }
@@ -96,7 +107,8 @@ pub struct Generation {
     pub stopped_early: bool,
 }
 
-/// A reference Stable Diffusion checkpoint and aligned UNets sharing its text encoder and VAE.
+/// A reference Stable Diffusion checkpoint (SD 1.x / 2.x, or SDXL with its two text encoders
+/// and micro-conditioning) and aligned UNets sharing its text encoder(s) and VAE.
 ///
 /// ```no_run
 /// use deradiff_core::{NoObserver, Realigner};
@@ -111,6 +123,9 @@ pub struct Generation {
 #[derive(Debug)]
 pub struct StableDiffusion {
     text_encoder: TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG with projection).
+    text_encoder_2: Option<TextEncoder>,
+    force_zeros_for_empty_prompt: bool,
     vae: Vae,
     unets: Vec<Unet>,
     scheduler_config: SchedulerConfig,
@@ -126,11 +141,35 @@ fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
     }
 }
 
+/// `force_zeros_for_empty_prompt` from a pipeline's `model_index.json` (diffusers' SDXL default,
+/// true, when the file or the field is absent).
+fn read_force_zeros(root: &Path) -> Result<bool> {
+    let path = root.join("model_index.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(&path, e.to_string()))?;
+    match json.get("force_zeros_for_empty_prompt") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => {
+            Err(Error::config(&path, format!("`force_zeros_for_empty_prompt` must be a boolean, got {other}")))
+        }
+    }
+}
+
 impl StableDiffusion {
     /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
     /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
     /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
     /// config). Every aligned UNet must have the reference's architecture.
+    ///
+    /// SDXL is detected from `unet/config.json` (`addition_embed_type = "text_time"`): it also
+    /// needs `text_encoder_2/` (`CLIPTextModelWithProjection`) and `tokenizer_2/`; its
+    /// `model_index.json` may set `force_zeros_for_empty_prompt` (default true), and without a
+    /// `scheduler/scheduler_config.json` SDXL's own ([`SchedulerConfig::stable_diffusion_xl`]) is
+    /// used.
     pub fn load<P: AsRef<Path>>(reference: impl AsRef<Path>, aligned: &[P], options: &LoadOptions) -> Result<Self> {
         let root = reference.as_ref();
         if !root.is_dir() {
@@ -140,11 +179,28 @@ impl StableDiffusion {
         let te_dir = require_dir(root.join("text_encoder"), "text encoder directory")?;
         let tok_dir = require_dir(root.join("tokenizer"), "tokenizer directory")?;
         let vae_dir = require_dir(root.join("vae"), "VAE directory")?;
+        // A config that does not parse or check is reported by the UNet loader below.
+        let unet_cfg = unet_dir.join("config.json");
+        let is_sdxl = UnetConfig::from_file(&unet_cfg)
+            .and_then(|c| c.arch(&unet_cfg))
+            .map(|a| a.text_time.is_some())
+            .unwrap_or(false);
+        let sdxl_dirs = if is_sdxl {
+            Some((
+                require_dir(root.join("text_encoder_2"), "SDXL second text encoder directory (text_encoder_2)")?,
+                require_dir(root.join("tokenizer_2"), "SDXL second tokenizer directory (tokenizer_2)")?,
+            ))
+        } else {
+            None
+        };
         let sched_path = root.join("scheduler").join("scheduler_config.json");
-        if !sched_path.is_file() {
+        let scheduler_config = if sched_path.is_file() {
+            SchedulerConfig::from_file(&sched_path)?
+        } else if is_sdxl {
+            SchedulerConfig::stable_diffusion_xl()
+        } else {
             return Err(Error::NotFound { what: "scheduler config".into(), path: sched_path });
-        }
-        let scheduler_config = SchedulerConfig::from_file(&sched_path)?;
+        };
         let (dtype, device) = (options.dtype, &options.device);
         check_dtype_supported(dtype, device)?;
 
@@ -161,21 +217,90 @@ impl StableDiffusion {
         unets.extend(aligned_unets);
         let text_encoder = TextEncoder::load(&te_dir, &tok_dir, dtype, device)?;
         let vae = Vae::load(&vae_dir, dtype, device)?;
-        Self::from_parts(text_encoder, vae, unets, scheduler_config)
+        match sdxl_dirs {
+            Some((te2_dir, tok2_dir)) => {
+                let text_encoder_2 = TextEncoder::load_with_projection(&te2_dir, &tok2_dir, dtype, device)?;
+                let force_zeros = read_force_zeros(root)?;
+                Self::from_parts_sdxl(text_encoder, text_encoder_2, vae, unets, scheduler_config, force_zeros)
+            }
+            None => Self::from_parts(text_encoder, vae, unets, scheduler_config),
+        }
     }
 
-    /// Assembles loaded parts (reference UNet first), checking that they fit together.
+    /// Assembles loaded SD 1.x / 2.x parts (reference UNet first), checking that they fit
+    /// together (an SDXL UNet needs [`Self::from_parts_sdxl`]).
     pub fn from_parts(
         text_encoder: TextEncoder,
         vae: Vae,
         unets: Vec<Unet>,
         scheduler_config: SchedulerConfig,
     ) -> Result<Self> {
+        Self::assemble(text_encoder, None, vae, unets, scheduler_config, true)
+    }
+
+    /// Assembles loaded SDXL parts: CLIP ViT-L (`text_encoder`), OpenCLIP ViT-bigG with its
+    /// projection (`text_encoder_2`), the VAE, UNets with `text_time` conditioning (reference
+    /// first), the scheduler config and `force_zeros_for_empty_prompt` (zero negative
+    /// embeddings when no negative prompt is given, as diffusers' SDXL pipeline).
+    pub fn from_parts_sdxl(
+        text_encoder: TextEncoder,
+        text_encoder_2: TextEncoder,
+        vae: Vae,
+        unets: Vec<Unet>,
+        scheduler_config: SchedulerConfig,
+        force_zeros_for_empty_prompt: bool,
+    ) -> Result<Self> {
+        Self::assemble(text_encoder, Some(text_encoder_2), vae, unets, scheduler_config, force_zeros_for_empty_prompt)
+    }
+
+    fn assemble(
+        text_encoder: TextEncoder,
+        text_encoder_2: Option<TextEncoder>,
+        vae: Vae,
+        unets: Vec<Unet>,
+        scheduler_config: SchedulerConfig,
+        force_zeros_for_empty_prompt: bool,
+    ) -> Result<Self> {
         let reference = unets.first().ok_or_else(|| Error::InvalidArgument("no UNet given".into()))?;
         for u in &unets[1..] {
             reference.check_same_architecture(u)?;
         }
-        if text_encoder.hidden_size() != reference.cross_attention_dim() {
+        match (reference.text_time(), &text_encoder_2) {
+            (Some(_), None) => {
+                return Err(Error::ModelMismatch(format!(
+                    "{} is an SDXL UNet (text_time conditioning): it needs the second text encoder \
+                     (text_encoder_2/ with tokenizer_2/)",
+                    reference.source().display()
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(Error::ModelMismatch(format!(
+                    "{} is an SD 1.x / 2.x UNet (no text_time conditioning); a second text encoder is SDXL's",
+                    reference.source().display()
+                )))
+            }
+            (Some(tt), Some(te2)) => {
+                let width = text_encoder.hidden_size() + te2.hidden_size();
+                if width != reference.cross_attention_dim() {
+                    return Err(Error::ModelMismatch(format!(
+                        "the text encoders' hidden sizes {} + {} = {width} differ from the UNet's cross-attention \
+                         dim {}",
+                        text_encoder.hidden_size(),
+                        te2.hidden_size(),
+                        reference.cross_attention_dim()
+                    )));
+                }
+                if te2.projection_dim() != Some(tt.pooled_dim) {
+                    return Err(Error::ModelMismatch(format!(
+                        "the UNet's add_embedding takes {}-wide pooled text embeddings but text_encoder_2 gives {}",
+                        tt.pooled_dim,
+                        te2.projection_dim().map_or("none (no text_projection)".into(), |d| d.to_string())
+                    )));
+                }
+            }
+            (None, None) => {}
+        }
+        if text_encoder_2.is_none() && text_encoder.hidden_size() != reference.cross_attention_dim() {
             return Err(Error::ModelMismatch(format!(
                 "the text encoder's hidden size is {} but the UNet attends to {}-wide embeddings",
                 text_encoder.hidden_size(),
@@ -191,7 +316,36 @@ impl StableDiffusion {
         }
         let dtype = reference.dtype();
         let device = reference.device().clone();
-        Ok(Self { text_encoder, vae, unets, scheduler_config, dtype, device })
+        Ok(Self {
+            text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
+            vae,
+            unets,
+            scheduler_config,
+            dtype,
+            device,
+        })
+    }
+
+    /// Whether this is SDXL (two text encoders, `text_time` conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_encoder_2.is_some()
+    }
+
+    /// SDXL's second text encoder, if any.
+    pub fn text_encoder_2(&self) -> Option<&TextEncoder> {
+        self.text_encoder_2.as_ref()
+    }
+
+    /// SDXL: whether the negative embeddings are zeros when no negative prompt is given.
+    pub fn force_zeros_for_empty_prompt(&self) -> bool {
+        self.force_zeros_for_empty_prompt
+    }
+
+    /// Sets [`Self::force_zeros_for_empty_prompt`] (SDXL only; ignored otherwise).
+    pub fn set_force_zeros_for_empty_prompt(&mut self, value: bool) {
+        self.force_zeros_for_empty_prompt = value;
     }
 
     /// Number of UNets (reference + aligned): what the realigner must weigh.
@@ -244,11 +398,47 @@ impl StableDiffusion {
 
     /// Encodes the prompts once (and, with guidance on, the negative prompt — the empty prompt
     /// when `None`), each distinct text in a single text-encoder pass, for every UNet to share.
+    /// For SDXL the embeddings are the penultimate hidden states of both encoders concatenated,
+    /// with encoder 2's projected pooled output and the default micro-conditioning (the default
+    /// image size, crop (0, 0)); with `force_zeros_for_empty_prompt` and no negative prompt the
+    /// negative embeddings are zeros, as in diffusers.
     pub fn encode_prompts<S: AsRef<str>>(
         &self,
         prompts: &[S],
         negative_prompt: Option<&str>,
         guidance_scale: f64,
+    ) -> Result<PromptEmbeddings> {
+        let time_ids = self.time_ids(&Request::default())?;
+        self.encode_with_time_ids(prompts, negative_prompt, guidance_scale, time_ids)
+    }
+
+    /// SDXL's six `time_ids` of a request: original size `(h, w)`, crop `(top, left)`, target
+    /// size `(h, w)`, defaulting as diffusers (original = target = the image size). An error for
+    /// SD 1.x / 2.x when the request sets micro-conditioning (`None` otherwise).
+    pub fn time_ids(&self, request: &Request) -> Result<Option<[f64; 6]>> {
+        if !self.is_sdxl() {
+            if request.original_size.is_some() || request.target_size.is_some() || request.crop_top_left != (0, 0) {
+                return Err(Error::InvalidArgument(
+                    "original size, crop and target size are SDXL micro-conditioning; this checkpoint is not SDXL"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let (dh, dw) = self.default_size();
+        let size = (request.height.unwrap_or(dh), request.width.unwrap_or(dw));
+        let (oh, ow) = request.original_size.unwrap_or(size);
+        let (ct, cl) = request.crop_top_left;
+        let (th, tw) = request.target_size.unwrap_or(size);
+        Ok(Some([oh, ow, ct, cl, th, tw].map(|v| v as f64)))
+    }
+
+    fn encode_with_time_ids<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        negative_prompt: Option<&str>,
+        guidance_scale: f64,
+        time_ids: Option<[f64; 6]>,
     ) -> Result<PromptEmbeddings> {
         if prompts.is_empty() {
             return Err(Error::InvalidArgument("no prompts: give at least one prompt".into()));
@@ -266,25 +456,62 @@ impl StableDiffusion {
         let mut distinct: Vec<&str> = Vec::new();
         let mut rows = Vec::new();
         let prompts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
-        let negative = negative_prompt.unwrap_or("");
         for p in &prompts {
             rows.push(index_of(p, &mut distinct));
         }
-        let uncond_row = guidance.is_active().then(|| index_of(negative, &mut distinct));
-        let hidden = self.text_encoder.encode(&distinct)?.to_dtype(self.dtype)?;
-        let pick = |idx: &[u32]| -> Result<Tensor> {
-            let idx = Tensor::new(idx, hidden.device())?;
-            Ok(hidden.index_select(&idx, 0)?)
+        let zero_negative = self.is_sdxl() && negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
+        let uncond_row =
+            (guidance.is_active() && !zero_negative).then(|| index_of(negative_prompt.unwrap_or(""), &mut distinct));
+        let (hidden, pooled) = match &self.text_encoder_2 {
+            None => (self.text_encoder.encode(&distinct)?, None),
+            Some(te2) => {
+                let one = self.text_encoder.encode_all(&distinct)?;
+                let two = te2.encode_all(&distinct)?;
+                let pooled = two.text_embeds.ok_or_else(|| {
+                    Error::ModelMismatch("text_encoder_2 has no text_projection (SDXL needs it)".into())
+                })?;
+                (Tensor::cat(&[&one.penultimate, &two.penultimate], 2)?, Some(pooled.to_dtype(self.dtype)?))
+            }
         };
-        let cond = pick(&rows)?;
-        let uncond = uncond_row.map(|r| pick(&vec![r; prompts.len()])).transpose()?;
-        PromptEmbeddings::new(cond, uncond)
+        let hidden = hidden.to_dtype(self.dtype)?;
+        let pick = |t: &Tensor, idx: &[u32]| -> Result<Tensor> {
+            let idx = Tensor::new(idx, t.device())?;
+            Ok(t.index_select(&idx, 0)?)
+        };
+        let cond = pick(&hidden, &rows)?;
+        let n = prompts.len();
+        let uncond = match uncond_row {
+            Some(r) => Some(pick(&hidden, &vec![r; n])?),
+            None if guidance.is_active() => Some(cond.zeros_like()?),
+            None => None,
+        };
+        let embeddings = PromptEmbeddings::new(cond, uncond)?;
+        let Some(pooled) = pooled else {
+            return Ok(embeddings);
+        };
+        let ids = time_ids.ok_or_else(|| Error::InvalidArgument("SDXL needs time_ids".into()))?;
+        let ids = Tensor::new(&ids, &self.device)?.to_dtype(self.dtype)?.unsqueeze(0)?.repeat((n, 1))?;
+        let pooled_cond = pick(&pooled, &rows)?;
+        let added = AddedConditioning::new(pooled_cond.clone(), ids.clone())?;
+        let added_uncond = match uncond_row {
+            Some(r) => Some(AddedConditioning::new(pick(&pooled, &vec![r; n])?, ids)?),
+            None if guidance.is_active() => Some(AddedConditioning::new(pooled_cond.zeros_like()?, ids)?),
+            None => None,
+        };
+        embeddings.with_added(added, added_uncond)
     }
 
     /// The text embeddings of a request (prompts × images per prompt).
+    /// For SDXL it carries the request's micro-conditioning ([`Self::time_ids`]).
     pub fn encode(&self, request: &Request) -> Result<PromptEmbeddings> {
-        self.encode_prompts(&request.prompts, request.negative_prompt.as_deref(), request.guidance_scale)?
-            .repeat_each(request.images_per_prompt)
+        let time_ids = self.time_ids(request)?;
+        self.encode_with_time_ids(
+            &request.prompts,
+            request.negative_prompt.as_deref(),
+            request.guidance_scale,
+            time_ids,
+        )?
+        .repeat_each(request.images_per_prompt)
     }
 
     /// One guided denoiser per UNet (reference first), all sharing `embeddings`.
@@ -324,6 +551,14 @@ impl StableDiffusion {
             return Err(Error::InvalidArgument("the number of inference steps must be at least 1".into()));
         }
         GuidanceScale::new(request.guidance_scale)?;
+        self.time_ids(request)?;
+        if self.is_sdxl() != embeddings.added().is_some() {
+            return Err(Error::InvalidArgument(if self.is_sdxl() {
+                "SDXL needs prompt embeddings with pooled text embeddings and time_ids (StableDiffusion::encode)".into()
+            } else {
+                "these prompt embeddings carry SDXL's added conditioning but the checkpoint is not SDXL".into()
+            }));
+        }
         if realigner.num_models() != self.unets.len() {
             return Err(Error::InvalidArgument(format!(
                 "the realigner weighs {} models but {} UNets are loaded (reference + {} aligned); use \

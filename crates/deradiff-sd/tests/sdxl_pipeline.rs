@@ -1,0 +1,191 @@
+//! The SDXL pipeline against diffusers' `StableDiffusionXLPipeline` pieces on the tiny SDXL
+//! fixtures (`scripts/gen_sdxl_fixtures.py`): prompt and pooled embeddings (negative prompt,
+//! zeros for no negative prompt, `force_zeros_for_empty_prompt` off) within 1e-4; two-model
+//! realigned Euler-ancestral runs (λ = 0.5, CFG, 4 steps, injected noise; default and explicit
+//! micro-conditioning) within 1e-3; and the SD 1.5 pipeline's error behaviour.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use candle_core::Tensor;
+use common::*;
+use deradiff_core::{Flow, InjectedNoise, NoObserver, Realigner, SchedulerKind, StepEvent};
+use deradiff_sd::{Error, LoadOptions, Request, StableDiffusion};
+
+fn xl() -> &'static StableDiffusion {
+    static XL: OnceLock<StableDiffusion> = OnceLock::new();
+    XL.get_or_init(|| StableDiffusion::load(tiny_sdxl(), &[tiny_sdxl_aligned()], &LoadOptions::default()).unwrap())
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+fn pair(v: &serde_json::Value) -> Option<(usize, usize)> {
+    v.as_array().map(|a| (a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize))
+}
+
+#[test]
+fn sdxl_is_detected_with_its_defaults() {
+    let sd = xl();
+    assert!(sd.is_sdxl());
+    assert!(sd.force_zeros_for_empty_prompt());
+    assert_eq!(sd.num_models(), 2);
+    assert_eq!(sd.default_size(), (16, 16));
+    assert_eq!(sd.vae().scaling_factor(), 0.13025);
+    assert_eq!(sd.scheduler_config().timestep_spacing.as_deref(), Some("leading"));
+    assert_eq!(sd.scheduler_config().steps_offset, Some(1));
+    // Without a scheduler config SDXL's own is used.
+    let dir = scratch("sdxl-no-scheduler");
+    copy_dir(&tiny_sdxl(), &dir);
+    std::fs::remove_dir_all(dir.join("scheduler")).unwrap();
+    let sd = StableDiffusion::load(&dir, &[] as &[&std::path::Path], &LoadOptions::default()).unwrap();
+    assert_eq!(sd.scheduler_config(), &deradiff_core::SchedulerConfig::stable_diffusion_xl());
+}
+
+#[test]
+fn prompt_and_pooled_embeddings_match_diffusers() {
+    let sd = xl();
+    let prompts = strings(&xl_meta()["text_prompts"]);
+    let negative = xl_meta()["text_negative_prompt"].as_str().unwrap();
+    let check = |ours: &Tensor, name: &str| {
+        let err = max_abs_diff(ours, &xl_reference(name));
+        println!("{name}: max abs error {err:.3e} vs diffusers' encode_prompt");
+        assert!(err <= 1e-4, "{name}: {err}");
+    };
+    // No negative prompt, force_zeros_for_empty_prompt: zeros.
+    let emb = sd.encode_prompts(&prompts, None, 5.0).unwrap();
+    check(emb.cond(), "text.embeds");
+    check(emb.added().unwrap().text_embeds(), "text.pooled");
+    assert_eq!(max_abs(emb.uncond().unwrap()), 0.0);
+    assert_eq!(max_abs(emb.added_uncond().unwrap().text_embeds()), 0.0);
+    // A negative prompt.
+    let emb = sd.encode_prompts(&prompts, Some(negative), 5.0).unwrap();
+    check(emb.uncond().unwrap(), "text.neg_embeds");
+    check(emb.added_uncond().unwrap().text_embeds(), "text.neg_pooled");
+    // force_zeros_for_empty_prompt off: the empty prompt's encoding.
+    let mut own = StableDiffusion::load(tiny_sdxl(), &[] as &[&std::path::Path], &LoadOptions::default()).unwrap();
+    own.set_force_zeros_for_empty_prompt(false);
+    let emb = own.encode_prompts(&prompts, None, 5.0).unwrap();
+    check(&emb.uncond().unwrap().narrow(0, 0, 1).unwrap(), "text.empty_embeds");
+    check(&emb.added_uncond().unwrap().text_embeds().narrow(0, 0, 1).unwrap(), "text.empty_pooled");
+    // Without guidance, no negative embeddings at all.
+    assert!(sd.encode_prompts(&prompts, None, 1.0).unwrap().uncond().is_none());
+}
+
+fn request(name: &str) -> Request {
+    let run = &xl_meta()["runs"][name];
+    Request {
+        prompts: strings(&run["prompts"]),
+        negative_prompt: run["negative"].as_str().map(str::to_string),
+        scheduler: SchedulerKind::EulerAncestral,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        height: Some(run["height"].as_u64().unwrap() as usize),
+        width: Some(run["width"].as_u64().unwrap() as usize),
+        original_size: pair(&run["original_size"]),
+        crop_top_left: pair(&run["crop"]).unwrap(),
+        target_size: pair(&run["target_size"]),
+        ..Default::default()
+    }
+}
+
+fn check_run(name: &str) {
+    let sd = xl();
+    let run = &xl_meta()["runs"][name];
+    let req = request(name);
+    let emb = sd.encode(&req).unwrap();
+    let both = Tensor::cat(&[emb.uncond().unwrap(), emb.cond()], 0).unwrap();
+    let (a, au) = (emb.added().unwrap(), emb.added_uncond().unwrap());
+    let pooled = Tensor::cat(&[au.text_embeds(), a.text_embeds()], 0).unwrap();
+    let ids = Tensor::cat(&[au.time_ids(), a.time_ids()], 0).unwrap();
+    assert!(max_abs_diff(&both, &xl_reference(&format!("run.{name}.embeds"))) <= 1e-4);
+    assert!(max_abs_diff(&pooled, &xl_reference(&format!("run.{name}.pooled"))) <= 1e-4);
+    assert_eq!(max_abs_diff(&ids, &xl_reference(&format!("run.{name}.time_ids"))), 0.0);
+
+    let noise = xl_reference(&format!("run.{name}.noise"));
+    let mut injected = InjectedNoise::new((0..noise.dim(0).unwrap()).map(|i| noise.get(i).unwrap()));
+    let mut timesteps = Vec::new();
+    let mut observer = |e: &StepEvent<'_>| {
+        timesteps.push(e.timestep);
+        Flow::Continue
+    };
+    let lambda = run["lambda"].as_f64().unwrap();
+    let out = sd.sample(&req, &emb, &Realigner::two_model(lambda).unwrap(), &mut injected, &mut observer).unwrap();
+    let want_t: Vec<f64> = run["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    for (a, b) in timesteps.iter().zip(&want_t) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{timesteps:?} vs {want_t:?}");
+    }
+    let exact = xl_reference(&format!("run.{name}.final"));
+    let err = max_abs_diff(&out.latent, &exact);
+    let err_tanh = max_abs_diff(&out.latent, &xl_reference(&format!("run.{name}.final_tanh")));
+    let scale = max_abs(&exact);
+    println!(
+        "SDXL {name}: final latents max abs error {err:.3e} vs diffusers (latents max {scale:.1}); {err_tanh:.3e} vs \
+         diffusers with candle's tanh-GELU"
+    );
+    assert!(err <= 1e-3, "{name}: {err}");
+    assert!(err_tanh <= 5e-6 * scale, "{name}: {err_tanh}");
+}
+
+#[test]
+fn realigned_sdxl_default_micro_conditioning_matches_diffusers() {
+    check_run("default");
+}
+
+#[test]
+fn realigned_sdxl_explicit_micro_conditioning_matches_diffusers() {
+    check_run("micro");
+}
+
+#[test]
+fn micro_conditioning_changes_the_run_and_guidance_off_runs() {
+    let sd = xl();
+    let base = Request { prompts: vec!["a cat".into()], steps: 1, seed: 4, ..Default::default() };
+    let half = Realigner::two_model(0.5).unwrap();
+    let a = sd.generate(&base, &half, &mut NoObserver).unwrap();
+    let b = sd.generate(&Request { original_size: Some((64, 64)), ..base.clone() }, &half, &mut NoObserver).unwrap();
+    assert!(max_abs_diff(&a.latents, &b.latents) > 1e-4);
+    let c = sd.generate(&Request { guidance_scale: 1.0, images_per_prompt: 2, ..base }, &half, &mut NoObserver);
+    assert_eq!(c.unwrap().images.len(), 2);
+}
+
+#[test]
+fn sdxl_errors_as_the_sd_pipeline() {
+    let half = Realigner::two_model(0.5).unwrap();
+    // A size the VAE cannot produce (its scale factor is 2 here; 8 for the real VAE).
+    let req = Request { prompts: vec!["a cat".into()], steps: 1, height: Some(15), ..Default::default() };
+    assert!(matches!(xl().generate(&req, &half, &mut NoObserver), Err(Error::InvalidArgument(_))));
+    // Missing text_encoder_2 / tokenizer_2.
+    for missing in ["text_encoder_2", "tokenizer_2"] {
+        let dir = scratch(&format!("sdxl-no-{missing}"));
+        copy_dir(&tiny_sdxl(), &dir);
+        std::fs::remove_dir_all(dir.join(missing)).unwrap();
+        let err = StableDiffusion::load(&dir, &[] as &[&std::path::Path], &LoadOptions::default()).unwrap_err();
+        println!("{err}");
+        assert!(matches!(err, Error::NotFound { ref path, .. } if path.ends_with(missing)), "{err:?}");
+    }
+    // An SD 1.5 UNet beside an SDXL reference, and the other way round.
+    let err = StableDiffusion::load(tiny_sdxl(), &[tiny_aligned()], &LoadOptions::default()).unwrap_err();
+    println!("{err}");
+    assert!(matches!(err, Error::ModelMismatch(_)), "{err:?}");
+    let err = StableDiffusion::load(tiny_sd(), &[tiny_sdxl_aligned()], &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::ModelMismatch(_)), "{err:?}");
+    // A bare SDXL weight file against an SD 1.5 reference's config: a tensor error naming the file.
+    let file = tiny_sdxl_aligned().join("diffusion_pytorch_model.safetensors");
+    let err = StableDiffusion::load(tiny_sd(), &[&file], &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::TensorShape { .. } | Error::MissingTensor { .. } | Error::ModelMismatch(_)),
+        "{err:?}"
+    );
+    // Micro-conditioning on an SD 1.5 checkpoint is an error, not silently ignored.
+    let sd15 = StableDiffusion::load(tiny_sd(), &[] as &[&std::path::Path], &LoadOptions::default()).unwrap();
+    let req = Request { prompts: vec!["a cat".into()], steps: 1, crop_top_left: (8, 0), ..Default::default() };
+    assert!(matches!(sd15.encode(&req), Err(Error::InvalidArgument(_))));
+    // SD 1.5 embeddings into the SDXL pipeline.
+    let emb = sd15.encode(&Request { prompts: vec!["a cat".into()], ..Default::default() }).unwrap();
+    let req = Request { prompts: vec!["a cat".into()], steps: 1, ..Default::default() };
+    let err = xl().sample(&req, &emb, &half, &mut deradiff_core::SeededNoise::new(0), &mut NoObserver).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+}
