@@ -1,5 +1,5 @@
 //! `deradiff sample`: realigned text-to-image sampling from a reference Stable Diffusion
-//! checkpoint and aligned UNets.
+//! checkpoint (SD 1.x / 2.x, or SDXL — detected from the checkpoint) and aligned UNets.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,7 +16,8 @@ use crate::SchedulerArg;
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
     /// The reference checkpoint: a diffusers-layout directory (unet/, text_encoder/, tokenizer/,
-    /// vae/, scheduler/scheduler_config.json).
+    /// vae/, scheduler/scheduler_config.json; SDXL also text_encoder_2/ and tokenizer_2/, and is
+    /// detected from unet/config.json).
     #[arg(long)]
     reference: PathBuf,
     /// An aligned UNet: a pipeline directory, a unet/ directory or one .safetensors file. Repeat
@@ -55,6 +56,15 @@ pub struct SampleArgs {
     /// Image size WxH in pixels (default: the checkpoint's).
     #[arg(long)]
     size: Option<String>,
+    /// SDXL micro-conditioning: the original image size WxH (default: the image size).
+    #[arg(long)]
+    original_size: Option<String>,
+    /// SDXL micro-conditioning: the crop's top-left corner as TOP,LEFT in pixels (default 0,0).
+    #[arg(long)]
+    crop_top_left: Option<String>,
+    /// SDXL micro-conditioning: the target size WxH (default: the image size).
+    #[arg(long)]
+    target_size: Option<String>,
     /// Weights dtype: f32, f16 or bf16 (bf16 needs a GPU).
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -121,9 +131,23 @@ fn settings(args: &SampleArgs) -> Result<Vec<Setting>, String> {
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize), String> {
-    let (w, h) = size.split_once(['x', 'X']).ok_or_else(|| format!("--size {size}: expected WxH, e.g. 512x512"))?;
-    let parse = |s: &str| s.trim().parse::<usize>().map_err(|_| format!("--size {size}: expected WxH, e.g. 512x512"));
+    parse_size_option("--size", size)
+}
+
+/// `WxH` → `(width, height)`.
+fn parse_size_option(option: &str, size: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{option} {size}: expected WxH, e.g. 1024x1024");
+    let (w, h) = size.split_once(['x', 'X']).ok_or_else(bad)?;
+    let parse = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
     Ok((parse(w)?, parse(h)?))
+}
+
+/// `TOP,LEFT` → `(top, left)`.
+fn parse_crop(crop: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--crop-top-left {crop}: expected TOP,LEFT in pixels, e.g. 0,0");
+    let (t, l) = crop.split_once(',').ok_or_else(bad)?;
+    let parse = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
+    Ok((parse(t)?, parse(l)?))
 }
 
 fn scheduler_kind(args: &SampleArgs) -> Result<SchedulerKind, String> {
@@ -226,12 +250,35 @@ pub fn sample(args: SampleArgs) -> Result<(), String> {
         return Err("give at least one --prompt".into());
     }
     let size = args.size.as_deref().map(parse_size).transpose()?;
+    // (width, height) on the command line, (height, width) in the request (diffusers' order).
+    let original_size = args
+        .original_size
+        .as_deref()
+        .map(|s| parse_size_option("--original-size", s))
+        .transpose()?
+        .map(|(w, h)| (h, w));
+    let target_size =
+        args.target_size.as_deref().map(|s| parse_size_option("--target-size", s)).transpose()?.map(|(w, h)| (h, w));
+    let crop_top_left = args.crop_top_left.as_deref().map(parse_crop).transpose()?.unwrap_or((0, 0));
     let dtype = parse_dtype(&args.dtype).map_err(|e| e.to_string())?;
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     check_writable(&args.out)?;
 
     let options = LoadOptions { dtype, device };
     let sd = StableDiffusion::load(&args.reference, &args.aligned, &options).map_err(|e| e.to_string())?;
+    let micro = original_size.is_some() || target_size.is_some() || args.crop_top_left.is_some();
+    if micro && !sd.is_sdxl() {
+        return Err(format!(
+            "--original-size, --crop-top-left and --target-size are SDXL micro-conditioning, but {} is not an SDXL \
+             checkpoint (no text_time conditioning in unet/config.json)",
+            args.reference.display()
+        ));
+    }
+    if !args.quiet {
+        let (h, w) = sd.default_size();
+        let kind = if sd.is_sdxl() { "SDXL" } else { "Stable Diffusion 1.x / 2.x" };
+        eprintln!("{kind} checkpoint {} ({} models, default size {w}x{h})", args.reference.display(), sd.num_models());
+    }
     let request = Request {
         prompts: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -241,6 +288,9 @@ pub fn sample(args: SampleArgs) -> Result<(), String> {
         seed: args.seed,
         width: size.map(|s| s.0),
         height: size.map(|s| s.1),
+        original_size,
+        crop_top_left,
+        target_size,
         ..Default::default()
     };
     // The prompts are encoded once for every setting and every UNet.

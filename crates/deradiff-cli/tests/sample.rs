@@ -102,6 +102,10 @@ fn bad_options_exit_nonzero_with_a_message() {
         (vec!["--size", "big"], "--size"),
         (vec!["--eta", "0.5"], "--eta"),
         (vec!["--dtype", "f8"], "dtype"),
+        (vec!["--original-size", "64"], "--original-size"),
+        (vec!["--crop-top-left", "3"], "--crop-top-left"),
+        // Micro-conditioning on an SD 1.5 checkpoint is refused, not ignored.
+        (vec!["--target-size", "32x32"], "SDXL"),
     ];
     for (extra, needle) in cases {
         let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
@@ -120,4 +124,38 @@ fn bad_options_exit_nonzero_with_a_message() {
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("output directory"));
     assert!(!out.exists());
+}
+
+#[test]
+fn sdxl_is_detected_and_takes_micro_conditioning() {
+    let dir = out_dir("sdxl");
+    let (reference, aligned) = (fixture("tiny-sdxl"), fixture("tiny-sdxl-aligned-unet"));
+    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let out = dir.join(name);
+        let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+        args.retain(|a| *a != "--quiet");
+        args.extend(["--size", "24x16"]);
+        args.extend(extra.iter().copied());
+        let result = deradiff(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "stderr: {stderr}");
+        assert!(stderr.contains("SDXL checkpoint"), "{stderr}");
+        let (w, h, data) = decode_png(&out);
+        assert_eq!((w, h), (24, 16));
+        data
+    };
+    let default = run("default.png", &[]);
+    // The defaults spelled out (original = target = the image size, crop 0,0) change nothing.
+    let explicit =
+        run("explicit.png", &["--original-size", "24x16", "--target-size", "24x16", "--crop-top-left", "0,0"]);
+    assert_eq!(default, explicit);
+    let cropped = run("cropped.png", &["--original-size", "48x32", "--crop-top-left", "8,4"]);
+    assert_ne!(default, cropped);
+    // A size the VAE cannot produce.
+    let out = dir.join("bad.png");
+    let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+    args.extend(["--size", "15x16"]);
+    let result = deradiff(&args);
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("size"));
 }
