@@ -56,15 +56,9 @@ pub struct SampleArgs {
     /// Image size WxH in pixels (default: the checkpoint's).
     #[arg(long)]
     size: Option<String>,
-    /// SDXL micro-conditioning: the original image size WxH (default: the image size).
-    #[arg(long)]
-    original_size: Option<String>,
-    /// SDXL micro-conditioning: the crop's top-left corner as TOP,LEFT in pixels (default 0,0).
-    #[arg(long)]
-    crop_top_left: Option<String>,
-    /// SDXL micro-conditioning: the target size WxH (default: the image size).
-    #[arg(long)]
-    target_size: Option<String>,
+    /// SDXL micro-conditioning (boxed: it keeps the command enum small).
+    #[command(flatten)]
+    micro: Box<MicroArgs>,
     /// Weights dtype: f32, f16 or bf16 (bf16 needs a GPU).
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -78,6 +72,20 @@ pub struct SampleArgs {
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// SDXL's micro-conditioning options of `deradiff sample`.
+#[derive(Debug, clap::Args)]
+struct MicroArgs {
+    /// SDXL micro-conditioning: the original image size WxH (default: the image size).
+    #[arg(long)]
+    original_size: Option<String>,
+    /// SDXL micro-conditioning: the crop's top-left corner as TOP,LEFT in pixels (default 0,0).
+    #[arg(long)]
+    crop_top_left: Option<String>,
+    /// SDXL micro-conditioning: the target size WxH (default: the image size).
+    #[arg(long)]
+    target_size: Option<String>,
 }
 
 /// One sampling setting: a realigner and its label.
@@ -252,21 +260,27 @@ pub fn sample(args: SampleArgs) -> Result<(), String> {
     let size = args.size.as_deref().map(parse_size).transpose()?;
     // (width, height) on the command line, (height, width) in the request (diffusers' order).
     let original_size = args
+        .micro
         .original_size
         .as_deref()
         .map(|s| parse_size_option("--original-size", s))
         .transpose()?
         .map(|(w, h)| (h, w));
-    let target_size =
-        args.target_size.as_deref().map(|s| parse_size_option("--target-size", s)).transpose()?.map(|(w, h)| (h, w));
-    let crop_top_left = args.crop_top_left.as_deref().map(parse_crop).transpose()?.unwrap_or((0, 0));
+    let target_size = args
+        .micro
+        .target_size
+        .as_deref()
+        .map(|s| parse_size_option("--target-size", s))
+        .transpose()?
+        .map(|(w, h)| (h, w));
+    let crop_top_left = args.micro.crop_top_left.as_deref().map(parse_crop).transpose()?.unwrap_or((0, 0));
     let dtype = parse_dtype(&args.dtype).map_err(|e| e.to_string())?;
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     check_writable(&args.out)?;
 
     let options = LoadOptions { dtype, device };
     let sd = StableDiffusion::load(&args.reference, &args.aligned, &options).map_err(|e| e.to_string())?;
-    let micro = original_size.is_some() || target_size.is_some() || args.crop_top_left.is_some();
+    let micro = original_size.is_some() || target_size.is_some() || args.micro.crop_top_left.is_some();
     if micro && !sd.is_sdxl() {
         return Err(format!(
             "--original-size, --crop-top-left and --target-size are SDXL micro-conditioning, but {} is not an SDXL \
