@@ -4,6 +4,9 @@
 //! Goal: realigned time ÷ (2 × single-model time) ≤ 1.01 — the realignment itself (a second
 //! posterior and the closed-form fusion) costs next to nothing beside the second UNet.
 //!
+//! The same comparison runs on the tiny SDXL UNet (`tiny-sdxl`: blocks 32/64 with two
+//! transformer layers, `text_time` added conditioning, 8×8 latents).
+//!
 //! Run: `cargo bench -p deradiff-sd --bench realign`. After criterion's report, the bench times
 //! the two runs again interleaved (so load on a shared machine hits both alike) and prints the
 //! ratio of the medians and of the fastest runs. `sample_loop_only` runs the same loop with
@@ -35,10 +38,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_for("tiny-sd", "tiny-aligned-unet")
+}
+
+fn setup_for(reference: &str, aligned: &str) -> Setup {
     let options = LoadOptions::default();
-    let single = StableDiffusion::load(fixtures().join("tiny-sd"), &[] as &[&Path], &options).unwrap();
-    let two =
-        StableDiffusion::load(fixtures().join("tiny-sd"), &[fixtures().join("tiny-aligned-unet")], &options).unwrap();
+    let single = StableDiffusion::load(fixtures().join(reference), &[] as &[&Path], &options).unwrap();
+    let two = StableDiffusion::load(fixtures().join(reference), &[fixtures().join(aligned)], &options).unwrap();
     let request = Request {
         prompts: vec!["a red cube on a wooden table".into()],
         scheduler: SchedulerKind::EulerAncestral,
@@ -105,7 +111,16 @@ fn bench_loop_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_realign, bench_loop_only);
+fn bench_realign_sdxl(c: &mut Criterion) {
+    let s = setup_for("tiny-sdxl", "tiny-sdxl-aligned-unet");
+    let mut group = c.benchmark_group(format!("sample_tiny_sdxl_unet_{STEPS}_steps_cfg"));
+    group.sample_size(20).measurement_time(Duration::from_secs(8));
+    group.bench_function("single_model", |b| b.iter(|| s.run_single()));
+    group.bench_function("realigned_two_models", |b| b.iter(|| s.run_two()));
+    group.finish();
+}
+
+criterion_group!(benches, bench_realign, bench_realign_sdxl, bench_loop_only);
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -118,8 +133,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Alternates the two runs and prints realigned ÷ (2 × single) from the medians.
-fn interleaved_ratio(rounds: usize) {
-    let s = setup();
+fn interleaved_ratio(label: &str, s: &Setup, rounds: usize) {
     for _ in 0..3 {
         s.run_single();
         s.run_two();
@@ -137,7 +151,7 @@ fn interleaved_ratio(rounds: usize) {
         (single.iter().copied().fold(f64::INFINITY, f64::min), two.iter().copied().fold(f64::INFINITY, f64::min));
     let (ms, mt) = (median(&mut single), median(&mut two));
     println!(
-        "interleaved ({rounds} rounds, {STEPS} steps): median single {:.2} ms, realigned {:.2} ms, \
+        "{label} interleaved ({rounds} rounds, {STEPS} steps): median single {:.2} ms, realigned {:.2} ms, \
          realigned / (2 x single) = {:.4}; fastest runs: {:.2} ms, {:.2} ms, ratio {:.4}",
         ms * 1e3,
         mt * 1e3,
@@ -154,6 +168,7 @@ fn main() {
     // `cargo test --benches` runs this binary with `--test`: criterion then runs each benchmark
     // once; skip the long interleaved measurement there.
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
-        interleaved_ratio(100);
+        interleaved_ratio("SD (tiny-sd)", &setup(), 100);
+        interleaved_ratio("SDXL (tiny-sdxl)", &setup_for("tiny-sdxl", "tiny-sdxl-aligned-unet"), 100);
     }
 }

@@ -1,6 +1,6 @@
 //! # deradiff-sd
 //!
-//! Stable Diffusion 1.x / 2.x for [deradiff](https://github.com/deradiff/deradiff): sample from
+//! Stable Diffusion 1.x / 2.x and SDXL for [deradiff](https://github.com/deradiff/deradiff): sample from
 //! the realigned mixture of a reference checkpoint and UNets aligned from it (for example
 //! `runwayml/stable-diffusion-v1-5` and `mhdang/dpo-sd1.5-text2image-v1`), emulating any KL
 //! strength β/λ without training.
@@ -12,6 +12,15 @@
 //!   every UNet, the realigned loop of [`deradiff_core::Sampler`] runs, the VAE decodes once.
 //! * [`Unet`] — candle-transformers' `UNet2DConditionModel` configured from the checkpoint's own
 //!   `unet/config.json` ([`UnetConfig`]); ε- and v-prediction (the scheduler config says which).
+//!   SDXL UNets (`addition_embed_type = "text_time"`) run our own top level over candle's blocks
+//!   ([`unet_xl`]): the pooled text embedding and the six size/crop `time_ids`
+//!   ([`AddedConditioning`]) are embedded and added to the timestep embedding, which candle's
+//!   UNet silently skips.
+//! * SDXL ([`StableDiffusion::load`] detects it from the checkpoint): both text encoders (CLIP
+//!   ViT-L and OpenCLIP ViT-bigG with its projection), their *penultimate* hidden states
+//!   concatenated, the pooled embedding from encoder 2, zero negative embeddings under
+//!   `force_zeros_for_empty_prompt`, the micro-conditioning of [`Request`] (original size, crop,
+//!   target size; diffusers' defaults), the VAE's own `scaling_factor` (0.13025).
 //! * [`Guided`] — classifier-free guidance as a [`deradiff_core::Denoiser`] wrapper: conditional
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
@@ -37,7 +46,7 @@
 //! ## Fidelity
 //!
 //! Checked against diffusers 0.42 / transformers 5 on tiny random models (see
-//! `scripts/gen_sd_fixtures.py` and the crate's tests). The one known departure is candle's UNet
+//! `scripts/gen_sd_fixtures.py`, `scripts/gen_sdxl_fixtures.py` and the crate's tests). The one known departure is candle's UNet
 //! feed-forward, which uses the tanh-approximate GELU where diffusers uses the exact one (UNet
 //! output about 6e-5 off on the tiny models); the CLIP text model here uses the activation its
 //! config names (exact GELU for `"gelu"`).
