@@ -46,10 +46,12 @@
 //! ## Fidelity
 //!
 //! Checked against diffusers 0.42 / transformers 5 on tiny random models (see
-//! `scripts/gen_sd_fixtures.py`, `scripts/gen_sdxl_fixtures.py` and the crate's tests). The one known departure is candle's UNet
-//! feed-forward, which uses the tanh-approximate GELU where diffusers uses the exact one (UNet
-//! output about 6e-5 off on the tiny models); the CLIP text model here uses the activation its
-//! config names (exact GELU for `"gelu"`).
+//! `scripts/gen_sd_fixtures.py`, `scripts/gen_sdxl_fixtures.py` and the crate's tests). The one
+//! known departure is in SD 1.x / 2.x UNets, which run candle's blocks: their feed-forward uses the
+//! tanh-approximate GELU where diffusers uses the exact one (UNet output about 6e-5 off on the
+//! tiny models). SDXL UNets run our own blocks with the exact GELU (about 1.5e-6 off; final
+//! latents of a four-step guided realigned run 2e-5 off). The CLIP text models use the
+//! activation their config names (exact GELU for `"gelu"`).
 
 #![warn(missing_docs)]
 
@@ -78,3 +80,4 @@ pub use text::TextEncoder;
 pub use tokenizer::ClipTokenizer;
 pub use unet::{Unet, UnetLocation};
 pub use vae::Vae;
+pub use weights::load_checked;

@@ -21,8 +21,8 @@ use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
 
 /// candle's SD 1.x / 2.x UNet, or our top level with SDXL's added conditioning.
 enum Model {
-    Sd(UNet2DConditionModel),
-    TextTime(TextTimeUnet),
+    Sd(Box<UNet2DConditionModel>),
+    TextTime(Box<TextTimeUnet>),
 }
 
 /// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x (candle's
@@ -136,12 +136,12 @@ impl Unet {
         let (in_c, out_c) = (arch.in_channels, arch.out_channels);
         let model =
             match arch.text_time {
-                None => Model::Sd(weights.build(dtype, device, None, |vb| {
+                None => Model::Sd(Box::new(weights.build(dtype, device, None, |vb| {
                     UNet2DConditionModel::new(vb, in_c, out_c, false, candle_config)
-                })?),
-                Some(tt) => Model::TextTime(
+                })?)),
+                Some(tt) => Model::TextTime(Box::new(
                     weights.build(dtype, device, None, |vb| TextTimeUnet::new(vb, in_c, out_c, candle_config, tt))?,
-                ),
+                )),
             };
         Ok(Self {
             model,

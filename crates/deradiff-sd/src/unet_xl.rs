@@ -11,31 +11,209 @@
 //! emb      = emb + add_embedding(cat[text_embeds, time_emb])   (linear_1, SiLU, linear_2)
 //! ```
 //!
-//! then the same down / mid / up blocks as candle's (reused as they are: `DownBlock2D`,
-//! `CrossAttnDownBlock2D`, `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`, `UpBlock2D`, each with
-//! its own number of transformer layers — SDXL's `[1, 2, 10]`). The sinusoidal projections are
-//! computed in f32 and cast to the model dtype, as diffusers does (candle computes the timestep
-//! embedding in the model dtype, which rounds fractional Euler timesteps in f16).
+//! then diffusers' down / mid / up blocks, each level with its own number of transformer layers
+//! (SDXL's `[1, 2, 10]`). Built from candle's public pieces (`ResnetBlock2D`, `CrossAttention`,
+//! `TimestepEmbedding`), with two corrections to candle's blocks:
+//!
+//! * the transformer feed-forward uses diffusers' exact (erf) GELU in its GEGLU, where candle's
+//!   private `BasicTransformerBlock` uses the tanh approximation (5e-5 on a tiny UNet's output,
+//!   8e-4 on the latents after four guided Euler steps);
+//! * the resnets' GroupNorms take `norm_num_groups` (candle's down and up blocks always use 32).
+//!
+//! The sinusoidal projections are computed in f32 and cast to the model dtype, as diffusers does
+//! (candle computes the timestep embedding in the model dtype, which rounds fractional Euler
+//! timesteps in f16).
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
+use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D, CrossAttnUpBlock2DConfig, DownBlock2D,
-    DownBlock2DConfig, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig, UpBlock2D, UpBlock2DConfig,
-};
 
 use crate::config::TextTimeArch;
 
-enum Down {
-    Basic(DownBlock2D),
-    CrossAttn(CrossAttnDownBlock2D),
+/// diffusers' `GEGLU` + output linear, with the exact GELU.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
 }
 
-enum Up {
-    Basic(UpBlock2D),
-    CrossAttn(CrossAttnUpBlock2D),
+impl FeedForward {
+    fn new(vs: VarBuilder, dim: usize) -> candle_core::Result<Self> {
+        let inner = dim * 4;
+        let vs = vs.pp("net");
+        Ok(Self {
+            proj: candle_nn::linear(dim, inner * 2, vs.pp("0").pp("proj"))?,
+            out: candle_nn::linear(inner, dim, vs.pp("2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let hg = self.proj.forward(xs)?.chunk(2, D::Minus1)?;
+        self.out.forward(&(&hg[0] * hg[1].gelu_erf()?)?)
+    }
+}
+
+/// diffusers' `BasicTransformerBlock` (self-attention, cross-attention, GEGLU feed-forward).
+struct TransformerBlock {
+    attn1: CrossAttention,
+    attn2: CrossAttention,
+    ff: FeedForward,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    norm3: LayerNorm,
+}
+
+impl TransformerBlock {
+    fn new(vs: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> candle_core::Result<Self> {
+        let d_head = dim / heads;
+        Ok(Self {
+            attn1: CrossAttention::new(vs.pp("attn1"), dim, None, heads, d_head, None, false)?,
+            attn2: CrossAttention::new(vs.pp("attn2"), dim, Some(context_dim), heads, d_head, None, false)?,
+            ff: FeedForward::new(vs.pp("ff"), dim)?,
+            norm1: candle_nn::layer_norm(dim, 1e-5, vs.pp("norm1"))?,
+            norm2: candle_nn::layer_norm(dim, 1e-5, vs.pp("norm2"))?,
+            norm3: candle_nn::layer_norm(dim, 1e-5, vs.pp("norm3"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// diffusers' `Transformer2DModel` (candle's `SpatialTransformer`) with exact-GELU blocks.
+struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+impl SpatialTransformer {
+    fn new(
+        vs: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        cfg: &UNet2DConditionModelConfig,
+    ) -> candle_core::Result<Self> {
+        let norm = candle_nn::group_norm(cfg.norm_num_groups, channels, 1e-6, vs.pp("norm"))?;
+        let proj = |name: &str| -> candle_core::Result<Proj> {
+            Ok(if cfg.use_linear_projection {
+                Proj::Linear(candle_nn::linear(channels, channels, vs.pp(name))?)
+            } else {
+                Proj::Conv(candle_nn::conv2d(channels, channels, 1, Default::default(), vs.pp(name))?)
+            })
+        };
+        let vs_tb = vs.pp("transformer_blocks");
+        let blocks = (0..depth)
+            .map(|i| TransformerBlock::new(vs_tb.pp(i), channels, heads, cfg.cross_attention_dim))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { norm, proj_in: proj("proj_in")?, blocks, proj_out: proj("proj_out")? })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let residual = xs;
+        let xs = self.norm.forward(xs)?;
+        let to_tokens = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let mut xs = match &self.proj_in {
+            Proj::Conv(p) => to_tokens(p.forward(&xs)?)?,
+            Proj::Linear(p) => p.forward(&to_tokens(xs)?)?,
+        };
+        for block in &self.blocks {
+            xs = block.forward(&xs, context)?;
+        }
+        let to_image = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, h, w, c))?.permute((0, 3, 1, 2)) };
+        let xs = match &self.proj_out {
+            Proj::Conv(p) => p.forward(&to_image(xs)?.contiguous()?)?,
+            Proj::Linear(p) => to_image(p.forward(&xs)?)?,
+        };
+        xs + residual
+    }
+}
+
+/// One level of the encoder: resnets (each followed by a transformer in a cross-attention
+/// block) and a strided-convolution downsampler except at the last level.
+struct Down {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialTransformer>,
+    downsampler: Option<(Conv2d, usize)>,
+}
+
+impl Down {
+    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let mut xs = xs.clone();
+        let mut states = Vec::with_capacity(self.resnets.len() + 1);
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            xs = resnet.forward(&xs, Some(temb))?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+            states.push(xs.clone());
+        }
+        if let Some((conv, padding)) = &self.downsampler {
+            xs = if *padding == 0 {
+                conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?
+            } else {
+                conv.forward(&xs)?
+            };
+            states.push(xs.clone());
+        }
+        Ok((xs, states))
+    }
+}
+
+/// One level of the decoder: resnets over the skip connections (each followed by a transformer
+/// in a cross-attention block) and a nearest-neighbour upsampler except at the last level.
+struct Up {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialTransformer>,
+    upsampler: Option<Conv2d>,
+}
+
+impl Up {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        skips: &[Tensor],
+        temb: &Tensor,
+        context: &Tensor,
+        size: Option<(usize, usize)>,
+    ) -> candle_core::Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            xs = Tensor::cat(&[&xs, &skips[skips.len() - i - 1]], 1)?.contiguous()?;
+            xs = resnet.forward(&xs, Some(temb))?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+        }
+        match &self.upsampler {
+            Some(conv) => {
+                let (_, _, h, w) = xs.dims4()?;
+                let (h, w) = size.unwrap_or((2 * h, 2 * w));
+                conv.forward(&xs.upsample_nearest2d(h, w)?)
+            }
+            None => Ok(xs),
+        }
+    }
+}
+
+/// The mid block: resnet, then (transformer, resnet).
+struct Mid {
+    resnet: ResnetBlock2D,
+    attn: SpatialTransformer,
+    resnet2: ResnetBlock2D,
 }
 
 /// diffusers' `get_timestep_embedding` in f32: `[B] → [B, dim]` (`flip_sin_to_cos`: cos first).
@@ -74,7 +252,7 @@ pub(crate) struct TextTimeUnet {
     time_embedding: TimestepEmbedding,
     add_embedding: TimestepEmbedding,
     down: Vec<Down>,
-    mid: UNetMidBlock2DCrossAttn,
+    mid: Mid,
     up: Vec<Up>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -102,99 +280,102 @@ impl TextTimeUnet {
         let time_embedding = TimestepEmbedding::new(vs.pp("time_embedding"), b_channels, time_embed_dim)?;
         let add_embedding = TimestepEmbedding::new(vs.pp("add_embedding"), text_time.input_dim(), time_embed_dim)?;
 
+        let resnet_cfg = |out: usize, scale: f64| ResnetBlock2DConfig {
+            out_channels: Some(out),
+            temb_channels: Some(time_embed_dim),
+            groups: config.norm_num_groups,
+            groups_out: None,
+            eps: config.norm_eps,
+            use_in_shortcut: None,
+            output_scale_factor: scale,
+        };
         let vs_db = vs.pp("down_blocks");
         let mut down = Vec::with_capacity(n);
         for i in 0..n {
             let block = config.blocks[i];
+            let out = block.out_channels;
             let in_c = if i > 0 { config.blocks[i - 1].out_channels } else { b_channels };
-            let db_cfg = DownBlock2DConfig {
-                num_layers: config.layers_per_block,
-                resnet_eps: config.norm_eps,
-                resnet_groups: config.norm_num_groups,
-                add_downsample: i < n - 1,
-                downsample_padding: config.downsample_padding,
-                ..Default::default()
+            let vb = vs_db.pp(i);
+            let resnets = (0..config.layers_per_block)
+                .map(|j| {
+                    let c = if j == 0 { in_c } else { out };
+                    ResnetBlock2D::new(vb.pp("resnets").pp(j), c, resnet_cfg(out, 1.0))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let attentions = match block.use_cross_attn {
+                Some(depth) => (0..config.layers_per_block)
+                    .map(|j| {
+                        SpatialTransformer::new(
+                            vb.pp("attentions").pp(j),
+                            out,
+                            block.attention_head_dim,
+                            depth,
+                            &config,
+                        )
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                None => Vec::new(),
             };
-            down.push(match block.use_cross_attn {
-                Some(layers) => Down::CrossAttn(CrossAttnDownBlock2D::new(
-                    vs_db.pp(i.to_string()),
-                    in_c,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    false,
-                    CrossAttnDownBlock2DConfig {
-                        downblock: db_cfg,
-                        attn_num_head_channels: block.attention_head_dim,
-                        cross_attention_dim: config.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: config.use_linear_projection,
-                        transformer_layers_per_block: layers,
-                    },
-                )?),
-                None => Down::Basic(DownBlock2D::new(
-                    vs_db.pp(i.to_string()),
-                    in_c,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    db_cfg,
-                )?),
-            });
+            let downsampler = if i < n - 1 {
+                let cfg = Conv2dConfig { stride: 2, padding: config.downsample_padding, ..Default::default() };
+                let conv = candle_nn::conv2d(out, out, 3, cfg, vb.pp("downsamplers").pp("0").pp("conv"))?;
+                Some((conv, config.downsample_padding))
+            } else {
+                None
+            };
+            down.push(Down { resnets, attentions, downsampler });
         }
-        let mid = UNetMidBlock2DCrossAttn::new(
-            vs.pp("mid_block"),
-            last.out_channels,
-            Some(time_embed_dim),
-            false,
-            UNetMidBlock2DCrossAttnConfig {
-                resnet_eps: config.norm_eps,
-                output_scale_factor: config.mid_block_scale_factor,
-                cross_attn_dim: config.cross_attention_dim,
-                attn_num_head_channels: last.attention_head_dim,
-                resnet_groups: Some(config.norm_num_groups),
-                use_linear_projection: config.use_linear_projection,
-                transformer_layers_per_block: last.use_cross_attn.unwrap_or(1),
-                ..Default::default()
-            },
-        )?;
+        let vb_mid = vs.pp("mid_block");
+        let mid_channels = last.out_channels;
+        let mid_cfg = resnet_cfg(mid_channels, config.mid_block_scale_factor);
+        let mid = Mid {
+            resnet: ResnetBlock2D::new(vb_mid.pp("resnets").pp("0"), mid_channels, mid_cfg)?,
+            attn: SpatialTransformer::new(
+                vb_mid.pp("attentions").pp("0"),
+                mid_channels,
+                last.attention_head_dim,
+                last.use_cross_attn.unwrap_or(1),
+                &config,
+            )?,
+            resnet2: ResnetBlock2D::new(vb_mid.pp("resnets").pp("1"), mid_channels, mid_cfg)?,
+        };
         let vs_ub = vs.pp("up_blocks");
         let mut up = Vec::with_capacity(n);
         for i in 0..n {
             let block = config.blocks[n - 1 - i];
+            let out = block.out_channels;
             let prev_out = if i > 0 { config.blocks[n - i].out_channels } else { last.out_channels };
             let in_c = config.blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
-            let ub_cfg = UpBlock2DConfig {
-                num_layers: config.layers_per_block + 1,
-                resnet_eps: config.norm_eps,
-                resnet_groups: config.norm_num_groups,
-                add_upsample: i < n - 1,
-                ..Default::default()
+            let layers = config.layers_per_block + 1;
+            let vb = vs_ub.pp(i);
+            let resnets = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { in_c } else { out };
+                    let res_in = if j == 0 { prev_out } else { out };
+                    ResnetBlock2D::new(vb.pp("resnets").pp(j), res_in + skip, resnet_cfg(out, 1.0))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let attentions = match block.use_cross_attn {
+                Some(depth) => (0..layers)
+                    .map(|j| {
+                        SpatialTransformer::new(
+                            vb.pp("attentions").pp(j),
+                            out,
+                            block.attention_head_dim,
+                            depth,
+                            &config,
+                        )
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                None => Vec::new(),
             };
-            up.push(match block.use_cross_attn {
-                Some(layers) => Up::CrossAttn(CrossAttnUpBlock2D::new(
-                    vs_ub.pp(i.to_string()),
-                    in_c,
-                    prev_out,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    false,
-                    CrossAttnUpBlock2DConfig {
-                        upblock: ub_cfg,
-                        attn_num_head_channels: block.attention_head_dim,
-                        cross_attention_dim: config.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: config.use_linear_projection,
-                        transformer_layers_per_block: layers,
-                    },
-                )?),
-                None => Up::Basic(UpBlock2D::new(
-                    vs_ub.pp(i.to_string()),
-                    in_c,
-                    prev_out,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    ub_cfg,
-                )?),
-            });
+            let upsampler = if i < n - 1 {
+                let cfg = Conv2dConfig { padding: 1, ..Default::default() };
+                Some(candle_nn::conv2d(out, out, 3, cfg, vb.pp("upsamplers").pp("0").pp("conv"))?)
+            } else {
+                None
+            };
+            up.push(Up { resnets, attentions, upsampler });
         }
         let conv_norm_out =
             candle_nn::group_norm(config.norm_num_groups, b_channels, config.norm_eps, vs.pp("conv_norm_out"))?;
@@ -243,28 +424,23 @@ impl TextTimeUnet {
         let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_emb], D::Minus1)?;
         let emb = (emb + self.add_embedding.forward(&add)?)?;
 
-        // 2. – 6. as candle's UNet2DConditionModel.
+        // 2. – 6. as diffusers' UNet2DConditionModel.
         let xs = self.conv_in.forward(&xs)?;
         let mut res = vec![xs.clone()];
         let mut xs = xs;
         for block in &self.down {
-            let (out, r) = match block {
-                Down::Basic(b) => b.forward(&xs, Some(&emb))?,
-                Down::CrossAttn(b) => b.forward(&xs, Some(&emb), Some(context))?,
-            };
+            let (out, r) = block.forward(&xs, &emb, context)?;
             res.extend(r);
             xs = out;
         }
-        let mut xs = self.mid.forward(&xs, Some(&emb), Some(context))?;
+        let xs = self.mid.resnet.forward(&xs, Some(&emb))?;
+        let xs = self.mid.attn.forward(&xs, context)?;
+        let mut xs = self.mid.resnet2.forward(&xs, Some(&emb))?;
         let mut upsample_size = None;
         for (i, block) in self.up.iter().enumerate() {
-            let n_resnets = match block {
-                Up::Basic(b) => b.resnets.len(),
-                Up::CrossAttn(b) => b.upblock.resnets.len(),
-            };
             let split = res
                 .len()
-                .checked_sub(n_resnets)
+                .checked_sub(block.resnets.len())
                 .ok_or_else(|| candle_core::Error::Msg("UNet skip connections do not match the up blocks".into()))?;
             let r = res.split_off(split);
             if i < n - 1 && forward_upsample_size {
@@ -273,10 +449,7 @@ impl TextTimeUnet {
                     upsample_size = Some((h, w));
                 }
             }
-            xs = match block {
-                Up::Basic(b) => b.forward(&xs, &r, Some(&emb), upsample_size)?,
-                Up::CrossAttn(b) => b.forward(&xs, &r, Some(&emb), upsample_size, Some(context))?,
-            };
+            xs = block.forward(&xs, &r, &emb, context, upsample_size)?;
         }
         let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)

@@ -72,6 +72,25 @@ fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// Builds a model from the safetensors weights `{stem}.safetensors` (or its `.fp16` variant, or
+/// the shards of its index) in `dir`, through the checking loader: a missing or misshapen tensor
+/// is an [`Error`] naming the file and the tensor. `build` gets a [`VarBuilder`] at the root of
+/// the file's names converting to `dtype` on `device`; `what` names the model in errors.
+///
+/// For models outside this crate that follow transformers' tensor names (deradiff-tune's
+/// `CLIPModel`).
+pub fn load_checked<T>(
+    dir: &Path,
+    stem: &str,
+    what: &str,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let files = find_weight_files(dir, stem, what)?;
+    CheckedWeights::open(&files)?.build(dtype, device, None, build)
+}
+
 /// What went wrong while a model pulled its tensors (reported after candle gives up).
 #[derive(Debug, Clone)]
 enum Failure {

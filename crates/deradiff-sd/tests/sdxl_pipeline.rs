@@ -126,7 +126,9 @@ fn check_run(name: &str) {
          diffusers with candle's tanh-GELU"
     );
     assert!(err <= 1e-3, "{name}: {err}");
-    assert!(err_tanh <= 5e-6 * scale, "{name}: {err_tanh}");
+    // With exact-GELU transformer blocks what remains is f32 rounding (relative to the latents'
+    // size; Euler's x̂₀ multiplies ε errors by σ_max ≈ 14.6), far below the tanh-GELU gap.
+    assert!(err <= 5e-6 * scale && err < err_tanh, "{name}: {err} (tanh {err_tanh})");
 }
 
 #[test]
