@@ -105,3 +105,45 @@ fn text_encoder_2_penultimate_and_projected_pooled_match_transformers() {
     println!("text_encoder_2: penultimate {e1:.3e}, projected pooled {e2:.3e}");
     assert!(e1 <= 1e-4 && e2 <= 1e-4, "{e1} {e2}");
 }
+
+/// `stabilityai/stable-diffusion-xl-base-1.0`'s `unet/config.json`.
+const SDXL_BASE_UNET: &str = r#"{
+  "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.19.0.dev0", "act_fn": "silu",
+  "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+  "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280], "center_input_sample": false,
+  "class_embed_type": null, "class_embeddings_concat": false, "conv_in_kernel": 3, "conv_out_kernel": 3,
+  "cross_attention_dim": 2048, "cross_attention_norm": null,
+  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  "downsample_padding": 1, "dual_cross_attention": false, "encoder_hid_dim": null, "encoder_hid_dim_type": null,
+  "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+  "mid_block_only_cross_attention": null, "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn",
+  "norm_eps": 1e-05, "norm_num_groups": 32, "num_attention_heads": null, "num_class_embeds": null,
+  "only_cross_attention": false, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+  "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": false, "resnet_time_scale_shift": "default",
+  "sample_size": 128, "time_cond_proj_dim": null, "time_embedding_act_fn": null, "time_embedding_dim": null,
+  "time_embedding_type": "positional", "timestep_post_act": null, "transformer_layers_per_block": [1, 2, 10],
+  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": null,
+  "use_linear_projection": true
+}"#;
+
+#[test]
+fn the_real_sdxl_base_unet_config_is_understood() {
+    let cfg = deradiff_sd::UnetConfig::from_json(SDXL_BASE_UNET, "sdxl/unet/config.json").unwrap();
+    let arch = cfg.arch("sdxl/unet/config.json").unwrap();
+    let tt = arch.text_time.unwrap();
+    assert_eq!((tt.time_embed_dim, tt.pooled_dim, tt.num_time_ids, tt.input_dim()), (256, 1280, 6, 2816));
+    assert_eq!(arch.cross_attention_dim, 2048);
+    assert_eq!(arch.sample_size, Some((128, 128)));
+    let blocks: Vec<(usize, Option<usize>, usize)> =
+        arch.candle.blocks.iter().map(|b| (b.out_channels, b.use_cross_attn, b.attention_head_dim)).collect();
+    assert_eq!(blocks, vec![(320, None, 5), (640, Some(2), 10), (1280, Some(10), 20)]);
+    assert!(arch.candle.use_linear_projection);
+    // Another added-conditioning type is refused, naming the field.
+    let other = SDXL_BASE_UNET.replace("\"text_time\"", "\"image\"");
+    let err = deradiff_sd::UnetConfig::from_json(&other, "x.json").unwrap().arch("x.json").unwrap_err();
+    assert!(err.to_string().contains("addition_embed_type"), "{err}");
+    // The refiner's aesthetic-score conditioning (5 ids: 2560 = 1280 + 5 × 256) is refused.
+    let refiner = SDXL_BASE_UNET.replace("2816", "1536");
+    let err = deradiff_sd::UnetConfig::from_json(&refiner, "x.json").unwrap().arch("x.json").unwrap_err();
+    assert!(err.to_string().contains("projection_class_embeddings_input_dim"), "{err}");
+}

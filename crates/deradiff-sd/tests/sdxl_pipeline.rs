@@ -142,15 +142,33 @@ fn realigned_sdxl_explicit_micro_conditioning_matches_diffusers() {
 }
 
 #[test]
-fn micro_conditioning_changes_the_run_and_guidance_off_runs() {
+fn micro_conditioning_batches_guidance_off_and_f16() {
     let sd = xl();
     let base = Request { prompts: vec!["a cat".into()], steps: 1, seed: 4, ..Default::default() };
     let half = Realigner::two_model(0.5).unwrap();
     let a = sd.generate(&base, &half, &mut NoObserver).unwrap();
     let b = sd.generate(&Request { original_size: Some((64, 64)), ..base.clone() }, &half, &mut NoObserver).unwrap();
     assert!(max_abs_diff(&a.latents, &b.latents) > 1e-4);
-    let c = sd.generate(&Request { guidance_scale: 1.0, images_per_prompt: 2, ..base }, &half, &mut NoObserver);
+    let c = sd.generate(&Request { guidance_scale: 1.0, images_per_prompt: 2, ..base.clone() }, &half, &mut NoObserver);
     assert_eq!(c.unwrap().images.len(), 2);
+    // Guided, two prompts, two images each: the pooled embeddings and time_ids follow each row.
+    let req = Request { prompts: vec!["a cat".into(), "a dog".into()], images_per_prompt: 2, ..base.clone() };
+    let emb = sd.encode(&req).unwrap();
+    assert_eq!(emb.batch(), 4);
+    let pooled = emb.added().unwrap().text_embeds();
+    assert_eq!(max_abs_diff(&pooled.get(0).unwrap(), &pooled.get(1).unwrap()), 0.0);
+    assert!(max_abs_diff(&pooled.get(1).unwrap(), &pooled.get(2).unwrap()) > 1e-3);
+    assert_eq!(emb.added_uncond().unwrap().time_ids().dims(), &[4, 6]);
+    let out = sd.generate(&req, &half, &mut NoObserver).unwrap();
+    assert_eq!(out.latents.dims(), &[4, 4, 8, 8]);
+    // f16 weights (the VAE upcast by force_upcast) run and stay close to f32.
+    let options = LoadOptions { dtype: candle_core::DType::F16, device: candle_core::Device::Cpu };
+    let sd16 = StableDiffusion::load(tiny_sdxl(), &[tiny_sdxl_aligned()], &options).unwrap();
+    let a32 = sd.generate(&base, &half, &mut NoObserver).unwrap();
+    let a16 = sd16.generate(&base, &half, &mut NoObserver).unwrap();
+    let rel = max_abs_diff(&a16.latents, &a32.latents) / max_abs(&a32.latents);
+    println!("SDXL f16 vs f32 final latents, relative max error: {rel:.2e}");
+    assert!(rel < 0.05, "{rel}");
 }
 
 #[test]
