@@ -20,7 +20,7 @@ Models
   `text_model.` prefix and `text_projection.weight` of real checkpoints.
 * `tokenizer/`, `tokenizer_2/`: the tiny CLIP BPE of `gen_sd_fixtures.py`; `tokenizer_2` pads
   with `!` as SDXL's does.
-* `unet/`: `UNet2DConditionModel` with SDXL's shape in small: blocks 32/64, down
+* `unet/`: `UNet2DConditionModel` with SDXL's shape in small: blocks 16/32 (8 groups), down
   `DownBlock2D`, `CrossAttnDownBlock2D` (2 transformer layers, the mid block too),
   linear projections, cross-attention dim 80 (32 + 48), `addition_embed_type = "text_time"`,
   `addition_time_embed_dim = 8`, `projection_class_embeddings_input_dim = 24 + 6 * 8`,
@@ -96,7 +96,7 @@ UNET_CONFIG = dict(
     in_channels=4,
     out_channels=4,
     layers_per_block=1,
-    block_out_channels=(32, 64),
+    block_out_channels=(16, 32),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=HIDDEN_1 + HIDDEN_2,
@@ -106,7 +106,7 @@ UNET_CONFIG = dict(
     addition_embed_type="text_time",
     addition_time_embed_dim=TIME_DIM,
     projection_class_embeddings_input_dim=PROJ + 6 * TIME_DIM,
-    norm_num_groups=32,
+    norm_num_groups=8,  # not 32: candle's down/up blocks would silently use 32
 )
 
 GUIDANCE = 5.0

@@ -4,7 +4,7 @@
 //! Goal: realigned time ÷ (2 × single-model time) ≤ 1.01 — the realignment itself (a second
 //! posterior and the closed-form fusion) costs next to nothing beside the second UNet.
 //!
-//! The same comparison runs on the tiny SDXL UNet (`tiny-sdxl`: blocks 32/64 with two
+//! The same comparison runs on the tiny SDXL UNet (`tiny-sdxl`: blocks 16/32 with two
 //! transformer layers, `text_time` added conditioning, 8×8 latents).
 //!
 //! Run: `cargo bench -p deradiff-sd --bench realign`. After criterion's report, the bench times
