@@ -6,7 +6,8 @@
 //! time.
 //!
 //! * [`Reward`] — scores a batch of samples (optionally with one prompt per sample);
-//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed.
+//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed; [`ClipScore`] and
+//!   [`PickScore`] for images, from any Hugging Face `CLIPModel` checkpoint ([`clip_reward`]).
 //! * [`SweepModel`] — what is sampled ([`AnalyticModel`] for the testbed); [`Prompt`]s.
 //! * [`BatchedSampler`] — many λ in one run: the λ values share the batch dimension, each model
 //!   runs once per step for all of them, and every λ gets the noise of an unbatched run.
@@ -47,6 +48,7 @@
 
 pub mod batch;
 pub mod bo;
+pub mod clip_reward;
 pub mod error;
 pub mod gp;
 pub mod model;
@@ -60,6 +62,10 @@ pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
     equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,
     BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective,
+};
+pub use clip_reward::{
+    resize_like_pil, ClipModel, ClipModelConfig, ClipPreprocessor, ClipScore, ClipScorer, ClipVisionConfig,
+    ClipVisionModel, PickScore, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
