@@ -36,6 +36,10 @@ fn sdxl_is_detected_with_its_defaults() {
     assert_eq!(sd.vae().scaling_factor(), 0.13025);
     assert_eq!(sd.scheduler_config().timestep_spacing.as_deref(), Some("leading"));
     assert_eq!(sd.scheduler_config().steps_offset, Some(1));
+    // An aligned SDXL UNet as one safetensors file takes the reference's config.
+    let file = tiny_sdxl_aligned().join("diffusion_pytorch_model.safetensors");
+    let two = StableDiffusion::load(tiny_sdxl(), &[&file], &LoadOptions::default()).unwrap();
+    assert!(two.unets()[1].text_time().is_some());
     // Without a scheduler config SDXL's own is used.
     let dir = scratch("sdxl-no-scheduler");
     copy_dir(&tiny_sdxl(), &dir);
