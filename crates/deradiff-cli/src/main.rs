@@ -5,6 +5,7 @@
 //! realigns Stable Diffusion checkpoints and writes PNGs.
 
 mod sample;
+mod tune;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +41,15 @@ enum Command {
     ///
     /// Several λ give one image each (same seed) and a labelled grid.
     Sample(sample::SampleArgs),
+    /// Sweep a λ grid on the analytic testbed: mean proxy and true reward per λ, streamed to
+    /// sweep.jsonl / sweep.csv and resumed where an interrupted run stopped.
+    Sweep(tune::SweepArgs),
+    /// Bayesian optimisation of λ on the analytic testbed (GP surrogate, EI or UCB): prints λ*
+    /// and the KL strength β_anchor/λ* it emulates.
+    Tune(tune::TuneArgs),
+    /// Agreement statistics (paper Table 5) between two sweep result files, with a
+    /// Bland–Altman plot and the ECDF of |Δ|.
+    Compare(tune::CompareArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,7 +64,7 @@ pub(crate) enum SchedulerArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RewardArg {
+pub(crate) enum RewardArg {
     /// r(x) = x1 + 0.5 x2.
     Linear,
     /// r(x) = x1 + 0.5 x2 − ½(0.5 x1² + 0.5 x2²).
@@ -130,6 +140,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Sample(args) => sample::sample(args),
+        Command::Sweep(args) => tune::sweep(args),
+        Command::Tune(args) => tune::tune(args),
+        Command::Compare(args) => tune::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,7 +276,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
 }
 
 /// Writes to stdout; a closed pipe (`deradiff demo | head`) is not an error.
-fn print_stdout(text: &str) -> Result<(), String> {
+pub(crate) fn print_stdout(text: &str) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write to stdout: {e}")),
