@@ -776,11 +776,14 @@ impl Default for ClipPreprocessor {
     }
 }
 
+/// The largest side (in pixels) a preprocessor config may ask for.
+const MAX_SIDE: u64 = 1 << 16;
+
 fn json_usize(v: &Value, field: &str, path: &Path) -> Result<usize> {
     v.as_u64()
-        .filter(|&n| n > 0)
+        .filter(|&n| n > 0 && n <= MAX_SIDE)
         .map(|n| n as usize)
-        .ok_or_else(|| config_err(path, format!("`{field}` must be a positive integer, got {v}")))
+        .ok_or_else(|| config_err(path, format!("`{field}` must be an integer from 1 to {MAX_SIDE}, got {v}")))
 }
 
 fn json_bool(o: &serde_json::Map<String, Value>, field: &str, default: bool, path: &Path) -> Result<bool> {
@@ -836,7 +839,7 @@ impl ClipPreprocessor {
         let d = Self::default();
         let size = match o.get("size") {
             None | Some(Value::Null) => d.size,
-            Some(Value::Number(_)) => ResizeTo::ShortestEdge(json_usize(&o["size"], "size", path)?),
+            Some(v @ Value::Number(_)) => ResizeTo::ShortestEdge(json_usize(v, "size", path)?),
             Some(Value::Object(s)) => {
                 if let Some(n) = s.get("shortest_edge") {
                     if s.get("longest_edge").is_some_and(|v| !v.is_null()) {
@@ -920,7 +923,8 @@ impl ClipPreprocessor {
             ResizeTo::Exact { height, width } => (height, width),
             ResizeTo::ShortestEdge(n) => {
                 let (short, long) = if width <= height { (width, height) } else { (height, width) };
-                let new_long = ((n * long) as f64 / short as f64) as usize;
+                // Python's `int(n * long / short)`; exact in f64 for any real image size.
+                let new_long = (n as f64 * long as f64 / short as f64) as usize;
                 if width <= height {
                     (new_long, n)
                 } else {
@@ -933,6 +937,13 @@ impl ClipPreprocessor {
     /// The resized and cropped 8-bit image (before rescaling and normalisation).
     pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
         let (h, w) = self.resized_size(image.height(), image.width());
+        if h.saturating_mul(w) > 1 << 28 {
+            return Err(Error::InvalidArgument(format!(
+                "resizing a {}x{} image gives {w}x{h} pixels, too many",
+                image.width(),
+                image.height()
+            )));
+        }
         let resized = if (h, w) != (image.height(), image.width()) {
             resize_like_pil(image, w, h, self.resample)?
         } else {
@@ -1031,6 +1042,22 @@ impl ClipScorer {
         let tokenizer = ClipTokenizer::from_dir(dir).map_err(sd_err)?;
         let preprocessor = ClipPreprocessor::from_dir(dir)?;
         Self::new(model, tokenizer, preprocessor, device, dir)
+    }
+
+    /// Loads the model from `model_dir` and the tokenizer and `preprocessor_config.json` from
+    /// `processor_dir`: PickScore_v1's usage, whose model card takes its processor from
+    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`.
+    pub fn load_with_processor(
+        model_dir: impl AsRef<Path>,
+        processor_dir: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (model_dir, processor_dir) = (model_dir.as_ref(), processor_dir.as_ref());
+        let model = ClipModel::load(model_dir, dtype, device)?;
+        let tokenizer = ClipTokenizer::from_dir(processor_dir).map_err(sd_err)?;
+        let preprocessor = ClipPreprocessor::from_dir(processor_dir)?;
+        Self::new(model, tokenizer, preprocessor, device, model_dir)
     }
 
     /// From parts (for a tokenizer or preprocessor kept elsewhere, as PickScore_v1's processor

@@ -289,3 +289,21 @@ fn rewards_reject_bad_inputs() {
     let s = pick.score(&batch, Some(&["a cat", "a cat"])).unwrap();
     assert!((s[0] - s[1]).abs() < 1e-9 && s[0].is_finite());
 }
+
+#[test]
+fn f16_weights_and_a_separate_processor() {
+    let reference = reference();
+    let meta = meta();
+    let prompts = prompts(&meta);
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let imgs = images(&reference);
+    let dir = fixtures().join("clip-gelu");
+    // PickScore_v1's layout: the processor (tokenizer, preprocessor config) from another directory.
+    let scorer = ClipScorer::load_with_processor(&dir, &dir, DType::F16, &Device::Cpu).unwrap();
+    let pick = PickScore::new(scorer);
+    let got = pick.score_images(&imgs, &prompts).unwrap();
+    let want = flat(&reference["clip-gelu.images.pickscore"]);
+    let err = max_err(&got, &want);
+    eprintln!("clip-gelu in f16: PickScore off by {err:.2e}");
+    assert!(err < 0.1, "f16 PickScore off by {err}: {got:?} vs {want:?}");
+}
