@@ -425,6 +425,15 @@ impl UnetConfig {
             ));
         }
 
+        if text_time.is_none() && groups != 32 {
+            // candle's DownBlock2D / UpBlock2D build their resnets with 32 groups whatever the
+            // config says; SDXL UNets run our own blocks, which take `norm_num_groups`.
+            return Err(unsupported(
+                "norm_num_groups",
+                &groups,
+                "candle's UNet blocks always use 32 groups in their resnets (SD 1.x / 2.x use 32)",
+            ));
+        }
         let blocks = (0..n)
             .map(|i| unet_2d::BlockConfig {
                 out_channels: self.block_out_channels[i],

@@ -142,6 +142,16 @@ fn the_real_sdxl_base_unet_config_is_understood() {
     let other = SDXL_BASE_UNET.replace("\"text_time\"", "\"image\"");
     let err = deradiff_sd::UnetConfig::from_json(&other, "x.json").unwrap().arch("x.json").unwrap_err();
     assert!(err.to_string().contains("addition_embed_type"), "{err}");
+    // An SD-style UNet with other than 32 groups is refused (candle's blocks would use 32); the
+    // SDXL UNets run our own blocks, which take the config's groups (the fixture has 8).
+    let sd16 = SDXL_BASE_UNET
+        .replace("\"text_time\"", "null")
+        .replace("\"projection_class_embeddings_input_dim\": 2816", "\"projection_class_embeddings_input_dim\": null")
+        .replace("\"norm_num_groups\": 32", "\"norm_num_groups\": 16");
+    let err = deradiff_sd::UnetConfig::from_json(&sd16, "x.json").unwrap().arch("x.json").unwrap_err();
+    assert!(err.to_string().contains("norm_num_groups"), "{err}");
+    let groups = deradiff_sd::UnetConfig::from_file(tiny_sdxl().join("unet/config.json")).unwrap().norm_num_groups;
+    assert_eq!(groups, Some(8));
     // The refiner's aesthetic-score conditioning (5 ids: 2560 = 1280 + 5 × 256) is refused.
     let refiner = SDXL_BASE_UNET.replace("2816", "1536");
     let err = deradiff_sd::UnetConfig::from_json(&refiner, "x.json").unwrap().arch("x.json").unwrap_err();
