@@ -29,7 +29,7 @@ What is written
   image group transformers' preprocessed pixel values (`CLIPImageProcessorPil`: torchvision is not
   installed, and transformers 5 falls back to it), the projected text and image embeddings,
   `logits_per_image`, and per (image i, prompt i) the CLIP score and PickScore; plus PIL's own
-  `Image.resize` of two images with each filter (codes 1..5) to three sizes, to check the
+  `Image.resize` of two images with each filter (codes 1..5) to four sizes (down to 1/9), to check the
   resampling bit for bit.
 * Each model's seed is the first from its base seed whose CLIP scores, in both image groups,
   include zeros (negative cosines, clamped) and positive values.
@@ -248,7 +248,7 @@ def main() -> None:
     resize_cases = []
     for src in (0, 2):
         for code in (1, 2, 3, 4, 5):
-            for w, h in ((17, 29), (50, 61), (45, 20)):
+            for w, h in ((17, 29), (50, 61), (45, 20), (5, 4)):
                 out = np.asarray(Image.fromarray(images[src]).resize((w, h), resample=code))
                 key = f"resize.{src}.{code}.{w}x{h}"
                 tensors[key] = torch.from_numpy(out.copy())
