@@ -55,6 +55,7 @@ pub mod model;
 pub mod objective;
 pub mod plot;
 pub mod reward;
+pub mod sd_model;
 pub mod stats;
 pub mod sweep;
 
@@ -72,6 +73,7 @@ pub use gp::{GaussianProcess, GpBounds, GpHyper};
 pub use model::{fnv1a, AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
+pub use sd_model::{SdModel, SdSetup};
 pub use stats::{
     agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, SplitMix64, Stat,
 };
