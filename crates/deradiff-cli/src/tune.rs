@@ -3,20 +3,58 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::DType;
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
 use deradiff_core::SchedulerKind;
+use std::sync::Arc;
+
+use deradiff_sd::{parse_device, parse_dtype, LoadOptions};
 use deradiff_tune::{
     agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
-    AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, IfExists, ManifoldPenalty, PairBy, Prompt,
-    Reward, SweepConfig, SweepEvent, SweepObjective, SweepOutput, TrueReward,
+    AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer, IfExists,
+    ManifoldPenalty, PairBy, PickScore, Prompt, Reward, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel,
+    SweepObjective, SweepOutput, TrueReward,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{print_stdout, RewardArg, SchedulerArg};
 
-/// The testbed model and rewards shared by `sweep` and `tune`.
+/// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
+/// Diffusion when `--reference` is given.
 #[derive(Debug, clap::Args)]
 pub struct TestbedArgs {
+    /// Stable Diffusion: the reference checkpoint (diffusers layout). Without it the analytic
+    /// testbed is used.
+    #[arg(long, requires = "aligned", help_heading = "Stable Diffusion")]
+    reference: Option<PathBuf>,
+    /// Stable Diffusion: the aligned UNet (pipeline dir, unet/ dir or .safetensors file).
+    #[arg(long, requires = "reference", help_heading = "Stable Diffusion")]
+    aligned: Option<PathBuf>,
+    /// Stable Diffusion: a prompt (repeatable).
+    #[arg(long, help_heading = "Stable Diffusion")]
+    prompt: Vec<String>,
+    /// Stable Diffusion: a file with one prompt per line (blank lines skipped).
+    #[arg(long, help_heading = "Stable Diffusion")]
+    prompts_file: Option<PathBuf>,
+    /// Stable Diffusion: CLIP score reward from a Hugging Face CLIPModel directory.
+    #[arg(long, help_heading = "Stable Diffusion")]
+    clip: Option<PathBuf>,
+    /// Stable Diffusion: PickScore reward from a CLIPModel directory (e.g. PickScore_v1).
+    #[arg(long, help_heading = "Stable Diffusion")]
+    pickscore: Option<PathBuf>,
+    /// Stable Diffusion: the tokenizer/preprocessor directory of --pickscore, if it is not in
+    /// the model directory (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
+    #[arg(long, help_heading = "Stable Diffusion")]
+    pickscore_processor: Option<PathBuf>,
+    /// Stable Diffusion: guidance scale.
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
+    guidance: f64,
+    /// Stable Diffusion: weights dtype (f32, f16, bf16).
+    #[arg(long, default_value = "f32", help_heading = "Stable Diffusion")]
+    dtype: String,
+    /// Stable Diffusion: device (cpu, cuda[:N], metal[:N]).
+    #[arg(long, default_value = "cpu", help_heading = "Stable Diffusion")]
+    device: String,
     /// Sampler.
     #[arg(long, value_enum, default_value = "ddpm")]
     scheduler: SchedulerArg,
@@ -38,12 +76,25 @@ pub struct TestbedArgs {
     /// Weight κ of the "true" reward's penalty for leaving the data: r_true = r_proxy + κ log p_ref.
     #[arg(long, default_value_t = 2.5, allow_negative_numbers = true)]
     penalty: f64,
-    /// Prompts (for the testbed: independent noise seeds 0..N).
+    /// Analytic testbed: number of prompts (independent noise seeds 0..N).
     #[arg(long, default_value_t = 4)]
     prompts: u64,
-    /// Samples per prompt and λ.
-    #[arg(long, default_value_t = 256)]
+    /// Samples per prompt and λ (default: 256 on the testbed, 2 images with Stable Diffusion).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Stable Diffusion: seed of the first prompt (prompt i uses seed + i; results are keyed by
+    /// the prompt text, which must be unique).
+    #[arg(long = "prompt-seed", default_value_t = 0)]
+    prompt_seed: u64,
+}
+
+/// The model a sweep or a tuning run samples, its rewards, prompts and samples per prompt.
+struct Built {
+    model: Box<dyn SweepModel>,
+    rewards: Vec<Box<dyn Reward>>,
+    prompts: Vec<Prompt>,
     samples: usize,
+    anchor_beta: Option<f64>,
 }
 
 impl TestbedArgs {
@@ -58,19 +109,88 @@ impl TestbedArgs {
         })
     }
 
-    /// The model, the proxy reward and the true reward.
-    fn build(&self) -> Result<(AnalyticModel, AnalyticReward, TrueReward), String> {
-        if !(self.anchor_beta > 0.0 && self.anchor_beta.is_finite()) {
-            return Err(format!("--anchor-beta is {}; it must be a positive finite number", self.anchor_beta));
-        }
+    /// The analytic testbed or Stable Diffusion, by the options given.
+    fn build(&self) -> Result<Built, String> {
         if self.steps == 0 {
             return Err("--steps must be at least 1".into());
         }
+        if self.samples == Some(0) {
+            return Err("--samples must be at least 1".into());
+        }
+        match (&self.reference, &self.aligned) {
+            (Some(reference), Some(aligned)) => self.build_sd(reference, aligned),
+            _ => {
+                for (flag, given) in [
+                    ("--prompt", !self.prompt.is_empty()),
+                    ("--prompts-file", self.prompts_file.is_some()),
+                    ("--clip", self.clip.is_some()),
+                    ("--pickscore", self.pickscore.is_some()),
+                ] {
+                    if given {
+                        return Err(format!(
+                            "{flag} applies to Stable Diffusion sweeps: give --reference and --aligned"
+                        ));
+                    }
+                }
+                let (model, proxy, truth) = self.build_analytic()?;
+                Ok(Built {
+                    model: Box::new(model),
+                    rewards: vec![Box::new(truth), Box::new(proxy)],
+                    prompts: Prompt::seeds(0..self.prompts),
+                    samples: self.samples.unwrap_or(256),
+                    anchor_beta: Some(self.anchor_beta),
+                })
+            }
+        }
+    }
+
+    fn build_sd(&self, reference: &std::path::Path, aligned: &std::path::Path) -> Result<Built, String> {
+        let mut texts = self.prompt.clone();
+        if let Some(file) = &self.prompts_file {
+            let content = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read --prompts-file {}: {e}", file.display()))?;
+            texts.extend(content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        }
+        if texts.is_empty() {
+            return Err("give prompts for a Stable Diffusion sweep: --prompt \"…\" or --prompts-file FILE".into());
+        }
+        let prompts: Vec<Prompt> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Prompt::text(t.clone(), t.clone(), self.prompt_seed.wrapping_add(i as u64)))
+            .collect();
+        let dtype = parse_dtype(&self.dtype).map_err(|e| e.to_string())?;
+        let device = parse_device(&self.device).map_err(|e| e.to_string())?;
+        let mut rewards: Vec<Box<dyn Reward>> = Vec::new();
+        if let Some(dir) = &self.clip {
+            let scorer = ClipScorer::load(dir, DType::F32, &device).map_err(|e| format!("--clip: {e}"))?;
+            rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
+        }
+        if let Some(dir) = &self.pickscore {
+            let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
+            let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
+                .map_err(|e| format!("--pickscore: {e}"))?;
+            rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
+        }
+        if rewards.is_empty() {
+            return Err("give a reward for a Stable Diffusion sweep: --clip DIR and/or --pickscore DIR".into());
+        }
+        let mut setup = SdSetup::new(reference, aligned);
+        setup.load = LoadOptions { dtype, device };
+        setup.scheduler = self.scheduler_kind()?;
+        setup.steps = self.steps;
+        setup.guidance_scale = self.guidance;
+        let model = SdModel::load(setup).map_err(|e| e.to_string())?;
+        Ok(Built { model: Box::new(model), rewards, prompts, samples: self.samples.unwrap_or(2), anchor_beta: None })
+    }
+
+    /// The model, the proxy reward and the true reward.
+    fn build_analytic(&self) -> Result<(AnalyticModel, AnalyticReward, TrueReward), String> {
+        if !(self.anchor_beta > 0.0 && self.anchor_beta.is_finite()) {
+            return Err(format!("--anchor-beta is {}; it must be a positive finite number", self.anchor_beta));
+        }
         if self.prompts == 0 {
             return Err("--prompts must be at least 1".into());
-        }
-        if self.samples == 0 {
-            return Err("--samples must be at least 1".into());
         }
         let mixture = demo_mixture(self.components).map_err(|e| format!("--components {}: {e}", self.components))?;
         let proxy = match self.reward {
@@ -86,10 +206,6 @@ impl TestbedArgs {
         let truth = TrueReward::new("true", proxy.clone(), ManifoldPenalty::ReferenceLogDensity(mixture), self.penalty)
             .map_err(|e| format!("--penalty: {e}"))?;
         Ok((model, AnalyticReward::new("proxy", proxy), truth))
-    }
-
-    fn prompts(&self) -> Vec<Prompt> {
-        Prompt::seeds(0..self.prompts)
     }
 }
 
@@ -141,43 +257,58 @@ pub fn sweep(args: SweepArgs) -> Result<(), String> {
         (None, Some(r)) => parse_range(r)?,
         (None, None) => parse_range("0:2:9")?,
     };
-    let (model, proxy, truth) = args.testbed.build()?;
+    let built = args.testbed.build()?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let mut output = SweepOutput::jsonl(args.out.join("sweep.jsonl")).with_csv(args.out.join("sweep.csv"));
     output.if_exists = if args.overwrite { IfExists::Overwrite } else { IfExists::Resume };
-    let mut config = SweepConfig::new(lambdas, args.testbed.prompts(), args.testbed.samples);
+    let mut config = SweepConfig::new(lambdas, built.prompts.clone(), built.samples);
     config.output = Some(output);
     config.validate().map_err(|e| e.to_string())?;
-    let progress = bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows")?;
+    let progress = bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {msg}")?;
     progress.set_length(config.total() as u64);
-    let rewards: [&dyn Reward; 2] = [&proxy, &truth];
+    let rewards: Vec<&dyn Reward> = built.rewards.iter().map(|r| r.as_ref()).collect();
     let mut observer = |e: &SweepEvent<'_>| {
-        if let SweepEvent::Row { done, .. } = e {
-            progress.set_position(*done as u64);
+        match e {
+            SweepEvent::Row { done, .. } => progress.set_position(*done as u64),
+            SweepEvent::Step { step, num_steps, lambdas, .. } => {
+                progress.set_message(format!("{} λ, step {}/{num_steps}", lambdas.len(), step + 1))
+            }
         }
         Ok(())
     };
-    let result = run_sweep(&model, &rewards, &config, &mut observer).map_err(|e| e.to_string())?;
+    let result = run_sweep(built.model.as_ref(), &rewards, &config, &mut observer).map_err(|e| e.to_string())?;
     progress.finish_and_clear();
-    let proxy_curve = result.summaries("proxy").map_err(|e| e.to_string())?;
-    let true_curve = result.summaries("true").map_err(|e| e.to_string())?;
-    let png = plot::reward_vs_lambda_png(&true_curve, "true reward (proxy + κ log p_ref)", 1.96, "Mean reward vs λ")
-        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
+    let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let png = plot::reward_vs_lambda_png(&curves[0], &names[0], 1.96, "Mean reward vs λ").map_err(|e| e.to_string())?;
     plot::write_png(args.out.join("reward_vs_lambda.png"), &png).map_err(|e| e.to_string())?;
     let mut text = format!(
-        "sweep of {} λ × {} prompts × {} samples ({} rows computed, {} resumed)\n\n       λ   β_anchor/λ   proxy E[r]    true E[r] ± SEM\n",
-        proxy_curve.len(),
+        "sweep of {} λ × {} prompts × {} samples ({} rows computed, {} resumed)\n\n{:>8} {:>12}",
+        curves[0].len(),
         config.prompts.len(),
         config.samples_per_prompt,
         result.computed,
-        result.resumed
+        result.resumed,
+        "λ",
+        "β_anchor/λ"
     );
-    for (p, t) in proxy_curve.iter().zip(&true_curve) {
-        let beta = equivalent_beta(args.testbed.anchor_beta, p.lambda).map(|b| format!("{b:.4}")).unwrap_or("∞".into());
-        text.push_str(&format!("{:8.4} {:>12} {:12.4} {:12.4} ± {:.4}\n", p.lambda, beta, p.mean, t.mean, t.sem));
+    for n in &names {
+        text.push_str(&format!(" {:>22}", format!("{n} ± SEM")));
     }
-    if let Some(best) = true_curve.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)) {
-        text.push_str(&format!("\nbest true reward on the grid at λ = {}\n", best.lambda));
+    text.push('\n');
+    for (i, s0) in curves[0].iter().enumerate() {
+        let beta = match built.anchor_beta {
+            Some(b) => equivalent_beta(b, s0.lambda).map(|b| format!("{b:.4}")).unwrap_or_else(|_| "∞".into()),
+            None => "—".into(),
+        };
+        text.push_str(&format!("{:8.4} {beta:>12}", s0.lambda));
+        for c in &curves {
+            text.push_str(&format!(" {:>22}", format!("{:.4} ± {:.4}", c[i].mean, c[i].sem)));
+        }
+        text.push('\n');
+    }
+    if let Some(best) = curves[0].iter().max_by(|a, b| a.mean.total_cmp(&b.mean)) {
+        text.push_str(&format!("\nbest {} on the grid at λ = {}\n", names[0], best.lambda));
     }
     text.push_str(&format!("wrote {}/{{sweep.jsonl, sweep.csv, reward_vs_lambda.png}}\n", args.out.display()));
     print_stdout(&text)
@@ -206,6 +337,9 @@ pub struct TuneArgs {
     /// Seed of the initial design and the optimiser.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stable Diffusion: the KL strength β the aligned UNet was trained with, to print β/λ*.
+    #[arg(long, allow_negative_numbers = true)]
+    aligned_beta: Option<f64>,
     /// Output directory (bo.json, bo_trace.png).
     #[arg(long, default_value = "deradiff-out/tune")]
     out: PathBuf,
@@ -231,10 +365,12 @@ pub fn tune(args: TuneArgs) -> Result<(), String> {
         ..BoConfig::default()
     };
     config.validate().map_err(|e| e.to_string())?;
-    let (model, _proxy, truth) = args.testbed.build()?;
+    let built = args.testbed.build()?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
-    let mut objective =
-        SweepObjective::new(&model, &truth, args.testbed.prompts(), args.testbed.samples).map_err(|e| e.to_string())?;
+    // The objective is the first reward: the true reward on the testbed, else --clip, else --pickscore.
+    let reward = built.rewards[0].as_ref();
+    let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
+        .map_err(|e| e.to_string())?;
     let quiet = args.quiet;
     let mut progress = |e: &BoEvaluation| {
         if !quiet {
@@ -251,21 +387,28 @@ pub fn tune(args: TuneArgs) -> Result<(), String> {
     let result = optimize(&mut objective, &config, &mut progress).map_err(|e| e.to_string())?;
     let json = result.to_json().map_err(|e| e.to_string())?;
     deradiff_analytic::write_atomic(args.out.join("bo.json"), json.as_bytes()).map_err(|e| e.to_string())?;
-    let png =
-        plot::bo_trace_png(&result, None, "Bayesian optimisation of λ (true reward)").map_err(|e| e.to_string())?;
+    let title = format!("Bayesian optimisation of λ ({})", reward.name());
+    let png = plot::bo_trace_png(&result, None, &title).map_err(|e| e.to_string())?;
     plot::write_png(args.out.join("bo_trace.png"), &png).map_err(|e| e.to_string())?;
-    let beta = equivalent_beta(args.testbed.anchor_beta, result.lambda_star)
-        .map(|b| format!("{b:.4}"))
-        .unwrap_or_else(|_| "∞ (the reference)".into());
-    print_stdout(&format!(
-        "λ* = {:.4} (true reward {:.4}, {} evaluations)\nequivalent KL strength β_anchor/λ* = {} / {:.4} = {beta}\nwrote {}/{{bo.json, bo_trace.png}}\n",
+    let mut text = format!(
+        "λ* = {:.4} ({} {:.4}, {} evaluations)\n",
         result.lambda_star,
+        reward.name(),
         result.value_star,
-        result.history.len(),
-        args.testbed.anchor_beta,
-        result.lambda_star,
-        args.out.display()
-    ))
+        result.history.len()
+    );
+    let anchor = built.anchor_beta.or(args.aligned_beta);
+    match anchor {
+        Some(b) => {
+            let beta = equivalent_beta(b, result.lambda_star)
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|_| "∞ (the reference)".into());
+            text.push_str(&format!("equivalent KL strength β_anchor/λ* = {b} / {:.4} = {beta}\n", result.lambda_star));
+        }
+        None => text.push_str("(give --aligned-beta to print the KL strength β/λ* it emulates)\n"),
+    }
+    text.push_str(&format!("wrote {}/{{bo.json, bo_trace.png}}\n", args.out.display()));
+    print_stdout(&text)
 }
 
 /// Options of `deradiff compare`.

@@ -104,3 +104,70 @@ fn bad_inputs_exit_nonzero_with_a_message() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+fn fixture(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).to_str().unwrap().to_string()
+}
+
+#[test]
+fn stable_diffusion_sweep_and_tune_with_clip_rewards() {
+    let dir = out_dir("sd");
+    let (reference, aligned) =
+        (fixture("deradiff-sd/tests/fixtures/tiny-sd"), fixture("deradiff-sd/tests/fixtures/tiny-aligned-unet"));
+    let (clip, pick) = (
+        fixture("deradiff-tune/tests/fixtures/clip/clip-gelu"),
+        fixture("deradiff-tune/tests/fixtures/clip/clip-quick-gelu"),
+    );
+    let prompts = dir.join("prompts.txt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&prompts, "a red cube\n\na blue sphere\n").unwrap();
+    let sd: Vec<&str> = vec![
+        "--reference",
+        &reference,
+        "--aligned",
+        &aligned,
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "2",
+        "--guidance",
+        "4",
+        "--samples",
+        "1",
+        "--quiet",
+    ];
+    let out = dir.join("sweep");
+    let mut args = vec!["sweep", "--lambdas", "0,1", "--prompts-file", prompts.to_str().unwrap()];
+    args.extend(["--clip", &clip, "--pickscore", &pick, "--out", out.to_str().unwrap()]);
+    args.extend(sd.iter().copied());
+    let text = ok(&deradiff(&args));
+    assert!(text.contains("2 λ × 2 prompts × 1 samples (4 rows computed"), "{text}");
+    assert!(text.contains("clip_score") && text.contains("pickscore"), "{text}");
+    let jsonl = std::fs::read_to_string(out.join("sweep.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 5);
+    assert!(jsonl.contains("a blue sphere"));
+    let again = ok(&deradiff(&args));
+    assert!(again.contains("0 rows computed, 4 resumed"), "{again}");
+
+    let bo = dir.join("bo");
+    let mut args = vec!["tune", "--budget", "3", "--initial", "2", "--upper", "1", "--prompt", "a red cube"];
+    args.extend(["--pickscore", &pick, "--aligned-beta", "2000", "--out", bo.to_str().unwrap()]);
+    args.extend(sd.iter().copied());
+    let text = ok(&deradiff(&args));
+    assert!(text.contains("λ* = ") && text.contains("pickscore") && text.contains("2000 /"), "{text}");
+    assert!(bo.join("bo_trace.png").exists());
+
+    // Stable Diffusion options without a checkpoint, and a checkpoint without reward or prompts.
+    for (extra, needle) in [
+        (vec!["sweep", "--clip", clip.as_str()], "--reference"),
+        (vec!["sweep", "--reference", reference.as_str(), "--aligned", aligned.as_str(), "--prompt", "x"], "reward"),
+        (
+            vec!["sweep", "--reference", reference.as_str(), "--aligned", aligned.as_str(), "--clip", clip.as_str()],
+            "prompts",
+        ),
+    ] {
+        let result = deradiff(&extra);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success() && stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
