@@ -32,6 +32,7 @@ pub mod config;
 pub mod denoiser;
 pub mod error;
 pub mod fusion;
+pub mod io;
 pub mod noise;
 mod ops;
 pub mod posterior;

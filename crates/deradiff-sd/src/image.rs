@@ -1,7 +1,6 @@
 //! RGB images: the pipeline's output, PNG encoding and atomic writes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
@@ -142,25 +141,10 @@ impl RgbImage {
 /// removed, `path` is left as it was, and the error names the path.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("output path {} does not name a file", path.display())))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the directory of", path, e))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("write", path, e));
-    }
-    Ok(())
+    deradiff_core::io::write_atomic(path, bytes).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => {
+            Error::InvalidArgument(format!("output path {} does not name a file", path.display()))
+        }
+        _ => Error::io("write", path, e),
+    })
 }
