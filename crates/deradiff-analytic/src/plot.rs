@@ -14,13 +14,16 @@ use crate::error::{Error, Result};
 use crate::metrics::rows_of;
 use crate::study::StudyOutput;
 
-const FONT: &str = "sans-serif";
+/// The font family name the embedded DejaVu Sans is registered under.
+pub const FONT: &str = "sans-serif";
 /// Most target columns drawn in the scatter figure (evenly chosen among the targets).
 pub const MAX_SCATTER_TARGETS: usize = 6;
 /// Most points drawn per scatter panel (the first rows of each sample set).
 pub const MAX_SCATTER_POINTS: usize = 1500;
 
-fn ensure_font() -> Result<()> {
+/// Registers the embedded DejaVu Sans with plotters (once per process), so text renders on
+/// machines without any installed font.
+pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED
         .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
@@ -35,8 +38,8 @@ fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Plot { what: what.to_string(), detail: e.to_string() }
 }
 
-/// Encodes an RGB8 buffer as PNG.
-fn encode_png(rgb: &[u8], width: u32, height: u32, what: &str) -> Result<Vec<u8>> {
+/// Encodes an RGB8 buffer as PNG (`what` names the figure in errors).
+pub fn encode_png(rgb: &[u8], width: u32, height: u32, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, width, height);

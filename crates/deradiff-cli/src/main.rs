@@ -63,6 +63,26 @@ pub(crate) enum SchedulerArg {
     EulerA,
 }
 
+impl SchedulerArg {
+    /// The sampler, with DDIM's η (only valid with `ddim`, and within [0, 1]).
+    pub(crate) fn kind(self, eta: Option<f64>) -> Result<SchedulerKind, String> {
+        Ok(match self {
+            SchedulerArg::Ddpm | SchedulerArg::EulerA if eta.is_some() => {
+                return Err("--eta applies to --scheduler ddim only".into());
+            }
+            SchedulerArg::Ddpm => SchedulerKind::Ddpm,
+            SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
+            SchedulerArg::Ddim => {
+                let eta = eta.unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&eta) {
+                    return Err(format!("--eta is {eta}; DDIM's η must lie in [0, 1]"));
+                }
+                SchedulerKind::Ddim { eta }
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum RewardArg {
     /// r(x) = x1 + 0.5 x2.
@@ -203,20 +223,7 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
             args.samples
         ));
     }
-    let scheduler = match args.scheduler {
-        SchedulerArg::Ddpm | SchedulerArg::EulerA if args.eta.is_some() => {
-            return Err("--eta applies to --scheduler ddim only".into());
-        }
-        SchedulerArg::Ddpm => SchedulerKind::Ddpm,
-        SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
-        SchedulerArg::Ddim => {
-            let eta = args.eta.unwrap_or(0.0);
-            if !(0.0..=1.0).contains(&eta) {
-                return Err(format!("--eta is {eta}; DDIM's η must lie in [0, 1]"));
-            }
-            SchedulerKind::Ddim { eta }
-        }
-    };
+    let scheduler = args.scheduler.kind(args.eta)?;
     let mixture = demo_mixture(args.components).map_err(|e| format!("--components {}: {e}", args.components))?;
     let reward = match args.reward {
         RewardArg::Linear => demo_linear_reward(),

@@ -2,13 +2,11 @@
 //! checkpoint (SD 1.x / 2.x, or SDXL — detected from the checkpoint) and aligned UNets.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use deradiff_core::{Flow, Realigner, SchedulerKind, SeededNoise, StepEvent};
+use deradiff_core::{Flow, Realigner, SeededNoise, StepEvent};
 use deradiff_sd::{parse_device, parse_dtype, LoadOptions, Request, RgbImage, StableDiffusion};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use crate::SchedulerArg;
 
@@ -158,23 +156,6 @@ fn parse_crop(crop: &str) -> Result<(usize, usize), String> {
     Ok((parse(t)?, parse(l)?))
 }
 
-fn scheduler_kind(args: &SampleArgs) -> Result<SchedulerKind, String> {
-    Ok(match args.scheduler {
-        SchedulerArg::Ddpm | SchedulerArg::EulerA if args.eta.is_some() => {
-            return Err("--eta applies to --scheduler ddim only".into());
-        }
-        SchedulerArg::Ddpm => SchedulerKind::Ddpm,
-        SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
-        SchedulerArg::Ddim => {
-            let eta = args.eta.unwrap_or(0.0);
-            if !(0.0..=1.0).contains(&eta) {
-                return Err(format!("--eta is {eta}; DDIM's η must lie in [0, 1]"));
-            }
-            SchedulerKind::Ddim { eta }
-        }
-    })
-}
-
 /// Where each image goes: the output itself for one image, else `NAME-<tag>[-p<i>].EXT` beside
 /// it (and the output is the grid).
 fn image_path(out: &Path, tag: &str, prompt: usize, prompts: usize) -> PathBuf {
@@ -197,13 +178,10 @@ fn check_writable(out: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write to the output directory {}: {e}", dir.display()))
 }
 
-const FONT: &str = "sans-serif";
+use deradiff_analytic::plot::FONT;
 
 fn ensure_font() -> Result<(), String> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
-    ok.then_some(()).ok_or_else(|| "the embedded DejaVu Sans font did not load".to_string())
+    deradiff_analytic::plot::ensure_font().map_err(|e| e.to_string())
 }
 
 /// The smallest grid cell width: smaller images are enlarged (nearest neighbour, integer factor)
@@ -247,7 +225,7 @@ fn labelled(image: &RgbImage, label: &str) -> Result<RgbImage, String> {
 /// Runs `deradiff sample`.
 pub fn sample(args: SampleArgs) -> Result<(), String> {
     let settings = settings(&args)?;
-    let kind = scheduler_kind(&args)?;
+    let kind = args.scheduler.kind(args.eta)?;
     if args.steps == 0 {
         return Err("--steps must be at least 1".into());
     }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
-use deradiff_core::SchedulerKind;
 use std::sync::Arc;
 
 use deradiff_sd::{parse_device, parse_dtype, LoadOptions};
@@ -98,17 +97,6 @@ struct Built {
 }
 
 impl TestbedArgs {
-    fn scheduler_kind(&self) -> Result<SchedulerKind, String> {
-        Ok(match self.scheduler {
-            SchedulerArg::Ddpm | SchedulerArg::EulerA if self.eta.is_some() => {
-                return Err("--eta applies to --scheduler ddim only".into());
-            }
-            SchedulerArg::Ddpm => SchedulerKind::Ddpm,
-            SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
-            SchedulerArg::Ddim => SchedulerKind::Ddim { eta: self.eta.unwrap_or(0.0) },
-        })
-    }
-
     /// The analytic testbed or Stable Diffusion, by the options given.
     fn build(&self) -> Result<Built, String> {
         if self.steps == 0 {
@@ -177,7 +165,7 @@ impl TestbedArgs {
         }
         let mut setup = SdSetup::new(reference, aligned);
         setup.load = LoadOptions { dtype, device };
-        setup.scheduler = self.scheduler_kind()?;
+        setup.scheduler = self.scheduler.kind(self.eta)?;
         setup.steps = self.steps;
         setup.guidance_scale = self.guidance;
         let model = SdModel::load(setup).map_err(|e| e.to_string())?;
@@ -197,7 +185,7 @@ impl TestbedArgs {
             RewardArg::Linear => demo_linear_reward(),
             RewardArg::Quadratic => demo_quadratic_reward(),
         };
-        let scheduler = self.scheduler_kind()?;
+        let scheduler = self.scheduler.kind(self.eta)?;
         let mut setup = AnalyticSetup::new(mixture.clone(), proxy.clone(), self.anchor_beta);
         setup.scheduler = scheduler;
         setup.steps = self.steps;

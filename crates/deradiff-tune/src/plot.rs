@@ -6,17 +6,15 @@
 //! encoded by the `png` crate. [`write_png`] writes atomically.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use crate::bo::{BoPhase, BoResult};
 use crate::error::{Error, Result};
 use crate::stats::AgreementStats;
 use crate::sweep::LambdaSummary;
 
-const FONT: &str = "sans-serif";
+use deradiff_analytic::plot::FONT;
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 620;
 
@@ -27,14 +25,7 @@ const GREY: RGBColor = RGBColor(110, 110, 110);
 const RED: RGBColor = RGBColor(200, 40, 40);
 
 fn ensure_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Plot { what: "text".into(), detail: "the embedded DejaVu Sans font did not load".into() })
-    }
+    Ok(deradiff_analytic::plot::ensure_font()?)
 }
 
 fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
@@ -42,16 +33,7 @@ fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
 }
 
 fn encode_png(rgb: &[u8], width: u32, height: u32, what: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(plot_err(what))?;
-        writer.write_image_data(rgb).map_err(plot_err(what))?;
-        writer.finish().map_err(plot_err(what))?;
-    }
-    Ok(out)
+    Ok(deradiff_analytic::plot::encode_png(rgb, width, height, what)?)
 }
 
 /// Writes PNG bytes to `path` atomically (temporary file, then rename).
