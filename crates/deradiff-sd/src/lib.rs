@@ -10,12 +10,12 @@
 //!   directory, a bare `unet/` directory or one `.safetensors` file), checks that they fit, and
 //!   [`generates`](StableDiffusion::generate) images: the prompts are encoded once and shared by
 //!   every UNet, the realigned loop of [`deradiff_core::Sampler`] runs, the VAE decodes once.
-//! * [`Unet`] — candle-transformers' `UNet2DConditionModel` configured from the checkpoint's own
-//!   `unet/config.json` ([`UnetConfig`]); ε- and v-prediction (the scheduler config says which).
-//!   SDXL UNets (`addition_embed_type = "text_time"`) run our own top level over candle's blocks
-//!   ([`unet_xl`]): the pooled text embedding and the six size/crop `time_ids`
-//!   ([`AddedConditioning`]) are embedded and added to the timestep embedding, which candle's
-//!   UNet silently skips.
+//! * [`Unet`] — diffusers' `UNet2DConditionModel` on our own blocks over candle-transformers'
+//!   public pieces ([`unet_xl`]), configured from the checkpoint's own `unet/config.json`
+//!   ([`UnetConfig`]); ε- and v-prediction (the scheduler config says which). SDXL UNets
+//!   (`addition_embed_type = "text_time"`) also embed the pooled text embedding and the six
+//!   size/crop `time_ids` ([`AddedConditioning`]) and add them to the timestep embedding, which
+//!   candle's UNet silently skips.
 //! * SDXL ([`StableDiffusion::load`] detects it from the checkpoint): both text encoders (CLIP
 //!   ViT-L and OpenCLIP ViT-bigG with its projection), their *penultimate* hidden states
 //!   concatenated, the pooled embedding from encoder 2, zero negative embeddings under
@@ -46,11 +46,11 @@
 //! ## Fidelity
 //!
 //! Checked against diffusers 0.42 / transformers 5 on tiny random models (see
-//! `scripts/gen_sd_fixtures.py`, `scripts/gen_sdxl_fixtures.py` and the crate's tests). The one
-//! known departure is in SD 1.x / 2.x UNets, which run candle's blocks: their feed-forward uses the
-//! tanh-approximate GELU where diffusers uses the exact one (UNet output about 6e-5 off on the
-//! tiny models). SDXL UNets run our own blocks with the exact GELU (about 1.5e-6 off; final
-//! latents of a four-step guided realigned run 2e-5 off). The CLIP text models use the
+//! `scripts/gen_sd_fixtures.py`, `scripts/gen_sdxl_fixtures.py` and the crate's tests). All UNets
+//! run our own blocks with diffusers' exact GELU in the feed-forward (candle's blocks use the tanh
+//! approximation, about 6e-5 off): SD 1.x / 2.x UNet output about 2e-6 off, final latents of the
+//! six-step guided realigned runs within 1e-4 (relative 1.5e-6); SDXL about 1.5e-6 off, final
+//! latents of a four-step guided realigned run 2e-5 off. The CLIP text models use the
 //! activation their config names (exact GELU for `"gelu"`).
 
 #![warn(missing_docs)]

@@ -1,36 +1,28 @@
-//! The Stable Diffusion UNet: candle-transformers' `UNet2DConditionModel`, configured from the
-//! checkpoint's own `unet/config.json`.
+//! The Stable Diffusion UNet (SD 1.x, 2.x and SDXL), configured from the checkpoint's own
+//! `unet/config.json`.
 //!
-//! Fidelity note: candle 0.11's transformer blocks use the tanh-approximate GELU in their GEGLU
-//! feed-forward where diffusers uses the exact (erf) GELU. On the tiny test UNets this moves the
-//! output by about 6e-5 (well inside the 1e-4 bar); an exact-GELU UNet needs its own copy of the
-//! transformer blocks (candle's `BasicTransformerBlock` and `FeedForward` are private).
+//! All of them run on our own blocks ([`crate::unet_xl`]) over candle-transformers' public
+//! pieces, with diffusers' exact (erf) GELU in the transformer feed-forward: candle 0.11's own
+//! `UNet2DConditionModel` uses the tanh approximation there (about 6e-5 off diffusers on the tiny
+//! test UNets; ours is within about 1e-6) and ignores SDXL's added conditioning.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 use crate::config::{config_path, TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
 use crate::guidance::{AddedConditioning, ConditionalModel};
-use crate::unet_xl::TextTimeUnet;
+use crate::unet_xl::UnetModel;
 use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
 
-/// candle's SD 1.x / 2.x UNet, or our top level with SDXL's added conditioning.
-enum Model {
-    Sd(Box<UNet2DConditionModel>),
-    TextTime(Box<TextTimeUnet>),
-}
-
-/// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x (candle's
-/// `UNet2DConditionModel`) or, when `unet/config.json` says `addition_embed_type = "text_time"`,
+/// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x or, when `unet/config.json` says `addition_embed_type = "text_time"`,
 /// SDXL (see [`crate::unet_xl`]), which needs pooled text embeddings and `time_ids`
 /// ([`Unet::forward_added`]).
 pub struct Unet {
-    model: Model,
+    model: Box<UnetModel>,
     config: UnetConfig,
     arch: UnetArch,
     source: PathBuf,
@@ -134,15 +126,9 @@ impl Unet {
         let weights = CheckedWeights::open(files)?;
         let candle_config = arch.candle.clone();
         let (in_c, out_c) = (arch.in_channels, arch.out_channels);
+        let tt = arch.text_time;
         let model =
-            match arch.text_time {
-                None => Model::Sd(Box::new(weights.build(dtype, device, None, |vb| {
-                    UNet2DConditionModel::new(vb, in_c, out_c, false, candle_config)
-                })?)),
-                Some(tt) => Model::TextTime(Box::new(
-                    weights.build(dtype, device, None, |vb| TextTimeUnet::new(vb, in_c, out_c, candle_config, tt))?,
-                )),
-            };
+            Box::new(weights.build(dtype, device, None, |vb| UnetModel::new(vb, in_c, out_c, candle_config, tt))?);
         Ok(Self {
             model,
             config,
@@ -272,26 +258,25 @@ impl Unet {
         let out_dtype = x.dtype();
         let x = x.to_dtype(self.dtype)?;
         let context = context.to_dtype(self.dtype)?;
-        let out = match (&self.model, added) {
-            (Model::Sd(m), None) => {
+        let out = match (self.arch.text_time, added) {
+            (None, None) => {
                 self.forward_calls.fetch_add(1, Ordering::Relaxed);
-                m.forward(&x, timestep, &context)?
+                self.model.forward(&x, timestep, &context, None)?
             }
-            (Model::Sd(_), Some(_)) => {
+            (None, Some(_)) => {
                 return Err(Error::InvalidArgument(format!(
                     "{} is an SD 1.x / 2.x UNet: it takes no pooled text embeddings or time_ids",
                     self.source.display()
                 )))
             }
-            (Model::TextTime(_), None) => {
+            (Some(_), None) => {
                 return Err(Error::InvalidArgument(format!(
                     "{} is an SDXL UNet (addition_embed_type = \"text_time\"): it needs pooled text embeddings \
                      and time_ids (Unet::forward_added)",
                     self.source.display()
                 )))
             }
-            (Model::TextTime(m), Some(a)) => {
-                let tt = self.arch.text_time.ok_or_else(|| Error::InvalidArgument("no text_time config".into()))?;
+            (Some(tt), Some(a)) => {
                 let (te, ti) = (a.text_embeds().dims(), a.time_ids().dims());
                 if te != [b, tt.pooled_dim] || ti != [b, tt.num_time_ids] {
                     return Err(Error::InvalidArgument(format!(
@@ -301,7 +286,7 @@ impl Unet {
                     )));
                 }
                 self.forward_calls.fetch_add(1, Ordering::Relaxed);
-                m.forward(&x, timestep, &context, a.text_embeds(), a.time_ids())?
+                self.model.forward(&x, timestep, &context, Some((a.text_embeds(), a.time_ids())))?
             }
         };
         Ok(out.to_dtype(out_dtype)?)

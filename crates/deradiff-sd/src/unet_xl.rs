@@ -1,9 +1,10 @@
-//! A UNet with SDXL's `text_time` added conditioning: our own top level and transformer blocks
-//! over candle-transformers' public pieces.
+//! Our UNet (SD 1.x, 2.x and SDXL): our own top level and transformer blocks over
+//! candle-transformers' public pieces.
 //!
 //! candle 0.11's `UNet2DConditionModel` never reads `add_embedding.*`: it computes SD 1.x's
-//! timestep embedding only. This is diffusers' `UNet2DConditionModel.forward` for
-//! `addition_embed_type = "text_time"`:
+//! timestep embedding only. This is diffusers' `UNet2DConditionModel.forward`; without added
+//! conditioning (SD 1.x / 2.x) `emb = time_embedding(time_proj(t))`, and for
+//! `addition_embed_type = "text_time"` (SDXL):
 //!
 //! ```text
 //! emb      = time_embedding(time_proj(t))                      (time_proj: sinusoidal, f32)
@@ -18,7 +19,7 @@
 //! * the transformer feed-forward uses diffusers' exact (erf) GELU in its GEGLU, where candle's
 //!   private `BasicTransformerBlock` uses the tanh approximation (4e-5 on the tiny SDXL UNet's
 //!   output, 6e-4 on the latents after four guided realigned Euler steps; with the exact GELU
-//!   1.3e-6 and 2e-5);
+//!   1.3e-6 and 2e-5; likewise 6e-5 on the tiny SD 1.x UNet);
 //! * the resnets' GroupNorms take `norm_num_groups` (candle's down and up blocks always use 32).
 //!
 //! The sinusoidal projections are computed in f32 and cast to the model dtype, as diffusers does
@@ -247,30 +248,31 @@ pub(crate) fn sinusoidal(
     }
 }
 
-/// A UNet with `text_time` added conditioning (SDXL).
-pub(crate) struct TextTimeUnet {
+/// diffusers' `UNet2DConditionModel` on our blocks: SD 1.x / 2.x, or with `text_time` added
+/// conditioning (SDXL).
+pub(crate) struct UnetModel {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
-    add_embedding: TimestepEmbedding,
+    add_embedding: Option<TimestepEmbedding>,
     down: Vec<Down>,
     mid: Mid,
     up: Vec<Up>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     config: UNet2DConditionModelConfig,
-    text_time: TextTimeArch,
+    text_time: Option<TextTimeArch>,
     base_channels: usize,
 }
 
-impl TextTimeUnet {
-    /// Builds the model from diffusers' weight names (candle's block layout plus
-    /// `add_embedding.linear_{1,2}`).
+impl UnetModel {
+    /// Builds the model from diffusers' weight names (candle's block layout, plus
+    /// `add_embedding.linear_{1,2}` with `text_time`).
     pub(crate) fn new(
         vs: VarBuilder,
         in_channels: usize,
         out_channels: usize,
         config: UNet2DConditionModelConfig,
-        text_time: TextTimeArch,
+        text_time: Option<TextTimeArch>,
     ) -> candle_core::Result<Self> {
         let n = config.blocks.len();
         let b_channels = config.blocks[0].out_channels;
@@ -279,7 +281,9 @@ impl TextTimeUnet {
         let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
         let conv_in = candle_nn::conv2d(in_channels, b_channels, 3, conv_cfg, vs.pp("conv_in"))?;
         let time_embedding = TimestepEmbedding::new(vs.pp("time_embedding"), b_channels, time_embed_dim)?;
-        let add_embedding = TimestepEmbedding::new(vs.pp("add_embedding"), text_time.input_dim(), time_embed_dim)?;
+        let add_embedding = text_time
+            .map(|tt| TimestepEmbedding::new(vs.pp("add_embedding"), tt.input_dim(), time_embed_dim))
+            .transpose()?;
 
         let resnet_cfg = |out: usize, scale: f64| ResnetBlock2DConfig {
             out_channels: Some(out),
@@ -396,16 +400,15 @@ impl TextTimeUnet {
         })
     }
 
-    /// The model output for `xs` `[B, C, h, w]` at `timestep`, attending to `context`, with the
-    /// pooled text embeddings `text_embeds` `[B, P]` and `time_ids` `[B, 6]` (shapes checked by
-    /// the caller).
+    /// The model output for `xs` `[B, C, h, w]` at `timestep`, attending to `context`, with (for
+    /// a `text_time` UNet, which requires them) the pooled text embeddings `[B, P]` and
+    /// `time_ids` `[B, 6]` in `added` (shapes checked by the caller).
     pub(crate) fn forward(
         &self,
         xs: &Tensor,
         timestep: f64,
         context: &Tensor,
-        text_embeds: &Tensor,
-        time_ids: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
     ) -> candle_core::Result<Tensor> {
         let (b, _c, height, width) = xs.dims4()?;
         let device = xs.device();
@@ -418,12 +421,22 @@ impl TextTimeUnet {
         // 1. time, with the added text_time embedding.
         let (flip, shift) = (self.config.flip_sin_to_cos, self.config.freq_shift);
         let t_emb = sinusoidal(&vec![timestep; b], self.base_channels, flip, shift, device)?.to_dtype(dtype)?;
-        let emb = self.time_embedding.forward(&t_emb)?;
-        let ids: Vec<f64> = time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let time_emb =
-            sinusoidal(&ids, self.text_time.time_embed_dim, flip, shift, device)?.reshape((b, ()))?.to_dtype(dtype)?;
-        let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_emb], D::Minus1)?;
-        let emb = (emb + self.add_embedding.forward(&add)?)?;
+        let mut emb = self.time_embedding.forward(&t_emb)?;
+        match (&self.add_embedding, self.text_time, added) {
+            (Some(add_embedding), Some(tt), Some((text_embeds, time_ids))) => {
+                let ids: Vec<f64> = time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                let time_emb =
+                    sinusoidal(&ids, tt.time_embed_dim, flip, shift, device)?.reshape((b, ()))?.to_dtype(dtype)?;
+                let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_emb], D::Minus1)?;
+                emb = (emb + add_embedding.forward(&add)?)?;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "a text_time UNet needs pooled text embeddings and time_ids, and only it takes them".into(),
+                ))
+            }
+        }
 
         // 2. – 6. as diffusers' UNet2DConditionModel.
         let xs = self.conv_in.forward(&xs)?;

@@ -1,6 +1,6 @@
 //! Each component against diffusers / transformers on the tiny fixtures
-//! (`scripts/gen_sd_fixtures.py`): token ids equal, text-encoder hidden states and UNet outputs
-//! within 1e-4, VAE decode within 1e-3.
+//! (`scripts/gen_sd_fixtures.py`): token ids equal, text-encoder hidden states within 1e-4, UNet
+//! outputs within 1e-5 (our blocks use diffusers' exact GELU), VAE decode within 1e-3.
 
 mod common;
 
@@ -135,9 +135,9 @@ fn unets_match_diffusers() {
                  {err_tanh:.3e} vs diffusers with candle's tanh-GELU",
                 max_abs(&exact)
             );
-            assert!(err <= 1e-4, "{name} t={t}: {err}");
-            // What remains is candle's tanh-approximate GELU, not a loading or config error.
-            assert!(err_tanh <= 1e-5, "{name} t={t}: {err_tanh}");
+            assert!(err <= 1e-5, "{name} t={t}: {err}");
+            // The exact GELU is what makes the difference: the tanh-GELU reference is further off.
+            assert!(err_tanh > 10.0 * err, "{name} t={t}: {err_tanh} vs {err}");
         }
     }
 }
