@@ -61,6 +61,7 @@ pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod image;
+pub mod kernels;
 pub mod pipeline;
 pub mod text;
 pub mod tokenizer;

@@ -13,8 +13,11 @@
 //! ```
 //!
 //! then diffusers' down / mid / up blocks, each level with its own number of transformer layers
-//! (SDXL's `[1, 2, 10]`). Built from candle's public pieces (`ResnetBlock2D`, `CrossAttention`,
-//! `TimestepEmbedding`), with two corrections to candle's blocks:
+//! (SDXL's `[1, 2, 10]`). Built from candle's public layers (convolutions, linears, layer
+//! norms, `TimestepEmbedding`) with our own resnet, attention and transformer blocks (loading the
+//! same tensor names), whose group norms (+ SiLU) and attention run the fused CPU kernels of
+//! [`crate::kernels`] on the CPU and candle's ops elsewhere, and with two corrections to candle's
+//! blocks:
 //!
 //! * the transformer feed-forward uses diffusers' exact (erf) GELU in its GEGLU, where candle's
 //!   private `BasicTransformerBlock` uses the tanh approximation (4e-5 on the tiny SDXL UNet's
@@ -27,13 +30,142 @@
 //! timesteps in f16).
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::attention::CrossAttention;
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConfig;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 
 use crate::config::TextTimeArch;
+use crate::kernels;
+
+/// Group normalisation (diffusers' `GroupNorm` weights), optionally followed by SiLU, through
+/// the fused kernel on the CPU ([`kernels::group_norm`]).
+struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    fn new(groups: usize, channels: usize, eps: f64, vs: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self { weight: vs.get(channels, "weight")?, bias: vs.get(channels, "bias")?, groups, eps })
+    }
+
+    fn forward(&self, xs: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
+        kernels::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, silu)
+    }
+}
+
+/// diffusers' `Attention` (candle's `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
+/// `to_out.0`), through the fused attention kernel on the CPU ([`kernels::attention`]).
+struct CrossAttention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl CrossAttention {
+    fn new(
+        vs: VarBuilder,
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        dim_head: usize,
+    ) -> candle_core::Result<Self> {
+        let inner = dim_head * heads;
+        let context_dim = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(query_dim, inner, vs.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, inner, vs.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, inner, vs.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, query_dim, vs.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / (dim_head as f64).sqrt(),
+        })
+    }
+
+    /// `[B, L, C] → [B·heads, L, C / heads]`.
+    fn to_heads(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, c) = xs.dims3()?;
+        xs.reshape((b, l, self.heads, c / self.heads))?.transpose(1, 2)?.reshape((b * self.heads, l, c / self.heads))
+    }
+
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let context = context.unwrap_or(xs);
+        let q = self.to_heads(&self.to_q.forward(xs)?)?;
+        let k = self.to_heads(&self.to_k.forward(context)?)?;
+        let v = self.to_heads(&self.to_v.forward(context)?)?;
+        let out = kernels::attention(&q, &k, &v, self.scale)?;
+        let (bh, l, d) = out.dims3()?;
+        let out = out.reshape((bh / self.heads, self.heads, l, d))?.transpose(1, 2)?.reshape((
+            bh / self.heads,
+            l,
+            self.heads * d,
+        ))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// diffusers' `ResnetBlock2D` (candle's, with its GroupNorm + SiLU pairs fused on the CPU).
+struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    time_emb_proj: Option<Linear>,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    fn new(vs: VarBuilder, in_channels: usize, config: ResnetBlock2DConfig) -> candle_core::Result<Self> {
+        let out = config.out_channels.unwrap_or(in_channels);
+        let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
+        let groups_out = config.groups_out.unwrap_or(config.groups);
+        // In candle's order, so that a mis-shaped file fails on the same tensor as before.
+        let norm1 = GroupNorm::new(config.groups, in_channels, config.eps, vs.pp("norm1"))?;
+        let conv1 = candle_nn::conv2d(in_channels, out, 3, conv_cfg, vs.pp("conv1"))?;
+        let norm2 = GroupNorm::new(groups_out, out, config.eps, vs.pp("norm2"))?;
+        let conv2 = candle_nn::conv2d(out, out, 3, conv_cfg, vs.pp("conv2"))?;
+        let conv_shortcut = if config.use_in_shortcut.unwrap_or(in_channels != out) {
+            Some(candle_nn::conv2d(in_channels, out, 1, Default::default(), vs.pp("conv_shortcut"))?)
+        } else {
+            None
+        };
+        let time_emb_proj =
+            config.temb_channels.map(|t| candle_nn::linear(t, out, vs.pp("time_emb_proj"))).transpose()?;
+        Ok(Self {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            time_emb_proj,
+            conv_shortcut,
+            output_scale_factor: config.output_scale_factor,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        let mut h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
+        if let (Some(temb), Some(proj)) = (temb, &self.time_emb_proj) {
+            h = proj
+                .forward(&candle_nn::ops::silu(temb)?)?
+                .unsqueeze(D::Minus1)?
+                .unsqueeze(D::Minus1)?
+                .broadcast_add(&h)?;
+        }
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        (shortcut + h)? / self.output_scale_factor
+    }
+}
 
 /// diffusers' `GEGLU` + output linear, with the exact GELU.
 struct FeedForward {
@@ -71,8 +203,8 @@ impl TransformerBlock {
     fn new(vs: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> candle_core::Result<Self> {
         let d_head = dim / heads;
         Ok(Self {
-            attn1: CrossAttention::new(vs.pp("attn1"), dim, None, heads, d_head, None, false)?,
-            attn2: CrossAttention::new(vs.pp("attn2"), dim, Some(context_dim), heads, d_head, None, false)?,
+            attn1: CrossAttention::new(vs.pp("attn1"), dim, None, heads, d_head)?,
+            attn2: CrossAttention::new(vs.pp("attn2"), dim, Some(context_dim), heads, d_head)?,
             ff: FeedForward::new(vs.pp("ff"), dim)?,
             norm1: candle_nn::layer_norm(dim, 1e-5, vs.pp("norm1"))?,
             norm2: candle_nn::layer_norm(dim, 1e-5, vs.pp("norm2"))?,
@@ -108,7 +240,7 @@ impl SpatialTransformer {
         depth: usize,
         cfg: &UNet2DConditionModelConfig,
     ) -> candle_core::Result<Self> {
-        let norm = candle_nn::group_norm(cfg.norm_num_groups, channels, 1e-6, vs.pp("norm"))?;
+        let norm = GroupNorm::new(cfg.norm_num_groups, channels, 1e-6, vs.pp("norm"))?;
         let proj = |name: &str| -> candle_core::Result<Proj> {
             Ok(if cfg.use_linear_projection {
                 Proj::Linear(candle_nn::linear(channels, channels, vs.pp(name))?)
@@ -126,7 +258,7 @@ impl SpatialTransformer {
     fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let residual = xs;
-        let xs = self.norm.forward(xs)?;
+        let xs = self.norm.forward(xs, false)?;
         let to_tokens = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
         let mut xs = match &self.proj_in {
             Proj::Conv(p) => to_tokens(p.forward(&xs)?)?,
@@ -383,7 +515,7 @@ impl UnetModel {
             up.push(Up { resnets, attentions, upsampler });
         }
         let conv_norm_out =
-            candle_nn::group_norm(config.norm_num_groups, b_channels, config.norm_eps, vs.pp("conv_norm_out"))?;
+            GroupNorm::new(config.norm_num_groups, b_channels, config.norm_eps, vs.pp("conv_norm_out"))?;
         let conv_out = candle_nn::conv2d(b_channels, out_channels, 3, conv_cfg, vs.pp("conv_out"))?;
         Ok(Self {
             conv_in,
@@ -465,7 +597,7 @@ impl UnetModel {
             }
             xs = block.forward(&xs, &r, &emb, context, upsample_size)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward(&xs, true)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -1,0 +1,105 @@
+//! CPU speed of the UNet forward and of each fused kernel, before (candle's ops) and after (ours),
+//! measured side by side in one run.
+//!
+//! * `unet/{candle,ours}/{8,16,32,64}`: the tiny SD UNet (`tests/fixtures/tiny-sd`, blocks 32/64)
+//!   at batch 2 (classifier-free guidance) for 8×8 … 64×64 latents, as candle-transformers' stock
+//!   `UNet2DConditionModel` (before) and as [`deradiff_sd::Unet`] (after: our blocks, exact GELU,
+//!   the fused kernels on the CPU).
+//! * `attention/{candle,ours}/…`: the tiny UNet's attention calls (batch 2 × 2 heads of dim 16)
+//!   over 16×16, 32×32, 64×64 latents' tokens and cross-attention to 77 tokens;
+//!   `kernels::attention_reference` (matmul + softmax + matmul) vs `kernels::attention`.
+//! * `group_norm_silu/{candle,ours}/…`: `candle_nn::GroupNorm` + SiLU vs `kernels::group_norm`.
+//!
+//! Run: `cargo bench -p deradiff-sd --bench unet_cpu` (add a filter, e.g. `-- attention`, for
+//! part of it). Threads: rayon's default (all cores); set `RAYON_NUM_THREADS` to compare with a
+//! PyTorch run at a given `torch.set_num_threads`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use deradiff_sd::kernels::{attention, attention_reference, group_norm, group_norm_reference};
+use deradiff_sd::{Unet, UnetConfig};
+
+fn tiny_sd() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join("tiny-sd")
+}
+
+fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+}
+
+fn unet(c: &mut Criterion) {
+    let dir = tiny_sd().join("unet");
+    let cfg_path = dir.join("config.json");
+    let arch = UnetConfig::from_file(&cfg_path).unwrap().arch(&cfg_path).unwrap();
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    // SAFETY: the fixture file is not modified while mapped.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap() };
+    let stock = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, arch.candle.clone()).unwrap();
+    let ours = Unet::load(tiny_sd(), None, DType::F32, &Device::Cpu).unwrap();
+    let context = randn(&[2, 77, arch.cross_attention_dim]);
+    let mut g = c.benchmark_group("unet");
+    for size in [8usize, 16, 32, 64] {
+        let x = randn(&[2, arch.in_channels, size, size]);
+        let id = format!("{size}x{size}");
+        g.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
+            b.iter(|| black_box(stock.forward(x, 500.0, &context).unwrap()))
+        });
+        g.bench_with_input(BenchmarkId::new("ours", &id), &x, |b, x| {
+            b.iter(|| black_box(ours.forward(x, 500.0, &context).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    // (name, N = batch × heads, Lq, Lk, D)
+    for (name, n, lq, lk, d) in [
+        ("self_16x16", 4, 256, 256, 16),
+        ("self_32x32", 4, 1024, 1024, 16),
+        ("self_64x64", 4, 4096, 4096, 16),
+        ("cross_64x64", 4, 4096, 77, 16),
+        ("self_32x32_8heads_d8", 16, 1024, 1024, 8),
+    ] {
+        let (q, k, v) = (randn(&[n, lq, d]), randn(&[n, lk, d]), randn(&[n, lk, d]));
+        let scale = 1.0 / (d as f64).sqrt();
+        g.bench_function(BenchmarkId::new("candle", name), |b| {
+            b.iter(|| black_box(attention_reference(&q, &k, &v, scale).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("ours", name), |b| {
+            b.iter(|| black_box(attention(&q, &k, &v, scale).unwrap()))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("group_norm_silu");
+    for (name, shape) in
+        [("2x32x64x64", [2, 32, 64, 64]), ("2x64x32x32", [2, 64, 32, 32]), ("2x96x16x16", [2, 96, 16, 16])]
+    {
+        let x = randn(&shape);
+        let (w, bias) = (randn(&[shape[1]]), randn(&[shape[1]]));
+        g.bench_function(BenchmarkId::new("candle", name), |b| {
+            b.iter(|| black_box(group_norm_reference(&x, 32, &w, &bias, 1e-5, true).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("ours", name), |b| {
+            b.iter(|| black_box(group_norm(&x, 32, &w, &bias, 1e-5, true).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! { name = benches; config = config(); targets = kernels, unet }
+criterion_main!(benches);

@@ -1,0 +1,90 @@
+//! Vectorisable scalar helpers shared by the kernels.
+
+/// Lanes of the partial sums (enough for AVX2's 8 × f32; the compiler maps them to registers).
+pub(crate) const LANES: usize = 8;
+
+/// `eˣ` for `x` in f32, branch-free so loops over it vectorise (Cephes' `expf` polynomial, about
+/// 1 ulp); inputs are clamped to `[-87.3, 88.3]`, so the result is a normal f32 (no overflow to
+/// infinity, underflow stops at about 1.2e-38 instead of 0).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2²³: adding it rounds to the nearest integer, which lands in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+/// Σ aᵢ·bᵢ with `LANES` partial sums (vectorises; the order differs from a sequential sum only
+/// by rounding).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Σ xᵢ with `LANES` partial sums, accumulated in f64 per chunk of 256 (group norms sum up to
+/// millions of values).
+#[inline(always)]
+pub(crate) fn sum_f64(x: &[f32], shift: f32, square: bool) -> f64 {
+    let mut total = 0f64;
+    for chunk in x.chunks(256) {
+        let mut acc = [0f32; LANES];
+        let c = chunk.chunks_exact(LANES);
+        let rem = c.remainder();
+        for v in c {
+            for l in 0..LANES {
+                let d = v[l] - shift;
+                acc[l] += if square { d * d } else { d };
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for &v in rem {
+            let d = v - shift;
+            s += if square { d * d } else { d };
+        }
+        total += s as f64;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_within_two_ulp_of_std() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (super::exp(x), x.exp());
+            assert!((a - b).abs() <= 2.5e-7 * b, "{x}: {a} vs {b}");
+            x += 0.0137;
+        }
+        assert!(super::exp(-1e30) >= 0.0 && super::exp(-1e30) < 1e-37);
+        assert!(super::exp(1e30).is_finite());
+    }
+}

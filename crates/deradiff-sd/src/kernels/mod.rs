@@ -1,0 +1,22 @@
+//! Fused CPU kernels for the operations that dominate a UNet forward, and nothing else.
+//!
+//! * [`attention`]: softmax(q·kᵀ·scale)·v with a streaming (online) softmax over blocks of keys,
+//!   so the `Lq × Lk` score matrix never exists in memory; multi-threaded over batch × heads and
+//!   query tiles.
+//! * [`group_norm`]: group normalisation with its affine transform and an optional SiLU, in one
+//!   kernel per (batch, group), multi-threaded.
+//!
+//! Each takes candle tensors and, on the CPU, runs our kernel in f32 (f16 / bf16 inputs are
+//! upcast to f32 and the result cast back, as candle's attention does); on any other device it
+//! runs candle's own ops ([`attention_reference`], [`group_norm_reference`]), which are also the
+//! plain reference computations the kernels are tested and benchmarked against.
+//!
+//! The kernels are plain Rust over slices, written so that their inner loops vectorise; threads
+//! come from rayon's global pool (the one candle's CPU backend already uses).
+
+mod attention;
+mod group_norm;
+mod math;
+
+pub use attention::{attention, attention_reference};
+pub use group_norm::{group_norm, group_norm_reference};
