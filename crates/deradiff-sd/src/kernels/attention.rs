@@ -3,9 +3,9 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{dot, exp};
+use super::math::{dot, exp, exp_shifted_sum, max, LANES};
 
-/// Keys per block of the streaming softmax.
+/// Keys per block of the streaming softmax (a multiple of [`LANES`]).
 const KEY_BLOCK: usize = 128;
 /// Query rows per task (one task shares each transposed key / value block across its rows).
 const QUERY_TILE: usize = 32;
@@ -112,13 +112,54 @@ pub(crate) fn attention_f32(
         out_h.par_chunks_mut(QUERY_TILE * d).enumerate().for_each(|(t, out_t)| {
             let rows = out_t.len() / d;
             let q_t = &q_h[t * QUERY_TILE * d..][..rows * d];
-            attend_tile(q_t, k_h, v_h, out_t, rows, lk, d, scale);
+            attend_tile_dispatch(q_t, k_h, v_h, out_t, rows, lk, d, scale);
         });
     });
 }
 
+/// [`attend_tile`] compiled for AVX2 where the CPU has it (the crate is built for baseline
+/// x86-64, whose SSE2 vectors are half as wide), the baseline build elsewhere.
+#[allow(clippy::too_many_arguments)]
+fn attend_tile_dispatch(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    lk: usize,
+    d: usize,
+    scale: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { attend_tile_avx2(q, k, v, out, rows, lk, d, scale) };
+            return;
+        }
+    }
+    attend_tile(q, k, v, out, rows, lk, d, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_tile_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    lk: usize,
+    d: usize,
+    scale: f32,
+) {
+    attend_tile(q, k, v, out, rows, lk, d, scale)
+}
+
 /// One tile of `rows` queries against all `lk` keys of one head.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk: usize, d: usize, scale: f32) {
     // Transposed key / value blocks [d][KEY_BLOCK]: the inner loops then run over keys, so they
     // vectorise whatever the head dim.
@@ -142,15 +183,20 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk
         }
         for r in 0..rows {
             let qr = &qs[r * d..][..d];
-            let s = &mut s[..kn];
-            s.fill(0.0);
-            for (c, &qc) in qr.iter().enumerate() {
-                let kc = &kt[c * KEY_BLOCK..][..kn];
-                for (sj, &kj) in s.iter_mut().zip(kc) {
-                    *sj += qc * kj;
+            // Scores for LANES keys at a time, summed over the head dim in registers (lanes past
+            // `kn` hold stale keys and are never read).
+            for j0 in (0..kn).step_by(LANES) {
+                let mut acc = [0f32; LANES];
+                for (c, &qc) in qr.iter().enumerate() {
+                    let kc = &kt[c * KEY_BLOCK + j0..][..LANES];
+                    for l in 0..LANES {
+                        acc[l] += qc * kc[l];
+                    }
                 }
+                s[j0..j0 + LANES].copy_from_slice(&acc);
             }
-            let mb = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let s = &mut s[..kn];
+            let mb = max(s);
             let acc = &mut out[r * d..][..d];
             if mb > m[r] {
                 // Rescale what was accumulated under the old maximum (nothing, the first time).
@@ -159,13 +205,7 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk
                 acc.iter_mut().for_each(|a| *a *= c);
                 m[r] = mb;
             }
-            let mr = m[r];
-            let mut sum = 0f32;
-            for sj in s.iter_mut() {
-                *sj = exp(*sj - mr);
-                sum += *sj;
-            }
-            l[r] += sum;
+            l[r] += exp_shifted_sum(s, m[r]);
             for (c, a) in acc.iter_mut().enumerate() {
                 *a += dot(s, &vt[c * KEY_BLOCK..][..kn]);
             }

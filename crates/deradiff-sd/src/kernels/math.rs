@@ -49,6 +49,41 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The largest element (−∞ for none), with `LANES` partial maxima so the loop vectorises.
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let c = x.chunks_exact(LANES);
+    let rem = c.remainder();
+    for v in c {
+        for l in 0..LANES {
+            acc[l] = if v[l] > acc[l] { v[l] } else { acc[l] };
+        }
+    }
+    let mut m = acc.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for &v in rem {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// `xᵢ ← e^(xᵢ − shift)` in place, returning Σ xᵢ (partial sums in `LANES`, so both vectorise).
+#[inline(always)]
+pub(crate) fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    let mut acc = [0f32; LANES];
+    let c = x.chunks_exact(LANES);
+    let rem = c.remainder();
+    for v in c {
+        for l in 0..LANES {
+            acc[l] += v[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rem.iter().sum::<f32>()
+}
+
 /// Σ xᵢ with `LANES` partial sums, accumulated in f64 per chunk of 256 (group norms sum up to
 /// millions of values).
 #[inline(always)]
