@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{dot, exp, exp_shifted_sum, max, LANES};
+use super::math::{dot, exp, exp_shifted_sum, madd, max, LANES};
 
 /// Keys per block of the streaming softmax (a multiple of [`LANES`]).
 const KEY_BLOCK: usize = 128;
@@ -117,7 +117,7 @@ pub(crate) fn attention_f32(
     });
 }
 
-/// [`attend_tile`] compiled for AVX2 where the CPU has it (the crate is built for baseline
+/// [`attend_tile`] compiled for AVX2 + FMA where the CPU has them (the crate is built for baseline
 /// x86-64, whose SSE2 vectors are half as wide), the baseline build elsewhere.
 #[allow(clippy::too_many_arguments)]
 fn attend_tile_dispatch(
@@ -132,17 +132,17 @@ fn attend_tile_dispatch(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             unsafe { attend_tile_avx2(q, k, v, out, rows, lk, d, scale) };
             return;
         }
     }
-    attend_tile(q, k, v, out, rows, lk, d, scale)
+    attend_tile::<false>(q, k, v, out, rows, lk, d, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_tile_avx2(
     q: &[f32],
@@ -154,13 +154,22 @@ unsafe fn attend_tile_avx2(
     d: usize,
     scale: f32,
 ) {
-    attend_tile(q, k, v, out, rows, lk, d, scale)
+    attend_tile::<true>(q, k, v, out, rows, lk, d, scale)
 }
 
 /// One tile of `rows` queries against all `lk` keys of one head.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk: usize, d: usize, scale: f32) {
+fn attend_tile<const FMA: bool>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    lk: usize,
+    d: usize,
+    scale: f32,
+) {
     // Transposed key / value blocks [d][KEY_BLOCK]: the inner loops then run over keys, so they
     // vectorise whatever the head dim.
     let mut kt = vec![0f32; d * KEY_BLOCK];
@@ -190,7 +199,7 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk
                 for (c, &qc) in qr.iter().enumerate() {
                     let kc = &kt[c * KEY_BLOCK + j0..][..LANES];
                     for l in 0..LANES {
-                        acc[l] += qc * kc[l];
+                        acc[l] = madd::<FMA>(qc, kc[l], acc[l]);
                     }
                 }
                 s[j0..j0 + LANES].copy_from_slice(&acc);
@@ -200,14 +209,14 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], rows: usize, lk
             let acc = &mut out[r * d..][..d];
             if mb > m[r] {
                 // Rescale what was accumulated under the old maximum (nothing, the first time).
-                let c = if m[r] == f32::NEG_INFINITY { 0.0 } else { exp(m[r] - mb) };
+                let c = if m[r] == f32::NEG_INFINITY { 0.0 } else { exp::<FMA>(m[r] - mb) };
                 l[r] *= c;
                 acc.iter_mut().for_each(|a| *a *= c);
                 m[r] = mb;
             }
-            l[r] += exp_shifted_sum(s, m[r]);
+            l[r] += exp_shifted_sum::<FMA>(s, m[r]);
             for (c, a) in acc.iter_mut().enumerate() {
-                *a += dot(s, &vt[c * KEY_BLOCK..][..kn]);
+                *a += dot::<FMA>(s, &vt[c * KEY_BLOCK..][..kn]);
             }
         }
         start += kn;

@@ -166,7 +166,7 @@ fn one_group(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, ep
             if silu {
                 for (y, &v) in oc.iter_mut().zip(xc) {
                     let t = v * a + shift;
-                    *y = t / (1.0 + exp(-t));
+                    *y = t / (1.0 + exp::<false>(-t));
                 }
             } else {
                 for (y, &v) in oc.iter_mut().zip(xc) {
