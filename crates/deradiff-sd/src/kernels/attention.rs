@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::f32_slice;
 use super::math::{dot, exp, exp_shifted_sum, madd, max, LANES};
 
 /// Keys per block of the streaming softmax (a multiple of [`LANES`]).
@@ -60,16 +61,6 @@ struct FusedAttention {
     scale: f32,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        return Err(candle_core::Error::Msg("fused attention takes f32".into()));
-    };
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused attention takes contiguous tensors".into()))?;
-    Ok(&data[start..end])
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "deradiff-fused-attention"
@@ -84,7 +75,11 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (q, k, v) = (
+            f32_slice("fused attention", s1, l1)?,
+            f32_slice("fused attention", s2, l2)?,
+            f32_slice("fused attention", s3, l3)?,
+        );
         let (n, lq, d) = l1.shape().dims3()?;
         let lk = l2.shape().dims()[1];
         let mut out = vec![0f32; n * lq * d];

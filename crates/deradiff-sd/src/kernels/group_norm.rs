@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::f32_slice;
 use super::math::{exp, sum_f64};
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, with the per-channel
@@ -77,16 +78,6 @@ struct FusedGroupNorm {
     silu: bool,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        return Err(candle_core::Error::Msg("fused group norm takes f32".into()));
-    };
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused group norm takes contiguous tensors".into()))?;
-    Ok(&data[start..end])
-}
-
 impl CustomOp3 for FusedGroupNorm {
     fn name(&self) -> &'static str {
         "deradiff-fused-group-norm"
@@ -101,7 +92,11 @@ impl CustomOp3 for FusedGroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, w, b) = (
+            f32_slice("fused group norm", s1, l1)?,
+            f32_slice("fused group norm", s2, l2)?,
+            f32_slice("fused group norm", s3, l3)?,
+        );
         let dims = l1.shape().dims();
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();

@@ -20,3 +20,13 @@ mod math;
 
 pub use attention::{attention, attention_reference};
 pub use group_norm::{group_norm, group_norm_reference};
+
+/// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
+fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = s else {
+        return Err(candle_core::Error::Msg(format!("{op} takes f32")));
+    };
+    let (start, end) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} takes contiguous tensors")))?;
+    Ok(&data[start..end])
+}
