@@ -1241,7 +1241,12 @@ impl ClipScore {
 
     /// Scores 8-bit images against one prompt each.
     pub fn score_images(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
-        Ok(self.scorer.cosine(images, prompts)?.into_iter().map(|c| 100.0 * c.max(0.0)).collect())
+        Ok(self.scores_of_cosines(self.scorer.cosine(images, prompts)?))
+    }
+
+    /// `100 · max(cos, 0)`.
+    fn scores_of_cosines(&self, cos: Vec<f64>) -> Vec<f64> {
+        cos.into_iter().map(|c| 100.0 * c.max(0.0)).collect()
     }
 }
 
@@ -1251,8 +1256,7 @@ impl Reward for ClipScore {
     }
 
     fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let cos = self.scorer.cosine_of_samples(samples, prompts, &self.name)?;
-        Ok(cos.into_iter().map(|c| 100.0 * c.max(0.0)).collect())
+        Ok(self.scores_of_cosines(self.scorer.cosine_of_samples(samples, prompts, &self.name)?))
     }
 }
 
@@ -1291,8 +1295,13 @@ impl PickScore {
 
     /// Scores 8-bit images against one prompt each.
     pub fn score_images(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
+        Ok(self.scores_of_cosines(self.scorer.cosine(images, prompts)?))
+    }
+
+    /// `exp(logit_scale) · cos`.
+    fn scores_of_cosines(&self, cos: Vec<f64>) -> Vec<f64> {
         let scale = self.scorer.model().logit_scale().exp();
-        Ok(self.scorer.cosine(images, prompts)?.into_iter().map(|c| scale * c).collect())
+        cos.into_iter().map(|c| scale * c).collect()
     }
 }
 
@@ -1302,7 +1311,6 @@ impl Reward for PickScore {
     }
 
     fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let scale = self.scorer.model().logit_scale().exp();
-        Ok(self.scorer.cosine_of_samples(samples, prompts, &self.name)?.into_iter().map(|c| scale * c).collect())
+        Ok(self.scores_of_cosines(self.scorer.cosine_of_samples(samples, prompts, &self.name)?))
     }
 }
