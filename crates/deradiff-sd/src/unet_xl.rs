@@ -33,7 +33,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
 use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConfig;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
+use candle_transformers::models::stable_diffusion::unet_2d::{BlockConfig, UNet2DConditionModelConfig};
 
 use crate::config::TextTimeArch;
 use crate::kernels;
@@ -233,6 +233,23 @@ struct SpatialTransformer {
 }
 
 impl SpatialTransformer {
+    /// The `count` transformers `attentions.{0..count}` of a block, none for a block without
+    /// cross-attention.
+    fn stack(
+        vs: &VarBuilder,
+        count: usize,
+        channels: usize,
+        block: &BlockConfig,
+        cfg: &UNet2DConditionModelConfig,
+    ) -> candle_core::Result<Vec<Self>> {
+        match block.use_cross_attn {
+            Some(depth) => (0..count)
+                .map(|j| Self::new(vs.pp("attentions").pp(j), channels, block.attention_head_dim, depth, cfg))
+                .collect(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn new(
         vs: VarBuilder,
         channels: usize,
@@ -439,20 +456,7 @@ impl UnetModel {
                     ResnetBlock2D::new(vb.pp("resnets").pp(j), c, resnet_cfg(out, 1.0))
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let attentions = match block.use_cross_attn {
-                Some(depth) => (0..config.layers_per_block)
-                    .map(|j| {
-                        SpatialTransformer::new(
-                            vb.pp("attentions").pp(j),
-                            out,
-                            block.attention_head_dim,
-                            depth,
-                            &config,
-                        )
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?,
-                None => Vec::new(),
-            };
+            let attentions = SpatialTransformer::stack(&vb, config.layers_per_block, out, &block, &config)?;
             let downsampler = if i < n - 1 {
                 let cfg = Conv2dConfig { stride: 2, padding: config.downsample_padding, ..Default::default() };
                 let conv = candle_nn::conv2d(out, out, 3, cfg, vb.pp("downsamplers").pp("0").pp("conv"))?;
@@ -492,20 +496,7 @@ impl UnetModel {
                     ResnetBlock2D::new(vb.pp("resnets").pp(j), res_in + skip, resnet_cfg(out, 1.0))
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let attentions = match block.use_cross_attn {
-                Some(depth) => (0..layers)
-                    .map(|j| {
-                        SpatialTransformer::new(
-                            vb.pp("attentions").pp(j),
-                            out,
-                            block.attention_head_dim,
-                            depth,
-                            &config,
-                        )
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?,
-                None => Vec::new(),
-            };
+            let attentions = SpatialTransformer::stack(&vb, layers, out, &block, &config)?;
             let upsampler = if i < n - 1 {
                 let cfg = Conv2dConfig { padding: 1, ..Default::default() };
                 Some(candle_nn::conv2d(out, out, 3, cfg, vb.pp("upsamplers").pp("0").pp("conv"))?)
