@@ -58,7 +58,7 @@ impl GroupNorm {
 }
 
 /// diffusers' `Attention` (candle's `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
-/// `to_out.0`), through the fused attention kernel on the CPU ([`kernels::attention`]).
+/// `to_out.0`), through the fused attention kernel on the CPU ([`kernels::attention_heads`]).
 struct CrossAttention {
     to_q: Linear,
     to_k: Linear,
@@ -88,24 +88,10 @@ impl CrossAttention {
         })
     }
 
-    /// `[B, L, C] → [B·heads, L, C / heads]`.
-    fn to_heads(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, l, c) = xs.dims3()?;
-        xs.reshape((b, l, self.heads, c / self.heads))?.transpose(1, 2)?.reshape((b * self.heads, l, c / self.heads))
-    }
-
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let q = self.to_heads(&self.to_q.forward(xs)?)?;
-        let k = self.to_heads(&self.to_k.forward(context)?)?;
-        let v = self.to_heads(&self.to_v.forward(context)?)?;
-        let out = kernels::attention(&q, &k, &v, self.scale)?;
-        let (bh, l, d) = out.dims3()?;
-        let out = out.reshape((bh / self.heads, self.heads, l, d))?.transpose(1, 2)?.reshape((
-            bh / self.heads,
-            l,
-            self.heads * d,
-        ))?;
+        let (q, k, v) = (self.to_q.forward(xs)?, self.to_k.forward(context)?, self.to_v.forward(context)?);
+        let out = kernels::attention_heads(&q, &k, &v, self.heads, self.scale)?;
         self.to_out.forward(&out)
     }
 }

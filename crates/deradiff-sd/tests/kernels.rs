@@ -1,10 +1,10 @@
 //! The fused CPU kernels (`deradiff_sd::kernels`) against plain reference computations on random
-//! inputs: attention against candle's matmul + softmax + matmul (and a naive loop), group norm
-//! (+ SiLU) against candle's `GroupNorm` (and a naive loop), within 1e-5; the UNet's shapes and
-//! odd ones (lengths not multiples of 8, head dims 8 / 40 / 64, batch 1 and 3).
+//! inputs: attention (both layouts) against candle's matmul + softmax + matmul (and a naive loop),
+//! group norm (+ SiLU) against candle's `GroupNorm` (and a naive loop), within 1e-5; the UNet's
+//! shapes and odd ones (lengths not multiples of 8 or 16, head dims 1 to 64, batch 1 and 3).
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::kernels::{attention, attention_reference, group_norm, group_norm_reference};
+use deradiff_sd::kernels::{attention, attention_heads, attention_reference, group_norm, group_norm_reference};
 use proptest::prelude::*;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -68,6 +68,35 @@ fn check_attention(seed: u64, n: usize, lq: usize, lk: usize, d: usize, amp: f32
     assert!(e1 <= 1e-5 && e2 <= 1e-5, "n={n} lq={lq} lk={lk} d={d} amp={amp}: vs candle {e1:e}, vs naive {e2:e}");
 }
 
+/// `attention_heads` on `[B, L, H·D]` against splitting the heads out, candle's attention and
+/// merging them back, and against the naive loop per head.
+fn check_attention_heads(seed: u64, b: usize, heads: usize, lq: usize, lk: usize, d: usize, amp: f32) {
+    let c = heads * d;
+    let (qv, kv, vv) =
+        (values(seed, b * lq * c, amp), values(seed ^ 1, b * lk * c, amp), values(seed ^ 2, b * lk * c, 1.0));
+    let (q, k, v) = (tensor(&qv, &[b, lq, c]), tensor(&kv, &[b, lk, c]), tensor(&vv, &[b, lk, c]));
+    let split = |t: &Tensor| {
+        let (b, l, _) = t.dims3().unwrap();
+        t.reshape((b, l, heads, d)).unwrap().transpose(1, 2).unwrap().reshape((b * heads, l, d)).unwrap()
+    };
+    let scale = 1.0 / (d as f64).sqrt();
+    let ours = attention_heads(&q, &k, &v, heads, scale).unwrap();
+    assert_eq!(ours.dims(), &[b, lq, c]);
+    let merge = |t: Tensor| t.reshape((b, heads, lq, d)).unwrap().transpose(1, 2).unwrap().reshape((b, lq, c)).unwrap();
+    let (qs, ks, vs) = (split(&q), split(&k), split(&v));
+    let candle = merge(attention_reference(&qs, &ks, &vs, scale).unwrap());
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let naive = merge(tensor(
+        &naive_attention(&flat(&qs), &flat(&ks), &flat(&vs), b * heads, lq, lk, d, scale),
+        &[b * heads, lq, d],
+    ));
+    let (e1, e2) = (max_abs_diff(&ours, &candle), max_abs_diff(&ours, &naive));
+    assert!(
+        e1 <= 1e-5 && e2 <= 1e-5,
+        "b={b} heads={heads} lq={lq} lk={lk} d={d} amp={amp}: vs candle {e1:e}, vs naive {e2:e}"
+    );
+}
+
 #[allow(clippy::too_many_arguments)]
 fn naive_group_norm(
     x: &[f32],
@@ -122,6 +151,33 @@ fn attention_at_the_tiny_unets_shapes() {
     check_attention(2, 4, 256, 256, 16, 2.0);
     check_attention(3, 8, 64, 77, 16, 2.0);
     check_attention(4, 2, 16, 77, 40, 2.0);
+}
+
+#[test]
+fn attention_on_the_projections_layout() {
+    // The tiny UNet (2 heads of 16, 4 of 16), SD 1.5 (8 heads of 40), SD 2.1 / SDXL (heads of 64),
+    // a head dim of 8 (8-channel and odd-key path) and of 3 (single channels); cross-attention to 77.
+    check_attention_heads(1, 2, 2, 256, 256, 16, 2.0);
+    check_attention_heads(2, 2, 4, 64, 77, 16, 2.0);
+    check_attention_heads(3, 1, 8, 70, 77, 40, 2.0);
+    check_attention_heads(4, 3, 2, 33, 301, 64, 2.0);
+    check_attention_heads(5, 2, 3, 65, 129, 8, 3.0);
+    check_attention_heads(6, 1, 5, 9, 17, 3, 3.0);
+    check_attention_heads(7, 2, 1, 300, 520, 16, 8.0);
+}
+
+#[test]
+fn attention_heads_errors_on_bad_shapes() {
+    let q = Tensor::zeros((2, 5, 12), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((2, 6, 12), DType::F32, &Device::Cpu).unwrap();
+    let k8 = Tensor::zeros((2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+    let empty = Tensor::zeros((2, 0, 12), DType::F32, &Device::Cpu).unwrap();
+    assert!(attention_heads(&q, &k, &k, 3, 1.0).is_ok());
+    assert!(attention_heads(&q, &k, &k, 5, 1.0).is_err());
+    assert!(attention_heads(&q, &k, &k, 0, 1.0).is_err());
+    assert!(attention_heads(&q, &k8, &k8, 3, 1.0).is_err());
+    assert!(attention_heads(&q, &empty, &empty, 3, 1.0).is_err());
+    assert!(attention_heads(&q, &k, &k.to_dtype(DType::F16).unwrap(), 3, 1.0).is_err());
 }
 
 #[test]
@@ -184,10 +240,23 @@ proptest! {
         n in prop::sample::select(vec![1usize, 2, 3, 6]),
         lq in 1usize..150,
         lk in 1usize..300,
-        d in prop::sample::select(vec![1usize, 3, 8, 40, 64]),
+        d in prop::sample::select(vec![1usize, 3, 8, 16, 24, 40, 64]),
         amp in 0.1f32..4.0,
     ) {
         check_attention(seed, n, lq, lk, d, amp);
+    }
+
+    #[test]
+    fn attention_heads_equals_the_references(
+        seed in any::<u64>(),
+        b in prop::sample::select(vec![1usize, 2, 3]),
+        heads in prop::sample::select(vec![1usize, 2, 3, 8]),
+        lq in 1usize..150,
+        lk in 1usize..300,
+        d in prop::sample::select(vec![1usize, 5, 8, 16, 40]),
+        amp in 0.1f32..4.0,
+    ) {
+        check_attention_heads(seed, b, heads, lq, lk, d, amp);
     }
 
     #[test]

@@ -4,29 +4,81 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use super::math::{dot, exp, exp_shifted_sum, madd, max, LANES};
+use super::math::{exp, exp_shifted_sum, madd, max};
 
-/// Keys per block of the streaming softmax (a multiple of [`LANES`]).
-const KEY_BLOCK: usize = 128;
-/// Query rows per task (one task shares each transposed key / value block across its rows).
-const QUERY_TILE: usize = 32;
+/// Keys per register tile of the score kernel (two AVX2 vectors).
+const KEY_LANES: usize = 16;
+/// Query rows per register tile (4 rows × 16 keys, or 4 rows × 16 output channels: eight
+/// independent accumulators, enough to keep both FMA pipes busy).
+const ROWS: usize = 4;
+/// Query rows per task.
+const QUERY_TILE: usize = 64;
+/// Most keys per block of the streaming softmax (a multiple of [`KEY_LANES`]); fewer when the head
+/// dim is large, so that a block's keys and values stay in the first-level cache.
+const KEY_BLOCK: usize = 256;
 
 /// `softmax(q · kᵀ · scale) · v` for `q` `[N, Lq, D]` and `k`, `v` `[N, Lk, D]` (N = batch ×
 /// heads), returned as `[N, Lq, D]` in `q`'s dtype.
 ///
-/// On the CPU this is our fused kernel: the softmax is streamed over blocks of keys (the
-/// `Lq × Lk` scores are never stored), the work is split over `N` and over tiles of queries. On
-/// other devices it is [`attention_reference`]. Errors (never panics) on mismatched shapes or
-/// dtypes.
+/// On the CPU this is our fused kernel (see [`attention_heads`]); on other devices it is
+/// [`attention_reference`]. Errors (never panics) on mismatched shapes or dtypes.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     check(q, k, v)?;
     if !q.device().is_cpu() {
         return attention_reference(q, k, v, scale);
     }
+    fused(q, k, v, 1, scale)
+}
+
+/// Multi-head attention on the projections' own layout: `q` `[B, Lq, H·D]`, `k`, `v`
+/// `[B, Lk, H·D]`, head `h` in channels `h·D .. (h+1)·D`; returns `[B, Lq, H·D]` (heads
+/// concatenated again, ready for the output projection) in `q`'s dtype. Equal to splitting the
+/// heads out, [`attention`], and merging them back — without the two transposed copies.
+///
+/// On the CPU this is our fused kernel: per (batch, tile of 64 queries), for each head, the keys
+/// are streamed in blocks with an online softmax (the `Lq × Lk` scores are never stored), scores and
+/// the probability-weighted values are computed in 4-row register tiles; f16 / bf16 are computed in
+/// f32. On other devices it is candle's matmul + softmax + matmul. Errors (never panics) on
+/// mismatched shapes or dtypes, or channels not divisible by `heads`.
+pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
+    let (b, lq, c) = q.dims3()?;
+    if heads == 0 || c % heads != 0 {
+        return Err(candle_core::Error::Msg(format!("attention: {c} channels do not split into {heads} heads")));
+    }
+    let split = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let (b, l, c) = t.dims3()?;
+        if c % heads != 0 {
+            return Err(candle_core::Error::Msg(format!("attention: {c} channels do not split into {heads} heads")));
+        }
+        t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, l, c / heads))
+    };
+    if !q.device().is_cpu() {
+        let out = attention_reference(&split(q)?, &split(k)?, &split(v)?, scale)?;
+        return out.reshape((b, heads, lq, c / heads))?.transpose(1, 2)?.reshape((b, lq, c));
+    }
+    // The same checks as the split form, on the shapes it would have.
+    let d = c / heads;
+    let (bk, lk, ck) = k.dims3()?;
+    if bk != b || ck != c || v.dims3()? != (b, lk, c) || lk == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "attention needs q [B, Lq, H·D], k and v [B, Lk > 0, H·D]: got {:?}, {:?}, {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        return Err(candle_core::Error::Msg("attention: q, k and v must have one dtype".into()));
+    }
+    debug_assert_eq!(d * heads, c);
+    fused(q, k, v, heads, scale)
+}
+
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
     let in_dtype = q.dtype();
     let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
-    let out = f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &FusedAttention { scale: scale as f32 })?;
-    out.to_dtype(in_dtype)
+    let op = FusedAttention { heads, scale: scale as f32 };
+    f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?.to_dtype(in_dtype)
 }
 
 /// candle's attention, as its Stable Diffusion `CrossAttention` computes it: f32 `q · (kᵀ ·
@@ -58,6 +110,7 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
 }
 
 struct FusedAttention {
+    heads: usize,
     scale: f32,
 }
 
@@ -80,144 +133,365 @@ impl CustomOp3 for FusedAttention {
             f32_slice("fused attention", s2, l2)?,
             f32_slice("fused attention", s3, l3)?,
         );
-        let (n, lq, d) = l1.shape().dims3()?;
+        let (b, lq, c) = l1.shape().dims3()?;
         let lk = l2.shape().dims()[1];
-        let mut out = vec![0f32; n * lq * d];
-        attention_f32(q, k, v, &mut out, (n, lq, lk, d), self.scale);
+        let dims = Dims { b, heads: self.heads, lq, lk, d: c / self.heads };
+        let mut out = vec![0f32; b * lq * c];
+        attention_f32(q, k, v, &mut out, dims, self.scale);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// The kernel over contiguous slices: `q` `[n, lq, d]`, `k`, `v` `[n, lk, d]`, `out` `[n, lq, d]`.
-pub(crate) fn attention_f32(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    (n, lq, lk, d): (usize, usize, usize, usize),
-    scale: f32,
-) {
-    if n == 0 || lq == 0 || d == 0 {
+/// Sizes of one call: batch, heads, query and key lengths, head dim; tensors are `[b, l, heads, d]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub b: usize,
+    pub heads: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub d: usize,
+}
+
+/// The kernel over contiguous slices: `q` `[b, lq, heads·d]`, `k`, `v` `[b, lk, heads·d]`, `out`
+/// `[b, lq, heads·d]`.
+pub(crate) fn attention_f32(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims, scale: f32) {
+    let Dims { b, heads, lq, lk, d } = dims;
+    if b == 0 || heads == 0 || lq == 0 || d == 0 || lk == 0 {
         return;
     }
-    out.par_chunks_mut(lq * d).take(n).enumerate().for_each(|(h, out_h)| {
-        let q_h = &q[h * lq * d..(h + 1) * lq * d];
-        let k_h = &k[h * lk * d..(h + 1) * lk * d];
-        let v_h = &v[h * lk * d..(h + 1) * lk * d];
-        out_h.par_chunks_mut(QUERY_TILE * d).enumerate().for_each(|(t, out_t)| {
-            let rows = out_t.len() / d;
-            let q_t = &q_h[t * QUERY_TILE * d..][..rows * d];
-            attend_tile_dispatch(q_t, k_h, v_h, out_t, rows, lk, d, scale);
+    let c = heads * d;
+    // Key block: a multiple of KEY_LANES, at most KEY_BLOCK, its keys (d × kb) within 32 KiB,
+    // and no longer than the keys rounded up (cross-attention has 77).
+    let kb = (8192 / d / KEY_LANES * KEY_LANES).clamp(KEY_LANES, KEY_BLOCK).min(lk.div_ceil(KEY_LANES) * KEY_LANES);
+    let blocks = lk.div_ceil(kb);
+    // Keys transposed once per (batch, head) into blocks of [d][kb] (zero-padded past lk), so the
+    // score kernel loads 16 consecutive keys of one channel as a vector.
+    let per_head = blocks * d * kb;
+    let mut kt = vec![0f32; b * heads * per_head];
+    kt.par_chunks_mut(per_head).enumerate().for_each(|(bh, kt)| {
+        let (bi, h) = (bh / heads, bh % heads);
+        for (blk, kt) in kt.chunks_mut(d * kb).enumerate() {
+            let start = blk * kb;
+            for j in 0..kb.min(lk - start) {
+                let row = &k[(bi * lk + start + j) * c + h * d..][..d];
+                for (ch, &x) in row.iter().enumerate() {
+                    kt[ch * kb + j] = x;
+                }
+            }
+        }
+    });
+    let geo = Geometry { heads, lk, d, kb, blocks, scale };
+    out.par_chunks_mut(lq * c).enumerate().for_each(|(bi, out_b)| {
+        let q_b = &q[bi * lq * c..][..lq * c];
+        let v_b = &v[bi * lk * c..][..lk * c];
+        let kt_b = &kt[bi * heads * per_head..][..heads * per_head];
+        out_b.par_chunks_mut(QUERY_TILE * c).enumerate().for_each(|(t, out_t)| {
+            let rows = out_t.len() / c;
+            let q_t = &q_b[t * QUERY_TILE * c..][..rows * c];
+            tile_dispatch(q_t, kt_b, v_b, out_t, rows, &geo);
         });
     });
 }
 
-/// [`attend_tile`] compiled for AVX2 + FMA where the CPU has them (the crate is built for baseline
-/// x86-64, whose SSE2 vectors are half as wide), the baseline build elsewhere.
-#[allow(clippy::too_many_arguments)]
-fn attend_tile_dispatch(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    rows: usize,
+/// What every tile of one call shares.
+struct Geometry {
+    heads: usize,
     lk: usize,
     d: usize,
+    /// Keys per block (a multiple of [`KEY_LANES`]).
+    kb: usize,
+    blocks: usize,
     scale: f32,
-) {
+}
+
+/// [`tile`] compiled for AVX2 + FMA where the CPU has them (the crate is built for baseline
+/// x86-64, whose SSE2 vectors are half as wide), the baseline build elsewhere.
+fn tile_dispatch(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { attend_tile_avx2(q, k, v, out, rows, lk, d, scale) };
+            unsafe { tile_avx2(q, kt, v, out, rows, geo) };
             return;
         }
     }
-    attend_tile::<false>(q, k, v, out, rows, lk, d, scale)
+    tile::<false>(q, kt, v, out, rows, geo)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_tile_avx2(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    rows: usize,
-    lk: usize,
-    d: usize,
-    scale: f32,
-) {
-    attend_tile::<true>(q, k, v, out, rows, lk, d, scale)
+unsafe fn tile_avx2(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
+    tile::<true>(q, kt, v, out, rows, geo)
 }
 
-/// One tile of `rows` queries against all `lk` keys of one head.
-#[allow(clippy::too_many_arguments)]
+/// One tile of `rows` queries (`q`, `out`: `[rows, heads·d]`) against all keys, head by head.
 #[inline(always)]
-fn attend_tile<const FMA: bool>(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    rows: usize,
-    lk: usize,
-    d: usize,
-    scale: f32,
-) {
-    // Transposed key / value blocks [d][KEY_BLOCK]: the inner loops then run over keys, so they
-    // vectorise whatever the head dim.
-    let mut kt = vec![0f32; d * KEY_BLOCK];
-    let mut vt = vec![0f32; d * KEY_BLOCK];
-    let mut s = vec![0f32; KEY_BLOCK];
-    let mut m = vec![f32::NEG_INFINITY; rows];
-    let mut l = vec![0f32; rows];
-    out.fill(0.0);
-    // Scaled queries (the scores are q·scale·k, as in candle up to rounding).
-    let qs: Vec<f32> = q.iter().map(|x| x * scale).collect();
-    let mut start = 0;
-    while start < lk {
-        let kn = KEY_BLOCK.min(lk - start);
-        for j in 0..kn {
-            let (kr, vr) = (&k[(start + j) * d..][..d], &v[(start + j) * d..][..d]);
-            for c in 0..d {
-                kt[c * KEY_BLOCK + j] = kr[c];
-                vt[c * KEY_BLOCK + j] = vr[c];
+fn tile<const FMA: bool>(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
+    let &Geometry { heads, lk, d, kb, blocks, scale } = geo;
+    let c = heads * d;
+    // Rows padded to a multiple of ROWS with zero queries (their results are dropped).
+    let padded = rows.div_ceil(ROWS) * ROWS;
+    let mut qs = vec![0f32; padded * d];
+    let mut acc = vec![0f32; padded * d];
+    // Scores / probabilities of one row group, rows KEY_BLOCK apart (a constant stride, so the
+    // kernels address the four rows from one register).
+    let mut s = vec![0f32; ROWS * KEY_BLOCK];
+    let mut m = vec![f32::NEG_INFINITY; padded];
+    let mut l = vec![0f32; padded];
+    for h in 0..heads {
+        // Scaled queries of this head (the scores are q·scale·k, as in candle up to rounding),
+        // interleaved by row group: `[padded / ROWS][d][ROWS]`, so the score kernel reads the four
+        // rows' values of one channel together.
+        for r in 0..rows {
+            let (g, i) = (r / ROWS, r % ROWS);
+            for (ch, &x) in q[r * c + h * d..][..d].iter().enumerate() {
+                qs[(g * d + ch) * ROWS + i] = x * scale;
+            }
+        }
+        acc.fill(0.0);
+        m.fill(f32::NEG_INFINITY);
+        l.fill(0.0);
+        let kt_h = &kt[h * blocks * d * kb..][..blocks * d * kb];
+        for blk in 0..blocks {
+            let start = blk * kb;
+            let kn = kb.min(lk - start);
+            let kt_blk = &kt_h[blk * d * kb..][..d * kb];
+            for g in (0..padded).step_by(ROWS) {
+                scores::<FMA>(&qs[g * d..][..ROWS * d], kt_blk, &mut s, d, kb, kn);
+                for r in 0..ROWS {
+                    let s_r = &mut s[r * KEY_BLOCK..][..kn];
+                    let mb = max(s_r);
+                    let (mr, acc_r) = (&mut m[g + r], &mut acc[(g + r) * d..][..d]);
+                    if mb > *mr {
+                        // Rescale what was accumulated under the old maximum (nothing, the first time).
+                        let f = if *mr == f32::NEG_INFINITY { 0.0 } else { exp::<FMA>(*mr - mb) };
+                        l[g + r] *= f;
+                        acc_r.iter_mut().for_each(|a| *a *= f);
+                        *mr = mb;
+                    }
+                    l[g + r] += exp_shifted_sum::<FMA>(s_r, *mr);
+                }
+                weighted_values::<FMA>(&s, &v[start * c + h * d..], &mut acc[g * d..][..ROWS * d], d, c, kn);
             }
         }
         for r in 0..rows {
-            let qr = &qs[r * d..][..d];
-            // Scores for LANES keys at a time, summed over the head dim in registers (lanes past
-            // `kn` hold stale keys and are never read).
-            for j0 in (0..kn).step_by(LANES) {
-                let mut acc = [0f32; LANES];
-                for (c, &qc) in qr.iter().enumerate() {
-                    let kc = &kt[c * KEY_BLOCK + j0..][..LANES];
-                    for l in 0..LANES {
-                        acc[l] = madd::<FMA>(qc, kc[l], acc[l]);
-                    }
-                }
-                s[j0..j0 + LANES].copy_from_slice(&acc);
-            }
-            let s = &mut s[..kn];
-            let mb = max(s);
-            let acc = &mut out[r * d..][..d];
-            if mb > m[r] {
-                // Rescale what was accumulated under the old maximum (nothing, the first time).
-                let c = if m[r] == f32::NEG_INFINITY { 0.0 } else { exp::<FMA>(m[r] - mb) };
-                l[r] *= c;
-                acc.iter_mut().for_each(|a| *a *= c);
-                m[r] = mb;
-            }
-            l[r] += exp_shifted_sum::<FMA>(s, m[r]);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a += dot::<FMA>(s, &vt[c * KEY_BLOCK..][..kn]);
+            let inv = 1.0 / l[r];
+            for (o, &a) in out[r * c + h * d..][..d].iter_mut().zip(&acc[r * d..][..d]) {
+                *o = a * inv;
             }
         }
-        start += kn;
     }
-    for r in 0..rows {
-        let inv = 1.0 / l[r];
-        out[r * d..][..d].iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Scores of [`ROWS`] query rows (`q`: `[d, ROWS]`) against one block of keys (`kt`: `[d, kb]`),
+/// into `s` `[ROWS, KEY_BLOCK]`, [`KEY_LANES`] keys at a time in registers (the padded keys past
+/// `kn` are zero and give zero scores, never read).
+#[inline(always)]
+fn scores<const FMA: bool>(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the build for CPUs with AVX2 and FMA (`tile_avx2`).
+        unsafe { x86::scores(q, kt, s, d, kb, kn) };
+        return;
+    }
+    let q = &q[..d * ROWS];
+    for j0 in (0..kn).step_by(KEY_LANES) {
+        let mut acc = [[0f32; KEY_LANES]; ROWS];
+        for ch in 0..d {
+            let kv: &[f32; KEY_LANES] = kt[ch * kb + j0..][..KEY_LANES].try_into().unwrap();
+            let qv: &[f32; ROWS] = q[ch * ROWS..][..ROWS].try_into().unwrap();
+            for r in 0..ROWS {
+                for i in 0..KEY_LANES {
+                    acc[r][i] = madd::<FMA>(qv[r], kv[i], acc[r][i]);
+                }
+            }
+        }
+        for r in 0..ROWS {
+            s[r * KEY_BLOCK + j0..][..KEY_LANES].copy_from_slice(&acc[r]);
+        }
+    }
+}
+
+/// `acc[r] += Σⱼ p[r, j] · v[j]` for [`ROWS`] rows (`p` = `s` `[ROWS, KEY_BLOCK]`, its first `kn`
+/// columns; `v` row `j` at `v[j·stride..][..d]`; `acc` `[ROWS, d]`), 16 or 8 channels at a time in
+/// registers, single channels for a remainder of fewer than 8.
+#[inline(always)]
+fn weighted_values<const FMA: bool>(p: &[f32], v: &[f32], acc: &mut [f32], d: usize, stride: usize, kn: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the build for CPUs with AVX2 and FMA (`tile_avx2`).
+        unsafe { x86::weighted_values(p, v, acc, d, stride, kn) };
+        return;
+    }
+    let mut c0 = 0;
+    while c0 + 16 <= d {
+        channels::<FMA, 16>(p, v, acc, c0, d, stride, kn);
+        c0 += 16;
+    }
+    if c0 + 8 <= d {
+        channels::<FMA, 8>(p, v, acc, c0, d, stride, kn);
+        c0 += 8;
+    }
+    for ch in c0..d {
+        for r in 0..ROWS {
+            let mut a = acc[r * d + ch];
+            for j in 0..kn {
+                a = madd::<FMA>(p[r * KEY_BLOCK + j], v[j * stride + ch], a);
+            }
+            acc[r * d + ch] = a;
+        }
+    }
+}
+
+#[inline(always)]
+fn channels<const FMA: bool, const W: usize>(
+    p: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    c0: usize,
+    d: usize,
+    stride: usize,
+    kn: usize,
+) {
+    let mut a = [[0f32; W]; ROWS];
+    for r in 0..ROWS {
+        a[r].copy_from_slice(&acc[r * d + c0..][..W]);
+    }
+    let p = &p[..3 * KEY_BLOCK + kn];
+    for j in 0..kn {
+        let vr: &[f32; W] = v[j * stride + c0..][..W].try_into().unwrap();
+        let pr = [p[j], p[KEY_BLOCK + j], p[2 * KEY_BLOCK + j], p[3 * KEY_BLOCK + j]];
+        for r in 0..ROWS {
+            for i in 0..W {
+                a[r][i] = madd::<FMA>(pr[r], vr[i], a[r][i]);
+            }
+        }
+    }
+    for r in 0..ROWS {
+        acc[r * d + c0..][..W].copy_from_slice(&a[r]);
+    }
+}
+
+/// The two inner kernels in AVX2 + FMA intrinsics: the generic versions vectorise too, but keep
+/// bounds checks and scalar loads + broadcasts in their innermost loops.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{KEY_BLOCK, KEY_LANES, ROWS};
+
+    /// [`super::scores`]: 4 rows × 16 keys in eight accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn scores(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
+        let steps = kn.div_ceil(KEY_LANES);
+        assert!(
+            q.len() >= d * ROWS
+                && kb % KEY_LANES == 0
+                && steps * KEY_LANES <= kb
+                && kb <= KEY_BLOCK
+                && kt.len() >= d * kb
+                && s.len() >= (ROWS - 1) * KEY_BLOCK + kb
+        );
+        let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+        for step in 0..steps {
+            let j0 = step * KEY_LANES;
+            // SAFETY: the reads stay below q[d·ROWS] and kt[(d−1)·kb + j0 + 16] ≤ kt[d·kb], the
+            // writes below s[(ROWS−1)·KEY_BLOCK + j0 + 16] ≤ s[(ROWS−1)·KEY_BLOCK + kb] (asserted).
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; ROWS];
+                let (mut kp, mut qp) = (kt.add(j0), q);
+                for _ in 0..d {
+                    let (k0, k1) = (_mm256_loadu_ps(kp), _mm256_loadu_ps(kp.add(8)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let qr = _mm256_broadcast_ss(&*qp.add(r));
+                        a[0] = _mm256_fmadd_ps(qr, k0, a[0]);
+                        a[1] = _mm256_fmadd_ps(qr, k1, a[1]);
+                    }
+                    kp = kp.add(kb);
+                    qp = qp.add(ROWS);
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(s.add(r * KEY_BLOCK + j0), a[0]);
+                    _mm256_storeu_ps(s.add(r * KEY_BLOCK + j0 + 8), a[1]);
+                }
+            }
+        }
+    }
+
+    /// [`super::weighted_values`]: 4 rows × 16 channels in eight accumulators, then 4 rows × 8
+    /// channels over even and odd keys (eight accumulators again), then single channels.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn weighted_values(p: &[f32], v: &[f32], acc: &mut [f32], d: usize, stride: usize, kn: usize) {
+        if kn == 0 {
+            return;
+        }
+        assert!(p.len() >= (ROWS - 1) * KEY_BLOCK + kn && acc.len() >= ROWS * d && v.len() >= (kn - 1) * stride + d);
+        let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+        let mut c0 = 0;
+        // SAFETY (all blocks below): reads of p below p[(ROWS−1)·KEY_BLOCK + kn], of v below
+        // v[(kn−1)·stride + d], reads and writes of acc below acc[ROWS·d] (asserted above).
+        while c0 + 16 <= d {
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; ROWS];
+                for (r, a) in a.iter_mut().enumerate() {
+                    a[0] = _mm256_loadu_ps(ap.add(r * d + c0));
+                    a[1] = _mm256_loadu_ps(ap.add(r * d + c0 + 8));
+                }
+                let mut vr = vp.add(c0);
+                for j in 0..kn {
+                    let (v0, v1) = (_mm256_loadu_ps(vr), _mm256_loadu_ps(vr.add(8)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let pr = _mm256_broadcast_ss(&*pp.add(r * KEY_BLOCK + j));
+                        a[0] = _mm256_fmadd_ps(pr, v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(pr, v1, a[1]);
+                    }
+                    vr = vr.add(stride);
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(ap.add(r * d + c0), a[0]);
+                    _mm256_storeu_ps(ap.add(r * d + c0 + 8), a[1]);
+                }
+            }
+            c0 += 16;
+        }
+        if c0 + 8 <= d {
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; ROWS];
+                for (r, a) in a.iter_mut().enumerate() {
+                    a[0] = _mm256_loadu_ps(ap.add(r * d + c0));
+                }
+                let mut vr = vp.add(c0);
+                let mut j = 0;
+                while j + 2 <= kn {
+                    let (v0, v1) = (_mm256_loadu_ps(vr), _mm256_loadu_ps(vr.add(stride)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let pr = pp.add(r * KEY_BLOCK + j);
+                        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pr), v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pr.add(1)), v1, a[1]);
+                    }
+                    vr = vr.add(2 * stride);
+                    j += 2;
+                }
+                if j < kn {
+                    let v0 = _mm256_loadu_ps(vr);
+                    for (r, a) in a.iter_mut().enumerate() {
+                        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pp.add(r * KEY_BLOCK + j)), v0, a[0]);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(ap.add(r * d + c0), _mm256_add_ps(a[0], a[1]));
+                }
+            }
+            c0 += 8;
+        }
+        for ch in c0..d {
+            for r in 0..ROWS {
+                let mut a = acc[r * d + ch];
+                for j in 0..kn {
+                    a = p[r * KEY_BLOCK + j].mul_add(v[j * stride + ch], a);
+                }
+                acc[r * d + ch] = a;
+            }
+        }
     }
 }

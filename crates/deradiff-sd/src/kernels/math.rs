@@ -39,27 +39,6 @@ pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     y * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
-/// Σ aᵢ·bᵢ with `LANES` partial sums (vectorises; the order differs from a sequential sum only
-/// by rounding).
-#[inline(always)]
-pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s = madd::<FMA>(*x, *y, s);
-    }
-    s
-}
-
 /// The largest element (−∞ for none), with `LANES` partial maxima so the loop vectorises.
 #[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {

@@ -1,8 +1,9 @@
 //! Fused CPU kernels for the operations that dominate a UNet forward, and nothing else.
 //!
 //! * [`attention`]: softmax(q·kᵀ·scale)·v with a streaming (online) softmax over blocks of keys,
-//!   so the `Lq × Lk` score matrix never exists in memory; multi-threaded over batch × heads and
-//!   query tiles.
+//!   so the `Lq × Lk` score matrix never exists in memory; register-tiled (4 queries × 16 keys,
+//!   4 queries × 16 channels); multi-threaded over batch and query tiles; [`attention_heads`] reads
+//!   and writes the projections' `[B, L, heads·D]` layout directly.
 //! * [`group_norm`]: group normalisation with its affine transform and an optional SiLU, in one
 //!   kernel per (batch, group), multi-threaded.
 //!
@@ -18,7 +19,7 @@ mod attention;
 mod group_norm;
 mod math;
 
-pub use attention::{attention, attention_reference};
+pub use attention::{attention, attention_heads, attention_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
