@@ -149,7 +149,13 @@ impl ResnetBlock2D {
                 .broadcast_add(&h)?;
         }
         let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
-        (shortcut + h)? / self.output_scale_factor
+        let out = (shortcut + h)?;
+        // Every SD / SDXL config has a factor of 1: skip the pass over the tensor then.
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
     }
 }
 
