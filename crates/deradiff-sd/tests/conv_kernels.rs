@@ -95,6 +95,8 @@ fn check_conv(seed: u64, c: Case) -> f32 {
     e1.max(e2)
 }
 
+/// A case with bias, sizes in `Case`'s field order.
+#[allow(clippy::too_many_arguments)]
 const fn case(b: usize, ci: usize, co: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Case {
     Case { b, ci, co, h, w, k, stride, pad, bias: true }
 }
