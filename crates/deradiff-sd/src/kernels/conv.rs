@@ -291,9 +291,30 @@ unsafe fn gemm_into(
 /// ox·s + kx − p)` for each output pixel `(oy, ox)` of the tile, zero outside the input.
 fn im2col(xb: &[f32], patches: &mut [f32], g: &Geometry, oy0: usize, rows: usize) {
     let cols = rows * g.ow;
+    // A stride-1 "same" convolution (3×3 padding 1): each patch row is the input plane shifted
+    // by a constant offset, so one copy per row of patches, then the wrapped-around columns zeroed.
+    let same = g.stride == 1 && g.ow == g.w;
     for (i, p) in patches.chunks_exact_mut(cols).enumerate() {
         let (c, ky, kx) = (i / (g.kh * g.kw), i / g.kw % g.kh, i % g.kw);
         let plane = &xb[c * g.h * g.w..][..g.h * g.w];
+        if same {
+            // Output pixel `n` of the tile reads `plane[start + n]` (while in the plane).
+            let start = (oy0 * g.w + ky * g.w + kx) as isize - (g.pad * g.w + g.pad) as isize;
+            let lo = (-start).clamp(0, cols as isize) as usize;
+            let hi = (plane.len() as isize - start).clamp(lo as isize, cols as isize) as usize;
+            p[..lo].fill(0.0);
+            p[hi..].fill(0.0);
+            if lo < hi {
+                p[lo..hi].copy_from_slice(&plane[(start + lo as isize) as usize..][..hi - lo]);
+            }
+            // Columns whose input column `ox + kx − pad` is left or right of the row.
+            let (left, right) = (g.pad.saturating_sub(kx), (kx + 1).saturating_sub(g.pad + 1).min(g.w));
+            for pr in p.chunks_exact_mut(g.w) {
+                pr[..left.min(g.w)].fill(0.0);
+                pr[g.w - right..].fill(0.0);
+            }
+            continue;
+        }
         // Output columns `lo .. hi`: those whose input column `ox·s + kx − pad` lies in `0..W`.
         let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.ow);
         let hi = if g.w + g.pad > kx { (g.w + g.pad - kx - 1) / g.stride + 1 } else { 0 }.clamp(lo, g.ow);
