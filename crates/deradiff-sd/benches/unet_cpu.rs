@@ -10,6 +10,8 @@
 //!   first level (8 heads of 40); `kernels::attention_reference` (matmul + softmax + matmul) vs
 //!   `kernels::attention`.
 //! * `group_norm_silu/{candle,ours}/…`: `candle_nn::GroupNorm` + SiLU vs `kernels::group_norm`.
+//! * `conv/{candle,ours}/…`: the tiny UNet's convolutions at batch 2 (`Ci→Co`, kernel, spatial
+//!   size, stride): `kernels::conv2d_reference` (candle's `conv2d` + bias) vs `kernels::conv2d`.
 //!
 //! Run: `cargo bench -p deradiff-sd --bench unet_cpu` (add a filter, e.g. `-- attention`, for
 //! part of it). Threads: rayon's default (all cores); set `RAYON_NUM_THREADS` to compare with a
@@ -23,7 +25,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use deradiff_sd::kernels::{attention, attention_reference, group_norm, group_norm_reference};
+use deradiff_sd::kernels::{
+    attention, attention_reference, conv2d, conv2d_reference, group_norm, group_norm_reference,
+};
 use deradiff_sd::{Unet, UnetConfig};
 
 fn tiny_sd() -> PathBuf {
@@ -105,6 +109,28 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+fn conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv");
+    // (name, Ci, Co, kernel, spatial size, stride, padding)
+    for (name, ci, co, k, size, stride, pad) in [
+        ("32to32_3x3_64", 32, 32, 3, 64, 1, 1),
+        ("64to64_3x3_32", 64, 64, 3, 32, 1, 1),
+        ("4to32_3x3_64", 4, 32, 3, 64, 1, 1),
+        ("32to4_3x3_64", 32, 4, 3, 64, 1, 1),
+        ("64to32_1x1_64", 64, 32, 1, 64, 1, 0),
+        ("32to32_3x3_64_s2", 32, 32, 3, 64, 2, 1),
+    ] {
+        let (x, w, bias) = (randn(&[2, ci, size, size]), (randn(&[co, ci, k, k]) * 0.1).unwrap(), randn(&[co]));
+        g.bench_function(BenchmarkId::new("candle", name), |b| {
+            b.iter(|| black_box(conv2d_reference(&x, &w, Some(&bias), stride, pad).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("ours", name), |b| {
+            b.iter(|| black_box(conv2d(&x, &w, Some(&bias), stride, pad).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -112,5 +138,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-criterion_group! { name = benches; config = config(); targets = kernels, unet }
+criterion_group! { name = benches; config = config(); targets = kernels, conv, unet }
 criterion_main!(benches);

@@ -30,7 +30,7 @@
 //! timesteps in f16).
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
 use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConfig;
 use candle_transformers::models::stable_diffusion::unet_2d::{BlockConfig, UNet2DConditionModelConfig};
@@ -55,6 +55,28 @@ impl GroupNorm {
     fn forward(&self, xs: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
         kernels::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, silu)
     }
+}
+
+/// A 2-d convolution (diffusers' `Conv2d` weights: `weight` `[Co, Ci, k, k]`, `bias` `[Co]`)
+/// through our kernel on the CPU ([`kernels::conv2d`]).
+struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::conv2d(xs, &self.weight, Some(&self.bias), self.stride, self.padding)
+    }
+}
+
+/// `candle_nn::conv2d`'s loading (the same tensors, shapes and order; `cfg`'s stride and
+/// padding, one group, dilation 1) into a [`Conv2d`].
+fn conv2d(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vs: VarBuilder) -> candle_core::Result<Conv2d> {
+    let weight = vs.get((out_c, in_c, k, k), "weight")?;
+    Ok(Conv2d { weight, bias: vs.get(out_c, "bias")?, stride: cfg.stride, padding: cfg.padding })
 }
 
 /// diffusers' `Attention` (candle's `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
@@ -114,11 +136,11 @@ impl ResnetBlock2D {
         let groups_out = config.groups_out.unwrap_or(config.groups);
         // In candle's order, so that a mis-shaped file fails on the same tensor as before.
         let norm1 = GroupNorm::new(config.groups, in_channels, config.eps, vs.pp("norm1"))?;
-        let conv1 = candle_nn::conv2d(in_channels, out, 3, conv_cfg, vs.pp("conv1"))?;
+        let conv1 = conv2d(in_channels, out, 3, conv_cfg, vs.pp("conv1"))?;
         let norm2 = GroupNorm::new(groups_out, out, config.eps, vs.pp("norm2"))?;
-        let conv2 = candle_nn::conv2d(out, out, 3, conv_cfg, vs.pp("conv2"))?;
+        let conv2 = conv2d(out, out, 3, conv_cfg, vs.pp("conv2"))?;
         let conv_shortcut = if config.use_in_shortcut.unwrap_or(in_channels != out) {
-            Some(candle_nn::conv2d(in_channels, out, 1, Default::default(), vs.pp("conv_shortcut"))?)
+            Some(conv2d(in_channels, out, 1, Default::default(), vs.pp("conv_shortcut"))?)
         } else {
             None
         };
@@ -254,7 +276,7 @@ impl SpatialTransformer {
             Ok(if cfg.use_linear_projection {
                 Proj::Linear(candle_nn::linear(channels, channels, vs.pp(name))?)
             } else {
-                Proj::Conv(candle_nn::conv2d(channels, channels, 1, Default::default(), vs.pp(name))?)
+                Proj::Conv(conv2d(channels, channels, 1, Default::default(), vs.pp(name))?)
             })
         };
         let vs_tb = vs.pp("transformer_blocks");
@@ -420,7 +442,7 @@ impl UnetModel {
         let last = config.blocks[n - 1];
         let time_embed_dim = b_channels * 4;
         let conv_cfg = Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = candle_nn::conv2d(in_channels, b_channels, 3, conv_cfg, vs.pp("conv_in"))?;
+        let conv_in = conv2d(in_channels, b_channels, 3, conv_cfg, vs.pp("conv_in"))?;
         let time_embedding = TimestepEmbedding::new(vs.pp("time_embedding"), b_channels, time_embed_dim)?;
         let add_embedding = text_time
             .map(|tt| TimestepEmbedding::new(vs.pp("add_embedding"), tt.input_dim(), time_embed_dim))
@@ -451,7 +473,7 @@ impl UnetModel {
             let attentions = SpatialTransformer::stack(&vb, config.layers_per_block, out, &block, &config)?;
             let downsampler = if i < n - 1 {
                 let cfg = Conv2dConfig { stride: 2, padding: config.downsample_padding, ..Default::default() };
-                let conv = candle_nn::conv2d(out, out, 3, cfg, vb.pp("downsamplers").pp("0").pp("conv"))?;
+                let conv = conv2d(out, out, 3, cfg, vb.pp("downsamplers").pp("0").pp("conv"))?;
                 Some((conv, config.downsample_padding))
             } else {
                 None
@@ -491,7 +513,7 @@ impl UnetModel {
             let attentions = SpatialTransformer::stack(&vb, layers, out, &block, &config)?;
             let upsampler = if i < n - 1 {
                 let cfg = Conv2dConfig { padding: 1, ..Default::default() };
-                Some(candle_nn::conv2d(out, out, 3, cfg, vb.pp("upsamplers").pp("0").pp("conv"))?)
+                Some(conv2d(out, out, 3, cfg, vb.pp("upsamplers").pp("0").pp("conv"))?)
             } else {
                 None
             };
@@ -499,7 +521,7 @@ impl UnetModel {
         }
         let conv_norm_out =
             GroupNorm::new(config.norm_num_groups, b_channels, config.norm_eps, vs.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(b_channels, out_channels, 3, conv_cfg, vs.pp("conv_out"))?;
+        let conv_out = conv2d(b_channels, out_channels, 3, conv_cfg, vs.pp("conv_out"))?;
         Ok(Self {
             conv_in,
             time_embedding,

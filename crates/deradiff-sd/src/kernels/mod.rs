@@ -6,20 +6,27 @@
 //!   and writes the projections' `[B, L, heads·D]` layout directly.
 //! * [`group_norm`]: group normalisation with its affine transform and an optional SiLU, in one
 //!   kernel per (batch, group), multi-threaded.
+//! * [`conv2d`]: 2-d convolution (the UNet's 3×3 and 1×1 ones) as tiles of im2col and a GEMM
+//!   (the `gemm` crate, candle's own) writing straight into the NCHW output, bias included;
+//!   multi-threaded over batch × row tiles; [`conv2d_reference`] is candle's.
 //!
 //! Each takes candle tensors and, on the CPU, runs our kernel in f32 (f16 / bf16 inputs are
 //! upcast to f32 and the result cast back, as candle's attention does); on any other device it
-//! runs candle's own ops ([`attention_reference`], [`group_norm_reference`]), which are also the
-//! plain reference computations the kernels are tested and benchmarked against.
+//! runs candle's own ops ([`attention_reference`], [`group_norm_reference`],
+//! [`conv2d_reference`]), which are also the plain reference computations the kernels are tested
+//! and benchmarked against.
 //!
-//! The kernels are plain Rust over slices, written so that their inner loops vectorise; threads
-//! come from rayon's global pool (the one candle's CPU backend already uses).
+//! The kernels are plain Rust over slices, written so that their inner loops vectorise, with AVX2 +
+//! FMA builds chosen at run time (and intrinsics for attention's two inner loops); the GEMMs are
+//! the `gemm` crate's; threads come from rayon's global pool (the one candle's CPU backend uses).
 
 mod attention;
+mod conv;
 mod group_norm;
 mod math;
 
 pub use attention::{attention, attention_heads, attention_reference};
+pub use conv::{conv2d, conv2d_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.

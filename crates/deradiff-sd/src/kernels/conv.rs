@@ -1,0 +1,340 @@
+//! 2-d convolution (NCHW, one group) as tiles of im2col and a GEMM writing into the output.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_slice;
+
+/// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
+/// the L2 cache while the GEMM packs them.
+const PATCH_FLOATS: usize = 64 * 1024;
+/// Output pixels per task when there is no im2col (1×1, stride 1, no padding).
+const TILE_PIXELS_1X1: usize = 1024;
+
+/// The convolution of `x` `[B, Ci, H, W]` with `weight` `[Co, Ci, kh, kw]` (plus `bias` `[Co]`
+/// per output channel), with `stride` and zero `padding` on every side (one group, dilation 1),
+/// as `[B, Co, (H + 2·padding − kh) / stride + 1, …]` in `x`'s dtype.
+///
+/// On the CPU this is our kernel: each task (a batch item × a tile of output rows) unfolds its
+/// patches (im2col; none for a 1×1 stride-1 convolution, whose input already is the patch matrix)
+/// and multiplies them by the weight with one GEMM that writes straight into the NCHW output,
+/// bias included; f16 / bf16 are computed in f32. On other devices it is [`conv2d_reference`].
+/// Errors (never panics) on mismatched ranks, channels, dtypes, a zero stride or a kernel larger
+/// than the padded input.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let geom = check(x, weight, bias, stride, padding)?;
+    if !x.device().is_cpu() {
+        return conv2d_reference(x, weight, bias, stride, padding);
+    }
+    let in_dtype = x.dtype();
+    let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
+    let op = Conv { geom };
+    let (x, weight) = (f32c(x)?, f32c(weight)?);
+    let out = match bias {
+        Some(bias) => x.apply_op3_no_bwd(&weight, &f32c(bias)?, &op)?,
+        None => x.apply_op2_no_bwd(&weight, &op)?,
+    };
+    out.to_dtype(in_dtype)
+}
+
+/// candle's convolution, as `candle_nn::Conv2d` computes it: `Tensor::conv2d` then the bias
+/// broadcast over `[1, Co, 1, 1]`. Same arguments as [`conv2d`].
+pub fn conv2d_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let geom = check(x, weight, bias, stride, padding)?;
+    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, geom.co, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    b: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+fn check(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Geometry> {
+    let err = |m: String| Err(candle_core::Error::Msg(format!("conv2d: {m}")));
+    let (&[b, ci, h, w], &[co, wci, kh, kw]) = (x.dims(), weight.dims()) else {
+        return err(format!(
+            "needs x [B, Ci, H, W] and weight [Co, Ci, kh, kw], got {:?} and {:?}",
+            x.dims(),
+            weight.dims()
+        ));
+    };
+    if wci != ci {
+        return err(format!("x has {ci} channels but weight {:?} takes {wci}", weight.dims()));
+    }
+    if let Some(bias) = bias {
+        if bias.dims() != [co] {
+            return err(format!("bias must be [{co}], got {:?}", bias.dims()));
+        }
+        if bias.dtype() != x.dtype() {
+            return err(format!("bias is {:?} but x is {:?}", bias.dtype(), x.dtype()));
+        }
+    }
+    if weight.dtype() != x.dtype() {
+        return err(format!("weight is {:?} but x is {:?}", weight.dtype(), x.dtype()));
+    }
+    if stride == 0 {
+        return err("stride must be at least 1".into());
+    }
+    if kh == 0 || kw == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
+        return err(format!("kernel {kh}×{kw} does not fit the {h}×{w} input padded by {padding}"));
+    }
+    let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+    Ok(Geometry { b, ci, h, w, co, kh, kw, stride, pad: padding, oh, ow })
+}
+
+struct Conv {
+    geom: Geometry,
+}
+
+impl Conv {
+    fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (CpuStorage, Shape) {
+        let g = self.geom;
+        let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
+        conv2d_f32(x, w, bias, &mut out, &g);
+        (CpuStorage::F32(out), Shape::from((g.b, g.co, g.oh, g.ow)))
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "deradiff-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok(self.run(f32_slice("conv2d", s1, l1)?, f32_slice("conv2d", s2, l2)?, None))
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "deradiff-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = f32_slice("conv2d", s3, l3)?;
+        Ok(self.run(f32_slice("conv2d", s1, l1)?, f32_slice("conv2d", s2, l2)?, Some(bias)))
+    }
+}
+
+/// The output, shared by the tasks, each of which writes its own rows of every channel.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint parts of the output (see `conv2d_f32`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer at `offset` floats (a method, so that closures capture the whole `OutPtr`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+thread_local! {
+    /// Each thread's im2col buffer, kept between calls (its size is bounded by [`PATCH_FLOATS`]
+    /// or one output row's patches).
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The kernel over contiguous slices: `x` `[B, Ci, H, W]`, `w` `[Co, Ci·kh·kw]`, `bias` `[Co]`,
+/// `out` `[B, Co, oh, ow]`.
+fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], g: &Geometry) {
+    let k = g.ci * g.kh * g.kw;
+    let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+    if out.is_empty() {
+        return;
+    }
+    if k == 0 {
+        // No input channels: the output is the bias.
+        for (i, o) in out.chunks_mut(out_plane).enumerate() {
+            o.fill(bias.map_or(0.0, |b| b[i % g.co]));
+        }
+        return;
+    }
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+    let rows = if direct { TILE_PIXELS_1X1 } else { PATCH_FLOATS / k }.div_ceil(g.ow).clamp(1, g.oh);
+    let tiles = g.oh.div_ceil(rows);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..g.b * tiles).into_par_iter().for_each(|task| {
+        let (bi, oy0) = (task / tiles, task % tiles * rows);
+        let cols = rows.min(g.oh - oy0) * g.ow;
+        let xb = &x[bi * g.ci * in_plane..][..g.ci * in_plane];
+        // This task's output: `[Co, cols]` with rows `out_plane` apart.
+        let dst_tile = dst.at(bi * g.co * out_plane + oy0 * g.ow);
+        if let Some(bias) = bias {
+            for (c, &b) in bias.iter().enumerate() {
+                // SAFETY: channel `c`'s `cols` outputs from `oy0` lie inside `out` and belong to
+                // this task only (tasks differ in batch item or in output rows).
+                unsafe { std::slice::from_raw_parts_mut(dst_tile.add(c * out_plane), cols) }.fill(b);
+            }
+        }
+        if direct {
+            // The input rows of the tile are the patches: `[Ci, cols]` with rows `in_plane` apart.
+            let rhs = &xb[oy0 * g.w..];
+            // SAFETY: lhs `w` is `[Co, k]` (row stride k); rhs reads `[Ci = k, cols]` from `rhs`
+            // with row stride `in_plane`, the last row ending inside `xb`; dst is this task's
+            // part of `out` as above, written by no other thread.
+            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, bias.is_some()) };
+        } else {
+            PATCHES.with_borrow_mut(|patches| {
+                if patches.len() < k * cols {
+                    patches.resize(k * cols, 0.0);
+                }
+                let patches = &mut patches[..k * cols];
+                im2col(xb, patches, g, oy0, cols / g.ow);
+                // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]`, contiguous; dst as
+                // in the direct case.
+                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, bias.is_some()) };
+            });
+        }
+    });
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, all row-major with unit column stride and row
+/// strides `dst_rs`, `k`, `rhs_rs`; accumulates into `dst` when `accumulate`.
+///
+/// # Safety
+/// `dst` must be valid for writes and `rhs` for reads at every `row · stride + column` of their
+/// `[m, n]` and `[k, n]` extents, `lhs` must hold `m · k` floats, and no other thread may access
+/// those parts of `dst` during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: *const f32,
+    rhs_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    debug_assert!(lhs.len() >= m * k);
+    // SAFETY: the caller's contract; gemm reads and writes only inside those extents.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The patches of output rows `oy0 .. oy0 + rows` of one batch item `xb` `[Ci, H, W]`:
+/// `patches` `[Ci·kh·kw, rows·ow]`, row `(c, ky, kx)` holding input `(c, oy·s + ky − p,
+/// ox·s + kx − p)` for each output pixel `(oy, ox)` of the tile, zero outside the input.
+fn im2col(xb: &[f32], patches: &mut [f32], g: &Geometry, oy0: usize, rows: usize) {
+    let cols = rows * g.ow;
+    // A stride-1 "same" convolution (3×3 padding 1): each patch row is the input plane shifted
+    // by a constant offset, so one copy per row of patches, then the wrapped-around columns zeroed.
+    let same = g.stride == 1 && g.ow == g.w;
+    for (i, p) in patches.chunks_exact_mut(cols).enumerate() {
+        let (c, ky, kx) = (i / (g.kh * g.kw), i / g.kw % g.kh, i % g.kw);
+        let plane = &xb[c * g.h * g.w..][..g.h * g.w];
+        if same {
+            // Output pixel `n` of the tile reads `plane[start + n]` (while in the plane).
+            let start = (oy0 * g.w + ky * g.w + kx) as isize - (g.pad * g.w + g.pad) as isize;
+            let lo = (-start).clamp(0, cols as isize) as usize;
+            let hi = (plane.len() as isize - start).clamp(lo as isize, cols as isize) as usize;
+            p[..lo].fill(0.0);
+            p[hi..].fill(0.0);
+            if lo < hi {
+                p[lo..hi].copy_from_slice(&plane[(start + lo as isize) as usize..][..hi - lo]);
+            }
+            // Columns whose input column `ox + kx − pad` is left or right of the row.
+            let (left, right) = (g.pad.saturating_sub(kx), (kx + 1).saturating_sub(g.pad + 1).min(g.w));
+            for pr in p.chunks_exact_mut(g.w) {
+                pr[..left.min(g.w)].fill(0.0);
+                pr[g.w - right..].fill(0.0);
+            }
+            continue;
+        }
+        // Output columns `lo .. hi`: those whose input column `ox·s + kx − pad` lies in `0..W`.
+        let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.ow);
+        let hi = if g.w + g.pad > kx { (g.w + g.pad - kx - 1) / g.stride + 1 } else { 0 }.clamp(lo, g.ow);
+        for (r, pr) in p.chunks_exact_mut(g.ow).enumerate() {
+            let iy = (oy0 + r) * g.stride + ky;
+            if lo == hi || iy < g.pad || iy - g.pad >= g.h {
+                pr.fill(0.0);
+                continue;
+            }
+            let src = &plane[(iy - g.pad) * g.w..][..g.w];
+            pr[..lo].fill(0.0);
+            pr[hi..].fill(0.0);
+            let ix0 = lo * g.stride + kx - g.pad;
+            if g.stride == 1 {
+                pr[lo..hi].copy_from_slice(&src[ix0..ix0 + hi - lo]);
+            } else {
+                for (o, &v) in pr[lo..hi].iter_mut().zip(src[ix0..].iter().step_by(g.stride)) {
+                    *o = v;
+                }
+            }
+        }
+    }
+}
