@@ -13,11 +13,11 @@
 //! ```
 //!
 //! then diffusers' down / mid / up blocks, each level with its own number of transformer layers
-//! (SDXL's `[1, 2, 10]`). Built from candle's public layers (convolutions, linears, layer
-//! norms, `TimestepEmbedding`) with our own resnet, attention and transformer blocks (loading the
-//! same tensor names), whose group norms (+ SiLU) and attention run the fused CPU kernels of
-//! [`crate::kernels`] on the CPU and candle's ops elsewhere, and with two corrections to candle's
-//! blocks:
+//! (SDXL's `[1, 2, 10]`). Built from candle's public layers (linears, layer norms,
+//! `TimestepEmbedding`) with our own convolutions, resnet, attention and transformer blocks
+//! (loading the same tensor names), whose convolutions, group norms (+ SiLU) and attention run the
+//! CPU kernels of [`crate::kernels`] on the CPU and candle's ops elsewhere, and with two
+//! corrections to candle's blocks:
 //!
 //! * the transformer feed-forward uses diffusers' exact (erf) GELU in its GEGLU, where candle's
 //!   private `BasicTransformerBlock` uses the tanh approximation (4e-5 on the tiny SDXL UNet's
