@@ -5,20 +5,25 @@
 //!   query tiles.
 //! * [`group_norm`]: group normalisation with its affine transform and an optional SiLU, in one
 //!   kernel per (batch, group), multi-threaded.
+//! * [`geglu`]: the GEGLU feed-forward's gating, `h · gelu(g)` with the exact (erf) GELU, in one
+//!   pass over the projection's contiguous rows, multi-threaded over rows.
 //!
 //! Each takes candle tensors and, on the CPU, runs our kernel in f32 (f16 / bf16 inputs are
 //! upcast to f32 and the result cast back, as candle's attention does); on any other device it
-//! runs candle's own ops ([`attention_reference`], [`group_norm_reference`]), which are also the
-//! plain reference computations the kernels are tested and benchmarked against.
+//! runs candle's own ops ([`attention_reference`], [`group_norm_reference`],
+//! [`geglu_reference`]), which are also the plain reference computations the kernels are tested
+//! and benchmarked against.
 //!
 //! The kernels are plain Rust over slices, written so that their inner loops vectorise; threads
 //! come from rayon's global pool (the one candle's CPU backend already uses).
 
 mod attention;
+mod geglu;
 mod group_norm;
 mod math;
 
 pub use attention::{attention, attention_reference};
+pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
