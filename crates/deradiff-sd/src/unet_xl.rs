@@ -181,7 +181,8 @@ impl ResnetBlock2D {
     }
 }
 
-/// diffusers' `GEGLU` + output linear, with the exact GELU.
+/// diffusers' `GEGLU` + output linear, with the exact GELU (the gating through
+/// [`kernels::geglu`], one pass over the projection's rows on the CPU).
 struct FeedForward {
     proj: Linear,
     out: Linear,
@@ -198,8 +199,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let hg = self.proj.forward(xs)?.chunk(2, D::Minus1)?;
-        self.out.forward(&(&hg[0] * hg[1].gelu_erf()?)?)
+        self.out.forward(&kernels::geglu(&self.proj.forward(xs)?)?)
     }
 }
 

@@ -9,11 +9,14 @@
 //! * [`conv2d`]: 2-d convolution (the UNet's 3×3 and 1×1 ones) as tiles of im2col and a GEMM
 //!   (the `gemm` crate, candle's own) writing straight into the NCHW output, bias included;
 //!   multi-threaded over batch × row tiles; [`conv2d_reference`] is candle's.
+//! * [`geglu`]: the GEGLU feed-forward's gating, `h · gelu(g)` with the exact (erf) GELU, in one
+//!   pass over the projection's contiguous rows, multi-threaded over rows.
 //!
 //! Each takes candle tensors and, on the CPU, runs our kernel in f32 (f16 / bf16 inputs are
 //! upcast to f32 and the result cast back, as candle's attention does); on any other device it
 //! runs candle's own ops ([`attention_reference`], [`group_norm_reference`],
-//! [`conv2d_reference`]), which are also the plain reference computations the kernels are tested
+//! [`conv2d_reference`], [`geglu_reference`]), which are also the plain reference computations
+//! the kernels are tested
 //! and benchmarked against.
 //!
 //! The kernels are plain Rust over slices, written so that their inner loops vectorise, with AVX2 +
@@ -22,11 +25,13 @@
 
 mod attention;
 mod conv;
+mod geglu;
 mod group_norm;
 mod math;
 
 pub use attention::{attention, attention_heads, attention_reference};
 pub use conv::{conv2d, conv2d_reference};
+pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
