@@ -141,6 +141,39 @@ impl Unet {
         })
     }
 
+    /// Builds a UNet with `config` over any `VarBuilder` (diffusers' weight names), for example
+    /// one over random tensors for a benchmark of a full-size architecture without its checkpoint.
+    /// `source` names the model in errors. Unlike [`Self::load`], the weight shapes are not
+    /// recorded, so [`Self::check_same_architecture`] compares only the channels of such a model.
+    pub fn from_var_builder(
+        vb: candle_nn::VarBuilder,
+        config: UnetConfig,
+        source: impl Into<PathBuf>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let source = source.into();
+        let arch = config.arch(&source)?;
+        let (in_c, out_c) = (arch.in_channels, arch.out_channels);
+        let model = Box::new(UnetModel::new(
+            vb.set_dtype(dtype).set_device(device.clone()),
+            in_c,
+            out_c,
+            arch.candle.clone(),
+            arch.text_time,
+        )?);
+        Ok(Self {
+            model,
+            config,
+            arch,
+            source,
+            shapes: HashMap::new(),
+            dtype,
+            device: device.clone(),
+            forward_calls: AtomicUsize::new(0),
+        })
+    }
+
     /// The config it was built from.
     pub fn config(&self) -> &UnetConfig {
         &self.config

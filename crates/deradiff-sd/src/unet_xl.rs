@@ -13,10 +13,10 @@
 //! ```
 //!
 //! then diffusers' down / mid / up blocks, each level with its own number of transformer layers
-//! (SDXL's `[1, 2, 10]`). Built from candle's public layers (linears, layer norms,
-//! `TimestepEmbedding`) with our own convolutions, resnet, attention and transformer blocks
-//! (loading the same tensor names), whose convolutions, group norms (+ SiLU) and attention run the
-//! CPU kernels of [`crate::kernels`] on the CPU and candle's ops elsewhere, and with two
+//! (SDXL's `[1, 2, 10]`). Built from candle's public layers (layer norms) with our own
+//! linears, convolutions, timestep embedding, resnet, attention and transformer blocks (loading
+//! the same tensor names), whose linears, convolutions, group norms (+ SiLU), GEGLU and attention
+//! run the CPU kernels of [`crate::kernels`] on the CPU and candle's ops elsewhere, and with two
 //! corrections to candle's blocks:
 //!
 //! * the transformer feed-forward uses diffusers' exact (erf) GELU in its GEGLU, where candle's
@@ -30,8 +30,7 @@
 //! timesteps in f16).
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
+use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConfig;
 use candle_transformers::models::stable_diffusion::unet_2d::{BlockConfig, UNet2DConditionModelConfig};
 
@@ -79,6 +78,48 @@ fn conv2d(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vs: VarBuilder
     Ok(Conv2d { weight, bias: vs.get(out_c, "bias")?, stride: cfg.stride, padding: cfg.padding })
 }
 
+/// A linear layer (diffusers' `Linear` weights: `weight` `[N, K]`, optional `bias` `[N]`), through
+/// the one-GEMM kernel on the CPU ([`kernels::linear`]).
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::linear(xs, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `candle_nn::linear`'s loading (the same tensors and shapes) into a [`Linear`].
+fn linear(in_dim: usize, out_dim: usize, vs: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear { weight: vs.get((out_dim, in_dim), "weight")?, bias: Some(vs.get(out_dim, "bias")?) })
+}
+
+/// `candle_nn::linear_no_bias`'s loading into a [`Linear`].
+fn linear_no_bias(in_dim: usize, out_dim: usize, vs: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear { weight: vs.get((out_dim, in_dim), "weight")?, bias: None })
+}
+
+/// diffusers' `TimestepEmbedding` (`linear_1`, SiLU, `linear_2`) on our [`Linear`].
+struct TimestepEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepEmbedding {
+    fn new(vs: VarBuilder, channels: usize, time_embed_dim: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            linear_1: linear(channels, time_embed_dim, vs.pp("linear_1"))?,
+            linear_2: linear(time_embed_dim, time_embed_dim, vs.pp("linear_2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(xs)?)?)
+    }
+}
+
 /// diffusers' `Attention` (candle's `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
 /// `to_out.0`), through the fused attention kernel on the CPU ([`kernels::attention_heads`]).
 struct CrossAttention {
@@ -101,10 +142,10 @@ impl CrossAttention {
         let inner = dim_head * heads;
         let context_dim = context_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vs.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vs.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vs.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vs.pp("to_out.0"))?,
+            to_q: linear_no_bias(query_dim, inner, vs.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vs.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vs.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vs.pp("to_out.0"))?,
             heads,
             scale: 1.0 / (dim_head as f64).sqrt(),
         })
@@ -144,8 +185,7 @@ impl ResnetBlock2D {
         } else {
             None
         };
-        let time_emb_proj =
-            config.temb_channels.map(|t| candle_nn::linear(t, out, vs.pp("time_emb_proj"))).transpose()?;
+        let time_emb_proj = config.temb_channels.map(|t| linear(t, out, vs.pp("time_emb_proj"))).transpose()?;
         Ok(Self {
             norm1,
             conv1,
@@ -192,10 +232,7 @@ impl FeedForward {
     fn new(vs: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         let inner = dim * 4;
         let vs = vs.pp("net");
-        Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vs.pp("0").pp("proj"))?,
-            out: candle_nn::linear(inner, dim, vs.pp("2"))?,
-        })
+        Ok(Self { proj: linear(dim, inner * 2, vs.pp("0").pp("proj"))?, out: linear(inner, dim, vs.pp("2"))? })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -274,7 +311,7 @@ impl SpatialTransformer {
         let norm = GroupNorm::new(cfg.norm_num_groups, channels, 1e-6, vs.pp("norm"))?;
         let proj = |name: &str| -> candle_core::Result<Proj> {
             Ok(if cfg.use_linear_projection {
-                Proj::Linear(candle_nn::linear(channels, channels, vs.pp(name))?)
+                Proj::Linear(linear(channels, channels, vs.pp(name))?)
             } else {
                 Proj::Conv(conv2d(channels, channels, 1, Default::default(), vs.pp(name))?)
             })

@@ -9,15 +9,17 @@
 //! * [`conv2d`]: 2-d convolution (the UNet's 3×3 and 1×1 ones) as tiles of im2col and a GEMM
 //!   (the `gemm` crate, candle's own) writing straight into the NCHW output, bias included;
 //!   multi-threaded over batch × row tiles; [`conv2d_reference`] is candle's.
+//! * [`linear`]: `x · Wᵀ + b` as one GEMM over all leading dimensions, writing into the
+//!   bias-filled output, without candle's per-matmul thread-count query; [`linear_reference`] is
+//!   `candle_nn::Linear`.
 //! * [`geglu`]: the GEGLU feed-forward's gating, `h · gelu(g)` with the exact (erf) GELU, in one
 //!   pass over the projection's contiguous rows, multi-threaded over rows.
 //!
 //! Each takes candle tensors and, on the CPU, runs our kernel in f32 (f16 / bf16 inputs are
 //! upcast to f32 and the result cast back, as candle's attention does); on any other device it
 //! runs candle's own ops ([`attention_reference`], [`group_norm_reference`],
-//! [`conv2d_reference`], [`geglu_reference`]), which are also the plain reference computations
-//! the kernels are tested
-//! and benchmarked against.
+//! [`conv2d_reference`], [`linear_reference`], [`geglu_reference`]), which are also the plain
+//! reference computations the kernels are tested and benchmarked against.
 //!
 //! The kernels are plain Rust over slices, written so that their inner loops vectorise, with AVX2 +
 //! FMA builds chosen at run time (and intrinsics for attention's two inner loops); the GEMMs are
@@ -27,12 +29,14 @@ mod attention;
 mod conv;
 mod geglu;
 mod group_norm;
+mod linear;
 mod math;
 
 pub use attention::{attention, attention_heads, attention_reference};
 pub use conv::{conv2d, conv2d_reference};
 pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
+pub use linear::{linear, linear_reference};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
 fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {

@@ -1,0 +1,140 @@
+//! Time and peak memory of one full-size SD1.5-shaped UNet forward on the CPU, for candle's stock
+//! `UNet2DConditionModel` ("before") or [`deradiff_sd::Unet`] ("after").
+//!
+//! The architecture is runwayml/stable-diffusion-v1-5's `unet/config.json` (blocks
+//! 320/640/1280/1280, 2 layers per block, 8 heads, cross-attention 768, 860M parameters) with
+//! random weights (no checkpoint needed); the input is a batch of 2 (classifier-free guidance)
+//! latents `4 × size × size` and 77 context tokens. It prints the time of each forward (one
+//! warm-up, then `runs` timed), their median, the resident memory after loading and the peak
+//! (`VmHWM`): run each variant in its own process, since the peak is the process's.
+//!
+//! ```text
+//! cargo run --release -p deradiff-sd --example unet_full_size -- <candle|ours> [size=64] [f32|f16] [runs=2]
+//! ```
+//!
+//! Threads: rayon's default (all cores), or `RAYON_NUM_THREADS`. The PyTorch counterpart is
+//! `benches/unet_full_size_torch.py`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use deradiff_sd::{Unet, UnetConfig};
+
+/// runwayml/stable-diffusion-v1-5 `unet/config.json`.
+const SD15_UNET: &str = r#"{
+  "_class_name": "UNet2DConditionModel",
+  "_diffusers_version": "0.6.0",
+  "act_fn": "silu",
+  "attention_head_dim": 8,
+  "block_out_channels": [320, 640, 1280, 1280],
+  "center_input_sample": false,
+  "cross_attention_dim": 768,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "downsample_padding": 1,
+  "flip_sin_to_cos": true,
+  "freq_shift": 0,
+  "in_channels": 4,
+  "layers_per_block": 2,
+  "mid_block_scale_factor": 1,
+  "norm_eps": 1e-05,
+  "norm_num_groups": 32,
+  "out_channels": 4,
+  "sample_size": 64,
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+}"#;
+
+/// Random weights for any name: matrices and kernels ~ N(0, 1/fan_in) (activations keep their
+/// scale through the layers, so f16 does not overflow), norm weights 1, other vectors ~ N(0, 0.02²).
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let dims = s.dims();
+        let t = if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, s, dev)?
+        } else if name.ends_with("weight") {
+            Tensor::ones(s, DType::F32, dev)?
+        } else {
+            Tensor::randn(0f32, 0.02, s, dev)?
+        };
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!("random weights need a shape for {name}")))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A `/proc/self/status` field in MiB (Linux; 0 elsewhere).
+fn status_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let variant = args.first().map(String::as_str).unwrap_or("ours").to_string();
+    let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let dtype = match args.get(2).map(String::as_str).unwrap_or("f32") {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        other => return Err(format!("dtype {other}: f32 or f16").into()),
+    };
+    let runs: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let device = Device::Cpu;
+    let config = UnetConfig::from_json(SD15_UNET, "sd15/unet/config.json")?;
+    let arch = config.arch("sd15/unet/config.json")?;
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
+
+    let t0 = Instant::now();
+    let forward: Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>> = match variant.as_str() {
+        "candle" => {
+            let m = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, arch.candle.clone())?;
+            Box::new(move |x, c| m.forward(x, 500.0, c))
+        }
+        "ours" => {
+            let m = Unet::from_var_builder(vb, config, "sd15-random", dtype, &device)?;
+            Box::new(move |x, c| m.forward(x, 500.0, c).map_err(|e| candle_core::Error::Msg(e.to_string())))
+        }
+        other => return Err(format!("variant {other}: candle or ours").into()),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_loaded = status_mib("VmRSS:");
+
+    let x = Tensor::randn(0f32, 1.0, (2, arch.in_channels, size, size), &device)?.to_dtype(dtype)?;
+    let context = Tensor::randn(0f32, 1.0, (2, 77, arch.cross_attention_dim), &device)?.to_dtype(dtype)?;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let t = Instant::now();
+        let out = forward(&x, &context)?;
+        let s = t.elapsed().as_secs_f64();
+        let max = out.to_dtype(DType::F32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        println!("{} forward: {s:.2} s (output max |x| {max:.3})", if i == 0 { "warm-up" } else { "timed" });
+        if i > 0 {
+            times.push(s);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = match times.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+        n => times[n / 2],
+    };
+    println!(
+        "{variant} {dtype:?} batch 2 {size}x{size}: median {median:.2} s per forward over {runs}; built in {load_s:.1} s; \
+         RSS after build {rss_loaded:.0} MiB, peak (VmHWM) {:.0} MiB; threads {}",
+        status_mib("VmHWM:"),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
