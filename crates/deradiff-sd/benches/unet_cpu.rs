@@ -12,6 +12,13 @@
 //! * `group_norm_silu/{candle,ours}/…`: `candle_nn::GroupNorm` + SiLU vs `kernels::group_norm`.
 //! * `conv/{candle,ours}/…`: the tiny UNet's convolutions at batch 2 (`Ci→Co`, kernel, spatial
 //!   size, stride): `kernels::conv2d_reference` (candle's `conv2d` + bias) vs `kernels::conv2d`.
+//! * `linear/{candle,ours}/…`: the attention projection and the feed-forward's two linears of the
+//!   tiny UNet and of SD 1.5's first level over 64×64 latents' tokens at batch 2:
+//!   `candle_nn::Linear` vs `kernels::linear`.
+//! * `geglu/{candle,ours}/…`: the GEGLU gating of those feed-forwards: candle's chunk +
+//!   `gelu_erf` + mul vs `kernels::geglu`.
+//!
+//! `unet_cpu_torch.py` times PyTorch at the same shapes.
 //!
 //! Run: `cargo bench -p deradiff-sd --bench unet_cpu` (add a filter, e.g. `-- attention`, for
 //! part of it). Threads: rayon's default (all cores); set `RAYON_NUM_THREADS` to compare with a
@@ -26,7 +33,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use deradiff_sd::kernels::{
-    attention, attention_reference, conv2d, conv2d_reference, group_norm, group_norm_reference,
+    attention, attention_reference, conv2d, conv2d_reference, geglu, geglu_reference, group_norm, group_norm_reference,
+    linear, linear_reference,
 };
 use deradiff_sd::{Unet, UnetConfig};
 
@@ -131,6 +139,39 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// Linear shapes (name, tokens = batch 2 × 64×64 latents, K, N), as in `unet_cpu_torch.py`.
+const LINEAR_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("to_q_32", 8192, 32, 32),
+    ("ff_proj_32", 8192, 32, 256),
+    ("ff_out_32", 8192, 128, 32),
+    ("sd15_to_q_320", 8192, 320, 320),
+    ("sd15_ff_proj_320", 8192, 320, 2560),
+    ("sd15_ff_out_320", 8192, 1280, 320),
+];
+
+fn linear_and_geglu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear");
+    for &(name, m, k, n) in LINEAR_SHAPES {
+        let (x, w, bias) = (randn(&[2, m / 2, k]), (randn(&[n, k]) * 0.1).unwrap(), randn(&[n]));
+        g.bench_function(BenchmarkId::new("candle", name), |b| {
+            b.iter(|| black_box(linear_reference(&x, &w, Some(&bias)).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("ours", name), |b| {
+            b.iter(|| black_box(linear(&x, &w, Some(&bias)).unwrap()))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("geglu");
+    // (name, tokens, 2F): the feed-forward projections' outputs above.
+    for (name, m, two_f) in [("tiny_2x4096x256", 8192, 256), ("sd15_2x4096x2560", 8192, 2560)] {
+        let x = randn(&[2, m / 2, two_f]);
+        g.bench_function(BenchmarkId::new("candle", name), |b| b.iter(|| black_box(geglu_reference(&x).unwrap())));
+        g.bench_function(BenchmarkId::new("ours", name), |b| b.iter(|| black_box(geglu(&x).unwrap())));
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -138,5 +179,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-criterion_group! { name = benches; config = config(); targets = kernels, conv, unet }
+criterion_group! { name = benches; config = config(); targets = kernels, conv, linear_and_geglu, unet }
 criterion_main!(benches);

@@ -2,9 +2,10 @@
 for the side-by-side comparison (not part of CI).
 
 The tiny SD UNet (tests/fixtures/tiny-sd/unet), batch 2, 8x8 ... 64x64 latents, 77 context
-tokens, float32, torch.set_num_threads(THREADS) (default 2); and
-`torch.nn.functional.scaled_dot_product_attention` at the bench's attention shapes. Prints the
-median and the fastest of N timed calls per shape, after warm-up.
+tokens, float32, torch.set_num_threads(THREADS) (default 2); and each kernel at the bench's
+shapes: `scaled_dot_product_attention`, `group_norm` + `silu`, `conv2d`, `linear` and diffusers'
+GEGLU gating (`h * gelu(g)` of the projection's two chunks). Prints the median and the fastest of
+N timed calls per shape, after warm-up.
 
 Run: /path/to/venv/bin/python crates/deradiff-sd/benches/unet_cpu_torch.py [THREADS]
 """
@@ -48,7 +49,47 @@ def timed(f, runs):
     return f"median {statistics.median(times) * 1e3:.3f} ms, min {min(times) * 1e3:.3f} ms"
 
 
+# (name, shape), as in unet_cpu.rs's group_norm_silu group (32 groups)
+GROUP_NORM_SHAPES = [("2x32x64x64", (2, 32, 64, 64)), ("2x64x32x32", (2, 64, 32, 32)), ("2x96x16x16", (2, 96, 16, 16))]
+# (name, Ci, Co, kernel, size, stride, padding), as in unet_cpu.rs's conv group (batch 2)
+CONV_SHAPES = [
+    ("32to32_3x3_64", 32, 32, 3, 64, 1, 1),
+    ("64to64_3x3_32", 64, 64, 3, 32, 1, 1),
+    ("4to32_3x3_64", 4, 32, 3, 64, 1, 1),
+    ("32to4_3x3_64", 32, 4, 3, 64, 1, 1),
+    ("64to32_1x1_64", 64, 32, 1, 64, 1, 0),
+    ("32to32_3x3_64_s2", 32, 32, 3, 64, 2, 1),
+]
+# (name, tokens, K, N), as LINEAR_SHAPES in unet_cpu.rs
+LINEAR_SHAPES = [
+    ("to_q_32", 8192, 32, 32),
+    ("ff_proj_32", 8192, 32, 256),
+    ("ff_out_32", 8192, 128, 32),
+    ("sd15_to_q_320", 8192, 320, 320),
+    ("sd15_ff_proj_320", 8192, 320, 2560),
+    ("sd15_ff_out_320", 8192, 1280, 320),
+]
+GEGLU_SHAPES = [("tiny_2x4096x256", 8192, 256), ("sd15_2x4096x2560", 8192, 2560)]
+F = torch.nn.functional
+
 with torch.inference_mode():
+    for name, shape in GROUP_NORM_SHAPES:
+        x, w, b = torch.randn(*shape), torch.randn(shape[1]), torch.randn(shape[1])
+        print(f"group_norm_silu/torch/{name}: {timed(lambda: F.silu(F.group_norm(x, 32, w, b, 1e-5)), 20)}")
+    for name, ci, co, k, size, stride, pad in CONV_SHAPES:
+        x, w, b = torch.randn(2, ci, size, size), torch.randn(co, ci, k, k) * 0.1, torch.randn(co)
+        print(f"conv/torch/{name}: {timed(lambda: F.conv2d(x, w, b, stride, pad), 20)}")
+    for name, m, k, n in LINEAR_SHAPES:
+        x, w, b = torch.randn(2, m // 2, k), torch.randn(n, k) * 0.1, torch.randn(n)
+        print(f"linear/torch/{name}: {timed(lambda: F.linear(x, w, b), 20)}")
+    for name, m, two_f in GEGLU_SHAPES:
+        x = torch.randn(2, m // 2, two_f)
+
+        def gate(x=x):
+            h, g = x.chunk(2, dim=-1)
+            return h * F.gelu(g)
+
+        print(f"geglu/torch/{name}: {timed(gate, 20)}")
     for name, n, lq, lk, d in ATTENTION_SHAPES:
         q, k, v = torch.randn(1, n, lq, d), torch.randn(1, n, lk, d), torch.randn(1, n, lk, d)
         sdpa = torch.nn.functional.scaled_dot_product_attention

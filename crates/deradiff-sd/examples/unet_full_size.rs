@@ -72,6 +72,9 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     }
 }
 
+/// One UNet forward on (latents, context) at t = 500.
+type Forward = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
 /// A `/proc/self/status` field in MiB (Linux; 0 elsewhere).
 fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -97,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
 
     let t0 = Instant::now();
-    let forward: Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>> = match variant.as_str() {
+    let forward: Box<Forward> = match variant.as_str() {
         "candle" => {
             let m = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, arch.candle.clone())?;
             Box::new(move |x, c| m.forward(x, 500.0, c))

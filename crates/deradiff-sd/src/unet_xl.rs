@@ -69,6 +69,18 @@ impl Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         kernels::conv2d(xs, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
+
+    /// The convolution with a bias per batch item (`[B, Co]`: the layer's bias plus `extra`)
+    /// in place of the layer's own.
+    fn forward_with_bias(&self, xs: &Tensor, extra: &Tensor) -> candle_core::Result<Tensor> {
+        let bias = extra.broadcast_add(&self.bias)?;
+        kernels::conv2d(xs, &self.weight, Some(&bias), self.stride, self.padding)
+    }
+
+    /// `residual + self.forward(xs)`, in one pass.
+    fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::conv2d_add(xs, &self.weight, Some(&self.bias), self.stride, self.padding, residual)
+    }
 }
 
 /// `candle_nn::conv2d`'s loading (the same tensors, shapes and order; `cfg`'s stride and
@@ -88,6 +100,11 @@ struct Linear {
 impl Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         kernels::linear(xs, &self.weight, self.bias.as_ref())
+    }
+
+    /// `residual + self.forward(xs)`, in one pass.
+    fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::linear_add(xs, &self.weight, self.bias.as_ref(), residual)
     }
 }
 
@@ -151,11 +168,13 @@ impl CrossAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// `residual + attention(xs, context)` (self-attention without a context), the residual
+    /// added by the output projection's GEMM.
+    fn forward_add(&self, xs: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(xs);
         let (q, k, v) = (self.to_q.forward(xs)?, self.to_k.forward(context)?, self.to_v.forward(context)?);
         let out = kernels::attention_heads(&q, &k, &v, self.heads, self.scale)?;
-        self.to_out.forward(&out)
+        self.to_out.forward_add(&out, residual)
     }
 }
 
@@ -202,16 +221,15 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
         };
-        let mut h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
-        if let (Some(temb), Some(proj)) = (temb, &self.time_emb_proj) {
-            h = proj
-                .forward(&candle_nn::ops::silu(temb)?)?
-                .unsqueeze(D::Minus1)?
-                .unsqueeze(D::Minus1)?
-                .broadcast_add(&h)?;
-        }
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
-        let out = (shortcut + h)?;
+        let h = self.norm1.forward(xs, true)?;
+        // The projected timestep embedding `[B, Co]` joins conv1's bias (added in its pass).
+        let h = match (temb, &self.time_emb_proj) {
+            (Some(temb), Some(proj)) => {
+                self.conv1.forward_with_bias(&h, &proj.forward(&candle_nn::ops::silu(temb)?)?)?
+            }
+            _ => self.conv1.forward(&h)?,
+        };
+        let out = self.conv2.forward_add(&self.norm2.forward(&h, true)?, &shortcut)?;
         // Every SD / SDXL config has a factor of 1: skip the pass over the tensor then.
         if self.output_scale_factor == 1.0 {
             Ok(out)
@@ -235,8 +253,9 @@ impl FeedForward {
         Ok(Self { proj: linear(dim, inner * 2, vs.pp("0").pp("proj"))?, out: linear(inner, dim, vs.pp("2"))? })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(&kernels::geglu(&self.proj.forward(xs)?)?)
+    /// `residual + feed_forward(xs)`, the residual added by the output linear's GEMM.
+    fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        self.out.forward_add(&kernels::geglu(&self.proj.forward(xs)?)?, residual)
     }
 }
 
@@ -264,23 +283,22 @@ impl TransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+        let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs)?;
+        let xs = self.attn2.forward_add(&self.norm2.forward(&xs)?, Some(context), &xs)?;
+        self.ff.forward_add(&self.norm3.forward(&xs)?, &xs)
     }
 }
 
-enum Proj {
-    Conv(Conv2d),
-    Linear(Linear),
-}
-
-/// diffusers' `Transformer2DModel` (candle's `SpatialTransformer`) with exact-GELU blocks.
+/// diffusers' `Transformer2DModel` (candle's `SpatialTransformer`) with exact-GELU blocks. Its
+/// `proj_in` / `proj_out` (1×1 convolutions, or linears with `use_linear_projection`: the same
+/// map over channels, loaded as `[C, C]` either way) read the image layout and write back into it
+/// through [`kernels::linear_from_channels`] and [`kernels::linear_to_channels`], so the tokens
+/// are never transposed in a separate copy and the residual is added by the last GEMM.
 struct SpatialTransformer {
     norm: GroupNorm,
-    proj_in: Proj,
+    proj_in: Linear,
     blocks: Vec<TransformerBlock>,
-    proj_out: Proj,
+    proj_out: Linear,
 }
 
 impl SpatialTransformer {
@@ -309,12 +327,13 @@ impl SpatialTransformer {
         cfg: &UNet2DConditionModelConfig,
     ) -> candle_core::Result<Self> {
         let norm = GroupNorm::new(cfg.norm_num_groups, channels, 1e-6, vs.pp("norm"))?;
-        let proj = |name: &str| -> candle_core::Result<Proj> {
-            Ok(if cfg.use_linear_projection {
-                Proj::Linear(linear(channels, channels, vs.pp(name))?)
+        let proj = |name: &str| -> candle_core::Result<Linear> {
+            if cfg.use_linear_projection {
+                linear(channels, channels, vs.pp(name))
             } else {
-                Proj::Conv(conv2d(channels, channels, 1, Default::default(), vs.pp(name))?)
-            })
+                let conv = conv2d(channels, channels, 1, Default::default(), vs.pp(name))?;
+                Ok(Linear { weight: conv.weight.reshape((channels, channels))?, bias: Some(conv.bias) })
+            }
         };
         let vs_tb = vs.pp("transformer_blocks");
         let blocks = (0..depth)
@@ -324,23 +343,12 @@ impl SpatialTransformer {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let residual = xs;
-        let xs = self.norm.forward(xs, false)?;
-        let to_tokens = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
-        let mut xs = match &self.proj_in {
-            Proj::Conv(p) => to_tokens(p.forward(&xs)?)?,
-            Proj::Linear(p) => p.forward(&to_tokens(xs)?)?,
-        };
+        let norm = self.norm.forward(xs, false)?;
+        let mut tokens = kernels::linear_from_channels(&norm, &self.proj_in.weight, self.proj_in.bias.as_ref())?;
         for block in &self.blocks {
-            xs = block.forward(&xs, context)?;
+            tokens = block.forward(&tokens, context)?;
         }
-        let to_image = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, h, w, c))?.permute((0, 3, 1, 2)) };
-        let xs = match &self.proj_out {
-            Proj::Conv(p) => p.forward(&to_image(xs)?.contiguous()?)?,
-            Proj::Linear(p) => to_image(p.forward(&xs)?)?,
-        };
-        xs + residual
+        kernels::linear_to_channels(&tokens, &self.proj_out.weight, self.proj_out.bias.as_ref(), xs)
     }
 }
 

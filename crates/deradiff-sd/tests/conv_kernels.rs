@@ -1,10 +1,11 @@
 //! The CPU convolution kernel (`deradiff_sd::kernels::conv2d`) against candle's `conv2d` + bias
 //! and a naive loop, within 1e-5: the UNet's shapes (3×3 padding 1, 1×1 shortcuts, stride-2
 //! downsamplers with padding 1 and 0), odd ones (channels and sizes not multiples of 8,
-//! non-square, batch 1 and 3, no bias, other kernel sizes), and the errors.
+//! non-square, batch 1 and 3, no bias, other kernel sizes), a bias per batch item and a residual
+//! added in the same pass (`conv2d_add`), and the errors.
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::kernels::{conv2d, conv2d_reference};
+use deradiff_sd::kernels::{conv2d, conv2d_add, conv2d_reference};
 use proptest::prelude::*;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -93,6 +94,51 @@ fn check_conv(seed: u64, c: Case) -> f32 {
     let (e1, e2) = (max_abs_diff(&ours, &candle), max_abs_diff(&ours, &naive));
     assert!(e1 <= 1e-5 && e2 <= 1e-5, "{c:?}: vs candle {e1:e}, vs naive {e2:e}");
     e1.max(e2)
+}
+
+/// `conv2d_add` with a bias per batch item `[B, Co]` and a residual against candle's convolution
+/// plus both, and the naive loop plus both; returns the larger error.
+fn check_conv_add(seed: u64, c: Case) -> f32 {
+    let xv = values(seed, c.b * c.ci * c.h * c.w, 1.0);
+    let wv = values(seed ^ 1, c.co * c.ci * c.k * c.k, 1.0 / ((c.ci * c.k * c.k) as f32).sqrt());
+    let bv = values(seed ^ 2, c.b * c.co, 1.0);
+    let (nv, shape) = naive_conv(&xv, &wv, None, &c);
+    let plane = shape[2] * shape[3];
+    let rv = values(seed ^ 3, nv.len(), 2.0);
+    let (x, w) = (tensor(&xv, &[c.b, c.ci, c.h, c.w]), tensor(&wv, &[c.co, c.ci, c.k, c.k]));
+    let (bias, residual) = (tensor(&bv, &[c.b, c.co]), tensor(&rv, &shape));
+    let ours = conv2d_add(&x, &w, Some(&bias), c.stride, c.pad, &residual).unwrap();
+    let candle = (conv2d_reference(&x, &w, Some(&bias), c.stride, c.pad).unwrap() + &residual).unwrap();
+    // The naive sum: residual + bias[b, o] + the convolution, in f64 where it matters.
+    let want: Vec<f32> = nv
+        .iter()
+        .zip(&rv)
+        .enumerate()
+        .map(|(i, (&y, &r))| (y as f64 + r as f64 + bv[i / plane] as f64) as f32)
+        .collect();
+    let (e1, e2) = (max_abs_diff(&ours, &candle), max_abs_diff(&ours, &tensor(&want, &shape)));
+    assert!(e1 <= 1e-5 && e2 <= 1e-5, "{c:?} with residual: vs candle {e1:e}, vs naive {e2:e}");
+    // Without the residual, the per-batch bias alone.
+    let ours = conv2d(&x, &w, Some(&bias), c.stride, c.pad).unwrap();
+    let candle = conv2d_reference(&x, &w, Some(&bias), c.stride, c.pad).unwrap();
+    assert!(max_abs_diff(&ours, &candle) <= 1e-5, "{c:?}: per-batch bias");
+    e1.max(e2)
+}
+
+#[test]
+fn residual_and_bias_per_batch_item() {
+    let mut worst = 0f32;
+    for c in [
+        case(2, 32, 32, 16, 16, 3, 1, 1), // resnet conv2 + shortcut / conv1 + timestep embedding
+        case(2, 64, 64, 32, 32, 3, 1, 1),
+        case(3, 5, 7, 9, 11, 3, 1, 1),
+        case(1, 13, 17, 5, 3, 1, 1, 0),
+        case(3, 6, 5, 10, 9, 3, 2, 1),
+        case(2, 0, 3, 4, 4, 1, 1, 0), // no input channels: residual + bias
+    ] {
+        worst = worst.max(check_conv_add(21, c));
+    }
+    eprintln!("with residual and per-batch bias: max error {worst:e}");
 }
 
 /// A case with bias, sizes in `Case`'s field order.
@@ -185,6 +231,11 @@ fn errors() {
     bad(conv2d(&x, &w, Some(&Tensor::zeros(3, DType::F16, &Device::Cpu).unwrap()), 1, 1)); // bias dtype
     bad(conv2d(&x, &w.to_dtype(DType::F16).unwrap(), None, 1, 1)); // weight dtype
     bad(conv2d(&x, &w, None, 0, 1)); // stride 0
+    let out = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    bad(conv2d(&x, &w, Some(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()), 1, 1)); // bias batch
+    bad(conv2d_add(&x, &w, None, 1, 1, &out.narrow(3, 0, 7).unwrap())); // residual shape
+    bad(conv2d_add(&x, &w, None, 1, 1, &out.to_dtype(DType::F16).unwrap())); // residual dtype
+    assert_eq!(conv2d_add(&x, &w, None, 1, 1, &out).unwrap().dims(), &[1, 3, 8, 8]);
     let big = Tensor::zeros((3, 4, 11, 11), DType::F32, &Device::Cpu).unwrap();
     bad(conv2d(&x, &big, None, 1, 1)); // kernel larger than the padded input
     assert_eq!(conv2d(&x, &big, None, 1, 2).unwrap().dims(), &[1, 3, 2, 2]);
@@ -208,5 +259,6 @@ proptest! {
     ) {
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
         check_conv(seed, Case { b, ci, co, h, w, k, stride, pad, bias });
+        check_conv_add(seed, Case { b, ci, co, h, w, k, stride, pad, bias });
     }
 }

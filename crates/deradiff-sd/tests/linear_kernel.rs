@@ -1,10 +1,13 @@
 //! The linear kernel (`deradiff_sd::kernels::linear`) against `candle_nn::Linear`
 //! (`linear_reference`) and a naive f64 loop, within 1e-5: the UNet's shapes (SD1.5's attention
 //! projections, feed-forwards and time embedding at batch 2), odd ones (sizes not multiples of 8,
-//! batch 1 and 3, one row, no bias, 2-d to 4-d inputs), f16, empty tensors and the errors.
+//! batch 1 and 3, one row, no bias, 2-d to 4-d inputs), f16, empty tensors and the errors; and
+//! its fused forms (`linear_add` with a residual, `linear_from_channels` reading and
+//! `linear_to_channels` writing the image layout) against candle's transposes and additions
+//! around `linear_reference`, and the f64 loop.
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::kernels::{linear, linear_reference};
+use deradiff_sd::kernels::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
 use proptest::prelude::*;
 
 /// A deterministic pseudo-random vector in `[-amp, amp]` from `seed` (SplitMix64).
@@ -109,6 +112,97 @@ fn linear_matches_references_on_odd_shapes() {
     }
 }
 
+/// The fused forms for `b` images of `c_in` channels over `spatial` positions, `n` outputs:
+/// `linear_add` (tokens + residual), `linear_from_channels` (image → tokens) and
+/// `linear_to_channels` (tokens → image + residual), each within 1e-5 of candle's ops and of the
+/// f64 loop; returns the largest error off the loop.
+fn check_fused(seed: u64, b: usize, spatial: &[usize], c_in: usize, n: usize, bias: bool) -> f32 {
+    let dev = Device::Cpu;
+    let l: usize = spatial.iter().product();
+    let img_shape = |c: usize| [&[b, c][..], spatial].concat();
+    let ws = values(seed ^ 0xA5A5, n * c_in, 1.0 / (c_in.max(1) as f32).sqrt());
+    let bs = values(seed ^ 0x5A5A, n, 0.5);
+    let w = Tensor::from_slice(&ws, (n, c_in), &dev).unwrap();
+    let bt = Tensor::from_slice(&bs, n, &dev).unwrap();
+    let bias_t = bias.then_some(&bt);
+    let naive_bias = bias.then_some(bs.as_slice());
+    let mut worst = 0f32;
+    let mut compare = |what: &str, ours: &Tensor, candle: &Tensor, naive: &[f32]| {
+        assert_eq!(ours.dims(), candle.dims(), "{what}");
+        let (ours, candle) = (flat(ours), flat(candle));
+        let (e_ref, e_naive) = (max_abs_diff(&ours, &candle), max_abs_diff(&ours, naive));
+        assert!(
+            e_ref <= 1e-5 && e_naive <= 1e-5,
+            "{what} b {b} {spatial:?} {c_in}→{n}: {e_ref:e} off candle, {e_naive:e} off the f64 loop"
+        );
+        worst = worst.max(e_naive);
+    };
+
+    // Tokens + residual.
+    let xs = values(seed, b * l * c_in, 1.0);
+    let rs = values(seed ^ 0x77, b * l * n, 2.0);
+    let x = Tensor::from_slice(&xs, (b, l, c_in), &dev).unwrap();
+    let r = Tensor::from_slice(&rs, (b, l, n), &dev).unwrap();
+    let naive: Vec<f32> = naive_linear(&xs, &ws, naive_bias, n, c_in).iter().zip(&rs).map(|(y, r)| y + r).collect();
+    let candle = (linear_reference(&x, &w, bias_t).unwrap() + &r).unwrap();
+    compare("linear_add", &linear_add(&x, &w, bias_t, &r).unwrap(), &candle, &naive);
+
+    // Image → tokens: the naive loop on the transposed image.
+    let img = Tensor::from_slice(&values(seed ^ 0x99, b * c_in * l, 1.0), img_shape(c_in).as_slice(), &dev).unwrap();
+    let tokens = img.flatten_from(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let naive = naive_linear(&flat(&tokens), &ws, naive_bias, n, c_in);
+    let candle = linear_reference(&tokens, &w, bias_t).unwrap();
+    compare("linear_from_channels", &linear_from_channels(&img, &w, bias_t).unwrap(), &candle, &naive);
+
+    // Tokens → image + residual.
+    let res = Tensor::from_slice(&values(seed ^ 0x55, b * n * l, 2.0), img_shape(n).as_slice(), &dev).unwrap();
+    let y = naive_linear(&xs, &ws, naive_bias, n, c_in);
+    let y_img = Tensor::from_slice(&y, (b, l, n), &dev).unwrap().transpose(1, 2).unwrap();
+    let naive = flat(&(y_img.reshape(res.dims()).unwrap() + &res).unwrap());
+    let candle_img = linear_reference(&x, &w, bias_t).unwrap().transpose(1, 2).unwrap().reshape(res.dims()).unwrap();
+    let candle = (candle_img + &res).unwrap();
+    compare("linear_to_channels", &linear_to_channels(&x, &w, bias_t, &res).unwrap(), &candle, &naive);
+    worst
+}
+
+#[test]
+fn fused_forms_match_references() {
+    // A spatial transformer's proj_in / proj_out and a transformer block's residual outputs at
+    // the tiny UNet's and SD1.5's widths, and odd shapes.
+    for (seed, (b, spatial, c_in, n, bias)) in [
+        (2, vec![16, 16], 32, 32, true),
+        (2, vec![8, 8], 320, 320, true),
+        (1, vec![5, 7], 13, 9, false),
+        (3, vec![3, 1], 6, 11, true),
+        (3, vec![17], 7, 5, true),
+        (1, vec![1, 1], 1, 1, true),
+        (2, vec![2, 3, 4], 9, 3, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_fused(200 + seed as u64, b, &spatial, c_in, n, bias);
+    }
+}
+
+#[test]
+fn fused_forms_refuse_mismatched_operands() {
+    let dev = Device::Cpu;
+    let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &dev).unwrap();
+    let w = z(&[3, 4]);
+    let err = |r: candle_core::Result<Tensor>| r.expect_err("should fail").to_string();
+    assert!(err(linear_add(&z(&[2, 5, 4]), &w, None, &z(&[2, 5, 4]))).contains("residual must be [2, 5, 3]"));
+    assert!(err(linear_add(&z(&[2, 5, 4]), &w, None, &z(&[2, 5, 3]).to_dtype(DType::F16).unwrap()))
+        .contains("residual is F16"));
+    assert!(err(linear_from_channels(&z(&[2, 4]), &w, None)).contains("[B, K, …spatial]"));
+    assert!(err(linear_from_channels(&z(&[2, 5, 3, 3]), &w, None)).contains("5 features"));
+    assert!(err(linear_to_channels(&z(&[2, 6, 4]), &w, None, &z(&[2, 3, 2, 2]))).contains("6 positions"));
+    assert!(err(linear_to_channels(&z(&[2, 4, 4]), &w, None, &z(&[2, 4, 2, 2]))).contains("N = 3"));
+    assert!(err(linear_to_channels(&z(&[2, 4]), &w, None, &z(&[2, 3, 2, 2]))).contains("[B, L, K]"));
+    assert_eq!(linear_to_channels(&z(&[2, 4, 4]), &w, None, &z(&[2, 3, 2, 2])).unwrap().dims(), [2, 3, 2, 2]);
+    assert_eq!(linear_from_channels(&z(&[2, 4, 2, 3]), &w, None).unwrap().dims(), [2, 6, 3]);
+}
+
 #[test]
 fn linear_of_empty_tensors() {
     let dev = Device::Cpu;
@@ -172,7 +266,7 @@ fn linear_refuses_mismatched_operands() {
         assert!(linear_reference(&x, w, b).is_err());
     };
     bad(&Tensor::zeros((3, 4), DType::F32, &dev).unwrap(), None, "takes 4");
-    bad(&Tensor::zeros(5, DType::F32, &dev).unwrap(), None, "weight [N, K]");
+    bad(&Tensor::zeros(5, DType::F32, &dev).unwrap(), None, "weight [N, K = 5]");
     bad(&Tensor::zeros((3, 5), DType::F16, &dev).unwrap(), None, "weight is F16");
     let w = Tensor::zeros((3, 5), DType::F32, &dev).unwrap();
     bad(&w, Some(&Tensor::zeros(4, DType::F32, &dev).unwrap()), "bias must be [3]");
@@ -194,5 +288,18 @@ proptest! {
         bias in any::<bool>(),
     ) {
         prop_assert!(check(seed, &[batch, rows], n, k, bias) <= 1e-5);
+    }
+
+    #[test]
+    fn fused_forms_match_references_on_random_shapes(
+        seed in any::<u64>(),
+        batch in 1usize..=3,
+        h in 1usize..12,
+        w in 1usize..12,
+        c_in in 1usize..48,
+        n in 1usize..48,
+        bias in any::<bool>(),
+    ) {
+        prop_assert!(check_fused(seed, batch, &[h, w], c_in, n, bias) <= 1e-5);
     }
 }

@@ -2,10 +2,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_contiguous, CpuData};
 
 /// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
 /// the L2 cache while the GEMM packs them.
@@ -13,9 +13,11 @@ const PATCH_FLOATS: usize = 64 * 1024;
 /// Output pixels per task when there is no im2col (1×1, stride 1, no padding).
 const TILE_PIXELS_1X1: usize = 1024;
 
-/// The convolution of `x` `[B, Ci, H, W]` with `weight` `[Co, Ci, kh, kw]` (plus `bias` `[Co]`
-/// per output channel), with `stride` and zero `padding` on every side (one group, dilation 1),
-/// as `[B, Co, (H + 2·padding − kh) / stride + 1, …]` in `x`'s dtype.
+/// The convolution of `x` `[B, Ci, H, W]` with `weight` `[Co, Ci, kh, kw]` plus `bias`, with
+/// `stride` and zero `padding` on every side (one group, dilation 1), as
+/// `[B, Co, (H + 2·padding − kh) / stride + 1, …]` in `x`'s dtype. `bias` is `[Co]` (one per
+/// output channel) or `[B, Co]` (one per batch item and channel: a resnet's convolution bias plus
+/// its projected timestep embedding, added in the same pass).
 ///
 /// On the CPU this is our kernel: each task (a batch item × a tile of output rows) unfolds its
 /// patches (im2col; none for a 1×1 stride-1 convolution, whose input already is the patch matrix)
@@ -34,19 +36,64 @@ pub fn conv2d(
     if !x.device().is_cpu() {
         return conv2d_reference(x, weight, bias, stride, padding);
     }
+    run(x, weight, bias, None, &geom)
+}
+
+/// `residual + conv2d(x, weight, bias, stride, padding)`, `residual` shaped like the output:
+/// the convolution and the skip connection around it (a resnet's second convolution and its
+/// shortcut) in one pass, each GEMM accumulating into output rows filled with the residual plus
+/// the bias. Otherwise as [`conv2d`]; on other devices [`conv2d_reference`] plus `residual`.
+pub fn conv2d_add(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let g = check(x, weight, bias, stride, padding)?;
+    if residual.dims() != [g.b, g.co, g.oh, g.ow] || residual.dtype() != x.dtype() {
+        return Err(candle_core::Error::Msg(format!(
+            "conv2d: the residual must be {:?} {:?} like the output, got {:?} {:?}",
+            [g.b, g.co, g.oh, g.ow],
+            x.dtype(),
+            residual.dims(),
+            residual.dtype()
+        )));
+    }
+    if !x.device().is_cpu() {
+        return conv2d_reference(x, weight, bias, stride, padding)? + residual;
+    }
+    run(x, weight, bias, Some(residual), &g)
+}
+
+/// The kernel on CPU tensors, in f32, the result in `x`'s dtype.
+fn run(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    g: &Geometry,
+) -> candle_core::Result<Tensor> {
     let in_dtype = x.dtype();
-    let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
-    let op = Conv { geom };
-    let (x, weight) = (f32c(x)?, f32c(weight)?);
-    let out = match bias {
-        Some(bias) => x.apply_op3_no_bwd(&weight, &f32c(bias)?, &op)?,
-        None => x.apply_op2_no_bwd(&weight, &op)?,
-    };
-    out.to_dtype(in_dtype)
+    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
+    let bias = bias.map(f32_contiguous).transpose()?;
+    let residual = residual.map(f32_contiguous).transpose()?;
+    let mut tensors = vec![&x, &weight];
+    tensors.extend(bias.as_ref());
+    tensors.extend(residual.as_ref());
+    let data = CpuData::lock(&tensors);
+    let (xs, ws) = (data.f32(0, "conv2d")?, data.f32(1, "conv2d")?);
+    let bs = bias.as_ref().map(|_| data.f32(2, "conv2d")).transpose()?;
+    let rs = residual.as_ref().map(|_| data.f32(tensors.len() - 1, "conv2d")).transpose()?;
+    let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
+    conv2d_f32(xs, ws, bs, rs, &mut out, g);
+    drop(data);
+    Tensor::from_vec(out, (g.b, g.co, g.oh, g.ow), &Device::Cpu)?.to_dtype(in_dtype)
 }
 
 /// candle's convolution, as `candle_nn::Conv2d` computes it: `Tensor::conv2d` then the bias
-/// broadcast over `[1, Co, 1, 1]`. Same arguments as [`conv2d`].
+/// broadcast over `[1, Co, 1, 1]` (or `[B, Co, 1, 1]`). Same arguments as [`conv2d`].
 pub fn conv2d_reference(
     x: &Tensor,
     weight: &Tensor,
@@ -57,6 +104,7 @@ pub fn conv2d_reference(
     let geom = check(x, weight, bias, stride, padding)?;
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
     match bias {
+        Some(bias) if bias.rank() == 2 => y.broadcast_add(&bias.reshape((geom.b, geom.co, 1, 1))?),
         Some(bias) => y.broadcast_add(&bias.reshape((1, geom.co, 1, 1))?),
         None => Ok(y),
     }
@@ -97,8 +145,8 @@ fn check(
         return err(format!("x has {ci} channels but weight {:?} takes {wci}", weight.dims()));
     }
     if let Some(bias) = bias {
-        if bias.dims() != [co] {
-            return err(format!("bias must be [{co}], got {:?}", bias.dims()));
+        if bias.dims() != [co] && bias.dims() != [b, co] {
+            return err(format!("bias must be [{co}] or [{b}, {co}], got {:?}", bias.dims()));
         }
         if bias.dtype() != x.dtype() {
             return err(format!("bias is {:?} but x is {:?}", bias.dtype(), x.dtype()));
@@ -115,54 +163,6 @@ fn check(
     }
     let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
     Ok(Geometry { b, ci, h, w, co, kh, kw, stride, pad: padding, oh, ow })
-}
-
-struct Conv {
-    geom: Geometry,
-}
-
-impl Conv {
-    fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (CpuStorage, Shape) {
-        let g = self.geom;
-        let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
-        conv2d_f32(x, w, bias, &mut out, &g);
-        (CpuStorage::F32(out), Shape::from((g.b, g.co, g.oh, g.ow)))
-    }
-}
-
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "deradiff-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok(self.run(f32_slice("conv2d", s1, l1)?, f32_slice("conv2d", s2, l2)?, None))
-    }
-}
-
-impl CustomOp3 for Conv {
-    fn name(&self) -> &'static str {
-        "deradiff-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let bias = f32_slice("conv2d", s3, l3)?;
-        Ok(self.run(f32_slice("conv2d", s1, l1)?, f32_slice("conv2d", s2, l2)?, Some(bias)))
-    }
 }
 
 /// The output, shared by the tasks, each of which writes its own rows of every channel.
@@ -186,18 +186,24 @@ thread_local! {
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The kernel over contiguous slices: `x` `[B, Ci, H, W]`, `w` `[Co, Ci·kh·kw]`, `bias` `[Co]`,
-/// `out` `[B, Co, oh, ow]`.
-fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], g: &Geometry) {
+/// The kernel over contiguous slices: `x` `[B, Ci, H, W]`, `w` `[Co, Ci·kh·kw]`, `bias` `[Co]` or
+/// `[B, Co]`, `residual` and `out` `[B, Co, oh, ow]`.
+fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32], g: &Geometry) {
     let k = g.ci * g.kh * g.kw;
     let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
     if out.is_empty() {
         return;
     }
+    // The bias of batch item `bi`, channel `c`.
+    let bias_at = |bi: usize, c: usize| bias.map_or(0.0, |b| if b.len() == g.co { b[c] } else { b[bi * g.co + c] });
+    let filled = bias.is_some() || residual.is_some();
     if k == 0 {
-        // No input channels: the output is the bias.
+        // No input channels: the output is the residual plus the bias.
         for (i, o) in out.chunks_mut(out_plane).enumerate() {
-            o.fill(bias.map_or(0.0, |b| b[i % g.co]));
+            o.fill(bias_at(i / g.co, i % g.co));
+            if let Some(r) = residual {
+                o.iter_mut().zip(&r[i * out_plane..]).for_each(|(o, r)| *o += r);
+            }
         }
         return;
     }
@@ -210,12 +216,21 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], g: &G
         let cols = rows.min(g.oh - oy0) * g.ow;
         let xb = &x[bi * g.ci * in_plane..][..g.ci * in_plane];
         // This task's output: `[Co, cols]` with rows `out_plane` apart.
-        let dst_tile = dst.at(bi * g.co * out_plane + oy0 * g.ow);
-        if let Some(bias) = bias {
-            for (c, &b) in bias.iter().enumerate() {
+        let tile_start = bi * g.co * out_plane + oy0 * g.ow;
+        let dst_tile = dst.at(tile_start);
+        if filled {
+            for c in 0..g.co {
                 // SAFETY: channel `c`'s `cols` outputs from `oy0` lie inside `out` and belong to
                 // this task only (tasks differ in batch item or in output rows).
-                unsafe { std::slice::from_raw_parts_mut(dst_tile.add(c * out_plane), cols) }.fill(b);
+                let row = unsafe { std::slice::from_raw_parts_mut(dst_tile.add(c * out_plane), cols) };
+                let b = bias_at(bi, c);
+                match residual {
+                    Some(r) => {
+                        let r = &r[tile_start + c * out_plane..][..cols];
+                        row.iter_mut().zip(r).for_each(|(o, r)| *o = r + b);
+                    }
+                    None => row.fill(b),
+                }
             }
         }
         if direct {
@@ -224,7 +239,7 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], g: &G
             // SAFETY: lhs `w` is `[Co, k]` (row stride k); rhs reads `[Ci = k, cols]` from `rhs`
             // with row stride `in_plane`, the last row ending inside `xb`; dst is this task's
             // part of `out` as above, written by no other thread.
-            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, bias.is_some()) };
+            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, filled) };
         } else {
             PATCHES.with_borrow_mut(|patches| {
                 if patches.len() < k * cols {
@@ -234,7 +249,7 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], g: &G
                 im2col(xb, patches, g, oy0, cols / g.ow);
                 // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]`, contiguous; dst as
                 // in the direct case.
-                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, bias.is_some()) };
+                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, filled) };
             });
         }
     });

@@ -1,8 +1,13 @@
-//! A linear layer as one GEMM that writes into its bias-filled output.
+//! Linear layers as GEMMs that write into their bias- (and residual-) filled outputs, on the
+//! token layout `[B, L, C]` or straight from / into the image layout `[B, C, H, W]`.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
+use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_contiguous, CpuData};
+
+/// Output floats per task of the bias / residual fill.
+const FILL_CHUNK: usize = 1 << 14;
 
 /// `x · weightᵀ + bias` for `x` `[…, K]`, `weight` `[N, K]` (PyTorch's and candle's layout) and
 /// `bias` `[N]`, as `[…, N]` in `x`'s dtype: `torch.nn.Linear` / `candle_nn::Linear`.
@@ -20,134 +25,284 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     if !x.device().is_cpu() {
         return linear_reference(x, weight, bias);
     }
-    let in_dtype = x.dtype();
-    let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
-    let mut dims = x.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n;
+    let plan = Plan::tokens(1, m, n, k);
+    run(&plan, x, weight, bias, None, out_dims(x.dims(), n))
+}
+
+/// `residual + x · weightᵀ + bias`, `residual` shaped like the output `[…, N]`: a linear layer
+/// and the skip connection around it (a transformer block's attention and feed-forward outputs)
+/// in one pass, the GEMM accumulating into the output filled with the residual plus the bias.
+/// Otherwise as [`linear`]; on other devices [`linear_reference`] plus `residual`.
+pub fn linear_add(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (m, n, k) = check(x, weight, bias)?;
+    let dims = out_dims(x.dims(), n);
+    check_residual(residual, &dims, x.dtype())?;
+    if !x.device().is_cpu() {
+        return linear_reference(x, weight, bias)? + residual;
     }
-    let op = Gemm { m, n, k, dims };
-    let (x, weight) = (f32c(x)?, f32c(weight)?);
-    let out = match bias {
-        Some(bias) => x.apply_op3_no_bwd(&weight, &f32c(bias)?, &op)?,
-        None => x.apply_op2_no_bwd(&weight, &op)?,
+    run(&Plan::tokens(1, m, n, k), x, weight, bias, Some(residual), dims)
+}
+
+/// A linear layer over the channels of an image-layout `x` `[B, K, *spatial]` (at least one
+/// spatial dimension), returning tokens
+/// `[B, L, N]` (`L` = the product of the spatial sizes): the same as moving the channels last,
+/// flattening the spatial dimensions and applying [`linear`] (a 1×1 convolution followed by that
+/// transpose, as a spatial transformer's `proj_in` does), without the transposed copy: each
+/// batch item's GEMM reads `x` with the channel stride. Otherwise as [`linear`].
+pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (b, k, l) = match x.dims() {
+        [b, k, spatial @ ..] if !spatial.is_empty() => (*b, *k, spatial.iter().product::<usize>()),
+        _ => return Err(msg(format!("linear_from_channels needs x [B, K, …spatial], got {:?}", x.dims()))),
     };
-    out.to_dtype(in_dtype)
+    let n = check_weight(k, x.dtype(), weight, bias)?;
+    if !x.device().is_cpu() {
+        let tokens = x.flatten_from(2)?.transpose(1, 2)?;
+        return linear_reference(&tokens, weight, bias);
+    }
+    run(&Plan::from_channels(b, l, n, k), x, weight, bias, None, vec![b, l, n])
+}
+
+/// `residual + (x · weightᵀ + bias)` moved into the image layout: `x` tokens `[B, L, K]`,
+/// `residual` `[B, N, *spatial]` with `L` = the product of the spatial sizes, the output shaped
+/// like `residual` (a spatial transformer's `proj_out` and its skip connection). Each batch item's
+/// GEMM writes its tokens' outputs with the channel stride straight into the residual-filled
+/// image, without the transposed copy and the separate addition. Otherwise as [`linear`].
+pub fn linear_to_channels(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (&[b, l, _], true) = (x.dims(), residual.rank() >= 2) else {
+        return Err(msg(format!(
+            "linear_to_channels needs x [B, L, K] and residual [B, N, …], got {:?} and {:?}",
+            x.dims(),
+            residual.dims()
+        )));
+    };
+    let (_, n, k) = check(x, weight, bias)?;
+    let mut want = vec![b, n];
+    want.extend(residual.dims().get(2..).unwrap_or_default());
+    if residual.dims() != want || residual.dims()[2..].iter().product::<usize>() != l {
+        return Err(msg(format!(
+            "linear_to_channels: residual {:?} is not [B = {b}, N = {n}, …] with {l} positions (x {:?})",
+            residual.dims(),
+            x.dims()
+        )));
+    }
+    check_residual(residual, residual.dims(), x.dtype())?;
+    if !x.device().is_cpu() {
+        let y = linear_reference(x, weight, bias)?.transpose(1, 2)?.reshape(residual.dims())?;
+        return y + residual;
+    }
+    run(&Plan::to_channels(b, l, n, k), x, weight, bias, Some(residual), residual.dims().to_vec())
 }
 
 /// `candle_nn::Linear`'s forward (candle's matmul, then the bias broadcast) on `x` flattened to
 /// `[M, K]` (candle's takes 2 to 4 dimensions only), reshaped back. Same arguments as [`linear`].
 pub fn linear_reference(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
-    let mut dims = x.dims().to_vec();
+    candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(&x.reshape((m, k))?)?.reshape(out_dims(x.dims(), n))
+}
+
+fn msg(m: String) -> candle_core::Error {
+    candle_core::Error::Msg(m)
+}
+
+/// `dims` with the last one replaced by `n`.
+fn out_dims(dims: &[usize], n: usize) -> Vec<usize> {
+    let mut dims = dims.to_vec();
     if let Some(last) = dims.last_mut() {
         *last = n;
     }
-    candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(&x.reshape((m, k))?)?.reshape(dims)
+    dims
 }
 
 /// `(M, N, K)`: the rows of `x` (all its leading dimensions), the output and input features.
 fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(usize, usize, usize)> {
-    let err = |m: String| Err(candle_core::Error::Msg(format!("linear: {m}")));
-    let (Some((&k, lead)), &[n, wk]) = (x.dims().split_last(), weight.dims()) else {
-        return err(format!("needs x […, K] and weight [N, K], got {:?} and {:?}", x.dims(), weight.dims()));
+    let Some((&k, lead)) = x.dims().split_last() else {
+        return Err(msg(format!("linear: needs x […, K], got a scalar (weight {:?})", weight.dims())));
+    };
+    Ok((lead.iter().product(), check_weight(k, x.dtype(), weight, bias)?, k))
+}
+
+/// `N` for a `weight` `[N, k]` and `bias` `[N]` of `dtype`.
+fn check_weight(k: usize, dtype: DType, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<usize> {
+    let err = |m: String| Err(msg(format!("linear: {m}")));
+    let &[n, wk] = weight.dims() else {
+        return err(format!("needs a weight [N, K = {k}], got {:?}", weight.dims()));
     };
     if wk != k {
         return err(format!("x has {k} features but weight {:?} takes {wk}", weight.dims()));
     }
-    if weight.dtype() != x.dtype() {
-        return err(format!("weight is {:?} but x is {:?}", weight.dtype(), x.dtype()));
+    if weight.dtype() != dtype {
+        return err(format!("weight is {:?} but x is {dtype:?}", weight.dtype()));
     }
     if let Some(bias) = bias {
         if bias.dims() != [n] {
             return err(format!("bias must be [{n}], got {:?}", bias.dims()));
         }
-        if bias.dtype() != x.dtype() {
-            return err(format!("bias is {:?} but x is {:?}", bias.dtype(), x.dtype()));
+        if bias.dtype() != dtype {
+            return err(format!("bias is {:?} but x is {dtype:?}", bias.dtype()));
         }
     }
-    Ok((lead.iter().product(), n, k))
+    Ok(n)
 }
 
-struct Gemm {
+fn check_residual(residual: &Tensor, dims: &[usize], dtype: DType) -> candle_core::Result<()> {
+    if residual.dims() != dims {
+        return Err(msg(format!("linear: residual must be {dims:?} like the output, got {:?}", residual.dims())));
+    }
+    if residual.dtype() != dtype {
+        return Err(msg(format!("linear: residual is {:?} but x is {dtype:?}", residual.dtype())));
+    }
+    Ok(())
+}
+
+/// Where a matrix of one batch item lies in its buffer (strides in floats).
+#[derive(Clone, Copy)]
+struct Strides {
+    batch: usize,
+    row: usize,
+    col: usize,
+}
+
+/// `batches` GEMMs `dst [m, n] (+)= lhs [m, k] · weightᵀ`, on the given layouts.
+struct Plan {
+    batches: usize,
     m: usize,
     n: usize,
     k: usize,
-    dims: Vec<usize>,
+    lhs: Strides,
+    dst: Strides,
 }
 
-impl Gemm {
-    fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (CpuStorage, Shape) {
-        let (m, n, k) = (self.m, self.n, self.k);
-        let mut out = match bias {
-            Some(bias) => bias.repeat(m),
-            None => vec![0f32; m * n],
-        };
-        if m > 0 && n > 0 && k > 0 {
-            let threads = rayon::current_num_threads();
-            let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            // SAFETY: dst `out` is `[m, n]` row-major (row stride n), lhs `x` is `[m, k]` (row
-            // stride k) and rhs is `weightᵀ` `[k, n]`: element (i, j) at `w[j·k + i]` (row stride
-            // 1, column stride k) inside `w`'s `n·k` floats; `out` is owned here.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    bias.is_some(),
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            }
+impl Plan {
+    /// Tokens in, tokens out: one GEMM over all `batches · m` rows.
+    fn tokens(batches: usize, m: usize, n: usize, k: usize) -> Self {
+        let (m, batches) = (batches * m, 1);
+        Self { batches, m, n, k, lhs: Strides { batch: 0, row: k, col: 1 }, dst: Strides { batch: 0, row: n, col: 1 } }
+    }
+
+    /// `[B, K, L]` in, tokens `[B, L, N]` out.
+    fn from_channels(b: usize, l: usize, n: usize, k: usize) -> Self {
+        Self {
+            batches: b,
+            m: l,
+            n,
+            k,
+            lhs: Strides { batch: k * l, row: 1, col: l },
+            dst: Strides { batch: l * n, row: n, col: 1 },
         }
-        (CpuStorage::F32(out), Shape::from(self.dims.clone()))
+    }
+
+    /// Tokens `[B, L, K]` in, `[B, N, L]` out.
+    fn to_channels(b: usize, l: usize, n: usize, k: usize) -> Self {
+        Self {
+            batches: b,
+            m: l,
+            n,
+            k,
+            lhs: Strides { batch: l * k, row: k, col: 1 },
+            dst: Strides { batch: n * l, row: 1, col: l },
+        }
     }
 }
 
-impl CustomOp2 for Gemm {
-    fn name(&self) -> &'static str {
-        "deradiff-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok(self.run(f32_slice("linear", s1, l1)?, f32_slice("linear", s2, l2)?, None))
-    }
+/// Runs `plan` on the CPU: f32 operands, the output filled with `residual + bias`, then the GEMMs
+/// accumulating into it; the result `dims` in `x`'s dtype.
+fn run(
+    plan: &Plan,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    dims: Vec<usize>,
+) -> candle_core::Result<Tensor> {
+    let in_dtype = x.dtype();
+    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
+    let bias = bias.map(f32_contiguous).transpose()?;
+    let residual = residual.map(f32_contiguous).transpose()?;
+    let mut tensors = vec![&x, &weight];
+    tensors.extend(bias.as_ref());
+    tensors.extend(residual.as_ref());
+    let data = CpuData::lock(&tensors);
+    let (xs, ws) = (data.f32(0, "linear")?, data.f32(1, "linear")?);
+    let bs = bias.as_ref().map(|_| data.f32(2, "linear")).transpose()?;
+    let rs = residual.as_ref().map(|_| data.f32(tensors.len() - 1, "linear")).transpose()?;
+    let out = gemms(plan, xs, ws, bs, rs);
+    drop(data);
+    Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(in_dtype)
 }
 
-impl CustomOp3 for Gemm {
-    fn name(&self) -> &'static str {
-        "deradiff-linear"
+/// The kernel over contiguous slices (see [`Plan`]).
+fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
+    let len = p.batches * p.m * p.n;
+    let mut out = vec![0f32; len];
+    let filled = bias.is_some() || residual.is_some();
+    if filled && len > 0 {
+        // Rows of the output as stored: `n` channels of one position (`dst.col == 1`), or `m`
+        // positions of one channel (the image layout).
+        let (row_len, channel_of) = if p.dst.col == 1 { (p.n, None) } else { (p.m, Some(p.n)) };
+        let fill = |start_row: usize, rows: &mut [f32]| {
+            for (r, row) in rows.chunks_mut(row_len).enumerate() {
+                let g = start_row + r;
+                let res = residual.map(|res| &res[g * row_len..][..row_len]);
+                match (channel_of, bias, res) {
+                    (None, Some(b), Some(res)) => row.iter_mut().zip(b).zip(res).for_each(|((o, b), r)| *o = r + b),
+                    (None, Some(b), None) => row.copy_from_slice(b),
+                    (Some(n), Some(b), Some(res)) => row.iter_mut().zip(res).for_each(|(o, r)| *o = r + b[g % n]),
+                    (Some(n), Some(b), None) => row.fill(b[g % n]),
+                    (_, None, Some(res)) => row.copy_from_slice(res),
+                    (_, None, None) => {}
+                }
+            }
+        };
+        let rows_per_task = (FILL_CHUNK / row_len.max(1)).max(1);
+        if len <= FILL_CHUNK {
+            fill(0, &mut out);
+        } else {
+            out.par_chunks_mut(rows_per_task * row_len).enumerate().for_each(|(t, rows)| fill(t * rows_per_task, rows));
+        }
     }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let bias = f32_slice("linear", s3, l3)?;
-        Ok(self.run(f32_slice("linear", s1, l1)?, f32_slice("linear", s2, l2)?, Some(bias)))
+    if p.m == 0 || p.n == 0 || p.k == 0 {
+        return out;
     }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    for b in 0..p.batches {
+        // SAFETY: for batch item `b`, dst is `[m, n]` at `out[b·dst.batch ..]` with the plan's
+        // strides, lhs `[m, k]` at `x[b·lhs.batch ..]` likewise, and rhs is `weightᵀ` `[k, n]`
+        // (element (i, j) at `w[j·k + i]`: row stride 1, column stride k); every index these reach
+        // lies inside `out` (B·m·n floats), `x` (B·m·k) and `w` (n·k), and `out` is owned here.
+        unsafe {
+            gemm::gemm(
+                p.m,
+                p.n,
+                p.k,
+                out.as_mut_ptr().add(b * p.dst.batch),
+                p.dst.col as isize,
+                p.dst.row as isize,
+                filled,
+                x.as_ptr().add(b * p.lhs.batch),
+                p.lhs.col as isize,
+                p.lhs.row as isize,
+                w.as_ptr(),
+                p.k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    }
+    out
 }

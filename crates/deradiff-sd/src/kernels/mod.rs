@@ -33,10 +33,10 @@ mod linear;
 mod math;
 
 pub use attention::{attention, attention_heads, attention_reference};
-pub use conv::{conv2d, conv2d_reference};
+pub use conv::{conv2d, conv2d_add, conv2d_reference};
 pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
-pub use linear::{linear, linear_reference};
+pub use linear::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
 
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
 fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
@@ -46,4 +46,28 @@ fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layo
     let (start, end) =
         l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} takes contiguous tensors")))?;
     Ok(&data[start..end])
+}
+
+/// Read access to the data of CPU tensors for kernels that take more operands than candle's
+/// `CustomOp3`: each tensor's storage is read-locked while this lives.
+struct CpuData<'a>(Vec<(candle_core::StorageRef<'a>, &'a candle_core::Layout)>);
+
+impl<'a> CpuData<'a> {
+    fn lock(tensors: &[&'a candle_core::Tensor]) -> Self {
+        Self(tensors.iter().map(|t| t.storage_and_layout()).collect())
+    }
+
+    /// The contiguous f32 data of tensor `i`, or an error naming the kernel `op`.
+    fn f32(&self, i: usize, op: &str) -> candle_core::Result<&[f32]> {
+        let (storage, layout) = &self.0[i];
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            return Err(candle_core::Error::Msg(format!("{op} runs on CPU tensors")));
+        };
+        f32_slice(op, cpu, layout)
+    }
+}
+
+/// `t` as a contiguous f32 tensor (no copy when it already is one).
+fn f32_contiguous(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    t.to_dtype(candle_core::DType::F32)?.contiguous()
 }
