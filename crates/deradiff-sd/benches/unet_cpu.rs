@@ -10,8 +10,9 @@
 //!   first level (8 heads of 40); `kernels::attention_reference` (matmul + softmax + matmul) vs
 //!   `kernels::attention`.
 //! * `group_norm_silu/{candle,ours}/…`: `candle_nn::GroupNorm` + SiLU vs `kernels::group_norm`.
-//! * `conv/{candle,ours}/…`: the tiny UNet's convolutions at batch 2 (`Ci→Co`, kernel, spatial
-//!   size, stride): `kernels::conv2d_reference` (candle's `conv2d` + bias) vs `kernels::conv2d`.
+//! * `conv/{candle,ours}/…`: the tiny UNet's convolutions and SD 1.5's 3×3 ones at each level, at
+//!   batch 2 (`Ci→Co`, kernel, spatial size, stride): `kernels::conv2d_reference` (candle's
+//!   `conv2d` + bias) vs `kernels::conv2d`.
 //! * `linear/{candle,ours}/…`: the attention projection and the feed-forward's two linears of the
 //!   tiny UNet and of SD 1.5's first level over 64×64 latents' tokens at batch 2:
 //!   `candle_nn::Linear` vs `kernels::linear`.
@@ -127,6 +128,10 @@ fn conv(c: &mut Criterion) {
         ("32to4_3x3_64", 32, 4, 3, 64, 1, 1),
         ("64to32_1x1_64", 64, 32, 1, 64, 1, 0),
         ("32to32_3x3_64_s2", 32, 32, 3, 64, 2, 1),
+        ("sd15_320to320_3x3_64", 320, 320, 3, 64, 1, 1),
+        ("sd15_640to640_3x3_32", 640, 640, 3, 32, 1, 1),
+        ("sd15_1280to1280_3x3_16", 1280, 1280, 3, 16, 1, 1),
+        ("sd15_1280to1280_3x3_8", 1280, 1280, 3, 8, 1, 1),
     ] {
         let (x, w, bias) = (randn(&[2, ci, size, size]), (randn(&[co, ci, k, k]) * 0.1).unwrap(), randn(&[co]));
         g.bench_function(BenchmarkId::new("candle", name), |b| {

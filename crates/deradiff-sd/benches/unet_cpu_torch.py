@@ -59,6 +59,10 @@ CONV_SHAPES = [
     ("32to4_3x3_64", 32, 4, 3, 64, 1, 1),
     ("64to32_1x1_64", 64, 32, 1, 64, 1, 0),
     ("32to32_3x3_64_s2", 32, 32, 3, 64, 2, 1),
+    ("sd15_320to320_3x3_64", 320, 320, 3, 64, 1, 1),
+    ("sd15_640to640_3x3_32", 640, 640, 3, 32, 1, 1),
+    ("sd15_1280to1280_3x3_16", 1280, 1280, 3, 16, 1, 1),
+    ("sd15_1280to1280_3x3_8", 1280, 1280, 3, 8, 1, 1),
 ]
 # (name, tokens, K, N), as LINEAR_SHAPES in unet_cpu.rs
 LINEAR_SHAPES = [
@@ -78,7 +82,7 @@ with torch.inference_mode():
         print(f"group_norm_silu/torch/{name}: {timed(lambda: F.silu(F.group_norm(x, 32, w, b, 1e-5)), 20)}")
     for name, ci, co, k, size, stride, pad in CONV_SHAPES:
         x, w, b = torch.randn(2, ci, size, size), torch.randn(co, ci, k, k) * 0.1, torch.randn(co)
-        print(f"conv/torch/{name}: {timed(lambda: F.conv2d(x, w, b, stride, pad), 20)}")
+        print(f"conv/torch/{name}: {timed(lambda: F.conv2d(x, w, b, stride, pad), 20 if ci < 320 else 5)}")
     for name, m, k, n in LINEAR_SHAPES:
         x, w, b = torch.randn(2, m // 2, k), torch.randn(n, k) * 0.1, torch.randn(n)
         print(f"linear/torch/{name}: {timed(lambda: F.linear(x, w, b), 20)}")

@@ -164,6 +164,10 @@ fn unet_shapes() {
         case(2, 32, 32, 64, 64, 3, 2, 1), // downsampler
         case(2, 32, 32, 65, 65, 3, 2, 0), // downsampler after the explicit asymmetric pad
         case(2, 64, 64, 17, 17, 3, 2, 0),
+        case(2, 160, 24, 8, 8, 3, 1, 1), // SD-like depth on a small image: both images in one GEMM
+        case(3, 100, 9, 12, 12, 3, 1, 1), // three small images in one GEMM
+        case(3, 100, 9, 20, 20, 3, 1, 1), // one image per GEMM
+        case(1, 100, 9, 20, 20, 3, 1, 1), // one task: threads inside the GEMM
     ] {
         worst = worst.max(check_conv(7, c));
     }

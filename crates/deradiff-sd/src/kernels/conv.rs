@@ -8,8 +8,14 @@ use rayon::prelude::*;
 use super::{f32_contiguous, CpuData};
 
 /// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
-/// the L2 cache while the GEMM packs them.
+/// the L2 cache while the GEMM packs them, unless that leaves fewer than [`MIN_TILE_COLS`].
 const PATCH_FLOATS: usize = 64 * 1024;
+/// Fewest output pixels per GEMM, where the image has them, for a weight larger than
+/// [`PATCH_FLOATS`]: each GEMM packs the whole weight (`Co × Ci·kh·kw`, up to 59 MB for SD's
+/// 1280-channel 3×3 convolutions), so tiles of a few rows would spend their time packing it, in
+/// the GEMM's narrow edge kernels (SD 1.5's 3×3 convolutions at batch 2: 1.2–2.2× faster than
+/// tiles of [`PATCH_FLOATS`]).
+const MIN_TILE_COLS: usize = 1024;
 /// Output pixels per task when there is no im2col (1×1, stride 1, no padding).
 const TILE_PIXELS_1X1: usize = 1024;
 
@@ -181,9 +187,11 @@ impl OutPtr {
 }
 
 thread_local! {
-    /// Each thread's im2col buffer, kept between calls (its size is bounded by [`PATCH_FLOATS`]
-    /// or one output row's patches).
+    /// Each thread's im2col buffer, kept between calls (its size is bounded by [`PATCH_FLOATS`],
+    /// [`MIN_TILE_COLS`] columns or one output row's patches).
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's GEMM output for several small images at once, kept between calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The kernel over contiguous slices: `x` `[B, Ci, H, W]`, `w` `[Co, Ci·kh·kw]`, `bias` `[Co]` or
@@ -208,8 +216,75 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
         return;
     }
     let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-    let rows = if direct { TILE_PIXELS_1X1 } else { PATCH_FLOATS / k }.div_ceil(g.ow).clamp(1, g.oh);
+    let target = match (direct, g.co * k > PATCH_FLOATS) {
+        (true, _) => TILE_PIXELS_1X1,
+        (false, true) => (PATCH_FLOATS / k).max(MIN_TILE_COLS),
+        (false, false) => PATCH_FLOATS / k,
+    };
+    let threads = rayon::current_num_threads();
+    // Threads inside each GEMM when there are fewer tasks than threads.
+    let parallelism = |tasks: usize| {
+        if tasks < threads && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        }
+    };
+    if out_plane < target && g.b > 1 {
+        // Small images: several whole batch items per GEMM (their patches side by side), into a
+        // scratch `[Co, images·plane]` then copied out, so the weight is packed once per group.
+        let per = (target / out_plane).clamp(1, g.b);
+        let tasks = g.b.div_ceil(per);
+        let par = parallelism(tasks);
+        let dst = OutPtr(out.as_mut_ptr());
+        (0..tasks).into_par_iter().for_each(|t| {
+            let images = t * per..g.b.min((t + 1) * per);
+            let cols = images.len() * out_plane;
+            SCRATCH.with_borrow_mut(|scratch| {
+                PATCHES.with_borrow_mut(|patches| {
+                    grow(patches, k * cols);
+                    grow(scratch, g.co * cols);
+                    let (patches, scratch) = (&mut patches[..k * cols], &mut scratch[..g.co * cols]);
+                    for (j, bi) in images.clone().enumerate() {
+                        let xb = &x[bi * g.ci * in_plane..][..g.ci * in_plane];
+                        im2col(xb, &mut patches[j * out_plane..], cols, g, 0, g.oh);
+                        if filled {
+                            for c in 0..g.co {
+                                let row = &mut scratch[c * cols + j * out_plane..][..out_plane];
+                                let b = bias_at(bi, c);
+                                match residual {
+                                    Some(r) => {
+                                        let r = &r[(bi * g.co + c) * out_plane..][..out_plane];
+                                        row.iter_mut().zip(r).for_each(|(o, r)| *o = r + b);
+                                    }
+                                    None => row.fill(b),
+                                }
+                            }
+                        }
+                    }
+                    // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]` and dst `scratch`
+                    // `[Co, cols]`, both contiguous and owned by this thread.
+                    unsafe {
+                        gemm_into(scratch.as_mut_ptr(), cols, w, patches.as_ptr(), cols, g.co, cols, k, filled, par)
+                    };
+                    for (j, bi) in images.clone().enumerate() {
+                        for c in 0..g.co {
+                            // SAFETY: batch item `bi`'s output planes lie inside `out` and belong to
+                            // this task only (tasks take disjoint batch items).
+                            let o = unsafe {
+                                std::slice::from_raw_parts_mut(dst.at((bi * g.co + c) * out_plane), out_plane)
+                            };
+                            o.copy_from_slice(&scratch[c * cols + j * out_plane..][..out_plane]);
+                        }
+                    }
+                });
+            });
+        });
+        return;
+    }
+    let rows = target.div_ceil(g.ow).clamp(1, g.oh);
     let tiles = g.oh.div_ceil(rows);
+    let par = parallelism(g.b * tiles);
     let dst = OutPtr(out.as_mut_ptr());
     (0..g.b * tiles).into_par_iter().for_each(|task| {
         let (bi, oy0) = (task / tiles, task % tiles * rows);
@@ -239,24 +314,30 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
             // SAFETY: lhs `w` is `[Co, k]` (row stride k); rhs reads `[Ci = k, cols]` from `rhs`
             // with row stride `in_plane`, the last row ending inside `xb`; dst is this task's
             // part of `out` as above, written by no other thread.
-            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, filled) };
+            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, filled, par) };
         } else {
             PATCHES.with_borrow_mut(|patches| {
-                if patches.len() < k * cols {
-                    patches.resize(k * cols, 0.0);
-                }
+                grow(patches, k * cols);
                 let patches = &mut patches[..k * cols];
-                im2col(xb, patches, g, oy0, cols / g.ow);
+                im2col(xb, patches, cols, g, oy0, cols / g.ow);
                 // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]`, contiguous; dst as
                 // in the direct case.
-                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, filled) };
+                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, filled, par) };
             });
         }
     });
 }
 
+/// `buf` at least `len` long.
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, all row-major with unit column stride and row
-/// strides `dst_rs`, `k`, `rhs_rs`; accumulates into `dst` when `accumulate`.
+/// strides `dst_rs`, `k`, `rhs_rs`; accumulates into `dst` when `accumulate`; threads inside
+/// the GEMM as `parallelism` says.
 ///
 /// # Safety
 /// `dst` must be valid for writes and `rhs` for reads at every `row · stride + column` of their
@@ -273,6 +354,7 @@ unsafe fn gemm_into(
     n: usize,
     k: usize,
     accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     debug_assert!(lhs.len() >= m * k);
     // SAFETY: the caller's contract; gemm reads and writes only inside those extents.
@@ -296,20 +378,22 @@ unsafe fn gemm_into(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
 
 /// The patches of output rows `oy0 .. oy0 + rows` of one batch item `xb` `[Ci, H, W]`:
-/// `patches` `[Ci·kh·kw, rows·ow]`, row `(c, ky, kx)` holding input `(c, oy·s + ky − p,
-/// ox·s + kx − p)` for each output pixel `(oy, ox)` of the tile, zero outside the input.
-fn im2col(xb: &[f32], patches: &mut [f32], g: &Geometry, oy0: usize, rows: usize) {
+/// `patches` `[Ci·kh·kw, rows·ow]` with rows `ld` apart, row `(c, ky, kx)` holding input
+/// `(c, oy·s + ky − p, ox·s + kx − p)` for each output pixel `(oy, ox)` of the tile, zero outside
+/// the input.
+fn im2col(xb: &[f32], patches: &mut [f32], ld: usize, g: &Geometry, oy0: usize, rows: usize) {
     let cols = rows * g.ow;
     // A stride-1 "same" convolution (3×3 padding 1): each patch row is the input plane shifted
     // by a constant offset, so one copy per row of patches, then the wrapped-around columns zeroed.
     let same = g.stride == 1 && g.ow == g.w;
-    for (i, p) in patches.chunks_exact_mut(cols).enumerate() {
+    for i in 0..g.ci * g.kh * g.kw {
+        let p = &mut patches[i * ld..][..cols];
         let (c, ky, kx) = (i / (g.kh * g.kw), i / g.kw % g.kh, i % g.kw);
         let plane = &xb[c * g.h * g.w..][..g.h * g.w];
         if same {
