@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use super::math::{exp, sum_f64};
+use super::math::{exp, madd, sum_and_squares};
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, with the per-channel
 /// affine `weight`, `bias` `[C]` and `eps`, then SiLU if `silu` (the `GroupNorm → SiLU` pair of
@@ -129,44 +129,47 @@ pub(crate) fn group_norm_f32(
         let (w, b) = (&w[g * cpg..][..cpg], &b[g * cpg..][..cpg]);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
                 unsafe { one_group_avx2(xg, w, b, o, spatial, eps, silu) };
                 return;
             }
         }
-        one_group(xg, w, b, o, spatial, eps, silu)
+        one_group::<false>(xg, w, b, o, spatial, eps, silu)
     });
 }
 
-/// [`one_group`] compiled for AVX2 (the crate is built for baseline x86-64).
+/// [`one_group`] compiled for AVX2 + FMA (the crate is built for baseline x86-64).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn one_group_avx2(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
-    one_group(xg, w, b, o, spatial, eps, silu)
+    one_group::<true>(xg, w, b, o, spatial, eps, silu)
 }
 
 /// One (batch, group): `xg`, `o` `[cpg, spatial]`, `w`, `b` the group's `[cpg]` affine.
+///
+/// The statistics take one pass: sums of `x − x₀` and of its squares, shifted by the group's
+/// first value so that an offset common to the group does not cancel the variance away.
 #[inline(always)]
-fn one_group(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
+fn one_group<const FMA: bool>(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
     let n = xg.len() as f64;
-    {
-        let mean = sum_f64(xg, 0.0, false) / n;
-        let var = sum_f64(xg, mean as f32, true) / n;
-        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-        let mean = mean as f32;
-        for (ch, (oc, xc)) in o.chunks_mut(spatial).zip(xg.chunks(spatial)).enumerate() {
-            let a = rstd * w[ch];
-            let shift = b[ch] - mean * a;
-            if silu {
-                for (y, &v) in oc.iter_mut().zip(xc) {
-                    let t = v * a + shift;
-                    *y = t / (1.0 + exp::<false>(-t));
-                }
-            } else {
-                for (y, &v) in oc.iter_mut().zip(xc) {
-                    *y = v * a + shift;
-                }
+    let shift = xg[0];
+    let (sum, sum_sq) = sum_and_squares(xg, shift);
+    let mean_d = sum / n;
+    let var = (sum_sq / n - mean_d * mean_d).max(0.0);
+    let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = (shift as f64 + mean_d) as f32;
+    for (ch, (oc, xc)) in o.chunks_mut(spatial).zip(xg.chunks(spatial)).enumerate() {
+        let a = rstd * w[ch];
+        let shift = b[ch] - mean * a;
+        if silu {
+            for (y, &v) in oc.iter_mut().zip(xc) {
+                let t = madd::<FMA>(v, a, shift);
+                *y = t / (1.0 + exp::<FMA>(-t));
+            }
+        } else {
+            for (y, &v) in oc.iter_mut().zip(xc) {
+                *y = madd::<FMA>(v, a, shift);
             }
         }
     }
