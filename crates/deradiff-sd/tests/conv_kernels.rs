@@ -4,7 +4,10 @@
 //! non-square, batch 1 and 3, no bias, other kernel sizes), a bias per batch item and a residual
 //! added in the same pass (`conv2d_add`), and the errors.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use deradiff_sd::kernels::{conv2d, conv2d_add, conv2d_reference};
 use proptest::prelude::*;
 
@@ -14,21 +17,6 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 fn tensor(data: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(data, shape, &Device::Cpu).unwrap()
-}
-
-/// A deterministic pseudo-random vector in `[-amp, amp]` from `seed` (SplitMix64).
-fn values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
 }
 
 /// One convolution's sizes: input `[b, ci, h, w]`, weight `[co, ci, k, k]`.

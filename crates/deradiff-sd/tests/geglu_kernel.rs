@@ -4,7 +4,10 @@
 //! UNet's widths and odd ones (F not a multiple of 8, batch 1 and 3), inputs within ±6 and far
 //! beyond, zeros, empty tensors, f16, and the errors for a shape that is not `[…, 2F]`.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use deradiff_sd::kernels::{geglu, geglu_reference};
 use proptest::prelude::*;
 
@@ -40,21 +43,6 @@ fn naive_geglu(x: &[f32], f: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// A deterministic pseudo-random vector in `[-amp, amp]` from `seed` (SplitMix64).
-fn values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
 }
 
 /// The largest `|a − b| / max(1, |b|, |h|)`, where `h` is the hidden state that multiplied each

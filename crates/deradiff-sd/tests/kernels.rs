@@ -3,7 +3,10 @@
 //! group norm (+ SiLU) against candle's `GroupNorm` (and a naive loop), within 1e-5; the UNet's
 //! shapes and odd ones (lengths not multiples of 8 or 16, head dims 1 to 64, batch 1 and 3).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use deradiff_sd::kernels::{attention, attention_heads, attention_reference, group_norm, group_norm_reference};
 use proptest::prelude::*;
 
@@ -13,21 +16,6 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 fn tensor(data: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(data, shape, &Device::Cpu).unwrap()
-}
-
-/// A deterministic pseudo-random vector in `[-amp, amp]` from `seed` (SplitMix64).
-fn values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
 }
 
 /// Naive attention: one query row at a time, full softmax in f64.

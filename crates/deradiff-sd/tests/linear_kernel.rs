@@ -6,24 +6,12 @@
 //! `linear_to_channels` writing the image layout) against candle's transposes and additions
 //! around `linear_reference`, and the f64 loop.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use deradiff_sd::kernels::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
 use proptest::prelude::*;
-
-/// A deterministic pseudo-random vector in `[-amp, amp]` from `seed` (SplitMix64).
-fn values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()

@@ -1,30 +1,15 @@
 //! The UNet in f16 on the CPU, end to end (every fused kernel upcasts to f32 and casts back): the
 //! tiny SD UNet's f16 output against its f32 output on the same inputs, within f16's precision.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::{tiny_sd, values};
 use deradiff_sd::Unet;
 
-fn tiny_sd() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join("tiny-sd")
-}
-
-/// A deterministic pseudo-random tensor with entries in `[-1, 1]` (SplitMix64).
-fn values(seed: u64, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+/// `values(seed, …, 1.0)` shaped `shape`.
+fn tensor(seed: u64, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values(seed, shape.iter().product(), 1.0), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -38,8 +23,8 @@ fn unet_in_f16_matches_f32_within_f16_precision() {
     assert_eq!(u16_.dtype(), DType::F16);
     let c = u32_.cross_attention_dim();
     for (size, t) in [(8usize, 999.0), (16, 500.0), (12, 1.0)] {
-        let x = values(size as u64, &[2, 4, size, size]);
-        let ctx = values(7 + size as u64, &[2, 77, c]);
+        let x = tensor(size as u64, &[2, 4, size, size]);
+        let ctx = tensor(7 + size as u64, &[2, 77, c]);
         let want = u32_.forward(&x, t, &ctx).unwrap();
         let got = u16_.forward(&x.to_dtype(DType::F16).unwrap(), t, &ctx.to_dtype(DType::F16).unwrap()).unwrap();
         assert_eq!(got.dtype(), DType::F16);

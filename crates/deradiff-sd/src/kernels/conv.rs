@@ -2,10 +2,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::{f32_contiguous, CpuData};
+use super::run_f32;
 
 /// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
 /// the L2 cache while the GEMM packs them, unless that leaves fewer than [`MIN_TILE_COLS`].
@@ -81,21 +81,11 @@ fn run(
     residual: Option<&Tensor>,
     g: &Geometry,
 ) -> candle_core::Result<Tensor> {
-    let in_dtype = x.dtype();
-    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
-    let bias = bias.map(f32_contiguous).transpose()?;
-    let residual = residual.map(f32_contiguous).transpose()?;
-    let mut tensors = vec![&x, &weight];
-    tensors.extend(bias.as_ref());
-    tensors.extend(residual.as_ref());
-    let data = CpuData::lock(&tensors);
-    let (xs, ws) = (data.f32(0, "conv2d")?, data.f32(1, "conv2d")?);
-    let bs = bias.as_ref().map(|_| data.f32(2, "conv2d")).transpose()?;
-    let rs = residual.as_ref().map(|_| data.f32(tensors.len() - 1, "conv2d")).transpose()?;
-    let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
-    conv2d_f32(xs, ws, bs, rs, &mut out, g);
-    drop(data);
-    Tensor::from_vec(out, (g.b, g.co, g.oh, g.ow), &Device::Cpu)?.to_dtype(in_dtype)
+    run_f32("conv2d", [x, weight], bias, residual, vec![g.b, g.co, g.oh, g.ow], |xs, ws, bs, rs| {
+        let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
+        conv2d_f32(xs, ws, bs, rs, &mut out, g);
+        out
+    })
 }
 
 /// candle's convolution, as `candle_nn::Conv2d` computes it: `Tensor::conv2d` then the bias

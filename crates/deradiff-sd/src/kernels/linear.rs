@@ -1,10 +1,10 @@
 //! Linear layers as GEMMs that write into their bias- (and residual-) filled outputs, on the
 //! token layout `[B, L, C]` or straight from / into the image layout `[B, C, H, W]`.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_contiguous, CpuData};
+use super::run_f32;
 
 /// Output floats per task of the bias / residual fill.
 const FILL_CHUNK: usize = 1 << 14;
@@ -224,20 +224,7 @@ fn run(
     residual: Option<&Tensor>,
     dims: Vec<usize>,
 ) -> candle_core::Result<Tensor> {
-    let in_dtype = x.dtype();
-    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
-    let bias = bias.map(f32_contiguous).transpose()?;
-    let residual = residual.map(f32_contiguous).transpose()?;
-    let mut tensors = vec![&x, &weight];
-    tensors.extend(bias.as_ref());
-    tensors.extend(residual.as_ref());
-    let data = CpuData::lock(&tensors);
-    let (xs, ws) = (data.f32(0, "linear")?, data.f32(1, "linear")?);
-    let bs = bias.as_ref().map(|_| data.f32(2, "linear")).transpose()?;
-    let rs = residual.as_ref().map(|_| data.f32(tensors.len() - 1, "linear")).transpose()?;
-    let out = gemms(plan, xs, ws, bs, rs);
-    drop(data);
-    Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(in_dtype)
+    run_f32("linear", [x, weight], bias, residual, dims, |xs, ws, bs, rs| gemms(plan, xs, ws, bs, rs))
 }
 
 /// The kernel over contiguous slices (see [`Plan`]).

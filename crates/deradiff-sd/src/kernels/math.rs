@@ -87,16 +87,20 @@ pub(crate) fn sum_and_squares(x: &[f32], shift: f32) -> (f64, f64) {
     }
     let (mut total, mut total_sq) = (0f64, 0f64);
     for chunk in x.chunks(256) {
-        let (mut s, mut sq) = (0f32, 0f32);
-        for &v in chunk {
-            let d = v - shift;
-            s += d;
-            sq += d * d;
-        }
+        let (s, sq) = scalar_sums(chunk, shift);
         total += s as f64;
         total_sq += sq as f64;
     }
     (total, total_sq)
+}
+
+/// `(Σ dᵢ, Σ dᵢ²)` for `dᵢ = xᵢ − shift` in f32, one value at a time.
+#[inline(always)]
+fn scalar_sums(x: &[f32], shift: f32) -> (f32, f32) {
+    x.iter().fold((0f32, 0f32), |(s, sq), &v| {
+        let d = v - shift;
+        (s + d, sq + d * d)
+    })
 }
 
 /// [`sum_and_squares`] with AVX2 + FMA: two pairs of 8-lane accumulators per chunk of 256.
@@ -127,14 +131,9 @@ unsafe fn sum_and_squares_avx2(x: &[f32], shift: f32) -> (f64, f64) {
             q0 = _mm256_fmadd_ps(da, da, q0);
             q1 = _mm256_fmadd_ps(db, db, q1);
         }
-        let (mut s, mut sq) = (hsum(_mm256_add_ps(s0, s1)), hsum(_mm256_add_ps(q0, q1)));
-        for &v in rem {
-            let d = v - shift;
-            s += d;
-            sq += d * d;
-        }
-        total += s as f64;
-        total_sq += sq as f64;
+        let (s, sq) = scalar_sums(rem, shift);
+        total += (hsum(_mm256_add_ps(s0, s1)) + s) as f64;
+        total_sq += (hsum(_mm256_add_ps(q0, q1)) + sq) as f64;
     }
     (total, total_sq)
 }

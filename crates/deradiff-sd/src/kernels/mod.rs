@@ -61,26 +61,37 @@ fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layo
     Ok(&data[start..end])
 }
 
-/// Read access to the data of CPU tensors for kernels that take more operands than candle's
-/// `CustomOp3`: each tensor's storage is read-locked while this lives.
-struct CpuData<'a>(Vec<(candle_core::StorageRef<'a>, &'a candle_core::Layout)>);
-
-impl<'a> CpuData<'a> {
-    fn lock(tensors: &[&'a candle_core::Tensor]) -> Self {
-        Self(tensors.iter().map(|t| t.storage_and_layout()).collect())
-    }
-
-    /// The contiguous f32 data of tensor `i`, or an error naming the kernel `op`.
-    fn f32(&self, i: usize, op: &str) -> candle_core::Result<&[f32]> {
-        let (storage, layout) = &self.0[i];
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            return Err(candle_core::Error::Msg(format!("{op} runs on CPU tensors")));
-        };
-        f32_slice(op, cpu, layout)
-    }
+/// Runs `kernel` on the f32 data of the CPU operands of a GEMM kernel, `x`, `weight` and the
+/// optional `bias` and `residual` (more than candle's `CustomOp3` takes), each converted to a
+/// contiguous f32 tensor first and read-locked while `kernel` runs; returns its output as a `dims`
+/// tensor in `x`'s dtype. `op` names the kernel in errors.
+fn run_f32(
+    op: &str,
+    [x, weight]: [&candle_core::Tensor; 2],
+    bias: Option<&candle_core::Tensor>,
+    residual: Option<&candle_core::Tensor>,
+    dims: Vec<usize>,
+    kernel: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>) -> Vec<f32>,
+) -> candle_core::Result<candle_core::Tensor> {
+    let f32c = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F32)?.contiguous();
+    let (xc, wc) = (f32c(x)?, f32c(weight)?);
+    let (bc, rc) = (bias.map(f32c).transpose()?, residual.map(f32c).transpose()?);
+    let out = {
+        let (xs, ws) = (xc.storage_and_layout(), wc.storage_and_layout());
+        let (bs, rs) = (bc.as_ref().map(|t| t.storage_and_layout()), rc.as_ref().map(|t| t.storage_and_layout()));
+        let slice = |locked| locked_f32(op, locked);
+        kernel(slice(&xs)?, slice(&ws)?, bs.as_ref().map(slice).transpose()?, rs.as_ref().map(slice).transpose()?)
+    };
+    candle_core::Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?.to_dtype(x.dtype())
 }
 
-/// `t` as a contiguous f32 tensor (no copy when it already is one).
-fn f32_contiguous(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-    t.to_dtype(candle_core::DType::F32)?.contiguous()
+/// The contiguous f32 data behind a read-locked CPU storage, or an error naming the kernel `op`.
+fn locked_f32<'a>(
+    op: &str,
+    (storage, layout): &'a (candle_core::StorageRef<'_>, &candle_core::Layout),
+) -> candle_core::Result<&'a [f32]> {
+    match &**storage {
+        candle_core::Storage::Cpu(cpu) => f32_slice(op, cpu, layout),
+        _ => Err(candle_core::Error::Msg(format!("{op} runs on CPU tensors"))),
+    }
 }
