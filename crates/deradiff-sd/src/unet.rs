@@ -127,18 +127,9 @@ impl Unet {
         let candle_config = arch.candle.clone();
         let (in_c, out_c) = (arch.in_channels, arch.out_channels);
         let tt = arch.text_time;
-        let model =
-            Box::new(weights.build(dtype, device, None, |vb| UnetModel::new(vb, in_c, out_c, candle_config, tt))?);
-        Ok(Self {
-            model,
-            config,
-            arch,
-            source: weights.primary().to_path_buf(),
-            shapes: weights.used(),
-            dtype,
-            device: device.clone(),
-            forward_calls: AtomicUsize::new(0),
-        })
+        let model = weights.build(dtype, device, None, |vb| UnetModel::new(vb, in_c, out_c, candle_config, tt))?;
+        let (source, shapes) = (weights.primary().to_path_buf(), weights.used());
+        Ok(Self::assemble(model, config, arch, source, shapes, dtype, device))
     }
 
     /// Builds a UNet with `config` over any `VarBuilder` (diffusers' weight names), for example
@@ -154,24 +145,31 @@ impl Unet {
     ) -> Result<Self> {
         let source = source.into();
         let arch = config.arch(&source)?;
-        let (in_c, out_c) = (arch.in_channels, arch.out_channels);
-        let model = Box::new(UnetModel::new(
-            vb.set_dtype(dtype).set_device(device.clone()),
-            in_c,
-            out_c,
-            arch.candle.clone(),
-            arch.text_time,
-        )?);
-        Ok(Self {
-            model,
+        let vb = vb.set_dtype(dtype).set_device(device.clone());
+        let model = UnetModel::new(vb, arch.in_channels, arch.out_channels, arch.candle.clone(), arch.text_time)?;
+        Ok(Self::assemble(model, config, arch, source, HashMap::new(), dtype, device))
+    }
+
+    /// The `Unet` around a built `model`; `shapes` are its weights' shapes as loaded.
+    fn assemble(
+        model: UnetModel,
+        config: UnetConfig,
+        arch: UnetArch,
+        source: PathBuf,
+        shapes: HashMap<String, Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            model: Box::new(model),
             config,
             arch,
             source,
-            shapes: HashMap::new(),
+            shapes,
             dtype,
             device: device.clone(),
             forward_calls: AtomicUsize::new(0),
-        })
+        }
     }
 
     /// The config it was built from.

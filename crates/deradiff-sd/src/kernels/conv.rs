@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::run_f32;
+use super::{gemm_f32, gemm_parallelism, run_f32, Operand};
 
 /// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
 /// the L2 cache while the GEMM packs them, unless that leaves fewer than [`MIN_TILE_COLS`].
@@ -211,21 +211,12 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
         (false, true) => (PATCH_FLOATS / k).max(MIN_TILE_COLS),
         (false, false) => PATCH_FLOATS / k,
     };
-    let threads = rayon::current_num_threads();
-    // Threads inside each GEMM when there are fewer tasks than threads.
-    let parallelism = |tasks: usize| {
-        if tasks < threads && threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        }
-    };
     if out_plane < target && g.b > 1 {
         // Small images: several whole batch items per GEMM (their patches side by side), into a
         // scratch `[Co, images·plane]` then copied out, so the weight is packed once per group.
         let per = (target / out_plane).clamp(1, g.b);
         let tasks = g.b.div_ceil(per);
-        let par = parallelism(tasks);
+        let par = gemm_parallelism(tasks);
         let dst = OutPtr(out.as_mut_ptr());
         (0..tasks).into_par_iter().for_each(|t| {
             let images = t * per..g.b.min((t + 1) * per);
@@ -241,14 +232,8 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                         if filled {
                             for c in 0..g.co {
                                 let row = &mut scratch[c * cols + j * out_plane..][..out_plane];
-                                let b = bias_at(bi, c);
-                                match residual {
-                                    Some(r) => {
-                                        let r = &r[(bi * g.co + c) * out_plane..][..out_plane];
-                                        row.iter_mut().zip(r).for_each(|(o, r)| *o = r + b);
-                                    }
-                                    None => row.fill(b),
-                                }
+                                let r = residual.map(|r| &r[(bi * g.co + c) * out_plane..][..out_plane]);
+                                fill_row(row, bias_at(bi, c), r);
                             }
                         }
                     }
@@ -274,7 +259,7 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
     }
     let rows = target.div_ceil(g.ow).clamp(1, g.oh);
     let tiles = g.oh.div_ceil(rows);
-    let par = parallelism(g.b * tiles);
+    let par = gemm_parallelism(g.b * tiles);
     let dst = OutPtr(out.as_mut_ptr());
     (0..g.b * tiles).into_par_iter().for_each(|task| {
         let (bi, oy0) = (task / tiles, task % tiles * rows);
@@ -288,14 +273,7 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                 // SAFETY: channel `c`'s `cols` outputs from `oy0` lie inside `out` and belong to
                 // this task only (tasks differ in batch item or in output rows).
                 let row = unsafe { std::slice::from_raw_parts_mut(dst_tile.add(c * out_plane), cols) };
-                let b = bias_at(bi, c);
-                match residual {
-                    Some(r) => {
-                        let r = &r[tile_start + c * out_plane..][..cols];
-                        row.iter_mut().zip(r).for_each(|(o, r)| *o = r + b);
-                    }
-                    None => row.fill(b),
-                }
+                fill_row(row, bias_at(bi, c), residual.map(|r| &r[tile_start + c * out_plane..][..cols]));
             }
         }
         if direct {
@@ -316,6 +294,14 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
             });
         }
     });
+}
+
+/// `row` ← `residual + bias` (the bias alone without a residual): what a GEMM accumulates into.
+fn fill_row(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
+    match residual {
+        Some(r) => row.iter_mut().zip(r).for_each(|(o, r)| *o = r + bias),
+        None => row.fill(bias),
+    }
 }
 
 /// `buf` at least `len` long.
@@ -347,27 +333,16 @@ unsafe fn gemm_into(
     parallelism: gemm::Parallelism,
 ) {
     debug_assert!(lhs.len() >= m * k);
-    // SAFETY: the caller's contract; gemm reads and writes only inside those extents.
+    // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands.
     unsafe {
-        gemm::gemm(
+        gemm_f32(
             m,
             n,
             k,
-            dst,
-            1,
-            dst_rs as isize,
+            Operand { ptr: dst, row: dst_rs, col: 1 },
+            Operand { ptr: lhs.as_ptr(), row: k, col: 1 },
+            Operand { ptr: rhs, row: rhs_rs, col: 1 },
             accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs,
-            1,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
             parallelism,
         )
     }

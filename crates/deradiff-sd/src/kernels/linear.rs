@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
-use super::run_f32;
+use super::{gemm_f32, gemm_parallelism, run_f32, Operand};
 
 /// Output floats per task of the bias / residual fill.
 const FILL_CHUNK: usize = 1 << 14;
@@ -25,8 +25,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     if !x.device().is_cpu() {
         return linear_reference(x, weight, bias);
     }
-    let plan = Plan::tokens(1, m, n, k);
-    run(&plan, x, weight, bias, None, out_dims(x.dims(), n))
+    run(&Plan::tokens(m, n, k), x, weight, bias, None, out_dims(x.dims(), n))
 }
 
 /// `residual + x · weightᵀ + bias`, `residual` shaped like the output `[…, N]`: a linear layer
@@ -45,7 +44,7 @@ pub fn linear_add(
     if !x.device().is_cpu() {
         return linear_reference(x, weight, bias)? + residual;
     }
-    run(&Plan::tokens(1, m, n, k), x, weight, bias, Some(residual), dims)
+    run(&Plan::tokens(m, n, k), x, weight, bias, Some(residual), dims)
 }
 
 /// A linear layer over the channels of an image-layout `x` `[B, K, *spatial]` (at least one
@@ -78,7 +77,7 @@ pub fn linear_to_channels(
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let (&[b, l, _], true) = (x.dims(), residual.rank() >= 2) else {
+    let (&[b, l, _], [rb, rn, spatial @ ..]) = (x.dims(), residual.dims()) else {
         return Err(msg(format!(
             "linear_to_channels needs x [B, L, K] and residual [B, N, …], got {:?} and {:?}",
             x.dims(),
@@ -86,9 +85,7 @@ pub fn linear_to_channels(
         )));
     };
     let (_, n, k) = check(x, weight, bias)?;
-    let mut want = vec![b, n];
-    want.extend(residual.dims().get(2..).unwrap_or_default());
-    if residual.dims() != want || residual.dims()[2..].iter().product::<usize>() != l {
+    if (*rb, *rn, spatial.iter().product::<usize>()) != (b, n, l) {
         return Err(msg(format!(
             "linear_to_channels: residual {:?} is not [B = {b}, N = {n}, …] with {l} positions (x {:?})",
             residual.dims(),
@@ -183,10 +180,16 @@ struct Plan {
 }
 
 impl Plan {
-    /// Tokens in, tokens out: one GEMM over all `batches · m` rows.
-    fn tokens(batches: usize, m: usize, n: usize, k: usize) -> Self {
-        let (m, batches) = (batches * m, 1);
-        Self { batches, m, n, k, lhs: Strides { batch: 0, row: k, col: 1 }, dst: Strides { batch: 0, row: n, col: 1 } }
+    /// Tokens in, tokens out: one GEMM over all `m` rows (every leading dimension).
+    fn tokens(m: usize, n: usize, k: usize) -> Self {
+        Self {
+            batches: 1,
+            m,
+            n,
+            k,
+            lhs: Strides { batch: 0, row: k, col: 1 },
+            dst: Strides { batch: 0, row: n, col: 1 },
+        }
     }
 
     /// `[B, K, L]` in, tokens `[B, L, N]` out.
@@ -260,33 +263,21 @@ fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<
     if p.m == 0 || p.n == 0 || p.k == 0 {
         return out;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = gemm_parallelism(1);
     for b in 0..p.batches {
         // SAFETY: for batch item `b`, dst is `[m, n]` at `out[b·dst.batch ..]` with the plan's
         // strides, lhs `[m, k]` at `x[b·lhs.batch ..]` likewise, and rhs is `weightᵀ` `[k, n]`
         // (element (i, j) at `w[j·k + i]`: row stride 1, column stride k); every index these reach
         // lies inside `out` (B·m·n floats), `x` (B·m·k) and `w` (n·k), and `out` is owned here.
         unsafe {
-            gemm::gemm(
+            gemm_f32(
                 p.m,
                 p.n,
                 p.k,
-                out.as_mut_ptr().add(b * p.dst.batch),
-                p.dst.col as isize,
-                p.dst.row as isize,
+                Operand { ptr: out.as_mut_ptr().add(b * p.dst.batch), row: p.dst.row, col: p.dst.col },
+                Operand { ptr: x.as_ptr().add(b * p.lhs.batch), row: p.lhs.row, col: p.lhs.col },
+                Operand { ptr: w.as_ptr(), row: 1, col: p.k },
                 filled,
-                x.as_ptr().add(b * p.lhs.batch),
-                p.lhs.col as isize,
-                p.lhs.row as isize,
-                w.as_ptr(),
-                p.k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
                 parallelism,
             )
         }

@@ -95,3 +95,67 @@ fn locked_f32<'a>(
         _ => Err(candle_core::Error::Msg(format!("{op} runs on CPU tensors"))),
     }
 }
+
+/// Threads inside one GEMM that runs beside `tasks − 1` others: rayon's whole pool when there are
+/// fewer tasks than threads, none otherwise (the tasks themselves fill the threads).
+fn gemm_parallelism(tasks: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if tasks < threads && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// One f32 matrix operand of [`gemm_f32`]: its first element and its row and column strides (in
+/// floats).
+#[derive(Clone, Copy)]
+struct Operand<P> {
+    ptr: P,
+    row: usize,
+    col: usize,
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
+/// into `dst` when `accumulate`.
+///
+/// # Safety
+/// Each operand must be valid (`dst` for writes, the others for reads) at every
+/// `row · stride + column · stride` of its extent, and no other thread may access those elements of
+/// `dst` during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract; gemm reads and writes only inside those extents.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.col as isize,
+            dst.row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.ptr,
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
