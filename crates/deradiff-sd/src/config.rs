@@ -727,7 +727,7 @@ impl ClipTextConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::config(path, format!("`{name}` must be positive")));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(
                 path,
                 format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),

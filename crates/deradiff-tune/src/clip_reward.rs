@@ -270,7 +270,7 @@ impl ClipModelConfig {
                 return Err(config_err(path, format!("vision_config.{name} must be positive")));
             }
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(config_err(
                 path,
                 format!(

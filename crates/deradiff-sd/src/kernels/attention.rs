@@ -6,16 +6,70 @@ use rayon::prelude::*;
 use super::f32_slice;
 use super::math::{exp, exp_shifted_sum, madd, max};
 
-/// Keys per register tile of the score kernel (two AVX2 vectors).
+/// Keys per register tile of the portable and AVX2 score kernels (two AVX2 vectors); the AVX-512
+/// one takes twice as many.
 const KEY_LANES: usize = 16;
-/// Query rows per register tile (4 rows × 16 keys, or 4 rows × 16 output channels: eight
-/// independent accumulators, enough to keep both FMA pipes busy).
-const ROWS: usize = 4;
-/// Query rows per task.
-const QUERY_TILE: usize = 64;
-/// Most keys per block of the streaming softmax (a multiple of [`KEY_LANES`]); fewer when the head
-/// dim is large, so that a block's keys and values stay in the first-level cache.
+/// Key blocks are padded to a multiple of this (the AVX-512 score kernel's 32 keys).
+const KEY_ALIGN: usize = 2 * KEY_LANES;
+/// Query rows per register tile (6 rows × 16 keys, or 6 rows × 16 output channels: twelve
+/// independent accumulators, more than the FMA pipes' latency × throughput, and with the two
+/// vectors of keys or values and a broadcast within AVX2's sixteen registers).
+const ROWS: usize = 6;
+/// Query rows per task (a multiple of [`ROWS`]).
+const QUERY_TILE: usize = 60;
+/// Most keys per block of the streaming softmax (a multiple of [`KEY_ALIGN`]); fewer when the
+/// head dim is large, so that a block's keys stay in the first-level cache.
 const KEY_BLOCK: usize = 256;
+
+/// The instruction sets the kernel has a build for, chosen once per call at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Plain Rust for the target's baseline (SSE2 on x86-64).
+    Portable,
+    /// AVX2 + FMA: 8-lane vectors, intrinsics for the two inner products.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F + VL (+ AVX2 + FMA): 16-lane vectors, intrinsics for the two inner products, and the
+    /// softmax's loops vectorised 16 wide.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The widest build this CPU runs.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            let avx512 =
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl");
+            if avx2 && avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every build this CPU runs (for tests that compare them).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = Isa::detect();
+            if best != Isa::Portable {
+                all.push(Isa::Avx2);
+            }
+            if best == Isa::Avx512 {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+}
 
 /// `softmax(q · kᵀ · scale) · v` for `q` `[N, Lq, D]` and `k`, `v` `[N, Lk, D]` (N = batch ×
 /// heads), returned as `[N, Lq, D]` in `q`'s dtype.
@@ -155,14 +209,19 @@ pub(crate) struct Dims {
 /// The kernel over contiguous slices: `q` `[b, lq, heads·d]`, `k`, `v` `[b, lk, heads·d]`, `out`
 /// `[b, lq, heads·d]`.
 pub(crate) fn attention_f32(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims, scale: f32) {
+    attention_f32_isa(q, k, v, out, dims, scale, Isa::detect())
+}
+
+/// [`attention_f32`] with the build `isa` (which the CPU must run).
+pub(crate) fn attention_f32_isa(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims, scale: f32, isa: Isa) {
     let Dims { b, heads, lq, lk, d } = dims;
     if b == 0 || heads == 0 || lq == 0 || d == 0 || lk == 0 {
         return;
     }
     let c = heads * d;
-    // Key block: a multiple of KEY_LANES, at most KEY_BLOCK, its keys (d × kb) within 32 KiB,
+    // Key block: a multiple of KEY_ALIGN, at most KEY_BLOCK, its keys (d × kb) within 32 KiB,
     // and no longer than the keys rounded up (cross-attention has 77).
-    let kb = (8192 / d / KEY_LANES * KEY_LANES).clamp(KEY_LANES, KEY_BLOCK).min(lk.div_ceil(KEY_LANES) * KEY_LANES);
+    let kb = (8192 / d / KEY_ALIGN * KEY_ALIGN).clamp(KEY_ALIGN, KEY_BLOCK).min(lk.div_ceil(KEY_ALIGN) * KEY_ALIGN);
     let blocks = lk.div_ceil(kb);
     // Keys transposed once per (batch, head) into blocks of [d][kb] (zero-padded past lk), so the
     // score kernel loads 16 consecutive keys of one channel as a vector.
@@ -188,7 +247,7 @@ pub(crate) fn attention_f32(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], di
         out_b.par_chunks_mut(QUERY_TILE * c).enumerate().for_each(|(t, out_t)| {
             let rows = out_t.len() / c;
             let q_t = &q_b[t * QUERY_TILE * c..][..rows * c];
-            tile_dispatch(q_t, kt_b, v_b, out_t, rows, &geo);
+            tile_dispatch(q_t, kt_b, v_b, out_t, rows, &geo, isa);
         });
     });
 }
@@ -198,35 +257,50 @@ struct Geometry {
     heads: usize,
     lk: usize,
     d: usize,
-    /// Keys per block (a multiple of [`KEY_LANES`]).
+    /// Keys per block (a multiple of [`KEY_ALIGN`]).
     kb: usize,
     blocks: usize,
     scale: f32,
 }
 
-/// [`tile`] compiled for AVX2 + FMA where the CPU has them (the crate is built for baseline
-/// x86-64, whose SSE2 vectors are half as wide), the baseline build elsewhere.
-fn tile_dispatch(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { tile_avx2(q, kt, v, out, rows, geo) };
-            return;
-        }
+/// [`tile`] compiled for `isa` (the crate is built for baseline x86-64, whose SSE2 vectors are a
+/// half or a quarter as wide).
+fn tile_dispatch(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry, isa: Isa) {
+    match isa {
+        Isa::Portable => tile::<false, false>(q, kt, v, out, rows, geo),
+        // SAFETY: `isa` is one the CPU runs (`Isa::detect`, or `Isa::available` in tests).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { tile_avx2(q, kt, v, out, rows, geo) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { tile_avx512(q, kt, v, out, rows, geo) },
     }
-    tile::<false>(q, kt, v, out, rows, geo)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
-    tile::<true>(q, kt, v, out, rows, geo)
+    tile::<true, false>(q, kt, v, out, rows, geo)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn tile_avx512(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
+    tile::<true, true>(q, kt, v, out, rows, geo)
 }
 
 /// One tile of `rows` queries (`q`, `out`: `[rows, heads·d]`) against all keys, head by head.
+///
+/// `FMA`: compiled with AVX2 + FMA, `WIDE`: with AVX-512F too (the inner products in intrinsics
+/// for either).
 #[inline(always)]
-fn tile<const FMA: bool>(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows: usize, geo: &Geometry) {
+fn tile<const FMA: bool, const WIDE: bool>(
+    q: &[f32],
+    kt: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    geo: &Geometry,
+) {
     let &Geometry { heads, lk, d, kb, blocks, scale } = geo;
     let c = heads * d;
     // Rows padded to a multiple of ROWS with zero queries (their results are dropped).
@@ -257,7 +331,7 @@ fn tile<const FMA: bool>(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows
             let kn = kb.min(lk - start);
             let kt_blk = &kt_h[blk * d * kb..][..d * kb];
             for g in (0..padded).step_by(ROWS) {
-                scores::<FMA>(&qs[g * d..][..ROWS * d], kt_blk, &mut s, d, kb, kn);
+                scores::<FMA, WIDE>(&qs[g * d..][..ROWS * d], kt_blk, &mut s, d, kb, kn);
                 for r in 0..ROWS {
                     let s_r = &mut s[r * KEY_BLOCK..][..kn];
                     let mb = max(s_r);
@@ -271,7 +345,7 @@ fn tile<const FMA: bool>(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows
                     }
                     l[g + r] += exp_shifted_sum::<FMA>(s_r, *mr);
                 }
-                weighted_values::<FMA>(&s, &v[start * c + h * d..], &mut acc[g * d..][..ROWS * d], d, c, kn);
+                weighted_values::<FMA, WIDE>(&s, &v[start * c + h * d..], &mut acc[g * d..][..ROWS * d], d, c, kn);
             }
         }
         for r in 0..rows {
@@ -287,7 +361,13 @@ fn tile<const FMA: bool>(q: &[f32], kt: &[f32], v: &[f32], out: &mut [f32], rows
 /// into `s` `[ROWS, KEY_BLOCK]`, [`KEY_LANES`] keys at a time in registers (the padded keys past
 /// `kn` are zero and give zero scores, never read).
 #[inline(always)]
-fn scores<const FMA: bool>(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
+fn scores<const FMA: bool, const WIDE: bool>(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: `WIDE` is true only in the build for CPUs with AVX-512F (`tile_avx512`).
+        unsafe { x86::scores512(q, kt, s, d, kb, kn) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is true only in the build for CPUs with AVX2 and FMA (`tile_avx2`).
@@ -316,7 +396,20 @@ fn scores<const FMA: bool>(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: u
 /// columns; `v` row `j` at `v[j·stride..][..d]`; `acc` `[ROWS, d]`), 16 or 8 channels at a time in
 /// registers, single channels for a remainder of fewer than 8.
 #[inline(always)]
-fn weighted_values<const FMA: bool>(p: &[f32], v: &[f32], acc: &mut [f32], d: usize, stride: usize, kn: usize) {
+fn weighted_values<const FMA: bool, const WIDE: bool>(
+    p: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    d: usize,
+    stride: usize,
+    kn: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: `WIDE` is true only in the build for CPUs with AVX-512F (`tile_avx512`).
+        unsafe { x86::weighted_values512(p, v, acc, d, stride, kn) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is true only in the build for CPUs with AVX2 and FMA (`tile_avx2`).
@@ -357,10 +450,10 @@ fn channels<const FMA: bool, const W: usize>(
     for r in 0..ROWS {
         a[r].copy_from_slice(&acc[r * d + c0..][..W]);
     }
-    let p = &p[..3 * KEY_BLOCK + kn];
+    let p = &p[..(ROWS - 1) * KEY_BLOCK + kn];
     for j in 0..kn {
         let vr: &[f32; W] = v[j * stride + c0..][..W].try_into().unwrap();
-        let pr = [p[j], p[KEY_BLOCK + j], p[2 * KEY_BLOCK + j], p[3 * KEY_BLOCK + j]];
+        let pr: [f32; ROWS] = std::array::from_fn(|r| p[r * KEY_BLOCK + j]);
         for r in 0..ROWS {
             for i in 0..W {
                 a[r][i] = madd::<FMA>(pr[r], vr[i], a[r][i]);
@@ -372,21 +465,21 @@ fn channels<const FMA: bool, const W: usize>(
     }
 }
 
-/// The two inner kernels in AVX2 + FMA intrinsics: the generic versions vectorise too, but keep
-/// bounds checks and scalar loads + broadcasts in their innermost loops.
+/// The two inner kernels in AVX2 + FMA and in AVX-512F intrinsics: the generic versions vectorise
+/// too, but keep bounds checks and scalar loads + broadcasts in their innermost loops.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{KEY_BLOCK, KEY_LANES, ROWS};
+    use super::{KEY_ALIGN, KEY_BLOCK, KEY_LANES, ROWS};
 
-    /// [`super::scores`]: 4 rows × 16 keys in eight accumulators.
+    /// [`super::scores`]: 6 rows × 16 keys in twelve accumulators.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn scores(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
         let steps = kn.div_ceil(KEY_LANES);
         assert!(
             q.len() >= d * ROWS
-                && kb % KEY_LANES == 0
+                && kb.is_multiple_of(KEY_LANES)
                 && steps * KEY_LANES <= kb
                 && kb <= KEY_BLOCK
                 && kt.len() >= d * kb
@@ -418,8 +511,8 @@ mod x86 {
         }
     }
 
-    /// [`super::weighted_values`]: 4 rows × 16 channels in eight accumulators, then 4 rows × 8
-    /// channels over even and odd keys (eight accumulators again), then single channels.
+    /// [`super::weighted_values`]: 6 rows × 16 channels in twelve accumulators, then 6 rows × 8
+    /// channels over even and odd keys (twelve accumulators again), then single channels.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn weighted_values(p: &[f32], v: &[f32], acc: &mut [f32], d: usize, stride: usize, kn: usize) {
         if kn == 0 {
@@ -491,6 +584,214 @@ mod x86 {
                     a = p[r * KEY_BLOCK + j].mul_add(v[j * stride + ch], a);
                 }
                 acc[r * d + ch] = a;
+            }
+        }
+    }
+
+    /// [`super::scores`] in AVX-512F: 6 rows × 32 keys in twelve accumulators.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) fn scores512(q: &[f32], kt: &[f32], s: &mut [f32], d: usize, kb: usize, kn: usize) {
+        let steps = kn.div_ceil(KEY_ALIGN);
+        assert!(
+            q.len() >= d * ROWS
+                && kb.is_multiple_of(KEY_ALIGN)
+                && steps * KEY_ALIGN <= kb
+                && kb <= KEY_BLOCK
+                && kt.len() >= d * kb
+                && s.len() >= (ROWS - 1) * KEY_BLOCK + kb
+        );
+        let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+        for step in 0..steps {
+            let j0 = step * KEY_ALIGN;
+            // SAFETY: the reads stay below q[d·ROWS] and kt[(d−1)·kb + j0 + 32] ≤ kt[d·kb], the
+            // writes below s[(ROWS−1)·KEY_BLOCK + j0 + 32] ≤ s[(ROWS−1)·KEY_BLOCK + kb] (asserted).
+            unsafe {
+                let mut a = [[_mm512_setzero_ps(); 2]; ROWS];
+                let (mut kp, mut qp) = (kt.add(j0), q);
+                for _ in 0..d {
+                    let (k0, k1) = (_mm512_loadu_ps(kp), _mm512_loadu_ps(kp.add(16)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let qr = _mm512_set1_ps(*qp.add(r));
+                        a[0] = _mm512_fmadd_ps(qr, k0, a[0]);
+                        a[1] = _mm512_fmadd_ps(qr, k1, a[1]);
+                    }
+                    kp = kp.add(kb);
+                    qp = qp.add(ROWS);
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(s.add(r * KEY_BLOCK + j0), a[0]);
+                    _mm512_storeu_ps(s.add(r * KEY_BLOCK + j0 + 16), a[1]);
+                }
+            }
+        }
+    }
+
+    /// [`super::weighted_values`] in AVX-512F: 6 rows × 32 channels in twelve accumulators, then
+    /// the last 1 to 16 channels as 6 rows over even and odd keys (masked loads and stores, 8-lane
+    /// vectors for 8 channels or fewer).
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) fn weighted_values512(p: &[f32], v: &[f32], acc: &mut [f32], d: usize, stride: usize, kn: usize) {
+        if kn == 0 {
+            return;
+        }
+        assert!(p.len() >= (ROWS - 1) * KEY_BLOCK + kn && acc.len() >= ROWS * d && v.len() >= (kn - 1) * stride + d);
+        let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+        let mut c0 = 0;
+        // SAFETY (all blocks below): reads of p below p[(ROWS−1)·KEY_BLOCK + kn], of v below
+        // v[(kn−1)·stride + d], reads and writes of acc below acc[ROWS·d] (asserted above); the
+        // masked loads and stores touch only the lanes below d − c0.
+        while c0 + 32 <= d {
+            unsafe {
+                let mut a = [[_mm512_setzero_ps(); 2]; ROWS];
+                for (r, a) in a.iter_mut().enumerate() {
+                    a[0] = _mm512_loadu_ps(ap.add(r * d + c0));
+                    a[1] = _mm512_loadu_ps(ap.add(r * d + c0 + 16));
+                }
+                let mut vr = vp.add(c0);
+                for j in 0..kn {
+                    let (v0, v1) = (_mm512_loadu_ps(vr), _mm512_loadu_ps(vr.add(16)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let pr = _mm512_set1_ps(*pp.add(r * KEY_BLOCK + j));
+                        a[0] = _mm512_fmadd_ps(pr, v0, a[0]);
+                        a[1] = _mm512_fmadd_ps(pr, v1, a[1]);
+                    }
+                    vr = vr.add(stride);
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(ap.add(r * d + c0), a[0]);
+                    _mm512_storeu_ps(ap.add(r * d + c0 + 16), a[1]);
+                }
+            }
+            c0 += 32;
+        }
+        while d - c0 > 8 {
+            let w = (d - c0).min(16);
+            let m: __mmask16 = (((1u32 << w) - 1) & 0xFFFF) as u16;
+            unsafe {
+                let mut a = [[_mm512_setzero_ps(); 2]; ROWS];
+                for (r, a) in a.iter_mut().enumerate() {
+                    a[0] = _mm512_maskz_loadu_ps(m, ap.add(r * d + c0));
+                }
+                let mut vr = vp.add(c0);
+                let mut j = 0;
+                while j + 2 <= kn {
+                    let (v0, v1) = (_mm512_maskz_loadu_ps(m, vr), _mm512_maskz_loadu_ps(m, vr.add(stride)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let pr = pp.add(r * KEY_BLOCK + j);
+                        a[0] = _mm512_fmadd_ps(_mm512_set1_ps(*pr), v0, a[0]);
+                        a[1] = _mm512_fmadd_ps(_mm512_set1_ps(*pr.add(1)), v1, a[1]);
+                    }
+                    vr = vr.add(2 * stride);
+                    j += 2;
+                }
+                if j < kn {
+                    let v0 = _mm512_maskz_loadu_ps(m, vr);
+                    for (r, a) in a.iter_mut().enumerate() {
+                        a[0] = _mm512_fmadd_ps(_mm512_set1_ps(*pp.add(r * KEY_BLOCK + j)), v0, a[0]);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm512_mask_storeu_ps(ap.add(r * d + c0), m, _mm512_add_ps(a[0], a[1]));
+                }
+            }
+            c0 += w;
+        }
+        if c0 < d {
+            // The last 1 to 8 channels in 8-lane vectors (a masked 16-lane one would take both
+            // halves of the FMA pipes where they are 256 bits wide, as on AMD's Zen 4).
+            let m: __mmask8 = ((1u32 << (d - c0)) - 1) as u8;
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; ROWS];
+                for (r, a) in a.iter_mut().enumerate() {
+                    a[0] = _mm256_maskz_loadu_ps(m, ap.add(r * d + c0));
+                }
+                let mut vr = vp.add(c0);
+                let mut j = 0;
+                while j + 2 <= kn {
+                    let (v0, v1) = (_mm256_maskz_loadu_ps(m, vr), _mm256_maskz_loadu_ps(m, vr.add(stride)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let pr = pp.add(r * KEY_BLOCK + j);
+                        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pr), v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pr.add(1)), v1, a[1]);
+                    }
+                    vr = vr.add(2 * stride);
+                    j += 2;
+                }
+                if j < kn {
+                    let v0 = _mm256_maskz_loadu_ps(m, vr);
+                    for (r, a) in a.iter_mut().enumerate() {
+                        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pp.add(r * KEY_BLOCK + j)), v0, a[0]);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_mask_storeu_ps(ap.add(r * d + c0), m, _mm256_add_ps(a[0], a[1]));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{attention_f32_isa, Dims, Isa};
+
+    /// softmax(q·kᵀ·scale)·v in f64, `[b, l, heads·d]` layout.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f64) -> Vec<f64> {
+        let Dims { b, heads, lq, lk, d } = dims;
+        let c = heads * d;
+        let mut out = vec![0f64; b * lq * c];
+        for bi in 0..b {
+            for h in 0..heads {
+                for i in 0..lq {
+                    let qi = &q[(bi * lq + i) * c + h * d..][..d];
+                    let s: Vec<f64> = (0..lk)
+                        .map(|j| {
+                            let kj = &k[(bi * lk + j) * c + h * d..][..d];
+                            qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (j, e) in e.iter().enumerate() {
+                        for ch in 0..d {
+                            out[(bi * lq + i) * c + h * d + ch] += e / z * v[(bi * lk + j) * c + h * d + ch] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every build this CPU runs (portable, AVX2, AVX-512) against f64, at head dims that take
+    /// each channel path (32-wide, 16-wide, masked 9–16 and 1–8, scalar remainders) and key
+    /// counts that end blocks and register tiles part-way.
+    #[test]
+    fn every_instruction_set_matches_f64() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 * 2.0 - 1.0
+        };
+        let cases = [(1, 1, 7, 1, 1), (2, 2, 13, 31, 3), (1, 3, 61, 77, 8), (2, 1, 9, 300, 9), (1, 2, 25, 33, 16)];
+        let more = [(1, 1, 7, 65, 17), (1, 2, 6, 97, 24), (1, 1, 12, 40, 40), (2, 1, 5, 70, 47), (1, 1, 7, 129, 80)];
+        for (b, heads, lq, lk, d) in cases.into_iter().chain(more) {
+            let dims = Dims { b, heads, lq, lk, d };
+            let c = heads * d;
+            // Entries in [−1, 1], so scores of about ±1/3: f32 rounding errors, well below 1e-5.
+            let mut gen = |n: usize, amp: f32| (0..n).map(|_| amp * rand()).collect::<Vec<f32>>();
+            let (q, k, v) = (gen(b * lq * c, 1.0), gen(b * lk * c, 1.0), gen(b * lk * c, 1.0));
+            let scale = 1.0 / (d as f64).sqrt();
+            let want = naive(&q, &k, &v, dims, scale);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; b * lq * c];
+                attention_f32_isa(&q, &k, &v, &mut out, dims, scale as f32, isa);
+                let err = out.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(err < 1e-5, "{isa:?} {dims:?}: {err:e}");
             }
         }
     }

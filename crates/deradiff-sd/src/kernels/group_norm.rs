@@ -59,7 +59,7 @@ fn check(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor) -> candle_co
         return Err(candle_core::Error::Msg(format!("group norm needs [B, C, …], got {dims:?}")));
     }
     let c = dims[1];
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         return Err(candle_core::Error::Msg(format!("group norm: {c} channels do not split into {groups} groups")));
     }
     if weight.dims() != [c] || bias.dims() != [c] {

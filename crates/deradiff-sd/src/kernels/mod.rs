@@ -1,9 +1,9 @@
 //! Fused CPU kernels for the operations that dominate a UNet forward, and nothing else.
 //!
 //! * [`attention`]: softmax(q·kᵀ·scale)·v with a streaming (online) softmax over blocks of keys,
-//!   so the `Lq × Lk` score matrix never exists in memory; register-tiled (4 queries × 16 keys,
-//!   4 queries × 16 channels); multi-threaded over batch and query tiles; [`attention_heads`] reads
-//!   and writes the projections' `[B, L, heads·D]` layout directly.
+//!   so the `Lq × Lk` score matrix never exists in memory; register-tiled (6 queries × 16 keys or
+//!   channels with AVX2, × 32 with AVX-512); multi-threaded over batch and query tiles;
+//!   [`attention_heads`] reads and writes the projections' `[B, L, heads·D]` layout directly.
 //! * [`group_norm`]: group normalisation with its affine transform and an optional SiLU, in one
 //!   kernel per (batch, group), multi-threaded.
 //! * [`conv2d`]: 2-d convolution (the UNet's 3×3 and 1×1 ones) as tiles of im2col and a GEMM
@@ -35,7 +35,8 @@
 //! forward at 32×32 latents on two cores). Our UNet runs no such op on the CPU.
 //!
 //! The kernels are plain Rust over slices, written so that their inner loops vectorise, with AVX2 +
-//! FMA builds chosen at run time (and intrinsics for attention's two inner loops); the GEMMs are
+//! FMA builds chosen at run time (and AVX2 and AVX-512 intrinsics for attention's two inner loops,
+//! each build tested against the others and f64); the GEMMs are
 //! the `gemm` crate's; threads come from rayon's global pool (the one candle's CPU backend uses).
 
 mod attention;
