@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::math::{exp, exp_shifted_sum, madd, max};
+use super::{f32_slice, Isa};
 
 /// Keys per register tile of the portable and AVX2 score kernels (two AVX2 vectors); the AVX-512
 /// one takes twice as many.
@@ -20,56 +20,6 @@ const QUERY_TILE: usize = 60;
 /// Most keys per block of the streaming softmax (a multiple of [`KEY_ALIGN`]); fewer when the
 /// head dim is large, so that a block's keys stay in the first-level cache.
 const KEY_BLOCK: usize = 256;
-
-/// The instruction sets the kernel has a build for, chosen once per call at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Isa {
-    /// Plain Rust for the target's baseline (SSE2 on x86-64).
-    Portable,
-    /// AVX2 + FMA: 8-lane vectors, intrinsics for the two inner products.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// AVX-512F + VL (+ AVX2 + FMA): 16-lane vectors, intrinsics for the two inner products, and the
-    /// softmax's loops vectorised 16 wide.
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Isa {
-    /// The widest build this CPU runs.
-    pub(crate) fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-            let avx512 =
-                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl");
-            if avx2 && avx512 {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// Every build this CPU runs (for tests that compare them).
-    #[cfg(test)]
-    pub(crate) fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            let best = Isa::detect();
-            if best != Isa::Portable {
-                all.push(Isa::Avx2);
-            }
-            if best == Isa::Avx512 {
-                all.push(Isa::Avx512);
-            }
-        }
-        all
-    }
-}
 
 /// `softmax(q · kᵀ · scale) · v` for `q` `[N, Lq, D]` and `k`, `v` `[N, Lk, D]` (N = batch ×
 /// heads), returned as `[N, Lq, D]` in `q`'s dtype.

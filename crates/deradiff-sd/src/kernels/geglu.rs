@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::math::madd;
+use super::{f32_slice, Isa};
 
 /// Output elements per rayon task (enough work to amortise a task, small enough to balance).
 const TASK_ELEMENTS: usize = 1 << 15;
@@ -66,20 +66,22 @@ impl CustomOp1 for Geglu {
 
 /// The kernel over contiguous slices: `x` `[rows, 2f]`, `out` `[rows, f]`.
 pub(crate) fn geglu_f32(x: &[f32], out: &mut [f32], f: usize) {
+    geglu_f32_isa(x, out, f, Isa::detect())
+}
+
+/// [`geglu_f32`] with the build `isa` (which the CPU must run).
+pub(crate) fn geglu_f32_isa(x: &[f32], out: &mut [f32], f: usize, isa: Isa) {
     if f == 0 || out.is_empty() {
         return;
     }
     let rows_per_task = (TASK_ELEMENTS / f).max(1);
-    out.par_chunks_mut(rows_per_task * f).zip(x.par_chunks(rows_per_task * 2 * f)).for_each(|(o, x)| {
+    out.par_chunks_mut(rows_per_task * f).zip(x.par_chunks(rows_per_task * 2 * f)).for_each(|(o, x)| match isa {
+        Isa::Portable => rows::<false>(x, o, f),
+        // SAFETY: `isa` is one the CPU runs (`Isa::detect`, or `Isa::available` in tests).
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                unsafe { rows_avx2(x, o, f) };
-                return;
-            }
-        }
-        rows::<false>(x, o, f)
+        Isa::Avx2 => unsafe { rows_avx2(x, o, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { rows_avx512(x, o, f) },
     });
 }
 
@@ -87,6 +89,13 @@ pub(crate) fn geglu_f32(x: &[f32], out: &mut [f32], f: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2(x: &[f32], out: &mut [f32], f: usize) {
+    rows::<true>(x, out, f)
+}
+
+/// [`rows`] compiled for AVX-512 (16 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn rows_avx512(x: &[f32], out: &mut [f32], f: usize) {
     rows::<true>(x, out, f)
 }
 
@@ -213,5 +222,31 @@ mod tests {
         assert_eq!(super::one_plus_erf::<false>(0.0), 1.0);
         assert_eq!(super::gelu::<false>(-1e4), 0.0);
         assert_eq!(super::gelu::<false>(1e4), 1e4);
+    }
+
+    /// Every build this CPU runs (portable, AVX2, AVX-512) against f64, over row widths that end
+    /// vectors part-way and gates from −6 to 6.
+    #[test]
+    fn every_instruction_set_matches_f64() {
+        for f in [1usize, 7, 16, 33, 128] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * 2 * f).map(|i| ((i * 7919) % 1201) as f32 / 100.0 - 6.0).collect();
+            let want: Vec<f64> = (0..rows * f)
+                .map(|i| {
+                    let (r, j) = (i / f, i % f);
+                    let (h, g) = (x[r * 2 * f + j] as f64, x[r * 2 * f + f + j] as f64);
+                    h * 0.5 * g * erfc64(-g / std::f64::consts::SQRT_2)
+                })
+                .collect();
+            for isa in super::super::Isa::available() {
+                let mut out = vec![f32::NAN; rows * f];
+                super::geglu_f32_isa(&x, &mut out, f, isa);
+                for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                    let h = x[i / f * 2 * f + i % f] as f64;
+                    let err = (got as f64 - want).abs() / want.abs().max(h.abs()).max(1.0);
+                    assert!(err < 1e-6, "{isa:?} f={f} element {i}: {got} vs {want}");
+                }
+            }
+        }
     }
 }

@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::math::{exp, madd, sum_and_squares};
+use super::{f32_slice, Isa};
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, with the per-channel
 /// affine `weight`, `bias` `[C]` and `eps`, then SiLU if `silu` (the `GroupNorm → SiLU` pair of
@@ -101,12 +101,13 @@ impl CustomOp3 for FusedGroupNorm {
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();
         let mut out = vec![0f32; x.len()];
-        group_norm_f32(x, w, b, &mut out, c, spatial, self.groups, self.eps, self.silu);
+        group_norm_f32(x, w, b, &mut out, c, spatial, self.groups, self.eps, self.silu, Isa::detect());
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// The kernel over contiguous slices: `x`, `out` `[B, c, spatial]`, `w`, `b` `[c]`.
+/// The kernel over contiguous slices: `x`, `out` `[B, c, spatial]`, `w`, `b` `[c]`, built for
+/// `isa` (which the CPU must run).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn group_norm_f32(
     x: &[f32],
@@ -118,6 +119,7 @@ pub(crate) fn group_norm_f32(
     groups: usize,
     eps: f32,
     silu: bool,
+    isa: Isa,
 ) {
     let cpg = c / groups;
     let len = cpg * spatial;
@@ -127,15 +129,14 @@ pub(crate) fn group_norm_f32(
     out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(i, (o, xg))| {
         let g = i % groups;
         let (w, b) = (&w[g * cpg..][..cpg], &b[g * cpg..][..cpg]);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                unsafe { one_group_avx2(xg, w, b, o, spatial, eps, silu) };
-                return;
-            }
+        match isa {
+            Isa::Portable => one_group::<false>(xg, w, b, o, spatial, eps, silu),
+            // SAFETY: `isa` is one the CPU runs (`Isa::detect`, or `Isa::available` in tests).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { one_group_avx2(xg, w, b, o, spatial, eps, silu) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { one_group_avx512(xg, w, b, o, spatial, eps, silu) },
         }
-        one_group::<false>(xg, w, b, o, spatial, eps, silu)
     });
 }
 
@@ -143,6 +144,13 @@ pub(crate) fn group_norm_f32(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn one_group_avx2(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
+    one_group::<true>(xg, w, b, o, spatial, eps, silu)
+}
+
+/// [`one_group`] compiled for AVX-512 (16 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn one_group_avx512(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
     one_group::<true>(xg, w, b, o, spatial, eps, silu)
 }
 
@@ -170,6 +178,45 @@ fn one_group<const FMA: bool>(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], s
         } else {
             for (y, &v) in oc.iter_mut().zip(xc) {
                 *y = madd::<FMA>(v, a, shift);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Isa;
+
+    /// Every build this CPU runs (portable, AVX2, AVX-512) against f64, with and without SiLU, at
+    /// group sizes that end vectors part-way and an offset common to all values.
+    #[test]
+    fn every_instruction_set_matches_f64() {
+        for (bsz, c, spatial, groups) in [(1, 4, 1, 2), (2, 6, 13, 3), (1, 32, 37, 8), (2, 16, 64, 4)] {
+            let x: Vec<f32> = (0..bsz * c * spatial).map(|i| 3.0 + ((i * 7919) % 1009) as f32 / 250.0 - 2.0).collect();
+            let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
+            let b: Vec<f32> = (0..c).map(|i| i as f32 / 10.0 - 0.3).collect();
+            let (cpg, eps) = (c / groups, 1e-5);
+            for silu in [false, true] {
+                let mut want = vec![0f64; x.len()];
+                for (xg, wg) in x.chunks(cpg * spatial).zip(want.chunks_mut(cpg * spatial)) {
+                    let n = xg.len() as f64;
+                    let mean = xg.iter().map(|&v| v as f64).sum::<f64>() / n;
+                    let var = xg.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                    for (&v, y) in xg.iter().zip(wg.iter_mut()) {
+                        *y = (v as f64 - mean) / (var + eps as f64).sqrt();
+                    }
+                }
+                for (i, y) in want.iter_mut().enumerate() {
+                    let ch = i / spatial % c;
+                    let t = *y * w[ch] as f64 + b[ch] as f64;
+                    *y = if silu { t / (1.0 + (-t).exp()) } else { t };
+                }
+                for isa in Isa::available() {
+                    let mut out = vec![f32::NAN; x.len()];
+                    super::group_norm_f32(&x, &w, &b, &mut out, c, spatial, groups, eps, silu, isa);
+                    let err = out.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+                    assert!(err < 1e-5, "{isa:?} {bsz}x{c}x{spatial} groups {groups} silu {silu}: {err:e}");
+                }
             }
         }
     }

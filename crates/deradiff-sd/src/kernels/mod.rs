@@ -52,6 +52,57 @@ pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 pub use linear::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
 
+/// The instruction sets the element-wise kernels (attention, group norm, GEGLU) have a build for,
+/// chosen once per call at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Plain Rust for the target's baseline (SSE2 on x86-64).
+    Portable,
+    /// AVX2 + FMA: 8-lane vectors (intrinsics for attention's two inner products).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F + VL (+ AVX2 + FMA): 16-lane vectors (intrinsics for attention's two inner
+    /// products, the compiler's vectorisation elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The widest build this CPU runs.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            let avx512 =
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl");
+            if avx2 && avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every build this CPU runs (for tests that compare them).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = Isa::detect();
+            if best != Isa::Portable {
+                all.push(Isa::Avx2);
+            }
+            if best == Isa::Avx512 {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+}
+
 /// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
 fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
     let candle_core::CpuStorage::F32(data) = s else {
