@@ -162,7 +162,7 @@ unsafe fn one_group_avx512(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spat
 fn one_group<const FMA: bool>(xg: &[f32], w: &[f32], b: &[f32], o: &mut [f32], spatial: usize, eps: f32, silu: bool) {
     let n = xg.len() as f64;
     let shift = xg[0];
-    let (sum, sum_sq) = sum_and_squares(xg, shift);
+    let (sum, sum_sq) = sum_and_squares::<FMA>(xg, shift);
     let mean_d = sum / n;
     let var = (sum_sq / n - mean_d * mean_d).max(0.0);
     let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;

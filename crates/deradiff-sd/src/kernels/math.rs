@@ -75,15 +75,14 @@ pub(crate) fn exp_shifted_sum<const FMA: bool>(x: &mut [f32], shift: f32) -> f32
 }
 
 /// `(Σ dᵢ, Σ dᵢ²)` for `dᵢ = xᵢ − shift`, in one pass, f32 partial sums accumulated in f64 per
-/// chunk of 256 (group norms sum up to millions of values); AVX2 + FMA intrinsics where the CPU
-/// has them (the compiler left the portable loop's eight lanes scalar).
-pub(crate) fn sum_and_squares(x: &[f32], shift: f32) -> (f64, f64) {
+/// chunk of 256 (group norms sum up to millions of values); AVX2 + FMA intrinsics in the builds
+/// for CPUs that have them (`FMA`: the compiler left the portable loop's eight lanes scalar).
+#[inline(always)]
+pub(crate) fn sum_and_squares<const FMA: bool>(x: &[f32], shift: f32) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { sum_and_squares_avx2(x, shift) };
-        }
+    if FMA {
+        // SAFETY: `FMA` is true only in the builds for CPUs with AVX2 and FMA (see `Isa`).
+        return unsafe { sum_and_squares_avx2(x, shift) };
     }
     let (mut total, mut total_sq) = (0f64, 0f64);
     for chunk in x.chunks(256) {

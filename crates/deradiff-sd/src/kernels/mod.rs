@@ -35,9 +35,9 @@
 //! forward at 32×32 latents on two cores). Our UNet runs no such op on the CPU.
 //!
 //! The kernels are plain Rust over slices, written so that their inner loops vectorise, with AVX2 +
-//! FMA builds chosen at run time (and AVX2 and AVX-512 intrinsics for attention's two inner loops,
-//! each build tested against the others and f64); the GEMMs are
-//! the `gemm` crate's; threads come from rayon's global pool (the one candle's CPU backend uses).
+//! FMA and AVX-512 builds chosen at run time (`Isa`; intrinsics for attention's two inner loops
+//! and group norm's sums), each build tested against f64; the GEMMs are the `gemm` crate's;
+//! threads come from rayon's global pool (the one candle's CPU backend uses).
 
 mod attention;
 mod conv;
