@@ -22,6 +22,10 @@ use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use deradiff_sd::{Unet, UnetConfig};
 
+#[path = "../benches/support/candle_unet.rs"]
+mod candle_unet;
+use candle_unet::candle_config;
+
 /// runwayml/stable-diffusion-v1-5 `unet/config.json`.
 const SD15_UNET: &str = r#"{
   "_class_name": "UNet2DConditionModel",
@@ -102,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let forward: Box<Forward> = match variant.as_str() {
         "candle" => {
-            let m = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, arch.candle.clone())?;
+            let m = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, candle_config(&arch))?;
             Box::new(move |x, c| m.forward(x, 500.0, c))
         }
         "ours" => {

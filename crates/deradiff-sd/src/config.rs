@@ -1,14 +1,14 @@
 //! The `config.json` files of a diffusers-layout checkpoint (UNet, VAE, CLIP text model), read
-//! with serde, and their translation into candle-transformers' configurations.
+//! with serde, and their resolution into what our models build ([`UnetArch`]).
 //!
 //! Every field has diffusers' / transformers' default, so a real checkpoint's file and a tiny test
-//! model's file load the same way. Options that would change the numbers and that candle's models
+//! model's file load the same way. Options that would change the numbers and that our models
 //! do not implement (SDXL's added conditioning, class embeddings, other block types, …) are
 //! rejected with an error naming the file and the field — never silently ignored.
 
 use std::path::{Path, PathBuf};
 
-use candle_transformers::models::stable_diffusion::{unet_2d, vae};
+use candle_transformers::models::stable_diffusion::vae;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -211,11 +211,31 @@ impl Default for UnetConfig {
     }
 }
 
-/// A [`UnetConfig`] checked and translated for candle-transformers' `UNet2DConditionModel`.
-#[derive(Debug, Clone)]
+/// A [`UnetConfig`] checked and resolved into what our UNet builds: every per-block list
+/// expanded, every option that would change the numbers either honoured or refused.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UnetArch {
-    /// candle's configuration (never with `sliced_attention_size`, which is broken in 0.11).
-    pub candle: unet_2d::UNet2DConditionModelConfig,
+    /// The levels, from the highest resolution down (`block_out_channels` with each level's
+    /// cross-attention).
+    pub blocks: Vec<UnetBlock>,
+    /// Resnets per down level (up levels have one more).
+    pub layers_per_block: usize,
+    /// Padding of the downsamplers' strided 3×3 convolutions (0: pad right and bottom by one).
+    pub downsample_padding: usize,
+    /// Output scale factor of the mid block's resnets.
+    pub mid_block_scale_factor: f64,
+    /// Groups of every GroupNorm.
+    pub norm_num_groups: usize,
+    /// Epsilon of the resnets' and the output's GroupNorms.
+    pub norm_eps: f64,
+    /// Maps the input from `[0, 1]` to `[-1, 1]` first.
+    pub center_input_sample: bool,
+    /// Sinusoidal timestep embedding with cosines first.
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift of the sinusoidal embedding.
+    pub freq_shift: f64,
+    /// The transformers' `proj_in` / `proj_out` are linears (SD 2.x, SDXL), not 1×1 convolutions.
+    pub use_linear_projection: bool,
     /// Latent channels in.
     pub in_channels: usize,
     /// Channels out.
@@ -226,6 +246,18 @@ pub struct UnetArch {
     pub sample_size: Option<(usize, usize)>,
     /// SDXL's added conditioning (`addition_embed_type = "text_time"`), if the model has it.
     pub text_time: Option<TextTimeArch>,
+}
+
+/// One level of the UNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnetBlock {
+    /// Output channels of the level (`block_out_channels[i]`).
+    pub out_channels: usize,
+    /// Transformer layers of each of its attentions (`transformer_layers_per_block[i]`), `None`
+    /// for a level without cross-attention (`DownBlock2D` / `UpBlock2D`).
+    pub transformer_layers: Option<usize>,
+    /// Attention heads (diffusers' legacy `attention_head_dim` is the number of heads).
+    pub heads: usize,
 }
 
 /// SDXL's `text_time` added conditioning: the six `time_ids` (original size, crop top-left,
@@ -260,8 +292,8 @@ impl UnetConfig {
         serde_json::from_str(json).map_err(|e| Error::config(path.as_ref(), e.to_string()))
     }
 
-    /// Checks that candle's UNet computes what diffusers would for this config, and builds
-    /// candle's configuration. `path` names the config in errors.
+    /// Checks that our UNet computes what diffusers would for this config, and resolves it into
+    /// a [`UnetArch`]. `path` names the config in errors.
     pub fn arch(&self, path: impl AsRef<Path>) -> Result<UnetArch> {
         let path = path.as_ref();
         let unsupported = |field: &str, value: &dyn std::fmt::Display, why: &str| {
@@ -360,7 +392,7 @@ impl UnetConfig {
             return Err(Error::config(path, "`in_channels` and `out_channels` must be positive"));
         }
 
-        // Options candle's UNet does not have.
+        // Options our UNet does not have.
         let must_be_false = |field: &str, v: &Value| -> Result<()> {
             if v.is_null() || v == &Value::Bool(false) {
                 return Ok(());
@@ -370,7 +402,7 @@ impl UnetConfig {
                     return Ok(());
                 }
             }
-            Err(unsupported(field, v, "not implemented by candle's UNet"))
+            Err(unsupported(field, v, "not implemented by our UNet"))
         };
         must_be_false("only_cross_attention", &self.only_cross_attention)?;
         must_be_false("mid_block_only_cross_attention", &self.mid_block_only_cross_attention)?;
@@ -390,7 +422,7 @@ impl UnetConfig {
         ];
         for (field, v) in null_fields {
             if !is_unset(v) {
-                return Err(unsupported(field, v, "not implemented by candle's UNet; it must be null"));
+                return Err(unsupported(field, v, "not implemented by our UNet; it must be null"));
             }
         }
         let checks: [(&str, bool, String); 8] = [
@@ -413,7 +445,7 @@ impl UnetConfig {
         ];
         for (field, ok, value) in checks {
             if !ok {
-                return Err(unsupported(field, &value, "not implemented by candle's UNet"));
+                return Err(unsupported(field, &value, "not implemented by our UNet"));
             }
         }
         let finite =
@@ -425,37 +457,13 @@ impl UnetConfig {
             ));
         }
 
-        if text_time.is_none() && groups != 32 {
-            // candle's DownBlock2D / UpBlock2D build their resnets with 32 groups whatever the
-            // config says; SDXL UNets run our own blocks, which take `norm_num_groups`.
-            return Err(unsupported(
-                "norm_num_groups",
-                &groups,
-                "candle's UNet blocks always use 32 groups in their resnets (SD 1.x / 2.x use 32)",
-            ));
-        }
         let blocks = (0..n)
-            .map(|i| unet_2d::BlockConfig {
+            .map(|i| UnetBlock {
                 out_channels: self.block_out_channels[i],
-                use_cross_attn: if cross[i] { Some(tlpb[i]) } else { None },
-                // candle's field means the number of heads, as diffusers' legacy name does.
-                attention_head_dim: heads[i],
+                transformer_layers: if cross[i] { Some(tlpb[i]) } else { None },
+                heads: heads[i],
             })
             .collect();
-        let candle = unet_2d::UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: layers[0],
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: cross_dim[0],
-            sliced_attention_size: None,
-            use_linear_projection: self.use_linear_projection,
-        };
         let sample_size = match &self.sample_size {
             Value::Null => None,
             Value::Number(x) => x.as_u64().map(|v| (v as usize, v as usize)),
@@ -466,7 +474,16 @@ impl UnetConfig {
             _ => None,
         };
         Ok(UnetArch {
-            candle,
+            blocks,
+            layers_per_block: layers[0],
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: groups,
+            norm_eps: self.norm_eps,
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            use_linear_projection: self.use_linear_projection,
             in_channels: self.in_channels,
             out_channels: self.out_channels,
             cross_attention_dim: cross_dim[0],
@@ -590,7 +607,7 @@ impl VaeConfig {
     }
 
     /// Checks the config against what candle's `AutoEncoderKL` implements and builds its config.
-    pub fn arch(&self, path: impl AsRef<Path>) -> Result<vae::AutoEncoderKLConfig> {
+    pub(crate) fn arch(&self, path: impl AsRef<Path>) -> Result<vae::AutoEncoderKLConfig> {
         let path = path.as_ref();
         let n = self.block_out_channels.len();
         if n == 0 || n > 16 {

@@ -144,6 +144,10 @@ pub enum Error {
     /// Any other invalid argument (zero steps, no prompts, a size the VAE cannot produce, …).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A broken invariant of this crate (a bug, never the user's input): please report it.
+    #[error("internal error in deradiff-sd (please report it): {0}")]
+    Internal(&'static str),
 }
 
 /// Result alias of this crate.

@@ -61,17 +61,15 @@ pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod image;
-pub mod kernels;
 pub mod pipeline;
 pub mod text;
 pub mod tokenizer;
 pub mod unet;
-pub mod unet_xl;
 pub mod vae;
 mod weights;
 
 pub use clip::{ClipOutput, ClipTextModel};
-pub use config::{ClipActivation, ClipTextConfig, TextTimeArch, UnetArch, UnetConfig, VaeConfig};
+pub use config::{ClipActivation, ClipTextConfig, TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
 pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use common::*;
 use deradiff_core::{NoObserver, Realigner};
 use deradiff_sd::{Error, Guided, LoadOptions, Request, RgbImage, StableDiffusion, Unet, UnetConfig};
@@ -153,10 +152,11 @@ fn other_architecture(dir: &Path) {
     let cfg = cfg.replace("\"block_out_channels\": [\n    32,\n    64\n  ]", "\"block_out_channels\": [32, 32]");
     assert!(cfg.contains("[32, 32]"));
     std::fs::write(dir.join("config.json"), &cfg).unwrap();
-    let arch = UnetConfig::from_json(&cfg, dir.join("config.json")).unwrap().arch(dir).unwrap();
+    let config = UnetConfig::from_json(&cfg, dir.join("config.json")).unwrap();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    UNet2DConditionModel::new(vb, 4, 4, false, arch.candle).unwrap();
+    // Every tensor the UNet asks for is created in `varmap` (randomly initialised).
+    Unet::from_var_builder(vb, config, dir, DType::F32, &Device::Cpu).unwrap();
     varmap.save(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
 }
 
