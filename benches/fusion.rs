@@ -9,14 +9,14 @@
 
 use std::hint::black_box;
 
-use candle_core::{DType, Device, Tensor};
+use deradiff::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use deradiff::{NoiseSource, Posterior, Realigner, SchedulerConfig, SchedulerKind, SeededNoise, Variance};
 
 const SHAPE: [usize; 4] = [1, 4, 128, 128];
 
 fn randn(noise: &mut SeededNoise) -> Tensor {
-    noise.standard_normal(&candle_core::Shape::from_dims(&SHAPE), DType::F32, &Device::Cpu).unwrap()
+    noise.standard_normal(&deradiff::candle::Shape::from_dims(&SHAPE), DType::F32, &Device::Cpu).unwrap()
 }
 
 fn posteriors(k: usize, diagonal: bool) -> Vec<Posterior> {

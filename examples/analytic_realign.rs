@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run --release --example analytic_realign`
 
-use candle_core::{DType, Device, Tensor};
+use deradiff::{DType, Device, Tensor};
 use deradiff::analytic::{
     coupled_distance, demo_linear_reward, demo_mixture, mean_reward, run_study, ExactDenoiser, GaussianMixture, Reward,
     StudyConfig,

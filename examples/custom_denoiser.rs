@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Tensor;
+use deradiff::Tensor;
 use deradiff::sd::{LoadOptions, Request, StableDiffusion};
 use deradiff::{Denoiser, NoObserver, Realigner, Sampler, SeededNoise};
 
@@ -25,7 +25,7 @@ struct RmsCap<D> {
 impl<D: Denoiser> Denoiser for RmsCap<D> {
     fn predict(&self, x: &Tensor, timestep: f64) -> deradiff::Result<Tensor> {
         let out = self.inner.predict(x, timestep)?;
-        let rms = out.sqr()?.mean_all()?.sqrt()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let rms = out.sqr()?.mean_all()?.sqrt()?.to_dtype(deradiff::DType::F64)?.to_scalar::<f64>()?;
         if rms > self.max_rms {
             Ok(out.affine(self.max_rms / rms, 0.0)?)
         } else {

@@ -4,7 +4,6 @@
 //!
 //! Run: `cargo run --release --example realign_basics`
 
-use candle_core::{DType, Device, Tensor};
 use deradiff::*;
 
 /// The exact ε-predictor for data N(m, 1) under the variance-preserving process:

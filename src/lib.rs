@@ -11,13 +11,22 @@
 //! | feature | module | what |
 //! |---|---|---|
 //! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
-//! | `sd` (default) | [`sd`] | Stable Diffusion denoisers, guidance, the text-to-image pipeline |
-//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics |
+//! | `sd` (default) | [`sd`], [`kernels`] | Stable Diffusion (UNet, CLIP, VAE, pipeline), its fused CPU kernels |
+//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (CLIP rewards and SD sweeps with `sd`) |
 //! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
-//! See `docs/math.md` for the derivation of the fusion and `examples/` for programs to copy.
+//! candle's tensor types are re-exported ([`Tensor`], [`Device`], [`DType`], and the whole crate
+//! as [`candle`]), so a program needs `deradiff` alone in its `Cargo.toml`, never a pinned
+//! `candle-core` of its own.
+//!
+//! See `docs/architecture.md` for the crate graph and the data flow, `docs/math.md` for the
+//! derivation of the fusion and `examples/` for programs to copy.
 
 pub use deradiff_core::*;
+
+/// candle, the tensor library every model runs on (the exact version deradiff is built with).
+pub use candle_core as candle;
+pub use candle_core::{DType, Device, Tensor};
 
 /// The exact analytic testbed (feature `analytic`).
 #[cfg(feature = "analytic")]
@@ -26,6 +35,10 @@ pub use deradiff_analytic as analytic;
 /// Stable Diffusion denoisers, guidance and the text-to-image pipeline (feature `sd`).
 #[cfg(feature = "sd")]
 pub use deradiff_sd as sd;
+
+/// The fused CPU kernels the models run (feature `sd`).
+#[cfg(feature = "sd")]
+pub use deradiff_kernels as kernels;
 
 /// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
 #[cfg(feature = "tune")]

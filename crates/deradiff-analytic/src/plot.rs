@@ -38,18 +38,10 @@ fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Plot { what: what.to_string(), detail: e.to_string() }
 }
 
-/// Encodes an RGB8 buffer as PNG (`what` names the figure in errors).
+/// Encodes an RGB8 buffer as PNG ([`deradiff_core::io::encode_png_rgb8`]; `what` names the
+/// figure in errors).
 pub fn encode_png(rgb: &[u8], width: u32, height: u32, what: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(plot_err(what))?;
-        writer.write_image_data(rgb).map_err(plot_err(what))?;
-        writer.finish().map_err(plot_err(what))?;
-    }
-    Ok(out)
+    deradiff_core::io::encode_png_rgb8(rgb, width, height).map_err(plot_err(what))
 }
 
 const REFERENCE: RGBColor = RGBColor(110, 110, 110);

@@ -31,6 +31,29 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> std::io::Result<()>
     result
 }
 
+/// Encodes an 8-bit RGB buffer (`width × height × 3` bytes, rows top to bottom) as PNG: the one
+/// PNG encoder of the workspace (images, grids and figures). A buffer of the wrong length is
+/// `InvalidInput`.
+pub fn encode_png_rgb8(rgb: &[u8], width: u32, height: u32) -> std::io::Result<Vec<u8>> {
+    let expected = (width as u64).checked_mul(height as u64).and_then(|n| n.checked_mul(3));
+    if expected != Some(rgb.len() as u64) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("an RGB image of {width}x{height} needs {width}·{height}·3 bytes, got {}", rgb.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(rgb).map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +71,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(write_atomic(Path::new("/"), b"x").unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn png_round_trips_and_checks_the_length() {
+        let rgb: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 13) as u8).collect();
+        let png = encode_png_rgb8(&rgb, 3, 2).unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (3, 2));
+        assert_eq!(&buf[..info.buffer_size()], &rgb[..]);
+        assert_eq!(encode_png_rgb8(&rgb, 4, 2).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
     }
 }

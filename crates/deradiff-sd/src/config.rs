@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     if !path.is_file() {
         return Err(Error::NotFound { what: what.to_string(), path: path.to_path_buf() });
     }
@@ -652,108 +652,6 @@ impl VaeConfig {
             use_quant_conv: self.use_quant_conv,
             use_post_quant_conv: self.use_post_quant_conv,
         })
-    }
-}
-
-/// The activation of the CLIP MLPs (`hidden_act`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClipActivation {
-    /// `quick_gelu`: `x · σ(1.702 x)` (OpenAI CLIP, SD 1.x).
-    QuickGelu,
-    /// `gelu`: exact (erf) GELU (OpenCLIP ViT-H, SD 2.x).
-    Gelu,
-    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
-    GeluTanh,
-}
-
-/// A transformers `text_encoder/config.json` (`CLIPTextModel`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ClipTextConfig {
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Width of the hidden states (the UNet's cross-attention dim).
-    pub hidden_size: usize,
-    /// Width of the MLPs.
-    pub intermediate_size: usize,
-    /// Number of transformer layers.
-    pub num_hidden_layers: usize,
-    /// Attention heads.
-    pub num_attention_heads: usize,
-    /// Number of positions (77 for SD).
-    pub max_position_embeddings: usize,
-    /// `quick_gelu`, `gelu`, `gelu_new` or `gelu_pytorch_tanh`.
-    pub hidden_act: String,
-    /// LayerNorm epsilon.
-    pub layer_norm_eps: f64,
-    /// The end-of-text id, where the pooled output is read. transformers' legacy rule: with
-    /// `eos_token_id = 2` (SD / SDXL configs) the pooled position is the argmax of the ids.
-    pub eos_token_id: i64,
-    /// Width of `text_projection` (`CLIPTextModelWithProjection`, SDXL's `text_encoder_2`).
-    pub projection_dim: usize,
-}
-
-impl Default for ClipTextConfig {
-    /// transformers' `CLIPTextConfig()` defaults.
-    fn default() -> Self {
-        Self {
-            vocab_size: 49408,
-            hidden_size: 512,
-            intermediate_size: 2048,
-            num_hidden_layers: 12,
-            num_attention_heads: 8,
-            max_position_embeddings: 77,
-            hidden_act: "quick_gelu".into(),
-            layer_norm_eps: 1e-5,
-            eos_token_id: 49407,
-            projection_dim: 512,
-        }
-    }
-}
-
-impl ClipTextConfig {
-    /// Reads a `text_encoder/config.json`.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        read_json(path.as_ref(), "text encoder config")
-    }
-
-    /// The activation, or an error naming the file for one this crate does not implement.
-    pub fn activation(&self, path: impl AsRef<Path>) -> Result<ClipActivation> {
-        match self.hidden_act.as_str() {
-            "quick_gelu" => Ok(ClipActivation::QuickGelu),
-            "gelu" => Ok(ClipActivation::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(ClipActivation::GeluTanh),
-            other => Err(Error::unsupported(
-                path.as_ref(),
-                format!("hidden_act = {other}: supported are quick_gelu, gelu, gelu_new, gelu_pytorch_tanh"),
-            )),
-        }
-    }
-
-    /// Checks the sizes.
-    pub fn validate(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        self.activation(path)?;
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::config(path, format!("`{name}` must be positive")));
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(Error::config(
-                path,
-                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
-            ));
-        }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return Err(Error::config(path, "`layer_norm_eps` must be positive"));
-        }
-        Ok(())
     }
 }
 

@@ -68,8 +68,11 @@ pub mod unet;
 pub mod vae;
 mod weights;
 
-pub use clip::{ClipOutput, ClipTextModel};
-pub use config::{ClipActivation, ClipTextConfig, TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
+pub use clip::{
+    resize_like_pil, ClipActivation, ClipModel, ClipModelConfig, ClipOutput, ClipPreprocessor, ClipTextConfig,
+    ClipTextModel, ClipVisionConfig, ClipVisionModel, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
+pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
 pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::clip::{ClipOutput, ClipTextModel};
-use crate::config::{config_path, ClipTextConfig};
+use crate::clip::{ClipOutput, ClipTextConfig, ClipTextModel};
+use crate::config::config_path;
 use crate::error::{Error, Result};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{find_weight_files, CheckedWeights};

@@ -16,6 +16,12 @@ pub enum Error {
     #[error(transparent)]
     Analytic(#[from] deradiff_analytic::Error),
 
+    /// An error of deradiff-sd: a checkpoint, a CLIP reward model, the Stable Diffusion pipeline
+    /// (feature `sd`).
+    #[cfg(feature = "sd")]
+    #[error(transparent)]
+    Sd(#[from] deradiff_sd::Error),
+
     /// An error raised inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -6,8 +6,9 @@
 //! time.
 //!
 //! * [`Reward`] — scores a batch of samples (optionally with one prompt per sample);
-//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed; [`ClipScore`] and
-//!   [`PickScore`] for images, from any Hugging Face `CLIPModel` checkpoint ([`clip_reward`]).
+//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed; `ClipScore` and
+//!   `PickScore` for images, from any Hugging Face `CLIPModel` checkpoint (`clip_reward`,
+//!   feature `sd`, default).
 //! * [`SweepModel`] — what is sampled ([`AnalyticModel`] for the testbed); [`Prompt`]s.
 //! * [`BatchedSampler`] — many λ in one run: the λ values share the batch dimension, each model
 //!   runs once per step for all of them, and every λ gets the noise of an unbatched run.
@@ -48,6 +49,7 @@
 
 pub mod batch;
 pub mod bo;
+#[cfg(feature = "sd")]
 pub mod clip_reward;
 pub mod error;
 pub mod gp;
@@ -55,6 +57,7 @@ pub mod model;
 pub mod objective;
 pub mod plot;
 pub mod reward;
+#[cfg(feature = "sd")]
 pub mod sd_model;
 pub mod stats;
 pub mod sweep;
@@ -64,21 +67,20 @@ pub use bo::{
     equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,
     BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective,
 };
-pub use clip_reward::{
-    resize_like_pil, ClipModel, ClipModelConfig, ClipPreprocessor, ClipScore, ClipScorer, ClipVisionConfig,
-    ClipVisionModel, PickScore, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-};
+#[cfg(feature = "sd")]
+pub use clip_reward::{ClipScore, ClipScorer, PickScore};
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-pub use model::{fnv1a, AnalyticModel, AnalyticSetup, Prompt, SweepModel};
+pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
+#[cfg(feature = "sd")]
 pub use sd_model::{SdModel, SdSetup};
 pub use stats::{
-    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, SplitMix64, Stat,
+    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat,
 };
 pub use sweep::{
-    check_lambdas, csv_header, csv_line, lambda_summaries, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
+    check_lambdas, lambda_summaries, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
     NoSweepObserver, PairBy, Pairs, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver,
     SweepOutput, SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
 };

@@ -213,7 +213,7 @@ impl SweepModel for AnalyticModel {
 }
 
 /// 64-bit FNV-1a: a short, stable fingerprint of a setting for [`SweepModel::describe`].
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);

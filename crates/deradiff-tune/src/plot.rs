@@ -24,17 +24,13 @@ const GREEN: RGBColor = RGBColor(30, 150, 70);
 const GREY: RGBColor = RGBColor(110, 110, 110);
 const RED: RGBColor = RGBColor(200, 40, 40);
 
-fn ensure_font() -> Result<()> {
-    Ok(deradiff_analytic::plot::ensure_font()?)
-}
+use deradiff_analytic::plot::ensure_font;
 
 fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Plot { what: what.to_string(), detail: e.to_string() }
 }
 
-fn encode_png(rgb: &[u8], width: u32, height: u32, what: &str) -> Result<Vec<u8>> {
-    Ok(deradiff_analytic::plot::encode_png(rgb, width, height, what)?)
-}
+use deradiff_analytic::plot::encode_png;
 
 /// Writes PNG bytes to `path` atomically (temporary file, then rename).
 pub fn write_png(path: impl AsRef<Path>, png: &[u8]) -> Result<()> {
@@ -180,7 +176,7 @@ pub fn reward_vs_lambda_png(summaries: &[LambdaSummary], reward: &str, z: f64, t
         legend(&mut chart, SeriesLabelPosition::LowerRight, what)?;
         root.present().map_err(plot_err(what))?;
     }
-    encode_png(&buf, WIDTH, HEIGHT, what)
+    Ok(encode_png(&buf, WIDTH, HEIGHT, what)?)
 }
 
 /// The Bayesian-optimisation trace: the final GP mean ± 2σ over the range, every evaluation
@@ -275,7 +271,7 @@ pub fn bo_trace_png(result: &BoResult, reference: Option<&[(f64, f64)]>, title: 
         legend(&mut chart, SeriesLabelPosition::LowerRight, what)?;
         root.present().map_err(plot_err(what))?;
     }
-    encode_png(&buf, WIDTH, HEIGHT, what)
+    Ok(encode_png(&buf, WIDTH, HEIGHT, what)?)
 }
 
 fn check_pairs(what: &str, original: &[f64], approx: &[f64]) -> Result<()> {
@@ -338,7 +334,7 @@ pub fn bland_altman_png(original: &[f64], approx: &[f64], stats: &AgreementStats
         legend(&mut chart, SeriesLabelPosition::UpperRight, what)?;
         root.present().map_err(plot_err(what))?;
     }
-    encode_png(&buf, WIDTH, HEIGHT, what)
+    Ok(encode_png(&buf, WIDTH, HEIGHT, what)?)
 }
 
 /// The empirical CDF of the absolute errors `|approximation − original|`, with the MAE and the
@@ -383,5 +379,5 @@ pub fn abs_error_ecdf_png(original: &[f64], approx: &[f64], stats: &AgreementSta
         legend(&mut chart, SeriesLabelPosition::LowerRight, what)?;
         root.present().map_err(plot_err(what))?;
     }
-    encode_png(&buf, WIDTH, HEIGHT, what)
+    Ok(encode_png(&buf, WIDTH, HEIGHT, what)?)
 }

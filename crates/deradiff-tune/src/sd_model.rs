@@ -72,12 +72,8 @@ impl std::fmt::Debug for SdModel {
 impl SdModel {
     /// Loads the checkpoints and builds the scheduler from the reference's scheduler config.
     pub fn load(setup: SdSetup) -> Result<Self> {
-        let sd = StableDiffusion::load(&setup.reference, std::slice::from_ref(&setup.aligned), &setup.load)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let scheduler = setup
-            .scheduler
-            .build(sd.scheduler_config(), setup.steps)
-            .map_err(|e| Error::InvalidArgument(format!("scheduler: {e}")))?;
+        let sd = StableDiffusion::load(&setup.reference, std::slice::from_ref(&setup.aligned), &setup.load)?;
+        let scheduler = setup.scheduler.build(sd.scheduler_config(), setup.steps)?;
         let request = Request {
             prompts: vec![String::new()],
             negative_prompt: setup.negative_prompt.clone(),
@@ -89,8 +85,8 @@ impl SdModel {
             ..Default::default()
         };
         // Validates the size against the VAE's scale factor now, not mid-sweep.
-        sd.latent_shape(&request, 1).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        deradiff_sd::GuidanceScale::new(setup.guidance_scale).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sd.latent_shape(&request, 1)?;
+        deradiff_sd::GuidanceScale::new(setup.guidance_scale)?;
         Ok(Self { setup, sd, scheduler, request })
     }
 
@@ -136,7 +132,7 @@ impl SweepModel for SdModel {
             Error::InvalidArgument(format!("prompt {:?} has no text; Stable Diffusion sweeps need prompts", prompt.id))
         })?;
         let request = Request { prompts: vec![text.to_string()], ..self.request.clone() };
-        let base = Rc::new(self.sd.encode(&request).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        let base = Rc::new(self.sd.encode(&request)?);
         let cache = Rc::new(RefCell::new(HashMap::new()));
         Ok(self
             .sd
@@ -173,7 +169,7 @@ impl SweepModel for SdModel {
             // diffusers' post-processing clamps to [-1, 1] before images are scored.
             Ok(vae.decode_raw(&z)?.clamp(-1.0, 1.0)?)
         };
-        decode().map_err(|e| Error::InvalidArgument(format!("VAE decode: {e}")))
+        Ok(decode()?)
     }
 
     fn describe(&self) -> String {

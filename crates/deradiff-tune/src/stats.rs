@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 
 /// The portable generator of the bootstrap (SplitMix64, Steele et al. 2014).
 #[derive(Debug, Clone)]
-pub struct SplitMix64 {
+pub(crate) struct SplitMix64 {
     state: u64,
 }
 

@@ -663,7 +663,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The CSV header line of a sweep with these rewards.
-pub fn csv_header(rewards: &[String]) -> String {
+pub(crate) fn csv_header(rewards: &[String]) -> String {
     let mut s = String::from("lambda,prompt_index,prompt,seed,samples");
     for r in rewards {
         s.push_str(&format!(",{r}_mean,{r}_std"));
@@ -673,7 +673,7 @@ pub fn csv_header(rewards: &[String]) -> String {
 }
 
 /// One CSV line of a row (the reward columns in `rewards` order; empty where a row lacks one).
-pub fn csv_line(row: &SweepRow, rewards: &[String]) -> String {
+pub(crate) fn csv_line(row: &SweepRow, rewards: &[String]) -> String {
     let mut s = format!("{},{},{},{},{}", row.lambda, row.prompt_index, csv_field(&row.prompt), row.seed, row.samples);
     for r in rewards {
         match row.reward(r) {

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use deradiff_sd::clip::{resize_like_pil, ClipModelConfig, ClipPreprocessor, Resample, ResizeTo, OPENAI_CLIP_MEAN};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{
-    resize_like_pil, ClipModelConfig, ClipPreprocessor, ClipScore, ClipScorer, PickScore, Resample, ResizeTo, Reward,
-    OPENAI_CLIP_MEAN,
-};
+use deradiff_tune::{ClipScore, ClipScorer, PickScore, Reward};
 
 const TOL: f64 = 1e-4;
 const MODELS: [(&str, &str); 2] = [("clip-quick-gelu", "quick_gelu"), ("clip-gelu", "gelu")];

@@ -1,4 +1,5 @@
-//! The CLIP text transformer of Stable Diffusion, configured from the checkpoint's own
+//! The CLIP text transformer (Stable Diffusion's text encoders, and the text tower of CLIP
+//! rewards), configured from the checkpoint's own
 //! `text_encoder/config.json`.
 //!
 //! candle-transformers' `stable_diffusion::clip::ClipTextTransformer` only takes its private
@@ -7,86 +8,11 @@
 //! the LayerNorm epsilon read from the config. Weight names are transformers' own
 //! (`text_model.embeddings.token_embedding.weight`, …).
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
-use crate::config::{ClipActivation, ClipTextConfig};
-
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-    head_dim: usize,
-    scale: f64,
-}
-
-impl Attention {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
-        let head_dim = h / c.num_attention_heads;
-        Ok(Self {
-            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
-            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
-            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
-            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
-            heads: c.num_attention_heads,
-            head_dim,
-            scale: (head_dim as f64).powf(-0.5),
-        })
-    }
-
-    /// `x`: `[B, L, H]`; `mask`: additive `[L, L]` in f32.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let dtype = x.dtype();
-        let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
-        };
-        let q = split((self.q.forward(x)? * self.scale)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = probs.matmul(&v)?.to_dtype(dtype)?.transpose(1, 2)?.reshape((b, l, h))?;
-        self.out.forward(&o)
-    }
-}
-
-struct Layer {
-    attn: Attention,
-    ln1: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    ln2: LayerNorm,
-    act: ClipActivation,
-}
-
-impl Layer {
-    fn new(vb: VarBuilder, c: &ClipTextConfig, act: ClipActivation) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
-        Ok(Self {
-            attn: Attention::new(vb.pp("self_attn"), c)?,
-            ln1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            fc1: candle_nn::linear(h, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
-            ln2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
-        let y = self.fc1.forward(&self.ln2.forward(&x)?)?;
-        let y = match self.act {
-            ClipActivation::QuickGelu => (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
-            ClipActivation::Gelu => y.gelu_erf()?,
-            ClipActivation::GeluTanh => y.gelu()?,
-        };
-        self.fc2.forward(&y)? + x
-    }
-}
+use super::config::{ClipActivation, ClipTextConfig};
+use super::encoder::{EncoderLayer, EncoderSizes};
 
 /// What one pass of the text model gives: the hidden states SD and SDXL condition on and the
 /// pooled output.
@@ -108,7 +34,7 @@ pub struct ClipOutput {
 pub struct ClipTextModel {
     token_embedding: Embedding,
     position_embedding: Embedding,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
     config: ClipTextConfig,
@@ -129,8 +55,14 @@ impl ClipTextModel {
         let token_embedding = candle_nn::embedding(config.vocab_size, h, emb.pp("token_embedding"))?;
         let position_embedding = candle_nn::embedding(config.max_position_embeddings, h, emb.pp("position_embedding"))?;
         let enc = vb.pp("encoder").pp("layers");
+        let sizes = EncoderSizes {
+            hidden: h,
+            intermediate: config.intermediate_size,
+            heads: config.num_attention_heads,
+            layer_norm_eps: config.layer_norm_eps,
+        };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::new(enc.pp(i), config, act))
+            .map(|i| EncoderLayer::new(enc.pp(i), sizes, act))
             .collect::<candle_core::Result<_>>()?;
         let final_layer_norm = candle_nn::layer_norm(h, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
         Ok(Self {
@@ -184,7 +116,7 @@ impl ClipTextModel {
         let mut before = x.clone();
         for layer in &self.layers {
             before = x.clone();
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, Some(&mask))?;
         }
         Ok((x, before))
     }

@@ -1,0 +1,93 @@
+//! transformers' `CLIPEncoderLayer`, shared by the text and the vision tower: pre-norm
+//! self-attention (softmax in f32, an optional additive mask) and MLP, with residuals.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::config::ClipActivation;
+
+/// The sizes of a tower's layers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EncoderSizes {
+    pub(super) hidden: usize,
+    pub(super) intermediate: usize,
+    pub(super) heads: usize,
+    pub(super) layer_norm_eps: f64,
+}
+
+/// `self_attn.{q,k,v,out}_proj`.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, s: EncoderSizes) -> candle_core::Result<Self> {
+        let h = s.hidden;
+        let head_dim = h / s.heads;
+        Ok(Self {
+            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
+            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
+            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
+            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            heads: s.heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// `x`: `[B, L, H]`; `mask`: additive `[L, L]` in f32, if any.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let dtype = x.dtype();
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
+        };
+        let q = split((self.q.forward(x)? * self.scale)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = probs.matmul(&v)?.to_dtype(dtype)?.transpose(1, 2)?.reshape((b, l, h))?;
+        self.out.forward(&o)
+    }
+}
+
+/// One encoder layer (`encoder.layers.N`).
+pub(super) struct EncoderLayer {
+    attn: Attention,
+    ln1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ln2: LayerNorm,
+    act: ClipActivation,
+}
+
+impl EncoderLayer {
+    pub(super) fn new(vb: VarBuilder, s: EncoderSizes, act: ClipActivation) -> candle_core::Result<Self> {
+        let h = s.hidden;
+        Ok(Self {
+            attn: Attention::new(vb.pp("self_attn"), s)?,
+            ln1: candle_nn::layer_norm(h, s.layer_norm_eps, vb.pp("layer_norm1"))?,
+            fc1: candle_nn::linear(h, s.intermediate, vb.pp("mlp").pp("fc1"))?,
+            fc2: candle_nn::linear(s.intermediate, h, vb.pp("mlp").pp("fc2"))?,
+            ln2: candle_nn::layer_norm(h, s.layer_norm_eps, vb.pp("layer_norm2"))?,
+            act,
+        })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
+        let y = self.act.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
+        self.fc2.forward(&y)? + x
+    }
+}

@@ -1,0 +1,38 @@
+//! CLIP, in one place: the text tower Stable Diffusion conditions on, the vision tower and the
+//! whole `CLIPModel` that CLIP-based rewards (CLIP score, PickScore) embed images and prompts
+//! with, and the image processor in front of it.
+//!
+//! candle-transformers 0.11's `models::clip` hard-wires quick-GELU into its text tower, takes
+//! only its private preset configs and fills a missing `class_embedding` with random values, so
+//! this is our own implementation following transformers' tensor names:
+//!
+//! * [`ClipTextModel`] — `CLIPTextModel` / `CLIPTextModelWithProjection` (`text_model.*`,
+//!   `text_projection`): last and penultimate hidden states, the pooled output at the
+//!   end-of-text token ([`ClipOutput`]);
+//! * [`ClipVisionModel`] — `CLIPVisionTransformer` (`vision_model.*`);
+//! * [`ClipModel`] — `CLIPModel`: both towers, `visual_projection` and `logit_scale`;
+//! * both towers share one encoder layer (pre-norm attention with an optional causal mask, MLP);
+//! * [`ClipPreprocessor`] — `CLIPImageProcessor` with PIL's resampling ([`resize_like_pil`]).
+//!
+//! Every size (widths, depths, heads, patch and image size, projection) and each tower's
+//! `hidden_act` ([`ClipActivation`]: `quick_gelu`, `gelu` — exact —, `gelu_new` /
+//! `gelu_pytorch_tanh`) comes from the checkpoint's `config.json` ([`ClipTextConfig`],
+//! [`ClipVisionConfig`], [`ClipModelConfig`]), so OpenAI's ViT-B/L (quick-GELU) and OpenCLIP's
+//! ViT-H/14 behind `yuvalkirstain/PickScore_v1` (exact GELU) load alike.
+//!
+//! Checked against transformers 5 on tiny random models (`scripts/gen_sd_fixtures.py`,
+//! `scripts/gen_clip_fixtures.py`): hidden states and embeddings within 1e-6, preprocessed
+//! pixels identical.
+
+mod config;
+mod encoder;
+mod model;
+mod processor;
+mod text;
+mod vision;
+
+pub use config::{ClipActivation, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
+pub use model::ClipModel;
+pub use processor::{resize_like_pil, ClipPreprocessor, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
+pub use text::{ClipOutput, ClipTextModel};
+pub use vision::ClipVisionModel;

@@ -1,0 +1,505 @@
+//! transformers' `CLIPImageProcessor` with its PIL backend: resize of the shortest side with
+//! PIL's own resampling (the same fixed-point arithmetic, so the resized 8-bit pixels are
+//! bit-identical), center crop, rescale by 1/255, normalisation by the processor's mean and std.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::image::RgbImage;
+
+/// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
+pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP's normalisation standard deviation (transformers' `OPENAI_CLIP_STD`).
+pub const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// PIL's resampling filters (the `resample` code of `preprocessor_config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// `1`: Lanczos (support 3).
+    Lanczos,
+    /// `2`: bilinear (triangle, support 1).
+    Bilinear,
+    /// `3`: bicubic, a = −0.5 (CLIP's).
+    Bicubic,
+    /// `4`: box.
+    Box,
+    /// `5`: Hamming.
+    Hamming,
+}
+
+impl Resample {
+    /// From PIL's code (`0`, nearest, is not supported).
+    pub fn from_pil(code: u64) -> Option<Self> {
+        match code {
+            1 => Some(Self::Lanczos),
+            2 => Some(Self::Bilinear),
+            3 => Some(Self::Bicubic),
+            4 => Some(Self::Box),
+            5 => Some(Self::Hamming),
+            _ => None,
+        }
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Self::Lanczos => 3.0,
+            Self::Bilinear | Self::Hamming => 1.0,
+            Self::Bicubic => 2.0,
+            Self::Box => 0.5,
+        }
+    }
+
+    /// PIL's `*_filter` functions (`libImaging/Resample.c`).
+    fn filter(self, x: f64) -> f64 {
+        let sinc = |x: f64| {
+            if x == 0.0 {
+                1.0
+            } else {
+                let x = x * std::f64::consts::PI;
+                x.sin() / x
+            }
+        };
+        match self {
+            Self::Box => {
+                if x > -0.5 && x <= 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Self::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Self::Hamming => {
+                let x = x.abs();
+                if x == 0.0 {
+                    1.0
+                } else if x >= 1.0 {
+                    0.0
+                } else {
+                    let x = x * std::f64::consts::PI;
+                    x.sin() / x * (f64::from(0.54f32) + f64::from(0.46f32) * x.cos())
+                }
+            }
+            Self::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Self::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first input
+/// index and the fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) truncates toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
+            let mut w: Vec<f64> =
+                (0..xmax).map(|x| filter.filter((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                for v in &mut w {
+                    *v /= total;
+                }
+            }
+            let one = f64::from(1u32 << PRECISION_BITS);
+            let k = w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect();
+            (xmin, k)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// Resizes interleaved RGB bytes exactly as PIL's `Image.resize(size, filter)` does for an RGB
+/// image: a horizontal pass, then a vertical one, each with PIL's fixed-point weights and
+/// rounding to 8 bits in between.
+fn resize_rgb(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Resample) -> Vec<u8> {
+    let mut data = src.to_vec();
+    let mut cur_w = w;
+    if out_w != w {
+        let coeffs = coefficients(w, out_w, filter);
+        let mut out = vec![0u8; out_w * h * 3];
+        for y in 0..h {
+            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut ss = 1i64 << (PRECISION_BITS - 1);
+                    for (x, &kx) in k.iter().enumerate() {
+                        ss += i64::from(data[(y * cur_w + xmin + x) * 3 + c]) * kx;
+                    }
+                    out[(y * out_w + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        data = out;
+        cur_w = out_w;
+    }
+    if out_h != h {
+        let coeffs = coefficients(h, out_h, filter);
+        let mut out = vec![0u8; cur_w * out_h * 3];
+        for (yy, (ymin, k)) in coeffs.iter().enumerate() {
+            for x in 0..cur_w {
+                for c in 0..3 {
+                    let mut ss = 1i64 << (PRECISION_BITS - 1);
+                    for (y, &ky) in k.iter().enumerate() {
+                        ss += i64::from(data[((ymin + y) * cur_w + x) * 3 + c]) * ky;
+                    }
+                    out[(yy * cur_w + x) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        data = out;
+    }
+    data
+}
+
+/// Resizes an image as PIL's `Image.resize((width, height), filter)` (bit-identical 8-bit
+/// output for RGB images).
+pub fn resize_like_pil(image: &RgbImage, width: usize, height: usize, filter: Resample) -> Result<RgbImage> {
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidArgument(format!("cannot resize an image to {width}x{height}")));
+    }
+    let data = resize_rgb(image.data(), image.width(), image.height(), width, height, filter);
+    RgbImage::new(width, height, data)
+}
+
+/// How images are resized before the crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTo {
+    /// The shorter side becomes this many pixels, the longer one `⌊n · long / short⌋`
+    /// (transformers' `{"shortest_edge": n}`; CLIP's).
+    ShortestEdge(usize),
+    /// Exactly this `height × width` (`{"height": h, "width": w}`).
+    Exact {
+        /// Height in pixels.
+        height: usize,
+        /// Width in pixels.
+        width: usize,
+    },
+}
+
+/// transformers' `CLIPImageProcessor` (PIL backend): optional resize, center crop (zero-padded
+/// when the image is smaller than the crop), rescale, normalise; channels first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipPreprocessor {
+    /// Whether to resize.
+    pub do_resize: bool,
+    /// The resize target.
+    pub size: ResizeTo,
+    /// The resampling filter.
+    pub resample: Resample,
+    /// Whether to crop the center.
+    pub do_center_crop: bool,
+    /// Crop `(height, width)`.
+    pub crop_size: (usize, usize),
+    /// Whether to multiply the 8-bit values by `rescale_factor`.
+    pub do_rescale: bool,
+    /// Usually 1/255.
+    pub rescale_factor: f64,
+    /// Whether to normalise by `image_mean` / `image_std`.
+    pub do_normalize: bool,
+    /// Per-channel mean.
+    pub image_mean: [f64; 3],
+    /// Per-channel standard deviation.
+    pub image_std: [f64; 3],
+}
+
+impl Default for ClipPreprocessor {
+    /// `CLIPImageProcessor()`: shortest edge 224 (bicubic), 224 × 224 crop, 1/255, OpenAI's
+    /// mean and std.
+    fn default() -> Self {
+        Self {
+            do_resize: true,
+            size: ResizeTo::ShortestEdge(224),
+            resample: Resample::Bicubic,
+            do_center_crop: true,
+            crop_size: (224, 224),
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: OPENAI_CLIP_MEAN,
+            image_std: OPENAI_CLIP_STD,
+        }
+    }
+}
+
+/// The largest side (in pixels) a preprocessor config may ask for.
+const MAX_SIDE: u64 = 1 << 16;
+
+fn json_usize(v: &Value, field: &str, path: &Path) -> Result<usize> {
+    v.as_u64()
+        .filter(|&n| n > 0 && n <= MAX_SIDE)
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::config(path, format!("`{field}` must be an integer from 1 to {MAX_SIDE}, got {v}")))
+}
+
+fn json_bool(o: &serde_json::Map<String, Value>, field: &str, default: bool, path: &Path) -> Result<bool> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(Error::config(path, format!("`{field}` must be true or false, got {v}"))),
+    }
+}
+
+fn json_triple(o: &serde_json::Map<String, Value>, field: &str, default: [f64; 3], path: &Path) -> Result<[f64; 3]> {
+    let bad = |v: &Value| Error::config(path, format!("`{field}` must be a number or a list of 3 numbers, got {v}"));
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n.as_f64().map(|x| [x; 3]).ok_or_else(|| bad(&Value::Number(n.clone()))),
+        Some(Value::Array(a)) if a.len() == 3 => {
+            let mut out = [0.0; 3];
+            for (slot, v) in out.iter_mut().zip(a) {
+                *slot = v.as_f64().ok_or_else(|| bad(v))?;
+            }
+            Ok(out)
+        }
+        Some(v) => Err(bad(v)),
+    }
+}
+
+impl ClipPreprocessor {
+    /// Reads a `preprocessor_config.json` (fields missing take `CLIPImageProcessor`'s defaults).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = super::config::read_text(path, "image preprocessor config")?;
+        Self::from_json(&text, path)
+    }
+
+    /// `dir/preprocessor_config.json` when present, CLIP's defaults otherwise.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join("preprocessor_config.json");
+        if path.is_file() {
+            Self::from_file(path)
+        } else {
+            Ok(Self::default())
+        }
+    }
+
+    /// Parses a `preprocessor_config.json` document (`path` is only used in error messages).
+    pub fn from_json(json: &str, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let o = match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => return Err(Error::config(path, "expected a JSON object")),
+            Err(e) => return Err(Error::config(path, e.to_string())),
+        };
+        let d = Self::default();
+        let size = match o.get("size") {
+            None | Some(Value::Null) => d.size,
+            Some(v @ Value::Number(_)) => ResizeTo::ShortestEdge(json_usize(v, "size", path)?),
+            Some(Value::Object(s)) => {
+                if let Some(n) = s.get("shortest_edge") {
+                    if s.get("longest_edge").is_some_and(|v| !v.is_null()) {
+                        return Err(Error::Unsupported {
+                            path: path.to_path_buf(),
+                            message: "`size.longest_edge` is not supported (CLIP uses `shortest_edge`)".into(),
+                        });
+                    }
+                    ResizeTo::ShortestEdge(json_usize(n, "size.shortest_edge", path)?)
+                } else if let (Some(h), Some(w)) = (s.get("height"), s.get("width")) {
+                    ResizeTo::Exact {
+                        height: json_usize(h, "size.height", path)?,
+                        width: json_usize(w, "size.width", path)?,
+                    }
+                } else {
+                    return Err(Error::config(path, "`size` needs `shortest_edge`, or `height` and `width`"));
+                }
+            }
+            Some(v) => return Err(Error::config(path, format!("`size` must be an integer or an object, got {v}"))),
+        };
+        let crop_size = match o.get("crop_size") {
+            None | Some(Value::Null) => d.crop_size,
+            Some(v @ Value::Number(_)) => {
+                let n = json_usize(v, "crop_size", path)?;
+                (n, n)
+            }
+            Some(Value::Object(s)) => match (s.get("height"), s.get("width")) {
+                (Some(h), Some(w)) => {
+                    (json_usize(h, "crop_size.height", path)?, json_usize(w, "crop_size.width", path)?)
+                }
+                _ => return Err(Error::config(path, "`crop_size` needs `height` and `width`")),
+            },
+            Some(v) => return Err(Error::config(path, format!("`crop_size` must be an integer or an object, got {v}"))),
+        };
+        let resample = match o.get("resample") {
+            None | Some(Value::Null) => d.resample,
+            Some(v) => v.as_u64().and_then(Resample::from_pil).ok_or_else(|| {
+                Error::Unsupported {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "`resample` = {v}: supported are PIL's 1 (Lanczos), 2 (bilinear), 3 (bicubic), 4 (box), 5 (Hamming)"
+                    ),
+                }
+            })?,
+        };
+        let rescale_factor = match o.get("rescale_factor") {
+            None | Some(Value::Null) => d.rescale_factor,
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| Error::config(path, format!("`rescale_factor` must be a positive number, got {v}")))?,
+        };
+        let image_std = json_triple(&o, "image_std", d.image_std, path)?;
+        if image_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::config(path, format!("`image_std` must be positive, got {image_std:?}")));
+        }
+        let image_mean = json_triple(&o, "image_mean", d.image_mean, path)?;
+        if image_mean.iter().any(|m| !m.is_finite()) {
+            return Err(Error::config(path, format!("`image_mean` must be finite, got {image_mean:?}")));
+        }
+        Ok(Self {
+            do_resize: json_bool(&o, "do_resize", d.do_resize, path)?,
+            size,
+            resample,
+            do_center_crop: json_bool(&o, "do_center_crop", d.do_center_crop, path)?,
+            crop_size,
+            do_rescale: json_bool(&o, "do_rescale", d.do_rescale, path)?,
+            rescale_factor,
+            do_normalize: json_bool(&o, "do_normalize", d.do_normalize, path)?,
+            image_mean,
+            image_std,
+        })
+    }
+
+    /// `(height, width)` after the resize, as transformers computes it.
+    pub fn resized_size(&self, height: usize, width: usize) -> (usize, usize) {
+        if !self.do_resize {
+            return (height, width);
+        }
+        match self.size {
+            ResizeTo::Exact { height, width } => (height, width),
+            ResizeTo::ShortestEdge(n) => {
+                let (short, long) = if width <= height { (width, height) } else { (height, width) };
+                // Python's `int(n * long / short)`; exact in f64 for any real image size.
+                let new_long = (n as f64 * long as f64 / short as f64) as usize;
+                if width <= height {
+                    (new_long, n)
+                } else {
+                    (n, new_long)
+                }
+            }
+        }
+    }
+
+    /// The resized and cropped 8-bit image (before rescaling and normalisation).
+    pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
+        let (h, w) = self.resized_size(image.height(), image.width());
+        if h.saturating_mul(w) > 1 << 28 {
+            return Err(Error::InvalidArgument(format!(
+                "resizing a {}x{} image gives {w}x{h} pixels, too many",
+                image.width(),
+                image.height()
+            )));
+        }
+        let resized = if (h, w) != (image.height(), image.width()) {
+            resize_like_pil(image, w, h, self.resample)?
+        } else {
+            image.clone()
+        };
+        if !self.do_center_crop {
+            return Ok(resized);
+        }
+        let (ch, cw) = self.crop_size;
+        let (h, w) = (resized.height() as i64, resized.width() as i64);
+        // transformers' `center_crop`: top-left at ⌊(size − crop) / 2⌋; outside the image (a
+        // crop larger than the image) is zero.
+        let top = (h - ch as i64).div_euclid(2);
+        let left = (w - cw as i64).div_euclid(2);
+        let src = resized.data();
+        let mut data = vec![0u8; ch * cw * 3];
+        for y in 0..ch {
+            let sy = top + y as i64;
+            if sy < 0 || sy >= h {
+                continue;
+            }
+            for x in 0..cw {
+                let sx = left + x as i64;
+                if sx < 0 || sx >= w {
+                    continue;
+                }
+                let s = ((sy * w + sx) * 3) as usize;
+                data[(y * cw + x) * 3..(y * cw + x) * 3 + 3].copy_from_slice(&src[s..s + 3]);
+            }
+        }
+        RgbImage::new(cw, ch, data)
+    }
+
+    /// Pixel values `[3, H, W]` (f32) of one image.
+    pub fn preprocess(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let img = self.resize_and_crop(image)?;
+        let (h, w) = (img.height(), img.width());
+        let mut out = vec![0f32; 3 * h * w];
+        let mean = self.image_mean.map(|m| m as f32);
+        let std = self.image_std.map(|s| s as f32);
+        for (i, px) in img.data().chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                // transformers: rescale in f64 then to f32; normalise in f32.
+                let mut v =
+                    if self.do_rescale { (f64::from(px[c]) * self.rescale_factor) as f32 } else { f32::from(px[c]) };
+                if self.do_normalize {
+                    v = (v - mean[c]) / std[c];
+                }
+                out[c * h * w + i] = v;
+            }
+        }
+        Ok(Tensor::from_vec(out, (3, h, w), device)?)
+    }
+
+    /// Pixel values `[N, 3, H, W]` (f32) of a batch (every image gives the same size after the
+    /// crop, or an error).
+    pub fn preprocess_batch(&self, images: &[RgbImage], device: &Device) -> Result<Tensor> {
+        if images.is_empty() {
+            return Err(Error::InvalidArgument("no images to preprocess".into()));
+        }
+        let each = images.iter().map(|i| self.preprocess(i, device)).collect::<Result<Vec<_>>>()?;
+        let first = each[0].dims().to_vec();
+        if let Some(other) = each.iter().find(|t| t.dims() != first.as_slice()) {
+            return Err(Error::InvalidArgument(format!(
+                "preprocessed images have different sizes ({first:?} and {:?}): enable the center crop",
+                other.dims()
+            )));
+        }
+        Ok(Tensor::stack(&each, 0)?)
+    }
+}
+
