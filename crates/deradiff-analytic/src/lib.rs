@@ -37,7 +37,9 @@
 pub mod demo;
 pub mod denoiser;
 pub mod error;
-pub mod io;
+mod io;
+#[doc(hidden)]
+pub use io::write_atomic;
 pub mod metrics;
 pub mod mixture;
 pub mod plot;
@@ -47,7 +49,6 @@ pub mod study;
 pub use demo::{demo_linear_reward, demo_mixture, demo_quadratic_reward};
 pub use denoiser::ExactDenoiser;
 pub use error::{Error, Result};
-pub use io::write_atomic;
 pub use metrics::{coupled_distance, energy_distance, mean_reward};
 pub use mixture::{log_sum_exp, GaussianMixture};
 pub use reward::Reward;

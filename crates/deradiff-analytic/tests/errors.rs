@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use deradiff_analytic::{
-    coupled_distance, demo_linear_reward, demo_mixture, energy_distance, mean_reward, run_study, write_atomic, Error,
+    coupled_distance, demo_linear_reward, demo_mixture, energy_distance, mean_reward, run_study, Error,
     ExactDenoiser, GaussianMixture, Reward, StudyConfig,
 };
 use deradiff_core::{Denoiser, SchedulerKind, TimestepSpacing, TrainingConfig};
@@ -111,25 +111,4 @@ fn study_configs_are_checked() {
     c.steps = 5000;
     assert_err(run_study(&c).map(|o| o.result), "trained with only 1000");
     assert!(run_study(&base()).is_ok());
-}
-
-#[test]
-fn atomic_write_reports_the_path() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("atomic-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let file = dir.join("nested").join("a.txt");
-    write_atomic(&file, b"one").unwrap();
-    write_atomic(&file, b"two").unwrap();
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
-    // A directory in the way: an error naming the path, and the directory is untouched.
-    let blocked = dir.join("nested");
-    let err = write_atomic(&blocked, b"x").unwrap_err().to_string();
-    assert!(err.contains("nested"), "{err}");
-    assert!(blocked.is_dir());
-    let leftovers = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "tmp"))
-        .count();
-    assert_eq!(leftovers, 0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,10 +39,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core:
 /// concatenated again, ready for the output projection) in `q`'s dtype. Equal to splitting the
 /// heads out, [`attention`], and merging them back — without the two transposed copies.
 ///
-/// On the CPU this is our fused kernel: per (batch, tile of 64 queries), for each head, the keys
-/// are streamed in blocks with an online softmax (the `Lq × Lk` scores are never stored), scores and
-/// the probability-weighted values are computed in 4-row register tiles; f16 / bf16 are computed in
-/// f32. On other devices it is candle's matmul + softmax + matmul. Errors (never panics) on
+/// On the CPU this is our fused kernel: per (batch, tile of 60 queries), for each
+/// head, the keys are streamed in blocks of up to 256 with an online softmax (the
+/// `Lq × Lk` scores are never stored), scores and the probability-weighted values are computed in
+/// 6-row register tiles (6 queries × 16 keys or channels with AVX2, × 32 with AVX-512);
+/// f16 / bf16 are computed in f32. On other devices it is candle's matmul + softmax + matmul. Errors (never panics) on
 /// mismatched shapes or dtypes, or channels not divisible by `heads`.
 pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
     let (b, lq, c) = q.dims3()?;
@@ -258,13 +259,13 @@ fn tile<const FMA: bool, const WIDE: bool>(
     let mut qs = vec![0f32; padded * d];
     let mut acc = vec![0f32; padded * d];
     // Scores / probabilities of one row group, rows KEY_BLOCK apart (a constant stride, so the
-    // kernels address the four rows from one register).
+    // kernels address the six rows from one register).
     let mut s = vec![0f32; ROWS * KEY_BLOCK];
     let mut m = vec![f32::NEG_INFINITY; padded];
     let mut l = vec![0f32; padded];
     for h in 0..heads {
         // Scaled queries of this head (the scores are q·scale·k, as in candle up to rounding),
-        // interleaved by row group: `[padded / ROWS][d][ROWS]`, so the score kernel reads the four
+        // interleaved by row group: `[padded / ROWS][d][ROWS]`, so the score kernel reads the six
         // rows' values of one channel together.
         for r in 0..rows {
             let (g, i) = (r / ROWS, r % ROWS);

@@ -142,6 +142,11 @@ impl Default for BoConfig {
     }
 }
 
+/// Most evaluations a Bayesian optimisation may spend.
+pub const MAX_BUDGET: usize = 10_000;
+/// Most points of a grid ([`linspace`], the acquisition's line-search candidates).
+pub const MAX_GRID_POINTS: usize = 100_000;
+
 impl BoConfig {
     /// Checks the range, budget, design size, acquisition parameters and candidate count.
     pub fn validate(&self) -> Result<()> {
@@ -150,6 +155,13 @@ impl BoConfig {
         }
         if self.budget == 0 {
             return Err(Error::InvalidBudget("the budget is 0: give at least one evaluation".into()));
+        }
+        if self.budget > MAX_BUDGET {
+            return Err(Error::InvalidBudget(format!(
+                "the budget is {} evaluations; at most {MAX_BUDGET} are allowed (the GP's cost grows as the cube \
+                 of the evaluations; the paper uses 10)",
+                self.budget
+            )));
         }
         if self.initial == 0 {
             return Err(Error::InvalidBudget("the initial design is empty: give at least one point".into()));
@@ -163,8 +175,11 @@ impl BoConfig {
         if !(self.xtol.is_finite() && (0.0..1.0).contains(&self.xtol)) {
             return Err(Error::InvalidArgument(format!("xtol is {}; it must lie in [0, 1)", self.xtol)));
         }
-        if self.candidates < 3 {
-            return Err(Error::InvalidArgument(format!("{} line-search candidates; give at least 3", self.candidates)));
+        if self.candidates < 3 || self.candidates > MAX_GRID_POINTS {
+            return Err(Error::InvalidArgument(format!(
+                "{} line-search candidates; give 3 to {MAX_GRID_POINTS}",
+                self.candidates
+            )));
         }
         match self.acquisition {
             Acquisition::ExpectedImprovement { xi } if !(xi.is_finite() && xi >= 0.0) => {
@@ -481,6 +496,9 @@ pub fn equivalent_beta(anchor_beta: f64, lambda: f64) -> Result<f64> {
 pub fn linspace(lower: f64, upper: f64, n: usize) -> Result<Vec<f64>> {
     if !(lower.is_finite() && upper.is_finite() && lower < upper) {
         return Err(Error::InvalidRange { lower, upper });
+    }
+    if n > MAX_GRID_POINTS {
+        return Err(Error::InvalidArgument(format!("{n} grid points; at most {MAX_GRID_POINTS} are allowed")));
     }
     match n {
         0 => Err(Error::EmptyGrid),

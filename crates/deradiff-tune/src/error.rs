@@ -90,6 +90,25 @@ pub enum Error {
         in_config: String,
     },
 
+    /// A statistic that came out NaN or infinite (inputs so large that sums or squares overflow).
+    #[error(
+        "the {statistic} is {value}: the rewards are too large for f64 arithmetic (sums or squares \
+         overflow); rescale them (for example divide by a power of ten) and compare again"
+    )]
+    NonFiniteStatistic {
+        /// Which statistic.
+        statistic: String,
+        /// Its value (or its percentage of the mean, when that is what overflowed).
+        value: f64,
+    },
+
+    /// Another process is writing the same results file (it holds the file's lock).
+    #[error(
+        "{0} is being written by another sweep (its lock is held); wait for it to finish, or give this \
+         sweep another output file"
+    )]
+    ResultsLocked(PathBuf),
+
     /// The output file exists and the sweep was told neither to resume nor to overwrite it.
     #[error("{0} already exists; resume it, overwrite it, or choose another file")]
     OutputExists(PathBuf),
@@ -143,4 +162,10 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+}
+
+/// Writes `bytes` to `path` atomically through the workspace's one writer
+/// ([`deradiff_core::io::write_atomic`]), an error naming the path.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    deradiff_core::io::write_atomic(path, bytes).map_err(Error::io(path))
 }

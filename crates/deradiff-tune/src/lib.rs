@@ -65,22 +65,22 @@ pub mod sweep;
 pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
     equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,
-    BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective,
+    BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective, MAX_BUDGET, MAX_GRID_POINTS,
 };
 #[cfg(feature = "sd")]
 pub use clip_reward::{ClipScore, ClipScorer, PickScore};
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
+pub use model::{MAX_PROMPTS, AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{SdModel, SdSetup};
 pub use stats::{
-    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat,
+    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
-    check_lambdas, lambda_summaries, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
+    check_lambdas, lambda_summaries, prompts_hash, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
     NoSweepObserver, PairBy, Pairs, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver,
     SweepOutput, SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
 };

@@ -42,9 +42,18 @@ impl Prompt {
 }
 
 /// Checks that a prompt set is not empty and its ids are unique and not empty.
+/// Most prompts (or seeds) one sweep takes.
+pub const MAX_PROMPTS: usize = 1_000_000;
+
 pub(crate) fn check_prompts(prompts: &[Prompt]) -> Result<()> {
     if prompts.is_empty() {
         return Err(Error::InvalidArgument("the prompt set is empty: give at least one prompt (or seed)".into()));
+    }
+    if prompts.len() > MAX_PROMPTS {
+        return Err(Error::InvalidArgument(format!(
+            "{} prompts; at most {MAX_PROMPTS} are allowed in one sweep (split the set over several results files)",
+            prompts.len()
+        )));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, p) in prompts.iter().enumerate() {

@@ -34,26 +34,46 @@ use deradiff_analytic::plot::encode_png;
 
 /// Writes PNG bytes to `path` atomically (temporary file, then rename).
 pub fn write_png(path: impl AsRef<Path>, png: &[u8]) -> Result<()> {
-    Ok(deradiff_analytic::write_atomic(path, png)?)
+    crate::error::write_atomic(path.as_ref(), png)
+}
+
+/// The largest axis span drawn: beyond it ticks and padding overflow f64 (values of ±1e308).
+const MAX_AXIS_SPAN: f64 = 1e300;
+
+/// An axis range that plotters can draw: finite ends, `lo < hi`, a span of at most
+/// [`MAX_AXIS_SPAN`]; a typed error otherwise (never a range that makes plotters spin).
+fn axis((lo, hi): (f64, f64)) -> Result<(f64, f64)> {
+    let span = hi - lo;
+    if lo.is_finite() && hi.is_finite() && span.is_finite() && span > 0.0 && span <= MAX_AXIS_SPAN {
+        Ok((lo, hi))
+    } else {
+        Err(Error::Plot {
+            what: "axis".into(),
+            detail: format!(
+                "the values span [{lo:e}, {hi:e}], which cannot be drawn (finite values spanning at most \
+                 {MAX_AXIS_SPAN:e} are needed)"
+            ),
+        })
+    }
 }
 
 /// `(min, max)` of finite values, padded by `pad` of the span (at least `min_pad`).
-fn padded(values: impl IntoIterator<Item = f64>, pad: f64, min_pad: f64) -> (f64, f64) {
+fn padded(values: impl IntoIterator<Item = f64>, pad: f64, min_pad: f64) -> Result<(f64, f64)> {
     let (lo, hi) = values
         .into_iter()
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
-        return (-1.0, 1.0);
+        return Ok((-1.0, 1.0));
     }
     let p = ((hi - lo) * pad).max(min_pad).max(1e-12 * lo.abs().max(hi.abs()));
-    (lo - p, hi + p)
+    axis((lo - p, hi + p))
 }
 
 /// Widens `(lo, hi)` by `below` and `above` of its span: room for a legend.
-fn room((lo, hi): (f64, f64), below: f64, above: f64) -> (f64, f64) {
+fn room((lo, hi): (f64, f64), below: f64, above: f64) -> Result<(f64, f64)> {
     let span = hi - lo;
-    (lo - below * span, hi + above * span)
+    axis((lo - below * span, hi + above * span))
 }
 
 fn finite_all(what: &str, values: impl IntoIterator<Item = f64>) -> Result<()> {
@@ -136,8 +156,8 @@ pub fn reward_vs_lambda_png(summaries: &[LambdaSummary], reward: &str, z: f64, t
         return Err(Error::Plot { what: what.into(), detail: format!("the error-bar multiplier {z} is not ≥ 0") });
     }
     finite_all(what, summaries.iter().flat_map(|s| [s.lambda, s.mean, s.sem]))?;
-    let x = padded(summaries.iter().map(|s| s.lambda), 0.05, 0.05);
-    let y = room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6), 0.3, 0.0);
+    let x = padded(summaries.iter().map(|s| s.lambda), 0.05, 0.05)?;
+    let y = room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6)?, 0.3, 0.0)?;
     let best = summaries.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map(|s| (s.lambda, s.mean));
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
@@ -204,9 +224,9 @@ pub fn bo_trace_png(result: &BoResult, reference: Option<&[(f64, f64)]>, title: 
             .chain(reference.iter().map(|p| p.1)),
         0.06,
         1e-6,
-    );
-    let y = room(y, 0.35, 0.0);
-    let x = (lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo));
+    )?;
+    let y = room(y, 0.35, 0.0)?;
+    let x = axis((lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)))?;
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
@@ -296,13 +316,13 @@ pub fn bland_altman_png(original: &[f64], approx: &[f64], stats: &AgreementStats
     ensure_font()?;
     check_pairs(what, original, approx)?;
     let points: Vec<(f64, f64)> = original.iter().zip(approx).map(|(x, y)| (0.5 * (x + y), y - x)).collect();
-    let x = padded(points.iter().map(|p| p.0), 0.06, 1e-9);
+    let x = padded(points.iter().map(|p| p.0), 0.06, 1e-9)?;
     let y = padded(
         points.iter().map(|p| p.1).chain([stats.loa_low.value, stats.loa_high.value, 0.0, stats.bias.value]),
         0.12,
         1e-9,
-    );
-    let y = room(y, 0.0, 0.3);
+    )?;
+    let y = room(y, 0.0, 0.3)?;
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
@@ -347,7 +367,7 @@ pub fn abs_error_ecdf_png(original: &[f64], approx: &[f64], stats: &AgreementSta
     abs.sort_by(f64::total_cmp);
     let n = abs.len() as f64;
     let max = abs.last().copied().unwrap_or(0.0).max(1e-12);
-    let x = (0.0, max * 1.08);
+    let x = axis((0.0, max * 1.08))?;
     let mut steps: Vec<(f64, f64)> = vec![(0.0, 0.0)];
     for (i, &a) in abs.iter().enumerate() {
         steps.push((a, i as f64 / n));

@@ -202,6 +202,12 @@ pub fn agreement(original: &[f64], approx: &[f64], config: &AgreementConfig) -> 
     if config.bootstrap == 0 {
         return Err(Error::InvalidArgument("the bootstrap needs at least 1 resample".into()));
     }
+    if config.bootstrap > MAX_BOOTSTRAP {
+        return Err(Error::InvalidArgument(format!(
+            "{} bootstrap resamples: at most {MAX_BOOTSTRAP} are allowed (10 000 is the default and plenty for a 95 % CI)",
+            config.bootstrap
+        )));
+    }
     if !(config.confidence > 0.0 && config.confidence < 1.0) {
         return Err(Error::InvalidArgument(format!("confidence {} must lie in (0, 1)", config.confidence)));
     }
@@ -225,7 +231,7 @@ pub fn agreement(original: &[f64], approx: &[f64], config: &AgreementConfig) -> 
     let boot_mean = boot.iter().sum::<f64>() / boot.len() as f64;
     boot.sort_by(f64::total_cmp);
     let tail = (1.0 - config.confidence) / 2.0;
-    Ok(AgreementStats {
+    let stats = AgreementStats {
         n,
         reference_mean,
         mae: stat(mae),
@@ -240,10 +246,45 @@ pub fn agreement(original: &[f64], approx: &[f64], config: &AgreementConfig) -> 
         loa_low: stat(bias - config.loa_z * sd),
         loa_high: stat(bias + config.loa_z * sd),
         config: *config,
-    })
+    };
+    stats.check_finite()?;
+    Ok(stats)
 }
 
+/// Most bootstrap resamples [`agreement`] takes (each costs one pass over the pairs and 8 bytes).
+pub const MAX_BOOTSTRAP: usize = 1_000_000;
+
 impl AgreementStats {
+    /// Every statistic (and its percentage) is a finite number, or an
+    /// [`Error::NonFiniteStatistic`] naming the first that is not (rewards so large that their
+    /// squares or sums overflow f64, for example).
+    pub fn check_finite(&self) -> Result<()> {
+        let all = [
+            ("reference mean", &Stat { value: self.reference_mean, percent: None }),
+            ("MAE", &self.mae),
+            ("MAE bootstrap mean", &self.mae_bootstrap_mean),
+            ("MAE CI low", &self.mae_ci_low),
+            ("MAE CI high", &self.mae_ci_high),
+            ("RMSE", &self.rmse),
+            ("median absolute error", &self.median_abs),
+            ("maximum absolute error", &self.max_abs),
+            ("bias", &self.bias),
+            ("SD of differences", &self.sd_diff),
+            ("limit of agreement low", &self.loa_low),
+            ("limit of agreement high", &self.loa_high),
+        ];
+        for (name, s) in all {
+            let pct_ok = s.percent.is_none_or(f64::is_finite);
+            if !s.value.is_finite() || !pct_ok {
+                return Err(Error::NonFiniteStatistic {
+                    statistic: name.into(),
+                    value: if s.value.is_finite() { s.percent.unwrap_or(s.value) } else { s.value },
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The table as Markdown: one line per statistic, value and percent of the originals' mean.
     pub fn to_markdown(&self) -> String {
         let pct = |s: &Stat| s.percent.map(|p| format!("{p:.3} %")).unwrap_or_else(|| "n/a".into());

@@ -108,6 +108,12 @@ impl SweepConfig {
         if self.samples_per_prompt == 0 {
             return Err(Error::InvalidArgument("samples per prompt must be at least 1".into()));
         }
+        if self.samples_per_prompt > MAX_SAMPLES_PER_PROMPT {
+            return Err(Error::InvalidArgument(format!(
+                "{} samples per prompt: at most {MAX_SAMPLES_PER_PROMPT} are allowed; use more prompts or seeds instead",
+                self.samples_per_prompt
+            )));
+        }
         Ok(())
     }
 
@@ -117,10 +123,25 @@ impl SweepConfig {
     }
 }
 
-/// Checks a λ grid: not empty, finite, no value twice.
+/// Most samples per (λ, prompt) a sweep takes.
+pub const MAX_SAMPLES_PER_PROMPT: usize = 1_000_000;
+/// Most λ values in a grid.
+pub const MAX_LAMBDAS: usize = 100_000;
+/// Most elements (latent values) one batch of a sweep may hold: 2³⁰, 4 GiB in f32. A larger
+/// batch is an error that says to lower the samples or `max_lambdas_per_batch`.
+pub const MAX_BATCH_ELEMENTS: usize = 1 << 30;
+
+/// Checks a λ grid: not empty, at most [`MAX_LAMBDAS`] values, finite, no value twice (−0 and 0
+/// are one value).
 pub fn check_lambdas(lambdas: &[f64]) -> Result<()> {
     if lambdas.is_empty() {
         return Err(Error::EmptyGrid);
+    }
+    if lambdas.len() > MAX_LAMBDAS {
+        return Err(Error::InvalidLambda(format!(
+            "the grid has {} values; at most {MAX_LAMBDAS} are allowed",
+            lambdas.len()
+        )));
     }
     let mut seen = HashSet::new();
     for (i, &l) in lambdas.iter().enumerate() {
@@ -203,6 +224,19 @@ pub struct SweepHeader {
     pub samples_per_prompt: usize,
     /// The rewards' names, in column order.
     pub rewards: Vec<String>,
+    /// A hash of the prompt set (ids, texts and seeds, in order; [`prompts_hash`]): a resume
+    /// with another prompt set is an error. Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
+}
+
+/// The hash a results file's header records for a prompt set: FNV-1a (64 bits, hex) of the
+/// JSON of every prompt's id, text and seed, in order.
+pub fn prompts_hash(prompts: &[Prompt]) -> String {
+    let key: Vec<(&str, Option<&str>, u64)> =
+        prompts.iter().map(|p| (p.id.as_str(), p.text.as_deref(), p.seed)).collect();
+    let json = serde_json::to_string(&key).unwrap_or_default();
+    format!("{:016x}", crate::model::fnv1a(json.as_bytes()))
 }
 
 /// What a [`SweepObserver`] is told.
@@ -346,7 +380,8 @@ pub struct Pairs {
 /// for a key that appears twice in a set, a row without a partner, or a row without `reward`.
 pub fn pair_rows(original: &[SweepRow], approx: &[SweepRow], reward: &str, by: PairBy) -> Result<Pairs> {
     let key = |r: &SweepRow| match by {
-        PairBy::LambdaAndPrompt => format!("λ={}, {}", r.lambda, r.prompt),
+        // −0 and 0 are one λ, as in a sweep's own keys.
+        PairBy::LambdaAndPrompt => format!("λ={}, {}", r.lambda + 0.0, r.prompt),
         PairBy::Prompt => r.prompt.clone(),
     };
     let index = |rows: &[SweepRow], which: &str| -> Result<std::collections::HashMap<String, f64>> {
@@ -430,7 +465,14 @@ pub(crate) fn compute_rows(
         let denoisers = model.denoisers(prompt)?;
         let refs: Vec<&dyn deradiff_core::Denoiser> = denoisers.iter().map(|d| d.as_ref() as _).collect();
         let sampler = BatchedSampler::new(scheduler, refs)?;
-        let chunk = if max_batch == 0 { missing.len() } else { max_batch };
+        let chunk = if max_batch == 0 { missing.len() } else { max_batch.min(missing.len()) };
+        let elements = shape.iter().try_fold(chunk, |n, &d| n.checked_mul(d));
+        if elements.is_none_or(|n| n > MAX_BATCH_ELEMENTS) {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {chunk} λ × latents {shape:?} holds more than {MAX_BATCH_ELEMENTS} values; lower the \
+                 samples per prompt or set max_lambdas_per_batch (--max-batch) to fewer λ per batch"
+            )));
+        }
         let text: Vec<&str> = vec![prompt.text.as_deref().unwrap_or(""); samples];
         let prompt_texts = prompt.text.as_ref().map(|_| text.as_slice());
         for group in missing.chunks(chunk) {
@@ -497,9 +539,10 @@ pub fn run_sweep(
         model: model.describe(),
         samples_per_prompt: config.samples_per_prompt,
         rewards: names,
+        prompts: Some(prompts_hash(&config.prompts)),
     };
     let mut writer = match &config.output {
-        Some(out) => Some(ResultsWriter::open(out, &header)?),
+        Some(out) => Some(ResultsWriter::open(out, &header, &config.prompts)?),
         None => None,
     };
     let mut rows = writer.as_ref().map(|w| w.existing.clone()).unwrap_or_default();
@@ -692,13 +735,31 @@ fn append_line(file: &mut File, path: &Path, line: &str) -> Result<()> {
 }
 
 impl ResultsWriter {
-    fn open(out: &SweepOutput, header: &SweepHeader) -> Result<Self> {
+    fn open(out: &SweepOutput, header: &SweepHeader, prompts: &[Prompt]) -> Result<Self> {
         let path = &out.jsonl;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         }
-        let exists = path.exists();
-        let bytes = if exists { std::fs::read(path).map_err(Error::io(path))? } else { Vec::new() };
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(Error::InvalidArgument(format!(
+                    "the results file {} exists and is not a regular file (a directory, device or FIFO): \
+                     choose a file path",
+                    path.display()
+                )));
+            }
+        }
+        // Opened (created if missing) and locked before anything is read: a second sweep on the
+        // same file fails here at once instead of interleaving rows with this one.
+        let mut jsonl =
+            OpenOptions::new().read(true).append(true).create(true).open(path).map_err(Error::io(path))?;
+        match jsonl.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::ResultsLocked(path.clone())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path)(e)),
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut jsonl, &mut bytes).map_err(Error::io(path))?;
         let has_content = bytes.iter().any(|b| !b.is_ascii_whitespace());
         if has_content && out.if_exists == IfExists::Fail {
             return Err(Error::OutputExists(path.clone()));
@@ -712,6 +773,7 @@ impl ResultsWriter {
             let parsed = parse_results(&bytes, path)?;
             if let Some(h) = &parsed.header {
                 check_header(path, h, header)?;
+                check_rows_fit(path, &parsed.rows, prompts)?;
                 existing = parsed.rows;
                 have_header = true;
                 keep_len = parsed.good_len;
@@ -721,7 +783,6 @@ impl ResultsWriter {
                 }
             }
         }
-        let mut jsonl = OpenOptions::new().create(true).append(true).open(path).map_err(Error::io(path))?;
         jsonl.set_len(keep_len as u64).map_err(Error::io(path))?;
         if needs_newline {
             append_line(&mut jsonl, path, "\n")?;
@@ -738,7 +799,7 @@ impl ResultsWriter {
                 for r in &existing {
                     text.push_str(&csv_line(r, &header.rewards));
                 }
-                deradiff_analytic::write_atomic(csv_path, text.as_bytes())?;
+                crate::error::write_atomic(csv_path, text.as_bytes())?;
                 let f = OpenOptions::new().append(true).open(csv_path).map_err(Error::io(csv_path))?;
                 Some((csv_path.clone(), f))
             }
@@ -777,6 +838,38 @@ fn check_header(path: &Path, file: &SweepHeader, config: &SweepHeader) -> Result
     }
     if file.rewards != config.rewards {
         return Err(mismatch("rewards", format!("{:?}", file.rewards), format!("{:?}", config.rewards)));
+    }
+    if let (Some(a), Some(b)) = (&file.prompts, &config.prompts) {
+        if a != b {
+            return Err(mismatch(
+                "prompts (hash of the prompt set: ids, texts, seeds)",
+                a.clone(),
+                format!("{b} (another prompt set)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every row of a file being resumed belongs to this sweep's prompt set, with the prompt's seed
+/// (files written before headers recorded the prompt set are checked row by row).
+fn check_rows_fit(path: &Path, rows: &[SweepRow], prompts: &[Prompt]) -> Result<()> {
+    let seeds: std::collections::HashMap<&str, u64> = prompts.iter().map(|p| (p.id.as_str(), p.seed)).collect();
+    for row in rows {
+        match seeds.get(row.prompt.as_str()) {
+            Some(&seed) if seed == row.seed => {}
+            found => {
+                return Err(Error::ResumeMismatch {
+                    path: path.to_path_buf(),
+                    field: "prompts".into(),
+                    in_file: format!("a row for prompt {:?} with seed {}", row.prompt, row.seed),
+                    in_config: match found {
+                        Some(seed) => format!("that prompt with seed {seed}"),
+                        None => "no prompt with that id".into(),
+                    },
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -424,3 +424,115 @@ fn rows_of_two_sets_pair_for_the_agreement_statistics() {
         .contains("without a partner"));
     assert!(pair_rows(&a.rows, &b.rows, "nope", PairBy::LambdaAndPrompt).is_err());
 }
+
+#[test]
+fn a_second_writer_on_the_same_results_file_fails_at_once() {
+    let path = tmp("locked.jsonl");
+    let m = model(SchedulerKind::Ddpm, 4);
+    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
+        .unwrap();
+    let mut config = SweepConfig::new(vec![0.0, 1.0], Prompt::seeds(0..2), 4);
+    config.output = Some(SweepOutput::jsonl(&path));
+    // The first sweep holds the lock while its observer runs; a second one started then fails.
+    struct Intruder<'a> {
+        config: &'a SweepConfig,
+        m: &'a AnalyticModel,
+        truth: &'a TrueReward,
+        err: Option<Error>,
+    }
+    impl SweepObserver for Intruder<'_> {
+        fn on_event(&mut self, event: &SweepEvent) -> Result<()> {
+            if self.err.is_none() && matches!(event, SweepEvent::Row { .. }) {
+                self.err = run_sweep(self.m, &[self.truth], self.config, &mut NoSweepObserver).err();
+            }
+            Ok(())
+        }
+    }
+    let mut intruder = Intruder { config: &config, m: &m, truth: &truth, err: None };
+    let first = run_sweep(&m, &[&truth], &config, &mut intruder).unwrap();
+    let err = intruder.err.expect("the second writer must fail");
+    assert!(matches!(err, Error::ResultsLocked(ref p) if p == &path), "{err:?}");
+    assert!(err.to_string().contains("another sweep"), "{err}");
+    // The file holds each row once.
+    let back = read_results(&path).unwrap();
+    assert_eq!(back.rows, first.rows);
+    assert_eq!(back.rows.len(), 4);
+}
+
+#[test]
+fn resuming_with_another_prompt_set_is_an_error() {
+    let path = tmp("prompts.jsonl");
+    let m = model(SchedulerKind::Ddpm, 4);
+    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
+        .unwrap();
+    let mut config = SweepConfig::new(vec![0.0, 1.0], Prompt::seeds(0..4), 4);
+    config.output = Some(SweepOutput::jsonl(&path));
+    run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap();
+    let header = read_results(&path).unwrap().header;
+    assert_eq!(header.prompts.as_deref(), Some(prompts_hash(&config.prompts).as_str()));
+    // Two of the four prompts: refused, naming the prompt set, and the file is untouched.
+    let before = std::fs::read(&path).unwrap();
+    config.prompts = Prompt::seeds(0..2);
+    let err = run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap_err();
+    assert!(matches!(err, Error::ResumeMismatch { ref field, .. } if field.starts_with("prompts")), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // A file from before headers recorded the prompt set: the rows are checked instead.
+    let text = String::from_utf8(before.clone()).unwrap();
+    let old = text.replacen(&format!(",\"prompts\":\"{}\"", header.prompts.unwrap()), "", 1);
+    std::fs::write(&path, old).unwrap();
+    let err = run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap_err();
+    assert!(matches!(err, Error::ResumeMismatch { ref in_config, .. } if in_config.contains("no prompt")), "{err:?}");
+}
+
+#[test]
+fn negative_zero_and_zero_are_one_lambda() {
+    let row = |lambda: f64, v: f64| SweepRow {
+        lambda,
+        prompt_index: 0,
+        prompt: "p".into(),
+        seed: 0,
+        samples: 1,
+        rewards: vec![RewardSummary { name: "r".into(), mean: v, std: 0.0, scores: None }],
+    };
+    let pairs = pair_rows(&[row(-0.0, 1.0), row(1.0, 2.0)], &[row(0.0, 1.5), row(1.0, 2.5)], "r", PairBy::LambdaAndPrompt)
+        .unwrap();
+    assert_eq!(pairs.approx, vec![1.5, 2.5]);
+    assert!(matches!(check_lambdas(&[0.0, -0.0]), Err(Error::InvalidLambda(_))));
+}
+
+#[test]
+fn sizes_are_bounded_before_anything_is_allocated() {
+    let m = model(SchedulerKind::Ddpm, 4);
+    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
+        .unwrap();
+    let huge = SweepConfig::new(vec![0.0], Prompt::seeds(0..1), 1_000_000_000_000);
+    let err = run_sweep(&m, &[&truth], &huge, &mut NoSweepObserver).unwrap_err();
+    assert!(err.to_string().contains(&MAX_SAMPLES_PER_PROMPT.to_string()), "{err}");
+    assert!(matches!(linspace(0.0, 2.0, 1_000_000_000), Err(Error::InvalidArgument(_))));
+    let grid = vec![0.5; MAX_LAMBDAS + 1];
+    assert!(matches!(check_lambdas(&grid), Err(Error::InvalidLambda(_))));
+    // A batch of 2 λ × 1 000 000 samples × 2 dims fits; 1 000 λ of them does not.
+    let many: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
+    let wide = SweepConfig::new(many, Prompt::seeds(0..1), MAX_SAMPLES_PER_PROMPT);
+    let err = run_sweep(&m, &[&truth], &wide, &mut NoSweepObserver).unwrap_err();
+    assert!(err.to_string().contains("max_lambdas_per_batch"), "{err}");
+    let bo = BoConfig { budget: 1_000_000_000, ..Default::default() };
+    assert!(matches!(bo.validate(), Err(Error::InvalidBudget(_))));
+    let stats = agreement(&[1.0, 2.0], &[1.5, 2.5], &AgreementConfig { bootstrap: usize::MAX, ..Default::default() });
+    assert!(matches!(stats, Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn statistics_and_plots_of_huge_values_are_typed_errors() {
+    // Squares of 1e200 overflow: the RMSE would be inf.
+    let err = agreement(&[1e200, 2e200], &[-1e200, 3e200], &AgreementConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::NonFiniteStatistic { .. }), "{err:?}");
+    assert!(err.to_string().contains("rescale"), "{err}");
+    // ±1e308 on an axis: an error, not a hang.
+    let summaries = vec![
+        LambdaSummary { lambda: 0.0, mean: -1e308, sem: 0.0, prompts: 1 },
+        LambdaSummary { lambda: 1.0, mean: 1e308, sem: 0.0, prompts: 1 },
+    ];
+    let err = deradiff_tune::plot::reward_vs_lambda_png(&summaries, "r", 1.96, "t").unwrap_err();
+    assert!(matches!(err, Error::Plot { .. }), "{err:?}");
+}
