@@ -45,7 +45,10 @@ Euler ancestral keeps a hidden `_step_index` that every `step` advances; it is s
 the step being probed before each `scale_model_input` and each `step` call (the zero-input std
 call included). Fresh random x and model_output are drawn for every step, since the posterior
 of a step does not depend on the previous ones. For Euler the fixture also records
-`scale_model_input(x, t)`, `init_noise_sigma` and the (fractional, float32) timesteps.
+`scale_model_input(x, t)`, `init_noise_sigma`, the (fractional, float32) timesteps and the
+float32 `sigmas` the steps use (`sigmas`, and the twin's as decimal strings in `sigmas_f64`).
+deradiff's Euler ancestral reproduces diffusers' float32 timesteps and sigmas, so the Rust test
+holds it to diffusers as shipped (tightly) rather than to the twin.
 
 Float64 twin ("*_f64" fields)
 -----------------------------
@@ -373,7 +376,11 @@ def euler_case(name: str, n: int, **config) -> dict:
             check_decomposition("euler_ancestral", lambda g: euler_step(twin.f32, i, x, mo, generator=g),
                                 mean[0], std[0], 7)
         steps.append(record_step(i, x, mo, mean, std, False, scaled))
-    return case_record(name, "euler_ancestral", twin, n, steps, mo.shape, float)
+    # The float32 sigmas diffusers steps with (n + 1 values, the last 0), and the twin's.
+    assert twin.f32.sigmas.dtype == torch.float32 and twin.f64.sigmas.dtype == torch.float64
+    sigmas = [float(v) for v in twin.f32.sigmas.tolist()]
+    sigmas_f64 = [repr(float(v)) for v in twin.f64.sigmas.tolist()]
+    return case_record(name, "euler_ancestral", twin, n, steps, mo.shape, float, sigmas=sigmas, sigmas_f64=sigmas_f64)
 
 
 def spacing_name(spacing: str, offset: int) -> str:
@@ -455,6 +462,16 @@ def all_cases() -> list[dict]:
     for n in STEP_COUNTS:
         cases.append(euler_case(f"euler_a/linear/epsilon/linspace/default/n{n}", n))
         cases.append(euler_case(f"euler_a/linear/epsilon/leading+0/n{n}", n, timestep_spacing="leading"))
+    # Appended last, so that the random inputs of every case above stay as they were: 30 linspace
+    # steps (999 / 29 is not a float32 number, so every fractional timestep is rounded) and the
+    # cosine schedule.
+    for prediction in ("epsilon", "v_prediction"):
+        cases.append(euler_case(
+            f"euler_a/scaled_linear/{prediction}/linspace/n30", 30, prediction_type=prediction,
+            timestep_spacing="linspace", **SD_BETAS))
+    cases.append(euler_case("euler_a/linear/epsilon/linspace/default/n30", 30))
+    cases.append(euler_case(
+        "euler_a/squaredcos_cap_v2/epsilon/linspace/n50", 50, beta_schedule="squaredcos_cap_v2"))
     return cases
 
 

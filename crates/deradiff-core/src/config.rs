@@ -65,6 +65,11 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: Option<bool>,
 }
 
+/// Reads a whole text file, an I/O failure being [`Error::Io`] with the path.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
 /// The presets' JSON: the `scheduler/scheduler_config.json` files of the public checkpoints.
 const SD15_JSON: &str = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
   "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000, "set_alpha_to_one": false,
@@ -81,18 +86,28 @@ const SDXL_JSON: &str = r#"{"_class_name": "EulerDiscreteScheduler", "beta_end":
   "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": null, "use_karras_sigmas": false}"#;
 
 impl SchedulerConfig {
-    /// Parses a `scheduler_config.json` document.
+    /// Parses a `scheduler_config.json` document. A malformed document is
+    /// [`Error::ConfigParse`].
     pub fn from_json(json: &str) -> Result<Self> {
         Ok(serde_json::from_str(json)?)
     }
 
+    /// Reads the config from an already parsed JSON value (for example one object of a larger
+    /// document, or `model_index.json`-style tooling). A value of the wrong shape is
+    /// [`Error::ConfigParse`].
+    pub fn from_value(value: &serde_json::Value) -> Result<Self> {
+        Ok(Self::deserialize(value)?)
+    }
+
     /// Reads and parses a `scheduler_config.json` file.
+    ///
+    /// A file that cannot be read is [`Error::Io`]; one that is not a valid config is
+    /// [`Error::ConfigFileParse`]; both carry the path and the underlying error as their
+    /// `source`.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidArgument(format!("cannot read scheduler config {}: {e}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::InvalidArgument(format!("cannot parse scheduler config {}: {e}", path.display())))
+        let text = read_text(path)?;
+        serde_json::from_str(&text).map_err(|source| Error::ConfigFileParse { path: path.to_path_buf(), source })
     }
 
     fn preset(json: &str) -> Self {

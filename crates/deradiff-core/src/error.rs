@@ -5,6 +5,8 @@
 //! comes back as a variant of [`Error`] whose message says what to fix; nothing in this crate
 //! panics on user input.
 
+use std::path::PathBuf;
+
 use candle_core::{DType, DeviceLocation, Shape};
 
 /// Errors of the core crate.
@@ -19,9 +21,51 @@ pub enum Error {
     #[error("invalid scheduler configuration: {0}")]
     InvalidConfig(String),
 
-    /// A `scheduler_config.json` could not be parsed.
+    /// A `scheduler_config.json` document (a string or a JSON value) could not be parsed.
     #[error("cannot parse scheduler config: {0}")]
     ConfigParse(#[from] serde_json::Error),
+
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// A `scheduler_config.json` file was read but is not valid JSON for a scheduler config.
+    #[error("cannot parse scheduler config {}: {source}", path.display())]
+    ConfigFileParse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error (with line and column).
+        source: serde_json::Error,
+    },
+
+    /// A scheduler name (a diffusers `_class_name` or a short name) that deradiff does not
+    /// implement.
+    #[error(
+        "unknown or unsupported scheduler '{name}': accepted are {} (for another class named in a \
+         checkpoint's scheduler_config.json, pick one of these; the file's training schedule still applies)",
+        crate::scheduler::SchedulerKind::ACCEPTED_NAMES.join(", ")
+    )]
+    UnknownScheduler {
+        /// The name that was given.
+        name: String,
+    },
+
+    /// A scheduler config has no (string) `_class_name`, so the sampler cannot be read from it.
+    #[error(
+        "the scheduler config{} has no string \"_class_name\"; choose the sampler explicitly \
+         (one of {})",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(),
+        crate::scheduler::SchedulerKind::ACCEPTED_NAMES.join(", ")
+    )]
+    MissingSchedulerClass {
+        /// The file, when the config was read from one.
+        path: Option<PathBuf>,
+    },
 
     /// The config asks for a feature this crate does not implement (rather than ignoring it).
     #[error("unsupported scheduler option: {0}")]
@@ -73,6 +117,20 @@ pub enum Error {
     #[error("invalid realignment weights: {0}")]
     InvalidWeights(String),
 
+    /// A per-step weight schedule whose length differs from the number of inference steps of
+    /// the run it is used for.
+    #[error(
+        "the realigner's weight schedule has {schedule_steps} steps but the run has {num_steps} \
+         inference steps: give exactly one weight vector (λ) per step, or compute them from \
+         (step, steps) with Realigner::from_schedule / Realigner::two_model_schedule"
+    )]
+    WeightScheduleLength {
+        /// Number of steps in the schedule.
+        schedule_steps: usize,
+        /// Number of inference steps of the run.
+        num_steps: usize,
+    },
+
     /// The number of weights differs from the number of posteriors (or denoisers).
     #[error("{weights} weights were given for {posteriors} posteriors: give exactly one weight per model")]
     WeightCountMismatch {
@@ -95,7 +153,8 @@ pub enum Error {
     /// unequal variances): the geometric mixture is not a Gaussian there.
     #[error(
         "fused precision is not positive at step {step} (element {element}): the weights extrapolate \
-         too far for these variances; use a smaller λ, or choose PrecisionPolicy::Clamp explicitly"
+         too far for these variances; use a smaller λ, or opt into \
+         Realigner::with_policy(PrecisionPolicy::MeanOfMeans)"
     )]
     NonPositivePrecision {
         /// The inference step.
@@ -108,7 +167,8 @@ pub enum Error {
     /// Gaussian has no Gaussian limit that does not depend on how the variances went to zero.
     #[error(
         "cannot fuse at step {step} (element {element}): one model has zero variance and another \
-         has a positive one; zero variances can only be fused when every model has them"
+         has a positive one; zero variances can only be fused when every model has them (or opt \
+         into Realigner::with_policy(PrecisionPolicy::MeanOfMeans))"
     )]
     ZeroVarianceConflict {
         /// The inference step.

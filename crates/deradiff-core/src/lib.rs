@@ -11,7 +11,9 @@
 //! * [`Realigner`] — fuses K posteriors ([`fusion`] holds the scalar math).
 //! * [`Denoiser`] — the model interface; [`Sampler`] — the loop of Algorithm 1 with seeded
 //!   noise ([`SeededNoise`]) and an [`Observer`] per step.
-//! * [`SchedulerConfig`] — diffusers' `scheduler_config.json` and presets (SD 1.5, SD 2.1, SDXL).
+//! * [`SchedulerConfig`] — diffusers' `scheduler_config.json` and presets (SD 1.5, SD 2.1, SDXL);
+//!   [`SchedulerKind`] — a sampler chosen by name (`"euler-a"`, `"DDIMScheduler"`, …) or by a
+//!   config's `_class_name`.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};

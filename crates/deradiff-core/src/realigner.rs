@@ -7,16 +7,52 @@
 //!   `Σ α_i μ_i` (one pass over memory on CPU, candle ops elsewhere);
 //! * any variance diagonal → one plan per element (on CPU, in f64).
 
+use std::fmt;
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::fusion::{FusionFailure, FusionPlan, PrecisionPolicy};
 use crate::posterior::{Posterior, Variance};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Weights computed from `(step, steps)`.
+type WeightFn = Arc<dyn Fn(usize, usize) -> Vec<f64> + Send + Sync>;
+
+#[derive(Clone)]
 enum Weights {
     Constant(Vec<f64>),
     PerStep(Vec<Vec<f64>>),
+    /// Evaluated for a run by [`Realigner::for_steps`].
+    Schedule {
+        num_models: usize,
+        f: WeightFn,
+    },
+}
+
+impl PartialEq for Weights {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Weights::Constant(a), Weights::Constant(b)) => a == b,
+            (Weights::PerStep(a), Weights::PerStep(b)) => a == b,
+            (Weights::Schedule { num_models: m, f }, Weights::Schedule { num_models: n, f: g }) => {
+                m == n && Arc::ptr_eq(f, g)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Weights::Constant(w) => f.debug_tuple("Constant").field(w).finish(),
+            Weights::PerStep(w) => f.debug_tuple("PerStep").field(w).finish(),
+            Weights::Schedule { num_models, .. } => {
+                f.debug_struct("Schedule").field("num_models", num_models).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// Fuses the posteriors of K models with weights `w` (`Σ w = 1`):
@@ -25,6 +61,16 @@ enum Weights {
 /// * two models (reference, aligned at β): `w = [1 − λ, λ]` emulates the model aligned at β/λ;
 ///   λ > 1 extrapolates;
 /// * K aligned models (one per reward, paper A.4): `w = [1 − Σλ_i, λ_1, …, λ_K]`.
+///
+/// Weights may also change from step to step: a list with one entry per inference step
+/// ([`Realigner::per_step`], [`Realigner::two_model_per_step`]), whose length must equal the
+/// number of steps of the run ([`Error::WeightScheduleLength`] otherwise, raised by
+/// [`crate::Sampler::new`]), or a function of `(step, steps)` ([`Realigner::from_schedule`],
+/// [`Realigner::two_model_schedule`]) that fits any number of steps.
+/// [`crate::Sampler::new`] fixes the schedule for its scheduler's steps with
+/// [`Realigner::for_steps`].
+///
+/// PartialEq compares the weights (a function schedule equals only its own clones).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -96,7 +142,8 @@ impl Realigner {
         Self::new(w)
     }
 
-    /// A weight vector per inference step (`weights[step]`), each summing to one.
+    /// A weight vector per inference step (`weights[step]`), each summing to one. The run must
+    /// have exactly `weights.len()` steps ([`Realigner::for_steps`]).
     pub fn per_step(weights: Vec<Vec<f64>>) -> Result<Self> {
         let k = weights.first().map(Vec::len).unwrap_or(0);
         if weights.is_empty() {
@@ -115,11 +162,111 @@ impl Realigner {
     }
 
     /// Two models with a λ per inference step (`lambdas[step]`), e.g. to realign only late steps.
+    /// The run must have exactly `lambdas.len()` steps.
     pub fn two_model_per_step(lambdas: &[f64]) -> Result<Self> {
         for &l in lambdas {
             validate_lambda(l)?;
         }
         Self::per_step(lambdas.iter().map(|&l| vec![1.0 - l, l]).collect())
+    }
+
+    /// Weights computed per step by `schedule(step, steps)` for `num_models` models, `steps`
+    /// being the number of inference steps of the run: one realigner for any step count.
+    ///
+    /// The function is evaluated (and every result validated like [`Realigner::new`]'s weights,
+    /// with `num_models` entries) by [`Realigner::for_steps`], which [`crate::Sampler::new`]
+    /// calls; until then [`Realigner::weights`] and [`Realigner::fuse`] are errors.
+    ///
+    /// ```
+    /// use deradiff_core::Realigner;
+    /// // Reference only for the first half of the steps, then [0.5, 0.5].
+    /// let r = Realigner::from_schedule(2, |step, steps| {
+    ///     if 2 * step < steps { vec![1.0, 0.0] } else { vec![0.5, 0.5] }
+    /// })?
+    /// .for_steps(4)?;
+    /// assert_eq!(r.weights(1)?, &[1.0, 0.0]);
+    /// assert_eq!(r.weights(2)?, &[0.5, 0.5]);
+    /// # Ok::<(), deradiff_core::Error>(())
+    /// ```
+    pub fn from_schedule<F>(num_models: usize, schedule: F) -> Result<Self>
+    where
+        F: Fn(usize, usize) -> Vec<f64> + Send + Sync + 'static,
+    {
+        if num_models == 0 {
+            return Err(Error::InvalidWeights("from_schedule: no models; give one weight per model".into()));
+        }
+        Ok(Self { weights: Weights::Schedule { num_models, f: Arc::new(schedule) }, policy: PrecisionPolicy::Error })
+    }
+
+    /// Two models with `λ = lambda(step, steps)`, weights `[1 − λ, λ]` (see
+    /// [`Realigner::from_schedule`]).
+    ///
+    /// ```
+    /// use deradiff_core::Realigner;
+    /// // λ ramps from 0 to 1 over the run, whatever its length.
+    /// let r = Realigner::two_model_schedule(|step, steps| step as f64 / (steps - 1).max(1) as f64);
+    /// assert_eq!(r.for_steps(5)?.weights(4)?, &[0.0, 1.0]);
+    /// assert_eq!(r.for_steps(3)?.weights(1)?, &[0.5, 0.5]);
+    /// # Ok::<(), deradiff_core::Error>(())
+    /// ```
+    pub fn two_model_schedule<F>(lambda: F) -> Self
+    where
+        F: Fn(usize, usize) -> f64 + Send + Sync + 'static,
+    {
+        let f: WeightFn = Arc::new(move |step, steps| {
+            let l = lambda(step, steps);
+            vec![1.0 - l, l]
+        });
+        Self { weights: Weights::Schedule { num_models: 2, f }, policy: PrecisionPolicy::Error }
+    }
+
+    /// This realigner fixed for a run of `num_steps` inference steps (what
+    /// [`crate::Sampler::new`] does with its scheduler's step count):
+    /// * constant weights: unchanged;
+    /// * a per-step list: unchanged if it has exactly `num_steps` entries, else
+    ///   [`Error::WeightScheduleLength`] (a longer list is not silently cut);
+    /// * a function schedule: evaluated at `(step, num_steps)` for every step into a per-step
+    ///   list; a result that is not finite, does not sum to one or has the wrong length is
+    ///   [`Error::InvalidWeights`] naming the step.
+    ///
+    /// The policy is kept.
+    pub fn for_steps(&self, num_steps: usize) -> Result<Self> {
+        let weights = match &self.weights {
+            Weights::Constant(_) => return Ok(self.clone()),
+            Weights::PerStep(ws) if ws.len() == num_steps => return Ok(self.clone()),
+            Weights::PerStep(ws) => {
+                return Err(Error::WeightScheduleLength { schedule_steps: ws.len(), num_steps });
+            }
+            Weights::Schedule { num_models, f } => {
+                if num_steps == 0 {
+                    return Err(Error::InvalidArgument("a run needs at least one inference step".into()));
+                }
+                let mut ws = Vec::with_capacity(num_steps);
+                for step in 0..num_steps {
+                    let w = f(step, num_steps);
+                    if w.len() != *num_models {
+                        return Err(Error::InvalidWeights(format!(
+                            "the weight schedule gave {} weights at step {step} of {num_steps}, \
+                             but it was declared for {num_models} models",
+                            w.len()
+                        )));
+                    }
+                    validate_weights(&w, &format!("weight schedule at step {step} of {num_steps}"))?;
+                    ws.push(w);
+                }
+                Weights::PerStep(ws)
+            }
+        };
+        Ok(Self { weights, policy: self.policy })
+    }
+
+    /// The number of steps of a per-step weight list; `None` for constant weights and for a
+    /// function schedule (which fit any number of steps).
+    pub fn schedule_len(&self) -> Option<usize> {
+        match &self.weights {
+            Weights::PerStep(ws) => Some(ws.len()),
+            Weights::Constant(_) | Weights::Schedule { .. } => None,
+        }
     }
 
     /// Chooses what happens where the fused Gaussian does not exist (default: an error).
@@ -138,10 +285,12 @@ impl Realigner {
         match &self.weights {
             Weights::Constant(w) => w.len(),
             Weights::PerStep(ws) => ws[0].len(),
+            Weights::Schedule { num_models, .. } => *num_models,
         }
     }
 
-    /// The weights used at `step`. Errors past the end of a per-step schedule.
+    /// The weights used at `step`. Errors past the end of a per-step schedule, and for a
+    /// function schedule not yet fixed with [`Realigner::for_steps`].
     pub fn weights(&self, step: usize) -> Result<&[f64]> {
         match &self.weights {
             Weights::Constant(w) => Ok(w),
@@ -151,6 +300,11 @@ impl Realigner {
                     ws.len()
                 ))
             }),
+            Weights::Schedule { .. } => Err(Error::InvalidArgument(
+                "this realigner's weights are a function of (step, steps): fix the number of steps \
+                 with Realigner::for_steps(num_steps) first (Sampler::new does)"
+                    .into(),
+            )),
         }
     }
 

@@ -18,6 +18,10 @@ pub struct StepEvent<'a> {
     pub num_steps: usize,
     /// Its training timestep.
     pub timestep: f64,
+    /// Each model's raw output at this step (ε, v or x₀ as the scheduler's prediction type
+    /// says), in model order: what its [`Denoiser`] returned for the scaled latent, before the
+    /// scheduler turned it into that model's posterior (and before the fusion).
+    pub model_outputs: &'a [Tensor],
     /// Each model's posterior at this step.
     pub posteriors: &'a [Posterior],
     /// The fused posterior.
@@ -91,11 +95,15 @@ pub struct Sampler<'a> {
 }
 
 impl<'a> Sampler<'a> {
-    /// Checks that there is one weight per denoiser.
+    /// Checks that there is one weight per denoiser, and fixes the realigner's weights for the
+    /// scheduler's number of steps ([`Realigner::for_steps`]): a per-step weight list whose
+    /// length differs from [`Scheduler::num_steps`] is [`Error::WeightScheduleLength`], and a
+    /// function schedule is evaluated here.
     pub fn new(scheduler: &'a dyn Scheduler, denoisers: Vec<&'a dyn Denoiser>, realigner: Realigner) -> Result<Self> {
         if denoisers.is_empty() {
             return Err(Error::NoModels);
         }
+        let realigner = realigner.for_steps(scheduler.num_steps())?;
         if denoisers.len() != realigner.num_models() {
             return Err(Error::WeightCountMismatch { weights: realigner.num_models(), posteriors: denoisers.len() });
         }
@@ -107,7 +115,7 @@ impl<'a> Sampler<'a> {
         self.scheduler
     }
 
-    /// The realigner.
+    /// The realigner, fixed for the scheduler's steps (see [`Sampler::new`]).
     pub fn realigner(&self) -> &Realigner {
         &self.realigner
     }
@@ -138,13 +146,16 @@ impl<'a> Sampler<'a> {
         let num_steps = sched.num_steps();
         let mut x = z_t.affine(sched.init_noise_sigma(), 0.0)?;
         let mut posteriors = Vec::with_capacity(self.denoisers.len());
+        let mut outputs = Vec::with_capacity(self.denoisers.len());
         for step in 0..num_steps {
             let timestep = sched.timestep(step)?;
             let x_in = sched.scale_model_input(&x, step)?;
             posteriors.clear();
+            outputs.clear();
             for denoiser in &self.denoisers {
                 let out = denoiser.predict(&x_in, timestep)?;
                 posteriors.push(sched.posterior(&x, &out, step)?);
+                outputs.push(out);
             }
             let fused = self.realigner.fuse(&posteriors, step)?;
             let z = noise.standard_normal(x.shape(), x.dtype(), x.device())?;
@@ -152,7 +163,15 @@ impl<'a> Sampler<'a> {
             if !is_finite(&x)? {
                 return Err(Error::NonFiniteLatent { step, timestep });
             }
-            let event = StepEvent { step, num_steps, timestep, posteriors: &posteriors, fused: &fused, latent: &x };
+            let event = StepEvent {
+                step,
+                num_steps,
+                timestep,
+                model_outputs: &outputs,
+                posteriors: &posteriors,
+                fused: &fused,
+                latent: &x,
+            };
             if observer.on_step(&event)? == Flow::Stop {
                 let stopped_early = step + 1 < num_steps;
                 return Ok(SampleOutput { latent: x, steps_taken: step + 1, stopped_early });

@@ -1,9 +1,16 @@
 //! Noise schedules (betas, cumulative alphas) and inference timestep spacing, as diffusers
 //! computes them.
 //!
-//! Everything here is computed in `f64`. diffusers computes its betas and `alphas_cumprod` in
+//! [`NoiseSchedule`] is computed in `f64`. diffusers computes its betas and `alphas_cumprod` in
 //! `float32` (`torch.linspace(..., dtype=torch.float32)`, `torch.cumprod`), so our values differ
-//! from its by float32 rounding only (relative ≈ 1e-7 for betas, ≤ 1e-5 for the products).
+//! from its by float32 rounding only (relative ≈ 1e-7 for betas, ≤ 1e-5 for the products; more
+//! for `1 − ᾱ` near `t = 0`, where float32 cancels). DDPM and DDIM use these f64 values.
+//!
+//! Euler ancestral is the exception: its σ table feeds float32 straight into every step, and
+//! diffusers' float32 rounding there reaches 1e-4 relative in the variances. So for it this
+//! module also reproduces diffusers' float32 σ table operation by operation (torch's CPU float32
+//! `linspace` with its fused multiply-add, `cumprod` accumulated in double, `((1 − ᾱ)/ᾱ) ** 0.5`
+//! in float32) and numpy's `interp`; see [`crate::EulerAncestral`].
 //!
 //! Three places where candle-transformers 0.11's schedulers depart from diffusers are done as
 //! diffusers does them, with tests that would catch each:
@@ -125,6 +132,79 @@ fn torch_linspace(start: f64, end: f64, steps: usize) -> Vec<f64> {
     (0..steps).map(|i| if i < half { start + step * i as f64 } else { end - step * (steps - 1 - i) as f64 }).collect()
 }
 
+/// torch's CPU `linspace(start, end, steps, dtype=torch.float32)`: `step = (end − start) /
+/// (steps − 1)` in float32, then `start + step·i` for the first half and `end − step·(steps−1−i)`
+/// for the second, each a fused multiply-add (as torch's kernel is compiled for AVX2/AVX-512;
+/// checked against torch 2.15 for every element of the schedules diffusers builds).
+fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .collect()
+}
+
+/// diffusers' float32 σ table `σ_t = √((1 − ᾱ_t)/ᾱ_t)`, `t = 0..T`, as
+/// `EulerAncestralDiscreteScheduler` computes it on the CPU: float32 betas (torch's float32
+/// `linspace`, squared in float32 for `scaled_linear`; the float64 cosine or trained betas
+/// rounded to float32), `α = 1 − β` in float32, `ᾱ = cumprod(α)` accumulated in double and
+/// rounded to float32 per element (torch's CPU `cumprod`), then `((1 − ᾱ)/ᾱ) ** 0.5` in float32.
+///
+/// Errors if a float32 `ᾱ` underflows to 0 (σ would be infinite).
+pub(crate) fn diffusers_sigma_table(schedule: &BetaSchedule, num_train_timesteps: usize) -> Result<Vec<f32>> {
+    let betas: Vec<f32> = match schedule {
+        BetaSchedule::Linear { beta_start, beta_end } => {
+            torch_linspace_f32(*beta_start as f32, *beta_end as f32, num_train_timesteps)
+        }
+        BetaSchedule::ScaledLinear { beta_start, beta_end } => {
+            torch_linspace_f32(beta_start.sqrt() as f32, beta_end.sqrt() as f32, num_train_timesteps)
+                .into_iter()
+                .map(|b| b * b)
+                .collect()
+        }
+        BetaSchedule::SquaredCosCapV2 => squaredcos_cap_v2(num_train_timesteps).into_iter().map(|b| b as f32).collect(),
+        BetaSchedule::Trained(betas) => betas.iter().map(|&b| b as f32).collect(),
+    };
+    let mut acc = 1.0f64;
+    let mut sigmas = Vec::with_capacity(betas.len());
+    for (t, beta) in betas.into_iter().enumerate() {
+        acc *= f64::from(1.0f32 - beta);
+        let ac = acc as f32;
+        let sigma = ((1.0 - ac) / ac).sqrt();
+        if !sigma.is_finite() {
+            return Err(Error::InvalidConfig(format!(
+                "alphas_cumprod underflows float32 at timestep {t} (σ is infinite there); the betas \
+                 are too large for diffusers' float32 Euler schedule"
+            )));
+        }
+        sigmas.push(sigma);
+    }
+    Ok(sigmas)
+}
+
+/// numpy's `interp(x, arange(len(fp)), fp)` in float64: `fp[j]` at an integer `x = j`,
+/// `(fp[j+1] − fp[j])·(x − j) + fp[j]` between, `fp[0]` / `fp[last]` outside.
+pub(crate) fn numpy_interp(x: f64, fp: &[f64]) -> f64 {
+    let last = fp.len() - 1;
+    if x.is_nan() {
+        return x;
+    }
+    if x <= 0.0 {
+        return fp[0];
+    }
+    if x >= last as f64 {
+        return fp[last];
+    }
+    let j = x.floor() as usize;
+    if x == j as f64 {
+        return fp[j];
+    }
+    (fp[j + 1] - fp[j]) * (x - j as f64) + fp[j]
+}
+
 /// diffusers' `betas_for_alpha_bar` with the cosine transform and `max_beta = 0.999`.
 fn squaredcos_cap_v2(num_train_timesteps: usize) -> Vec<f64> {
     let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
@@ -237,7 +317,8 @@ impl NoiseSchedule {
 
     /// `ᾱ` at a possibly fractional timestep: `ᾱ_t` itself at integer `t`, and `1 / (1 + σ(t)²)`
     /// with [`Self::sigma_at`] between them — the `ᾱ` that Euler ancestral's
-    /// `scale_model_input` implies, so an exact denoiser stays exact under every scheduler.
+    /// `scale_model_input` implies (up to the float32 rounding of its σ table, a few 1e-7 relative
+    /// in `ᾱ`), so an exact denoiser stays exact under every scheduler.
     pub fn alpha_cumprod_at(&self, t: f64) -> f64 {
         let tc = t.clamp(0.0, (self.betas.len() - 1) as f64);
         if tc == tc.floor() {
@@ -386,6 +467,48 @@ mod tests {
         // np.arange(1000, 0, -1000/30) has 30 elements; np.arange(1000, 0, -1000/7) has 7.
         assert_eq!(numpy_arange(1000.0, 0.0, -1000.0 / 30.0).len(), 30);
         assert_eq!(numpy_arange(1000.0, 0.0, -1000.0 / 7.0).len(), 7);
+    }
+
+    #[test]
+    fn float32_linspace_is_torch_bit_for_bit() {
+        // torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32) (torch 2.15, CPU): element 7 is
+        // one ulp below the unfused `start + step * 7`.
+        let t = torch_linspace_f32(1e-4, 0.02, 1000);
+        let bits: Vec<u32> = [7, 14, 15, 500, 998].iter().map(|&i| t[i].to_bits()).collect();
+        assert_eq!(bits, [964366857, 969319491, 970003934, 1009046151, 1017359684]);
+        let unfused = 1e-4f32 + (0.02f32 - 1e-4f32) / 999.0 * 7.0;
+        assert_eq!(unfused.to_bits(), 964366858);
+        assert_eq!((t[0], t[999]), (1e-4, 0.02));
+        // The scaled-linear square roots.
+        let t = torch_linspace_f32(0.00085f64.sqrt() as f32, 0.012f64.sqrt() as f32, 1000);
+        assert_eq!([t[57].to_bits(), t[58].to_bits(), t[700].to_bits()], [1024078999, 1024100601, 1034883632]);
+    }
+
+    #[test]
+    fn numpy_interp_matches_numpy() {
+        let fp = [1.0, 2.0, 4.0];
+        assert_eq!(numpy_interp(0.5, &fp), 1.5);
+        assert_eq!(numpy_interp(1.25, &fp), 2.5);
+        assert_eq!(numpy_interp(1.0, &fp), 2.0);
+        assert_eq!(numpy_interp(-1.0, &fp), 1.0);
+        assert_eq!(numpy_interp(2.0, &fp), 4.0);
+        assert_eq!(numpy_interp(7.0, &fp), 4.0);
+        assert!(numpy_interp(f64::NAN, &fp).is_nan());
+    }
+
+    #[test]
+    fn diffusers_sigma_table_is_float32() {
+        let table =
+            diffusers_sigma_table(&BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 }, 1000).unwrap();
+        // diffusers' EulerAncestralDiscreteScheduler(SD betas).sigmas[0] (float32) = σ_999.
+        assert_eq!(table[999], 14.614_647);
+        let exact = NoiseSchedule::new(&BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 }, 1000)
+            .unwrap()
+            .sigmas();
+        // float32 cancellation in 1 − ᾱ near t = 0 moves σ_0 by ~1e-5 relative.
+        let rel0 = (f64::from(table[0]) - exact[0]).abs() / exact[0];
+        assert!(rel0 > 1e-7 && rel0 < 1e-4, "{rel0}");
+        assert!(diffusers_sigma_table(&BetaSchedule::Trained(vec![0.9999999999; 40]), 40).is_err());
     }
 
     #[test]

@@ -4,28 +4,36 @@
 //! `scripts/gen_scheduler_fixtures.py` (see its header for how to run it and the method). For every
 //! case it holds diffusers' `scheduler_config.json`, the timesteps, `init_noise_sigma` and, for
 //! every step, random `x` / `model_output` with diffusers' posterior mean and variance read off
-//! its `step()` (noise patched to zeros / ones), plus `scale_model_input` for Euler ancestral.
-//! Each reference comes twice:
+//! its `step()` (noise patched to zeros / ones), plus `scale_model_input` and the float32 `sigmas`
+//! for Euler ancestral. Each reference comes twice:
 //! * as diffusers ships it (float32 schedule): `mean`, `variance`, …;
 //! * from diffusers' float64 twin (`*_f64`): the same diffusers code with the scheduler modules'
 //!   `float32` requests redirected to `float64`.
 //!
-//! Checks, with `REL_TOL = 2e-5` (diffusers computes its schedule scalars in float32, we in f64):
-//! * mean and `scale_model_input`: `|ours − ref| ≤ 2e-5 · max(|ref|, 1)` per element;
-//! * variance: `|ours − ref| ≤ 2e-5 · |ref|` per element (an exact 0 must be exactly 0, and
+//! **DDPM and DDIM** compute their schedule in f64, so they are held to the float64 twin
+//! (`TWIN_TOL = 1e-10` relative: same formulas, same precision, so any real departure from
+//! diffusers' arithmetic shows) and to diffusers as shipped within `REL_TOL = 2e-5`:
+//! * mean: `|ours − ref| ≤ tol · max(|ref|, 1)` per element;
+//! * variance: `|ours − ref| ≤ tol · |ref|` per element (an exact 0 must be exactly 0, and
 //!   diffusers' 1e-20 floor of `fixed_small` must be there);
-//! * integer timesteps exactly; Euler's fractional (float32) timesteps within 1e-3 absolute;
-//! * `init_noise_sigma` relative.
+//! * integer timesteps exactly; `init_noise_sigma` relative.
 //!
-//! Every element is checked against the float64 twin to `TWIN_TOL = 1e-10` (same formulas, same
-//! precision: any real departure from diffusers' arithmetic shows here). It is also checked to
-//! `REL_TOL` against diffusers as shipped, except where diffusers' own float32 rounding — the
-//! distance between its float32 answer and its float64 twin — already exceeds `REL_TOL` *and* the
-//! step reaches down to a timestep with `ᾱ > 0.98`. There `1 − ᾱ` loses digits to cancellation in
-//! float32: `ᾱ` carries an absolute error of a few 1e-8, so the linear schedule's `1 − ᾱ_0 = 1e-4`
-//! is off by 1.7e-4 relative and the cosine schedule's `4.1e-5` by 5.3e-4. Only variances are ever
-//! exempted (asserted); the exempted elements are counted and printed, and they are still held to
-//! `TWIN_TOL` against the float64 twin. Anywhere else a float32 excursion fails the test.
+//! The `REL_TOL` comparison with diffusers as shipped is waived only where diffusers' own float32
+//! rounding — the distance between its float32 answer and its float64 twin — already exceeds
+//! `REL_TOL` *and* the step reaches down to a timestep with `ᾱ > 0.98`. There `1 − ᾱ` loses digits
+//! to cancellation in float32: `ᾱ` carries an absolute error of a few 1e-8, so the linear
+//! schedule's `1 − ᾱ_0 = 1e-4` is off by 1.7e-4 relative and the cosine schedule's `4.1e-5` by
+//! 5.3e-4. Only variances are ever exempted (asserted); the exempted elements are counted and
+//! printed, and they are still held to `TWIN_TOL` against the float64 twin.
+//!
+//! **Euler ancestral** reproduces diffusers' float32 timesteps and sigmas (see
+//! `deradiff_core::EulerAncestral`), so the roles swap: it is held to diffusers *as shipped*
+//! tightly — timesteps bit for bit as float32, sigmas within `EULER_SIGMA_ULPS = 1` float32 ulp
+//! (torch's float32 square root), variance, `scale_model_input` and `init_noise_sigma` within
+//! `EULER_REL_TOL = 4e-6`, means within `EULER_MEAN_REL_TOL = 1e-5` — and to the float64 twin
+//! within `REL_TOL` wherever diffusers' own float32 answer is within `REL_TOL` of it. The test also
+//! recomputes every Euler variance the old way (exact f64 timesteps and σ) and asserts that
+//! `EULER_REL_TOL` rejects it: the tolerance separates the two.
 //!
 //! Run with `-- --nocapture` to see the worst relative errors per scheduler family.
 
@@ -37,6 +45,18 @@ use deradiff_core::{NoiseSchedule, SchedulerConfig, Variance};
 use serde::Deserialize;
 
 const REL_TOL: f64 = 2e-5;
+/// Euler ancestral against diffusers as shipped (float32 timesteps and sigmas reproduced), for
+/// variances, `scale_model_input` and `init_noise_sigma`. What is left is torch's float32 square
+/// root (MKL's, not always correctly rounded: 1 ulp in some σ of diffusers' σ table, which
+/// `σ² − σ'²` amplifies to ≈ 2e-6 in the variance of a 50-step run). The old exact-f64 variances
+/// are off by 2.5e-5 (SD, linspace) to 5e-4 (cosine).
+const EULER_REL_TOL: f64 = 4e-6;
+/// Euler ancestral means against diffusers as shipped: the same 1-ulp σ differences pass through
+/// `σ_down − σ`, and diffusers rounds `x` to float32 inside `step` (observed ≤ 5.4e-6).
+const EULER_MEAN_REL_TOL: f64 = 1e-5;
+/// Euler's float32 sigmas may differ from diffusers' by this many float32 ulps (torch's float32
+/// square root in the σ table).
+const EULER_SIGMA_ULPS: u32 = 1;
 /// Against the float64 twin — diffusers' own formulas evaluated in float64, as ours are — the
 /// agreement must be far tighter (observed ≈ 4e-15; the margin covers libm differences amplified
 /// by `1 / (1 − ᾱ)` near t = 0).
@@ -67,6 +87,12 @@ struct Case {
     timesteps: Vec<f64>,
     /// Decimal strings, parsed with `str::parse` (correctly rounded) for a bit-exact comparison.
     timesteps_f64: Vec<String>,
+    /// Euler ancestral: diffusers' float32 sigmas (n + 1 values, the last 0).
+    #[serde(default)]
+    sigmas: Option<Vec<f64>>,
+    /// Euler ancestral: the float64 twin's sigmas, as decimal strings.
+    #[serde(default)]
+    sigmas_f64: Option<Vec<String>>,
     init_noise_sigma: f64,
     init_noise_sigma_f64: f64,
     steps: Vec<Step>,
@@ -123,6 +149,11 @@ struct Family {
     zero_variances: usize,
     floored_variances: usize,
     failed_timesteps: usize,
+    /// Euler: worst sigma difference from diffusers' float32 sigmas, in float32 ulps.
+    sigma_ulps: u32,
+    /// Euler: worst relative error of the variance computed the old way (exact f64 timesteps
+    /// and σ) against diffusers as shipped.
+    exact_f64_variance_error: Max,
 }
 
 /// Relative error with the given floor of the scale; an exact zero reference needs an exact zero.
@@ -145,13 +176,17 @@ fn rel_err(ours: f64, reference: f64, floor: f64) -> f64 {
 struct Checker<'a> {
     family: &'a mut Family,
     failures: &'a mut Vec<String>,
+    /// Euler ancestral: diffusers as shipped is the tight reference and the twin the loose one;
+    /// otherwise the other way round.
+    shipped_is_strict: bool,
 }
 
 impl Checker<'_> {
     /// Compares `ours` with both references elementwise, `floor` being the scale floor (1 for
-    /// means, 0 for variances). `near_one` says whether the step involves an `ᾱ` above
-    /// [`CANCELLATION_ALPHA_BAR`], the only place where diffusers' float32 rounding may exempt an
-    /// element from the float32 comparison.
+    /// means, 0 for variances): with the strict tolerance against the strict reference (the
+    /// float64 twin, or for Euler diffusers as shipped), with `REL_TOL` against the other.
+    /// `near_one` says whether the step involves an `ᾱ` above [`CANCELLATION_ALPHA_BAR`], the
+    /// only place where diffusers' float32 rounding may waive the `REL_TOL` comparison.
     #[allow(clippy::too_many_arguments)]
     fn compare(
         &mut self,
@@ -166,37 +201,81 @@ impl Checker<'_> {
         assert_eq!(ours.len(), ref_f32.len(), "{}: {quantity} size", at(0));
         assert_eq!(ours.len(), ref_f64.len(), "{}: {quantity} size", at(0));
         let stats = self.family.quantities.entry(quantity).or_default();
+        let (strict_tol, strict_name, loose_name) = if self.shipped_is_strict {
+            let tol = if quantity == "mean" { EULER_MEAN_REL_TOL } else { EULER_REL_TOL };
+            (tol, "diffusers (float32)", "diffusers float64 twin")
+        } else {
+            (TWIN_TOL, "diffusers float64 twin", "diffusers (float32)")
+        };
         for (j, ((&a, &b32), &b64)) in ours.iter().zip(ref_f32).zip(ref_f64).enumerate() {
             stats.checked += 1;
-            let e64 = rel_err(a, b64, floor);
-            stats.vs_f64.update(e64, || at(j));
-            if e64.is_nan() || e64 > TWIN_TOL {
-                stats.failed_f64 += 1;
+            let (e32, e64) = (rel_err(a, b32, floor), rel_err(a, b64, floor));
+            // The strict comparison is always recorded, the loose one where it is not waived.
+            if self.shipped_is_strict {
+                stats.vs_f32.update(e32, || at(j));
+            } else {
+                stats.vs_f64.update(e64, || at(j));
+            }
+            let ((strict_ref, e_strict), (loose_ref, e_loose)) =
+                if self.shipped_is_strict { ((b32, e32), (b64, e64)) } else { ((b64, e64), (b32, e32)) };
+            if e_strict.is_nan() || e_strict > strict_tol {
+                if self.shipped_is_strict {
+                    stats.failed_f32 += 1;
+                } else {
+                    stats.failed_f64 += 1;
+                }
                 self.failures.push(format!(
-                    "{} {quantity}[{j}]: ours {a:e}, diffusers float64 twin {b64:e} (rel {e64:.3e} > {TWIN_TOL:e})",
+                    "{} {quantity}[{j}]: ours {a:e}, {strict_name} {strict_ref:e} (rel {e_strict:.3e} > {strict_tol:e})",
                     at(j)
                 ));
             }
-            let e32 = rel_err(a, b32, floor);
             let rounding = rel_err(b32, b64, floor);
-            if rounding > REL_TOL && near_one {
+            if rounding > REL_TOL && (near_one || self.shipped_is_strict) {
                 // diffusers' float32 answer is itself further than the tolerance from its own
-                // float64 answer: no f64 implementation can be held to it here.
+                // float64 answer: no implementation can be held to both here. (Euler, which
+                // follows the float32 answer, is excused from the twin wherever that happens.)
                 stats.f32_limited += 1;
                 stats.f32_limited_rounding.update(rounding, || at(j));
                 continue;
             }
-            stats.vs_f32.update(e32, || at(j));
-            if e32.is_nan() || e32 > REL_TOL {
-                stats.failed_f32 += 1;
+            if self.shipped_is_strict {
+                stats.vs_f64.update(e64, || at(j));
+            } else {
+                stats.vs_f32.update(e32, || at(j));
+            }
+            if e_loose.is_nan() || e_loose > REL_TOL {
+                if self.shipped_is_strict {
+                    stats.failed_f64 += 1;
+                } else {
+                    stats.failed_f32 += 1;
+                }
                 self.failures.push(format!(
-                    "{} {quantity}[{j}]: ours {a:e}, diffusers {b32:e} (rel {e32:.3e}; diffusers' float32 \
-                     rounding here {rounding:.1e})",
+                    "{} {quantity}[{j}]: ours {a:e}, {loose_name} {loose_ref:e} (rel {e_loose:.3e} > {REL_TOL:e}; \
+                     diffusers' float32 rounding here {rounding:.1e})",
                     at(j)
                 ));
             }
         }
     }
+}
+
+/// Distance of two float32 values in ulps (both finite and of one sign here).
+fn ulps(a: f32, b: f32) -> u32 {
+    if a == b {
+        return 0;
+    }
+    if a.is_sign_negative() != b.is_sign_negative() {
+        return u32::MAX;
+    }
+    a.to_bits().abs_diff(b.to_bits())
+}
+
+/// The Euler-ancestral variance of every step computed the old way, in exact f64 throughout:
+/// σ interpolated in the f64 training schedule at the exact (float64 linspace) timesteps.
+fn exact_f64_euler_variances(schedule: &NoiseSchedule, timesteps_f64: &[f64]) -> Vec<f64> {
+    let mut sigmas: Vec<f64> = timesteps_f64.iter().map(|&t| schedule.sigma_at(t)).collect();
+    sigmas.push(0.0);
+    sigmas.windows(2).map(|w| w[1] * w[1] * (w[0] * w[0] - w[1] * w[1]) / (w[0] * w[0])).collect()
 }
 
 /// Our scheduler for the case, built from diffusers' config as a user would, and its schedule.
@@ -234,27 +313,64 @@ fn check_case(case: &Case, family: &mut Family, failures: &mut Vec<String>) {
     let (schedule, scheduler) = build(case);
     let name = &case.name;
 
-    // Timesteps: integers exactly; Euler's fractional float32 ones within 1e-3 (and its float64
-    // twin's, which are numpy's float64 linspace, exactly).
+    // Timesteps: integers exactly. Euler's fractional ones are diffusers' float32 values, bit for
+    // bit (and within 1e-3 of the twin's float64 linspace).
+    let euler = case.family == "euler_ancestral";
     let ours = scheduler.timesteps();
     if ours.len() != case.timesteps.len() {
         failures.push(format!("{name}: {} timesteps, diffusers has {}", ours.len(), case.timesteps.len()));
         return;
     }
-    for (i, ((&a, &b), b64)) in ours.iter().zip(&case.timesteps).zip(&case.timesteps_f64).enumerate() {
-        let b64: f64 = b64.parse().unwrap_or_else(|e| panic!("{name}: timestep {b64:?}: {e}"));
-        let ok = if b.fract() != 0.0 {
-            case.family == "euler_ancestral" && (a - b).abs() <= FRACTIONAL_TIMESTEP_TOL
+    let timesteps_f64: Vec<f64> = case
+        .timesteps_f64
+        .iter()
+        .map(|b64| b64.parse().unwrap_or_else(|e| panic!("{name}: timestep {b64:?}: {e}")))
+        .collect();
+    for (i, ((&a, &b), &b64)) in ours.iter().zip(&case.timesteps).zip(&timesteps_f64).enumerate() {
+        let ok = if euler {
+            // serde_json may read the decimal one f64 ulp off: compare as the float32 it is.
+            a == f64::from(a as f32) && a as f32 == b as f32 && (a - b64).abs() <= FRACTIONAL_TIMESTEP_TOL
         } else {
-            a == b
+            b.fract() == 0.0 && a == b && a == b64
         };
-        if !ok || a != b64 {
+        if !ok {
             family.failed_timesteps += 1;
             failures.push(format!("{name}: timestep {i} is {a}, diffusers {b} (float64 twin {b64})"));
         }
     }
 
-    let mut checker = Checker { family, failures };
+    if euler {
+        // Sigmas: diffusers' float32 values (within EULER_SIGMA_ULPS), the twin's within REL_TOL
+        // except where float32 cancellation near ᾱ ≈ 1 exceeds it.
+        let ours = scheduler.sigmas().expect("Euler ancestral has sigmas");
+        let theirs = case.sigmas.as_ref().expect("Euler cases carry sigmas");
+        let twin = case.sigmas_f64.as_ref().expect("Euler cases carry sigmas_f64");
+        assert_eq!(ours.len(), case.num_inference_steps + 1, "{name}: sigmas");
+        if ours.len() != theirs.len() || ours.len() != twin.len() {
+            failures.push(format!("{name}: {} sigmas, diffusers has {}", ours.len(), theirs.len()));
+            return;
+        }
+        for (i, ((&a, &b), b64)) in ours.iter().zip(theirs).zip(twin).enumerate() {
+            let b64: f64 = b64.parse().unwrap_or_else(|e| panic!("{name}: sigma {b64:?}: {e}"));
+            let d = ulps(a as f32, b as f32);
+            family.sigma_ulps = family.sigma_ulps.max(d);
+            // The twin within REL_TOL, unless diffusers' own float32 σ is further from it.
+            let off_twin = rel_err(a, b64, 0.0) > REL_TOL && rel_err(b, b64, 0.0) <= REL_TOL;
+            if a != f64::from(a as f32) || d > EULER_SIGMA_ULPS || off_twin {
+                failures.push(format!(
+                    "{name}: sigma {i} is {a:e}, diffusers {b:e} ({d} float32 ulps), float64 twin {b64:e}"
+                ));
+            }
+        }
+        // The old, exact-f64 variances must fail EULER_REL_TOL somewhere (checked over all cases).
+        let exact = exact_f64_euler_variances(&schedule, &timesteps_f64);
+        for (i, (v, step)) in exact.iter().zip(&case.steps).enumerate() {
+            let e = rel_err(*v, step.variance[0], 0.0);
+            family.exact_f64_variance_error.update(e, || format!("{name} step {i}"));
+        }
+    }
+
+    let mut checker = Checker { family, failures, shipped_is_strict: euler };
     checker.compare(
         "init_noise_sigma",
         &[scheduler.init_noise_sigma()],
@@ -330,6 +446,13 @@ fn schedulers_match_diffusers() {
         if f.failed_timesteps > 0 {
             eprintln!("    FAILED: {} timesteps", f.failed_timesteps);
         }
+        if name == "euler_ancestral" {
+            eprintln!(
+                "    sigmas: worst {} float32 ulps from diffusers'; variances in exact f64 (the old way) would be \
+                 off by up to {:.3e} at {}",
+                f.sigma_ulps, f.exact_f64_variance_error.value, f.exact_f64_variance_error.at
+            );
+        }
         for (quantity, s) in &f.quantities {
             eprintln!("    {quantity} ({} elements):", s.checked);
             eprintln!("      vs diffusers (float32)   worst rel {:.3e} at {}", s.vs_f32.value, s.vs_f32.at);
@@ -341,9 +464,14 @@ fn schedulers_match_diffusers() {
                 );
             }
             if s.f32_limited > 0 {
+                let place = if name == "euler_ancestral" {
+                    "(Euler: anywhere)".to_string()
+                } else {
+                    format!("at ᾱ > {CANCELLATION_ALPHA_BAR}")
+                };
                 eprintln!(
-                    "      {} elements where diffusers' float32 rounding alone exceeds {REL_TOL:e} \
-                     at ᾱ > {CANCELLATION_ALPHA_BAR} (worst {:.3e} at {}): checked against the float64 twin only",
+                    "      {} elements where diffusers' float32 rounding alone exceeds {REL_TOL:e} {place} \
+                     (worst {:.3e} at {}): REL_TOL comparison waived, strict one kept",
                     s.f32_limited, s.f32_limited_rounding.value, s.f32_limited_rounding.at
                 );
             }
@@ -355,10 +483,18 @@ fn schedulers_match_diffusers() {
         assert!(families.get(name).is_some_and(|f| f.steps > 0), "no {name} steps in the fixture");
     }
     assert!(families["ddpm"].floored_variances > 0, "no fixed_small step at diffusers' 1e-20 floor");
+    // The Euler tolerance has teeth: exact f64 arithmetic (the old implementation) fails it.
+    let old = &families["euler_ancestral"].exact_f64_variance_error;
+    assert!(
+        old.value > 10.0 * EULER_REL_TOL,
+        "exact-f64 Euler variances are within {:.3e} of diffusers: EULER_REL_TOL = {EULER_REL_TOL:e} does not \
+         tell them from diffusers' float32 arithmetic",
+        old.value
+    );
     assert!(families.values().all(|f| f.zero_variances > 0), "every family has deterministic steps");
-    // The float32 exemption is for variances only: means and scaled inputs always meet diffusers
-    // as shipped.
-    for (name, f) in &families {
+    // The float32 exemption is for variances only: DDPM and DDIM means always meet diffusers as
+    // shipped. (Euler is held to diffusers as shipped everywhere; only its twin check is waived.)
+    for (name, f) in families.iter().filter(|(name, _)| name.as_str() != "euler_ancestral") {
         for (quantity, s) in &f.quantities {
             assert!(
                 *quantity == "variance" || s.f32_limited == 0,

@@ -217,16 +217,10 @@ fn sampler_and_realigner_reject_bad_input() {
     assert!(matches!(Realigner::new(vec![]), Err(Error::InvalidWeights(_))));
     assert!(matches!(Realigner::multi_reward(&[]), Err(Error::InvalidWeights(_))));
     assert!(matches!(Realigner::per_step(vec![vec![1.0], vec![0.5, 0.5]]), Err(Error::InvalidWeights(_))));
-    // A per-step schedule shorter than the run is an error at the step it runs out.
+    // A per-step schedule shorter than the run is an error when the sampler is built.
     let r = Realigner::two_model_per_step(&[0.5, 0.5]).unwrap();
-    let err = Sampler::new(s.as_ref(), vec![&a, &a], r).unwrap().run(
-        &[1, 2],
-        DType::F32,
-        &Device::Cpu,
-        &mut SeededNoise::new(0),
-        &mut NoObserver,
-    );
-    assert!(matches!(err, Err(Error::InvalidArgument(_))), "{err:?}");
+    let err = Sampler::new(s.as_ref(), vec![&a, &a], r).err();
+    assert!(matches!(err, Some(Error::WeightScheduleLength { schedule_steps: 2, num_steps: 4 })), "{err:?}");
     // Multi-reward weights.
     let r = Realigner::multi_reward(&[0.25, 0.5]).unwrap();
     assert_eq!(r.weights(0).unwrap(), &[0.25, 0.25, 0.5]);
@@ -260,4 +254,110 @@ fn extrapolation_with_unequal_variances_names_the_step_or_falls_back() {
         Realigner::two_model(0.5).unwrap().fuse(&[z, q], 4),
         Err(Error::ZeroVarianceConflict { step: 4, .. })
     ));
+}
+
+#[test]
+fn per_step_schedule_must_match_the_number_of_steps() {
+    let a = Toy { gain: 0.5 };
+    let b = Toy { gain: -0.3 };
+    let s = SchedulerKind::EulerAncestral.build(&SchedulerConfig::stable_diffusion_v1_5(), 30).unwrap();
+    // 50 λ for a 30-step run: an error at construction, not a silent use of entries 0–29.
+    let fifty = Realigner::two_model_per_step(&[0.5; 50]).unwrap();
+    assert_eq!(fifty.schedule_len(), Some(50));
+    match Sampler::new(s.as_ref(), vec![&a, &b], fifty.clone()) {
+        Err(e @ Error::WeightScheduleLength { schedule_steps: 50, num_steps: 30 }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("50") && msg.contains("30") && msg.contains("two_model_schedule"), "{msg}");
+        }
+        Err(other) => panic!("expected WeightScheduleLength, got {other:?}"),
+        Ok(_) => panic!("a 50-step schedule was accepted for 30 steps"),
+    }
+    assert!(matches!(fifty.for_steps(30), Err(Error::WeightScheduleLength { .. })));
+    // Exactly 30: accepted, and unchanged by for_steps.
+    let thirty = Realigner::two_model_per_step(&[0.5; 30]).unwrap();
+    assert_eq!(thirty.for_steps(30).unwrap(), thirty);
+    assert!(Sampler::new(s.as_ref(), vec![&a, &b], thirty).is_ok());
+    // Constant weights fit any run.
+    let constant = Realigner::two_model(0.5).unwrap();
+    assert_eq!(constant.schedule_len(), None);
+    assert_eq!(constant.for_steps(7).unwrap(), constant);
+}
+
+#[test]
+fn function_schedule_is_evaluated_for_the_run() {
+    let a = Toy { gain: 0.5 };
+    let b = Toy { gain: -0.3 };
+    // λ = 0 for the first half of the run, 1 after: the run must equal the reference alone for
+    // the first half and the aligned model alone after, for any number of steps.
+    let schedule = Realigner::two_model_schedule(|step, steps| if 2 * step < steps { 0.0 } else { 1.0 });
+    assert_eq!(schedule.num_models(), 2);
+    assert!(matches!(schedule.weights(0), Err(Error::InvalidArgument(_))));
+    for n in [6, 9] {
+        let s = SchedulerKind::Ddim { eta: 1.0 }.build(&SchedulerConfig::stable_diffusion_v1_5(), n).unwrap();
+        let sampler = Sampler::new(s.as_ref(), vec![&a, &b], schedule.clone()).unwrap();
+        let fixed = sampler.realigner();
+        assert_eq!(fixed.schedule_len(), Some(n));
+        for step in 0..n {
+            let expected: &[f64] = if 2 * step < n { &[1.0, 0.0] } else { &[0.0, 1.0] };
+            assert_eq!(fixed.weights(step).unwrap(), expected, "n = {n}, step {step}");
+        }
+        // The same weights given as a list give the same run, bit for bit.
+        let listed: Vec<f64> = (0..n).map(|step| if 2 * step < n { 0.0 } else { 1.0 }).collect();
+        let by_fn = run(s.as_ref(), vec![&a, &b], schedule.clone(), 3).unwrap();
+        let by_list = run(s.as_ref(), vec![&a, &b], Realigner::two_model_per_step(&listed).unwrap(), 3).unwrap();
+        assert_eq!(values(&by_fn.latent), values(&by_list.latent));
+    }
+    // Bad values from the function are errors naming the step.
+    let nan_late = Realigner::two_model_schedule(|step, _| if step == 3 { f64::NAN } else { 0.5 });
+    match nan_late.for_steps(5) {
+        Err(Error::InvalidWeights(msg)) => assert!(msg.contains("step 3"), "{msg}"),
+        other => panic!("expected InvalidWeights, got {other:?}"),
+    }
+    let wrong_count = Realigner::from_schedule(3, |_, _| vec![0.5, 0.5]).unwrap();
+    assert!(matches!(wrong_count.for_steps(4), Err(Error::InvalidWeights(_))));
+    assert!(matches!(Realigner::from_schedule(0, |_, _| vec![]), Err(Error::InvalidWeights(_))));
+    let not_normalised = Realigner::from_schedule(2, |_, _| vec![0.5, 0.6]).unwrap();
+    assert!(matches!(not_normalised.for_steps(2), Err(Error::InvalidWeights(_))));
+    // Multi-reward through a function: [1 − Σλ, λ₁, λ₂].
+    let multi = Realigner::from_schedule(3, |step, steps| {
+        let l = step as f64 / steps as f64;
+        vec![1.0 - 1.5 * l, l, 0.5 * l]
+    })
+    .unwrap()
+    .with_policy(PrecisionPolicy::MeanOfMeans)
+    .for_steps(4)
+    .unwrap();
+    assert_eq!(multi.weights(2).unwrap(), &[0.25, 0.5, 0.25]);
+    assert_eq!(multi.policy(), PrecisionPolicy::MeanOfMeans);
+}
+
+#[test]
+fn observer_sees_each_models_output() {
+    let a = Toy { gain: 0.5 };
+    let b = Toy { gain: -0.3 };
+    let models: [&dyn Denoiser; 2] = [&a, &b];
+    for (name, s) in schedulers(5).into_iter().filter(|(name, _)| *name != "ddpm-learned-range") {
+        let sampler = Sampler::new(s.as_ref(), models.to_vec(), Realigner::two_model(0.25).unwrap()).unwrap();
+        let z = Tensor::new(&[[0.3f64, -1.1, 0.8]], &Device::Cpu).unwrap();
+        // The latent each step starts from: x_T, then every event's new latent.
+        let mut x = z.affine(s.init_noise_sigma(), 0.0).unwrap();
+        let mut checked = 0;
+        let mut obs = |e: &StepEvent<'_>| {
+            assert_eq!(e.model_outputs.len(), 2, "{name}");
+            let x_in = s.scale_model_input(&x, e.step).unwrap();
+            for ((out, model), posterior) in e.model_outputs.iter().zip(models).zip(e.posteriors) {
+                // Exactly what the model returned for this step's input…
+                assert_eq!(values(out), values(&model.predict(&x_in, e.timestep).unwrap()), "{name}");
+                // …and what the scheduler turned into that model's posterior.
+                let expected = s.posterior(&x, out, e.step).unwrap();
+                assert_eq!(values(&posterior.mean), values(&expected.mean), "{name}");
+            }
+            assert_ne!(values(&e.model_outputs[0]), values(&e.model_outputs[1]), "{name}");
+            x = e.latent.clone();
+            checked += 1;
+            Flow::Continue
+        };
+        sampler.run_from(&z, &mut SeededNoise::new(5), &mut obs).unwrap();
+        assert_eq!(checked, 5, "{name}");
+    }
 }

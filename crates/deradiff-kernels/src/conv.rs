@@ -82,9 +82,11 @@ fn run(
     g: &Geometry,
 ) -> candle_core::Result<Tensor> {
     run_f32("conv2d", [x, weight], bias, residual, vec![g.b, g.co, g.oh, g.ow], |xs, ws, bs, rs| {
-        let mut out = vec![0f32; g.b * g.co * g.oh * g.ow];
-        conv2d_f32(xs, ws, bs, rs, &mut out, g);
-        out
+        let len = [g.b, g.co, g.oh, g.ow].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let len = len.ok_or_else(|| candle_core::Error::Msg("conv2d: the output is too large".into()))?;
+        let mut out = vec![0f32; len];
+        conv2d_f32(xs, ws, bs, rs, &mut out, g)?;
+        Ok(out)
     })
 }
 
@@ -186,11 +188,35 @@ thread_local! {
 
 /// The kernel over contiguous slices: `x` `[B, Ci, H, W]`, `w` `[Co, Ci·kh·kw]`, `bias` `[Co]` or
 /// `[B, Co]`, `residual` and `out` `[B, Co, oh, ow]`.
-fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32], g: &Geometry) {
+fn conv2d_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    g: &Geometry,
+) -> candle_core::Result<()> {
+    // What the indexing and the SAFETY comments below assume of the slices, counted with
+    // overflow checks (`run_f32` gives each exactly its tensor's elements).
+    let count = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let out_len = count(&[g.b, g.co, g.oh, g.ow]);
+    let fits = out_len == Some(out.len())
+        && count(&[g.b, g.ci, g.h, g.w]) == Some(x.len())
+        && count(&[g.co, g.ci, g.kh, g.kw]) == Some(w.len())
+        && bias.is_none_or(|b| b.len() == g.co || Some(b.len()) == count(&[g.b, g.co]))
+        && residual.is_none_or(|r| Some(r.len()) == out_len);
+    if !fits {
+        return Err(candle_core::Error::Msg(format!(
+            "conv2d: buffers of {} (x), {} (weight), {} (out) floats do not fit the geometry {g:?}",
+            x.len(),
+            w.len(),
+            out.len()
+        )));
+    }
     let k = g.ci * g.kh * g.kw;
     let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
     if out.is_empty() {
-        return;
+        return Ok(());
     }
     // The bias of batch item `bi`, channel `c`.
     let bias_at = |bi: usize, c: usize| bias.map_or(0.0, |b| if b.len() == g.co { b[c] } else { b[bi * g.co + c] });
@@ -203,7 +229,7 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                 o.iter_mut().zip(&r[i * out_plane..]).for_each(|(o, r)| *o += r);
             }
         }
-        return;
+        return Ok(());
     }
     let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
     let target = match (direct, g.co * k > PATCH_FLOATS) {
@@ -218,11 +244,11 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
         let tasks = g.b.div_ceil(per);
         let par = gemm_parallelism(tasks);
         let dst = OutPtr(out.as_mut_ptr());
-        (0..tasks).into_par_iter().for_each(|t| {
+        return (0..tasks).into_par_iter().try_for_each(|t| {
             let images = t * per..g.b.min((t + 1) * per);
             let cols = images.len() * out_plane;
             SCRATCH.with_borrow_mut(|scratch| {
-                PATCHES.with_borrow_mut(|patches| {
+                PATCHES.with_borrow_mut(|patches| -> candle_core::Result<()> {
                     grow(patches, k * cols);
                     grow(scratch, g.co * cols);
                     let (patches, scratch) = (&mut patches[..k * cols], &mut scratch[..g.co * cols]);
@@ -238,9 +264,19 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                         }
                     }
                     // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]` and dst `scratch`
-                    // `[Co, cols]`, both contiguous and owned by this thread.
+                    // `[Co, cols]`, both contiguous, owned by this thread and valid for their
+                    // lengths (which `gemm_f32` checks the extents against).
                     unsafe {
-                        gemm_into(scratch.as_mut_ptr(), cols, w, patches.as_ptr(), cols, g.co, cols, k, filled, par)
+                        gemm_into(
+                            (scratch.as_mut_ptr(), scratch.len()),
+                            cols,
+                            w,
+                            (patches.as_ptr(), patches.len()),
+                            cols,
+                            [g.co, cols, k],
+                            filled,
+                            par,
+                        )?
                     };
                     for (j, bi) in images.clone().enumerate() {
                         for c in 0..g.co {
@@ -252,16 +288,17 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                             o.copy_from_slice(&scratch[c * cols + j * out_plane..][..out_plane]);
                         }
                     }
-                });
-            });
+                    Ok(())
+                })
+            })
         });
-        return;
     }
     let rows = target.div_ceil(g.ow).clamp(1, g.oh);
     let tiles = g.oh.div_ceil(rows);
     let par = gemm_parallelism(g.b * tiles);
+    let out_len = out.len();
     let dst = OutPtr(out.as_mut_ptr());
-    (0..g.b * tiles).into_par_iter().for_each(|task| {
+    (0..g.b * tiles).into_par_iter().try_for_each(|task| -> candle_core::Result<()> {
         let (bi, oy0) = (task / tiles, task % tiles * rows);
         let cols = rows.min(g.oh - oy0) * g.ow;
         let xb = &x[bi * g.ci * in_plane..][..g.ci * in_plane];
@@ -281,8 +318,20 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
             let rhs = &xb[oy0 * g.w..];
             // SAFETY: lhs `w` is `[Co, k]` (row stride k); rhs reads `[Ci = k, cols]` from `rhs`
             // with row stride `in_plane`, the last row ending inside `xb`; dst is this task's
-            // part of `out` as above, written by no other thread.
-            unsafe { gemm_into(dst_tile, out_plane, w, rhs.as_ptr(), in_plane, g.co, cols, k, filled, par) };
+            // part of `out` as above, written by no other thread; each pointer is valid for the
+            // length given (the rest of its buffer), which `gemm_f32` checks the extents against.
+            unsafe {
+                gemm_into(
+                    (dst_tile, out_len - tile_start),
+                    out_plane,
+                    w,
+                    (rhs.as_ptr(), rhs.len()),
+                    in_plane,
+                    [g.co, cols, k],
+                    filled,
+                    par,
+                )
+            }
         } else {
             PATCHES.with_borrow_mut(|patches| {
                 grow(patches, k * cols);
@@ -290,10 +339,21 @@ fn conv2d_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32
                 im2col(xb, patches, cols, g, oy0, cols / g.ow);
                 // SAFETY: lhs `w` is `[Co, k]`; rhs `patches` is `[k, cols]`, contiguous; dst as
                 // in the direct case.
-                unsafe { gemm_into(dst_tile, out_plane, w, patches.as_ptr(), cols, g.co, cols, k, filled, par) };
-            });
+                unsafe {
+                    gemm_into(
+                        (dst_tile, out_len - tile_start),
+                        out_plane,
+                        w,
+                        (patches.as_ptr(), patches.len()),
+                        cols,
+                        [g.co, cols, k],
+                        filled,
+                        par,
+                    )
+                }
+            })
         }
-    });
+    })
 }
 
 /// `row` ← `residual + bias` (the bias alone without a residual): what a GEMM accumulates into.
@@ -313,35 +373,33 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, all row-major with unit column stride and row
 /// strides `dst_rs`, `k`, `rhs_rs`; accumulates into `dst` when `accumulate`; threads inside
-/// the GEMM as `parallelism` says.
+/// the GEMM as `parallelism` says. `dst` and `rhs` are pointers with the number of floats they
+/// are valid for; [`gemm_f32`] checks every operand's extent against its length.
 ///
 /// # Safety
-/// `dst` must be valid for writes and `rhs` for reads at every `row · stride + column` of their
-/// `[m, n]` and `[k, n]` extents, `lhs` must hold `m · k` floats, and no other thread may access
-/// those parts of `dst` during the call.
+/// `dst.0` must be valid for writes of `dst.1` floats and `rhs.0` for reads of `rhs.1` floats,
+/// and no other thread may access the part of `dst` in the `[m, n]` extent during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into(
-    dst: *mut f32,
+    dst: (*mut f32, usize),
     dst_rs: usize,
     lhs: &[f32],
-    rhs: *const f32,
+    rhs: (*const f32, usize),
     rhs_rs: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+    [m, n, k]: [usize; 3],
     accumulate: bool,
     parallelism: gemm::Parallelism,
-) {
-    debug_assert!(lhs.len() >= m * k);
-    // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands.
+) -> candle_core::Result<()> {
+    // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands
+    // (`lhs` is a slice: valid for its length).
     unsafe {
         gemm_f32(
             m,
             n,
             k,
-            Operand { ptr: dst, row: dst_rs, col: 1 },
-            Operand { ptr: lhs.as_ptr(), row: k, col: 1 },
-            Operand { ptr: rhs, row: rhs_rs, col: 1 },
+            Operand { ptr: dst.0, row: dst_rs, col: 1, len: dst.1 },
+            Operand { ptr: lhs.as_ptr(), row: k, col: 1, len: lhs.len() },
+            Operand { ptr: rhs.0, row: rhs_rs, col: 1, len: rhs.1 },
             accumulate,
             parallelism,
         )

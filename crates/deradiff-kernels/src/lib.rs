@@ -103,14 +103,32 @@ impl Isa {
     }
 }
 
-/// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`.
+/// The number of elements of `dims`, multiplied with overflow checks (candle's own count wraps:
+/// a tensor "of" 2³² × 2³² elements can hold none), or an error naming the kernel `op`.
+fn checked_count(op: &str, dims: &[usize]) -> candle_core::Result<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
+        candle_core::Error::Msg(format!("{op}: a tensor of shape {dims:?} has more elements than memory can address"))
+    })
+}
+
+/// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`. The slice holds
+/// exactly the elements of `l`'s shape (counted with overflow checks): what every kernel's
+/// indexing, and the SAFETY comments of its unsafe code, assume.
 fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
     let candle_core::CpuStorage::F32(data) = s else {
         return Err(candle_core::Error::Msg(format!("{op} takes f32")));
     };
     let (start, end) =
         l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} takes contiguous tensors")))?;
-    Ok(&data[start..end])
+    let count = checked_count(op, l.shape().dims())?;
+    match data.get(start..end) {
+        Some(slice) if slice.len() == count => Ok(slice),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: the storage holds {} elements at offset {start}, not the {count} of shape {:?}",
+            data.len(),
+            l.shape().dims()
+        ))),
+    }
 }
 
 /// Runs `kernel` on the f32 data of the CPU operands of a GEMM kernel, `x`, `weight` and the
@@ -123,8 +141,12 @@ fn run_f32(
     bias: Option<&candle_core::Tensor>,
     residual: Option<&candle_core::Tensor>,
     dims: Vec<usize>,
-    kernel: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>) -> Vec<f32>,
+    kernel: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>) -> candle_core::Result<Vec<f32>>,
 ) -> candle_core::Result<candle_core::Tensor> {
+    let out_len = checked_count(op, &dims)?;
+    for t in [Some(x), Some(weight), bias, residual].into_iter().flatten() {
+        checked_count(op, t.dims())?;
+    }
     let f32c = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F32)?.contiguous();
     let (xc, wc) = (f32c(x)?, f32c(weight)?);
     let (bc, rc) = (bias.map(f32c).transpose()?, residual.map(f32c).transpose()?);
@@ -132,8 +154,11 @@ fn run_f32(
         let (xs, ws) = (xc.storage_and_layout(), wc.storage_and_layout());
         let (bs, rs) = (bc.as_ref().map(|t| t.storage_and_layout()), rc.as_ref().map(|t| t.storage_and_layout()));
         let slice = |locked| locked_f32(op, locked);
-        kernel(slice(&xs)?, slice(&ws)?, bs.as_ref().map(slice).transpose()?, rs.as_ref().map(slice).transpose()?)
+        kernel(slice(&xs)?, slice(&ws)?, bs.as_ref().map(slice).transpose()?, rs.as_ref().map(slice).transpose()?)?
     };
+    if out.len() != out_len {
+        return Err(candle_core::Error::Msg(format!("{op}: the kernel wrote {} values for {dims:?}", out.len())));
+    }
     candle_core::Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?.to_dtype(x.dtype())
 }
 
@@ -159,22 +184,40 @@ fn gemm_parallelism(tasks: usize) -> gemm::Parallelism {
     }
 }
 
-/// One f32 matrix operand of [`gemm_f32`]: its first element and its row and column strides (in
-/// floats).
+/// One f32 matrix operand of [`gemm_f32`]: its first element, its row and column strides (in
+/// floats), and how many floats from `ptr` on belong to the buffer it points into.
 #[derive(Clone, Copy)]
 struct Operand<P> {
     ptr: P,
     row: usize,
     col: usize,
+    len: usize,
+}
+
+impl<P> Operand<P> {
+    /// Whether a `rows × cols` matrix with these strides lies inside the `len` floats (overflow
+    /// checked).
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        if self.row > isize::MAX as usize || self.col > isize::MAX as usize {
+            return false;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.row)
+            .and_then(|r| (cols - 1).checked_mul(self.col).and_then(|c| r.checked_add(c)));
+        last.is_some_and(|last| last < self.len)
+    }
 }
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
-/// into `dst` when `accumulate`.
+/// into `dst` when `accumulate`. Checks first that each operand's extent lies inside its `len`
+/// (an error otherwise, never an out-of-bounds access).
 ///
 /// # Safety
-/// Each operand must be valid (`dst` for writes, the others for reads) at every
-/// `row · stride + column · stride` of its extent, and no other thread may access those elements of
-/// `dst` during the call.
+/// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
+/// floats, and no other thread may access the elements of `dst` in its extent during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_f32(
     m: usize,
@@ -185,8 +228,16 @@ unsafe fn gemm_f32(
     rhs: Operand<*const f32>,
     accumulate: bool,
     parallelism: gemm::Parallelism,
-) {
-    // SAFETY: the caller's contract; gemm reads and writes only inside those extents.
+) -> candle_core::Result<()> {
+    if !(dst.holds(m, n) && lhs.holds(m, k) && rhs.holds(k, n)) {
+        return Err(candle_core::Error::Msg(format!(
+            "GEMM of [{m}, {k}] · [{k}, {n}]: an operand's extent exceeds its buffer (dst {} floats, lhs {}, \
+             rhs {})",
+            dst.len, lhs.len, rhs.len
+        )));
+    }
+    // SAFETY: the caller's contract (each pointer valid for its `len` floats, `dst`'s extent ours
+    // alone) and the check above (every element gemm touches lies inside those `len` floats).
     unsafe {
         gemm::gemm(
             m,
@@ -209,5 +260,60 @@ unsafe fn gemm_f32(
             false,
             parallelism,
         )
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_overflow_into_errors() {
+        assert_eq!(checked_count("op", &[2, 3, 4]).unwrap(), 24);
+        assert_eq!(checked_count("op", &[]).unwrap(), 1);
+        let err = checked_count("linear", &[1 << 32, 1 << 32, 4]).unwrap_err().to_string();
+        assert!(err.contains("linear") && err.contains("more elements"), "{err}");
+    }
+
+    #[test]
+    fn a_gemm_operand_past_its_buffer_is_an_error_not_a_read() {
+        let (a, b) = (vec![1f32; 6], vec![1f32; 6]);
+        let mut c = vec![0f32; 4];
+        let op = |p: *const f32, row, len| Operand { ptr: p, row, col: 1, len };
+        // [2, 3] · [3, 2] fits.
+        // SAFETY: each pointer is valid for the `len` given (its whole vector).
+        unsafe {
+            gemm_f32(
+                2,
+                2,
+                3,
+                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
+                op(a.as_ptr(), 3, 6),
+                op(b.as_ptr(), 2, 6),
+                false,
+                gemm::Parallelism::None,
+            )
+            .unwrap();
+        }
+        assert_eq!(c, vec![3.0; 4]);
+        // The same call claiming 4 rows of lhs (12 floats) over a 6-float buffer is refused.
+        // SAFETY: as above; the check refuses before any access.
+        let err = unsafe {
+            gemm_f32(
+                4,
+                2,
+                3,
+                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
+                op(a.as_ptr(), 3, 6),
+                op(b.as_ptr(), 2, 6),
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        assert!(err.is_err());
+        // Extents whose last index overflows are refused too.
+        assert!(!Operand { ptr: (), row: usize::MAX / 2, col: 1, len: 8 }.holds(3, 1));
+        assert!(Operand { ptr: (), row: 0, col: 0, len: 0 }.holds(0, 5));
     }
 }

@@ -125,7 +125,10 @@ fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
     let Some((&k, lead)) = x.dims().split_last() else {
         return Err(msg(format!("linear: needs x […, K], got a scalar (weight {:?})", weight.dims())));
     };
-    Ok((lead.iter().product(), check_weight(k, x.dtype(), weight, bias)?, k))
+    let m = lead.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
+        msg(format!("linear: x of shape {:?} has more rows than memory can address", x.dims()))
+    })?;
+    Ok((m, check_weight(k, x.dtype(), weight, bias)?, k))
 }
 
 /// `N` for a `weight` `[N, k]` and `bias` `[N]` of `dtype`.
@@ -231,8 +234,33 @@ fn run(
 }
 
 /// The kernel over contiguous slices (see [`Plan`]).
-fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
-    let len = p.batches * p.m * p.n;
+fn gemms(
+    p: &Plan,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> candle_core::Result<Vec<f32>> {
+    let count = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let len = count(&[p.batches, p.m, p.n]);
+    // What the indexing below assumes of the slices (`run_f32` gives each exactly its tensor).
+    let fits = len.is_some()
+        && count(&[p.batches, p.m, p.k]) == Some(x.len())
+        && count(&[p.n, p.k]) == Some(w.len())
+        && bias.is_none_or(|b| b.len() == p.n)
+        && residual.is_none_or(|r| Some(r.len()) == len);
+    let Some(len) = len.filter(|_| fits) else {
+        return Err(msg(format!(
+            "linear: operands of {} and {} floats do not fit {} GEMMs of [{}, {}] · [{}, {}]",
+            x.len(),
+            w.len(),
+            p.batches,
+            p.m,
+            p.k,
+            p.k,
+            p.n
+        )));
+    };
     let mut out = vec![0f32; len];
     let filled = bias.is_some() || residual.is_some();
     if filled && len > 0 {
@@ -261,26 +289,36 @@ fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<
         }
     }
     if p.m == 0 || p.n == 0 || p.k == 0 {
-        return out;
+        return Ok(out);
     }
     let parallelism = gemm_parallelism(1);
     for b in 0..p.batches {
+        let (dst_at, lhs_at) = (b * p.dst.batch, b * p.lhs.batch);
+        if dst_at > out.len() || lhs_at > x.len() {
+            return Err(msg(format!("linear: batch item {b} lies outside the operands")));
+        }
         // SAFETY: for batch item `b`, dst is `[m, n]` at `out[b·dst.batch ..]` with the plan's
         // strides, lhs `[m, k]` at `x[b·lhs.batch ..]` likewise, and rhs is `weightᵀ` `[k, n]`
-        // (element (i, j) at `w[j·k + i]`: row stride 1, column stride k); every index these reach
-        // lies inside `out` (B·m·n floats), `x` (B·m·k) and `w` (n·k), and `out` is owned here.
+        // (element (i, j) at `w[j·k + i]`: row stride 1, column stride k); each pointer is valid
+        // for the `len` floats given (the rest of its slice, offsets checked above), which
+        // `gemm_f32` checks the extents against, and `out` is owned here.
         unsafe {
             gemm_f32(
                 p.m,
                 p.n,
                 p.k,
-                Operand { ptr: out.as_mut_ptr().add(b * p.dst.batch), row: p.dst.row, col: p.dst.col },
-                Operand { ptr: x.as_ptr().add(b * p.lhs.batch), row: p.lhs.row, col: p.lhs.col },
-                Operand { ptr: w.as_ptr(), row: 1, col: p.k },
+                Operand {
+                    ptr: out.as_mut_ptr().add(dst_at),
+                    row: p.dst.row,
+                    col: p.dst.col,
+                    len: out.len() - dst_at,
+                },
+                Operand { ptr: x.as_ptr().add(lhs_at), row: p.lhs.row, col: p.lhs.col, len: x.len() - lhs_at },
+                Operand { ptr: w.as_ptr(), row: 1, col: p.k, len: w.len() },
                 filled,
                 parallelism,
-            )
+            )?
         }
     }
-    out
+    Ok(out)
 }

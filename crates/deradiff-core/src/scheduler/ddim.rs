@@ -112,6 +112,10 @@ impl Scheduler for Ddim {
         self.config.training.prediction_type
     }
 
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        Some(&self.schedule)
+    }
+
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {
         check_step(step, self.num_steps())?;
         check_compatible(x, model_output, 1)?;

@@ -155,6 +155,10 @@ impl Scheduler for Ddpm {
         self.config.training.prediction_type
     }
 
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        Some(&self.schedule)
+    }
+
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {
         check_step(step, self.num_steps())?;
         let learned = self.config.variance_type.is_learned();

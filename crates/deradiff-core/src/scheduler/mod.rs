@@ -13,13 +13,16 @@ pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, VarianceType};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
 
+use std::path::Path;
+use std::str::FromStr;
+
 use candle_core::{DType, Tensor};
 
-use crate::config::SchedulerConfig;
+use crate::config::{read_text, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::ops::linear_combination;
 use crate::posterior::Posterior;
-use crate::schedule::PredictionType;
+use crate::schedule::{NoiseSchedule, PredictionType};
 
 /// A sampler's reverse step as a Gaussian posterior.
 ///
@@ -51,6 +54,28 @@ pub trait Scheduler: Send + Sync {
     fn timestep(&self, step: usize) -> Result<f64> {
         self.timesteps().get(step).copied().ok_or(Error::StepOutOfRange { step, num_steps: self.num_steps() })
     }
+
+    /// The training noise schedule (betas and `ᾱ`, in f64) this scheduler was built on, if it
+    /// has one. [`Ddpm`], [`Ddim`] and [`EulerAncestral`] all do; the default is `None`.
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        None
+    }
+
+    /// `ᾱ_t = Π_{s≤t} (1 − β_s)` for every **training** timestep `t = 0..T` (the training
+    /// schedule, in f64; index it with [`Scheduler::timesteps`] for the inference steps).
+    /// Empty for a scheduler without a [`Scheduler::noise_schedule`].
+    fn alphas_cumprod(&self) -> &[f64] {
+        self.noise_schedule().map_or(&[], NoiseSchedule::alphas_cumprod)
+    }
+
+    /// For a scheduler that works in σ-space (variance-exploding, `x = x_VP · √(σ² + 1)`): the
+    /// noise level σ of every inference step followed by the final 0, so
+    /// `num_steps() + 1` values, exactly the ones the steps use (for [`EulerAncestral`],
+    /// diffusers' float32 values, see there). `None` (the default) for variance-preserving
+    /// schedulers such as [`Ddpm`] and [`Ddim`], which have no σ of their own.
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
 }
 
 /// The samplers deradiff implements, for choosing one at run time (for example from a command
@@ -69,6 +94,11 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
+    /// The names [`SchedulerKind::from_str`] accepts: diffusers' `_class_name`s, then the short
+    /// names of the command line. `Ddim` is parsed with `η = 0`.
+    pub const ACCEPTED_NAMES: &'static [&'static str] =
+        &["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler", "ddpm", "ddim", "euler-a"];
+
     /// Builds this sampler for `num_inference_steps` from a checkpoint's scheduler config, the
     /// way diffusers' `from_config` does (this sampler's defaults for missing fields).
     pub fn build(&self, config: &SchedulerConfig, num_inference_steps: usize) -> Result<Box<dyn Scheduler>> {
@@ -83,6 +113,81 @@ impl SchedulerKind {
                 Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, num_inference_steps)?)
             }
         })
+    }
+
+    /// diffusers' class name of this sampler (`"DDPMScheduler"`, `"DDIMScheduler"`,
+    /// `"EulerAncestralDiscreteScheduler"`).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            SchedulerKind::Ddpm => "DDPMScheduler",
+            SchedulerKind::Ddim { .. } => "DDIMScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+        }
+    }
+
+    /// The short (command-line) name of this sampler (`"ddpm"`, `"ddim"`, `"euler-a"`).
+    pub fn short_name(&self) -> &'static str {
+        match self {
+            SchedulerKind::Ddpm => "ddpm",
+            SchedulerKind::Ddim { .. } => "ddim",
+            SchedulerKind::EulerAncestral => "euler-a",
+        }
+    }
+
+    /// The sampler named by a parsed config's `_class_name` ([`SchedulerConfig::class_name`]).
+    ///
+    /// Errors: [`Error::MissingSchedulerClass`] without a class name, [`Error::UnknownScheduler`]
+    /// for a class deradiff does not implement (for example SD 1.5's `PNDMScheduler`).
+    pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
+        config.class_name.as_deref().ok_or(Error::MissingSchedulerClass { path: None })?.parse()
+    }
+
+    /// The sampler named by the `_class_name` of a `scheduler_config.json` document already
+    /// parsed into a JSON value.
+    ///
+    /// Errors: [`Error::MissingSchedulerClass`] if the value is not an object with a string
+    /// `_class_name`; [`Error::UnknownScheduler`] (naming it) for a class deradiff does not
+    /// implement.
+    pub fn from_config_value(value: &serde_json::Value) -> Result<Self> {
+        value
+            .get("_class_name")
+            .and_then(serde_json::Value::as_str)
+            .ok_or(Error::MissingSchedulerClass { path: None })?
+            .parse()
+    }
+
+    /// The sampler named by the `_class_name` of a `scheduler_config.json` file.
+    ///
+    /// Errors: [`Error::Io`] if the file cannot be read, [`Error::ConfigFileParse`] if it is not
+    /// JSON, [`Error::MissingSchedulerClass`] (with the path) without a string `_class_name`,
+    /// [`Error::UnknownScheduler`] for a class deradiff does not implement.
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = read_text(path)?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|source| Error::ConfigFileParse { path: path.to_path_buf(), source })?;
+        Self::from_config_value(&value).map_err(|e| match e {
+            Error::MissingSchedulerClass { path: None } => Error::MissingSchedulerClass { path: Some(path.into()) },
+            other => other,
+        })
+    }
+}
+
+impl FromStr for SchedulerKind {
+    type Err = Error;
+
+    /// Parses diffusers' `_class_name` (`"DDPMScheduler"`, `"DDIMScheduler"`,
+    /// `"EulerAncestralDiscreteScheduler"`) or a short name (`"ddpm"`, `"ddim"`, `"euler-a"`),
+    /// exactly as written ([`SchedulerKind::ACCEPTED_NAMES`]). DDIM comes with `η = 0`; set
+    /// another η on the result. Anything else is [`Error::UnknownScheduler`], whose message
+    /// lists the accepted names.
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "DDPMScheduler" | "ddpm" => Ok(SchedulerKind::Ddpm),
+            "DDIMScheduler" | "ddim" => Ok(SchedulerKind::Ddim { eta: 0.0 }),
+            "EulerAncestralDiscreteScheduler" | "euler-a" => Ok(SchedulerKind::EulerAncestral),
+            other => Err(Error::UnknownScheduler { name: other.to_string() }),
+        }
     }
 }
 
