@@ -51,7 +51,7 @@ pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
 pub use posterior::{Posterior, Variance};
 pub use realigner::Realigner;
 pub use sampler::{Flow, NoObserver, Observer, SampleOutput, Sampler, StepEvent};
-pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing};
+pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
 pub use scheduler::{
     Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler, SchedulerKind, VarianceType,
 };

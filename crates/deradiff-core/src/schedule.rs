@@ -220,6 +220,10 @@ fn squaredcos_cap_v2(num_train_timesteps: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Most training timesteps a noise schedule may have (diffusers' checkpoints use 1000); a larger
+/// `num_train_timesteps` is an error before anything is allocated.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 impl NoiseSchedule {
     /// Builds the schedule of `num_train_timesteps` steps (ignored for [`BetaSchedule::Trained`],
     /// whose length is `T`).
@@ -231,6 +235,12 @@ impl NoiseSchedule {
             BetaSchedule::Trained(betas) => betas.clone(),
             _ if num_train_timesteps == 0 => {
                 return Err(Error::InvalidConfig("num_train_timesteps must be at least 1".into()))
+            }
+            _ if num_train_timesteps > MAX_TRAIN_TIMESTEPS => {
+                return Err(Error::InvalidConfig(format!(
+                    "num_train_timesteps = {num_train_timesteps}: at most {MAX_TRAIN_TIMESTEPS} are supported \
+                     (Stable Diffusion checkpoints use 1000)"
+                )))
             }
             BetaSchedule::Linear { beta_start, beta_end } => {
                 torch_linspace(*beta_start, *beta_end, num_train_timesteps)
@@ -255,6 +265,12 @@ impl NoiseSchedule {
     pub fn from_betas(betas: Vec<f64>) -> Result<Self> {
         if betas.is_empty() {
             return Err(Error::InvalidConfig("the beta schedule is empty".into()));
+        }
+        if betas.len() > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::InvalidConfig(format!(
+                "{} betas: at most {MAX_TRAIN_TIMESTEPS} training timesteps are supported",
+                betas.len()
+            )));
         }
         if let Some((t, b)) = betas.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
             return Err(Error::InvalidConfig(format!(

@@ -218,3 +218,14 @@ fn euler_linspace_timesteps_are_float32() {
     let s50 = SchedulerKind::EulerAncestral.build(&SchedulerConfig::stable_diffusion_v1_5(), 50).unwrap();
     assert_eq!(s50.timesteps()[1], 978.612_243_652_343_8);
 }
+
+#[test]
+fn absurd_training_timesteps_are_an_error_before_allocation() {
+    let json = r#"{"_class_name": "EulerAncestralDiscreteScheduler", "num_train_timesteps": 1000000000000}"#;
+    let config = SchedulerConfig::from_json(json).unwrap();
+    for kind in [SchedulerKind::Ddpm, SchedulerKind::Ddim { eta: 0.0 }, SchedulerKind::EulerAncestral] {
+        let Err(err) = kind.build(&config, 10) else { panic!("{kind:?} built") };
+        let err = err.to_string();
+        assert!(err.contains(&MAX_TRAIN_TIMESTEPS.to_string()), "{err}");
+    }
+}
