@@ -9,8 +9,8 @@
 
 use std::hint::black_box;
 
-use deradiff::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use deradiff::{DType, Device, Tensor};
 use deradiff::{NoiseSource, Posterior, Realigner, SchedulerConfig, SchedulerKind, SeededNoise, Variance};
 
 const SHAPE: [usize; 4] = [1, 4, 128, 128];

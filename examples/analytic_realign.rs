@@ -4,11 +4,11 @@
 //!
 //! Run: `cargo run --release --example analytic_realign`
 
-use deradiff::{DType, Device, Tensor};
 use deradiff::analytic::{
     coupled_distance, demo_linear_reward, demo_mixture, mean_reward, run_study, ExactDenoiser, GaussianMixture, Reward,
     StudyConfig,
 };
+use deradiff::{DType, Device, Tensor};
 use deradiff::{
     Ddpm, DdpmConfig, Denoiser, NoObserver, Realigner, Sampler, SeededNoise, TimestepSpacing, TrainingConfig,
     VarianceType,

@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
-use deradiff::Tensor;
 use deradiff::sd::{LoadOptions, Request, StableDiffusion};
+use deradiff::Tensor;
 use deradiff::{Denoiser, NoObserver, Realigner, Sampler, SeededNoise};
 
 /// Scales the inner denoiser's output down so that its root mean square is at most `max_rms`.

@@ -41,8 +41,8 @@ fn analytic_realignment_moves_the_mean_as_the_closed_form_says() {
     let reference = ExactDenoiser::from_training(data.clone(), &training).unwrap();
     let aligned = ExactDenoiser::from_training(data.tilt(&reward, 1.0).unwrap(), &training).unwrap();
     for lambda in [0.0, 0.5, 1.0, 2.0] {
-        let sampler = Sampler::new(&scheduler, vec![&reference, &aligned], Realigner::two_model(lambda).unwrap())
-            .unwrap();
+        let sampler =
+            Sampler::new(&scheduler, vec![&reference, &aligned], Realigner::two_model(lambda).unwrap()).unwrap();
         let out =
             sampler.run(&[20_000, 2], DType::F64, &Device::Cpu, &mut SeededNoise::new(3), &mut NoObserver).unwrap();
         let mean = mean_of_column(&out.latent, 0);
@@ -58,8 +58,8 @@ fn analytic_realignment_moves_the_mean_as_the_closed_form_says() {
 #[test]
 fn sweep_then_read_back_then_compare() {
     let dir = scratch("sweep");
-    let data = GaussianMixture::new(vec![0.6, 0.4], vec![vec![-0.6, 0.0], vec![0.8, 0.4]], vec![vec![0.5, 0.4]; 2])
-        .unwrap();
+    let data =
+        GaussianMixture::new(vec![0.6, 0.4], vec![vec![-0.6, 0.0], vec![0.8, 0.4]], vec![vec![0.5, 0.4]; 2]).unwrap();
     let mut setup = AnalyticSetup::new(data.clone(), demo_linear_reward(), 1.0);
     setup.steps = 8;
     let model = AnalyticModel::new(setup).unwrap();
@@ -86,12 +86,13 @@ fn sweep_then_read_back_then_compare() {
     // A second sweep with other seeds, paired row by row with the first and compared.
     let mut other = SweepConfig::new(lambdas, Prompt::seeds(0..3), 32);
     other.output = Some(SweepOutput::jsonl(dir.join("b.jsonl")));
-    let second = run_sweep(&AnalyticModel::new(model.setup().clone()).unwrap(), &[&truth], &other, &mut NoSweepObserver)
-        .unwrap();
+    let second =
+        run_sweep(&AnalyticModel::new(model.setup().clone()).unwrap(), &[&truth], &other, &mut NoSweepObserver)
+            .unwrap();
     let pairs = pair_rows(&first.rows, &second.rows, "true", PairBy::LambdaAndPrompt).unwrap();
     assert_eq!(pairs.original.len(), 12);
-    let stats = agreement(&pairs.original, &pairs.approx, &AgreementConfig { bootstrap: 200, ..Default::default() })
-        .unwrap();
+    let stats =
+        agreement(&pairs.original, &pairs.approx, &AgreementConfig { bootstrap: 200, ..Default::default() }).unwrap();
     // The same model and seeds: the two sweeps agree exactly.
     assert_eq!(stats.mae.value, 0.0, "{stats:?}");
     assert_eq!(stats.n, 12);

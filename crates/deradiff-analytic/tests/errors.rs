@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor};
 use deradiff_analytic::{
-    coupled_distance, demo_linear_reward, demo_mixture, energy_distance, mean_reward, run_study, Error,
-    ExactDenoiser, GaussianMixture, Reward, StudyConfig,
+    coupled_distance, demo_linear_reward, demo_mixture, energy_distance, mean_reward, run_study, Error, ExactDenoiser,
+    GaussianMixture, Reward, StudyConfig,
 };
 use deradiff_core::{Denoiser, SchedulerKind, TimestepSpacing, TrainingConfig};
 

@@ -1,8 +1,8 @@
 //! The [`Denoiser`] trait: anything that predicts the model output for a latent at a timestep.
 //!
-//! deradiff's own implementations wrap candle-transformers' Stable Diffusion UNet (with
-//! classifier-free guidance inside) and the exact Gaussian-mixture denoiser of the analytic
-//! testbed; users compose their own by implementing this one method.
+//! deradiff's own implementations are the Stable Diffusion UNets of `deradiff-sd` (our own blocks,
+//! with classifier-free guidance inside: `deradiff_sd::Guided`) and the exact Gaussian-mixture
+//! denoiser of the analytic testbed; users compose their own by implementing this one method.
 
 use std::sync::Arc;
 

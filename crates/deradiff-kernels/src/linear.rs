@@ -125,9 +125,10 @@ fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
     let Some((&k, lead)) = x.dims().split_last() else {
         return Err(msg(format!("linear: needs x […, K], got a scalar (weight {:?})", weight.dims())));
     };
-    let m = lead.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
-        msg(format!("linear: x of shape {:?} has more rows than memory can address", x.dims()))
-    })?;
+    let m = lead
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| msg(format!("linear: x of shape {:?} has more rows than memory can address", x.dims())))?;
     Ok((m, check_weight(k, x.dtype(), weight, bias)?, k))
 }
 
@@ -307,12 +308,7 @@ fn gemms(
                 p.m,
                 p.n,
                 p.k,
-                Operand {
-                    ptr: out.as_mut_ptr().add(dst_at),
-                    row: p.dst.row,
-                    col: p.dst.col,
-                    len: out.len() - dst_at,
-                },
+                Operand { ptr: out.as_mut_ptr().add(dst_at), row: p.dst.row, col: p.dst.col, len: out.len() - dst_at },
                 Operand { ptr: x.as_ptr().add(lhs_at), row: p.lhs.row, col: p.lhs.col, len: x.len() - lhs_at },
                 Operand { ptr: w.as_ptr(), row: 1, col: p.k, len: w.len() },
                 filled,

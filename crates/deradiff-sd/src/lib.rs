@@ -10,9 +10,9 @@
 //!   directory, a bare `unet/` directory or one `.safetensors` file), checks that they fit, and
 //!   [`generates`](StableDiffusion::generate) images: the prompts are encoded once and shared by
 //!   every UNet, the realigned loop of [`deradiff_core::Sampler`] runs, the VAE decodes once.
-//! * [`Unet`] — diffusers' `UNet2DConditionModel` on our own blocks over candle-transformers'
-//!   public pieces ([`unet_xl`]), configured from the checkpoint's own `unet/config.json`
-//!   ([`UnetConfig`]); ε- and v-prediction (the scheduler config says which). SDXL UNets
+//! * [`Unet`] — diffusers' `UNet2DConditionModel` on our own blocks ([`unet`]: model, blocks,
+//!   layers, embeddings; the fused CPU kernels of `deradiff-kernels`), configured from the
+//!   checkpoint's own `unet/config.json` ([`UnetConfig`] → [`UnetArch`]); ε- and v-prediction (the scheduler config says which). SDXL UNets
 //!   (`addition_embed_type = "text_time"`) also embed the pooled text embedding and the six
 //!   size/crop `time_ids` ([`AddedConditioning`]) and add them to the timestep embedding, which
 //!   candle's UNet silently skips.
@@ -25,6 +25,8 @@
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
 //!   ([`ClipTextModel`], configured from `text_encoder/config.json`).
+//! * [`clip`] — all of CLIP in one place: the text tower, the vision tower, transformers'
+//!   `CLIPModel` and `CLIPImageProcessor` (what CLIP score and PickScore embed with).
 //! * [`Vae`] — the decoder, with the config's `scaling_factor` and scale factor.
 //! * [`RgbImage`] — 8-bit output, written as PNG atomically.
 //!

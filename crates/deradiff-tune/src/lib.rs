@@ -71,7 +71,7 @@ pub use bo::{
 pub use clip_reward::{ClipScore, ClipScorer, PickScore};
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-pub use model::{MAX_PROMPTS, AnalyticModel, AnalyticSetup, Prompt, SweepModel};
+pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
 pub use objective::SweepObjective;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
@@ -80,7 +80,8 @@ pub use stats::{
     agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
-    check_lambdas, lambda_summaries, prompts_hash, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT, pair_rows, read_results, run_sweep, IfExists, LambdaSummary,
+    check_lambdas, lambda_summaries, pair_rows, prompts_hash, read_results, run_sweep, IfExists, LambdaSummary,
     NoSweepObserver, PairBy, Pairs, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver,
-    SweepOutput, SweepResult, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
+    SweepOutput, SweepResult, SweepRow, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT, RESULTS_FORMAT,
+    RESULTS_VERSION,
 };

@@ -157,7 +157,8 @@ pub fn reward_vs_lambda_png(summaries: &[LambdaSummary], reward: &str, z: f64, t
     }
     finite_all(what, summaries.iter().flat_map(|s| [s.lambda, s.mean, s.sem]))?;
     let x = padded(summaries.iter().map(|s| s.lambda), 0.05, 0.05)?;
-    let y = room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6)?, 0.3, 0.0)?;
+    let y =
+        room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6)?, 0.3, 0.0)?;
     let best = summaries.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map(|s| (s.lambda, s.mean));
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {

@@ -751,8 +751,7 @@ impl ResultsWriter {
         }
         // Opened (created if missing) and locked before anything is read: a second sweep on the
         // same file fails here at once instead of interleaving rows with this one.
-        let mut jsonl =
-            OpenOptions::new().read(true).append(true).create(true).open(path).map_err(Error::io(path))?;
+        let mut jsonl = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(Error::io(path))?;
         match jsonl.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::ResultsLocked(path.clone())),

@@ -429,8 +429,8 @@ fn rows_of_two_sets_pair_for_the_agreement_statistics() {
 fn a_second_writer_on_the_same_results_file_fails_at_once() {
     let path = tmp("locked.jsonl");
     let m = model(SchedulerKind::Ddpm, 4);
-    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
-        .unwrap();
+    let truth =
+        TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0).unwrap();
     let mut config = SweepConfig::new(vec![0.0, 1.0], Prompt::seeds(0..2), 4);
     config.output = Some(SweepOutput::jsonl(&path));
     // The first sweep holds the lock while its observer runs; a second one started then fails.
@@ -463,8 +463,8 @@ fn a_second_writer_on_the_same_results_file_fails_at_once() {
 fn resuming_with_another_prompt_set_is_an_error() {
     let path = tmp("prompts.jsonl");
     let m = model(SchedulerKind::Ddpm, 4);
-    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
-        .unwrap();
+    let truth =
+        TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0).unwrap();
     let mut config = SweepConfig::new(vec![0.0, 1.0], Prompt::seeds(0..4), 4);
     config.output = Some(SweepOutput::jsonl(&path));
     run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap();
@@ -494,8 +494,9 @@ fn negative_zero_and_zero_are_one_lambda() {
         samples: 1,
         rewards: vec![RewardSummary { name: "r".into(), mean: v, std: 0.0, scores: None }],
     };
-    let pairs = pair_rows(&[row(-0.0, 1.0), row(1.0, 2.0)], &[row(0.0, 1.5), row(1.0, 2.5)], "r", PairBy::LambdaAndPrompt)
-        .unwrap();
+    let pairs =
+        pair_rows(&[row(-0.0, 1.0), row(1.0, 2.0)], &[row(0.0, 1.5), row(1.0, 2.5)], "r", PairBy::LambdaAndPrompt)
+            .unwrap();
     assert_eq!(pairs.approx, vec![1.5, 2.5]);
     assert!(matches!(check_lambdas(&[0.0, -0.0]), Err(Error::InvalidLambda(_))));
 }
@@ -503,8 +504,8 @@ fn negative_zero_and_zero_are_one_lambda() {
 #[test]
 fn sizes_are_bounded_before_anything_is_allocated() {
     let m = model(SchedulerKind::Ddpm, 4);
-    let truth = TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0)
-        .unwrap();
+    let truth =
+        TrueReward::new("true", demo_linear_reward(), ManifoldPenalty::ReferenceLogDensity(mixture()), 2.0).unwrap();
     let huge = SweepConfig::new(vec![0.0], Prompt::seeds(0..1), 1_000_000_000_000);
     let err = run_sweep(&m, &[&truth], &huge, &mut NoSweepObserver).unwrap_err();
     assert!(err.to_string().contains(&MAX_SAMPLES_PER_PROMPT.to_string()), "{err}");

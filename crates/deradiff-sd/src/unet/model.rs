@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 use super::blocks::{Down, Mid, ResnetBlock2D, ResnetConfig, SpatialTransformer, Up};
 use super::embeddings::{sinusoidal, TimestepEmbedding};
-use super::layers::{conv2d, ConvConfig, Conv2d, GroupNorm};
+use super::layers::{conv2d, Conv2d, ConvConfig, GroupNorm};
 use crate::config::UnetArch;
 use crate::error::{Error, Result};
 
@@ -37,10 +37,7 @@ pub(super) struct UnetModel {
 impl UnetModel {
     /// Builds the model from diffusers' weight names (candle's block layout, plus
     /// `add_embedding.linear_{1,2}` with `text_time`).
-    pub(super) fn new(
-        vs: VarBuilder,
-        config: UnetArch,
-    ) -> candle_core::Result<Self> {
+    pub(super) fn new(vs: VarBuilder, config: UnetArch) -> candle_core::Result<Self> {
         let (in_channels, out_channels, text_time) = (config.in_channels, config.out_channels, config.text_time);
         let n = config.blocks.len();
         let b_channels = config.blocks[0].out_channels;
@@ -75,7 +72,7 @@ impl UnetModel {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let attentions = SpatialTransformer::stack(&vb, config.layers_per_block, out, &block, &config)?;
             let downsampler = if i < n - 1 {
-                let cfg = ConvConfig { stride: 2, padding: config.downsample_padding, ..Default::default() };
+                let cfg = ConvConfig { stride: 2, padding: config.downsample_padding };
                 let conv = conv2d(out, out, 3, cfg, vb.pp("downsamplers").pp("0").pp("conv"))?;
                 Some((conv, config.downsample_padding))
             } else {
