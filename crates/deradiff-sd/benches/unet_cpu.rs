@@ -40,7 +40,8 @@ fn unet(c: &mut Criterion) {
     let weights = dir.join("diffusion_pytorch_model.safetensors");
     // SAFETY: the fixture file is not modified while mapped.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap() };
-    let stock = UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, candle_config(&arch)).unwrap();
+    let stock =
+        UNet2DConditionModel::new(vb, arch.in_channels, arch.out_channels, false, candle_config(&arch)).unwrap();
     let ours = Unet::load(tiny_sd(), None, DType::F32, &Device::Cpu).unwrap();
     let context = randn(&[2, 77, arch.cross_attention_dim]);
     let mut g = c.benchmark_group("unet");

@@ -30,4 +30,3 @@ pub fn candle_config(arch: &UnetArch) -> UNet2DConditionModelConfig {
         use_linear_projection: arch.use_linear_projection,
     }
 }
-

@@ -316,4 +316,3 @@ impl ClipModelConfig {
         Ok(Self { text, vision, projection_dim, text_act, vision_act })
     }
 }
-

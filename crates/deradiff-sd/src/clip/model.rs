@@ -100,4 +100,3 @@ impl ClipModel {
         Ok((img.matmul(&txt.t()?)? * self.logit_scale.exp())?)
     }
 }
-

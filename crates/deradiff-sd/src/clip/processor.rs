@@ -359,7 +359,9 @@ impl ClipPreprocessor {
                 }
                 _ => return Err(Error::config(path, "`crop_size` needs `height` and `width`")),
             },
-            Some(v) => return Err(Error::config(path, format!("`crop_size` must be an integer or an object, got {v}"))),
+            Some(v) => {
+                return Err(Error::config(path, format!("`crop_size` must be an integer or an object, got {v}")))
+            }
         };
         let resample = match o.get("resample") {
             None | Some(Value::Null) => d.resample,
@@ -502,4 +504,3 @@ impl ClipPreprocessor {
         Ok(Tensor::stack(&each, 0)?)
     }
 }
-

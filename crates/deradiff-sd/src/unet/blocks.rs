@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use deradiff_kernels as kernels;
 
-use super::layers::{conv2d, linear, ConvConfig, Conv2d, CrossAttention, FeedForward, GroupNorm, Linear};
+use super::layers::{conv2d, linear, Conv2d, ConvConfig, CrossAttention, FeedForward, GroupNorm, Linear};
 use crate::config::{UnetArch, UnetBlock};
 
 /// diffusers' `ResnetBlock2D` (candle's, with its GroupNorm + SiLU pairs fused on the CPU).
@@ -132,9 +132,9 @@ impl SpatialTransformer {
         cfg: &UnetArch,
     ) -> candle_core::Result<Vec<Self>> {
         match block.transformer_layers {
-            Some(depth) => (0..count)
-                .map(|j| Self::new(vs.pp("attentions").pp(j), channels, block.heads, depth, cfg))
-                .collect(),
+            Some(depth) => {
+                (0..count).map(|j| Self::new(vs.pp("attentions").pp(j), channels, block.heads, depth, cfg)).collect()
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -181,7 +181,12 @@ pub(super) struct Down {
 }
 
 impl Down {
-    pub(super) fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    pub(super) fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -245,4 +250,3 @@ pub(super) struct Mid {
     pub(super) attn: SpatialTransformer,
     pub(super) resnet2: ResnetBlock2D,
 }
-

@@ -54,4 +54,3 @@ pub(super) fn sinusoidal(
         Ok(emb)
     }
 }
-

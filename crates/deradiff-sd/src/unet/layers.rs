@@ -68,7 +68,13 @@ impl Conv2d {
 
 /// `candle_nn::conv2d`'s loading (the same tensors, shapes and order; `cfg`'s stride and
 /// padding) into a [`Conv2d`].
-pub(super) fn conv2d(in_c: usize, out_c: usize, k: usize, cfg: ConvConfig, vs: VarBuilder) -> candle_core::Result<Conv2d> {
+pub(super) fn conv2d(
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    cfg: ConvConfig,
+    vs: VarBuilder,
+) -> candle_core::Result<Conv2d> {
     let weight = vs.get((out_c, in_c, k, k), "weight")?;
     Ok(Conv2d { weight, bias: vs.get(out_c, "bias")?, stride: cfg.stride, padding: cfg.padding })
 }
@@ -134,7 +140,12 @@ impl CrossAttention {
 
     /// `residual + attention(xs, context)` (self-attention without a context), the residual
     /// added by the output projection's GEMM.
-    pub(super) fn forward_add(&self, xs: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward_add(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(xs);
         let (q, k, v) = (self.to_q.forward(xs)?, self.to_k.forward(context)?, self.to_v.forward(context)?);
         let out = kernels::attention_heads(&q, &k, &v, self.heads, self.scale)?;
@@ -161,4 +172,3 @@ impl FeedForward {
         self.out.forward_add(&kernels::geglu(&self.proj.forward(xs)?)?, residual)
     }
 }
-

@@ -30,8 +30,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::config::{config_path, TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
 use crate::guidance::{AddedConditioning, ConditionalModel};
-use model::UnetModel;
 use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
+use model::UnetModel;
 
 /// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x or, when `unet/config.json` says `addition_embed_type = "text_time"`,
 /// SDXL, which needs pooled text embeddings and `time_ids`
