@@ -43,3 +43,8 @@ pub use deradiff_kernels as kernels;
 /// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
 #[cfg(feature = "tune")]
 pub use deradiff_tune as tune;
+
+/// The README's Rust program, compiled and run as a doc test (against the tiny checkpoints).
+#[cfg(all(doctest, feature = "sd"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
