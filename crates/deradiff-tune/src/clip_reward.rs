@@ -231,74 +231,60 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
-/// CLIP score as torchmetrics' `CLIPScore` computes it per sample: `100 · max(cos, 0)` between
-/// the image and its prompt (the metric's batch value is the mean). Samples are decoded images
+/// How a [`CosineReward`] turns the cosine similarity of an image and its prompt into a score.
+pub trait CosineScore: std::fmt::Debug + Send + Sync {
+    /// The reward's default name (its results-file column).
+    const NAME: &'static str;
+    /// The score of cosine `cos` under `scorer`'s model.
+    fn score(cos: f64, scorer: &ClipScorer) -> f64;
+}
+
+/// A text–image reward computed from the cosine similarity of CLIP embeddings: [`ClipScore`]
+/// and [`PickScore`] differ only in the transform `K`. Samples are decoded images
 /// `[N, 3, H, W]` in `[-1, 1]`; prompts are required.
 #[derive(Debug)]
-pub struct ClipScore {
+pub struct CosineReward<K: CosineScore> {
     scorer: Arc<ClipScorer>,
     name: String,
+    _kind: std::marker::PhantomData<K>,
 }
 
-impl ClipScore {
-    /// Wraps a scorer (name `clip_score`); an `Arc<ClipScorer>` lets [`ClipScore`] and
-    /// [`PickScore`] share one loaded model.
-    pub fn new(scorer: impl Into<Arc<ClipScorer>>) -> Self {
-        Self { scorer: scorer.into(), name: "clip_score".into() }
-    }
-
-    /// Loads a `CLIPModel` checkpoint directory (see [`ClipScorer::load`]).
-    pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self::new(ClipScorer::load(dir, dtype, device)?))
-    }
-
-    /// Another name (results-file column).
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The scorer.
-    pub fn scorer(&self) -> &Arc<ClipScorer> {
-        &self.scorer
-    }
-
-    /// Scores 8-bit images against one prompt each.
-    pub fn score_images(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
-        Ok(self.scores_of_cosines(self.scorer.cosine(images, prompts)?))
-    }
-
-    /// `100 · max(cos, 0)`.
-    fn scores_of_cosines(&self, cos: Vec<f64>) -> Vec<f64> {
-        cos.into_iter().map(|c| 100.0 * c.max(0.0)).collect()
-    }
-}
-
-impl Reward for ClipScore {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
-    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        Ok(self.scores_of_cosines(self.scorer.cosine_of_samples(samples, prompts, &self.name)?))
-    }
-}
+/// CLIP score as torchmetrics' `CLIPScore` computes it per sample: `100 · max(cos, 0)` between
+/// the image and its prompt (the metric's batch value is the mean). Name `clip_score`.
+pub type ClipScore = CosineReward<ClipScoreKind>;
 
 /// PickScore as the `yuvalkirstain/PickScore_v1` model card computes it:
 /// `exp(logit_scale) · cos` between the image and its prompt (any `CLIPModel` gives a
-/// "PickScore-shaped" score). Samples are decoded images `[N, 3, H, W]` in `[-1, 1]`; prompts
-/// are required.
+/// "PickScore-shaped" score). Name `pickscore`.
+pub type PickScore = CosineReward<PickScoreKind>;
+
+/// The transform of [`ClipScore`]: `100 · max(cos, 0)`.
 #[derive(Debug)]
-pub struct PickScore {
-    scorer: Arc<ClipScorer>,
-    name: String,
+pub struct ClipScoreKind;
+
+impl CosineScore for ClipScoreKind {
+    const NAME: &'static str = "clip_score";
+    fn score(cos: f64, _: &ClipScorer) -> f64 {
+        100.0 * cos.max(0.0)
+    }
 }
 
-impl PickScore {
-    /// Wraps a scorer (name `pickscore`); an `Arc<ClipScorer>` lets [`ClipScore`] and
+/// The transform of [`PickScore`]: `exp(logit_scale) · cos`.
+#[derive(Debug)]
+pub struct PickScoreKind;
+
+impl CosineScore for PickScoreKind {
+    const NAME: &'static str = "pickscore";
+    fn score(cos: f64, scorer: &ClipScorer) -> f64 {
+        scorer.model().logit_scale().exp() * cos
+    }
+}
+
+impl<K: CosineScore> CosineReward<K> {
+    /// Wraps a scorer (named `K::NAME`); an `Arc<ClipScorer>` lets [`ClipScore`] and
     /// [`PickScore`] share one loaded model.
     pub fn new(scorer: impl Into<Arc<ClipScorer>>) -> Self {
-        Self { scorer: scorer.into(), name: "pickscore".into() }
+        Self { scorer: scorer.into(), name: K::NAME.into(), _kind: std::marker::PhantomData }
     }
 
     /// Loads a `CLIPModel` checkpoint directory (see [`ClipScorer::load`]).
@@ -322,14 +308,12 @@ impl PickScore {
         Ok(self.scores_of_cosines(self.scorer.cosine(images, prompts)?))
     }
 
-    /// `exp(logit_scale) · cos`.
     fn scores_of_cosines(&self, cos: Vec<f64>) -> Vec<f64> {
-        let scale = self.scorer.model().logit_scale().exp();
-        cos.into_iter().map(|c| scale * c).collect()
+        cos.into_iter().map(|c| K::score(c, &self.scorer)).collect()
     }
 }
 
-impl Reward for PickScore {
+impl<K: CosineScore> Reward for CosineReward<K> {
     fn name(&self) -> String {
         self.name.clone()
     }
