@@ -102,6 +102,25 @@ pub enum Error {
         value: f64,
     },
 
+    /// Results files that cannot be merged (another sweep's file, a duplicate or foreign row, a
+    /// shard given twice, a file without a spec).
+    #[error("cannot merge: {0}")]
+    Merge(String),
+
+    /// A merge found work items no file has a row for.
+    #[error(
+        "{missing} of {total} work items have no row (first: {first}); finish or resume the shards that \
+         own them, or merge with --allow-partial"
+    )]
+    MissingItems {
+        /// How many are missing.
+        missing: usize,
+        /// Items in the sweep.
+        total: usize,
+        /// The first few, described.
+        first: String,
+    },
+
     /// Another process is writing the same results file (it holds the file's lock).
     #[error(
         "{0} is being written by another sweep (its lock is held); wait for it to finish, or give this \

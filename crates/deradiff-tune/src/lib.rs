@@ -59,6 +59,7 @@ pub mod plot;
 pub mod reward;
 #[cfg(feature = "sd")]
 pub mod sd_model;
+pub mod shard;
 pub mod stats;
 pub mod sweep;
 
@@ -76,6 +77,10 @@ pub use objective::SweepObjective;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{SdModel, SdSetup};
+pub use shard::{
+    merge_results, spec_hash, sweep_status, write_results, Merged, MissingItem, Shard, SweepProgress, SweepSpec,
+    WorkItem, MAX_SHARDS,
+};
 pub use stats::{
     agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat, MAX_BOOTSTRAP,
 };

@@ -39,12 +39,18 @@ impl Prompt {
     pub fn seeds(seeds: impl IntoIterator<Item = u64>) -> Vec<Self> {
         seeds.into_iter().map(Self::seeded).collect()
     }
+
+    /// Every prompt once per seed, prompt-major (`p0` with each seed, then `p1`, …): the same id
+    /// and text, one row per (λ, prompt, seed) in a sweep. The prompts' own seeds are replaced.
+    pub fn with_seeds(prompts: &[Prompt], seeds: &[u64]) -> Vec<Self> {
+        prompts.iter().flat_map(|p| seeds.iter().map(move |&seed| Self { seed, ..p.clone() })).collect()
+    }
 }
 
-/// Checks that a prompt set is not empty and its ids are unique and not empty.
 /// Most prompts (or seeds) one sweep takes.
 pub const MAX_PROMPTS: usize = 1_000_000;
 
+/// Checks that a prompt set is not empty, its ids are not empty and its (id, seed) pairs unique.
 pub(crate) fn check_prompts(prompts: &[Prompt]) -> Result<()> {
     if prompts.is_empty() {
         return Err(Error::InvalidArgument("the prompt set is empty: give at least one prompt (or seed)".into()));
@@ -60,10 +66,11 @@ pub(crate) fn check_prompts(prompts: &[Prompt]) -> Result<()> {
         if p.id.is_empty() {
             return Err(Error::InvalidArgument(format!("prompt #{} has an empty id", i + 1)));
         }
-        if !seen.insert(p.id.as_str()) {
+        if !seen.insert((p.id.as_str(), p.seed)) {
             return Err(Error::InvalidArgument(format!(
-                "the prompt id {:?} appears twice; ids must be unique (they key the results file)",
-                p.id
+                "the prompt id {:?} appears twice with seed {}; (id, seed) pairs must be unique (they key the \
+                 results file)",
+                p.id, p.seed
             )));
         }
     }

@@ -81,6 +81,7 @@ impl<'a> SweepObjective<'a> {
             self.samples_per_prompt,
             self.max_lambdas_per_batch,
             false,
+            None,
             &HashSet::new(),
             &mut NoSweepObserver,
             &mut on_row,

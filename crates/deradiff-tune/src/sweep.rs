@@ -35,6 +35,7 @@ use crate::batch::{BatchStep, BatchedSampler};
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
 use crate::reward::{score_checked, Reward};
+use crate::shard::{spec_hash, Shard, SweepSpec};
 
 /// The `format` field of a results file's header.
 pub const RESULTS_FORMAT: &str = "deradiff-sweep";
@@ -92,13 +93,28 @@ pub struct SweepConfig {
     pub keep_scores: bool,
     /// Where to write rows (`None`: in memory only).
     pub output: Option<SweepOutput>,
+    /// Compute only this shard's work items (`None`: all of them); see [`crate::shard`].
+    pub shard: Option<Shard>,
 }
 
 impl SweepConfig {
     /// A sweep of `lambdas` over `prompts` with `samples_per_prompt` samples each, all λ of a
     /// prompt in one batch, no per-sample scores, in memory.
     pub fn new(lambdas: Vec<f64>, prompts: Vec<Prompt>, samples_per_prompt: usize) -> Self {
-        Self { lambdas, prompts, samples_per_prompt, max_lambdas_per_batch: 0, keep_scores: false, output: None }
+        Self {
+            lambdas,
+            prompts,
+            samples_per_prompt,
+            max_lambdas_per_batch: 0,
+            keep_scores: false,
+            output: None,
+            shard: None,
+        }
+    }
+
+    /// The spec: the λ grid and the prompt entries that number the work items.
+    pub fn spec(&self) -> SweepSpec {
+        SweepSpec { lambdas: self.lambdas.clone(), prompts: self.prompts.clone() }
     }
 
     /// Checks the grid, the prompts and the sample count.
@@ -117,9 +133,13 @@ impl SweepConfig {
         Ok(())
     }
 
-    /// Number of (λ, prompt) pairs.
+    /// Number of work items this run covers: (λ, prompt entry) pairs, of its shard only when
+    /// sharded.
     pub fn total(&self) -> usize {
-        self.lambdas.len() * self.prompts.len()
+        match self.shard {
+            None => self.lambdas.len() * self.prompts.len(),
+            Some(s) => self.spec().shard_items(Some(s)).count(),
+        }
     }
 }
 
@@ -206,8 +226,8 @@ impl SweepRow {
         self.rewards.iter().find(|r| r.name == name)
     }
 
-    fn key(&self) -> (u64, String) {
-        ((self.lambda + 0.0).to_bits(), self.prompt.clone())
+    fn key(&self) -> (u64, String, u64) {
+        ((self.lambda + 0.0).to_bits(), self.prompt.clone(), self.seed)
     }
 }
 
@@ -228,6 +248,16 @@ pub struct SweepHeader {
     /// with another prompt set is an error. Absent in files written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<String>,
+    /// The whole sweep: its λ grid and prompt entries, which number the work items (absent in
+    /// files written before sharding existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SweepSpec>,
+    /// [`spec_hash`] of the sweep: shards of one sweep share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// The shard this file holds (`None`: the whole sweep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 /// The hash a results file's header records for a prompt set: FNV-1a (64 bits, hex) of the
@@ -381,8 +411,8 @@ pub struct Pairs {
 pub fn pair_rows(original: &[SweepRow], approx: &[SweepRow], reward: &str, by: PairBy) -> Result<Pairs> {
     let key = |r: &SweepRow| match by {
         // −0 and 0 are one λ, as in a sweep's own keys.
-        PairBy::LambdaAndPrompt => format!("λ={}, {}", r.lambda + 0.0, r.prompt),
-        PairBy::Prompt => r.prompt.clone(),
+        PairBy::LambdaAndPrompt => format!("λ={}, {}, seed {}", r.lambda + 0.0, r.prompt, r.seed),
+        PairBy::Prompt => format!("{}, seed {}", r.prompt, r.seed),
     };
     let index = |rows: &[SweepRow], which: &str| -> Result<std::collections::HashMap<String, f64>> {
         let mut map = std::collections::HashMap::new();
@@ -449,7 +479,8 @@ pub(crate) fn compute_rows(
     samples: usize,
     max_batch: usize,
     keep_scores: bool,
-    done: &HashSet<(u64, String)>,
+    shard: Option<Shard>,
+    done: &HashSet<(u64, String, u64)>,
     observer: &mut dyn SweepObserver,
     on_row: &mut dyn FnMut(SweepRow, &mut dyn SweepObserver) -> Result<()>,
 ) -> Result<()> {
@@ -457,8 +488,13 @@ pub(crate) fn compute_rows(
     let shape = model.latent_shape(samples);
     let (dtype, device) = (model.dtype(), model.device());
     for (pi, prompt) in prompts.iter().enumerate() {
-        let missing: Vec<f64> =
-            lambdas.iter().copied().filter(|l| !done.contains(&((l + 0.0).to_bits(), prompt.id.clone()))).collect();
+        let missing: Vec<f64> = lambdas
+            .iter()
+            .enumerate()
+            .filter(|&(li, _)| shard.is_none_or(|s| s.owns(pi * lambdas.len() + li)))
+            .map(|(_, &l)| l)
+            .filter(|l| !done.contains(&((l + 0.0).to_bits(), prompt.id.clone(), prompt.seed)))
+            .collect();
         if missing.is_empty() {
             continue;
         }
@@ -538,8 +574,11 @@ pub fn run_sweep(
         version: RESULTS_VERSION,
         model: model.describe(),
         samples_per_prompt: config.samples_per_prompt,
-        rewards: names,
         prompts: Some(prompts_hash(&config.prompts)),
+        spec_hash: Some(spec_hash(&model.describe(), config.samples_per_prompt, &names, &config.spec())),
+        spec: Some(config.spec()),
+        shard: config.shard,
+        rewards: names,
     };
     let mut writer = match &config.output {
         Some(out) => Some(ResultsWriter::open(out, &header, &config.prompts)?),
@@ -547,11 +586,11 @@ pub fn run_sweep(
     };
     let mut rows = writer.as_ref().map(|w| w.existing.clone()).unwrap_or_default();
     let resumed = rows.len();
-    let done_keys: HashSet<(u64, String)> = rows.iter().map(SweepRow::key).collect();
+    let done_keys: HashSet<(u64, String, u64)> = rows.iter().map(SweepRow::key).collect();
     let total = config.total();
-    let ids: HashSet<&str> = config.prompts.iter().map(|p| p.id.as_str()).collect();
-    let grid: HashSet<u64> = config.lambdas.iter().map(|l| (l + 0.0).to_bits()).collect();
-    let mut done = rows.iter().filter(|r| ids.contains(r.prompt.as_str()) && grid.contains(&r.key().0)).count();
+    let spec = config.spec();
+    let mut done =
+        rows.iter().filter(|r| spec.item_of(r).is_some_and(|it| config.shard.is_none_or(|s| s.owns(it.index)))).count();
     let mut computed = 0usize;
     let mut on_row = |row: SweepRow, obs: &mut dyn SweepObserver| -> Result<()> {
         if let Some(w) = writer.as_mut() {
@@ -571,6 +610,7 @@ pub fn run_sweep(
         config.samples_per_prompt,
         config.max_lambdas_per_batch,
         config.keep_scores,
+        config.shard,
         &done_keys,
         observer,
         &mut on_row,
@@ -640,7 +680,7 @@ fn parse_results(bytes: &[u8], path: &Path) -> Result<Parsed> {
                 if !keys.insert(row.key()) {
                     return Err(malformed(
                         line_no,
-                        format!("a second row for λ = {}, prompt {:?}", row.lambda, row.prompt),
+                        format!("a second row for λ = {}, prompt {:?}, seed {}", row.lambda, row.prompt, row.seed),
                     ));
                 }
                 rows.push(row);
@@ -838,6 +878,20 @@ fn check_header(path: &Path, file: &SweepHeader, config: &SweepHeader) -> Result
     if file.rewards != config.rewards {
         return Err(mismatch("rewards", format!("{:?}", file.rewards), format!("{:?}", config.rewards)));
     }
+    if file.shard.is_some() || config.shard.is_some() {
+        // A shard resumes only as the same shard of the same sweep: its items depend on both.
+        if file.shard != config.shard {
+            let show = |s: Option<Shard>| s.map_or("none (unsharded)".to_string(), |s| s.to_string());
+            return Err(mismatch("shard", show(file.shard), show(config.shard)));
+        }
+        if file.spec_hash != config.spec_hash {
+            return Err(mismatch(
+                "spec (hash of the λ grid, prompts, seeds, model, samples and rewards)",
+                format!("{:?}", file.spec_hash),
+                format!("{:?}", config.spec_hash),
+            ));
+        }
+    }
     if let (Some(a), Some(b)) = (&file.prompts, &config.prompts) {
         if a != b {
             return Err(mismatch(
@@ -853,21 +907,20 @@ fn check_header(path: &Path, file: &SweepHeader, config: &SweepHeader) -> Result
 /// Every row of a file being resumed belongs to this sweep's prompt set, with the prompt's seed
 /// (files written before headers recorded the prompt set are checked row by row).
 fn check_rows_fit(path: &Path, rows: &[SweepRow], prompts: &[Prompt]) -> Result<()> {
-    let seeds: std::collections::HashMap<&str, u64> = prompts.iter().map(|p| (p.id.as_str(), p.seed)).collect();
+    let entries: HashSet<(&str, u64)> = prompts.iter().map(|p| (p.id.as_str(), p.seed)).collect();
     for row in rows {
-        match seeds.get(row.prompt.as_str()) {
-            Some(&seed) if seed == row.seed => {}
-            found => {
-                return Err(Error::ResumeMismatch {
-                    path: path.to_path_buf(),
-                    field: "prompts".into(),
-                    in_file: format!("a row for prompt {:?} with seed {}", row.prompt, row.seed),
-                    in_config: match found {
-                        Some(seed) => format!("that prompt with seed {seed}"),
-                        None => "no prompt with that id".into(),
-                    },
-                });
-            }
+        if !entries.contains(&(row.prompt.as_str(), row.seed)) {
+            let seeds: Vec<u64> = prompts.iter().filter(|p| p.id == row.prompt).map(|p| p.seed).collect();
+            return Err(Error::ResumeMismatch {
+                path: path.to_path_buf(),
+                field: "prompts".into(),
+                in_file: format!("a row for prompt {:?} with seed {}", row.prompt, row.seed),
+                in_config: if seeds.is_empty() {
+                    "no prompt with that id".into()
+                } else {
+                    format!("that prompt with seeds {seeds:?}")
+                },
+            });
         }
     }
     Ok(())

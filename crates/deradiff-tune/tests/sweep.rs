@@ -410,7 +410,7 @@ fn rows_of_two_sets_pair_for_the_agreement_statistics() {
     let pairs = pair_rows(&a.rows, &b.rows, "proxy", PairBy::LambdaAndPrompt).unwrap();
     assert_eq!(pairs.labels.len(), 4);
     assert_eq!(pairs.original, pairs.approx, "the same sweep in another order pairs to equal values");
-    assert_eq!(pairs.labels[0], "λ=0.5, seed-1");
+    assert_eq!(pairs.labels[0], "λ=0.5, seed-1, seed 1");
     let s = agreement(&pairs.original, &pairs.approx, &AgreementConfig::default()).unwrap();
     assert_eq!(s.mae.value, 0.0);
     assert!(pair_rows(&a.rows, &b.rows, "proxy", PairBy::Prompt).unwrap_err().to_string().contains("two rows"));
