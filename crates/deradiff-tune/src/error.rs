@@ -102,6 +102,15 @@ pub enum Error {
         value: f64,
     },
 
+    /// A prompt file that cannot be read as prompts.
+    #[error("prompt file {path}: {detail}")]
+    PromptFile {
+        /// The file.
+        path: PathBuf,
+        /// Where and what is wrong.
+        detail: String,
+    },
+
     /// Results files that cannot be merged (another sweep's file, a duplicate or foreign row, a
     /// shard given twice, a file without a spec).
     #[error("cannot merge: {0}")]

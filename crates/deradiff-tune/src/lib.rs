@@ -56,6 +56,7 @@ pub mod gp;
 pub mod model;
 pub mod objective;
 pub mod plot;
+pub mod prompts;
 pub mod reward;
 #[cfg(feature = "sd")]
 pub mod sd_model;
@@ -74,6 +75,7 @@ pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
 pub use objective::SweepObjective;
+pub use prompts::{read_prompt_file, PromptEntry};
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{SdModel, SdSetup};
