@@ -83,7 +83,7 @@ fn read_txt(text: &str) -> Vec<PromptEntry> {
 }
 
 /// The column to read from an object with these keys.
-fn pick_column<'a>(keys: impl Fn(&str) -> bool, column: Option<&'a str>) -> Option<&'a str> {
+fn pick_column(keys: impl Fn(&str) -> bool, column: Option<&str>) -> Option<&str> {
     match column {
         Some(c) => keys(c).then_some(c),
         None => DEFAULT_COLUMNS.into_iter().find(|c| keys(c)),
