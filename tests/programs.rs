@@ -97,3 +97,53 @@ fn sweep_then_read_back_then_compare() {
     assert_eq!(stats.mae.value, 0.0, "{stats:?}");
     assert_eq!(stats.n, 12);
 }
+
+/// The tiny committed checkpoints of deradiff-sd's tests.
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/deradiff-sd/tests/fixtures").join(name)
+}
+
+/// Stable Diffusion through the facade: λ = 0 of a realigned run is the reference alone, bit for
+/// bit (the fusion with weights [1, 0] returns the reference's posterior), λ = 1 differs, and the
+/// images are written and read back as PNG.
+fn realigned_pipeline_keeps_its_endpoints(reference: &str, aligned: &str) {
+    use deradiff::sd::{LoadOptions, Request, StableDiffusion};
+    let options = LoadOptions::default();
+    let both = StableDiffusion::load(fixture(reference), &[fixture(aligned)], &options).unwrap();
+    let alone = StableDiffusion::load(fixture(reference), &[] as &[PathBuf], &options).unwrap();
+    let request = Request { prompts: vec!["a red cube".into()], steps: 4, seed: 11, ..Default::default() };
+    let at0 = both.generate(&request, &Realigner::two_model(0.0).unwrap(), &mut NoObserver).unwrap();
+    let refr = alone.generate(&request, &Realigner::new(vec![1.0]).unwrap(), &mut NoObserver).unwrap();
+    let at1 = both.generate(&request, &Realigner::two_model(1.0).unwrap(), &mut NoObserver).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    assert_eq!(diff(&at0.latents, &refr.latents), 0.0, "{reference}: λ = 0 is the reference");
+    assert!(diff(&at1.latents, &refr.latents) > 1e-4, "{reference}: λ = 1 moves the sample");
+    let dir = scratch(reference);
+    let png = dir.join("lambda1.png");
+    at1.images[0].save_png(&png).unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn stable_diffusion_through_the_facade() {
+    realigned_pipeline_keeps_its_endpoints("tiny-sd", "tiny-aligned-unet");
+}
+
+#[test]
+fn sdxl_through_the_facade() {
+    realigned_pipeline_keeps_its_endpoints("tiny-sdxl", "tiny-sdxl-aligned-unet");
+}
