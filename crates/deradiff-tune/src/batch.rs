@@ -15,6 +15,12 @@
 //! `g` are the very samples an unbatched run of realigner `g` with the same seed produces
 //! (bit for bit on the CPU: the per-row arithmetic is the same), and all λ share their noise —
 //! common random numbers, which is what makes a reward curve over λ smooth.
+//!
+//! Several prompts can share one batch too ([`BatchedSampler::run_streams`]): each group then
+//! names its noise *stream* (one per prompt, with the prompt's own [`NoiseSource`]), every stream
+//! draws `z_T` and its per-step `z` exactly as an unbatched run of that prompt would, and the
+//! denoisers condition each group's rows on its own prompt. The rows are again those of
+//! unbatched runs.
 
 use candle_core::{DType, Device, Shape, Tensor};
 use deradiff_core::{Denoiser, NoiseSource, Posterior, Realigner, Scheduler, Variance};
@@ -100,11 +106,55 @@ impl<'a> BatchedSampler<'a> {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(BatchStep) -> Result<()>,
     ) -> Result<Vec<Tensor>> {
-        let groups = realigners.len();
-        if groups == 0 {
+        let groups: Vec<(&Realigner, usize)> = realigners.iter().map(|r| (r, 0)).collect();
+        self.run_streams_from(&groups, std::slice::from_ref(z_t), &mut [noise], progress)
+    }
+
+    /// Groups of several noise streams (prompts) in one batch: group `g` is fused with
+    /// `groups[g].0` and sampled with the noise of stream `groups[g].1`; `noises[s]` is stream
+    /// `s`'s source, which draws its `z_T` of `group_shape` first and then one `z` per step, as
+    /// an unbatched run of that stream would. The denoisers must condition group `g`'s rows
+    /// (`g·m .. (g+1)·m`) on its stream's prompt. Returns each group's final latent, in order.
+    pub fn run_streams(
+        &self,
+        groups: &[(&Realigner, usize)],
+        group_shape: impl Into<Shape>,
+        dtype: DType,
+        device: &Device,
+        noises: &mut [&mut dyn NoiseSource],
+        progress: &mut dyn FnMut(BatchStep) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let shape = group_shape.into();
+        if shape.dims().is_empty() || shape.dims()[0] == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the group shape {:?} needs a first (sample) dimension of at least 1",
+                shape.dims()
+            )));
+        }
+        let z_t = noises.iter_mut().map(|n| n.standard_normal(&shape, dtype, device)).collect::<Result<Vec<_>, _>>()?;
+        self.run_streams_from(groups, &z_t, noises, progress)
+    }
+
+    /// As [`BatchedSampler::run_streams`], from each stream's standard-normal `z_T`.
+    pub fn run_streams_from(
+        &self,
+        groups: &[(&Realigner, usize)],
+        z_t: &[Tensor],
+        noises: &mut [&mut dyn NoiseSource],
+        progress: &mut dyn FnMut(BatchStep) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let n_groups = groups.len();
+        if n_groups == 0 {
             return Err(Error::EmptyGrid);
         }
-        for r in realigners {
+        if z_t.len() != noises.len() || z_t.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} initial latents for {} noise streams: give one of each per stream",
+                z_t.len(),
+                noises.len()
+            )));
+        }
+        for (r, stream) in groups {
             if r.num_models() != self.denoisers.len() {
                 return Err(deradiff_core::Error::WeightCountMismatch {
                     weights: r.num_models(),
@@ -112,15 +162,29 @@ impl<'a> BatchedSampler<'a> {
                 }
                 .into());
             }
+            if *stream >= noises.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "a group names noise stream {stream} but there are {} streams",
+                    noises.len()
+                )));
+            }
         }
-        let m = z_t.dims().first().copied().unwrap_or(0);
+        let shape = z_t[0].shape().clone();
+        if z_t.iter().any(|z| z.shape() != &shape) {
+            return Err(Error::InvalidArgument("the streams' initial latents differ in shape".into()));
+        }
+        let m = shape.dims().first().copied().unwrap_or(0);
         if m == 0 {
             return Err(Error::InvalidArgument("z_T has no samples along dimension 0".into()));
         }
         let sched = self.scheduler;
         let num_steps = sched.num_steps();
-        let x0 = z_t.affine(sched.init_noise_sigma(), 0.0)?;
-        let mut x = if groups == 1 { x0 } else { Tensor::cat(&vec![&x0; groups], 0)? };
+        let starts = z_t.iter().map(|z| z.affine(sched.init_noise_sigma(), 0.0)).collect::<Result<Vec<_>, _>>()?;
+        let mut x = if n_groups == 1 {
+            starts[groups[0].1].clone()
+        } else {
+            Tensor::cat(&groups.iter().map(|(_, s)| &starts[*s]).collect::<Vec<_>>(), 0)?
+        };
         let mut posteriors: Vec<Posterior> = Vec::with_capacity(self.denoisers.len());
         let mut group_posts: Vec<Posterior> = Vec::with_capacity(self.denoisers.len());
         for step in 0..num_steps {
@@ -131,27 +195,31 @@ impl<'a> BatchedSampler<'a> {
                 let out = denoiser.predict(&x_in, timestep)?;
                 posteriors.push(sched.posterior(&x, &out, step)?);
             }
-            let z = noise.standard_normal(&z_t.shape().clone(), x.dtype(), x.device())?;
-            let mut next = Vec::with_capacity(groups);
-            for (g, realigner) in realigners.iter().enumerate() {
+            // One draw per stream, shared by its groups (its λ values).
+            let z = noises
+                .iter_mut()
+                .map(|n| n.standard_normal(&shape, x.dtype(), x.device()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut next = Vec::with_capacity(n_groups);
+            for (g, (realigner, stream)) in groups.iter().enumerate() {
                 group_posts.clear();
                 for p in &posteriors {
-                    group_posts.push(narrow_posterior(p, g * m, m, groups)?);
+                    group_posts.push(narrow_posterior(p, g * m, m, n_groups)?);
                 }
                 let fused = realigner.fuse(&group_posts, step)?;
-                let xg = fused.sample_with(&z)?;
+                let xg = fused.sample_with(&z[*stream])?;
                 if !is_finite(&xg)? {
                     return Err(deradiff_core::Error::NonFiniteLatent { step, timestep }.into());
                 }
                 next.push(xg);
             }
-            x = if groups == 1 { next.pop().unwrap_or(x) } else { Tensor::cat(&next, 0)? };
-            progress(BatchStep { step, num_steps, groups })?;
+            x = if n_groups == 1 { next.pop().unwrap_or(x) } else { Tensor::cat(&next, 0)? };
+            progress(BatchStep { step, num_steps, groups: n_groups })?;
         }
-        if groups == 1 {
+        if n_groups == 1 {
             return Ok(vec![x]);
         }
-        (0..groups).map(|g| Ok(x.narrow(0, g * m, m)?)).collect()
+        (0..n_groups).map(|g| Ok(x.narrow(0, g * m, m)?)).collect()
     }
 }
 

@@ -92,6 +92,29 @@ pub trait SweepModel {
     /// aligned model(s)).
     fn denoisers(&self, prompt: &Prompt) -> Result<Vec<Box<dyn Denoiser + '_>>>;
 
+    /// The denoisers for a batch of several prompts: the rows of group `g`
+    /// (`g·rows_per_group .. (g+1)·rows_per_group`) are conditioned on
+    /// `prompts[group_prompts[g]]`. The default serves models whose denoisers do not depend on
+    /// the prompt's text (the analytic testbed: [`SweepModel::denoisers`] of the first prompt)
+    /// and refuses text prompts.
+    fn batch_denoisers(
+        &self,
+        prompts: &[&Prompt],
+        group_prompts: &[usize],
+        rows_per_group: usize,
+    ) -> Result<Vec<Box<dyn Denoiser + '_>>> {
+        let _ = (group_prompts, rows_per_group);
+        match prompts {
+            [] => Err(Error::InvalidArgument("a batch of no prompts".into())),
+            [one] => self.denoisers(one),
+            _ if prompts.iter().all(|p| p.text.is_none()) => self.denoisers(prompts[0]),
+            _ => Err(Error::InvalidArgument(format!(
+                "{} cannot condition one batch on several prompts: set prompts_per_batch to 1",
+                self.describe()
+            ))),
+        }
+    }
+
     /// The latent shape of `samples` samples of one prompt (`[samples, …]`).
     fn latent_shape(&self, samples: usize) -> Vec<usize>;
 

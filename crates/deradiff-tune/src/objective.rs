@@ -79,7 +79,7 @@ impl<'a> SweepObjective<'a> {
             lambdas,
             &self.prompts,
             self.samples_per_prompt,
-            self.max_lambdas_per_batch,
+            (self.max_lambdas_per_batch, 1),
             false,
             None,
             &HashSet::new(),

@@ -89,6 +89,10 @@ pub struct SweepConfig {
     pub samples_per_prompt: usize,
     /// The most λ values stacked in one batch (0: all of a prompt's missing λ at once).
     pub max_lambdas_per_batch: usize,
+    /// Prompts whose λ groups share one batch (1, the default: one prompt per batch). More
+    /// prompts per batch mean fewer, larger model calls; every row stays that of an unbatched
+    /// run with the prompt's seed.
+    pub prompts_per_batch: usize,
     /// Store every sample's score in the rows (for per-sample statistics later).
     pub keep_scores: bool,
     /// Where to write rows (`None`: in memory only).
@@ -106,6 +110,7 @@ impl SweepConfig {
             prompts,
             samples_per_prompt,
             max_lambdas_per_batch: 0,
+            prompts_per_batch: 1,
             keep_scores: false,
             output: None,
             shard: None,
@@ -468,8 +473,11 @@ fn check_rewards(rewards: &[&dyn Reward]) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Samples and scores the missing (λ, prompt) pairs, prompt by prompt, calling `on_row` for
-/// each row as its batch finishes.
+/// Samples and scores the missing (λ, prompt) pairs, calling `on_row` for each row as its batch
+/// finishes. Prompts are taken `prompts_per_batch` at a time (at least one): their missing λ
+/// values form the groups of one batch (each prompt with its own noise stream, see
+/// [`BatchedSampler::run_streams`]), split into batches of at most `max_batch` groups when
+/// `max_batch` is not 0. Rows come out prompt-major, λ in grid order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn compute_rows(
     model: &dyn SweepModel,
@@ -477,7 +485,7 @@ pub(crate) fn compute_rows(
     lambdas: &[f64],
     prompts: &[Prompt],
     samples: usize,
-    max_batch: usize,
+    (max_batch, prompts_per_batch): (usize, usize),
     keep_scores: bool,
     shard: Option<Shard>,
     done: &HashSet<(u64, String, u64)>,
@@ -487,21 +495,42 @@ pub(crate) fn compute_rows(
     let scheduler = model.scheduler();
     let shape = model.latent_shape(samples);
     let (dtype, device) = (model.dtype(), model.device());
+    // Every missing (prompt index, λ) in order.
+    let mut work: Vec<(usize, f64)> = Vec::new();
     for (pi, prompt) in prompts.iter().enumerate() {
-        let missing: Vec<f64> = lambdas
-            .iter()
-            .enumerate()
-            .filter(|&(li, _)| shard.is_none_or(|s| s.owns(pi * lambdas.len() + li)))
-            .map(|(_, &l)| l)
-            .filter(|l| !done.contains(&((l + 0.0).to_bits(), prompt.id.clone(), prompt.seed)))
-            .collect();
-        if missing.is_empty() {
-            continue;
+        for (li, &l) in lambdas.iter().enumerate() {
+            if shard.is_some_and(|s| !s.owns(pi * lambdas.len() + li)) {
+                continue;
+            }
+            if !done.contains(&((l + 0.0).to_bits(), prompt.id.clone(), prompt.seed)) {
+                work.push((pi, l));
+            }
         }
-        let denoisers = model.denoisers(prompt)?;
-        let refs: Vec<&dyn deradiff_core::Denoiser> = denoisers.iter().map(|d| d.as_ref() as _).collect();
-        let sampler = BatchedSampler::new(scheduler, refs)?;
-        let chunk = if max_batch == 0 { missing.len() } else { max_batch.min(missing.len()) };
+    }
+    let per_prompts = prompts_per_batch.max(1);
+    let mut start = 0;
+    while start < work.len() {
+        // The next `per_prompts` prompts with work, then at most `max_batch` of their groups.
+        let first_prompt = work[start].0;
+        let mut end = start;
+        let mut seen = 0usize;
+        let mut last = usize::MAX;
+        while end < work.len() {
+            if work[end].0 != last {
+                if seen == per_prompts {
+                    break;
+                }
+                seen += 1;
+                last = work[end].0;
+            }
+            end += 1;
+        }
+        if max_batch > 0 {
+            end = end.min(start + max_batch);
+        }
+        let batch = &work[start..end];
+        start = end;
+        let chunk = batch.len();
         let elements = shape.iter().try_fold(chunk, |n, &d| n.checked_mul(d));
         if elements.is_none_or(|n| n > MAX_BATCH_ELEMENTS) {
             return Err(Error::InvalidArgument(format!(
@@ -509,34 +538,59 @@ pub(crate) fn compute_rows(
                  samples per prompt or set max_lambdas_per_batch (--max-batch) to fewer λ per batch"
             )));
         }
-        let text: Vec<&str> = vec![prompt.text.as_deref().unwrap_or(""); samples];
-        let prompt_texts = prompt.text.as_ref().map(|_| text.as_slice());
-        for group in missing.chunks(chunk) {
-            let realigners: Vec<Realigner> =
-                group.iter().map(|&l| Realigner::two_model(l)).collect::<Result<_, _>>()?;
-            let mut noise = SeededNoise::new(prompt.seed);
-            let mut progress = |s: BatchStep| {
-                observer.on_event(&SweepEvent::Step { prompt, lambdas: group, step: s.step, num_steps: s.num_steps })
-            };
-            let latents = sampler.run(&realigners, shape.as_slice(), dtype, &device, &mut noise, &mut progress)?;
-            for (&lambda, latent) in group.iter().zip(&latents) {
-                let decoded = model.decode(latent)?;
-                let mut summaries = Vec::with_capacity(rewards.len());
-                for reward in rewards {
-                    let context = format!("λ = {lambda}, prompt {:?}", prompt.id);
-                    let scores = score_checked(*reward, &decoded, prompt_texts, &context)?;
-                    summaries.push(RewardSummary::from_scores(reward.name(), &scores, keep_scores));
-                }
-                let row = SweepRow {
-                    lambda,
-                    prompt_index: pi,
-                    prompt: prompt.id.clone(),
-                    seed: prompt.seed,
-                    samples,
-                    rewards: summaries,
-                };
-                on_row(row, observer)?;
+        // The batch's prompts (streams) and each group's stream.
+        let mut stream_prompts: Vec<usize> = Vec::new();
+        let mut group_streams: Vec<usize> = Vec::with_capacity(chunk);
+        for &(pi, _) in batch {
+            if stream_prompts.last() != Some(&pi) {
+                stream_prompts.push(pi);
             }
+            group_streams.push(stream_prompts.len() - 1);
+        }
+        let batch_prompts: Vec<&Prompt> = stream_prompts.iter().map(|&pi| &prompts[pi]).collect();
+        let denoisers = if batch_prompts.len() == 1 {
+            model.denoisers(batch_prompts[0])?
+        } else {
+            model.batch_denoisers(&batch_prompts, &group_streams, samples)?
+        };
+        let refs: Vec<&dyn deradiff_core::Denoiser> = denoisers.iter().map(|d| d.as_ref() as _).collect();
+        let sampler = BatchedSampler::new(scheduler, refs)?;
+        let realigners: Vec<Realigner> =
+            batch.iter().map(|&(_, l)| Realigner::two_model(l)).collect::<Result<_, _>>()?;
+        let groups: Vec<(&Realigner, usize)> = realigners.iter().zip(&group_streams).map(|(r, &s)| (r, s)).collect();
+        let mut sources: Vec<SeededNoise> = batch_prompts.iter().map(|p| SeededNoise::new(p.seed)).collect();
+        let mut noises: Vec<&mut dyn deradiff_core::NoiseSource> =
+            sources.iter_mut().map(|n| n as &mut dyn deradiff_core::NoiseSource).collect();
+        let group_lambdas: Vec<f64> = batch.iter().map(|&(_, l)| l).collect();
+        let mut progress = |s: BatchStep| {
+            observer.on_event(&SweepEvent::Step {
+                prompt: &prompts[first_prompt],
+                lambdas: &group_lambdas,
+                step: s.step,
+                num_steps: s.num_steps,
+            })
+        };
+        let latents = sampler.run_streams(&groups, shape.as_slice(), dtype, &device, &mut noises, &mut progress)?;
+        for (&(pi, lambda), latent) in batch.iter().zip(&latents) {
+            let prompt = &prompts[pi];
+            let text: Vec<&str> = vec![prompt.text.as_deref().unwrap_or(""); samples];
+            let prompt_texts = prompt.text.as_ref().map(|_| text.as_slice());
+            let decoded = model.decode(latent)?;
+            let mut summaries = Vec::with_capacity(rewards.len());
+            for reward in rewards {
+                let context = format!("λ = {lambda}, prompt {:?}", prompt.id);
+                let scores = score_checked(*reward, &decoded, prompt_texts, &context)?;
+                summaries.push(RewardSummary::from_scores(reward.name(), &scores, keep_scores));
+            }
+            let row = SweepRow {
+                lambda,
+                prompt_index: pi,
+                prompt: prompt.id.clone(),
+                seed: prompt.seed,
+                samples,
+                rewards: summaries,
+            };
+            on_row(row, observer)?;
         }
     }
     Ok(())
@@ -608,7 +662,7 @@ pub fn run_sweep(
         &config.lambdas,
         &config.prompts,
         config.samples_per_prompt,
-        config.max_lambdas_per_batch,
+        (config.max_lambdas_per_batch, config.prompts_per_batch),
         config.keep_scores,
         config.shard,
         &done_keys,

@@ -232,3 +232,17 @@ fn a_shard_resumes_only_as_itself() {
     let err = run_sweep(&m, &[&t], &grid, &mut NoSweepObserver).unwrap_err();
     assert!(matches!(err, Error::ResumeMismatch { ref field, .. } if field.starts_with("spec")), "{err:?}");
 }
+
+#[test]
+fn prompt_batched_rows_equal_one_prompt_per_batch() {
+    let (m, t) = (model(), truth());
+    let one = run_sweep(&m, &[&t], &config(), &mut NoSweepObserver).unwrap();
+    for (per, max) in [(2usize, 0usize), (6, 0), (4, 3), (3, 7)] {
+        let mut c = config();
+        c.prompts_per_batch = per;
+        c.max_lambdas_per_batch = max;
+        // Count the model calls: fewer, larger batches.
+        let batched = run_sweep(&m, &[&t], &c, &mut NoSweepObserver).unwrap();
+        assert_eq!(batched.rows, one.rows, "{per} prompts per batch, at most {max} groups");
+    }
+}
