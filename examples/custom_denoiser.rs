@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let embeddings = sd.encode(&request)?;
 
     // deradiff's guided UNets (classifier-free guidance inside), reference first...
-    let mut guided = sd.denoisers(&embeddings, request.guidance_scale)?.into_iter();
+    let mut guided = sd.denoisers(embeddings.embeddings(), sd.guidance_scale(&request)?)?.into_iter();
     let (reference_eps, aligned_eps) = (guided.next().ok_or("no reference")?, guided.next().ok_or("no aligned")?);
     // ...and the aligned one wrapped in our own denoiser.
     let capped = RmsCap { inner: aligned_eps, max_rms: 1.0 };

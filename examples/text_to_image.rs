@@ -34,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Load once: the reference's text encoder and VAE serve both UNets.
     let sd = StableDiffusion::load(&reference, &[&aligned], &LoadOptions { device, ..Default::default() })?;
-    let request = Request { prompts: vec![prompt.clone()], steps, guidance_scale: 7.5, seed: 42, ..Default::default() };
+    let request =
+        Request { prompts: vec![prompt.clone()], steps, guidance_scale: Some(7.5), seed: 42, ..Default::default() };
     // Encode the prompt once for every λ and both UNets.
     let embeddings = sd.encode(&request)?;
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, Criterion};
 use deradiff_core::{Denoiser, FnDenoiser, NoObserver, Realigner, Sampler, SchedulerKind, SeededNoise};
-use deradiff_sd::{LoadOptions, PromptEmbeddings, Request, StableDiffusion};
+use deradiff_sd::pipeline::EncodedRequest;
+use deradiff_sd::{LoadOptions, Request, StableDiffusion};
 
 const STEPS: usize = 4;
 
@@ -31,8 +32,8 @@ struct Setup {
     single: StableDiffusion,
     two: StableDiffusion,
     request: Request,
-    emb_single: PromptEmbeddings,
-    emb_two: PromptEmbeddings,
+    emb_single: EncodedRequest,
+    emb_two: EncodedRequest,
     one: Realigner,
     half: Realigner,
 }
@@ -49,7 +50,7 @@ fn setup_for(reference: &str, aligned: &str) -> Setup {
         prompts: vec!["a red cube on a wooden table".into()],
         scheduler: SchedulerKind::EulerAncestral,
         steps: STEPS,
-        guidance_scale: 7.5,
+        guidance_scale: Some(7.5),
         ..Default::default()
     };
     let emb_single = single.encode(&request).unwrap();

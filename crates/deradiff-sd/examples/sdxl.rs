@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let request = Request {
         prompts: vec![prompt.clone()],
         steps,
-        guidance_scale: 5.0,
+        // guidance_scale: None, SDXL's default (5.0).
         seed: 42,
         // SDXL's micro-conditioning, here diffusers' defaults spelled out: the image as if it
         // came uncropped from an image of its own size.

@@ -1,10 +1,14 @@
-//! The `config.json` files of a diffusers-layout checkpoint (UNet, VAE, CLIP text model), read
-//! with serde, and their resolution into what our models build ([`UnetArch`]).
+//! The `config.json` files of a diffusers-layout checkpoint's UNet and VAE, read with serde, and
+//! their resolution into what the models build: [`UnetArch`] for our own UNet ([`crate::unet`]),
+//! candle-transformers' `AutoEncoderKLConfig` for the VAE ([`crate::Vae`]). (The CLIP configs are
+//! in [`crate::clip`].)
 //!
 //! Every field has diffusers' / transformers' default, so a real checkpoint's file and a tiny test
-//! model's file load the same way. Options that would change the numbers and that our models
-//! do not implement (SDXL's added conditioning, class embeddings, other block types, …) are
-//! rejected with an error naming the file and the field — never silently ignored.
+//! model's file load the same way. A field whose value is invalid is an
+//! [`Error::ConfigField`] naming the file and the field; options that would change the numbers
+//! and that the models do not implement (class embeddings, other block types, the SDXL refiner's
+//! aesthetic-score conditioning, …) are an [`Error::Unsupported`] naming the file and the field —
+//! never silently ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -14,17 +18,39 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// Reads and parses a config file (`what` names it when it does not exist): see [`parse_json`].
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     if !path.is_file() {
         return Err(Error::NotFound { what: what.to_string(), path: path.to_path_buf() });
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
+    parse_json(&text, path)
+}
+
+/// Parses a config document (`path` names it in errors): text that is not JSON, or JSON that is
+/// not an object of the config's shape, is an [`Error::Config`]; a field whose value has the
+/// wrong type is an [`Error::ConfigField`] naming the field.
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T> {
+    let value: Value = serde_json::from_str(text).map_err(|e| Error::config(path, e.to_string()))?;
+    let whole = match T::deserialize(&value) {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    // Every field has a default, so each field alone deserializes unless its own value is bad.
+    if let Value::Object(fields) = &value {
+        for (field, v) in fields {
+            let alone = Value::Object(std::iter::once((field.clone(), v.clone())).collect());
+            if let Err(e) = T::deserialize(&alone) {
+                return Err(Error::config_field(path, field, e.to_string()));
+            }
+        }
+    }
+    Err(Error::config(path, whole.to_string()))
 }
 
 /// An integer or one integer per block (diffusers writes both forms).
 fn per_block(value: &Value, n: usize, field: &str, path: &Path) -> Result<Vec<usize>> {
-    let bad = || Error::config(path, format!("`{field}` must be an integer or a list of {n} integers, got {value}"));
+    let bad = || Error::config_field(path, field, format!("must be an integer or a list of {n} integers, got {value}"));
     match value {
         Value::Number(x) => {
             let v = x.as_u64().ok_or_else(bad)? as usize;
@@ -32,9 +58,10 @@ fn per_block(value: &Value, n: usize, field: &str, path: &Path) -> Result<Vec<us
         }
         Value::Array(items) => {
             if items.len() != n {
-                return Err(Error::config(
+                return Err(Error::config_field(
                     path,
-                    format!("`{field}` has {} entries but the model has {n} blocks", items.len()),
+                    field,
+                    format!("has {} entries but the model has {n} blocks (block_out_channels)", items.len()),
                 ));
             }
             items.iter().map(|x| x.as_u64().map(|v| v as usize).ok_or_else(bad)).collect()
@@ -96,8 +123,8 @@ pub struct UnetConfig {
     pub num_attention_heads: Value,
     /// Linear (SD 2.x) instead of 1×1-convolution projections in the transformers.
     pub use_linear_projection: bool,
-    /// Attention in float32 (candle always computes attention in float32, so this is honoured);
-    /// null (SDXL's file) means false.
+    /// Attention in float32 (our UNet always computes attention in float32, so this is
+    /// honoured); null (SDXL's file) means false.
     pub upcast_attention: Option<bool>,
     /// Must be false.
     pub dual_cross_attention: bool,
@@ -289,7 +316,7 @@ impl UnetConfig {
 
     /// Parses a `config.json` document (`path` is only used in error messages).
     pub fn from_json(json: &str, path: impl AsRef<Path>) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| Error::config(path.as_ref(), e.to_string()))
+        parse_json(json, path.as_ref())
     }
 
     /// Checks that our UNet computes what diffusers would for this config, and resolves it into
@@ -301,18 +328,18 @@ impl UnetConfig {
         };
         let n = self.block_out_channels.len();
         if n == 0 {
-            return Err(Error::config(path, "`block_out_channels` is empty"));
+            return Err(Error::config_field(path, "block_out_channels", "is empty"));
         }
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(Error::config(
-                path,
-                format!(
-                    "{} block_out_channels, {} down_block_types and {} up_block_types: they must agree",
-                    n,
-                    self.down_block_types.len(),
-                    self.up_block_types.len()
-                ),
-            ));
+        for (field, len) in
+            [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())]
+        {
+            if len != n {
+                return Err(Error::config_field(
+                    path,
+                    field,
+                    format!("lists {len} block types but block_out_channels lists {n} blocks: they must agree"),
+                ));
+            }
         }
         let mut cross = Vec::with_capacity(n);
         for t in &self.down_block_types {
@@ -362,23 +389,29 @@ impl UnetConfig {
             unsupported("norm_num_groups", &"null", "a UNet without GroupNorm before its output is not supported")
         })?;
         if groups == 0 {
-            return Err(Error::config(path, "`norm_num_groups` must be positive"));
+            return Err(Error::config_field(path, "norm_num_groups", "must be positive, got 0"));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c == 0 || c % groups != 0 {
-                return Err(Error::config(
+                return Err(Error::config_field(
                     path,
+                    "block_out_channels",
                     format!("block {i} has {c} channels, not a positive multiple of norm_num_groups = {groups}"),
                 ));
             }
             if heads[i] == 0 || c % heads[i] != 0 {
-                return Err(Error::config(
+                return Err(Error::config_field(
                     path,
-                    format!("block {i} has {c} channels, not divisible into attention_head_dim = {} heads", heads[i]),
+                    "attention_head_dim",
+                    format!("{} heads for block {i}, whose {c} channels do not divide into them", heads[i]),
                 ));
             }
             if tlpb[i] == 0 {
-                return Err(Error::config(path, format!("transformer_layers_per_block is 0 for block {i}")));
+                return Err(Error::config_field(
+                    path,
+                    "transformer_layers_per_block",
+                    format!("is 0 for block {i}; it must be at least 1"),
+                ));
             }
         }
         if !cross[n - 1] && tlpb[n - 1] != 1 {
@@ -388,8 +421,10 @@ impl UnetConfig {
                 "the mid block must have one transformer layer when the last block has no cross-attention",
             ));
         }
-        if self.in_channels == 0 || self.out_channels == 0 {
-            return Err(Error::config(path, "`in_channels` and `out_channels` must be positive"));
+        for (field, v) in [("in_channels", self.in_channels), ("out_channels", self.out_channels)] {
+            if v == 0 {
+                return Err(Error::config_field(path, field, "must be positive, got 0"));
+            }
         }
 
         // Options our UNet does not have.
@@ -448,12 +483,16 @@ impl UnetConfig {
                 return Err(unsupported(field, &value, "not implemented by our UNet"));
             }
         }
-        let finite =
-            self.freq_shift.is_finite() && self.mid_block_scale_factor.is_finite() && self.norm_eps.is_finite();
-        if !(finite && self.norm_eps > 0.0) {
-            return Err(Error::config(
+        for (field, v) in [("freq_shift", self.freq_shift), ("mid_block_scale_factor", self.mid_block_scale_factor)] {
+            if !v.is_finite() {
+                return Err(Error::config_field(path, field, format!("must be finite, got {v}")));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::config_field(
                 path,
-                "freq_shift, mid_block_scale_factor and norm_eps must be finite (eps > 0)",
+                "norm_eps",
+                format!("must be a positive finite number, got {}", self.norm_eps),
             ));
         }
 
@@ -466,12 +505,20 @@ impl UnetConfig {
             .collect();
         let sample_size = match &self.sample_size {
             Value::Null => None,
-            Value::Number(x) => x.as_u64().map(|v| (v as usize, v as usize)),
-            Value::Array(a) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
-                (Some(h), Some(w)) => Some((h as usize, w as usize)),
-                _ => None,
-            },
-            _ => None,
+            v => {
+                let side = |x: &Value| x.as_u64().filter(|&s| s > 0).map(|s| s as usize);
+                let size = match v {
+                    Value::Array(a) if a.len() == 2 => side(&a[0]).zip(side(&a[1])),
+                    x => side(x).map(|s| (s, s)),
+                };
+                Some(size.ok_or_else(|| {
+                    Error::config_field(
+                        path,
+                        "sample_size",
+                        format!("must be a positive integer or [height, width] of them, got {v}"),
+                    )
+                })?)
+            }
         };
         Ok(UnetArch {
             blocks,
@@ -561,7 +608,8 @@ pub struct VaeConfig {
     pub latent_channels: usize,
     /// GroupNorm groups.
     pub norm_num_groups: usize,
-    /// Latents are divided by this before decoding (SD 1.x 0.18215, SDXL 0.13025).
+    /// The sampler works on latents × this; [`crate::Vae::decode`] divides by it before
+    /// decoding (SD 1.x 0.18215, SDXL 0.13025).
     pub scaling_factor: f64,
     /// Whether fp16 checkpoints should decode in float32 (diffusers' `force_upcast`).
     pub force_upcast: bool,
@@ -569,7 +617,7 @@ pub struct VaeConfig {
     pub use_quant_conv: bool,
     /// Whether the model has `post_quant_conv`.
     pub use_post_quant_conv: bool,
-    /// Must be true (candle's VAE always has the mid-block attention).
+    /// Must be true (candle-transformers' `AutoEncoderKL` always has the mid-block attention).
     pub mid_block_add_attention: bool,
 }
 
@@ -606,42 +654,73 @@ impl VaeConfig {
         1usize << self.block_out_channels.len().saturating_sub(1).min(16)
     }
 
-    /// Checks the config against what candle's `AutoEncoderKL` implements and builds its config.
+    /// Checks the config against what candle-transformers' `AutoEncoderKL` implements and builds
+    /// its config.
     pub(crate) fn arch(&self, path: impl AsRef<Path>) -> Result<vae::AutoEncoderKLConfig> {
         let path = path.as_ref();
         let n = self.block_out_channels.len();
         if n == 0 || n > 16 {
-            return Err(Error::config(path, format!("`block_out_channels` must have 1 to 16 entries, got {n}")));
+            return Err(Error::config_field(path, "block_out_channels", format!("must have 1 to 16 entries, got {n}")));
         }
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(Error::config(path, "block_out_channels, down_block_types and up_block_types must agree"));
+        for (field, len) in
+            [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())]
+        {
+            if len != n {
+                return Err(Error::config_field(
+                    path,
+                    field,
+                    format!("lists {len} block types but block_out_channels lists {n} blocks: they must agree"),
+                ));
+            }
         }
         if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
-            return Err(Error::unsupported(path, format!("down block type {t}: only DownEncoderBlock2D is supported")));
+            return Err(Error::unsupported(
+                path,
+                format!("`down_block_types` has {t}: only DownEncoderBlock2D is supported"),
+            ));
         }
         if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
-            return Err(Error::unsupported(path, format!("up block type {t}: only UpDecoderBlock2D is supported")));
+            return Err(Error::unsupported(
+                path,
+                format!("`up_block_types` has {t}: only UpDecoderBlock2D is supported"),
+            ));
         }
         if self.act_fn != "silu" {
-            return Err(Error::unsupported(path, format!("act_fn = {}: only silu is supported", self.act_fn)));
+            return Err(Error::unsupported(path, format!("`act_fn` = {}: only silu is supported", self.act_fn)));
         }
         if !self.mid_block_add_attention {
-            return Err(Error::unsupported(path, "mid_block_add_attention = false is not implemented by candle's VAE"));
+            return Err(Error::unsupported(
+                path,
+                "`mid_block_add_attention` = false is not implemented by candle-transformers' AutoEncoderKL",
+            ));
         }
         let g = self.norm_num_groups;
-        if g == 0 || self.block_out_channels.iter().any(|&c| c == 0 || c % g != 0) {
-            return Err(Error::config(
+        if g == 0 {
+            return Err(Error::config_field(path, "norm_num_groups", "must be positive, got 0"));
+        }
+        if let Some(c) = self.block_out_channels.iter().find(|&&c| c == 0 || c % g != 0) {
+            return Err(Error::config_field(
                 path,
-                format!("block_out_channels must be positive multiples of norm_num_groups = {g}"),
+                "block_out_channels",
+                format!("{c} channels are not a positive multiple of norm_num_groups = {g}"),
             ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(Error::config(path, format!("scaling_factor must be positive, got {}", self.scaling_factor)));
+            return Err(Error::config_field(
+                path,
+                "scaling_factor",
+                format!("must be a positive finite number, got {}", self.scaling_factor),
+            ));
         }
-        if self.latent_channels == 0 || self.in_channels == 0 || self.out_channels != 3 {
+        for (field, v) in [("latent_channels", self.latent_channels), ("in_channels", self.in_channels)] {
+            if v == 0 {
+                return Err(Error::config_field(path, field, "must be positive, got 0"));
+            }
+        }
+        if self.out_channels != 3 {
             return Err(Error::unsupported(
                 path,
-                "the VAE must decode to 3 (RGB) channels from at least one latent channel",
+                format!("`out_channels` = {}: the VAE must decode to 3 (RGB) channels", self.out_channels),
             ));
         }
         Ok(vae::AutoEncoderKLConfig {

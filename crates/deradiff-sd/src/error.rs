@@ -1,8 +1,16 @@
 //! The one error type of `deradiff-sd`.
 //!
-//! Every problem with a checkpoint names the file (and, for weights, the tensor) so that a user
-//! can fix it; bad arguments say which argument and why. Nothing in this crate panics on user
-//! input.
+//! Every problem with a checkpoint names the file: a file that is missing ([`Error::NotFound`]),
+//! cannot be read or written ([`Error::Io`]), does not parse ([`Error::Config`],
+//! [`Error::Weights`]), has a field with a bad value ([`Error::ConfigField`], naming the field),
+//! asks for something not implemented ([`Error::Unsupported`]), or lacks or misshapes a tensor
+//! ([`Error::MissingTensor`], [`Error::TensorShape`], [`Error::TensorDType`], naming the tensor).
+//! Bad arguments say which: a field of a [`crate::Request`] ([`Error::InvalidRequest`]), a
+//! tensor of the wrong shape or dtype ([`Error::ShapeMismatch`], [`Error::DTypeMismatch`], naming
+//! the argument and the function), an encoding of another request
+//! ([`Error::EncodedRequestMismatch`]), a guidance scale ([`Error::InvalidGuidance`]), anything
+//! else ([`Error::InvalidArgument`], naming the function or option). Nothing in this crate
+//! panics on user input.
 
 use std::path::PathBuf;
 
@@ -40,12 +48,26 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A `config.json` (or tokenizer config) that cannot be parsed.
+    /// A `config.json` (or tokenizer config, or weight index) that cannot be parsed as a whole:
+    /// not JSON, or not the expected kind of document. A field with a bad value is
+    /// [`Error::ConfigField`].
     #[error("cannot parse {path}: {message}")]
     Config {
         /// The file.
         path: PathBuf,
         /// What was wrong.
+        message: String,
+    },
+
+    /// A field of a config file whose value is invalid: of the wrong type, out of range, or
+    /// inconsistent with another field.
+    #[error("{path}: invalid `{field}`: {message}")]
+    ConfigField {
+        /// The file.
+        path: PathBuf,
+        /// The field, as the file spells it (`norm_num_groups`, `block_out_channels`, …).
+        field: String,
+        /// What is wrong with its value, and what would be accepted.
         message: String,
     },
 
@@ -93,18 +115,20 @@ pub enum Error {
     },
 
     /// A tensor stored with a dtype that cannot be used as a weight.
-    #[error("{file}: tensor `{tensor}` has dtype {dtype:?}; weights must be floating point")]
+    #[error("{file}: tensor `{tensor}` is stored as {dtype}; weights must be floating point (F32, F16, BF16, F64)")]
     TensorDType {
         /// The weight file holding the tensor.
         file: PathBuf,
         /// The tensor's name.
         tensor: String,
-        /// Its dtype.
-        dtype: DType,
+        /// Its dtype as the safetensors header names it (`I64`, `BOOL`, `F8_E4M3`, …): it need not
+        /// be a dtype candle has.
+        dtype: String,
     },
 
-    /// The reference and an aligned model do not have the same architecture (or the text encoder
-    /// does not fit the UNet).
+    /// The reference and an aligned model do not have the same architecture, or the text encoder
+    /// does not fit the UNet, or conditioning made for one kind of model (SDXL's added
+    /// conditioning, an SDXL pipeline's encoding) was given to another.
     #[error("models do not fit together: {0}")]
     ModelMismatch(String),
 
@@ -137,11 +161,62 @@ pub enum Error {
         message: String,
     },
 
+    /// A tensor argument whose shape is not the one the operation takes (latents, text
+    /// embeddings, pooled text embeddings, `time_ids`, decoded images, …).
+    #[error("shape mismatch in {context}: expected {expected}, got {got:?}")]
+    ShapeMismatch {
+        /// The argument and the function it was given to ("the latents given to Unet::forward").
+        context: String,
+        /// The shape it must have, with named dimensions where any size goes
+        /// (`[batch, 4, height, width]`).
+        expected: String,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
+
+    /// Two tensors that must have the same dtype do not.
+    #[error("dtype mismatch in {context}: expected {expected:?}, got {got:?}")]
+    DTypeMismatch {
+        /// What was being compared, and where.
+        context: String,
+        /// The dtype that was required.
+        expected: DType,
+        /// The dtype that was given.
+        got: DType,
+    },
+
+    /// A field of a [`crate::Request`] that cannot be honoured (zero steps, no prompts, a size
+    /// the VAE cannot produce, SDXL micro-conditioning for an SD 1.x / 2.x checkpoint, …).
+    #[error("invalid Request::{field}: {message}")]
+    InvalidRequest {
+        /// The field of [`crate::Request`] to change (`steps`, `prompts`, `height`, …).
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// [`crate::StableDiffusion::sample`] was given an [`crate::pipeline::EncodedRequest`] encoded from
+    /// another request (other prompts, negative prompt, images per prompt, guidance on or off,
+    /// `force_zeros_for_empty_prompt` or, for SDXL, micro-conditioning).
+    #[error(
+        "StableDiffusion::sample was given the encoding of another request: Request::{field} differs ({detail}); \
+         encode this request with StableDiffusion::encode"
+    )]
+    EncodedRequestMismatch {
+        /// The field of [`crate::Request`] that differs.
+        field: &'static str,
+        /// How it differs.
+        detail: String,
+    },
+
     /// A classifier-free guidance scale that is negative or not finite.
-    #[error("guidance scale must be a finite number >= 0, got {0}")]
+    #[error(
+        "classifier-free guidance scale must be a finite number >= 0, got {0} (Request::guidance_scale, or the \
+         scale given to Guided::new, StableDiffusion::denoisers or StableDiffusion::encode_prompts)"
+    )]
     InvalidGuidance(f64),
 
-    /// Any other invalid argument (zero steps, no prompts, a size the VAE cannot produce, …).
+    /// Any other invalid argument; the message names the function or option to change.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
@@ -187,6 +262,18 @@ impl Error {
 
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Config { path: path.into(), message: message.into() }
+    }
+
+    pub(crate) fn config_field(path: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::ConfigField { path: path.into(), field: field.into(), message: message.into() }
+    }
+
+    pub(crate) fn shape(context: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
+        Error::ShapeMismatch { context: context.into(), expected: expected.into(), got: got.to_vec() }
+    }
+
+    pub(crate) fn request(field: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest { field, message: message.into() }
     }
 
     pub(crate) fn unsupported(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -30,8 +30,10 @@ pub trait ConditionalModel {
     ) -> Result<Tensor> {
         match added {
             None => self.forward_conditional(x, timestep, context),
-            Some(_) => Err(Error::InvalidArgument(
-                "this model takes no added conditioning (pooled text embeddings / time_ids are SDXL's)".into(),
+            Some(_) => Err(Error::ModelMismatch(
+                "this model takes no added conditioning (SDXL's pooled text embeddings and time_ids): its \
+                 ConditionalModel::forward_added is the default one"
+                    .into(),
             )),
         }
     }
@@ -66,11 +68,19 @@ impl AddedConditioning {
     /// Checks the shapes: `text_embeds` `[B, P]`, `time_ids` `[B, K]` with the same `B ≥ 1`.
     pub fn new(text_embeds: Tensor, time_ids: Tensor) -> Result<Self> {
         let (te, ti) = (text_embeds.dims(), time_ids.dims());
-        if te.len() != 2 || ti.len() != 2 || te[0] != ti[0] || te[0] == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "added conditioning must be pooled text embeddings [batch, width] and time_ids [batch, 6] \
-                 with the same batch >= 1, got {te:?} and {ti:?}"
-            )));
+        if te.len() != 2 || te[0] == 0 {
+            return Err(Error::shape(
+                "the pooled text embeddings given to AddedConditioning::new",
+                "[batch >= 1, width]",
+                te,
+            ));
+        }
+        if ti.len() != 2 || ti[0] != te[0] {
+            return Err(Error::shape(
+                "the time_ids given to AddedConditioning::new",
+                format!("[{}, 6] (one row per pooled text embedding)", te[0]),
+                ti,
+            ));
         }
         Ok(Self { text_embeds, time_ids })
     }
@@ -150,21 +160,29 @@ impl PromptEmbeddings {
     /// shape.
     pub fn new(cond: Tensor, uncond: Option<Tensor>) -> Result<Self> {
         if cond.rank() != 3 || cond.dim(0)? == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "prompt embeddings must be [batch >= 1, tokens, width], got {:?}",
-                cond.dims()
-            )));
+            return Err(Error::shape(
+                "the prompt embeddings given to PromptEmbeddings::new",
+                "[batch >= 1, tokens, width]",
+                cond.dims(),
+            ));
         }
         let both = match &uncond {
             Some(u) => {
-                if u.shape() != cond.shape() || u.dtype() != cond.dtype() {
-                    return Err(Error::InvalidArgument(format!(
-                        "negative-prompt embeddings {:?} {:?} do not match the prompt embeddings {:?} {:?}",
+                if u.shape() != cond.shape() {
+                    return Err(Error::shape(
+                        "the negative-prompt embeddings given to PromptEmbeddings::new",
+                        format!("{:?} (the prompt embeddings' shape)", cond.dims()),
                         u.dims(),
-                        u.dtype(),
-                        cond.dims(),
-                        cond.dtype()
-                    )));
+                    ));
+                }
+                if u.dtype() != cond.dtype() {
+                    return Err(Error::DTypeMismatch {
+                        context: "the negative-prompt embeddings given to PromptEmbeddings::new (the prompt \
+                                  embeddings' dtype)"
+                            .into(),
+                        expected: cond.dtype(),
+                        got: u.dtype(),
+                    });
                 }
                 Some(Tensor::cat(&[u, &cond], 0)?)
             }
@@ -177,12 +195,20 @@ impl PromptEmbeddings {
     /// negative-prompt embeddings, `uncond` for them (same batch).
     pub fn with_added(mut self, cond: AddedConditioning, uncond: Option<AddedConditioning>) -> Result<Self> {
         let b = self.batch();
-        if cond.batch() != b || uncond.as_ref().is_some_and(|u| u.batch() != b) {
-            return Err(Error::InvalidArgument(format!("added conditioning does not have the embeddings' batch {b}")));
+        for (which, a) in [("", Some(&cond)), ("negative-prompt ", uncond.as_ref())] {
+            if let Some(a) = a.filter(|a| a.batch() != b) {
+                return Err(Error::shape(
+                    format!("the {which}pooled text embeddings given to PromptEmbeddings::with_added"),
+                    format!("[{b}, width] (the prompt embeddings' batch)"),
+                    a.text_embeds().dims(),
+                ));
+            }
         }
         if uncond.is_some() != self.uncond.is_some() {
             return Err(Error::InvalidArgument(
-                "negative-prompt added conditioning must be given exactly when negative-prompt embeddings are".into(),
+                "PromptEmbeddings::with_added: give negative-prompt added conditioning (`uncond`) exactly when the \
+                 embeddings have negative-prompt embeddings"
+                    .into(),
             ));
         }
         self.added_both = uncond.as_ref().map(|u| u.cat(&cond)).transpose()?;
@@ -219,7 +245,7 @@ impl PromptEmbeddings {
     /// Each sample repeated `n` times in a row (diffusers' `num_images_per_prompt`).
     pub fn repeat_each(&self, n: usize) -> Result<Self> {
         if n == 0 {
-            return Err(Error::InvalidArgument("images per prompt must be at least 1".into()));
+            return Err(Error::InvalidArgument("PromptEmbeddings::repeat_each: n must be at least 1".into()));
         }
         if n == 1 {
             return Ok(self.clone());
@@ -267,7 +293,9 @@ impl<'a, M: ConditionalModel + ?Sized> Guided<'a, M> {
         let scale = GuidanceScale::new(scale)?;
         if scale.is_active() && embeddings.uncond.is_none() {
             return Err(Error::InvalidArgument(format!(
-                "guidance scale {} needs negative-prompt embeddings; encode them with guidance on",
+                "Guided::new: guidance scale {} (above 1: guidance on) needs negative-prompt embeddings, and these \
+                 have none; encode them with guidance on (a scale above 1 for StableDiffusion::encode_prompts, or \
+                 in Request::guidance_scale for StableDiffusion::encode)",
                 scale.value()
             )));
         }
@@ -282,10 +310,11 @@ impl<'a, M: ConditionalModel + ?Sized> Guided<'a, M> {
     fn guided(&self, x: &Tensor, timestep: f64) -> Result<Tensor> {
         let b = x.dims().first().copied().unwrap_or(0);
         if b != self.embeddings.batch() {
-            return Err(Error::InvalidArgument(format!(
-                "latent batch {b} differs from the {} prompt embeddings",
-                self.embeddings.batch()
-            )));
+            return Err(Error::shape(
+                "the latents given to a guided denoiser (Guided::predict)",
+                format!("[{}, channels, height, width] (the batch of its prompt embeddings)", self.embeddings.batch()),
+                x.dims(),
+            ));
         }
         match (&self.embeddings.both, self.scale.is_active()) {
             (Some(both), true) => {

@@ -17,12 +17,17 @@ pub struct RgbImage {
 impl RgbImage {
     /// From raw interleaved RGB bytes (`width · height · 3` of them).
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
-        if width == 0 || height == 0 || width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
+        if width == 0 || height == 0 {
             return Err(Error::InvalidArgument(format!(
-                "an RGB image of {width}x{height} needs {} bytes, got {}",
-                width.saturating_mul(height).saturating_mul(3),
-                data.len()
+                "RgbImage::new: an image of {width}x{height} pixels; width and height must be at least 1"
             )));
+        }
+        if width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
+            return Err(Error::shape(
+                format!("the bytes given to RgbImage::new for a {width}x{height} image"),
+                format!("[{}] (width × height × 3)", width.saturating_mul(height).saturating_mul(3)),
+                &[data.len()],
+            ));
         }
         Ok(Self { width, height, data })
     }
@@ -31,9 +36,11 @@ impl RgbImage {
     /// `VaeImageProcessor.postprocess` + `numpy_to_pil` do in float32:
     /// `round_half_even(clamp(x/2 + 1/2, 0, 1) · 255)`.
     pub fn from_tensor(images: &Tensor) -> Result<Vec<Self>> {
-        let (b, c, h, w) = images.dims4()?;
+        let shape_error =
+            || Error::shape("the images given to RgbImage::from_tensor", "[batch, 3, height, width]", images.dims());
+        let (b, c, h, w) = images.dims4().map_err(|_| shape_error())?;
         if c != 3 {
-            return Err(Error::InvalidArgument(format!("expected 3 image channels, got {c}")));
+            return Err(shape_error());
         }
         let hwc = images.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()?;
         let values = hwc.flatten_all()?.to_vec1::<f32>()?;
@@ -85,14 +92,16 @@ impl RgbImage {
     /// Images side by side in rows of `columns`, separated by `gap` pixels of `background`
     /// (all images must have the same size).
     pub fn grid(images: &[RgbImage], columns: usize, gap: usize, background: [u8; 3]) -> Result<Self> {
-        let first = images.first().ok_or_else(|| Error::InvalidArgument("a grid needs at least one image".into()))?;
+        let first = images.first().ok_or_else(|| {
+            Error::InvalidArgument("RgbImage::grid: `images` is empty; give at least one image".into())
+        })?;
         if columns == 0 {
-            return Err(Error::InvalidArgument("a grid needs at least one column".into()));
+            return Err(Error::InvalidArgument("RgbImage::grid: `columns` must be at least 1".into()));
         }
         let (w, h) = (first.width, first.height);
         if let Some(other) = images.iter().find(|i| i.width != w || i.height != h) {
             return Err(Error::InvalidArgument(format!(
-                "grid images must have one size: {w}x{h} and {}x{}",
+                "RgbImage::grid: the images must have one size, got {w}x{h} and {}x{}",
                 other.width, other.height
             )));
         }
@@ -114,11 +123,21 @@ impl RgbImage {
 
     /// The image as PNG bytes.
     pub fn encode_png(&self) -> Result<Vec<u8>> {
-        let too_big = || Error::InvalidArgument(format!("{}x{} is too large for PNG", self.width, self.height));
+        let too_big = || {
+            Error::InvalidArgument(format!(
+                "RgbImage::encode_png: a {}x{} image is too large for PNG (at most 2^32 − 1 pixels a side)",
+                self.width, self.height
+            ))
+        };
         let (w, h) =
             (u32::try_from(self.width).map_err(|_| too_big())?, u32::try_from(self.height).map_err(|_| too_big())?);
         let mut out = Vec::new();
-        let png_err = |e: png::EncodingError| Error::InvalidArgument(format!("PNG encoding failed: {e}"));
+        let png_err = |e: png::EncodingError| {
+            Error::InvalidArgument(format!(
+                "RgbImage::encode_png: cannot encode the {}x{} image: {e}",
+                self.width, self.height
+            ))
+        };
         {
             let mut encoder = png::Encoder::new(&mut out, w, h);
             encoder.set_color(png::ColorType::Rgb);
@@ -143,7 +162,7 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     deradiff_core::io::write_atomic(path, bytes).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => {
-            Error::InvalidArgument(format!("output path {} does not name a file", path.display()))
+            Error::InvalidArgument(format!("the output path {} does not name a file", path.display()))
         }
         _ => Error::io("write", path, e),
     })

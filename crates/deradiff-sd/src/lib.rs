@@ -27,7 +27,11 @@
 //!   ([`ClipTextModel`], configured from `text_encoder/config.json`).
 //! * [`clip`] — all of CLIP in one place: the text tower, the vision tower, transformers'
 //!   `CLIPModel` and `CLIPImageProcessor` (what CLIP score and PickScore embed with).
-//! * [`Vae`] — the decoder, with the config's `scaling_factor` and scale factor.
+//! * [`Vae`] — the decoder, with the config's `scaling_factor` and scale factor: `decode` (8-bit
+//!   images) and `decode_f32` (`[B, 3, H, W]` in `[0, 1]`) take latents as the sampler gives
+//!   them; `decode_unscaled` takes latents already divided by the scaling factor.
+//! * Guidance defaults to the checkpoint's: 5.0 for SDXL (diffusers' SDXL default), 7.5 for
+//!   SD 1.x / 2.x ([`Request::guidance_scale`] `None`).
 //! * [`RgbImage`] — 8-bit output, written as PNG atomically.
 //!
 //! Weights are safetensors only; a missing or misshapen tensor is an [`Error`] naming the file
@@ -79,7 +83,7 @@ pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
 pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};
 pub use image::{write_atomic, RgbImage};
-pub use pipeline::{Generation, LoadOptions, Request, StableDiffusion};
+pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
 pub use text::TextEncoder;
 pub use tokenizer::ClipTokenizer;
 pub use unet::{Unet, UnetLocation};

@@ -1,5 +1,12 @@
 //! The realigned text-to-image pipeline: a reference checkpoint, aligned UNets, one text
 //! encoding, the realigned sampling loop of deradiff-core, one VAE decode.
+//!
+//! The UNets are our own ([`crate::unet`]), the text encoders our CLIP ([`crate::clip`]), the VAE
+//! candle-transformers' `AutoEncoderKL` ([`crate::Vae`]). [`StableDiffusion::generate`] does it
+//! all; to reuse one text encoding for several runs, [`StableDiffusion::encode`] a [`Request`]
+//! and give the [`EncodedRequest`] to [`StableDiffusion::sample`] with that request (or one that
+//! differs only in its steps, scheduler, seed or guidance scale), then
+//! [`StableDiffusion::decode`].
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +42,12 @@ impl Default for LoadOptions {
 /// What to generate: prompts and sampling settings (the models and the realigner are given
 /// separately).
 ///
+/// The settings whose default depends on the checkpoint are `Option`s whose `None` means the
+/// loaded pipeline's default: [`Request::guidance_scale`] (7.5 for SD 1.x / 2.x, 5.0 for SDXL:
+/// [`StableDiffusion::default_guidance_scale`]), the image size
+/// ([`StableDiffusion::default_size`]) and SDXL's micro-conditioning and
+/// [`Request::force_zeros_for_empty_prompt`].
+///
 /// ```
 /// use deradiff_core::SchedulerKind;
 /// let request = deradiff_sd::Request {
@@ -44,7 +57,8 @@ impl Default for LoadOptions {
 ///     seed: 42,
 ///     ..Default::default()
 /// };
-/// assert_eq!(request.guidance_scale, 7.5);
+/// // The checkpoint's default guidance: 7.5 for SD 1.5, 5.0 for SDXL.
+/// assert_eq!(request.guidance_scale, None);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -58,8 +72,11 @@ pub struct Request {
     pub scheduler: SchedulerKind,
     /// Inference steps, default 50.
     pub steps: usize,
-    /// Classifier-free guidance scale, default 7.5 (`<= 1` turns guidance off, as in diffusers).
-    pub guidance_scale: f64,
+    /// Classifier-free guidance scale (`<= 1` turns guidance off, as in diffusers); `None`
+    /// (the default): the checkpoint's, diffusers' default for its pipeline — 7.5 for SD 1.x /
+    /// 2.x, 5.0 for SDXL ([`StableDiffusion::default_guidance_scale`],
+    /// [`StableDiffusion::guidance_scale`]).
+    pub guidance_scale: Option<f64>,
     /// Seed of the initial latent and of every step's noise, default 0.
     pub seed: u64,
     /// Image height in pixels (default: the UNet's `sample_size` × the VAE's scale factor).
@@ -73,6 +90,11 @@ pub struct Request {
     pub crop_top_left: (usize, usize),
     /// SDXL micro-conditioning: the target size `(height, width)` (default: the image size).
     pub target_size: Option<(usize, usize)>,
+    /// SDXL: whether the negative embeddings are zeros when there is no negative prompt
+    /// (diffusers' `force_zeros_for_empty_prompt`); `None` (the default): the checkpoint's
+    /// setting ([`StableDiffusion::force_zeros_for_empty_prompt`], from its `model_index.json`).
+    /// SD 1.x / 2.x always encode the empty prompt: `Some(true)` is an error for them.
+    pub force_zeros_for_empty_prompt: Option<bool>,
 }
 
 impl Default for Request {
@@ -83,13 +105,14 @@ impl Default for Request {
             images_per_prompt: 1,
             scheduler: SchedulerKind::EulerAncestral,
             steps: 50,
-            guidance_scale: 7.5,
+            guidance_scale: None,
             seed: 0,
             height: None,
             width: None,
             original_size: None,
             crop_top_left: (0, 0),
             target_size: None,
+            force_zeros_for_empty_prompt: None,
         }
     }
 }
@@ -99,7 +122,8 @@ impl Default for Request {
 pub struct Generation {
     /// One image per sample, prompt-major (`prompt 0` × images per prompt, then `prompt 1`, …).
     pub images: Vec<RgbImage>,
-    /// The final latents `[batch, channels, h, w]` (before the VAE's scaling).
+    /// The final latents `[batch, channels, h, w]` as the sampler produces them (the VAE's
+    /// latents × its `scaling_factor`: what [`Vae::decode`] takes).
     pub latents: Tensor,
     /// Steps taken.
     pub steps_taken: usize,
@@ -153,9 +177,11 @@ fn read_force_zeros(root: &Path) -> Result<bool> {
     match json.get("force_zeros_for_empty_prompt") {
         None | Some(serde_json::Value::Null) => Ok(true),
         Some(serde_json::Value::Bool(b)) => Ok(*b),
-        Some(other) => {
-            Err(Error::config(&path, format!("`force_zeros_for_empty_prompt` must be a boolean, got {other}")))
-        }
+        Some(other) => Err(Error::config_field(
+            &path,
+            "force_zeros_for_empty_prompt",
+            format!("must be true, false or null, got {other}"),
+        )),
     }
 }
 
@@ -261,7 +287,11 @@ impl StableDiffusion {
         scheduler_config: SchedulerConfig,
         force_zeros_for_empty_prompt: bool,
     ) -> Result<Self> {
-        let reference = unets.first().ok_or_else(|| Error::InvalidArgument("no UNet given".into()))?;
+        let reference = unets.first().ok_or_else(|| {
+            Error::InvalidArgument(
+                "StableDiffusion::from_parts / from_parts_sdxl: `unets` is empty; give the reference UNet first".into(),
+            )
+        })?;
         for u in &unets[1..] {
             reference.check_same_architecture(u)?;
         }
@@ -338,14 +368,37 @@ impl StableDiffusion {
         self.text_encoder_2.as_ref()
     }
 
-    /// SDXL: whether the negative embeddings are zeros when no negative prompt is given.
+    /// SDXL: whether the negative embeddings are zeros when no negative prompt is given, for
+    /// requests that leave [`Request::force_zeros_for_empty_prompt`] `None` (the checkpoint's
+    /// `model_index.json`, default true).
     pub fn force_zeros_for_empty_prompt(&self) -> bool {
         self.force_zeros_for_empty_prompt
     }
 
-    /// Sets [`Self::force_zeros_for_empty_prompt`] (SDXL only; ignored otherwise).
+    /// Sets [`Self::force_zeros_for_empty_prompt`], the default of every request that does not set
+    /// its own (SDXL only; ignored otherwise). To change it for one request, set
+    /// [`Request::force_zeros_for_empty_prompt`].
     pub fn set_force_zeros_for_empty_prompt(&mut self, value: bool) {
         self.force_zeros_for_empty_prompt = value;
+    }
+
+    /// diffusers' default classifier-free guidance scale for this kind of checkpoint, what a
+    /// [`Request`] whose `guidance_scale` is `None` samples with: 5.0 for SDXL
+    /// (`StableDiffusionXLPipeline`), 7.5 for SD 1.x / 2.x (`StableDiffusionPipeline`).
+    pub fn default_guidance_scale(&self) -> f64 {
+        if self.is_sdxl() {
+            5.0
+        } else {
+            7.5
+        }
+    }
+
+    /// The guidance scale `request` samples with: its [`Request::guidance_scale`], or
+    /// [`Self::default_guidance_scale`] when that is `None`. An [`Error::InvalidGuidance`] for a
+    /// negative or non-finite scale.
+    pub fn guidance_scale(&self, request: &Request) -> Result<f64> {
+        let scale = request.guidance_scale.unwrap_or_else(|| self.default_guidance_scale());
+        Ok(GuidanceScale::new(scale)?.value())
     }
 
     /// Number of UNets (reference + aligned): what the realigner must weigh.
@@ -396,31 +449,46 @@ impl StableDiffusion {
         (h * f, w * f)
     }
 
-    /// Encodes the prompts once (and, with guidance on, the negative prompt — the empty prompt
-    /// when `None`), each distinct text in a single text-encoder pass, for every UNet to share.
+    /// Encodes `prompts` once (and, with guidance on, the negative prompt — the empty prompt
+    /// when `None`), each distinct text in a single text-encoder pass, for every UNet to share:
+    /// the low-level form of [`Self::encode`], one sample per prompt, not tied to a request.
     /// For SDXL the embeddings are the penultimate hidden states of both encoders concatenated,
     /// with encoder 2's projected pooled output and the default micro-conditioning (the default
-    /// image size, crop (0, 0)); with `force_zeros_for_empty_prompt` and no negative prompt the
-    /// negative embeddings are zeros, as in diffusers.
+    /// image size, crop (0, 0)); with [`Self::force_zeros_for_empty_prompt`] and no negative
+    /// prompt the negative embeddings are zeros, as in diffusers.
     pub fn encode_prompts<S: AsRef<str>>(
         &self,
         prompts: &[S],
         negative_prompt: Option<&str>,
         guidance_scale: f64,
     ) -> Result<PromptEmbeddings> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "StableDiffusion::encode_prompts: `prompts` is empty; give at least one prompt".into(),
+            ));
+        }
+        let guided = GuidanceScale::new(guidance_scale)?.is_active();
+        let zero_negative = self.is_sdxl() && negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
         let time_ids = self.time_ids(&Request::default())?;
-        self.encode_with_time_ids(prompts, negative_prompt, guidance_scale, time_ids)
+        let prompts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
+        self.encode_texts(&prompts, negative_prompt, guided, zero_negative, time_ids)
     }
 
     /// SDXL's six `time_ids` of a request: original size `(h, w)`, crop `(top, left)`, target
-    /// size `(h, w)`, defaulting as diffusers (original = target = the image size). An error for
-    /// SD 1.x / 2.x when the request sets micro-conditioning (`None` otherwise).
+    /// size `(h, w)`, defaulting as diffusers (original = target = the image size). An
+    /// [`Error::InvalidRequest`] for SD 1.x / 2.x when the request sets micro-conditioning
+    /// (`None` otherwise).
     pub fn time_ids(&self, request: &Request) -> Result<Option<[f64; 6]>> {
         if !self.is_sdxl() {
-            if request.original_size.is_some() || request.target_size.is_some() || request.crop_top_left != (0, 0) {
-                return Err(Error::InvalidArgument(
-                    "original size, crop and target size are SDXL micro-conditioning; this checkpoint is not SDXL"
-                        .into(),
+            let set = [
+                ("original_size", request.original_size.is_some()),
+                ("crop_top_left", request.crop_top_left != (0, 0)),
+                ("target_size", request.target_size.is_some()),
+            ];
+            if let Some((field, _)) = set.into_iter().find(|(_, set)| *set) {
+                return Err(Error::request(
+                    field,
+                    "is SDXL micro-conditioning and this checkpoint is SD 1.x / 2.x: leave it at its default",
                 ));
             }
             return Ok(None);
@@ -433,17 +501,50 @@ impl StableDiffusion {
         Ok(Some([oh, ow, ct, cl, th, tw].map(|v| v as f64)))
     }
 
-    fn encode_with_time_ids<S: AsRef<str>>(
+    /// Whether `request`'s negative embeddings are zeros (SDXL, no negative prompt,
+    /// `force_zeros_for_empty_prompt` of the request or else of the checkpoint).
+    fn zero_negative(&self, request: &Request) -> Result<bool> {
+        match (self.is_sdxl(), request.force_zeros_for_empty_prompt) {
+            (true, own) => Ok(request.negative_prompt.is_none() && own.unwrap_or(self.force_zeros_for_empty_prompt)),
+            (false, Some(true)) => Err(Error::request(
+                "force_zeros_for_empty_prompt",
+                "is SDXL's option and this checkpoint is SD 1.x / 2.x, whose negative embeddings are the empty \
+                 prompt's: leave it None (or false)",
+            )),
+            (false, _) => Ok(false),
+        }
+    }
+
+    /// What the text encoding of `request` depends on, checked.
+    fn encoding(&self, request: &Request) -> Result<Encoding> {
+        if request.prompts.is_empty() {
+            return Err(Error::request("prompts", "is empty: give at least one prompt"));
+        }
+        if request.images_per_prompt == 0 {
+            return Err(Error::request("images_per_prompt", "is 0: it must be at least 1"));
+        }
+        let guidance_scale = self.guidance_scale(request)?;
+        Ok(Encoding {
+            sdxl: self.is_sdxl(),
+            prompts: request.prompts.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            images_per_prompt: request.images_per_prompt,
+            guidance_scale,
+            zero_negative: self.zero_negative(request)?,
+            time_ids: self.time_ids(request)?,
+            micro: Micro::of(request),
+        })
+    }
+
+    /// The embeddings of `prompts` (one row each), each distinct text encoded once.
+    fn encode_texts(
         &self,
-        prompts: &[S],
+        prompts: &[&str],
         negative_prompt: Option<&str>,
-        guidance_scale: f64,
+        guided: bool,
+        zero_negative: bool,
         time_ids: Option<[f64; 6]>,
     ) -> Result<PromptEmbeddings> {
-        if prompts.is_empty() {
-            return Err(Error::InvalidArgument("no prompts: give at least one prompt".into()));
-        }
-        let guidance = GuidanceScale::new(guidance_scale)?;
         fn index_of<'s>(s: &'s str, distinct: &mut Vec<&'s str>) -> u32 {
             match distinct.iter().position(|d| *d == s) {
                 Some(i) => i as u32,
@@ -455,13 +556,10 @@ impl StableDiffusion {
         }
         let mut distinct: Vec<&str> = Vec::new();
         let mut rows = Vec::new();
-        let prompts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
-        for p in &prompts {
+        for p in prompts {
             rows.push(index_of(p, &mut distinct));
         }
-        let zero_negative = self.is_sdxl() && negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
-        let uncond_row =
-            (guidance.is_active() && !zero_negative).then(|| index_of(negative_prompt.unwrap_or(""), &mut distinct));
+        let uncond_row = (guided && !zero_negative).then(|| index_of(negative_prompt.unwrap_or(""), &mut distinct));
         let (hidden, pooled) = match &self.text_encoder_2 {
             None => (self.text_encoder.encode(&distinct)?, None),
             Some(te2) => {
@@ -482,39 +580,48 @@ impl StableDiffusion {
         let n = prompts.len();
         let uncond = match uncond_row {
             Some(r) => Some(pick(&hidden, &vec![r; n])?),
-            None if guidance.is_active() => Some(cond.zeros_like()?),
+            None if guided => Some(cond.zeros_like()?),
             None => None,
         };
         let embeddings = PromptEmbeddings::new(cond, uncond)?;
         let Some(pooled) = pooled else {
             return Ok(embeddings);
         };
-        let ids = time_ids.ok_or_else(|| Error::InvalidArgument("SDXL needs time_ids".into()))?;
+        let ids = time_ids.ok_or(Error::Internal("an SDXL pipeline computed no time_ids"))?;
         let ids = Tensor::new(&ids, &self.device)?.to_dtype(self.dtype)?.unsqueeze(0)?.repeat((n, 1))?;
         let pooled_cond = pick(&pooled, &rows)?;
         let added = AddedConditioning::new(pooled_cond.clone(), ids.clone())?;
         let added_uncond = match uncond_row {
             Some(r) => Some(AddedConditioning::new(pick(&pooled, &vec![r; n])?, ids)?),
-            None if guidance.is_active() => Some(AddedConditioning::new(pooled_cond.zeros_like()?, ids)?),
+            None if guided => Some(AddedConditioning::new(pooled_cond.zeros_like()?, ids)?),
             None => None,
         };
         embeddings.with_added(added, added_uncond)
     }
 
-    /// The text embeddings of a request (prompts × images per prompt).
-    /// For SDXL it carries the request's micro-conditioning ([`Self::time_ids`]).
-    pub fn encode(&self, request: &Request) -> Result<PromptEmbeddings> {
-        let time_ids = self.time_ids(request)?;
-        self.encode_with_time_ids(
-            &request.prompts,
-            request.negative_prompt.as_deref(),
-            request.guidance_scale,
-            time_ids,
-        )?
-        .repeat_each(request.images_per_prompt)
+    /// The text embeddings of a request (prompts × images per prompt), for
+    /// [`Self::sample`]: negative-prompt embeddings when its guidance (or the checkpoint's default
+    /// guidance) is on, zeros for them under SDXL's `force_zeros_for_empty_prompt` (the
+    /// request's, else the checkpoint's); for SDXL the request's micro-conditioning
+    /// ([`Self::time_ids`]). The result remembers what it was encoded from, so that
+    /// [`Self::sample`] refuses it for another request.
+    pub fn encode(&self, request: &Request) -> Result<EncodedRequest> {
+        let encoding = self.encoding(request)?;
+        let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+        let embeddings = self
+            .encode_texts(
+                &prompts,
+                request.negative_prompt.as_deref(),
+                encoding.guided(),
+                encoding.zero_negative,
+                encoding.time_ids,
+            )?
+            .repeat_each(request.images_per_prompt)?;
+        Ok(EncodedRequest { embeddings, encoding })
     }
 
-    /// One guided denoiser per UNet (reference first), all sharing `embeddings`.
+    /// One guided denoiser per UNet (reference first), all sharing `embeddings`: the low-level
+    /// form of [`Self::sample`] (for example [`EncodedRequest::embeddings`], repeated to a batch).
     pub fn denoisers<'a>(
         &'a self,
         embeddings: &'a PromptEmbeddings,
@@ -523,79 +630,270 @@ impl StableDiffusion {
         self.unets.iter().map(|u| Guided::new(u, embeddings, guidance_scale)).collect()
     }
 
-    /// The latent shape `[batch, channels, height / f, width / f]` of a request.
+    /// The latent shape `[batch, channels, height / f, width / f]` of a request; an
+    /// [`Error::InvalidRequest`] for a height or width that is not a positive multiple of the
+    /// VAE's scale factor `f`.
     pub fn latent_shape(&self, request: &Request, batch: usize) -> Result<[usize; 4]> {
         let (dh, dw) = self.default_size();
         let (h, w) = (request.height.unwrap_or(dh), request.width.unwrap_or(dw));
         let f = self.vae.scale_factor();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "image size {h}x{w} must be a positive multiple of the VAE's scale factor {f}"
-            )));
+        for (field, v) in [("height", h), ("width", w)] {
+            if v == 0 || v % f != 0 {
+                return Err(Error::request(
+                    field,
+                    format!("is {v} pixels; it must be a positive multiple of the VAE's scale factor {f}"),
+                ));
+            }
         }
         Ok([batch, self.unets[0].in_channels(), h / f, w / f])
     }
 
-    /// Runs the realigned sampling loop for `request` with precomputed `embeddings`, drawing
-    /// `x_T` and every step's noise from `noise`; `observer` sees every step. Models whose weight
-    /// is 0 at every step are not run (λ = 0 or 1 costs one UNet per step).
+    /// Checks everything about `request` that can be checked without running a model: prompts,
+    /// images per prompt, steps, guidance scale, image size, SDXL's options, and that the
+    /// scheduler can be built for its steps. [`Self::generate`] does this before encoding.
+    pub fn check_request(&self, request: &Request) -> Result<()> {
+        self.encoding(request)?;
+        if request.steps == 0 {
+            return Err(Error::request("steps", "is 0: it must be at least 1"));
+        }
+        self.latent_shape(request, 1)?;
+        request.scheduler.build(&self.scheduler_config, request.steps)?;
+        Ok(())
+    }
+
+    /// Runs the realigned sampling loop for `request` with its text encoding `encoded` (from
+    /// [`Self::encode`] of this request, or of one that differs only in steps, scheduler, seed
+    /// or a guidance scale on the same side of 1; anything else is an
+    /// [`Error::EncodedRequestMismatch`]), drawing `x_T` and every step's noise from `noise`;
+    /// `observer` sees every step. Models whose weight is 0 at every step are not run (λ = 0 or
+    /// 1 costs one UNet per step).
     pub fn sample(
         &self,
         request: &Request,
-        embeddings: &PromptEmbeddings,
+        encoded: &EncodedRequest,
         realigner: &Realigner,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn Observer,
     ) -> Result<SampleOutput> {
         if request.steps == 0 {
-            return Err(Error::InvalidArgument("the number of inference steps must be at least 1".into()));
+            return Err(Error::request("steps", "is 0: it must be at least 1"));
         }
-        GuidanceScale::new(request.guidance_scale)?;
-        self.time_ids(request)?;
-        if self.is_sdxl() != embeddings.added().is_some() {
-            return Err(Error::InvalidArgument(if self.is_sdxl() {
-                "SDXL needs prompt embeddings with pooled text embeddings and time_ids (StableDiffusion::encode)".into()
-            } else {
-                "these prompt embeddings carry SDXL's added conditioning but the checkpoint is not SDXL".into()
-            }));
-        }
+        encoded.encoding.check_belongs(&self.encoding(request)?)?;
         if realigner.num_models() != self.unets.len() {
             return Err(Error::InvalidArgument(format!(
-                "the realigner weighs {} models but {} UNets are loaded (reference + {} aligned); use \
-                 Realigner::two_model(λ) for one aligned model, Realigner::multi_reward(&[λ…]) for several",
+                "StableDiffusion::sample: the realigner weighs {} models but {} UNets are loaded (reference + {} \
+                 aligned); use Realigner::two_model(λ) for one aligned model, Realigner::multi_reward(&[λ…]) for \
+                 several",
                 realigner.num_models(),
                 self.unets.len(),
                 self.unets.len() - 1
             )));
         }
-        let shape = self.latent_shape(request, embeddings.batch())?;
+        let guidance_scale = self.guidance_scale(request)?;
+        let shape = self.latent_shape(request, encoded.batch())?;
         let scheduler = request.scheduler.build(&self.scheduler_config, request.steps)?;
-        let (kept, realigner) = prune_zero_weights(realigner, request.steps)?;
+        // A per-step schedule of another length is an error here (not silently cut), and a
+        // schedule given as a function of (step, steps) is evaluated for this run.
+        let realigner = realigner.for_steps(request.steps)?;
+        let (kept, realigner) = prune_zero_weights(&realigner, request.steps)?;
         let guided: Vec<Guided<'_, Unet>> = kept
             .iter()
-            .map(|&i| Guided::new(&self.unets[i], embeddings, request.guidance_scale))
+            .map(|&i| Guided::new(&self.unets[i], &encoded.embeddings, guidance_scale))
             .collect::<Result<_>>()?;
         let denoisers: Vec<&dyn Denoiser> = guided.iter().map(|g| g as &dyn Denoiser).collect();
         let sampler = Sampler::new(scheduler.as_ref(), denoisers, realigner)?;
         Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
     }
 
-    /// Decodes final latents to images (one VAE pass).
+    /// Decodes final latents (as [`Self::sample`] produces them) to 8-bit images, one VAE pass
+    /// ([`Vae::decode`]).
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
         self.vae.decode(latents)
     }
 
-    /// Encodes the prompts, samples with seeded noise and `realigner`, decodes.
+    /// Decodes final latents (as [`Self::sample`] produces them) to images `[B, 3, H, W]` as f32
+    /// in `[0, 1]` ([`Vae::decode_f32`]).
+    pub fn decode_f32(&self, latents: &Tensor) -> Result<Tensor> {
+        self.vae.decode_f32(latents)
+    }
+
+    /// Checks the request, encodes its prompts, samples with seeded noise and `realigner`,
+    /// decodes.
     pub fn generate(
         &self,
         request: &Request,
         realigner: &Realigner,
         observer: &mut dyn Observer,
     ) -> Result<Generation> {
-        let embeddings = self.encode(request)?;
-        let out = self.sample(request, &embeddings, realigner, &mut SeededNoise::new(request.seed), observer)?;
+        self.check_request(request)?;
+        let encoded = self.encode(request)?;
+        let out = self.sample(request, &encoded, realigner, &mut SeededNoise::new(request.seed), observer)?;
         let images = self.decode(&out.latent)?;
         Ok(Generation { images, latents: out.latent, steps_taken: out.steps_taken, stopped_early: out.stopped_early })
+    }
+}
+
+/// The text encoding of one [`Request`]: its prompt embeddings (prompts × images per prompt,
+/// with negative-prompt embeddings when guided, and SDXL's added conditioning), made by
+/// [`StableDiffusion::encode`] and taken by [`StableDiffusion::sample`], which checks that they
+/// were encoded from the request it samples.
+///
+/// ```no_run
+/// # fn demo(sd: &deradiff_sd::StableDiffusion) -> deradiff_sd::Result<()> {
+/// use deradiff_core::{NoObserver, Realigner, SeededNoise};
+/// let request = deradiff_sd::Request { prompts: vec!["a red cube".into()], ..Default::default() };
+/// let encoded = sd.encode(&request)?;
+/// for lambda in [0.0, 0.5, 1.0] {
+///     let realigner = Realigner::two_model(lambda)?;
+///     let out = sd.sample(&request, &encoded, &realigner, &mut SeededNoise::new(request.seed), &mut NoObserver)?;
+///     sd.decode(&out.latent)?[0].save_png(format!("cube_{lambda}.png"))?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EncodedRequest {
+    embeddings: PromptEmbeddings,
+    encoding: Encoding,
+}
+
+impl EncodedRequest {
+    /// The prompt embeddings (for [`StableDiffusion::denoisers`] or your own [`Guided`]).
+    pub fn embeddings(&self) -> &PromptEmbeddings {
+        &self.embeddings
+    }
+
+    /// The prompt embeddings, consuming the encoding.
+    pub fn into_embeddings(self) -> PromptEmbeddings {
+        self.embeddings
+    }
+
+    /// Number of samples: prompts × images per prompt.
+    pub fn batch(&self) -> usize {
+        self.embeddings.batch()
+    }
+
+    /// The guidance scale the request was encoded with (its own, or the checkpoint's default).
+    pub fn guidance_scale(&self) -> f64 {
+        self.encoding.guidance_scale
+    }
+}
+
+/// The fields of a request that SDXL's `time_ids` are computed from (for error messages).
+#[derive(Debug, Clone, PartialEq)]
+struct Micro {
+    height: Option<usize>,
+    width: Option<usize>,
+    original_size: Option<(usize, usize)>,
+    crop_top_left: (usize, usize),
+    target_size: Option<(usize, usize)>,
+}
+
+impl Micro {
+    fn of(r: &Request) -> Self {
+        Self {
+            height: r.height,
+            width: r.width,
+            original_size: r.original_size,
+            crop_top_left: r.crop_top_left,
+            target_size: r.target_size,
+        }
+    }
+}
+
+/// What a request's text encoding depends on.
+#[derive(Debug, Clone)]
+struct Encoding {
+    sdxl: bool,
+    prompts: Vec<String>,
+    negative_prompt: Option<String>,
+    images_per_prompt: usize,
+    guidance_scale: f64,
+    zero_negative: bool,
+    time_ids: Option<[f64; 6]>,
+    micro: Micro,
+}
+
+impl Encoding {
+    fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+
+    /// An error unless embeddings encoded for `self` are those of `now`.
+    fn check_belongs(&self, now: &Encoding) -> Result<()> {
+        let mismatch = |field: &'static str, detail: String| Err(Error::EncodedRequestMismatch { field, detail });
+        if self.sdxl != now.sdxl {
+            let kind = |sdxl: bool| if sdxl { "an SDXL" } else { "an SD 1.x / 2.x" };
+            return Err(Error::ModelMismatch(format!(
+                "StableDiffusion::sample: the encoded request was encoded by {} pipeline, this is {} pipeline",
+                kind(self.sdxl),
+                kind(now.sdxl)
+            )));
+        }
+        if self.prompts != now.prompts {
+            let detail = match self.prompts.iter().zip(&now.prompts).position(|(a, b)| a != b) {
+                Some(i) => format!("prompt {i} was {:?} and is {:?}", self.prompts[i], now.prompts[i]),
+                None => format!("{} prompts were encoded, the request has {}", self.prompts.len(), now.prompts.len()),
+            };
+            return mismatch("prompts", detail);
+        }
+        if self.negative_prompt != now.negative_prompt {
+            return mismatch(
+                "negative_prompt",
+                format!("{:?} was encoded, the request has {:?}", self.negative_prompt, now.negative_prompt),
+            );
+        }
+        if self.images_per_prompt != now.images_per_prompt {
+            return mismatch(
+                "images_per_prompt",
+                format!("{} was encoded, the request has {}", self.images_per_prompt, now.images_per_prompt),
+            );
+        }
+        if self.guided() != now.guided() {
+            let on = |g: bool| if g { "on" } else { "off" };
+            return mismatch(
+                "guidance_scale",
+                format!(
+                    "encoded with guidance {} (scale {}), the request has it {} (scale {}); negative-prompt \
+                     embeddings exist only when the scale is above 1",
+                    on(self.guided()),
+                    self.guidance_scale,
+                    on(now.guided()),
+                    now.guidance_scale
+                ),
+            );
+        }
+        if self.guided() && self.zero_negative != now.zero_negative {
+            return mismatch(
+                "force_zeros_for_empty_prompt",
+                format!(
+                    "the negative embeddings were encoded as {}, the request asks for {}",
+                    if self.zero_negative { "zeros" } else { "the empty prompt's" },
+                    if now.zero_negative { "zeros" } else { "the empty prompt's" }
+                ),
+            );
+        }
+        if self.time_ids != now.time_ids {
+            let (a, b) = (&self.micro, &now.micro);
+            let fields: [(&'static str, String, String); 5] = [
+                ("height", format!("{:?}", a.height), format!("{:?}", b.height)),
+                ("width", format!("{:?}", a.width), format!("{:?}", b.width)),
+                ("original_size", format!("{:?}", a.original_size), format!("{:?}", b.original_size)),
+                ("crop_top_left", format!("{:?}", a.crop_top_left), format!("{:?}", b.crop_top_left)),
+                ("target_size", format!("{:?}", a.target_size), format!("{:?}", b.target_size)),
+            ];
+            let detail = |field: &str, was: &str, is: &str| {
+                format!("{was} was encoded, the request has {is}; SDXL's time_ids depend on it ({field})")
+            };
+            return match fields.into_iter().find(|(_, was, is)| was != is) {
+                Some((field, was, is)) => mismatch(field, detail(field, &was, &is)),
+                None => Err(Error::ModelMismatch(
+                    "StableDiffusion::sample: the encoded request was encoded by an SDXL pipeline of another \
+                     default image size (its time_ids differ)"
+                        .into(),
+                )),
+            };
+        }
+        Ok(())
     }
 }
 

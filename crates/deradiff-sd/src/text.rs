@@ -127,7 +127,9 @@ impl TextEncoder {
     /// Token ids `[N, max_length]` of `prompts` (and the counters of one forward pass).
     fn ids(&self, prompts: &[&str]) -> Result<Tensor> {
         if prompts.is_empty() {
-            return Err(Error::InvalidArgument("no prompts to encode".into()));
+            return Err(Error::InvalidArgument(
+                "TextEncoder::encode / encode_all: `prompts` is empty; give at least one prompt".into(),
+            ));
         }
         let vocab = self.model.config().vocab_size;
         let mut ids = Vec::with_capacity(prompts.len() * self.tokenizer.max_length());
@@ -188,7 +190,11 @@ fn load_clip_impl(dir: &Path, dtype: DType, device: &Device, projection: bool) -
     };
     if projection {
         if config.projection_dim == 0 {
-            return Err(Error::config(&cfg_path, "`projection_dim` must be positive"));
+            return Err(Error::config_field(
+                &cfg_path,
+                "projection_dim",
+                "must be positive for a CLIPTextModelWithProjection, got 0",
+            ));
         }
         if prefix.is_none() {
             return Err(Error::MissingTensor {

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde_json::Value;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -181,7 +182,8 @@ impl ClipTokenizer {
         let specials = read_specials(dir)?;
         let json = dir.join("tokenizer.json");
         let mut inner = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer { path: json.clone(), message: e.to_string() })?
+            let text = std::fs::read_to_string(&json).map_err(|e| Error::io("read", &json, e))?;
+            Tokenizer::from_str(&text).map_err(|e| Error::config(&json, e.to_string()))?
         } else {
             let vocab_path = dir.join("vocab.json");
             let merges_path = dir.join("merges.txt");
@@ -216,7 +218,11 @@ impl ClipTokenizer {
         let pad = id(&specials.pad, "pad")?;
         let max_length = specials.max_length.unwrap_or(77);
         if max_length < 2 {
-            return Err(Error::config(dir.join("tokenizer_config.json"), "model_max_length must be at least 2"));
+            return Err(Error::config_field(
+                dir.join("tokenizer_config.json"),
+                "model_max_length",
+                format!("must be at least 2 (room for the begin and end tokens), got {max_length}"),
+            ));
         }
         Ok(Self { inner, source: dir.to_path_buf(), max_length, bos, eos, pad })
     }

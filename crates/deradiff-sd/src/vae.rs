@@ -1,5 +1,8 @@
 //! The VAE decoder: candle-transformers' `AutoEncoderKL` configured from `vae/config.json`,
 //! with the checkpoint's own `scaling_factor` and spatial scale factor.
+//!
+//! Every decode method but [`Vae::decode_unscaled`] takes latents as the sampler produces them
+//! (the VAE's latents × `scaling_factor`) and divides by `scaling_factor` itself.
 
 use std::path::Path;
 
@@ -56,7 +59,8 @@ impl Vae {
         self.config.scale_factor()
     }
 
-    /// `scaling_factor` from the config (latents are divided by it before decoding).
+    /// `scaling_factor` from the config: the sampler works on the VAE's latents × this, and
+    /// [`Self::decode`] / [`Self::decode_f32`] divide by it before decoding.
     pub fn scaling_factor(&self) -> f64 {
         self.config.scaling_factor
     }
@@ -71,24 +75,41 @@ impl Vae {
         self.dtype
     }
 
-    /// The decoder's raw output `[B, 3, H·f, W·f]` (values about `[-1, 1]`, as f32) for latents
-    /// `z` already divided by the scaling factor.
-    pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+    /// `latents / scaling_factor` in f32: the sampler's latents as the decoder takes them.
+    pub fn unscale(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok((latents.to_dtype(DType::F32)? / self.config.scaling_factor)?)
+    }
+
+    /// The decoder's raw output `[B, 3, H·f, W·f]` (f32, about `[-1, 1]`, not clamped) for
+    /// latents `z` that are already unscaled (divided by [`Self::scaling_factor`], see
+    /// [`Self::unscale`]). For latents as the sampler produces them use [`Self::decode`] or
+    /// [`Self::decode_f32`].
+    pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
         let dims = z.dims();
         if dims.len() != 4 || dims[1] != self.config.latent_channels {
-            return Err(Error::InvalidArgument(format!(
-                "VAE latents must be [batch, {}, height, width], got {dims:?}",
-                self.config.latent_channels
-            )));
+            return Err(Error::shape(
+                "the latents given to the VAE decoder",
+                format!("[batch, {}, height, width]", self.config.latent_channels),
+                dims,
+            ));
         }
         let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
         Ok(self.model.decode(&z)?.to_dtype(DType::F32)?)
     }
 
-    /// Images from sampled latents: `decode(latents / scaling_factor)`, then diffusers'
-    /// post-processing to 8-bit RGB.
+    /// Images `[B, 3, H·f, W·f]` as f32 in `[0, 1]` from latents as the sampler produces them:
+    /// the decoder's output for `latents / scaling_factor`, then diffusers' post-processing
+    /// `clamp(x / 2 + 1/2, 0, 1)` (its `output_type="pt"`). [`Self::decode`] is the same image
+    /// rounded to 8 bits.
+    pub fn decode_f32(&self, latents: &Tensor) -> Result<Tensor> {
+        let raw = self.decode_unscaled(&self.unscale(latents)?)?;
+        Ok(raw.affine(0.5, 0.5)?.clamp(0f32, 1f32)?)
+    }
+
+    /// 8-bit RGB images from latents as the sampler produces them: the decoder's output for
+    /// `latents / scaling_factor`, then diffusers' post-processing (see
+    /// [`RgbImage::from_tensor`]).
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        let z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
-        RgbImage::from_tensor(&self.decode_raw(&z)?)
+        RgbImage::from_tensor(&self.decode_unscaled(&self.unscale(latents)?)?)
     }
 }

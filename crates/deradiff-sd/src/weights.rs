@@ -52,12 +52,12 @@ fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::config(index, "no `weight_map` object"))?;
+        .ok_or_else(|| Error::config_field(index, "weight_map", "missing, or not an object of tensor name → file"))?;
     let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
     files.sort();
     files.dedup();
     if files.is_empty() {
-        return Err(Error::config(index, "`weight_map` lists no files"));
+        return Err(Error::config_field(index, "weight_map", "lists no files"));
     }
     files
         .into_iter()
@@ -91,12 +91,34 @@ pub fn load_checked<T>(
     CheckedWeights::open(&files)?.build(dtype, device, None, build)
 }
 
+/// An error opening a weight file: a failure to read it is an [`Error::Io`], anything else (not
+/// safetensors, a corrupt header) an [`Error::Weights`].
+fn open_error(file: &Path, mut e: candle_core::Error) -> Error {
+    loop {
+        e = match e {
+            candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            candle_core::Error::Io(io) => return Error::io("read", file, io),
+            other => return Error::Weights { file: file.to_path_buf(), message: other.to_string() },
+        }
+    }
+}
+
 /// What went wrong while a model pulled its tensors (reported after candle gives up).
 #[derive(Debug, Clone)]
 enum Failure {
-    Missing { tensor: String },
-    Shape { tensor: String, expected: Shape, got: Shape },
-    DType { tensor: String, dtype: DType },
+    Missing {
+        tensor: String,
+    },
+    Shape {
+        tensor: String,
+        expected: Shape,
+        got: Shape,
+    },
+    /// A stored dtype that is not a float (as the safetensors header names it).
+    DType {
+        tensor: String,
+        dtype: String,
+    },
 }
 
 /// Memory-mapped safetensors that check every requested tensor's name, shape and dtype before
@@ -120,7 +142,7 @@ impl CheckedWeights {
     /// Opens (memory-maps) the files; a file that is not valid safetensors is an error naming it.
     pub(crate) fn open(files: &[PathBuf]) -> Result<Arc<Self>> {
         if files.is_empty() {
-            return Err(Error::InvalidArgument("no weight files given".into()));
+            return Err(Error::Internal("CheckedWeights::open was given no weight files"));
         }
         let mut location = HashMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -129,15 +151,13 @@ impl CheckedWeights {
             }
             // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be
             // truncated by another process while it is in use.
-            let one = unsafe { MmapedSafetensors::new(f) }
-                .map_err(|e| Error::Weights { file: f.clone(), message: e.to_string() })?;
+            let one = unsafe { MmapedSafetensors::new(f) }.map_err(|e| open_error(f, e))?;
             for (name, _) in one.tensors() {
                 location.insert(name, i);
             }
         }
         // SAFETY: as above.
-        let st = unsafe { MmapedSafetensors::multi(files) }
-            .map_err(|e| Error::Weights { file: files[0].clone(), message: e.to_string() })?;
+        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| open_error(&files[0], e))?;
         Ok(Arc::new(Self {
             files: files.to_vec(),
             st,
@@ -267,15 +287,21 @@ impl CheckedWeights {
                 });
             }
         }
-        let stored: std::result::Result<DType, _> = view.dtype().try_into();
-        match stored {
+        // The error returned to candle is structured but never shown: `build` reports the
+        // recorded failure (file, tensor, stored dtype) instead.
+        let stored = view.dtype();
+        match DType::try_from(stored) {
             Ok(d) if d.is_float() => {}
             Ok(d) => {
-                self.record(Failure::DType { tensor: name.to_string(), dtype: d });
-                return Err(candle_core::Error::Msg(format!("tensor {name} has dtype {d:?}")));
+                self.record(Failure::DType { tensor: name.to_string(), dtype: format!("{stored:?}") });
+                return Err(candle_core::Error::UnexpectedDType {
+                    msg: "weights must be floating point",
+                    expected: dtype,
+                    got: d,
+                });
             }
             Err(e) => {
-                self.record(Failure::DType { tensor: name.to_string(), dtype: DType::U8 });
+                self.record(Failure::DType { tensor: name.to_string(), dtype: format!("{stored:?}") });
                 return Err(e);
             }
         }

@@ -147,9 +147,46 @@ fn vae_decode_matches_diffusers() {
     let vae = Vae::load(tiny_sd().join("vae"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(vae.scale_factor(), 2);
     assert_eq!(vae.scaling_factor(), meta()["vae_scaling_factor"].as_f64().unwrap());
-    let decoded = vae.decode_raw(&reference("vae.z")).unwrap();
-    let err = max_abs_diff(&decoded, &reference("vae.decoded"));
+    // diffusers' `vae.decode(z)` of unscaled latents z.
+    let z = reference("vae.z");
+    let want = reference("vae.decoded");
+    let decoded = vae.decode_unscaled(&z).unwrap();
+    let err = max_abs_diff(&decoded, &want);
     println!("VAE decode max abs error vs diffusers: {err:.3e}");
     assert!(err <= 1e-3, "{err}");
     assert_eq!(decoded.dims(), &[1, 3, 16, 16]);
+
+    // The sampler's latents are z × scaling_factor: `decode_f32` and `decode` divide themselves.
+    let latents = (&z * vae.scaling_factor()).unwrap();
+    let unit = vae.decode_f32(&latents).unwrap();
+    assert_eq!((unit.dims(), unit.dtype()), (&[1usize, 3, 16, 16][..], DType::F32));
+    // diffusers' postprocess (output_type="pt"): clamp(x / 2 + 0.5, 0, 1).
+    let want_unit = ((&want * 0.5).unwrap() + 0.5).unwrap().clamp(0f32, 1f32).unwrap();
+    let err = max_abs_diff(&unit, &want_unit);
+    assert!(err <= 0.5e-3 + 1e-6, "{err}");
+    // In [0, 1]: clamping changes nothing.
+    assert_eq!(max_abs_diff(&unit, &unit.clamp(0f32, 1f32).unwrap()), 0.0);
+    // `decode` is the same image rounded to 8 bits.
+    let images = vae.decode(&latents).unwrap();
+    let bytes: Vec<u8> = (unit.permute((0, 2, 3, 1)).unwrap() * 255.0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.round_ties_even() as u8)
+        .collect();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].data(), &bytes[..]);
+    // `unscale` is the division `decode_unscaled` expects.
+    assert!(max_abs_diff(&vae.unscale(&latents).unwrap(), &z) <= 1e-6);
+
+    // A latent of the wrong channel count is a shape error naming the decoder.
+    let bad = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    for err in
+        [vae.decode_f32(&bad).unwrap_err(), vae.decode(&bad).unwrap_err(), vae.decode_unscaled(&bad).unwrap_err()]
+    {
+        assert!(matches!(err, deradiff_sd::Error::ShapeMismatch { ref got, .. } if got == &[1, 3, 8, 8]), "{err:?}");
+    }
 }

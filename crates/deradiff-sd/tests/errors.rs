@@ -142,7 +142,75 @@ fn wrong_channels_are_caught_at_load() {
     let unet = &sd().unets()[0];
     let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let ctx = Tensor::zeros((1, 77, 32), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(unet.forward(&x, 10.0, &ctx), Err(Error::InvalidArgument(_))));
+    let err = unet.forward(&x, 10.0, &ctx).unwrap_err();
+    println!("{err}");
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref context, ref expected, ref got }
+            if context.contains("Unet::forward") && expected == "[batch, 4, height, width]" && got == &[1, 3, 8, 8]),
+        "{err:?}"
+    );
+    // Text embeddings of the wrong width.
+    let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let ctx = Tensor::zeros((1, 77, 31), DType::F32, &Device::Cpu).unwrap();
+    let err = unet.forward(&x, 10.0, &ctx).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { ref got, .. } if got == &[1, 77, 31]), "{err:?}");
+}
+
+#[test]
+fn integer_weights_are_named_with_their_stored_dtype() {
+    let dir = broken_copy("integer-weights");
+    let mut tensors = unet_tensors();
+    let bias = tensors["conv_in.bias"].to_dtype(DType::I64).unwrap();
+    tensors.insert("conv_in.bias".into(), bias);
+    let file = dir.join("unet/diffusion_pytorch_model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let err = load(&dir, &[]);
+    assert!(
+        matches!(err, Error::TensorDType { file: ref f, ref tensor, ref dtype }
+            if f == &file && tensor == "conv_in.bias" && dtype == "I64"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("I64"), "{err}");
+}
+
+/// A copy of the tiny checkpoint whose `file` (a JSON object) is edited by `edit`.
+fn with_json(
+    name: &str,
+    file: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = broken_copy(name);
+    let path = dir.join(file);
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn config_field_errors_name_the_field() {
+    let cases: [(&str, &str, serde_json::Value, &str); 6] = [
+        // A value of the wrong type (found by serde).
+        ("unet/config.json", "in_channels", serde_json::json!("four"), "in_channels"),
+        // Values of the right type that cannot work.
+        ("unet/config.json", "norm_num_groups", serde_json::json!(0), "norm_num_groups"),
+        ("unet/config.json", "layers_per_block", serde_json::json!([1, 1, 1]), "layers_per_block"),
+        ("unet/config.json", "sample_size", serde_json::json!("large"), "sample_size"),
+        ("vae/config.json", "scaling_factor", serde_json::json!(-1.0), "scaling_factor"),
+        ("vae/config.json", "up_block_types", serde_json::json!(["UpDecoderBlock2D"]), "up_block_types"),
+    ];
+    for (i, (file, key, value, field)) in cases.into_iter().enumerate() {
+        let (dir, path) = with_json(&format!("config-field-{i}"), file, |j| j[key] = value);
+        let err = load(&dir, &[]);
+        assert!(
+            matches!(err, Error::ConfigField { path: ref p, field: ref f, .. } if p == &path && f == field),
+            "{file} {key}: {err:?}"
+        );
+    }
+    // Not JSON at all is a parse error of the whole file.
+    let (dir, path) = with_json("config-not-json", "vae/config.json", |_| {});
+    std::fs::write(&path, "{\"scaling_factor\": ").unwrap();
+    assert!(matches!(load(&dir, &[]), Error::Config { path: ref p, .. } if p == &path));
 }
 
 /// A random UNet of another architecture (blocks 32/32), saved as a UNet directory.
@@ -204,16 +272,28 @@ fn tiny_request() -> Request {
 fn bad_arguments() {
     let half = Realigner::two_model(0.5).unwrap();
     for g in [-1.0, f64::NAN, f64::INFINITY] {
-        let req = Request { guidance_scale: g, ..tiny_request() };
+        let req = Request { guidance_scale: Some(g), ..tiny_request() };
         assert!(matches!(generate(&req, &half), Error::InvalidGuidance(_)));
     }
     let emb = sd().encode(&tiny_request()).unwrap();
-    assert!(matches!(Guided::new(&sd().unets()[0], &emb, -0.5), Err(Error::InvalidGuidance(_))));
+    assert!(matches!(Guided::new(&sd().unets()[0], emb.embeddings(), -0.5), Err(Error::InvalidGuidance(_))));
 
-    assert!(matches!(generate(&Request { steps: 0, ..tiny_request() }, &half), Error::InvalidArgument(_)));
-    assert!(matches!(generate(&Request { prompts: vec![], ..tiny_request() }, &half), Error::InvalidArgument(_)));
-    assert!(matches!(generate(&Request { images_per_prompt: 0, ..tiny_request() }, &half), Error::InvalidArgument(_)));
-    assert!(matches!(generate(&Request { height: Some(15), ..tiny_request() }, &half), Error::InvalidArgument(_)));
+    let field_of = |req: Request| match generate(&req, &half) {
+        Error::InvalidRequest { field, .. } => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(field_of(Request { steps: 0, ..tiny_request() }), "steps");
+    assert_eq!(field_of(Request { prompts: vec![], ..tiny_request() }), "prompts");
+    assert_eq!(field_of(Request { images_per_prompt: 0, ..tiny_request() }), "images_per_prompt");
+    assert_eq!(field_of(Request { height: Some(15), ..tiny_request() }), "height");
+    assert_eq!(field_of(Request { width: Some(0), ..tiny_request() }), "width");
+    assert_eq!(field_of(Request { original_size: Some((64, 64)), ..tiny_request() }), "original_size");
+    assert_eq!(
+        field_of(Request { force_zeros_for_empty_prompt: Some(true), ..tiny_request() }),
+        "force_zeros_for_empty_prompt"
+    );
+    // SD 1.x / 2.x encode the empty prompt: asking for that explicitly is fine.
+    sd().encode(&Request { force_zeros_for_empty_prompt: Some(false), ..tiny_request() }).unwrap();
     let three = Realigner::multi_reward(&[0.3, 0.3]).unwrap();
     assert!(matches!(generate(&tiny_request(), &three), Error::InvalidArgument(ref m) if m.contains("2 UNets")));
     // A λ that makes no sense is the core's error, passed through.

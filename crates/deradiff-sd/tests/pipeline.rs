@@ -6,8 +6,8 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
-use deradiff_core::{Flow, NoObserver, Realigner, SchedulerKind, StepEvent};
-use deradiff_sd::{Generation, LoadOptions, Request, StableDiffusion};
+use deradiff_core::{Flow, NoObserver, Realigner, SchedulerKind, SeededNoise, StepEvent};
+use deradiff_sd::{Error, Generation, LoadOptions, Request, StableDiffusion};
 
 fn load(aligned: &[&std::path::Path]) -> StableDiffusion {
     StableDiffusion::load(tiny_sd(), aligned, &LoadOptions::default()).unwrap()
@@ -19,7 +19,7 @@ fn request() -> Request {
         negative_prompt: Some("blurry".into()),
         scheduler: SchedulerKind::Ddim { eta: 0.0 },
         steps: 1,
-        guidance_scale: 4.0,
+        guidance_scale: Some(4.0),
         seed: 3,
         ..Default::default()
     }
@@ -155,7 +155,7 @@ fn images_per_prompt_size_and_png_output() {
 
 #[test]
 fn float16_runs_and_stays_close_to_float32() {
-    let req = Request { prompts: vec!["a cat".into()], guidance_scale: 1.0, ..request() };
+    let req = Request { prompts: vec!["a cat".into()], guidance_scale: Some(1.0), ..request() };
     let realigner = Realigner::two_model(0.5).unwrap();
     let f32_out = load(&[&tiny_aligned()]).generate(&req, &realigner, &mut NoObserver).unwrap();
     let options = LoadOptions { dtype: DType::F16, device: Device::Cpu };
@@ -168,4 +168,60 @@ fn float16_runs_and_stays_close_to_float32() {
     let err = max_abs_diff(&f16_out.latents, &f32_out.latents) / max_abs(&f32_out.latents);
     println!("f16 vs f32 final latents, relative max error: {err:.2e}");
     assert!(err < 0.05, "{err}");
+}
+
+#[test]
+fn guidance_defaults_to_the_checkpoints() {
+    let sd = load(&[&tiny_aligned()]);
+    // diffusers' StableDiffusionPipeline default.
+    assert_eq!(sd.default_guidance_scale(), 7.5);
+    let req = Request { prompts: vec!["a cat".into()], guidance_scale: None, ..request() };
+    assert_eq!(sd.guidance_scale(&req).unwrap(), 7.5);
+    assert_eq!(sd.guidance_scale(&Request { guidance_scale: Some(2.0), ..req.clone() }).unwrap(), 2.0);
+    assert_eq!(sd.encode(&req).unwrap().guidance_scale(), 7.5);
+    let half = Realigner::two_model(0.5).unwrap();
+    let default = sd.generate(&req, &half, &mut NoObserver).unwrap();
+    let explicit = sd.generate(&Request { guidance_scale: Some(7.5), ..req.clone() }, &half, &mut NoObserver).unwrap();
+    let other = sd.generate(&Request { guidance_scale: Some(3.0), ..req.clone() }, &half, &mut NoObserver).unwrap();
+    assert_eq!(max_abs_diff(&default.latents, &explicit.latents), 0.0);
+    assert!(max_abs_diff(&default.latents, &other.latents) > 1e-4);
+}
+
+#[test]
+fn an_encoding_belongs_to_its_request() {
+    let sd = load(&[&tiny_aligned()]);
+    let half = Realigner::two_model(0.5).unwrap();
+    let req = Request { prompts: vec!["a cat".into()], ..request() };
+    let encoded = sd.encode(&req).unwrap();
+    assert_eq!(encoded.batch(), 1);
+    let sample = |r: &Request| sd.sample(r, &encoded, &half, &mut SeededNoise::new(r.seed), &mut NoObserver);
+    // The same request: the same latents as generate.
+    let sampled = sample(&req).unwrap();
+    let generated = sd.generate(&req, &half, &mut NoObserver).unwrap();
+    assert_eq!(max_abs_diff(&sampled.latent, &generated.latents), 0.0);
+    // Steps, scheduler, seed, image size and a guidance scale on the same side of 1 may differ.
+    let other_run = Request {
+        steps: 2,
+        seed: 9,
+        scheduler: SchedulerKind::EulerAncestral,
+        guidance_scale: Some(6.0),
+        height: Some(12),
+        ..req.clone()
+    };
+    sample(&other_run).unwrap();
+    // What the embeddings depend on may not.
+    let field_of = |r: Request| match sample(&r) {
+        Err(Error::EncodedRequestMismatch { field, detail }) => {
+            println!("{field}: {detail}");
+            field
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(field_of(Request { prompts: vec!["a dog".into()], ..req.clone() }), "prompts");
+    assert_eq!(field_of(Request { prompts: vec!["a cat".into(), "a cat".into()], ..req.clone() }), "prompts");
+    assert_eq!(field_of(Request { negative_prompt: None, ..req.clone() }), "negative_prompt");
+    assert_eq!(field_of(Request { images_per_prompt: 2, ..req.clone() }), "images_per_prompt");
+    assert_eq!(field_of(Request { guidance_scale: Some(1.0), ..req.clone() }), "guidance_scale");
+    let err = sample(&Request { prompts: vec!["a dog".into()], ..req.clone() }).unwrap_err();
+    assert!(err.to_string().contains("Request::prompts") && err.to_string().contains("\"a dog\""), "{err}");
 }

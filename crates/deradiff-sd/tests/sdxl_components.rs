@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use deradiff_sd::{text::load_clip_with_projection, AddedConditioning, ClipTokenizer, Unet};
+use deradiff_sd::{text::load_clip_with_projection, AddedConditioning, ClipTokenizer, Error, Unet};
 
 fn timesteps() -> Vec<f64> {
     xl_meta()["unet_timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect()
@@ -67,19 +67,20 @@ fn changing_time_ids_changes_the_output_as_in_diffusers() {
 fn sdxl_unet_refuses_missing_or_misshapen_added_conditioning() {
     let (x, emb) = (xl_reference("unet.x"), xl_reference("unet.emb"));
     let unet = Unet::load(tiny_sdxl(), None, DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(unet.forward(&x, 10.0, &emb), Err(deradiff_sd::Error::InvalidArgument(_))));
+    assert!(matches!(unet.forward(&x, 10.0, &emb), Err(Error::ModelMismatch(ref m)) if m.contains("text_time")));
     let short =
         AddedConditioning::new(xl_reference("unet.pooled"), xl_reference("unet.time_ids").narrow(1, 0, 5).unwrap())
             .unwrap();
-    assert!(matches!(unet.forward_added(&x, 10.0, &emb, Some(&short)), Err(deradiff_sd::Error::InvalidArgument(_))));
+    let err = unet.forward_added(&x, 10.0, &emb, Some(&short)).unwrap_err();
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref context, ref got, .. } if context.contains("time_ids") && got[1] == 5),
+        "{err:?}"
+    );
     let sd = Unet::load(tiny_sd(), None, DType::F32, &Device::Cpu).unwrap();
     assert!(sd.text_time().is_none());
     let x8 = Tensor::zeros((2, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let ctx = Tensor::zeros((2, 77, 32), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(
-        sd.forward_added(&x8, 10.0, &ctx, Some(&added("unet.time_ids"))),
-        Err(deradiff_sd::Error::InvalidArgument(_))
-    ));
+    assert!(matches!(sd.forward_added(&x8, 10.0, &ctx, Some(&added("unet.time_ids"))), Err(Error::ModelMismatch(_))));
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn request(name: &str) -> Request {
         negative_prompt: run["negative"].as_str().map(str::to_string),
         scheduler: SchedulerKind::EulerAncestral,
         steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        guidance_scale: run["guidance_scale"].as_f64(),
         height: Some(run["height"].as_u64().unwrap() as usize),
         width: Some(run["width"].as_u64().unwrap() as usize),
         original_size: pair(&run["original_size"]),
@@ -99,7 +99,8 @@ fn check_run(name: &str) {
     let sd = xl();
     let run = &xl_meta()["runs"][name];
     let req = request(name);
-    let emb = sd.encode(&req).unwrap();
+    let encoded = sd.encode(&req).unwrap();
+    let emb = encoded.embeddings();
     let both = Tensor::cat(&[emb.uncond().unwrap(), emb.cond()], 0).unwrap();
     let (a, au) = (emb.added().unwrap(), emb.added_uncond().unwrap());
     let pooled = Tensor::cat(&[au.text_embeds(), a.text_embeds()], 0).unwrap();
@@ -116,7 +117,7 @@ fn check_run(name: &str) {
         Flow::Continue
     };
     let lambda = run["lambda"].as_f64().unwrap();
-    let out = sd.sample(&req, &emb, &Realigner::two_model(lambda).unwrap(), &mut injected, &mut observer).unwrap();
+    let out = sd.sample(&req, &encoded, &Realigner::two_model(lambda).unwrap(), &mut injected, &mut observer).unwrap();
     let want_t: Vec<f64> = run["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
     for (a, b) in timesteps.iter().zip(&want_t) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{timesteps:?} vs {want_t:?}");
@@ -153,12 +154,17 @@ fn micro_conditioning_batches_guidance_off_and_f16() {
     let a = sd.generate(&base, &half, &mut NoObserver).unwrap();
     let b = sd.generate(&Request { original_size: Some((64, 64)), ..base.clone() }, &half, &mut NoObserver).unwrap();
     assert!(max_abs_diff(&a.latents, &b.latents) > 1e-4);
-    let c = sd.generate(&Request { guidance_scale: 1.0, images_per_prompt: 2, ..base.clone() }, &half, &mut NoObserver);
+    let c = sd.generate(
+        &Request { guidance_scale: Some(1.0), images_per_prompt: 2, ..base.clone() },
+        &half,
+        &mut NoObserver,
+    );
     assert_eq!(c.unwrap().images.len(), 2);
     // Guided, two prompts, two images each: the pooled embeddings and time_ids follow each row.
     let req = Request { prompts: vec!["a cat".into(), "a dog".into()], images_per_prompt: 2, ..base.clone() };
-    let emb = sd.encode(&req).unwrap();
-    assert_eq!(emb.batch(), 4);
+    let encoded = sd.encode(&req).unwrap();
+    assert_eq!(encoded.batch(), 4);
+    let emb = encoded.embeddings();
     let pooled = emb.added().unwrap().text_embeds();
     assert_eq!(max_abs_diff(&pooled.get(0).unwrap(), &pooled.get(1).unwrap()), 0.0);
     assert!(max_abs_diff(&pooled.get(1).unwrap(), &pooled.get(2).unwrap()) > 1e-3);
@@ -180,7 +186,7 @@ fn sdxl_errors_as_the_sd_pipeline() {
     let half = Realigner::two_model(0.5).unwrap();
     // A size the VAE cannot produce (its scale factor is 2 here; 8 for the real VAE).
     let req = Request { prompts: vec!["a cat".into()], steps: 1, height: Some(15), ..Default::default() };
-    assert!(matches!(xl().generate(&req, &half, &mut NoObserver), Err(Error::InvalidArgument(_))));
+    assert!(matches!(xl().generate(&req, &half, &mut NoObserver), Err(Error::InvalidRequest { field: "height", .. })));
     // Missing text_encoder_2 / tokenizer_2.
     for missing in ["text_encoder_2", "tokenizer_2"] {
         let dir = scratch(&format!("sdxl-no-{missing}"));
@@ -206,10 +212,95 @@ fn sdxl_errors_as_the_sd_pipeline() {
     // Micro-conditioning on an SD 1.5 checkpoint is an error, not silently ignored.
     let sd15 = StableDiffusion::load(tiny_sd(), &[] as &[&std::path::Path], &LoadOptions::default()).unwrap();
     let req = Request { prompts: vec!["a cat".into()], steps: 1, crop_top_left: (8, 0), ..Default::default() };
-    assert!(matches!(sd15.encode(&req), Err(Error::InvalidArgument(_))));
+    assert!(matches!(sd15.encode(&req), Err(Error::InvalidRequest { field: "crop_top_left", .. })));
     // SD 1.5 embeddings into the SDXL pipeline.
     let emb = sd15.encode(&Request { prompts: vec!["a cat".into()], ..Default::default() }).unwrap();
     let req = Request { prompts: vec!["a cat".into()], steps: 1, ..Default::default() };
     let err = xl().sample(&req, &emb, &half, &mut deradiff_core::SeededNoise::new(0), &mut NoObserver).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, Error::ModelMismatch(ref m) if m.contains("SD 1.x / 2.x pipeline")), "{err:?}");
+}
+
+#[test]
+fn sdxl_guidance_defaults_to_five() {
+    let sd = xl();
+    // diffusers' StableDiffusionXLPipeline default.
+    assert_eq!(sd.default_guidance_scale(), 5.0);
+    let req = Request { prompts: vec!["a cat".into()], steps: 1, seed: 2, ..Default::default() };
+    assert_eq!(req.guidance_scale, None);
+    assert_eq!(sd.guidance_scale(&req).unwrap(), 5.0);
+    let half = Realigner::two_model(0.5).unwrap();
+    let default = sd.generate(&req, &half, &mut NoObserver).unwrap();
+    let five = sd.generate(&Request { guidance_scale: Some(5.0), ..req.clone() }, &half, &mut NoObserver).unwrap();
+    let sd15_default =
+        sd.generate(&Request { guidance_scale: Some(7.5), ..req.clone() }, &half, &mut NoObserver).unwrap();
+    assert_eq!(max_abs_diff(&default.latents, &five.latents), 0.0);
+    assert!(max_abs_diff(&default.latents, &sd15_default.latents) > 1e-4);
+}
+
+#[test]
+fn force_zeros_for_empty_prompt_per_request() {
+    let sd = xl();
+    assert!(sd.force_zeros_for_empty_prompt());
+    let prompts = strings(&xl_meta()["text_prompts"]);
+    let check = |ours: &Tensor, name: &str| {
+        let err = max_abs_diff(ours, &xl_reference(name));
+        assert!(err <= 1e-4, "{name}: {err}");
+    };
+    let base = Request { prompts, steps: 1, guidance_scale: Some(5.0), ..Default::default() };
+    // None: the checkpoint's setting (zeros).
+    let zeros = sd.encode(&base).unwrap();
+    assert_eq!(max_abs(zeros.embeddings().uncond().unwrap()), 0.0);
+    assert_eq!(max_abs(zeros.embeddings().added_uncond().unwrap().text_embeds()), 0.0);
+    // Some(false): the empty prompt's encoding, as diffusers with force_zeros_for_empty_prompt=False.
+    let off = Request { force_zeros_for_empty_prompt: Some(false), ..base.clone() };
+    let empty = sd.encode(&off).unwrap();
+    let e = empty.embeddings();
+    check(&e.uncond().unwrap().narrow(0, 0, 1).unwrap(), "text.empty_embeds");
+    check(&e.added_uncond().unwrap().text_embeds().narrow(0, 0, 1).unwrap(), "text.empty_pooled");
+    // The conditional embeddings do not change.
+    assert_eq!(max_abs_diff(e.cond(), zeros.embeddings().cond()), 0.0);
+    // With a negative prompt the option does not apply.
+    let negative = Request { negative_prompt: Some("blurry".into()), ..base.clone() };
+    let a = sd.encode(&Request { force_zeros_for_empty_prompt: Some(true), ..negative.clone() }).unwrap();
+    let b = sd.encode(&Request { force_zeros_for_empty_prompt: Some(false), ..negative.clone() }).unwrap();
+    assert_eq!(max_abs_diff(a.embeddings().uncond().unwrap(), b.embeddings().uncond().unwrap()), 0.0);
+    assert!(max_abs(a.embeddings().uncond().unwrap()) > 0.0);
+    // A zeros encoding is not the encoding of a request without them, and the other way round.
+    let half = Realigner::two_model(0.5).unwrap();
+    let mut noise = deradiff_core::SeededNoise::new(0);
+    for (req, encoded) in [(&off, &zeros), (&base, &empty)] {
+        let err = sd.sample(req, encoded, &half, &mut noise, &mut NoObserver).unwrap_err();
+        assert!(matches!(err, Error::EncodedRequestMismatch { field: "force_zeros_for_empty_prompt", .. }), "{err:?}");
+    }
+    // Some(true) on a pipeline whose own setting is off.
+    let mut own = StableDiffusion::load(tiny_sdxl(), &[tiny_sdxl_aligned()], &LoadOptions::default()).unwrap();
+    own.set_force_zeros_for_empty_prompt(false);
+    let own_default = own.encode(&base).unwrap();
+    check(&own_default.embeddings().uncond().unwrap().narrow(0, 0, 1).unwrap(), "text.empty_embeds");
+    let own_zeros = own.encode(&Request { force_zeros_for_empty_prompt: Some(true), ..base.clone() }).unwrap();
+    assert_eq!(max_abs(own_zeros.embeddings().uncond().unwrap()), 0.0);
+    // Per request, end to end: the same latents as the pipeline-wide switch.
+    let per_request = sd.generate(&off, &half, &mut NoObserver).unwrap();
+    let switched = own.generate(&base, &half, &mut NoObserver).unwrap();
+    assert_eq!(max_abs_diff(&per_request.latents, &switched.latents), 0.0);
+}
+
+#[test]
+fn sdxl_encoding_carries_its_micro_conditioning() {
+    let sd = xl();
+    let half = Realigner::two_model(0.5).unwrap();
+    let req = Request { prompts: vec!["a cat".into()], steps: 1, original_size: Some((64, 64)), ..Default::default() };
+    let encoded = sd.encode(&req).unwrap();
+    let mut noise = deradiff_core::SeededNoise::new(0);
+    sd.sample(&req, &encoded, &half, &mut noise, &mut NoObserver).unwrap();
+    for (other, field) in [
+        (Request { original_size: None, ..req.clone() }, "original_size"),
+        (Request { crop_top_left: (2, 0), ..req.clone() }, "crop_top_left"),
+        (Request { target_size: Some((8, 8)), ..req.clone() }, "target_size"),
+        // The image size is the default target size.
+        (Request { height: Some(8), ..req.clone() }, "height"),
+    ] {
+        let err = sd.sample(&other, &encoded, &half, &mut noise, &mut NoObserver).unwrap_err();
+        assert!(matches!(err, Error::EncodedRequestMismatch { field: f, .. } if f == field), "{field}: {err:?}");
+    }
 }

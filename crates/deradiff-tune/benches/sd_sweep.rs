@@ -43,15 +43,16 @@ fn setup() -> Setup {
         prompts: vec!["a red cube on a wooden table".into()],
         scheduler: SchedulerKind::EulerAncestral,
         steps: STEPS,
-        guidance_scale: 7.5,
+        guidance_scale: Some(7.5),
         ..Default::default()
     };
-    let one = sd.encode(&request).unwrap();
+    let one = sd.encode(&request).unwrap().into_embeddings();
     let eight = one.repeat_each(LAMBDAS.len()).unwrap();
     let scheduler = request.scheduler.build(sd.scheduler_config(), STEPS).unwrap();
     let shape = sd.latent_shape(&request, 1).unwrap();
     let realigners = LAMBDAS.iter().map(|&l| Realigner::two_model(l).unwrap()).collect();
-    Setup { sd, scheduler, one, eight, realigners, shape, guidance: request.guidance_scale }
+    let guidance = sd.guidance_scale(&request).unwrap();
+    Setup { sd, scheduler, one, eight, realigners, shape, guidance }
 }
 
 impl Setup {

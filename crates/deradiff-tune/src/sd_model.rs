@@ -79,7 +79,7 @@ impl SdModel {
             negative_prompt: setup.negative_prompt.clone(),
             scheduler: setup.scheduler,
             steps: setup.steps,
-            guidance_scale: setup.guidance_scale,
+            guidance_scale: Some(setup.guidance_scale),
             height: setup.size.map(|s| s.0),
             width: setup.size.map(|s| s.1),
             ..Default::default()
@@ -132,7 +132,7 @@ impl SweepModel for SdModel {
             Error::InvalidArgument(format!("prompt {:?} has no text; Stable Diffusion sweeps need prompts", prompt.id))
         })?;
         let request = Request { prompts: vec![text.to_string()], ..self.request.clone() };
-        let base = Rc::new(self.sd.encode(&request)?);
+        let base = Rc::new(self.sd.encode(&request)?.into_embeddings());
         let cache = Rc::new(RefCell::new(HashMap::new()));
         Ok(self
             .sd
@@ -165,9 +165,8 @@ impl SweepModel for SdModel {
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let vae = self.sd.vae();
         let decode = || -> deradiff_sd::Result<Tensor> {
-            let z = (latents.to_dtype(DType::F32)? / vae.scaling_factor())?;
             // diffusers' post-processing clamps to [-1, 1] before images are scored.
-            Ok(vae.decode_raw(&z)?.clamp(-1.0, 1.0)?)
+            Ok(vae.decode_unscaled(&vae.unscale(latents)?)?.clamp(-1.0, 1.0)?)
         };
         Ok(decode()?)
     }

@@ -43,7 +43,7 @@ fn batched_sd_sweep_matches_the_pipeline_per_lambda() {
             images_per_prompt: 2,
             scheduler: SchedulerKind::Ddim { eta: 0.0 },
             steps: 3,
-            guidance_scale: 5.0,
+            guidance_scale: Some(5.0),
             seed: prompt.seed,
             ..Default::default()
         };

@@ -8,9 +8,8 @@ use deradiff_kernels as kernels;
 use super::layers::{conv2d, linear, Conv2d, ConvConfig, CrossAttention, FeedForward, GroupNorm, Linear};
 use crate::config::{UnetArch, UnetBlock};
 
-/// diffusers' `ResnetBlock2D` (candle's, with its GroupNorm + SiLU pairs fused on the CPU).
-/// What a [`ResnetBlock2D`] is built with (candle's `ResnetBlock2DConfig`, less what no SD
-/// checkpoint sets).
+/// What a [`ResnetBlock2D`] is built with (the fields of candle's `ResnetBlock2DConfig` that SD
+/// checkpoints set).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ResnetConfig {
     pub(super) out_channels: usize,
@@ -20,6 +19,8 @@ pub(super) struct ResnetConfig {
     pub(super) output_scale_factor: f64,
 }
 
+/// diffusers' `ResnetBlock2D` (weight names and layout as candle's), its GroupNorm + SiLU pairs
+/// fused on the CPU.
 pub(super) struct ResnetBlock2D {
     pub(super) norm1: GroupNorm,
     pub(super) conv1: Conv2d,
@@ -109,7 +110,7 @@ impl TransformerBlock {
     }
 }
 
-/// diffusers' `Transformer2DModel` (candle's `SpatialTransformer`) with exact-GELU blocks. Its
+/// diffusers' `Transformer2DModel` (what candle calls `SpatialTransformer`) with exact-GELU blocks. Its
 /// `proj_in` / `proj_out` (1×1 convolutions, or linears with `use_linear_projection`: the same
 /// map over channels, loaded as `[C, C]` either way) read the image layout and write back into it
 /// through [`kernels::linear_from_channels`] and [`kernels::linear_to_channels`], so the tokens

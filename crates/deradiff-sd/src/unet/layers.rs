@@ -107,7 +107,7 @@ pub(super) fn linear_no_bias(in_dim: usize, out_dim: usize, vs: VarBuilder) -> c
     Ok(Linear { weight: vs.get((out_dim, in_dim), "weight")?, bias: None })
 }
 
-/// diffusers' `Attention` (candle's `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
+/// diffusers' `Attention` (what candle calls `CrossAttention`: `to_q`, `to_k`, `to_v` without bias,
 /// `to_out.0`), through the fused attention kernel on the CPU ([`kernels::attention_heads`]).
 pub(super) struct CrossAttention {
     pub(super) to_q: Linear,

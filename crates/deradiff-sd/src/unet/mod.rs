@@ -8,11 +8,12 @@
 //! embedding). Every linear, convolution, group norm (+ SiLU), GEGLU and attention runs the fused
 //! kernels of `deradiff-kernels` on the CPU and candle's ops elsewhere.
 //!
-//! Two corrections to candle 0.11's own `UNet2DConditionModel`: the transformer feed-forward uses
-//! diffusers' exact (erf) GELU (candle's uses the tanh approximation: 4e-5 off diffusers on the
-//! tiny SDXL UNet's output, 6e-5 on the tiny SD 1.x one; ours about 1.5e-6), and the resnets'
-//! GroupNorms take `norm_num_groups` (candle's down and up blocks always use 32). candle's UNet
-//! also ignores SDXL's `add_embedding`. The sinusoidal projections are computed in f32 and cast
+//! It is not candle-transformers' `UNet2DConditionModel` (only the weight names and block layout
+//! are shared), which differs from diffusers where ours does not: our transformer feed-forward
+//! uses diffusers' exact (erf) GELU (candle's uses the tanh approximation: 4e-5 off diffusers on
+//! the tiny SDXL UNet's output, 6e-5 on the tiny SD 1.x one; ours about 1.5e-6), our resnets'
+//! GroupNorms take `norm_num_groups` (candle's down and up blocks always use 32), and ours has
+//! SDXL's `add_embedding`, which candle's ignores. The sinusoidal projections are computed in f32 and cast
 //! to the model dtype, as diffusers does (candle computes them in the model dtype, which rounds
 //! fractional Euler timesteps in f16).
 
@@ -118,7 +119,8 @@ impl Unet {
             (None, Some((c, p))) => (c.clone(), p.to_path_buf()),
             (None, None) => {
                 return Err(Error::InvalidArgument(format!(
-                    "{} is a bare weight file: the reference UNet needs its config.json (give its directory)",
+                    "Unet::load: {} is a bare weight file and no fallback config was given; the reference UNet \
+                     needs its config.json (give its directory)",
                     path.display()
                 )))
             }
@@ -135,7 +137,9 @@ impl Unet {
         device: &Device,
     ) -> Result<Self> {
         if files.is_empty() {
-            return Err(Error::InvalidArgument("no UNet weight files given".into()));
+            return Err(Error::InvalidArgument(
+                "Unet::from_files: `files` is empty; give the UNet's weight files".into(),
+            ));
         }
         let arch = config.arch(config_path)?;
         let weights = CheckedWeights::open(files)?;
@@ -278,25 +282,31 @@ impl Unet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
-        let (b, c, _h, _w) = x.dims4().map_err(|_| {
-            Error::InvalidArgument(format!("UNet input must be [batch, channels, height, width], got {:?}", x.dims()))
-        })?;
-        if c != self.arch.in_channels {
-            return Err(Error::InvalidArgument(format!(
-                "UNet input has {c} channels but {} takes {}",
-                self.source.display(),
-                self.arch.in_channels
-            )));
+        let in_channels = self.arch.in_channels;
+        let latents_shape = || {
+            Error::shape(
+                format!("the latents given to Unet::forward for {}", self.source.display()),
+                format!("[batch, {in_channels}, height, width]"),
+                x.dims(),
+            )
+        };
+        let (b, c, _h, _w) = x.dims4().map_err(|_| latents_shape())?;
+        if c != in_channels {
+            return Err(latents_shape());
         }
         let ctx = context.dims();
         if ctx.len() != 3 || ctx[0] != b || ctx[2] != self.arch.cross_attention_dim {
-            return Err(Error::InvalidArgument(format!(
-                "UNet context must be [{b}, tokens, {}], got {ctx:?}",
-                self.arch.cross_attention_dim
-            )));
+            return Err(Error::shape(
+                format!("the text embeddings (context) given to Unet::forward for {}", self.source.display()),
+                format!(
+                    "[{b}, tokens, {}] (the latents' batch, the UNet's cross_attention_dim)",
+                    self.arch.cross_attention_dim
+                ),
+                ctx,
+            ));
         }
         if !timestep.is_finite() {
-            return Err(Error::InvalidArgument(format!("timestep {timestep} is not finite")));
+            return Err(Error::InvalidArgument(format!("Unet::forward: the timestep {timestep} is not finite")));
         }
         let out_dtype = x.dtype();
         let x = x.to_dtype(self.dtype)?;
@@ -307,13 +317,14 @@ impl Unet {
                 self.model.forward(&x, timestep, &context, None)?
             }
             (None, Some(_)) => {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is an SD 1.x / 2.x UNet: it takes no pooled text embeddings or time_ids",
+                return Err(Error::ModelMismatch(format!(
+                    "{} is an SD 1.x / 2.x UNet: it takes no pooled text embeddings or time_ids (call \
+                     Unet::forward_added with None, or Unet::forward)",
                     self.source.display()
                 )))
             }
             (Some(_), None) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::ModelMismatch(format!(
                     "{} is an SDXL UNet (addition_embed_type = \"text_time\"): it needs pooled text embeddings \
                      and time_ids (Unet::forward_added)",
                     self.source.display()
@@ -321,12 +332,22 @@ impl Unet {
             }
             (Some(tt), Some(a)) => {
                 let (te, ti) = (a.text_embeds().dims(), a.time_ids().dims());
-                if te != [b, tt.pooled_dim] || ti != [b, tt.num_time_ids] {
-                    return Err(Error::InvalidArgument(format!(
-                        "SDXL added conditioning must be pooled text embeddings [{b}, {}] and time_ids [{b}, {}], \
-                         got {te:?} and {ti:?}",
-                        tt.pooled_dim, tt.num_time_ids
-                    )));
+                if te != [b, tt.pooled_dim] {
+                    return Err(Error::shape(
+                        format!(
+                            "the pooled text embeddings given to Unet::forward_added for {}",
+                            self.source.display()
+                        ),
+                        format!("[{b}, {}] (the latents' batch, the UNet's pooled width)", tt.pooled_dim),
+                        te,
+                    ));
+                }
+                if ti != [b, tt.num_time_ids] {
+                    return Err(Error::shape(
+                        format!("the time_ids given to Unet::forward_added for {}", self.source.display()),
+                        format!("[{b}, {}] (original size, crop top-left, target size)", tt.num_time_ids),
+                        ti,
+                    ));
                 }
                 self.forward_calls.fetch_add(1, Ordering::Relaxed);
                 self.model.forward(&x, timestep, &context, Some((a.text_embeds(), a.time_ids())))?
