@@ -4,11 +4,13 @@
 //! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG); `deradiff sample`
 //! realigns Stable Diffusion checkpoints and writes PNGs.
 
+mod checkpoint;
+mod error;
 mod sample;
 mod tune;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -19,9 +21,18 @@ use deradiff_analytic::{
 use deradiff_core::{PredictionType, SchedulerKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::error::{CliError, Context, Result};
+
 /// Denoising-time realignment of diffusion models (DeRaDiff).
 #[derive(Debug, Parser)]
-#[command(name = "deradiff", version, about, long_about = None)]
+#[command(
+    name = "deradiff",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 on success, 1 when a run fails (the error and each of its causes are \
+                  printed), 2 for bad options."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,18 +75,27 @@ pub(crate) enum SchedulerArg {
 }
 
 impl SchedulerArg {
+    /// The name `--scheduler` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SchedulerArg::Ddpm => "ddpm",
+            SchedulerArg::Ddim => "ddim",
+            SchedulerArg::EulerA => "euler-a",
+        }
+    }
+
     /// The sampler, with DDIM's η (only valid with `ddim`, and within [0, 1]).
-    pub(crate) fn kind(self, eta: Option<f64>) -> Result<SchedulerKind, String> {
+    pub(crate) fn kind(self, eta: Option<f64>) -> Result<SchedulerKind> {
         Ok(match self {
             SchedulerArg::Ddpm | SchedulerArg::EulerA if eta.is_some() => {
-                return Err("--eta applies to --scheduler ddim only".into());
+                return Err(CliError::usage("--eta applies to --scheduler ddim only"));
             }
             SchedulerArg::Ddpm => SchedulerKind::Ddpm,
             SchedulerArg::EulerA => SchedulerKind::EulerAncestral,
             SchedulerArg::Ddim => {
                 let eta = eta.unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&eta) {
-                    return Err(format!("--eta is {eta}; DDIM's η must lie in [0, 1]"));
+                    return Err(CliError::usage(format!("--eta is {eta}; DDIM's η must lie in [0, 1]")));
                 }
                 SchedulerKind::Ddim { eta }
             }
@@ -131,12 +151,12 @@ struct DemoArgs {
         long,
         value_delimiter = ',',
         default_value = "4,2,1,0.5,0.25",
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         conflicts_with = "lambdas"
     )]
     target_betas: Vec<f64>,
     /// Comma-separated λs instead of target βs (target β = anchor β / λ; λ = 0 is the reference).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     lambdas: Option<Vec<f64>>,
     /// What the models predict.
     #[arg(long, value_enum, default_value = "epsilon")]
@@ -150,27 +170,46 @@ struct DemoArgs {
     /// Print the result as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
-    /// No progress bar.
+    /// No progress bar, and no "wrote …" and "done in …" lines after the table.
     #[arg(long, short)]
     quiet: bool,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Demo(args) => demo(args),
         Command::Sample(args) => sample::sample(args),
         Command::Sweep(args) => tune::sweep(args),
         Command::Tune(args) => tune::tune(args),
         Command::Compare(args) => tune::compare(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
     }
+}
+
+/// Parses the command line (clap prints usage errors and exits with status 2), runs the
+/// subcommand and prints a failure as its whole cause chain: exit status 1 for a failed run, 2
+/// for a bad option. A panic (a bug) is reported as an internal error with status 1, not 101.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error in deradiff (a bug; please report it): {info}");
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{}", e.report());
+            ExitCode::from(e.exit_code())
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Errors (a bad option, before anything runs) if the output directory `dir` of `option` exists
+/// and is not a directory.
+pub(crate) fn check_out_dir(option: &str, dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(CliError::usage(format!("{option} {} exists and is not a directory", dir.display())));
+    }
+    Ok(())
 }
 
 /// The most samples per run `deradiff demo` accepts (each of the study's runs keeps an
@@ -178,24 +217,27 @@ fn main() -> ExitCode {
 const MAX_SAMPLES: usize = 10_000_000;
 
 /// Turns the options into a study configuration, with a message for every bad value.
-fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
+fn config_from(args: &DemoArgs) -> Result<StudyConfig> {
     if !(args.anchor_beta > 0.0 && args.anchor_beta.is_finite()) {
-        return Err(format!("--anchor-beta is {}; it must be a positive finite number", args.anchor_beta));
+        return Err(CliError::usage(format!(
+            "--anchor-beta is {}; it must be a positive finite number",
+            args.anchor_beta
+        )));
     }
     let target_betas = match &args.lambdas {
         Some(lambdas) => {
             if lambdas.is_empty() {
-                return Err("--lambdas is empty; give at least one λ".into());
+                return Err(CliError::usage("--lambdas is empty; give at least one λ"));
             }
             let mut betas = Vec::with_capacity(lambdas.len());
             for &l in lambdas {
                 if !(l >= 0.0 && l.is_finite()) {
-                    return Err(format!(
-                        "λ = {l} gives the target β = {} / {l} = {}; λ must be finite and ≥ 0 so that \
-                         every target β is positive",
+                    return Err(CliError::usage(format!(
+                        "--lambdas: λ = {l} gives the target β = {} / {l} = {}; λ must be finite and ≥ 0 so \
+                         that every target β is positive",
                         args.anchor_beta,
                         args.anchor_beta / l
-                    ));
+                    )));
                 }
                 betas.push(if l == 0.0 { f64::INFINITY } else { args.anchor_beta / l });
             }
@@ -203,28 +245,31 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
         }
         None => {
             if args.target_betas.is_empty() {
-                return Err("--target-betas is empty; give at least one β".into());
+                return Err(CliError::usage("--target-betas is empty; give at least one β"));
             }
             if let Some(b) = args.target_betas.iter().find(|b| b.is_nan() || **b <= 0.0) {
-                return Err(format!("target β = {b} (λ = {}); every target β must be positive", args.anchor_beta / b));
+                return Err(CliError::usage(format!(
+                    "--target-betas: target β = {b} (λ = {}); every target β must be positive",
+                    args.anchor_beta / b
+                )));
             }
             args.target_betas.clone()
         }
     };
     if args.steps == 0 {
-        return Err("--steps must be at least 1".into());
+        return Err(CliError::usage("--steps must be at least 1"));
     }
     if args.samples == 0 {
-        return Err("--samples must be at least 1".into());
+        return Err(CliError::usage("--samples must be at least 1"));
     }
     if args.samples > MAX_SAMPLES {
-        return Err(format!(
+        return Err(CliError::usage(format!(
             "--samples {} is more than {MAX_SAMPLES}; every run keeps its samples in memory",
             args.samples
-        ));
+        )));
     }
     let scheduler = args.scheduler.kind(args.eta)?;
-    let mixture = demo_mixture(args.components).map_err(|e| format!("--components {}: {e}", args.components))?;
+    let mixture = demo_mixture(args.components).usage_context(format!("--components {}", args.components))?;
     let reward = match args.reward {
         RewardArg::Linear => demo_linear_reward(),
         RewardArg::Quadratic => demo_quadratic_reward(),
@@ -236,10 +281,10 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
         PredictionArg::Sample => PredictionType::Sample,
     };
     if args.steps > training.num_train_timesteps {
-        return Err(format!(
+        return Err(CliError::usage(format!(
             "--steps {} is more than the {} training timesteps of the exact models",
             args.steps, training.num_train_timesteps
-        ));
+        )));
     }
     let mut config = StudyConfig::new(mixture, reward, args.anchor_beta, target_betas);
     config.scheduler = scheduler;
@@ -247,35 +292,46 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig, String> {
     config.samples = args.samples;
     config.seed = args.seed;
     config.training = Some(training);
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate().usage_context("the study's options do not fit together")?;
+    check_out_dir("--out", &args.out)?;
     Ok(config)
 }
 
-fn demo(args: DemoArgs) -> Result<(), String> {
+/// A progress bar (hidden with `--quiet`, and when stderr is not a terminal).
+pub(crate) fn progress_bar(quiet: bool, template: &str) -> Result<ProgressBar> {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let style =
+        ProgressStyle::with_template(template).map_err(|e| CliError::runtime(format!("progress bar template: {e}")))?;
+    bar.set_style(style);
+    Ok(bar)
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
     let config = config_from(&args)?;
     let start = Instant::now();
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps  {msg}")
-            .map_err(|e| e.to_string())?,
-    );
+    let bar = progress_bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps  {msg}")?;
     let output = run_study_with_progress(&config, &mut |p| {
         bar.set_length(p.total);
         bar.set_position(p.done);
         bar.set_message(p.stage.to_string());
     })
-    .map_err(|e| e.to_string())?;
+    .context("the study failed")?;
     bar.finish_and_clear();
-    let written = output.write_files(&args.out).map_err(|e| e.to_string())?;
+    let written = output
+        .write_files(&args.out)
+        .with_context(|| format!("cannot write the study's files to {}", args.out.display()))?;
     let elapsed = start.elapsed().as_secs_f64();
     let mut text = if args.json {
-        output.result.to_json().map_err(|e| e.to_string())?
+        output.result.to_json()?
     } else {
-        let mut t = format!("{}\nwrote:\n", output.result);
-        for path in &written {
-            t.push_str(&format!("  {}\n", path.display()));
+        let mut t = output.result.to_string();
+        if !args.quiet {
+            t.push_str("\nwrote:\n");
+            for path in &written {
+                t.push_str(&format!("  {}\n", path.display()));
+            }
+            t.push_str(&format!("done in {elapsed:.2} s"));
         }
-        t.push_str(&format!("done in {elapsed:.2} s"));
         t
     };
     text.push('\n');
@@ -283,10 +339,10 @@ fn demo(args: DemoArgs) -> Result<(), String> {
 }
 
 /// Writes to stdout; a closed pipe (`deradiff demo | head`) is not an error.
-pub(crate) fn print_stdout(text: &str) -> Result<(), String> {
+pub(crate) fn print_stdout(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write to stdout: {e}")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::because("cannot write to stdout", e)),
         _ => Ok(()),
     }
 }

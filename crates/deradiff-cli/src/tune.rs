@@ -7,16 +7,16 @@ use candle_core::DType;
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
 use std::sync::Arc;
 
-use deradiff_sd::{parse_device, parse_dtype, LoadOptions};
+use crate::checkpoint::{check_aligned_family, check_reference_layout};
+use crate::error::{CliError, Context, Result};
+use crate::{check_out_dir, print_stdout, progress_bar, RewardArg, SchedulerArg};
+use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions};
 use deradiff_tune::{
     agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
     AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer, IfExists,
     ManifoldPenalty, PairBy, PickScore, Prompt, Reward, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel,
-    SweepObjective, SweepOutput, TrueReward,
+    SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
 };
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::{print_stdout, RewardArg, SchedulerArg};
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
 /// Diffusion when `--reference` is given.
@@ -98,12 +98,12 @@ struct Built {
 
 impl TestbedArgs {
     /// The analytic testbed or Stable Diffusion, by the options given.
-    fn build(&self) -> Result<Built, String> {
+    fn build(&self) -> Result<Built> {
         if self.steps == 0 {
-            return Err("--steps must be at least 1".into());
+            return Err(CliError::usage("--steps must be at least 1"));
         }
         if self.samples == Some(0) {
-            return Err("--samples must be at least 1".into());
+            return Err(CliError::usage("--samples must be at least 1"));
         }
         match (&self.reference, &self.aligned) {
             (Some(reference), Some(aligned)) => self.build_sd(reference, aligned),
@@ -115,9 +115,9 @@ impl TestbedArgs {
                     ("--pickscore", self.pickscore.is_some()),
                 ] {
                     if given {
-                        return Err(format!(
+                        return Err(CliError::usage(format!(
                             "{flag} applies to Stable Diffusion sweeps: give --reference and --aligned"
-                        ));
+                        )));
                     }
                 }
                 let (model, proxy, truth) = self.build_analytic()?;
@@ -132,55 +132,78 @@ impl TestbedArgs {
         }
     }
 
-    fn build_sd(&self, reference: &std::path::Path, aligned: &std::path::Path) -> Result<Built, String> {
+    fn build_sd(&self, reference: &Path, aligned: &Path) -> Result<Built> {
         let mut texts = self.prompt.clone();
         if let Some(file) = &self.prompts_file {
             let content = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read --prompts-file {}: {e}", file.display()))?;
+                .with_context(|| format!("cannot read --prompts-file {}", file.display()))?;
             texts.extend(content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
         }
         if texts.is_empty() {
-            return Err("give prompts for a Stable Diffusion sweep: --prompt \"…\" or --prompts-file FILE".into());
+            return Err(CliError::usage(
+                "give prompts for a Stable Diffusion sweep: --prompt \"…\" or --prompts-file FILE (with at least one \
+                 non-blank line)",
+            ));
         }
         let prompts: Vec<Prompt> = texts
             .iter()
             .enumerate()
             .map(|(i, t)| Prompt::text(t.clone(), t.clone(), self.prompt_seed.wrapping_add(i as u64)))
             .collect();
-        let dtype = parse_dtype(&self.dtype).map_err(|e| e.to_string())?;
-        let device = parse_device(&self.device).map_err(|e| e.to_string())?;
+        let dtype = parse_dtype(&self.dtype).usage_context(format!("--dtype {} is not a usable dtype", self.dtype))?;
+        let device =
+            parse_device(&self.device).usage_context(format!("--device {} is not a usable device", self.device))?;
+        check_dtype_supported(dtype, &device)
+            .usage_context(format!("--dtype {} cannot run on --device {}", self.dtype, self.device))?;
+        if self.clip.is_none() && self.pickscore.is_none() {
+            return Err(CliError::usage(
+                "give a reward for a Stable Diffusion sweep: --clip DIR and/or --pickscore DIR",
+            ));
+        }
+        let scheduler = self.scheduler.kind(self.eta)?;
+        check_reference_layout(reference)?;
+        check_aligned_family(reference, &[aligned.to_path_buf()])?;
         let mut rewards: Vec<Box<dyn Reward>> = Vec::new();
         if let Some(dir) = &self.clip {
-            let scorer = ClipScorer::load(dir, DType::F32, &device).map_err(|e| format!("--clip: {e}"))?;
+            let scorer = ClipScorer::load(dir, DType::F32, &device)
+                .with_context(|| format!("cannot load the --clip model {}", dir.display()))?;
             rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
         }
         if let Some(dir) = &self.pickscore {
             let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
             let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
-                .map_err(|e| format!("--pickscore: {e}"))?;
+                .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
-        }
-        if rewards.is_empty() {
-            return Err("give a reward for a Stable Diffusion sweep: --clip DIR and/or --pickscore DIR".into());
         }
         let mut setup = SdSetup::new(reference, aligned);
         setup.load = LoadOptions { dtype, device };
-        setup.scheduler = self.scheduler.kind(self.eta)?;
+        setup.scheduler = scheduler;
         setup.steps = self.steps;
         setup.guidance_scale = self.guidance;
-        let model = SdModel::load(setup).map_err(|e| e.to_string())?;
+        let model = SdModel::load(setup).with_context(|| {
+            format!("cannot load --reference {} with --aligned {}", reference.display(), aligned.display())
+        })?;
         Ok(Built { model: Box::new(model), rewards, prompts, samples: self.samples.unwrap_or(2), anchor_beta: None })
     }
 
     /// The model, the proxy reward and the true reward.
-    fn build_analytic(&self) -> Result<(AnalyticModel, AnalyticReward, TrueReward), String> {
+    fn build_analytic(&self) -> Result<(AnalyticModel, AnalyticReward, TrueReward)> {
         if !(self.anchor_beta > 0.0 && self.anchor_beta.is_finite()) {
-            return Err(format!("--anchor-beta is {}; it must be a positive finite number", self.anchor_beta));
+            return Err(CliError::usage(format!(
+                "--anchor-beta is {}; it must be a positive finite number",
+                self.anchor_beta
+            )));
         }
         if self.prompts == 0 {
-            return Err("--prompts must be at least 1".into());
+            return Err(CliError::usage("--prompts must be at least 1"));
         }
-        let mixture = demo_mixture(self.components).map_err(|e| format!("--components {}: {e}", self.components))?;
+        if self.prompts > MAX_PROMPTS as u64 {
+            return Err(CliError::usage(format!(
+                "--prompts {} is more than {MAX_PROMPTS}, the most one sweep takes",
+                self.prompts
+            )));
+        }
+        let mixture = demo_mixture(self.components).usage_context(format!("--components {}", self.components))?;
         let proxy = match self.reward {
             RewardArg::Linear => demo_linear_reward(),
             RewardArg::Quadratic => demo_quadratic_reward(),
@@ -190,9 +213,9 @@ impl TestbedArgs {
         setup.scheduler = scheduler;
         setup.steps = self.steps;
         setup.training = Some(default_training(scheduler));
-        let model = AnalyticModel::new(setup).map_err(|e| e.to_string())?;
+        let model = AnalyticModel::new(setup).usage_context("the analytic testbed's options do not fit together")?;
         let truth = TrueReward::new("true", proxy.clone(), ManifoldPenalty::ReferenceLogDensity(mixture), self.penalty)
-            .map_err(|e| format!("--penalty: {e}"))?;
+            .usage_context(format!("--penalty {}", self.penalty))?;
         Ok((model, AnalyticReward::new("proxy", proxy), truth))
     }
 }
@@ -202,11 +225,11 @@ impl TestbedArgs {
 pub struct SweepArgs {
     #[command(flatten)]
     testbed: TestbedArgs,
-    /// Comma-separated λ grid.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, conflicts_with = "lambda_range")]
+    /// Comma-separated λ grid (e.g. -0.5,0,0.5,1).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, conflicts_with = "lambda_range")]
     lambdas: Option<Vec<f64>>,
-    /// An even λ grid `FROM:TO:COUNT` (default 0:2:9).
-    #[arg(long)]
+    /// An even λ grid `FROM:TO:COUNT` (default 0:2:9; FROM may be negative, e.g. -1:1:5).
+    #[arg(long, allow_hyphen_values = true)]
     lambda_range: Option<String>,
     /// Start afresh instead of resuming an existing results file.
     #[arg(long)]
@@ -214,45 +237,40 @@ pub struct SweepArgs {
     /// Output directory (sweep.jsonl, sweep.csv, reward_vs_lambda.png).
     #[arg(long, default_value = "deradiff-out/sweep")]
     out: PathBuf,
-    /// No progress bar.
+    /// No progress bar and no "wrote …" line after the table.
     #[arg(long, short)]
     quiet: bool,
 }
 
-fn parse_range(text: &str) -> Result<Vec<f64>, String> {
-    let bad = || format!("--lambda-range {text}: expected FROM:TO:COUNT, e.g. 0:2:9");
+fn parse_range(text: &str) -> Result<Vec<f64>> {
+    let bad = || CliError::usage(format!("--lambda-range {text}: expected FROM:TO:COUNT, e.g. 0:2:9"));
     let parts: Vec<&str> = text.split(':').collect();
     let [from, to, count] = parts.as_slice() else { return Err(bad()) };
     let from: f64 = from.trim().parse().map_err(|_| bad())?;
     let to: f64 = to.trim().parse().map_err(|_| bad())?;
     let count: usize = count.trim().parse().map_err(|_| bad())?;
     if from > to {
-        return Err(format!("--lambda-range {text}: the range is reversed ({from} > {to})"));
+        return Err(CliError::usage(format!("--lambda-range {text}: the range is reversed ({from} > {to})")));
     }
-    deradiff_tune::linspace(from, to, count).map_err(|e| format!("--lambda-range {text}: {e}"))
-}
-
-fn bar(quiet: bool, template: &str) -> Result<ProgressBar, String> {
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template(template).map_err(|e| e.to_string())?);
-    Ok(bar)
+    deradiff_tune::linspace(from, to, count).usage_context(format!("--lambda-range {text}"))
 }
 
 /// Runs `deradiff sweep`.
-pub fn sweep(args: SweepArgs) -> Result<(), String> {
+pub fn sweep(args: SweepArgs) -> Result<()> {
     let lambdas = match (&args.lambdas, &args.lambda_range) {
         (Some(l), _) => l.clone(),
         (None, Some(r)) => parse_range(r)?,
         (None, None) => parse_range("0:2:9")?,
     };
+    check_out_dir("--out", &args.out)?;
     let built = args.testbed.build()?;
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let mut output = SweepOutput::jsonl(args.out.join("sweep.jsonl")).with_csv(args.out.join("sweep.csv"));
     output.if_exists = if args.overwrite { IfExists::Overwrite } else { IfExists::Resume };
     let mut config = SweepConfig::new(lambdas, built.prompts.clone(), built.samples);
     config.output = Some(output);
-    config.validate().map_err(|e| e.to_string())?;
-    let progress = bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {msg}")?;
+    config.validate().usage_context("the sweep's options do not fit together")?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create --out {}", args.out.display()))?;
+    let progress = progress_bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {msg}")?;
     progress.set_length(config.total() as u64);
     let rewards: Vec<&dyn Reward> = built.rewards.iter().map(|r| r.as_ref()).collect();
     let mut observer = |e: &SweepEvent<'_>| {
@@ -264,12 +282,14 @@ pub fn sweep(args: SweepArgs) -> Result<(), String> {
         }
         Ok(())
     };
-    let result = run_sweep(built.model.as_ref(), &rewards, &config, &mut observer).map_err(|e| e.to_string())?;
+    let result = run_sweep(built.model.as_ref(), &rewards, &config, &mut observer).context("the sweep failed")?;
     progress.finish_and_clear();
     let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
-    let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let png = plot::reward_vs_lambda_png(&curves[0], &names[0], 1.96, "Mean reward vs λ").map_err(|e| e.to_string())?;
-    plot::write_png(args.out.join("reward_vs_lambda.png"), &png).map_err(|e| e.to_string())?;
+    let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>()?;
+    let png = plot::reward_vs_lambda_png(&curves[0], &names[0], 1.96, "Mean reward vs λ")
+        .context("cannot plot reward_vs_lambda.png")?;
+    let path = args.out.join("reward_vs_lambda.png");
+    plot::write_png(&path, &png).with_context(|| format!("cannot write {}", path.display()))?;
     let mut text = format!(
         "sweep of {} λ × {} prompts × {} samples ({} rows computed, {} resumed)\n\n{:>8} {:>12}",
         curves[0].len(),
@@ -286,7 +306,13 @@ pub fn sweep(args: SweepArgs) -> Result<(), String> {
     text.push('\n');
     for (i, s0) in curves[0].iter().enumerate() {
         let beta = match built.anchor_beta {
-            Some(b) => equivalent_beta(b, s0.lambda).map(|b| format!("{b:.4}")).unwrap_or_else(|_| "∞".into()),
+            // λ = 0 is the reference (β = ∞); a negative λ emulates no KL strength.
+            Some(b) => match equivalent_beta(b, s0.lambda) {
+                Ok(beta) if beta.is_finite() => format!("{beta:.4}"),
+                Ok(_) => "∞".into(),
+                Err(_) if s0.lambda == 0.0 => "∞".into(),
+                Err(_) => "—".into(),
+            },
             None => "—".into(),
         };
         text.push_str(&format!("{:8.4} {beta:>12}", s0.lambda));
@@ -298,7 +324,9 @@ pub fn sweep(args: SweepArgs) -> Result<(), String> {
     if let Some(best) = curves[0].iter().max_by(|a, b| a.mean.total_cmp(&b.mean)) {
         text.push_str(&format!("\nbest {} on the grid at λ = {}\n", names[0], best.lambda));
     }
-    text.push_str(&format!("wrote {}/{{sweep.jsonl, sweep.csv, reward_vs_lambda.png}}\n", args.out.display()));
+    if !args.quiet {
+        text.push_str(&format!("wrote {}/{{sweep.jsonl, sweep.csv, reward_vs_lambda.png}}\n", args.out.display()));
+    }
     print_stdout(&text)
 }
 
@@ -331,17 +359,17 @@ pub struct TuneArgs {
     /// Output directory (bo.json, bo_trace.png).
     #[arg(long, default_value = "deradiff-out/tune")]
     out: PathBuf,
-    /// No progress output.
+    /// No per-evaluation progress lines and no "wrote …" line after the result.
     #[arg(long, short)]
     quiet: bool,
 }
 
 /// Runs `deradiff tune`.
-pub fn tune(args: TuneArgs) -> Result<(), String> {
+pub fn tune(args: TuneArgs) -> Result<()> {
     let acquisition = match args.acquisition.as_str() {
         "ei" => Acquisition::ExpectedImprovement { xi: 0.0 },
         "ucb" => Acquisition::UpperConfidenceBound { delta: 0.1 },
-        other => return Err(format!("--acquisition '{other}' is not one of 'ei', 'ucb'")),
+        other => return Err(CliError::usage(format!("--acquisition '{other}' is not one of 'ei', 'ucb'"))),
     };
     let config = BoConfig {
         lower: args.lower,
@@ -352,13 +380,14 @@ pub fn tune(args: TuneArgs) -> Result<(), String> {
         seed: args.seed,
         ..BoConfig::default()
     };
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate().usage_context("--lower, --upper, --budget and --initial do not fit together")?;
+    check_out_dir("--out", &args.out)?;
     let built = args.testbed.build()?;
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     // The objective is the first reward: the true reward on the testbed, else --clip, else --pickscore.
     let reward = built.rewards[0].as_ref();
     let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
-        .map_err(|e| e.to_string())?;
+        .usage_context("the tuning objective's options do not fit together")?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create --out {}", args.out.display()))?;
     let quiet = args.quiet;
     let mut progress = |e: &BoEvaluation| {
         if !quiet {
@@ -372,12 +401,15 @@ pub fn tune(args: TuneArgs) -> Result<(), String> {
         }
         Ok(())
     };
-    let result = optimize(&mut objective, &config, &mut progress).map_err(|e| e.to_string())?;
-    let json = result.to_json().map_err(|e| e.to_string())?;
-    deradiff_analytic::write_atomic(args.out.join("bo.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    let result = optimize(&mut objective, &config, &mut progress).context("the optimisation failed")?;
+    let json = result.to_json()?;
+    let path = args.out.join("bo.json");
+    deradiff_analytic::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     let title = format!("Bayesian optimisation of λ ({})", reward.name());
-    let png = plot::bo_trace_png(&result, None, &title).map_err(|e| e.to_string())?;
-    plot::write_png(args.out.join("bo_trace.png"), &png).map_err(|e| e.to_string())?;
+    let png = plot::bo_trace_png(&result, None, &title).context("cannot plot bo_trace.png")?;
+    let path = args.out.join("bo_trace.png");
+    plot::write_png(&path, &png).with_context(|| format!("cannot write {}", path.display()))?;
     let mut text = format!(
         "λ* = {:.4} ({} {:.4}, {} evaluations)\n",
         result.lambda_star,
@@ -388,14 +420,18 @@ pub fn tune(args: TuneArgs) -> Result<(), String> {
     let anchor = built.anchor_beta.or(args.aligned_beta);
     match anchor {
         Some(b) => {
-            let beta = equivalent_beta(b, result.lambda_star)
-                .map(|x| format!("{x:.4}"))
-                .unwrap_or_else(|_| "∞ (the reference)".into());
+            let beta = match equivalent_beta(b, result.lambda_star) {
+                Ok(x) if x.is_finite() => format!("{x:.4}"),
+                Ok(_) => "∞ (the reference)".into(),
+                Err(_) => "none (a negative λ* moves away from the aligned model)".into(),
+            };
             text.push_str(&format!("equivalent KL strength β_anchor/λ* = {b} / {:.4} = {beta}\n", result.lambda_star));
         }
         None => text.push_str("(give --aligned-beta to print the KL strength β/λ* it emulates)\n"),
     }
-    text.push_str(&format!("wrote {}/{{bo.json, bo_trace.png}}\n", args.out.display()));
+    if !args.quiet {
+        text.push_str(&format!("wrote {}/{{bo.json, bo_trace.png}}\n", args.out.display()));
+    }
     print_stdout(&text)
 }
 
@@ -421,30 +457,42 @@ pub struct CompareArgs {
     /// Output directory (agreement.json, bland_altman.png, abs_error_ecdf.png).
     #[arg(long, default_value = "deradiff-out/compare")]
     out: PathBuf,
+    /// No "wrote …" line after the table.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
-fn read(path: &Path) -> Result<Vec<deradiff_tune::SweepRow>, String> {
-    Ok(read_results(path).map_err(|e| format!("{}: {e}", path.display()))?.rows)
+fn read(path: &Path) -> Result<Vec<deradiff_tune::SweepRow>> {
+    Ok(read_results(path).with_context(|| format!("cannot read the results file {}", path.display()))?.rows)
 }
 
 /// Runs `deradiff compare`.
-pub fn compare(args: CompareArgs) -> Result<(), String> {
+pub fn compare(args: CompareArgs) -> Result<()> {
     let by = match args.by.as_str() {
         "lambda-prompt" => PairBy::LambdaAndPrompt,
         "prompt" => PairBy::Prompt,
-        other => return Err(format!("--by '{other}' is not one of 'lambda-prompt', 'prompt'")),
+        other => return Err(CliError::usage(format!("--by '{other}' is not one of 'lambda-prompt', 'prompt'"))),
     };
-    let pairs = pair_rows(&read(&args.original)?, &read(&args.approx)?, &args.reward, by).map_err(|e| e.to_string())?;
+    check_out_dir("--out", &args.out)?;
+    let pairs = pair_rows(&read(&args.original)?, &read(&args.approx)?, &args.reward, by).with_context(|| {
+        format!("cannot pair the rows of {} and {}", args.original.display(), args.approx.display())
+    })?;
     let config = AgreementConfig { bootstrap: args.bootstrap, seed: args.seed, ..AgreementConfig::default() };
-    let stats = agreement(&pairs.original, &pairs.approx, &config).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
-    let json = serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?;
-    deradiff_analytic::write_atomic(args.out.join("agreement.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    let stats = agreement(&pairs.original, &pairs.approx, &config).context("cannot compute the agreement")?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create --out {}", args.out.display()))?;
+    let json = serde_json::to_string_pretty(&stats)?;
+    let path = args.out.join("agreement.json");
+    deradiff_analytic::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     let title = format!("{} vs {}", args.approx.display(), args.original.display());
-    let png = plot::bland_altman_png(&pairs.original, &pairs.approx, &stats, &title).map_err(|e| e.to_string())?;
-    plot::write_png(args.out.join("bland_altman.png"), &png).map_err(|e| e.to_string())?;
-    let png = plot::abs_error_ecdf_png(&pairs.original, &pairs.approx, &stats, &title).map_err(|e| e.to_string())?;
-    plot::write_png(args.out.join("abs_error_ecdf.png"), &png).map_err(|e| e.to_string())?;
+    let png = plot::bland_altman_png(&pairs.original, &pairs.approx, &stats, &title)
+        .context("cannot plot bland_altman.png")?;
+    let path = args.out.join("bland_altman.png");
+    plot::write_png(&path, &png).with_context(|| format!("cannot write {}", path.display()))?;
+    let png = plot::abs_error_ecdf_png(&pairs.original, &pairs.approx, &stats, &title)
+        .context("cannot plot abs_error_ecdf.png")?;
+    let path = args.out.join("abs_error_ecdf.png");
+    plot::write_png(&path, &png).with_context(|| format!("cannot write {}", path.display()))?;
     let pct = |s: &deradiff_tune::Stat| s.percent.map(|p| format!("{p:.3} %")).unwrap_or("—".into());
     let mut text = format!(
         "agreement on '{}' over {} pairs (mean of the originals {:.4})\n\n{:<28} {:>12} {:>12}\n",
@@ -465,9 +513,11 @@ pub fn compare(args: CompareArgs) -> Result<(), String> {
     ] {
         text.push_str(&format!("{name:<28} {:>12.5} {:>12}\n", s.value, pct(s)));
     }
-    text.push_str(&format!(
-        "\nwrote {}/{{agreement.json, bland_altman.png, abs_error_ecdf.png}}\n",
-        args.out.display()
-    ));
+    if !args.quiet {
+        text.push_str(&format!(
+            "\nwrote {}/{{agreement.json, bland_altman.png, abs_error_ecdf.png}}\n",
+            args.out.display()
+        ));
+    }
     print_stdout(&text)
 }
