@@ -7,6 +7,7 @@
 mod checkpoint;
 mod error;
 mod sample;
+mod shards;
 mod tune;
 
 use std::io::Write;
@@ -61,6 +62,12 @@ enum Command {
     /// Agreement statistics (paper Table 5) between two sweep result files, with a
     /// Bland–Altman plot and the ECDF of |Δ|.
     Compare(tune::CompareArgs),
+    /// Join the results files of a sharded sweep (sweep.shard-K-of-N.jsonl in its output folder)
+    /// into the file an unsharded run writes: same spec or an error, no duplicate or missing item
+    /// (missing ones listed; --allow-partial to merge anyway).
+    Merge(shards::MergeArgs),
+    /// Progress of the sweeps in an output folder, across their shards.
+    Status(shards::StatusArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -182,6 +189,8 @@ fn run(command: Command) -> Result<()> {
         Command::Sweep(args) => tune::sweep(args),
         Command::Tune(args) => tune::tune(args),
         Command::Compare(args) => tune::compare(args),
+        Command::Merge(args) => print_stdout(&shards::merge(args)?),
+        Command::Status(args) => print_stdout(&shards::status(args)?),
     }
 }
 

@@ -32,9 +32,14 @@ pub struct TestbedArgs {
     /// Stable Diffusion: a prompt (repeatable).
     #[arg(long, help_heading = "Stable Diffusion")]
     prompt: Vec<String>,
-    /// Stable Diffusion: a file with one prompt per line (blank lines skipped).
+    /// Stable Diffusion: a prompt file: plain text (one per line), JSON lines, CSV (a header row;
+    /// see --prompt-column) or YAML (a list, a `prompts:` list, or lists by category).
     #[arg(long, help_heading = "Stable Diffusion")]
     prompts_file: Option<PathBuf>,
+    /// Stable Diffusion: the field / CSV column holding the prompt (default: prompt, caption or
+    /// text, the first present).
+    #[arg(long, help_heading = "Stable Diffusion", requires = "prompts_file")]
+    prompt_column: Option<String>,
     /// Stable Diffusion: CLIP score reward from a Hugging Face CLIPModel directory.
     #[arg(long, help_heading = "Stable Diffusion")]
     clip: Option<PathBuf>,
@@ -82,9 +87,35 @@ pub struct TestbedArgs {
     #[arg(long)]
     samples: Option<usize>,
     /// Stable Diffusion: seed of the first prompt (prompt i uses seed + i; results are keyed by
-    /// the prompt text, which must be unique).
+    /// the prompt text, which must be unique). Ignored with --seeds.
     #[arg(long = "prompt-seed", default_value_t = 0)]
     prompt_seed: u64,
+    /// Several seeds per prompt, one row per (λ, prompt, seed): a range `A..B` (B excluded, e.g.
+    /// 0..4) or a list `0,7,9`.
+    #[arg(long)]
+    seeds: Option<String>,
+}
+
+/// `--seeds`: `A..B` (B excluded) or a comma-separated list; at most MAX_PROMPTS seeds.
+fn parse_seeds(text: &str) -> Result<Vec<u64>> {
+    let bad = || CliError::usage(format!("--seeds {text}: expected a range A..B (e.g. 0..4) or a list 0,7,9"));
+    let seeds: Vec<u64> = if let Some((a, b)) = text.split_once("..") {
+        let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if b <= a {
+            return Err(CliError::usage(format!("--seeds {text}: the range is empty (B must exceed A)")));
+        }
+        if b - a > MAX_PROMPTS as u64 {
+            return Err(CliError::usage(format!("--seeds {text}: at most {MAX_PROMPTS} seeds")));
+        }
+        (a..b).collect()
+    } else {
+        text.split(',').map(|t| t.trim().parse::<u64>().map_err(|_| bad())).collect::<Result<_>>()?
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(CliError::usage(format!("--seeds {text}: seed {dup} appears twice")));
+    }
+    Ok(seeds)
 }
 
 /// The model a sweep or a tuning run samples, its rewards, prompts and samples per prompt.
@@ -121,10 +152,14 @@ impl TestbedArgs {
                     }
                 }
                 let (model, proxy, truth) = self.build_analytic()?;
+                let mut prompts = Prompt::seeds(0..self.prompts);
+                if let Some(seeds) = &self.seeds {
+                    prompts = Prompt::with_seeds(&prompts, &parse_seeds(seeds)?);
+                }
                 Ok(Built {
                     model: Box::new(model),
                     rewards: vec![Box::new(truth), Box::new(proxy)],
-                    prompts: Prompt::seeds(0..self.prompts),
+                    prompts,
                     samples: self.samples.unwrap_or(256),
                     anchor_beta: Some(self.anchor_beta),
                 })
@@ -133,23 +168,26 @@ impl TestbedArgs {
     }
 
     fn build_sd(&self, reference: &Path, aligned: &Path) -> Result<Built> {
-        let mut texts = self.prompt.clone();
+        let mut entries: Vec<(String, String)> = self.prompt.iter().map(|t| (t.clone(), t.clone())).collect();
         if let Some(file) = &self.prompts_file {
-            let content = std::fs::read_to_string(file)
+            let read = deradiff_tune::read_prompt_file(file, self.prompt_column.as_deref())
                 .with_context(|| format!("cannot read --prompts-file {}", file.display()))?;
-            texts.extend(content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            entries.extend(read.into_iter().map(|e| (e.id, e.text)));
         }
-        if texts.is_empty() {
+        if entries.is_empty() {
             return Err(CliError::usage(
                 "give prompts for a Stable Diffusion sweep: --prompt \"…\" or --prompts-file FILE (with at least one \
                  non-blank line)",
             ));
         }
-        let prompts: Vec<Prompt> = texts
+        let mut prompts: Vec<Prompt> = entries
             .iter()
             .enumerate()
-            .map(|(i, t)| Prompt::text(t.clone(), t.clone(), self.prompt_seed.wrapping_add(i as u64)))
+            .map(|(i, (id, t))| Prompt::text(id.clone(), t.clone(), self.prompt_seed.wrapping_add(i as u64)))
             .collect();
+        if let Some(seeds) = &self.seeds {
+            prompts = Prompt::with_seeds(&prompts, &parse_seeds(seeds)?);
+        }
         let dtype = parse_dtype(&self.dtype).usage_context(format!("--dtype {} is not a usable dtype", self.dtype))?;
         let device =
             parse_device(&self.device).usage_context(format!("--device {} is not a usable device", self.device))?;
@@ -234,9 +272,22 @@ pub struct SweepArgs {
     /// Start afresh instead of resuming an existing results file.
     #[arg(long)]
     overwrite: bool,
-    /// Output directory (sweep.jsonl, sweep.csv, reward_vs_lambda.png).
+    /// Output directory (sweep.jsonl, sweep.csv, reward_vs_lambda.png; a shard writes
+    /// sweep.shard-K-of-N.jsonl / .csv, joined by `deradiff merge`).
     #[arg(long, default_value = "deradiff-out/sweep")]
     out: PathBuf,
+    /// Compute only shard K of N (work items i with i mod N = K; see docs/cluster.md). Without
+    /// it, Slurm job arrays (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) and Kubernetes Indexed
+    /// Jobs (JOB_COMPLETION_INDEX with --shards) give the shard.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// The number of shards, for a Kubernetes Indexed Job (JOB_COMPLETION_INDEX gives K).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Prompts whose λ values share one batch (default 1): fewer, larger model calls, the same
+    /// rows.
+    #[arg(long, default_value_t = 1)]
+    prompts_per_batch: usize,
     /// No progress bar and no "wrote …" line after the table.
     #[arg(long, short)]
     quiet: bool,
@@ -263,11 +314,18 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         (None, None) => parse_range("0:2:9")?,
     };
     check_out_dir("--out", &args.out)?;
+    let shard = crate::shards::shard_of(args.shard.as_deref(), args.shards).map_err(CliError::usage)?;
+    if args.prompts_per_batch == 0 {
+        return Err(CliError::usage("--prompts-per-batch must be at least 1"));
+    }
     let built = args.testbed.build()?;
-    let mut output = SweepOutput::jsonl(args.out.join("sweep.jsonl")).with_csv(args.out.join("sweep.csv"));
+    let (jsonl, csv) = crate::shards::shard_files(&args.out, shard);
+    let mut output = SweepOutput::jsonl(jsonl).with_csv(csv);
     output.if_exists = if args.overwrite { IfExists::Overwrite } else { IfExists::Resume };
     let mut config = SweepConfig::new(lambdas, built.prompts.clone(), built.samples);
     config.output = Some(output);
+    config.shard = shard;
+    config.prompts_per_batch = args.prompts_per_batch;
     config.validate().usage_context("the sweep's options do not fit together")?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create --out {}", args.out.display()))?;
     let progress = progress_bar(args.quiet, "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {msg}")?;
@@ -284,6 +342,25 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let result = run_sweep(built.model.as_ref(), &rewards, &config, &mut observer).context("the sweep failed")?;
     progress.finish_and_clear();
+    if let Some(s) = shard {
+        // A shard's rows are part of a curve: the table and the figure come with the merge.
+        let (jsonl, _) = crate::shards::shard_files(&args.out, shard);
+        let mut text = format!(
+            "shard {s}: {} of the sweep's {} work items ({} rows computed, {} resumed)\n",
+            config.total(),
+            config.spec().len(),
+            result.computed,
+            result.resumed
+        );
+        if !args.quiet {
+            text.push_str(&format!(
+                "wrote {}\nwhen every shard is done: deradiff merge {}\n",
+                jsonl.display(),
+                args.out.display()
+            ));
+        }
+        return print_stdout(&text);
+    }
     let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
     let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>()?;
     let png = plot::reward_vs_lambda_png(&curves[0], &names[0], 1.96, "Mean reward vs λ")

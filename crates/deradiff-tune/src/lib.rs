@@ -80,8 +80,8 @@ pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueRew
 #[cfg(feature = "sd")]
 pub use sd_model::{SdModel, SdSetup};
 pub use shard::{
-    merge_results, spec_hash, sweep_status, write_results, Merged, MissingItem, Shard, SweepProgress, SweepSpec,
-    WorkItem, MAX_SHARDS,
+    merge_results, spec_hash, sweep_status, write_results, write_results_csv, Merged, MissingItem, Shard,
+    SweepProgress, SweepSpec, WorkItem, MAX_SHARDS,
 };
 pub use stats::{
     agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat, MAX_BOOTSTRAP,

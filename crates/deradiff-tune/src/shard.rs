@@ -368,6 +368,17 @@ pub fn write_results(path: impl AsRef<Path>, header: &SweepHeader, rows: &[Sweep
     crate::error::write_atomic(path.as_ref(), text.as_bytes())
 }
 
+/// Writes the CSV of results rows atomically: the columns a sweep's CSV has (`lambda`,
+/// `prompt_index`, `prompt`, `seed`, `samples`, then `<reward>_mean`, `<reward>_std` for each of
+/// `rewards`).
+pub fn write_results_csv(path: impl AsRef<Path>, rewards: &[String], rows: &[SweepRow]) -> Result<()> {
+    let mut text = crate::sweep::csv_header(rewards);
+    for r in rows {
+        text.push_str(&crate::sweep::csv_line(r, rewards));
+    }
+    crate::error::write_atomic(path.as_ref(), text.as_bytes())
+}
+
 /// Progress of one sweep over the shard files found for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepProgress {
