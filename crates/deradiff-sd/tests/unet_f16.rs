@@ -4,12 +4,13 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{tiny_sd, values};
+use common::tiny_sd;
+use deradiff_core::{NoiseSource, SeededNoise};
 use deradiff_sd::Unet;
 
-/// `values(seed, …, 1.0)` shaped `shape`.
+/// Standard-normal values from `seed`, shaped `shape`.
 fn tensor(seed: u64, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values(seed, shape.iter().product(), 1.0), shape, &Device::Cpu).unwrap()
+    SeededNoise::new(seed).standard_normal(&shape.into(), DType::F32, &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f32 {

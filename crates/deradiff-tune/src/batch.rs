@@ -86,15 +86,8 @@ impl<'a> BatchedSampler<'a> {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(BatchStep) -> Result<()>,
     ) -> Result<Vec<Tensor>> {
-        let shape = group_shape.into();
-        if shape.dims().is_empty() || shape.dims()[0] == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "the group shape {:?} needs a first (sample) dimension of at least 1",
-                shape.dims()
-            )));
-        }
-        let z = noise.standard_normal(&shape, dtype, device)?;
-        self.run_from(realigners, &z, noise, progress)
+        let groups: Vec<(&Realigner, usize)> = realigners.iter().map(|r| (r, 0)).collect();
+        self.run_streams(&groups, group_shape, dtype, device, &mut [noise], progress)
     }
 
     /// As [`BatchedSampler::run`], from a given standard-normal `z_T` of the group's shape
