@@ -1,8 +1,9 @@
 //! The one error type of `deradiff-sd`.
 //!
 //! Every problem with a checkpoint names the file: a file that is missing ([`Error::NotFound`]),
-//! cannot be read or written ([`Error::Io`]), does not parse ([`Error::Config`],
-//! [`Error::Weights`]), has a field with a bad value ([`Error::ConfigField`], naming the field),
+//! of the wrong kind (a folder, a FIFO, a link loop, …: [`Error::WrongKind`]), cannot be read or
+//! written ([`Error::Io`]), is not safetensors at all ([`Error::NotSafetensors`]), does not parse
+//! ([`Error::Config`], [`Error::Weights`]), has a field with a bad value ([`Error::ConfigField`], naming the field),
 //! asks for something not implemented ([`Error::Unsupported`]), or lacks or misshapes a tensor
 //! ([`Error::MissingTensor`], [`Error::TensorShape`], [`Error::TensorDType`], naming the tensor).
 //! Bad arguments say which: a field of a [`crate::Request`] ([`Error::InvalidRequest`]), a
@@ -28,13 +29,30 @@ pub enum Error {
     #[error(transparent)]
     Core(deradiff_core::Error),
 
-    /// A file or directory the checkpoint needs does not exist.
+    /// A file or directory the checkpoint needs does not exist: nothing at all is at the path
+    /// (something of the wrong kind is [`Error::WrongKind`]).
     #[error("{what} not found: {path} does not exist")]
     NotFound {
         /// What was being looked for ("UNet config", "VAE weights", …).
         what: String,
         /// The path that was tried.
         path: PathBuf,
+    },
+
+    /// Something is at the path, but not what was expected: a file where a folder is expected, a
+    /// folder where a file is, a FIFO, a socket or a device, a symbolic link loop, a dangling
+    /// symbolic link, a path through a file, or a component folder of a pipeline (`unet/`, `vae/`,
+    /// …) where the pipeline folder is expected.
+    #[error("{what}: {path} is {found}, expected {expected}")]
+    WrongKind {
+        /// What the path was given as ("reference model", "UNet config", …).
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// What is there ("a file", "a folder", "a FIFO (named pipe)", "a symbolic link loop", …).
+        found: String,
+        /// What is expected there, and what to pass instead when that is known.
+        expected: String,
     },
 
     /// Reading or writing a file failed.
@@ -81,7 +99,20 @@ pub enum Error {
         message: String,
     },
 
-    /// A weight file that is not valid safetensors (or not safetensors at all).
+    /// A weight file that does not even start like safetensors: a Python pickle or a zip archive
+    /// (PyTorch's `.bin` / `.pt` / `.ckpt`), a Git LFS pointer, a web page, an empty or truncated
+    /// file, other bytes. Checked from its first bytes before the file is mapped.
+    #[error("not a safetensors file: {path} looks like {looks_like}")]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the file looks like instead, and what to do about it ("a Python pickle (…);
+        /// convert it with …").
+        looks_like: String,
+    },
+
+    /// A weight file that starts like safetensors but is not valid safetensors (a corrupt
+    /// header, offsets past the end of the file, …).
     #[error("cannot load weights from {file}: {message}")]
     Weights {
         /// The file.

@@ -108,6 +108,43 @@ impl AddedConditioning {
         )
     }
 
+    /// `[parts[0]; parts[1]; …]` along the batch: the rows of every part, in order (an error for
+    /// no parts, or for parts whose widths or dtypes differ).
+    pub fn concat(parts: &[Self]) -> Result<Self> {
+        match parts {
+            [] => Err(Error::InvalidArgument("AddedConditioning::concat: no parts; give at least one".into())),
+            [one] => Ok(one.clone()),
+            _ => {
+                let (te, ti): (Vec<&Tensor>, Vec<&Tensor>) =
+                    parts.iter().map(|p| (&p.text_embeds, &p.time_ids)).unzip();
+                for (i, p) in parts.iter().enumerate().skip(1) {
+                    for (what, a, b) in
+                        [("pooled text embeddings", &p.text_embeds, te[0]), ("time_ids", &p.time_ids, ti[0])]
+                    {
+                        if a.dims()[1] != b.dims()[1] {
+                            return Err(Error::shape(
+                                format!("the {what} of part #{} given to AddedConditioning::concat", i + 1),
+                                format!("[batch, {}] (part #1's width)", b.dims()[1]),
+                                a.dims(),
+                            ));
+                        }
+                        if a.dtype() != b.dtype() {
+                            return Err(Error::DTypeMismatch {
+                                context: format!(
+                                    "the {what} of part #{} given to AddedConditioning::concat (part #1's dtype)",
+                                    i + 1
+                                ),
+                                expected: b.dtype(),
+                                got: a.dtype(),
+                            });
+                        }
+                    }
+                }
+                Self::new(Tensor::cat(&te, 0)?, Tensor::cat(&ti, 0)?)
+            }
+        }
+    }
+
     /// Each row repeated `n` times in a row.
     pub fn repeat_each(&self, n: usize) -> Result<Self> {
         let rep = |t: &Tensor| -> Result<Tensor> {
@@ -240,6 +277,77 @@ impl PromptEmbeddings {
     /// The unconditional (negative-prompt) embeddings, if computed.
     pub fn uncond(&self) -> Option<&Tensor> {
         self.uncond.as_ref()
+    }
+
+    /// The embeddings of a batch whose rows come from several encodings: `parts[0]`'s rows, then
+    /// `parts[1]`'s, … along the batch, for the conditional embeddings, the negative-prompt
+    /// embeddings and SDXL's added conditioning alike. The layout contract of one encoding holds
+    /// for the result: row `i` of [`Self::uncond`] is the negative prompt of row `i` of
+    /// [`Self::cond`], and [`Guided`] runs `[uncond; cond]` of the whole batch (so every row is
+    /// guided by its own part's negative prompt). Prompt batching stacks the encodings of
+    /// different prompts this way (each repeated with [`Self::repeat_each`] first as needed).
+    ///
+    /// An error for no parts; for parts of different token counts, widths or dtypes; or for a
+    /// mix of parts with and without negative-prompt embeddings, or with and without added
+    /// conditioning.
+    pub fn concat(parts: &[Self]) -> Result<Self> {
+        let first = match parts {
+            [] => return Err(Error::InvalidArgument("PromptEmbeddings::concat: no parts; give at least one".into())),
+            [one] => return Ok(one.clone()),
+            [first, ..] => first,
+        };
+        for (i, p) in parts.iter().enumerate().skip(1) {
+            let (a, b) = (p.cond.dims(), first.cond.dims());
+            if a[1..] != b[1..] {
+                return Err(Error::shape(
+                    format!("the prompt embeddings of part #{} given to PromptEmbeddings::concat", i + 1),
+                    format!("[batch, {}, {}] (part #1's tokens and width)", b[1], b[2]),
+                    a,
+                ));
+            }
+            if p.cond.dtype() != first.cond.dtype() {
+                return Err(Error::DTypeMismatch {
+                    context: format!(
+                        "the prompt embeddings of part #{} given to PromptEmbeddings::concat (part #1's dtype)",
+                        i + 1
+                    ),
+                    expected: first.cond.dtype(),
+                    got: p.cond.dtype(),
+                });
+            }
+            for (what, has, first_has) in [
+                ("negative-prompt embeddings", p.uncond.is_some(), first.uncond.is_some()),
+                ("added conditioning (SDXL)", p.added.is_some(), first.added.is_some()),
+            ] {
+                if has != first_has {
+                    let say = |h: bool| if h { "has" } else { "has no" };
+                    return Err(Error::InvalidArgument(format!(
+                        "PromptEmbeddings::concat: part #{} {} {what} and part #1 {}; encode every part the same \
+                         way (the same guidance on or off, the same checkpoint)",
+                        i + 1,
+                        say(has),
+                        say(first_has)
+                    )));
+                }
+            }
+        }
+        let cond = Tensor::cat(&parts.iter().map(|p| &p.cond).collect::<Vec<_>>(), 0)?;
+        let uncond = match first.uncond {
+            Some(_) => Some(Tensor::cat(&parts.iter().filter_map(|p| p.uncond.as_ref()).collect::<Vec<_>>(), 0)?),
+            None => None,
+        };
+        let out = Self::new(cond, uncond)?;
+        if first.added.is_none() {
+            return Ok(out);
+        }
+        let added = AddedConditioning::concat(&parts.iter().filter_map(|p| p.added.clone()).collect::<Vec<_>>())?;
+        let added_uncond = match first.added_uncond {
+            Some(_) => Some(AddedConditioning::concat(
+                &parts.iter().filter_map(|p| p.added_uncond.clone()).collect::<Vec<_>>(),
+            )?),
+            None => None,
+        };
+        out.with_added(added, added_uncond)
     }
 
     /// Each sample repeated `n` times in a row (diffusers' `num_images_per_prompt`).

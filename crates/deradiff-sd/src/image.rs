@@ -89,8 +89,11 @@ impl RgbImage {
         Some([self.data[i], self.data[i + 1], self.data[i + 2]])
     }
 
+    /// The most pixels [`Self::grid`] makes: 2^30 (3 GiB of RGB).
+    pub const MAX_GRID_PIXELS: usize = 1 << 30;
+
     /// Images side by side in rows of `columns`, separated by `gap` pixels of `background`
-    /// (all images must have the same size).
+    /// (all images must have the same size; the grid at most [`Self::MAX_GRID_PIXELS`] pixels).
     pub fn grid(images: &[RgbImage], columns: usize, gap: usize, background: [u8; 3]) -> Result<Self> {
         let first = images.first().ok_or_else(|| {
             Error::InvalidArgument("RgbImage::grid: `images` is empty; give at least one image".into())
@@ -107,9 +110,18 @@ impl RgbImage {
         }
         let cols = columns.min(images.len());
         let rows = images.len().div_ceil(cols);
-        let gw = cols * w + (cols - 1) * gap;
-        let gh = rows * h + (rows - 1) * gap;
-        let mut data: Vec<u8> = background.iter().copied().cycle().take(gw * gh * 3).collect();
+        let side = |n: usize, size: usize| n.checked_mul(size)?.checked_add((n - 1).checked_mul(gap)?);
+        let too_large = || {
+            Error::InvalidArgument(format!(
+                "RgbImage::grid: {} images of {w}x{h} in {cols} columns with gaps of {gap} pixels make a grid of \
+                 more than {} pixels (RgbImage::MAX_GRID_PIXELS); use a smaller gap or several grids",
+                images.len(),
+                Self::MAX_GRID_PIXELS
+            ))
+        };
+        let (gw, gh) = side(cols, w).zip(side(rows, h)).ok_or_else(too_large)?;
+        let pixels = gw.checked_mul(gh).filter(|&p| p <= Self::MAX_GRID_PIXELS).ok_or_else(too_large)?;
+        let mut data: Vec<u8> = background.iter().copied().cycle().take(pixels * 3).collect();
         for (k, img) in images.iter().enumerate() {
             let (ox, oy) = ((k % cols) * (w + gap), (k / cols) * (h + gap));
             for y in 0..h {
@@ -149,21 +161,25 @@ impl RgbImage {
         Ok(out)
     }
 
-    /// Writes the image as a PNG file, atomically (see [`write_atomic`]).
+    /// Writes the image as a PNG file, atomically: into a temporary file beside `path`, then renamed
+    /// over it, so that `path` is never half-written. A `path` that is a folder, a device, a FIFO,
+    /// a socket or a link loop is an [`Error::InvalidArgument`] saying so (nothing is written);
+    /// a failure to write an [`Error::Io`] naming the path.
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
         write_atomic(path, &self.encode_png()?)
     }
 }
 
-/// Writes `bytes` to `path` atomically: into `.<name>.<pid>.tmp` in the same directory (created
-/// if missing), flushed to disk, then renamed over `path`. On failure the temporary file is
-/// removed, `path` is left as it was, and the error names the path.
-pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically ([`deradiff_core::io::write_atomic`]): into
+/// `.<name>.<pid>.tmp` in the same directory (created if missing), flushed to disk, then renamed
+/// over `path`. On failure the temporary file is removed and `path` is left as it was. A path the
+/// core refuses (a folder, a device, a FIFO, a socket, a link loop, a path naming no file) is an
+/// [`Error::InvalidArgument`] carrying the core's message, which names the path and what it is;
+/// any other failure an [`Error::Io`] naming the path.
+pub(crate) fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     deradiff_core::io::write_atomic(path, bytes).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidInput => {
-            Error::InvalidArgument(format!("the output path {} does not name a file", path.display()))
-        }
+        std::io::ErrorKind::InvalidInput => Error::InvalidArgument(format!("cannot write the file: {e}")),
         _ => Error::io("write", path, e),
     })
 }

@@ -82,7 +82,7 @@ pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
 pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};
-pub use image::{write_atomic, RgbImage};
+pub use image::RgbImage;
 pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
 pub use text::TextEncoder;
 pub use tokenizer::ClipTokenizer;

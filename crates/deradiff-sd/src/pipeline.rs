@@ -15,7 +15,7 @@ use deradiff_core::{
     Denoiser, NoiseSource, Observer, Realigner, SampleOutput, Sampler, SchedulerConfig, SchedulerKind, SeededNoise,
 };
 
-use crate::config::UnetConfig;
+use crate::config::{check_path, probe_path, read_text, Kind, UnetConfig};
 use crate::device::check_dtype_supported;
 use crate::error::{Error, Result};
 use crate::guidance::{AddedConditioning, GuidanceScale, Guided, PromptEmbeddings};
@@ -157,22 +157,88 @@ pub struct StableDiffusion {
     device: Device,
 }
 
-fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
-    if dir.is_dir() {
-        Ok(dir)
-    } else {
-        Err(Error::NotFound { what: what.to_string(), path: dir })
+/// An error unless `dims` (latents `[batch, channels, height, width]` as the UNet or the VAE
+/// takes them) is non-empty and has at most twice [`StableDiffusion::MAX_LATENT_ELEMENTS`]
+/// elements (classifier-free guidance doubles the batch), computed without overflow: an
+/// [`Error::ShapeMismatch`] with `context` (the argument and the function) otherwise.
+pub(crate) fn check_latent_size(dims: &[usize], context: impl FnOnce() -> String) -> Result<()> {
+    let limit = 2 * StableDiffusion::MAX_LATENT_ELEMENTS;
+    let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match elements {
+        Some(n) if n > 0 && n <= limit => Ok(()),
+        _ => Err(Error::shape(
+            context(),
+            format!(
+                "[batch, channels, height, width], every dimension at least 1 and at most {limit} elements in all \
+                 (twice StableDiffusion::MAX_LATENT_ELEMENTS)"
+            ),
+            dims,
+        )),
     }
+}
+
+/// `dir` if it is a folder; [`Error::NotFound`] when nothing is there, [`Error::WrongKind`] when
+/// something else is.
+fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
+    check_path(&dir, Kind::Dir, what, None)?;
+    Ok(dir)
+}
+
+/// What the reference must be.
+const PIPELINE_FOLDER: &str = "the pipeline folder (with model_index.json, unet/, text_encoder/, tokenizer/, vae/, \
+                               scheduler/)";
+
+/// The component folders of a diffusers pipeline.
+const COMPONENTS: [&str; 7] =
+    ["unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"];
+
+/// An [`Error::WrongKind`] when `root` (a folder without `unet/`) is a component folder of a
+/// pipeline (`unet/`, `vae/`, `text_encoder/`, …) or looks like one: what it is, and the parent
+/// to pass instead.
+fn explain_component_folder(root: &Path) -> Result<()> {
+    let has = |name: &str| std::fs::symlink_metadata(root.join(name)).is_ok();
+    if has("unet") {
+        return Ok(());
+    }
+    let full = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let name = full.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let weights_like = |stem: &str| {
+        [".safetensors", ".fp16.safetensors", ".safetensors.index.json", ".bin"]
+            .iter()
+            .any(|ext| has(&format!("{stem}{ext}")))
+    };
+    let by_content = if has("config.json") && weights_like("diffusion_pytorch_model") {
+        Some("a UNet or VAE folder (config.json + diffusion_pytorch_model weights)")
+    } else if has("config.json") && weights_like("model") {
+        Some("a text encoder folder (config.json + model weights)")
+    } else if has("vocab.json") || has("merges.txt") || has("tokenizer.json") {
+        Some("a tokenizer folder")
+    } else if has("scheduler_config.json") {
+        Some("a scheduler folder")
+    } else {
+        None
+    };
+    let parent = full.parent().filter(|p| p.join("model_index.json").is_file() || p.join("unet").is_dir());
+    let found = match (COMPONENTS.contains(&name), by_content, parent) {
+        (true, Some(_), _) | (true, None, Some(_)) => format!("the {name}/ folder of a pipeline"),
+        (_, Some(kind), _) => format!("{kind}, not a pipeline folder"),
+        _ => return Ok(()),
+    };
+    let expected = match parent {
+        Some(p) => format!("{PIPELINE_FOLDER}: pass its parent, {}", p.display()),
+        None => format!("{PIPELINE_FOLDER}: pass the pipeline folder that holds it"),
+    };
+    Err(Error::WrongKind { what: "reference model".into(), path: root.to_path_buf(), found, expected })
 }
 
 /// `force_zeros_for_empty_prompt` from a pipeline's `model_index.json` (diffusers' SDXL default,
 /// true, when the file or the field is absent).
 fn read_force_zeros(root: &Path) -> Result<bool> {
     let path = root.join("model_index.json");
-    if !path.is_file() {
+    if !probe_path(&path, Kind::File, "pipeline index", None)? {
         return Ok(true);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+    let text = read_text(&path, "pipeline index")?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(&path, e.to_string()))?;
     match json.get("force_zeros_for_empty_prompt") {
         None | Some(serde_json::Value::Null) => Ok(true),
@@ -186,6 +252,21 @@ fn read_force_zeros(root: &Path) -> Result<bool> {
 }
 
 impl StableDiffusion {
+    /// The largest image height or width, in pixels, a [`Request`] may ask for (or a checkpoint's
+    /// default size may be): 8192, four times SDXL's 2048. Checked by [`Self::latent_shape`],
+    /// [`Self::check_request`] and [`Self::generate`] before anything is allocated.
+    pub const MAX_IMAGE_SIDE: usize = 8192;
+
+    /// The most samples (prompts × images per prompt) one request may have, and the largest
+    /// `batch` [`Self::latent_shape`] takes: 4096.
+    pub const MAX_BATCH: usize = 4096;
+
+    /// The most latent elements (batch × channels × height / f × width / f) one run may have:
+    /// 2^28 (1 GiB of f32 latents: 4096 SDXL latents of 1024 px, or 64 SD latents of 8192 px).
+    /// [`Unet::forward`] and [`Vae::decode`] refuse empty latents and latents of more than twice
+    /// this (classifier-free guidance doubles the batch) with an [`Error::ShapeMismatch`].
+    pub const MAX_LATENT_ELEMENTS: usize = 1 << 28;
+
     /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
     /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
     /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
@@ -198,9 +279,8 @@ impl StableDiffusion {
     /// used.
     pub fn load<P: AsRef<Path>>(reference: impl AsRef<Path>, aligned: &[P], options: &LoadOptions) -> Result<Self> {
         let root = reference.as_ref();
-        if !root.is_dir() {
-            return Err(Error::NotFound { what: "reference model directory".into(), path: root.to_path_buf() });
-        }
+        check_path(root, Kind::Dir, "reference model", Some(PIPELINE_FOLDER))?;
+        explain_component_folder(root)?;
         let unet_dir = require_dir(root.join("unet"), "reference UNet directory")?;
         let te_dir = require_dir(root.join("text_encoder"), "text encoder directory")?;
         let tok_dir = require_dir(root.join("tokenizer"), "tokenizer directory")?;
@@ -220,8 +300,11 @@ impl StableDiffusion {
             None
         };
         let sched_path = root.join("scheduler").join("scheduler_config.json");
-        let scheduler_config = if sched_path.is_file() {
-            SchedulerConfig::from_file(&sched_path)?
+        let scheduler_config = if probe_path(&sched_path, Kind::File, "scheduler config", None)? {
+            let text = read_text(&sched_path, "scheduler config")?;
+            serde_json::from_str::<SchedulerConfig>(&text).map_err(|source| {
+                Error::Core(deradiff_core::Error::ConfigFileParse { path: sched_path.clone(), source })
+            })?
         } else if is_sdxl {
             SchedulerConfig::stable_diffusion_xl()
         } else {
@@ -442,11 +525,64 @@ impl StableDiffusion {
     }
 
     /// Default image `(height, width)`: the UNet's `sample_size` × the VAE's scale factor
-    /// (64 × 8 = 512 for SD 1.5).
+    /// (64 × 8 = 512 for SD 1.5). The product saturates (at `usize::MAX`) for a config whose
+    /// `sample_size` is absurd; [`Self::latent_shape`] refuses a default size above
+    /// [`Self::MAX_IMAGE_SIDE`] with an [`Error::ConfigField`] naming `sample_size`.
     pub fn default_size(&self) -> (usize, usize) {
         let f = self.vae.scale_factor();
         let (h, w) = self.unets[0].arch().sample_size.unwrap_or((64, 64));
-        (h * f, w * f)
+        (h.saturating_mul(f), w.saturating_mul(f))
+    }
+
+    /// The image `(height, width)` of `request`: its own, else [`Self::default_size`], each side
+    /// a positive multiple of the VAE's scale factor and at most [`Self::MAX_IMAGE_SIDE`].
+    fn image_size(&self, request: &Request) -> Result<(usize, usize)> {
+        let f = self.vae.scale_factor();
+        let max = Self::MAX_IMAGE_SIDE;
+        let (dh, dw) = self.default_size();
+        let sample_size = self.unets[0].arch().sample_size.unwrap_or((64, 64));
+        let mut size = [0usize; 2];
+        for (i, (field, own, default, latent)) in
+            [("height", request.height, dh, sample_size.0), ("width", request.width, dw, sample_size.1)]
+                .into_iter()
+                .enumerate()
+        {
+            let v = match own {
+                Some(v) => v,
+                None if default > max => {
+                    return Err(Error::config_field(
+                        self.unets[0].config_path(),
+                        "sample_size",
+                        format!(
+                            "the default image {field} is sample_size {latent} × the VAE's scale factor {f} = {} \
+                             pixels, more than the {max} pixels a side this crate generates \
+                             (StableDiffusion::MAX_IMAGE_SIDE); correct the config, or give the size \
+                             (Request::height and Request::width)",
+                            latent.checked_mul(f).map_or_else(|| "more than 2^64".to_string(), |p| p.to_string())
+                        ),
+                    ))
+                }
+                None => default,
+            };
+            if v == 0 || v % f != 0 {
+                return Err(Error::request(
+                    field,
+                    format!("is {v} pixels; it must be a positive multiple of the VAE's scale factor {f}"),
+                ));
+            }
+            if v > max {
+                return Err(Error::request(
+                    field,
+                    format!(
+                        "is {v} pixels, more than the {max} pixels a side this crate generates \
+                         (StableDiffusion::MAX_IMAGE_SIDE); ask for at most {max} (the checkpoint's default is \
+                         {dh}x{dw}, height x width)"
+                    ),
+                ));
+            }
+            size[i] = v;
+        }
+        Ok((size[0], size[1]))
     }
 
     /// Encodes `prompts` once (and, with guidance on, the negative prompt — the empty prompt
@@ -522,6 +658,30 @@ impl StableDiffusion {
         }
         if request.images_per_prompt == 0 {
             return Err(Error::request("images_per_prompt", "is 0: it must be at least 1"));
+        }
+        let max = Self::MAX_BATCH;
+        if request.prompts.len() > max {
+            return Err(Error::request(
+                "prompts",
+                format!(
+                    "has {} prompts, more than the {max} samples one request may have (StableDiffusion::MAX_BATCH); \
+                     split them into several requests",
+                    request.prompts.len()
+                ),
+            ));
+        }
+        if request.prompts.len().checked_mul(request.images_per_prompt).is_none_or(|n| n > max) {
+            return Err(Error::request(
+                "images_per_prompt",
+                format!(
+                    "is {}: {} prompts × {} images are more than the {max} samples one request may have \
+                     (StableDiffusion::MAX_BATCH); ask for at most {} images per prompt",
+                    request.images_per_prompt,
+                    request.prompts.len(),
+                    request.images_per_prompt,
+                    max / request.prompts.len()
+                ),
+            ));
         }
         let guidance_scale = self.guidance_scale(request)?;
         Ok(Encoding {
@@ -630,22 +790,42 @@ impl StableDiffusion {
         self.unets.iter().map(|u| Guided::new(u, embeddings, guidance_scale)).collect()
     }
 
-    /// The latent shape `[batch, channels, height / f, width / f]` of a request; an
-    /// [`Error::InvalidRequest`] for a height or width that is not a positive multiple of the
-    /// VAE's scale factor `f`.
+    /// The latent shape `[batch, channels, height / f, width / f]` of a request, checked before
+    /// anything is allocated:
+    /// * an [`Error::InvalidRequest`] for a height or width that is not a positive multiple of
+    ///   the VAE's scale factor `f`, or more than [`Self::MAX_IMAGE_SIDE`] pixels;
+    /// * an [`Error::ConfigField`] naming `sample_size` when the request leaves the size to the
+    ///   checkpoint and its default ([`Self::default_size`]) is more than that;
+    /// * an [`Error::InvalidArgument`] for a `batch` of 0 or more than [`Self::MAX_BATCH`];
+    /// * an [`Error::InvalidRequest`] when the latents would have more than
+    ///   [`Self::MAX_LATENT_ELEMENTS`] elements.
     pub fn latent_shape(&self, request: &Request, batch: usize) -> Result<[usize; 4]> {
-        let (dh, dw) = self.default_size();
-        let (h, w) = (request.height.unwrap_or(dh), request.width.unwrap_or(dw));
+        let (h, w) = self.image_size(request)?;
         let f = self.vae.scale_factor();
-        for (field, v) in [("height", h), ("width", w)] {
-            if v == 0 || v % f != 0 {
-                return Err(Error::request(
-                    field,
-                    format!("is {v} pixels; it must be a positive multiple of the VAE's scale factor {f}"),
-                ));
-            }
+        if batch == 0 || batch > Self::MAX_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "StableDiffusion::latent_shape: a batch of {batch} samples; it must be 1 to {} \
+                 (StableDiffusion::MAX_BATCH)",
+                Self::MAX_BATCH
+            )));
         }
-        Ok([batch, self.unets[0].in_channels(), h / f, w / f])
+        let shape = [batch, self.unets[0].in_channels(), h / f, w / f];
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        match elements {
+            Some(n) if n <= Self::MAX_LATENT_ELEMENTS => Ok(shape),
+            _ => Err(Error::request(
+                if batch > 1 { "images_per_prompt" } else { "height" },
+                format!(
+                    "{batch} latents of {}x{}x{} are more than the {} latent elements one run may have \
+                     (StableDiffusion::MAX_LATENT_ELEMENTS); ask for fewer images (prompts × images_per_prompt) or \
+                     a smaller size",
+                    shape[1],
+                    shape[2],
+                    shape[3],
+                    Self::MAX_LATENT_ELEMENTS
+                ),
+            )),
+        }
     }
 
     /// Checks everything about `request` that can be checked without running a model: prompts,

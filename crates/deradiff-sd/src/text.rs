@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip::{ClipOutput, ClipTextConfig, ClipTextModel};
-use crate::config::config_path;
+use crate::config::{check_path, config_path, Kind};
 use crate::error::{Error, Result};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{find_weight_files, CheckedWeights};
@@ -171,9 +171,7 @@ pub fn load_clip_with_projection(dir: &Path, dtype: DType, device: &Device) -> R
 }
 
 fn load_clip_impl(dir: &Path, dtype: DType, device: &Device, projection: bool) -> Result<ClipTextModel> {
-    if !dir.is_dir() {
-        return Err(Error::NotFound { what: "text encoder directory".into(), path: dir.to_path_buf() });
-    }
+    check_path(dir, Kind::Dir, "text encoder directory", None)?;
     let cfg_path = config_path(dir);
     let config = ClipTextConfig::from_file(&cfg_path)?;
     config.validate(&cfg_path)?;

@@ -19,6 +19,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
 
 /// CLIP's pre-tokenizer pattern (openai/CLIP `simple_tokenizer.py`, transformers' `CLIPTokenizer`).
@@ -70,10 +71,10 @@ struct Specials {
 }
 
 fn read_json_object(path: &Path) -> Result<Option<serde_json::Map<String, Value>>> {
-    if !path.is_file() {
+    if !probe_path(path, Kind::File, "tokenizer config", None)? {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let text = read_text(path, "tokenizer config")?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(o)) => Ok(Some(o)),
         Ok(_) => Err(Error::config(path, "expected a JSON object")),
@@ -120,14 +121,39 @@ fn read_specials(dir: &Path) -> Result<Specials> {
     Ok(s)
 }
 
+/// A `tokenizer.json` through the `tokenizers` crate. The text must be JSON first (the crate
+/// panics on some malformed documents, e.g. one cut off inside `decoder`); a panic left in the
+/// crate's deserializers is caught and reported as an [`Error::Config`] too.
+fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => {}
+        Ok(_) => return Err(Error::config(path, "expected a JSON object (a tokenizers `tokenizer.json`)")),
+        Err(e) => return Err(Error::config(path, e.to_string())),
+    }
+    match std::panic::catch_unwind(|| Tokenizer::from_str(text)) {
+        Ok(parsed) => parsed.map_err(|e| Error::config(path, e.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(Error::config(
+                path,
+                format!("not a valid tokenizers `tokenizer.json` (the tokenizers crate failed: {why})"),
+            ))
+        }
+    }
+}
+
 fn read_vocab(path: &Path) -> Result<Vocab> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let text = read_text(path, "tokenizer vocabulary")?;
     let map: HashMap<String, u32> = serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))?;
     Ok(map.into_iter().collect())
 }
 
 fn read_merges(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let text = read_text(path, "tokenizer merges")?;
     let mut merges = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("#version") || line.trim().is_empty() {
@@ -176,21 +202,17 @@ impl ClipTokenizer {
     /// also as padding, 77 tokens).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::NotFound { what: "tokenizer directory".into(), path: dir.to_path_buf() });
-        }
+        check_path(dir, Kind::Dir, "tokenizer directory", None)?;
         let specials = read_specials(dir)?;
         let json = dir.join("tokenizer.json");
-        let mut inner = if json.is_file() {
-            let text = std::fs::read_to_string(&json).map_err(|e| Error::io("read", &json, e))?;
-            Tokenizer::from_str(&text).map_err(|e| Error::config(&json, e.to_string()))?
+        let mut inner = if probe_path(&json, Kind::File, "tokenizer", None)? {
+            let text = read_text(&json, "tokenizer")?;
+            parse_tokenizer_json(&text, &json)?
         } else {
             let vocab_path = dir.join("vocab.json");
             let merges_path = dir.join("merges.txt");
             for (p, what) in [(&vocab_path, "tokenizer vocabulary"), (&merges_path, "tokenizer merges")] {
-                if !p.is_file() {
-                    return Err(Error::NotFound { what: format!("{what} (or tokenizer.json)"), path: p.clone() });
-                }
+                check_path(p, Kind::File, &format!("{what} (or tokenizer.json)"), None)?;
             }
             let bpe = BPE::builder()
                 .vocab_and_merges(read_vocab(&vocab_path)?, read_merges(&merges_path)?)

@@ -9,9 +9,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
-use crate::config::{config_path, VaeConfig};
+use crate::config::{check_path, config_path, Kind, VaeConfig};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
+use crate::pipeline::{check_latent_size, StableDiffusion};
 use crate::weights::{find_weight_files, CheckedWeights};
 
 /// A loaded VAE.
@@ -34,9 +35,7 @@ impl Vae {
     /// avoid fp16 overflow in the decoder.
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::NotFound { what: "VAE directory".into(), path: dir.to_path_buf() });
-        }
+        check_path(dir, Kind::Dir, "VAE directory", None)?;
         let cfg_path = config_path(dir);
         let config = VaeConfig::from_file(&cfg_path)?;
         let arch = config.arch(&cfg_path)?;
@@ -75,24 +74,55 @@ impl Vae {
         self.dtype
     }
 
-    /// `latents / scaling_factor` in f32: the sampler's latents as the decoder takes them.
+    /// `latents / scaling_factor` in f32: the sampler's latents as the decoder takes them
+    /// (checked as [`Self::decode_unscaled`] checks them).
     pub fn unscale(&self, latents: &Tensor) -> Result<Tensor> {
+        self.check_latents(latents)?;
         Ok((latents.to_dtype(DType::F32)? / self.config.scaling_factor)?)
+    }
+
+    /// An [`Error::ShapeMismatch`] unless `z` is `[batch, latent_channels, height, width]`,
+    /// non-empty, of at most twice [`StableDiffusion::MAX_LATENT_ELEMENTS`] elements, and decodes
+    /// to sides of at most [`StableDiffusion::MAX_IMAGE_SIDE`] pixels: checked before any
+    /// computation, so that no size overflows and nothing huge is allocated.
+    fn check_latents(&self, z: &Tensor) -> Result<()> {
+        let dims = z.dims();
+        let context = "the latents given to the VAE decoder";
+        if dims.len() != 4 || dims[1] != self.config.latent_channels {
+            return Err(Error::shape(
+                context,
+                format!("[batch, {}, height, width]", self.config.latent_channels),
+                dims,
+            ));
+        }
+        check_latent_size(dims, || context.to_string())?;
+        let (f, max) = (self.scale_factor(), StableDiffusion::MAX_IMAGE_SIDE);
+        if dims[2..].iter().any(|&side| side.checked_mul(f).is_none_or(|px| px > max)) {
+            return Err(Error::shape(
+                context,
+                format!(
+                    "[batch, {}, height, width] with height and width at most {} (× the scale factor {f}: at most \
+                     {max} pixels a side, StableDiffusion::MAX_IMAGE_SIDE)",
+                    self.config.latent_channels,
+                    max / f
+                ),
+                dims,
+            ));
+        }
+        Ok(())
     }
 
     /// The decoder's raw output `[B, 3, H·f, W·f]` (f32, about `[-1, 1]`, not clamped) for
     /// latents `z` that are already unscaled (divided by [`Self::scaling_factor`], see
     /// [`Self::unscale`]). For latents as the sampler produces them use [`Self::decode`] or
     /// [`Self::decode_f32`].
+    ///
+    /// Latents with a zero dimension or more than twice
+    /// [`crate::StableDiffusion::MAX_LATENT_ELEMENTS`] elements, or that would decode to an image
+    /// side of more than [`crate::StableDiffusion::MAX_IMAGE_SIDE`] pixels, are an
+    /// [`Error::ShapeMismatch`].
     pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
-        let dims = z.dims();
-        if dims.len() != 4 || dims[1] != self.config.latent_channels {
-            return Err(Error::shape(
-                "the latents given to the VAE decoder",
-                format!("[batch, {}, height, width]", self.config.latent_channels),
-                dims,
-            ));
-        }
+        self.check_latents(z)?;
         let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
         Ok(self.model.decode(&z)?.to_dtype(DType::F32)?)
     }

@@ -11,31 +11,34 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
 
 /// The safetensors file(s) of one model component, in the order they are read.
 ///
 /// Found in a directory as diffusers and transformers name them: `{stem}.safetensors`, else
 /// `{stem}.fp16.safetensors`, else the shards listed in `{stem}.safetensors.index.json`.
+///
+/// Every candidate is checked for its kind: a folder, a FIFO, a dangling link, … where a weight
+/// file is looked for is an [`Error::WrongKind`], not skipped.
 pub(crate) fn find_weight_files(dir: &Path, stem: &str, what: &str) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Err(Error::NotFound { what: format!("{what} directory"), path: dir.to_path_buf() });
-    }
+    check_path(dir, Kind::Dir, &format!("{what} directory"), None)?;
+    let weights = format!("{what} weights");
     for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
         let p = dir.join(&name);
-        if p.is_file() {
+        if probe_path(&p, Kind::File, &weights, None)? {
             return Ok(vec![p]);
         }
     }
     for index in [format!("{stem}.safetensors.index.json"), format!("{stem}.safetensors.index.fp16.json")] {
         let p = dir.join(&index);
-        if p.is_file() {
+        if probe_path(&p, Kind::File, &format!("{what} weight index"), None)? {
             return shards_of(&p, dir);
         }
     }
     for other in ["bin", "ckpt", "pt", "pth"] {
         let p = dir.join(format!("{stem}.{other}"));
-        if p.is_file() {
+        if std::fs::symlink_metadata(&p).is_ok() {
             return Err(Error::unsupported(
                 p,
                 "only safetensors weights are loaded (pickle files can run code); convert it with \
@@ -46,30 +49,170 @@ pub(crate) fn find_weight_files(dir: &Path, stem: &str, what: &str) -> Result<Ve
     Err(Error::NotFound { what: format!("{what} weights"), path: dir.join(format!("{stem}.safetensors")) })
 }
 
+/// The shard files of a weight index (`weight_map`: tensor name → file name in `dir`).
 fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io("read", index, e))?;
+    let text = read_text(index, "weight index")?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(index, e.to_string()))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::config_field(index, "weight_map", "missing, or not an object of tensor name → file"))?;
-    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut files = Vec::with_capacity(map.len());
+    for (tensor, v) in map {
+        let name = v.as_str().ok_or_else(|| {
+            Error::config_field(index, "weight_map", format!("the entry of `{tensor}` is {v}, not a file name"))
+        })?;
+        // A shard is a file beside the index: no folders, no absolute paths, no `..`.
+        let plain = Path::new(name).file_name().is_some_and(|f| f == std::ffi::OsStr::new(name));
+        if !plain || name == ".." {
+            return Err(Error::config_field(
+                index,
+                "weight_map",
+                format!("the entry of `{tensor}` is {name:?}, not the name of a file beside the index"),
+            ));
+        }
+        files.push(name.to_string());
+    }
     files.sort();
     files.dedup();
     if files.is_empty() {
         return Err(Error::config_field(index, "weight_map", "lists no files"));
     }
+    let what = format!("weight shard listed in {}", index.display());
     files
         .into_iter()
         .map(|f| {
             let p = dir.join(&f);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(Error::NotFound { what: format!("weight shard listed in {}", index.display()), path: p })
-            }
+            check_path(&p, Kind::File, &what, None)?;
+            Ok(p)
         })
         .collect()
+}
+
+/// How the weight files are converted to safetensors (for [`Error::NotSafetensors`]).
+const CONVERT: &str = "convert it to safetensors, for example with diffusers \
+    (`DiffusionPipeline.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`) or, for a bare \
+    state dict, `safetensors.torch.save_file(torch.load(path, weights_only=True), out)`";
+
+/// The largest safetensors header the `safetensors` crate accepts (100 MB).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Checks from its first bytes that `path` (a regular file) can be safetensors, before it is
+/// mapped: an [`Error::NotSafetensors`] saying what the file looks like instead (a pickle, a
+/// zip archive, a Git LFS pointer, a web page, an empty or truncated file, …) and what to do.
+pub(crate) fn sniff_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("read", path, e))?.len();
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    let head = &buf[..n];
+    let not = |looks_like: String| Err(Error::NotSafetensors { path: path.to_path_buf(), looks_like });
+    if len == 0 || head.is_empty() {
+        return not("an empty file (0 bytes); download or copy it again".into());
+    }
+    if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return not(format!(
+            "a Python pickle (protocol {}: PyTorch's legacy `torch.save` format of .bin / .ckpt / .pt files, which \
+             can run code when loaded); {CONVERT}",
+            head[1]
+        ));
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return not(format!(
+            "a zip archive (PyTorch's .bin / .pt / .ckpt format: pickled tensors in a zip, which can run code when \
+             loaded); {CONVERT}"
+        ));
+    }
+    if head.starts_with(b"version https://git-lfs") {
+        return not(
+            "a Git LFS pointer (a small text file standing in for the weights, left by a clone without git-lfs); \
+             fetch the real file with `git lfs pull` or download it again"
+                .into(),
+        );
+    }
+    let magic: [(&[u8], &str); 5] = [
+        (b"GGUF", "a GGUF file (llama.cpp / stable-diffusion.cpp weights)"),
+        (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras .h5 weights)"),
+        (b"\x93NUMPY", "a NumPy .npy array"),
+        (b"\x1f\x8b", "a gzip archive (extract it first)"),
+        (b"\xfd7zXZ\x00", "an xz archive (extract it first)"),
+    ];
+    if let Some((_, kind)) = magic.iter().find(|(m, _)| head.starts_with(m)) {
+        return not(format!("{kind}; deradiff loads safetensors in the diffusers layout: {CONVERT}"));
+    }
+    let text = std::str::from_utf8(head).ok().or_else(|| {
+        // A multi-byte character cut at the end of the buffer is still text.
+        std::str::from_utf8(&head[..head.len().saturating_sub(3)]).ok().filter(|t| !t.is_empty())
+    });
+    if let Some(text) = text.filter(|t| t.chars().all(|c| !c.is_control() || c.is_whitespace())) {
+        let start = text.trim_start().to_ascii_lowercase();
+        let first = text.trim().lines().next().unwrap_or("");
+        let first: String = first.chars().take(40).collect();
+        if start.starts_with("<!doctype") || start.starts_with("<html") || start.starts_with("<?xml") {
+            return not(
+                "a web page (HTML or XML: often the error or login page of a failed download); download the file \
+                 again"
+                    .into(),
+            );
+        }
+        if start.starts_with('{') || start.starts_with('[') {
+            return not(format!(
+                "JSON text (it starts with `{first}`): a config or index file, not weights; give the .safetensors \
+                 file"
+            ));
+        }
+        return not(format!("a text file (it starts with `{first}`), not weights"));
+    }
+    let hex = head.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+    if len < 8 {
+        return not(format!(
+            "a {len}-byte file (bytes {hex}), too short for the 8-byte header length a safetensors file starts \
+             with; download or copy it again"
+        ));
+    }
+    let header = u64::from_le_bytes(head[..8].try_into().map_err(|_| Error::Internal("8 bytes are 8 bytes"))?);
+    let starts_json = head.get(8) == Some(&b'{');
+    if header > len - 8 {
+        return not(if starts_json {
+            format!(
+                "a truncated safetensors file: its header alone is {header} bytes but only {} bytes follow the \
+                 header length (an interrupted download?); download it again",
+                len - 8
+            )
+        } else {
+            format!(
+                "no weight format this crate knows (first bytes {hex}): a safetensors file starts with the 8-byte \
+                 length of its JSON header, and this file's first 8 bytes give {header}, more than the {} bytes \
+                 that follow",
+                len - 8
+            )
+        });
+    }
+    if header < 2 || !starts_json {
+        return not(format!(
+            "no weight format this crate knows (first bytes {hex}): its first 8 bytes give a header of {header} \
+             bytes, but no JSON header (starting with `{{`) follows"
+        ));
+    }
+    if header > MAX_SAFETENSORS_HEADER {
+        return Err(Error::Weights {
+            file: path.to_path_buf(),
+            message: format!(
+                "its safetensors header is {header} bytes, more than the {MAX_SAFETENSORS_HEADER} bytes the \
+                 safetensors format allows"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Builds a model from the safetensors weights `{stem}.safetensors` (or its `.fp16` variant, or
@@ -146,9 +289,8 @@ impl CheckedWeights {
         }
         let mut location = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            if !f.is_file() {
-                return Err(Error::NotFound { what: "weight file".into(), path: f.clone() });
-            }
+            check_path(f, Kind::File, "weight file", None)?;
+            sniff_safetensors(f)?;
             // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be
             // truncated by another process while it is in use.
             let one = unsafe { MmapedSafetensors::new(f) }.map_err(|e| open_error(f, e))?;

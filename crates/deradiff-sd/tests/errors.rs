@@ -83,6 +83,11 @@ fn malformed_files_are_named() {
     let dir = broken_copy("malformed-safetensors");
     let file = dir.join("vae/diffusion_pytorch_model.safetensors");
     std::fs::write(&file, b"this is not a safetensors file").unwrap();
+    assert!(matches!(load(&dir, &[]), Error::NotSafetensors { ref path, .. } if path == &file));
+    // One that starts like safetensors but whose header is not valid is a weights error.
+    let mut bytes = 8u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{\"a\": 1}");
+    std::fs::write(&file, &bytes).unwrap();
     assert!(matches!(load(&dir, &[]), Error::Weights { file: ref f, .. } if f == &file));
 
     let dir = broken_copy("malformed-config");

@@ -129,11 +129,9 @@ impl ClipTextConfig {
     }
 }
 
+/// Reads a text file: [`crate::config::read_text`] (kind and size checked first).
 pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
-    if !path.is_file() {
-        return Err(Error::NotFound { what: what.into(), path: path.to_path_buf() });
-    }
-    std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))
+    crate::config::read_text(path, what)
 }
 
 /// Drops `null` entries (transformers writes many; they mean "the default").
@@ -194,10 +192,14 @@ impl ClipVisionConfig {
         self.image_size / self.patch_size.max(1)
     }
 
-    /// Positions: one per patch plus the class token.
+    /// Positions: one per patch plus the class token (saturating: [`ClipModelConfig::from_json`]
+    /// refuses an `image_size` above [`ClipVisionConfig::MAX_IMAGE_SIZE`]).
     pub fn num_positions(&self) -> usize {
-        self.grid() * self.grid() + 1
+        self.grid().saturating_mul(self.grid()).saturating_add(1)
     }
+
+    /// The largest `image_size` accepted: 4096 pixels (CLIP models use 224 or 336).
+    pub const MAX_IMAGE_SIZE: usize = 4096;
 }
 
 /// A transformers `CLIPModel` `config.json`: both towers, the projection width and each tower's
@@ -301,6 +303,17 @@ impl ClipModelConfig {
                 format!(
                     "vision_config.hidden_size {} is not divisible by {} heads",
                     v.hidden_size, v.num_attention_heads
+                ),
+            ));
+        }
+        if v.image_size > ClipVisionConfig::MAX_IMAGE_SIZE {
+            return Err(Error::config(
+                path,
+                format!(
+                    "vision_config.image_size {} is more than {} pixels (ClipVisionConfig::MAX_IMAGE_SIZE; CLIP \
+                     models use 224 or 336)",
+                    v.image_size,
+                    ClipVisionConfig::MAX_IMAGE_SIZE
                 ),
             ));
         }

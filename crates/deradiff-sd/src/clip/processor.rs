@@ -308,7 +308,7 @@ impl ClipPreprocessor {
     /// `dir/preprocessor_config.json` when present, CLIP's defaults otherwise.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let path = dir.as_ref().join("preprocessor_config.json");
-        if path.is_file() {
+        if crate::config::probe_path(&path, crate::config::Kind::File, "image preprocessor config", None)? {
             Self::from_file(path)
         } else {
             Ok(Self::default())
@@ -423,14 +423,30 @@ impl ClipPreprocessor {
         }
     }
 
-    /// The resized and cropped 8-bit image (before rescaling and normalisation).
+    /// The most pixels a resize or a crop may make: 2^24 (4096 × 4096; CLIP takes 224 × 224 or
+    /// 336 × 336). Checked before anything is allocated.
+    pub const MAX_PIXELS: usize = 1 << 24;
+
+    /// The resized and cropped 8-bit image (before rescaling and normalisation). A resize
+    /// (`size`, for this image's aspect ratio) or a crop (`crop_size`) of more than
+    /// [`Self::MAX_PIXELS`] pixels is an [`Error::InvalidArgument`] naming the field.
     pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
         let (h, w) = self.resized_size(image.height(), image.width());
-        if h.saturating_mul(w) > 1 << 28 {
+        if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
             return Err(Error::InvalidArgument(format!(
-                "resizing a {}x{} image gives {w}x{h} pixels, too many",
+                "ClipPreprocessor: resizing a {}x{} image to `size` {:?} gives {w}x{h} pixels, more than {} \
+                 (ClipPreprocessor::MAX_PIXELS)",
                 image.width(),
-                image.height()
+                image.height(),
+                self.size,
+                Self::MAX_PIXELS
+            )));
+        }
+        if self.do_center_crop && self.crop_size.0.checked_mul(self.crop_size.1).is_none_or(|n| n > Self::MAX_PIXELS) {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor: `crop_size` {:?} is more than {} pixels (ClipPreprocessor::MAX_PIXELS)",
+                self.crop_size,
+                Self::MAX_PIXELS
             )));
         }
         let resized = if (h, w) != (image.height(), image.width()) {

@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Shape, Tensor};
 
-use crate::config::{config_path, TextTimeArch, UnetArch, UnetConfig};
+use crate::config::{check_path, config_path, probe_any, probe_path, Kind, TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
 use crate::guidance::{AddedConditioning, ConditionalModel};
+use crate::pipeline::check_latent_size;
 use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
 use model::UnetModel;
 
@@ -42,6 +43,8 @@ pub struct Unet {
     config: UnetConfig,
     arch: UnetArch,
     source: PathBuf,
+    /// The config file (or, for a UNet built over a `VarBuilder`, its `source`), for errors.
+    config_path: PathBuf,
     shapes: HashMap<String, Shape>,
     dtype: DType,
     device: Device,
@@ -74,32 +77,46 @@ impl UnetLocation {
     /// * a pipeline directory with a `unet/` subdirectory;
     /// * a UNet directory (`config.json` + `diffusion_pytorch_model[.fp16].safetensors` or shards);
     /// * a single `.safetensors` file (no config of its own: the reference's is used).
+    ///
+    /// Nothing at `path` is an [`Error::NotFound`]; anything else that is neither a folder nor a
+    /// file (a FIFO, a device, a dangling link, a link loop, …) an [`Error::WrongKind`] saying
+    /// what it is. The weights themselves are checked when they are opened.
     pub fn resolve(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if path.is_file() {
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ext != "safetensors" {
-                return Err(Error::unsupported(
-                    path,
-                    "a single-file UNet must be a .safetensors file in the diffusers layout (pickle \
-                     .bin / .ckpt files are not loaded)",
-                ));
+        let what = "UNet (directory or .safetensors file)";
+        let expected = "a pipeline folder (with unet/), a UNet folder (config.json + \
+                        diffusion_pytorch_model.safetensors) or a .safetensors file";
+        match probe_any(path, what, expected)? {
+            None => Err(Error::NotFound { what: what.into(), path: path.into() }),
+            Some(Kind::File) => {
+                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if ext != "safetensors" {
+                    return Err(Error::unsupported(
+                        path,
+                        "a single-file UNet must be a .safetensors file in the diffusers layout (pickle \
+                         .bin / .ckpt files are not loaded)",
+                    ));
+                }
+                Ok(Self { weights: vec![path.to_path_buf()], config: None })
             }
-            return Ok(Self { weights: vec![path.to_path_buf()], config: None });
+            Some(Kind::Dir) => {
+                let unet = path.join("unet");
+                let dir = if probe_path(&unet, Kind::Dir, "UNet folder of the pipeline", None)? {
+                    unet
+                } else {
+                    path.to_path_buf()
+                };
+                let cfg = config_path(&dir);
+                check_path(
+                    &cfg,
+                    Kind::File,
+                    "UNet config (a pipeline directory needs unet/config.json, a UNet directory config.json)",
+                    None,
+                )?;
+                let weights = find_weight_files(&dir, "diffusion_pytorch_model", "UNet")?;
+                Ok(Self { weights, config: Some(cfg) })
+            }
         }
-        if !path.exists() {
-            return Err(Error::NotFound { what: "UNet (directory or .safetensors file)".into(), path: path.into() });
-        }
-        let dir = if path.join("unet").is_dir() { path.join("unet") } else { path.to_path_buf() };
-        let cfg = config_path(&dir);
-        if !cfg.is_file() {
-            return Err(Error::NotFound {
-                what: "UNet config (a pipeline directory needs unet/config.json, a UNet directory config.json)".into(),
-                path: cfg,
-            });
-        }
-        let weights = find_weight_files(&dir, "diffusion_pytorch_model", "UNet")?;
-        Ok(Self { weights, config: Some(cfg) })
     }
 }
 
@@ -145,7 +162,9 @@ impl Unet {
         let weights = CheckedWeights::open(files)?;
         let model = weights.build(dtype, device, None, |vb| UnetModel::new(vb, arch.clone()))?;
         let (source, shapes) = (weights.primary().to_path_buf(), weights.used());
-        Ok(Self::assemble(model, config, arch, source, shapes, dtype, device))
+        let mut unet = Self::assemble(model, config, arch, source, shapes, dtype, device);
+        unet.config_path = config_path.to_path_buf();
+        Ok(unet)
     }
 
     /// Builds a UNet with `config` over any `VarBuilder` (diffusers' weight names), for example
@@ -180,6 +199,7 @@ impl Unet {
             model: Box::new(model),
             config,
             arch,
+            config_path: source.clone(),
             source,
             shapes,
             dtype,
@@ -201,6 +221,12 @@ impl Unet {
     /// The (first) weight file.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// The config file it was built from (the reference's for a bare weight file), as errors
+    /// about its fields name it.
+    pub(crate) fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// Latent channels in.
@@ -268,7 +294,9 @@ impl Unet {
 
     /// The model output for latents `x` `[B, in_channels, h, w]` at `timestep`, attending to
     /// `context` `[B, L, cross_attention_dim]` (SD 1.x / 2.x UNets; SDXL's needs
-    /// [`Self::forward_added`]).
+    /// [`Self::forward_added`]). Latents with a zero dimension or more than twice
+    /// [`crate::StableDiffusion::MAX_LATENT_ELEMENTS`] elements, and a context without tokens, are
+    /// an [`Error::ShapeMismatch`].
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
         self.forward_added(x, timestep, context, None)
     }
@@ -294,12 +322,19 @@ impl Unet {
         if c != in_channels {
             return Err(latents_shape());
         }
+        check_latent_size(x.dims(), || format!("the latents given to Unet::forward for {}", self.source.display()))?;
         let ctx = context.dims();
-        if ctx.len() != 3 || ctx[0] != b || ctx[2] != self.arch.cross_attention_dim {
+        let ctx_elements = ctx.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if ctx.len() != 3
+            || ctx[0] != b
+            || ctx[1] == 0
+            || ctx[2] != self.arch.cross_attention_dim
+            || ctx_elements.is_none()
+        {
             return Err(Error::shape(
                 format!("the text embeddings (context) given to Unet::forward for {}", self.source.display()),
                 format!(
-                    "[{b}, tokens, {}] (the latents' batch, the UNet's cross_attention_dim)",
+                    "[{b}, tokens ≥ 1, {}] (the latents' batch, the UNet's cross_attention_dim)",
                     self.arch.cross_attention_dim
                 ),
                 ctx,
