@@ -115,8 +115,9 @@ pub trait SweepModel {
         }
     }
 
-    /// The latent shape of `samples` samples of one prompt (`[samples, …]`).
-    fn latent_shape(&self, samples: usize) -> Vec<usize>;
+    /// The latent shape of `samples` samples of one prompt (`[samples, …]`); an error when the
+    /// model's request cannot give one (an image size the VAE cannot halve, a latent too large).
+    fn latent_shape(&self, samples: usize) -> Result<Vec<usize>>;
 
     /// The latent dtype.
     fn dtype(&self) -> DType;
@@ -221,8 +222,8 @@ impl SweepModel for AnalyticModel {
         Ok(vec![Box::new(&self.reference), Box::new(&self.anchor)])
     }
 
-    fn latent_shape(&self, samples: usize) -> Vec<usize> {
-        vec![samples, self.setup.mixture.dim()]
+    fn latent_shape(&self, samples: usize) -> Result<Vec<usize>> {
+        Ok(vec![samples, self.setup.mixture.dim()])
     }
 
     fn dtype(&self) -> DType {

@@ -56,6 +56,11 @@ impl SdSetup {
 /// Each prompt is encoded once per [`SweepModel::denoisers`] call and shared by both UNets; the
 /// denoisers accept any batch (the λ groups of a batched sweep are stacked along dimension 0)
 /// by repeating the prompt's embeddings to the batch, cached per batch size.
+///
+/// Several prompts can share one batch ([`SweepModel::batch_denoisers`], used by sweeps with
+/// `prompts_per_batch > 1`): each group's rows are conditioned on its own prompt's text
+/// embeddings (and, for SDXL, its own pooled text embeddings and time_ids), guided by its own
+/// negative-prompt embeddings, in one UNet call per step for the whole batch.
 pub struct SdModel {
     setup: SdSetup,
     sd: StableDiffusion,
@@ -96,7 +101,10 @@ impl SdModel {
     }
 }
 
-/// A guided UNet for one prompt whose embeddings follow the batch size of its input.
+/// A guided UNet whose embeddings follow the batch size of its input: `base` holds one row per
+/// group of the batch (one row, the prompt's, for a single-prompt batch; one per λ group, each
+/// its prompt's, for a prompt-batched one), and an input of `B` rows gets each base row
+/// repeated `B / groups` times, cached per batch size (shared by the UNets of one batch).
 struct PromptDenoiser<'a> {
     unet: &'a Unet,
     base: Rc<PromptEmbeddings>,
@@ -104,38 +112,51 @@ struct PromptDenoiser<'a> {
     cache: Rc<RefCell<HashMap<usize, Rc<PromptEmbeddings>>>>,
 }
 
+impl PromptDenoiser<'_> {
+    fn embeddings(&self, batch: usize) -> deradiff_core::Result<Rc<PromptEmbeddings>> {
+        let mut cache = self.cache.borrow_mut();
+        if let Some(e) = cache.get(&batch) {
+            return Ok(e.clone());
+        }
+        let groups = self.base.batch();
+        if batch == 0 || !batch.is_multiple_of(groups) {
+            return Err(deradiff_core::Error::denoiser(Error::InvalidArgument(format!(
+                "a batch of {batch} latents for {groups} prompt group(s): the batch must be a positive multiple of \
+                 the groups"
+            ))));
+        }
+        let e = Rc::new(self.base.repeat_each(batch / groups).map_err(deradiff_core::Error::denoiser)?);
+        cache.insert(batch, e.clone());
+        Ok(e)
+    }
+}
+
 impl Denoiser for PromptDenoiser<'_> {
     fn predict(&self, x: &Tensor, timestep: f64) -> deradiff_core::Result<Tensor> {
-        let batch = x.dim(0)?;
-        let embeddings = {
-            let mut cache = self.cache.borrow_mut();
-            match cache.get(&batch) {
-                Some(e) => e.clone(),
-                None => {
-                    let e = Rc::new(self.base.repeat_each(batch).map_err(deradiff_core::Error::denoiser)?);
-                    cache.insert(batch, e.clone());
-                    e
-                }
-            }
-        };
+        let embeddings = self.embeddings(x.dim(0)?)?;
         Guided::new(self.unet, &embeddings, self.scale).map_err(deradiff_core::Error::denoiser)?.predict(x, timestep)
     }
 }
 
-impl SweepModel for SdModel {
-    fn scheduler(&self) -> &dyn Scheduler {
-        self.scheduler.as_ref()
+impl SdModel {
+    /// The prompt's text, or an error naming it.
+    fn text_of(prompt: &Prompt) -> Result<&str> {
+        prompt.text.as_deref().ok_or_else(|| {
+            Error::InvalidArgument(format!("prompt {:?} has no text; Stable Diffusion sweeps need prompts", prompt.id))
+        })
     }
 
-    fn denoisers(&self, prompt: &Prompt) -> Result<Vec<Box<dyn Denoiser + '_>>> {
-        let text = prompt.text.as_deref().ok_or_else(|| {
-            Error::InvalidArgument(format!("prompt {:?} has no text; Stable Diffusion sweeps need prompts", prompt.id))
-        })?;
+    /// The embeddings of one text (batch 1), encoded as the sweep's request encodes it.
+    fn encode_text(&self, text: &str) -> Result<PromptEmbeddings> {
         let request = Request { prompts: vec![text.to_string()], ..self.request.clone() };
-        let base = Rc::new(self.sd.encode(&request)?.into_embeddings());
+        Ok(self.sd.encode(&request)?.into_embeddings())
+    }
+
+    /// One [`PromptDenoiser`] per UNet (reference first) over `base`, sharing one cache.
+    fn guided_denoisers(&self, base: PromptEmbeddings) -> Vec<Box<dyn Denoiser + '_>> {
+        let base = Rc::new(base);
         let cache = Rc::new(RefCell::new(HashMap::new()));
-        Ok(self
-            .sd
+        self.sd
             .unets()
             .iter()
             .map(|unet| {
@@ -146,12 +167,65 @@ impl SweepModel for SdModel {
                     cache: cache.clone(),
                 }) as Box<dyn Denoiser + '_>
             })
-            .collect())
+            .collect()
+    }
+}
+
+impl SweepModel for SdModel {
+    fn scheduler(&self) -> &dyn Scheduler {
+        self.scheduler.as_ref()
     }
 
-    fn latent_shape(&self, samples: usize) -> Vec<usize> {
-        // Validated in `load`; the fallback is never reached.
-        self.sd.latent_shape(&self.request, samples).map(|s| s.to_vec()).unwrap_or_else(|_| vec![samples])
+    fn denoisers(&self, prompt: &Prompt) -> Result<Vec<Box<dyn Denoiser + '_>>> {
+        let base = self.encode_text(Self::text_of(prompt)?)?;
+        Ok(self.guided_denoisers(base))
+    }
+
+    /// Per-row text conditioning: each distinct text of `prompts` is encoded once (as
+    /// [`SweepModel::denoisers`] encodes it), and the rows of group `g` get
+    /// `prompts[group_prompts[g]]`'s embeddings — its text embeddings and negative-prompt
+    /// embeddings and, for SDXL, its pooled text embeddings and time_ids — stacked with
+    /// [`PromptEmbeddings::concat`]; classifier-free guidance runs on the whole batch at once.
+    fn batch_denoisers(
+        &self,
+        prompts: &[&Prompt],
+        group_prompts: &[usize],
+        rows_per_group: usize,
+    ) -> Result<Vec<Box<dyn Denoiser + '_>>> {
+        if prompts.is_empty() || group_prompts.is_empty() {
+            return Err(Error::InvalidArgument("a batch of no prompts or no groups".into()));
+        }
+        if rows_per_group == 0 {
+            return Err(Error::InvalidArgument("a batch of groups of no rows".into()));
+        }
+        if let Some(&bad) = group_prompts.iter().find(|&&p| p >= prompts.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "a group of the batch names prompt {bad} but the batch has {} prompts",
+                prompts.len()
+            )));
+        }
+        // Each distinct text once (the same prompt id with several seeds shares its text).
+        let mut texts: Vec<&str> = Vec::new();
+        let mut encoded: Vec<PromptEmbeddings> = Vec::new();
+        let mut of_prompt: Vec<usize> = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let text = Self::text_of(prompt)?;
+            match texts.iter().position(|t| *t == text) {
+                Some(i) => of_prompt.push(i),
+                None => {
+                    encoded.push(self.encode_text(text)?);
+                    texts.push(text);
+                    of_prompt.push(texts.len() - 1);
+                }
+            }
+        }
+        // One base row per group; the denoisers repeat each to the group's rows.
+        let rows: Vec<PromptEmbeddings> = group_prompts.iter().map(|&p| encoded[of_prompt[p]].clone()).collect();
+        Ok(self.guided_denoisers(PromptEmbeddings::concat(&rows)?))
+    }
+
+    fn latent_shape(&self, samples: usize) -> Result<Vec<usize>> {
+        Ok(self.sd.latent_shape(&self.request, samples)?.to_vec())
     }
 
     fn dtype(&self) -> DType {

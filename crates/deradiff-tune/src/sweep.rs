@@ -493,7 +493,7 @@ pub(crate) fn compute_rows(
     on_row: &mut dyn FnMut(SweepRow, &mut dyn SweepObserver) -> Result<()>,
 ) -> Result<()> {
     let scheduler = model.scheduler();
-    let shape = model.latent_shape(samples);
+    let shape = model.latent_shape(samples)?;
     let (dtype, device) = (model.dtype(), model.device());
     // Every missing (prompt index, λ) in order.
     let mut work: Vec<(usize, f64)> = Vec::new();

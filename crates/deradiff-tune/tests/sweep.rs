@@ -87,7 +87,7 @@ impl SweepModel for CountingModel {
             Box::new(Counting { inner: self.inner.anchor(), calls: &self.anchor_calls }),
         ])
     }
-    fn latent_shape(&self, samples: usize) -> Vec<usize> {
+    fn latent_shape(&self, samples: usize) -> Result<Vec<usize>> {
         self.inner.latent_shape(samples)
     }
     fn dtype(&self) -> DType {

@@ -1,0 +1,267 @@
+//! Prompt batching and sharding on Stable Diffusion (the tiny committed checkpoints of
+//! `deradiff-sd`): several prompts stacked in one batch, each group conditioned on its own prompt
+//! (per-row text embeddings, and for SDXL per-row pooled embeddings and time_ids), give the rows
+//! of one prompt per batch; shards of an SD sweep, killed and resumed, merge into the rows of an
+//! unsharded run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use deradiff_core::SchedulerKind;
+use deradiff_sd::{AddedConditioning, PromptEmbeddings};
+use deradiff_tune::*;
+
+fn sd_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-sd/tests/fixtures").join(name)
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deradiff-sd-shards").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Tiny settings: Euler ancestral (every step draws noise, so each prompt's noise stream
+/// matters), 2 steps, guidance on, 8×8 pixels (4×4 latents).
+fn model(reference: &str, aligned: &str, negative: Option<&str>) -> SdModel {
+    let mut setup = SdSetup::new(sd_fixture(reference), sd_fixture(aligned));
+    setup.scheduler = SchedulerKind::EulerAncestral;
+    setup.steps = 2;
+    setup.guidance_scale = 5.0;
+    setup.negative_prompt = negative.map(str::to_string);
+    setup.size = Some((8, 8));
+    SdModel::load(setup).unwrap()
+}
+
+/// A cheap image reward: a fixed, position-dependent positive weighting of the decoded pixels
+/// shifted to `[0, 2]` (sensitive to every pixel's value and place; a sum of positive terms, so
+/// that a relative difference of two scores is not inflated by cancellation).
+struct Pixels;
+
+impl Reward for Pixels {
+    fn name(&self) -> String {
+        "pixels".into()
+    }
+
+    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let x = samples.to_dtype(DType::F64)?.flatten_from(1)?;
+        let d = x.dim(1)?;
+        let w: Vec<f64> = (0..d).map(|i| (1.0 + 0.5 * ((i as f64) * 0.37).sin()) / d as f64).collect();
+        let w = Tensor::from_vec(w, (d, 1), x.device())?;
+        Ok((x + 1.0)?.matmul(&w)?.flatten_all()?.to_vec1::<f64>()?)
+    }
+}
+
+/// 3 prompts × 2 seeds × 3 λ = 18 rows.
+fn config(samples: usize) -> SweepConfig {
+    let prompts = Prompt::with_seeds(
+        &[
+            Prompt::text("cube", "a red cube on a table", 0),
+            Prompt::text("sphere", "a blue sphere", 0),
+            Prompt::text("cone", "a green cone in the snow", 0),
+        ],
+        &[3, 11],
+    );
+    SweepConfig::new(vec![0.0, 0.7, 1.5], prompts, samples)
+}
+
+/// Counts the batches a sweep runs (the events of their first step).
+#[derive(Default)]
+struct CountBatches(usize);
+
+impl SweepObserver for CountBatches {
+    fn on_event(&mut self, event: &SweepEvent) -> Result<()> {
+        if matches!(event, SweepEvent::Step { step: 0, .. }) {
+            self.0 += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The largest relative difference of the reward means of two row sets that must hold the same
+/// rows (λ, prompt, seed, samples, reward names) in the same order.
+fn max_relative_difference(a: &[SweepRow], b: &[SweepRow]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(
+            (x.lambda, &x.prompt, x.seed, x.prompt_index, x.samples),
+            (y.lambda, &y.prompt, y.seed, y.prompt_index, y.samples)
+        );
+        assert_eq!(x.rewards.len(), y.rewards.len());
+        for (r, s) in x.rewards.iter().zip(&y.rewards) {
+            assert_eq!(r.name, s.name);
+            let rel = (r.mean - s.mean).abs() / r.mean.abs().max(s.mean.abs()).max(1e-12);
+            worst = worst.max(rel);
+        }
+    }
+    worst
+}
+
+/// Prompt-batched sweeps of `m` (several batch layouts) against one prompt per batch.
+fn prompt_batching_matches(m: &SdModel, rewards: &[&dyn Reward], label: &str) {
+    let mut counter = CountBatches::default();
+    let one = run_sweep(m, rewards, &config(2), &mut counter).unwrap();
+    assert_eq!((one.rows.len(), counter.0), (18, 6));
+    // The prompts and seeds give different images: the rows are not all one row.
+    let means: std::collections::HashSet<u64> =
+        one.rows.iter().filter(|r| r.lambda == 0.7).map(|r| r.rewards[0].mean.to_bits()).collect();
+    assert_eq!(means.len(), 6, "{label}: six (prompt, seed) pairs, six different rows");
+    // All 18 groups in one batch; and 4 prompts per batch cut at 5 groups, so that batches
+    // split a prompt's λ values and mix prompts within one batch.
+    for (per, max, batches) in [(6usize, 0usize, 1usize), (4, 5, 4)] {
+        let mut c = config(2);
+        c.prompts_per_batch = per;
+        c.max_lambdas_per_batch = max;
+        let mut counter = CountBatches::default();
+        let batched = run_sweep(m, rewards, &c, &mut counter).unwrap();
+        assert_eq!(counter.0, batches, "{label}: {per} prompts per batch, at most {max} groups");
+        let worst = max_relative_difference(&one.rows, &batched.rows);
+        println!(
+            "{label}: {per} prompts per batch (at most {max} groups, {batches} batches): largest relative \
+             difference of the reward means {worst:.3e}{}",
+            if batched.rows == one.rows { " (rows bit-identical)" } else { "" }
+        );
+        assert!(worst <= 1e-5, "{label}: {per} prompts per batch: relative difference {worst:e}");
+    }
+}
+
+#[test]
+fn prompt_batched_sd_rows_equal_one_prompt_per_batch() {
+    // A negative prompt: each row's unconditional half is the encoded negative prompt.
+    let m = model("tiny-sd", "tiny-aligned-unet", Some("blurry"));
+    let clip_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip/clip-gelu");
+    let clip = ClipScore::new(Arc::new(ClipScorer::load(clip_dir, DType::F32, &Device::Cpu).unwrap()));
+    prompt_batching_matches(&m, &[&Pixels, &clip], "SD");
+}
+
+#[test]
+fn prompt_batched_sdxl_rows_equal_one_prompt_per_batch() {
+    // SDXL: per-row pooled text embeddings and time_ids; no negative prompt, so its negative
+    // embeddings are zeros (force_zeros_for_empty_prompt).
+    let m = model("tiny-sdxl", "tiny-sdxl-aligned-unet", None);
+    assert!(m.pipeline().is_sdxl());
+    prompt_batching_matches(&m, &[&Pixels], "SDXL");
+}
+
+#[test]
+fn sd_batch_denoisers_refuse_what_they_cannot_condition() {
+    let m = model("tiny-sd", "tiny-aligned-unet", None);
+    let (a, b) = (Prompt::text("a", "a cat", 1), Prompt::text("b", "a dog", 1));
+    let seeded = Prompt::seeded(4);
+    assert!(m.batch_denoisers(&[&a, &seeded], &[0, 1], 1).is_err(), "a prompt without text");
+    assert!(m.batch_denoisers(&[&a, &b], &[0, 2], 1).is_err(), "a group naming no prompt");
+    assert!(m.batch_denoisers(&[&a, &b], &[0, 1], 0).is_err(), "groups of no rows");
+    assert!(m.batch_denoisers(&[], &[], 1).is_err());
+    let d = m.batch_denoisers(&[&a, &b], &[0, 1, 1], 2).unwrap();
+    assert_eq!(d.len(), 2, "reference and aligned");
+    let x = Tensor::zeros(m.latent_shape(6).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(d[0].predict(&x, 500.0).unwrap().dims(), x.dims());
+    // A batch that is not a whole number of rows per group is an error, not a silent mix-up.
+    let x5 = Tensor::zeros(m.latent_shape(5).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    assert!(d[1].predict(&x5, 500.0).is_err());
+}
+
+#[test]
+fn prompt_embeddings_concat_keeps_the_cond_uncond_layout() {
+    let dev = Device::Cpu;
+    let t = |v: f32, b: usize| Tensor::full(v, (b, 3, 2), &dev).unwrap();
+    let added = |v: f32, b: usize| {
+        AddedConditioning::new(Tensor::full(v, (b, 4), &dev).unwrap(), Tensor::full(v + 0.5, (b, 6), &dev).unwrap())
+            .unwrap()
+    };
+    let part = |c: f32, u: f32, b: usize| {
+        PromptEmbeddings::new(t(c, b), Some(t(u, b))).unwrap().with_added(added(c, b), Some(added(u, b))).unwrap()
+    };
+    let (p, q) = (part(1.0, -1.0, 1), part(2.0, -2.0, 2));
+    let cat = PromptEmbeddings::concat(&[p.clone(), q.clone(), p.clone()]).unwrap();
+    assert_eq!(cat.batch(), 4);
+    let rows = |x: &Tensor| -> Vec<f32> {
+        x.flatten_from(1).unwrap().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert_eq!(rows(cat.cond()), [1.0, 2.0, 2.0, 1.0]);
+    assert_eq!(rows(cat.uncond().unwrap()), [-1.0, -2.0, -2.0, -1.0]);
+    assert_eq!(rows(cat.added().unwrap().text_embeds()), [1.0, 2.0, 2.0, 1.0]);
+    assert_eq!(rows(cat.added().unwrap().time_ids()), [1.5, 2.5, 2.5, 1.5]);
+    assert_eq!(rows(cat.added_uncond().unwrap().text_embeds()), [-1.0, -2.0, -2.0, -1.0]);
+    // Then repeated per group, as a prompt-batched sweep does.
+    assert_eq!(rows(cat.repeat_each(2).unwrap().cond()), [1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0]);
+    // One part is itself.
+    assert_eq!(rows(PromptEmbeddings::concat(std::slice::from_ref(&q)).unwrap().cond()), [2.0, 2.0]);
+    // Mixed encodings are refused.
+    let no_uncond = PromptEmbeddings::new(t(3.0, 1), None).unwrap();
+    let no_added = PromptEmbeddings::new(t(3.0, 1), Some(t(-3.0, 1))).unwrap();
+    let wider = PromptEmbeddings::new(Tensor::zeros((1, 3, 5), DType::F32, &dev).unwrap(), None).unwrap();
+    let f64s = PromptEmbeddings::new(t(3.0, 1).to_dtype(DType::F64).unwrap(), None).unwrap();
+    assert!(PromptEmbeddings::concat(&[]).is_err());
+    assert!(PromptEmbeddings::concat(&[p.clone(), no_uncond.clone()]).is_err());
+    assert!(PromptEmbeddings::concat(&[p.clone(), no_added]).is_err());
+    assert!(PromptEmbeddings::concat(&[no_uncond.clone(), wider]).is_err());
+    assert!(PromptEmbeddings::concat(&[no_uncond, f64s]).is_err());
+    assert!(AddedConditioning::concat(&[]).is_err());
+}
+
+/// An observer that fails after `n` rows: a kill at a row boundary.
+struct KillAfter(usize);
+
+impl SweepObserver for KillAfter {
+    fn on_event(&mut self, event: &SweepEvent) -> Result<()> {
+        if matches!(event, SweepEvent::Row { .. }) {
+            if self.0 == 0 {
+                return Err(Error::user("killed"));
+            }
+            self.0 -= 1;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn sharded_sd_sweep_merges_into_the_unsharded_rows() {
+    let m = model("tiny-sd", "tiny-aligned-unet", None);
+    let rewards: [&dyn Reward; 1] = [&Pixels];
+    let root = dir("equal");
+    let sweep = || {
+        let mut c = config(1);
+        // Two prompts per batch, at most 4 groups: shards batch their own items differently.
+        c.prompts_per_batch = 2;
+        c.max_lambdas_per_batch = 4;
+        c
+    };
+    let mut whole = sweep();
+    whole.output = Some(SweepOutput::jsonl(root.join("whole.jsonl")));
+    let unsharded = run_sweep(&m, &rewards, &whole, &mut NoSweepObserver).unwrap();
+    assert_eq!(unsharded.rows.len(), 18);
+    for n in [1usize, 3] {
+        let mut files = Vec::new();
+        for k in 0..n {
+            let mut c = sweep();
+            c.shard = Some(Shard::new(k, n).unwrap());
+            let path = root.join(format!("n{n}-shard{k}.jsonl"));
+            c.output = Some(SweepOutput::jsonl(&path));
+            // Killed after a few rows, then resumed.
+            let kill = (k * 7 + n * 3) % 5;
+            let first = run_sweep(&m, &rewards, &c, &mut KillAfter(kill));
+            assert!(matches!(first, Err(Error::User(_))), "n = {n}, k = {k}: {first:?}");
+            assert_eq!(read_results(&path).unwrap().rows.len(), kill + 1, "the killing row is written");
+            // A write cut short by the kill: half a row at the end of the file.
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend_from_slice(b"{\"lambda\":0.7,\"prom");
+            std::fs::write(&path, bytes).unwrap();
+            let resumed = run_sweep(&m, &rewards, &c, &mut NoSweepObserver).unwrap();
+            assert_eq!((resumed.rows.len(), resumed.resumed), (c.total(), kill + 1), "n = {n}, k = {k}");
+            files.push(path);
+        }
+        let merged = merge_results(&files, false).unwrap();
+        assert!(merged.missing.is_empty());
+        let worst = max_relative_difference(&unsharded.rows, &merged.rows);
+        println!(
+            "SD, {n} shard(s): largest relative difference to the unsharded rows {worst:.3e}{}",
+            if merged.rows == unsharded.rows { " (rows bit-identical)" } else { "" }
+        );
+        assert!(worst <= 1e-5, "n = {n}: relative difference {worst:e}");
+        assert_eq!(merged.header.spec_hash, unsharded.header.spec_hash);
+    }
+}
