@@ -407,7 +407,8 @@ pub fn inference_timesteps(
         }
         TimestepSpacing::Leading => {
             let ratio = t / n;
-            (0..n).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
+            // Saturating: an absurd steps_offset lands out of range and is reported below.
+            (0..n).rev().map(|i| (i * ratio).saturating_add(steps_offset) as f64).collect()
         }
         TimestepSpacing::Trailing => {
             let ratio = t as f64 / n as f64;
