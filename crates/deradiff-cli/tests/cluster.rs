@@ -59,9 +59,8 @@ fn shards_started_at_once_then_merge_equal_an_unsharded_run() {
     // The same sweep unsharded: the merged file holds the very same rows, in the same order.
     let whole = out.join("unsharded");
     ok(deradiff().args(SWEEP).arg("--out").arg(&whole).output().unwrap());
-    let rows = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p).unwrap().lines().skip(1).map(String::from).collect()
-    };
+    let rows =
+        |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().skip(1).map(String::from).collect() };
     assert_eq!(rows(&out.join("sweep.jsonl")), rows(&whole.join("sweep.jsonl")));
     let cmp = ok(deradiff()
         .args(["compare", "--quiet", "--bootstrap", "200", "--out"])
