@@ -6,6 +6,7 @@
 
 mod checkpoint;
 mod error;
+mod lora;
 mod sample;
 mod shards;
 mod tune;
@@ -68,6 +69,11 @@ enum Command {
     Merge(shards::MergeArgs),
     /// Progress of the sweeps in an output folder, across their shards.
     Status(shards::StatusArgs),
+    /// Extract a LoRA from a full aligned UNet: per layer, the truncated SVD of the weight
+    /// difference to the reference at --rank, written as a diffusers-layout LoRA that
+    /// `--aligned` (and diffusers' load_lora_weights) loads; prints each layer's relative
+    /// Frobenius error and the adapter's size.
+    ExtractLora(lora::ExtractLoraArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,6 +197,7 @@ fn run(command: Command) -> Result<()> {
         Command::Compare(args) => tune::compare(args),
         Command::Merge(args) => print_stdout(&shards::merge(args)?),
         Command::Status(args) => print_stdout(&shards::status(args)?),
+        Command::ExtractLora(args) => lora::extract(args),
     }
 }
 

@@ -21,9 +21,21 @@ pub struct SampleArgs {
     #[arg(long)]
     reference: PathBuf,
     /// An aligned UNet of the reference's architecture: a pipeline directory, a unet/ directory
-    /// or one .safetensors file. Repeat for several aligned models (one per reward).
+    /// or one .safetensors file; or a LoRA adapter of the reference UNet (a .safetensors file in
+    /// the diffusers, peft or kohya layout, or a folder with pytorch_lora_weights.safetensors or
+    /// adapter_model.safetensors + adapter_config.json), which runs with the reference in one
+    /// batched UNet pass. Repeat for several aligned models (one per reward).
     #[arg(long, required = true)]
     aligned: Vec<PathBuf>,
+    /// Multiplier of every LoRA --aligned adapter (1: the adapter as trained, at its own
+    /// alpha / rank scale).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    lora_scale: f64,
+    /// How λ realigns: `posterior` (DeRaDiff: the geometric mixture of the models' Gaussian
+    /// posteriors at every step) or `weights` (the weight-space baseline, LoRA --aligned models
+    /// only: one UNet with W + λ·B·A merged, sampled from the same seed).
+    #[arg(long, value_enum, default_value = "posterior")]
+    realign: RealignArg,
     /// With one aligned model: comma-separated λs, one image each (weights [1−λ, λ]; λ = 0 is the
     /// reference, 1 the aligned model, > 1 extrapolates, < 0 moves away from it). With K aligned
     /// models: K values λ_i, one image (weights [1 − Σλ_i, λ_1, …, λ_K]). Default 0.5 with one
@@ -78,6 +90,15 @@ pub struct SampleArgs {
     /// No progress bars, no checkpoint summary and no "wrote …" lines (errors are still printed).
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// How `deradiff sample` realigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RealignArg {
+    /// The geometric mixture of the models' posteriors at every step (DeRaDiff).
+    Posterior,
+    /// LoRA adapters merged into the reference's weights at λ (weight-space baseline).
+    Weights,
 }
 
 /// SDXL's micro-conditioning options of `deradiff sample`.
@@ -409,13 +430,20 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         return Err(micro_on_sd(&args.reference));
     }
 
-    let options = LoadOptions { dtype, device };
+    if !args.lora_scale.is_finite() {
+        return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", args.lora_scale)));
+    }
+    let options = LoadOptions { dtype, device, lora_multiplier: args.lora_scale };
     let sd = StableDiffusion::load(&args.reference, &args.aligned, &options).with_context(|| {
         let aligned = args.aligned.iter().map(|a| a.display().to_string()).collect::<Vec<_>>().join(", ");
         format!("cannot load --reference {} with --aligned {aligned}", args.reference.display())
     })?;
     if micro && !sd.is_sdxl() {
         return Err(micro_on_sd(&args.reference));
+    }
+    if args.realign == RealignArg::Weights {
+        let k = sd.num_models() - 1;
+        sd.weight_space_unet(&vec![0.0; k]).usage_context("--realign weights")?;
     }
     let request = Request {
         prompts: args.prompt.clone(),
@@ -478,9 +506,16 @@ pub fn sample(args: SampleArgs) -> Result<()> {
             bar.set_position(e.step as u64 + 1);
             Flow::Continue
         };
-        let sampled = sd
-            .sample(&request, &embeddings, &setting.realigner, &mut SeededNoise::new(args.seed), &mut observer)
-            .with_context(|| format!("sampling {width}x{height} images with {} failed", setting.label))?;
+        let mut noise = SeededNoise::new(args.seed);
+        let sampled = match args.realign {
+            RealignArg::Posterior => sd.sample(&request, &embeddings, &setting.realigner, &mut noise, &mut observer),
+            RealignArg::Weights => {
+                // λ_k are the aligned models' weights (the reference's is 1 − Σλ_k).
+                let weights = setting.realigner.weights(0).map_err(deradiff_sd::Error::from)?;
+                sd.sample_weight_space(&request, &embeddings, &weights[1..], &mut noise, &mut observer)
+            }
+        }
+        .with_context(|| format!("sampling {width}x{height} images with {} failed", setting.label))?;
         bar.finish_and_clear();
         let images =
             sd.decode(&sampled.latent).with_context(|| format!("cannot decode the image of {}", setting.label))?;

@@ -14,8 +14,8 @@ use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions}
 use deradiff_tune::{
     agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
     AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer, IfExists,
-    ManifoldPenalty, PairBy, PickScore, Prompt, Reward, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel,
-    SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
+    ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig, SweepEvent,
+    SweepModel, SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
 };
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
@@ -26,7 +26,8 @@ pub struct TestbedArgs {
     /// testbed is used.
     #[arg(long, requires = "aligned", help_heading = "Stable Diffusion")]
     reference: Option<PathBuf>,
-    /// Stable Diffusion: the aligned UNet (pipeline dir, unet/ dir or .safetensors file).
+    /// Stable Diffusion: the aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file)
+    /// or a LoRA adapter (file or folder; diffusers, peft or kohya layout).
     #[arg(long, requires = "reference", help_heading = "Stable Diffusion")]
     aligned: Option<PathBuf>,
     /// Stable Diffusion: a prompt (repeatable).
@@ -53,6 +54,13 @@ pub struct TestbedArgs {
     /// Stable Diffusion: guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
     guidance: f64,
+    /// Stable Diffusion: how λ realigns: `posterior` (DeRaDiff's posterior fusion) or `weights`
+    /// (the weight-space baseline: the aligned LoRA merged at λ; needs a LoRA --aligned).
+    #[arg(long, value_enum, default_value = "posterior", help_heading = "Stable Diffusion")]
+    realign: crate::sample::RealignArg,
+    /// Stable Diffusion: multiplier of a LoRA --aligned (aligned = base + m · scale · up · down).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
+    lora_scale: f64,
     /// Stable Diffusion: weights dtype (f32, f16, bf16).
     #[arg(long, default_value = "f32", help_heading = "Stable Diffusion")]
     dtype: String,
@@ -144,6 +152,8 @@ impl TestbedArgs {
                     ("--prompts-file", self.prompts_file.is_some()),
                     ("--clip", self.clip.is_some()),
                     ("--pickscore", self.pickscore.is_some()),
+                    ("--realign weights", self.realign == crate::sample::RealignArg::Weights),
+                    ("--lora-scale", self.lora_scale != 1.0),
                 ] {
                     if given {
                         return Err(CliError::usage(format!(
@@ -213,8 +223,15 @@ impl TestbedArgs {
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
         }
+        if !self.lora_scale.is_finite() {
+            return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
+        }
         let mut setup = SdSetup::new(reference, aligned);
-        setup.load = LoadOptions { dtype, device };
+        setup.load = LoadOptions { dtype, device, lora_multiplier: self.lora_scale };
+        setup.realign = match self.realign {
+            crate::sample::RealignArg::Posterior => Realignment::Posterior,
+            crate::sample::RealignArg::Weights => Realignment::Weights,
+        };
         setup.scheduler = scheduler;
         setup.steps = self.steps;
         setup.guidance_scale = self.guidance;

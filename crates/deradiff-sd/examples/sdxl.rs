@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = parse_device(&std::env::var("DERADIFF_DEVICE").unwrap_or_else(|_| "cpu".into()))?;
     let dtype = if device.is_cpu() { DType::F32 } else { DType::F16 };
 
-    let sd = StableDiffusion::load(&reference, &[&aligned], &LoadOptions { dtype, device })?;
+    let sd = StableDiffusion::load(&reference, &[&aligned], &LoadOptions { dtype, device, ..Default::default() })?;
     if !sd.is_sdxl() {
         return Err(format!("{} is not an SDXL checkpoint", reference.display()).into());
     }

@@ -17,76 +17,20 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use deradiff_sd::{Unet, UnetConfig};
 
 #[path = "../benches/support/candle_unet.rs"]
 mod candle_unet;
+#[path = "../benches/support/sd15.rs"]
+mod sd15;
 use candle_unet::candle_config;
-
-/// runwayml/stable-diffusion-v1-5 `unet/config.json`.
-const SD15_UNET: &str = r#"{
-  "_class_name": "UNet2DConditionModel",
-  "_diffusers_version": "0.6.0",
-  "act_fn": "silu",
-  "attention_head_dim": 8,
-  "block_out_channels": [320, 640, 1280, 1280],
-  "center_input_sample": false,
-  "cross_attention_dim": 768,
-  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-  "downsample_padding": 1,
-  "flip_sin_to_cos": true,
-  "freq_shift": 0,
-  "in_channels": 4,
-  "layers_per_block": 2,
-  "mid_block_scale_factor": 1,
-  "norm_eps": 1e-05,
-  "norm_num_groups": 32,
-  "out_channels": 4,
-  "sample_size": 64,
-  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-}"#;
-
-/// Random weights for any name: matrices and kernels ~ N(0, 1/fan_in) (activations keep their
-/// scale through the layers, so f16 does not overflow), norm weights 1, other vectors ~ N(0, 0.02²).
-struct RandomWeights;
-
-impl candle_nn::var_builder::SimpleBackend for RandomWeights {
-    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let dims = s.dims();
-        let t = if dims.len() >= 2 {
-            let fan_in: usize = dims[1..].iter().product();
-            Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, s, dev)?
-        } else if name.ends_with("weight") {
-            Tensor::ones(s, DType::F32, dev)?
-        } else {
-            Tensor::randn(0f32, 0.02, s, dev)?
-        };
-        t.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
-        Err(candle_core::Error::Msg(format!("random weights need a shape for {name}")))
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
+use sd15::{status_mib, RandomWeights, SD15_UNET};
 
 /// One UNet forward on (latents, context) at t = 500.
 type Forward = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
-
-/// A `/proc/self/status` field in MiB (Linux; 0 elsewhere).
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -121,6 +121,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A LoRA adapter that cannot be used: an unknown or unsupported key (DoRA, text-encoder
+    /// adapters, LoHa), a layer this UNet does not have, shapes that do not fit, a bad
+    /// `adapter_config.json`. The message names the key as the file spells it.
+    #[error("LoRA adapter {path}: {message}")]
+    Lora {
+        /// The adapter's file or folder.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+
     /// A tensor the model needs is not in its weight file.
     #[error("{file}: missing tensor `{tensor}`{hint}")]
     MissingTensor {

@@ -382,22 +382,23 @@ impl PromptEmbeddings {
 /// let eps = guided.predict(&x, 999.0)?;
 /// # Ok(()) }
 /// ```
-pub struct Guided<'a, M: ?Sized> {
-    model: &'a M,
+pub struct Guided<'a, M> {
+    model: M,
     embeddings: &'a PromptEmbeddings,
     scale: GuidanceScale,
 }
 
-impl<M: ?Sized> std::fmt::Debug for Guided<'_, M> {
+impl<M> std::fmt::Debug for Guided<'_, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guided").field("scale", &self.scale).field("batch", &self.embeddings.batch()).finish()
     }
 }
 
-impl<'a, M: ConditionalModel + ?Sized> Guided<'a, M> {
-    /// Guides `model` with `embeddings` at `scale` (an error for a negative or non-finite scale,
-    /// or for a scale above 1 without negative-prompt embeddings).
-    pub fn new(model: &'a M, embeddings: &'a PromptEmbeddings, scale: f64) -> Result<Self> {
+impl<'a, M: ConditionalModel> Guided<'a, M> {
+    /// Guides `model` (a reference such as `&Unet`, or a view such as
+    /// [`crate::Unet::adapter_view`]) with `embeddings` at `scale` (an error for a negative or
+    /// non-finite scale, or for a scale above 1 without negative-prompt embeddings).
+    pub fn new(model: M, embeddings: &'a PromptEmbeddings, scale: f64) -> Result<Self> {
         let scale = GuidanceScale::new(scale)?;
         if scale.is_active() && embeddings.uncond.is_none() {
             return Err(Error::InvalidArgument(format!(
@@ -438,8 +439,128 @@ impl<'a, M: ConditionalModel + ?Sized> Guided<'a, M> {
     }
 }
 
-impl<M: ConditionalModel + ?Sized> Denoiser for Guided<'_, M> {
+impl<M: ConditionalModel> Denoiser for Guided<'_, M> {
     fn predict(&self, x: &Tensor, timestep: f64) -> deradiff_core::Result<Tensor> {
         Ok(self.guided(x, timestep)?)
+    }
+}
+
+/// Classifier-free guidance for several models of one joint UNet — the reference and
+/// LoRA-aligned models sharing its base weights ([`crate::Unet::with_adapters`]) — in **one**
+/// UNet pass per step: the rows of every model (each with its `[uncond; cond]` pair) are stacked
+/// and run by [`crate::Unet::forward_rows`], every adapted layer adding its delta to its own
+/// model's rows. [`Self::denoisers`] gives one [`Denoiser`] per model for the sampler: the first
+/// one asked at a step runs the pass for all, the others take their rows from it (the same
+/// latents tensor and timestep). The outputs equal [`Guided`] around each model's merged UNet.
+pub struct JointGuided<'a> {
+    unet: &'a crate::Unet,
+    models: Vec<Option<usize>>,
+    embeddings: &'a PromptEmbeddings,
+    scale: GuidanceScale,
+    /// Context and added conditioning stacked for all models (built once).
+    context: Tensor,
+    added: Option<AddedConditioning>,
+    /// The last pass: (latents tensor id, timestep bits) and each model's guided output.
+    last: std::sync::Mutex<Option<(candle_core::TensorId, u64, Vec<Tensor>)>>,
+}
+
+impl std::fmt::Debug for JointGuided<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JointGuided").field("models", &self.models).field("scale", &self.scale).finish()
+    }
+}
+
+impl<'a> JointGuided<'a> {
+    /// Guides the models `models` of `unet` (`None`: its base weights; `Some(k)`: attached
+    /// adapter `k`) with `embeddings` at `scale`, as [`Guided::new`] checks them.
+    pub fn new(
+        unet: &'a crate::Unet,
+        models: Vec<Option<usize>>,
+        embeddings: &'a PromptEmbeddings,
+        scale: f64,
+    ) -> Result<Self> {
+        let scale = Guided::new(unet, embeddings, scale)?.scale();
+        if models.is_empty() {
+            return Err(Error::InvalidArgument("JointGuided::new: no models; give at least one".into()));
+        }
+        if let Some(k) = models.iter().flatten().find(|&&k| k >= unet.num_adapters()) {
+            return Err(Error::InvalidArgument(format!(
+                "JointGuided::new: model adapter {k} is not attached to {} ({} attached)",
+                unet.source().display(),
+                unet.num_adapters()
+            )));
+        }
+        let n = models.len();
+        let (context, added) = match (&embeddings.both, scale.is_active()) {
+            (Some(both), true) => (both, embeddings.added_both.as_ref()),
+            _ => (&embeddings.cond, embeddings.added.as_ref()),
+        };
+        let context = Tensor::cat(&vec![context; n], 0)?;
+        let added = added.map(|a| AddedConditioning::concat(&vec![a.clone(); n])).transpose()?;
+        Ok(Self { unet, models, embeddings, scale, context, added, last: std::sync::Mutex::new(None) })
+    }
+
+    /// One denoiser per model, in the order of `models`.
+    pub fn denoisers(&self) -> Vec<JointDenoiser<'_, 'a>> {
+        (0..self.models.len()).map(|index| JointDenoiser { joint: self, index }).collect()
+    }
+
+    /// Every model's guided output for `x` at `timestep`, from one UNet pass.
+    pub fn predict_all(&self, x: &Tensor, timestep: f64) -> Result<Vec<Tensor>> {
+        let b = x.dims().first().copied().unwrap_or(0);
+        if b != self.embeddings.batch() {
+            return Err(Error::shape(
+                "the latents given to a guided denoiser (JointGuided::predict_all)",
+                format!("[{}, channels, height, width] (the batch of its prompt embeddings)", self.embeddings.batch()),
+                x.dims(),
+            ));
+        }
+        let guided = self.embeddings.both.is_some() && self.scale.is_active();
+        let rows = if guided { 2 * b } else { b };
+        let per_model = if guided { Tensor::cat(&[x, x], 0)? } else { x.clone() };
+        let n = self.models.len();
+        let xs = Tensor::cat(&vec![&per_model; n], 0)?;
+        let groups: Vec<crate::RowGroup> =
+            self.models.iter().map(|&adapter| crate::RowGroup { adapter, rows }).collect();
+        let out = self.unet.forward_rows(&xs, timestep, &self.context, self.added.as_ref(), &groups)?;
+        (0..n)
+            .map(|m| {
+                let own = out.narrow(0, m * rows, rows)?;
+                if guided {
+                    let uncond = own.narrow(0, 0, b)?;
+                    let cond = own.narrow(0, b, b)?;
+                    Ok((&uncond + ((&cond - &uncond)? * self.scale.value())?)?)
+                } else {
+                    Ok(own)
+                }
+            })
+            .collect()
+    }
+
+    fn predict_one(&self, index: usize, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        let key = (x.id(), timestep.to_bits());
+        let mut last = self.last.lock().map_err(|_| Error::Internal("a joint guidance pass panicked earlier"))?;
+        if let Some((id, t, outs)) = last.as_ref() {
+            if (*id, *t) == key {
+                return outs.get(index).cloned().ok_or(Error::Internal("joint guidance: model index out of range"));
+            }
+        }
+        let outs = self.predict_all(x, timestep)?;
+        let out = outs.get(index).cloned().ok_or(Error::Internal("joint guidance: model index out of range"))?;
+        *last = Some((key.0, key.1, outs));
+        Ok(out)
+    }
+}
+
+/// One model of a [`JointGuided`]: a [`Denoiser`] for the sampler.
+#[derive(Debug, Clone, Copy)]
+pub struct JointDenoiser<'j, 'a> {
+    joint: &'j JointGuided<'a>,
+    index: usize,
+}
+
+impl Denoiser for JointDenoiser<'_, '_> {
+    fn predict(&self, x: &Tensor, timestep: f64) -> deradiff_core::Result<Tensor> {
+        Ok(self.joint.predict_one(self.index, x, timestep)?)
     }
 }

@@ -67,6 +67,7 @@ pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod image;
+pub mod lora;
 pub mod pipeline;
 pub mod text;
 pub mod tokenizer;
@@ -81,11 +82,14 @@ pub use clip::{
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
-pub use guidance::{AddedConditioning, ConditionalModel, GuidanceScale, Guided, PromptEmbeddings};
+pub use guidance::{
+    AddedConditioning, ConditionalModel, GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings,
+};
 pub use image::RgbImage;
+pub use lora::{LoraAdapter, LoraFormat, LoraLayer};
 pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
 pub use text::TextEncoder;
 pub use tokenizer::ClipTokenizer;
-pub use unet::{Unet, UnetLocation};
+pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;
 pub use weights::load_checked;

@@ -31,12 +31,23 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// CPU (default), CUDA or Metal (see [`crate::parse_device`]).
     pub device: Device,
+    /// The multiplier of every LoRA-aligned model (1, the default: the adapter as trained, at
+    /// its own `alpha / rank` scale).
+    pub lora_multiplier: f64,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu }
+        Self { dtype: DType::F32, device: Device::Cpu, lora_multiplier: 1.0 }
     }
+}
+
+/// Where one model of a pipeline lives: a loaded UNet, with one of its attached LoRA adapters
+/// or its own weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ModelSlot {
+    unet: usize,
+    adapter: Option<usize>,
 }
 
 /// What to generate: prompts and sampling settings (the models and the realigner are given
@@ -152,6 +163,11 @@ pub struct StableDiffusion {
     force_zeros_for_empty_prompt: bool,
     vae: Vae,
     unets: Vec<Unet>,
+    /// The models in realigner order (reference first): a full UNet, or the reference with a
+    /// LoRA adapter.
+    models: Vec<ModelSlot>,
+    /// The LoRA adapters attached to the reference UNet, by adapter index.
+    adapters: Vec<crate::LoraAdapter>,
     scheduler_config: SchedulerConfig,
     dtype: DType,
     device: Device,
@@ -270,7 +286,11 @@ impl StableDiffusion {
     /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
     /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
     /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
-    /// config). Every aligned UNet must have the reference's architecture.
+    /// config), or a LoRA adapter of the reference UNet (a file or folder in the diffusers, peft
+    /// or kohya layout, see [`crate::lora`]; scaled by [`LoadOptions::lora_multiplier`]). Every
+    /// aligned UNet must have the reference's architecture. LoRA-aligned models share the
+    /// reference's weights and run with it in one batched UNet pass per step
+    /// ([`crate::JointGuided`]).
     ///
     /// SDXL is detected from `unet/config.json` (`addition_embed_type = "text_time"`): it also
     /// needs `text_encoder_2/` (`CLIPTextModelWithProjection`) and `tokenizer_2/`; its
@@ -315,25 +335,114 @@ impl StableDiffusion {
 
         let reference_unet = Unet::load(&unet_dir, None, dtype, device)?;
         let ref_cfg_path = unet_dir.join("config.json");
-        let mut unets = vec![];
         let mut aligned_unets = Vec::with_capacity(aligned.len());
+        let mut adapters = Vec::new();
+        let mut models = vec![ModelSlot { unet: 0, adapter: None }];
         for a in aligned {
-            let u = Unet::load(a, Some((reference_unet.config(), &ref_cfg_path)), dtype, device)?;
-            reference_unet.check_same_architecture(&u)?;
-            aligned_unets.push(u);
+            if crate::lora::looks_like_lora(a.as_ref()) {
+                adapters.push(crate::LoraAdapter::load(a, &reference_unet)?);
+                models.push(ModelSlot { unet: 0, adapter: Some(adapters.len() - 1) });
+            } else {
+                let u = Unet::load(a, Some((reference_unet.config(), &ref_cfg_path)), dtype, device)?;
+                reference_unet.check_same_architecture(&u)?;
+                aligned_unets.push(u);
+                models.push(ModelSlot { unet: aligned_unets.len(), adapter: None });
+            }
         }
-        unets.push(reference_unet);
+        let lora_multiplier = options.lora_multiplier;
+        if !lora_multiplier.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "LoadOptions::lora_multiplier is {lora_multiplier}; it must be a finite number"
+            )));
+        }
+        let reference_unet = if adapters.is_empty() {
+            reference_unet
+        } else {
+            let attached: Vec<(&crate::LoraAdapter, f64)> =
+                adapters.iter().map(|a| (a, options.lora_multiplier)).collect();
+            reference_unet.with_adapters(&attached)?
+        };
+        let mut unets = vec![reference_unet];
         unets.extend(aligned_unets);
         let text_encoder = TextEncoder::load(&te_dir, &tok_dir, dtype, device)?;
         let vae = Vae::load(&vae_dir, dtype, device)?;
-        match sdxl_dirs {
+        let mut sd = match sdxl_dirs {
             Some((te2_dir, tok2_dir)) => {
                 let text_encoder_2 = TextEncoder::load_with_projection(&te2_dir, &tok2_dir, dtype, device)?;
                 let force_zeros = read_force_zeros(root)?;
-                Self::from_parts_sdxl(text_encoder, text_encoder_2, vae, unets, scheduler_config, force_zeros)
+                Self::assemble(
+                    text_encoder,
+                    Some(text_encoder_2),
+                    vae,
+                    unets,
+                    Some(models),
+                    scheduler_config,
+                    force_zeros,
+                )
             }
-            None => Self::from_parts(text_encoder, vae, unets, scheduler_config),
+            None => Self::assemble(text_encoder, None, vae, unets, Some(models), scheduler_config, true),
+        }?;
+        sd.adapters = adapters.into_iter().map(|a| a.scaled(lora_multiplier)).collect::<Result<_>>()?;
+        Ok(sd)
+    }
+
+    /// The LoRA adapters of the LoRA-aligned models, in the order they were given (each scaled
+    /// by [`LoadOptions::lora_multiplier`]).
+    pub fn lora_adapters(&self) -> &[crate::LoraAdapter] {
+        &self.adapters
+    }
+
+    /// Weight-space realignment, the baseline the posterior fusion is compared with ("rewarded
+    /// soups"): the reference UNet with every LoRA-aligned model's adapter merged at its λ —
+    /// `W + Σ_k λ_k · scale_k · B_k · A_k` — as one UNet. `lambdas` has one value per aligned
+    /// model; every aligned model must be a LoRA adapter (a full aligned UNet has no low-rank
+    /// delta to scale; an error says so).
+    pub fn weight_space_unet(&self, lambdas: &[f64]) -> Result<Unet> {
+        let aligned = &self.models[1..];
+        if lambdas.len() != aligned.len() {
+            return Err(Error::InvalidArgument(format!(
+                "weight-space realignment takes one λ per aligned model: {} given for {} aligned models",
+                lambdas.len(),
+                aligned.len()
+            )));
         }
+        let mut unet: Option<Unet> = None;
+        for (slot, &lambda) in aligned.iter().zip(lambdas) {
+            let Some(k) = slot.adapter else {
+                return Err(Error::InvalidArgument(format!(
+                    "weight-space realignment needs LoRA-aligned models, but {} is a full UNet; give the aligned \
+                     model as a LoRA adapter (deradiff extract-lora makes one from a full UNet)",
+                    self.unets[slot.unet].source().display()
+                )));
+            };
+            let base = unet.as_ref().unwrap_or(&self.unets[0]);
+            unet = Some(base.merged_with(&self.adapters[k], lambda)?);
+        }
+        unet.ok_or_else(|| Error::InvalidArgument("weight-space realignment needs at least one aligned model".into()))
+    }
+
+    /// [`Self::sample`] with weight-space realignment: one UNet, the reference with the aligned
+    /// adapters merged at `lambdas` ([`Self::weight_space_unet`]), sampled on its own from the
+    /// same noise, so that its images compare with the posterior fusion's on the same seeds.
+    pub fn sample_weight_space(
+        &self,
+        request: &Request,
+        encoded: &EncodedRequest,
+        lambdas: &[f64],
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn Observer,
+    ) -> Result<SampleOutput> {
+        if request.steps == 0 {
+            return Err(Error::request("steps", "is 0: it must be at least 1"));
+        }
+        encoded.encoding.check_belongs(&self.encoding(request)?)?;
+        let unet = self.weight_space_unet(lambdas)?;
+        let guidance_scale = self.guidance_scale(request)?;
+        let shape = self.latent_shape(request, encoded.batch())?;
+        let scheduler = request.scheduler.build(&self.scheduler_config, request.steps)?;
+        let guided = Guided::new(&unet, &encoded.embeddings, guidance_scale)?;
+        let sampler = Sampler::new(scheduler.as_ref(), vec![&guided as &dyn Denoiser], Realigner::new(vec![1.0])?)?;
+        Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
     }
 
     /// Assembles loaded SD 1.x / 2.x parts (reference UNet first), checking that they fit
@@ -344,7 +453,7 @@ impl StableDiffusion {
         unets: Vec<Unet>,
         scheduler_config: SchedulerConfig,
     ) -> Result<Self> {
-        Self::assemble(text_encoder, None, vae, unets, scheduler_config, true)
+        Self::assemble(text_encoder, None, vae, unets, None, scheduler_config, true)
     }
 
     /// Assembles loaded SDXL parts: CLIP ViT-L (`text_encoder`), OpenCLIP ViT-bigG with its
@@ -359,7 +468,15 @@ impl StableDiffusion {
         scheduler_config: SchedulerConfig,
         force_zeros_for_empty_prompt: bool,
     ) -> Result<Self> {
-        Self::assemble(text_encoder, Some(text_encoder_2), vae, unets, scheduler_config, force_zeros_for_empty_prompt)
+        Self::assemble(
+            text_encoder,
+            Some(text_encoder_2),
+            vae,
+            unets,
+            None,
+            scheduler_config,
+            force_zeros_for_empty_prompt,
+        )
     }
 
     fn assemble(
@@ -367,9 +484,11 @@ impl StableDiffusion {
         text_encoder_2: Option<TextEncoder>,
         vae: Vae,
         unets: Vec<Unet>,
+        models: Option<Vec<ModelSlot>>,
         scheduler_config: SchedulerConfig,
         force_zeros_for_empty_prompt: bool,
     ) -> Result<Self> {
+        let models = models.unwrap_or_else(|| (0..unets.len()).map(|unet| ModelSlot { unet, adapter: None }).collect());
         let reference = unets.first().ok_or_else(|| {
             Error::InvalidArgument(
                 "StableDiffusion::from_parts / from_parts_sdxl: `unets` is empty; give the reference UNet first".into(),
@@ -435,6 +554,8 @@ impl StableDiffusion {
             force_zeros_for_empty_prompt,
             vae,
             unets,
+            models,
+            adapters: Vec::new(),
             scheduler_config,
             dtype,
             device,
@@ -484,9 +605,16 @@ impl StableDiffusion {
         Ok(GuidanceScale::new(scale)?.value())
     }
 
-    /// Number of UNets (reference + aligned): what the realigner must weigh.
+    /// Number of models (reference + aligned, full UNets and LoRA-aligned): what the realigner
+    /// must weigh.
     pub fn num_models(&self) -> usize {
-        self.unets.len()
+        self.models.len()
+    }
+
+    /// The models in realigner order (reference first), each as the UNet rows it runs: a full
+    /// UNet, or the reference's base weights with one LoRA adapter.
+    pub fn models(&self) -> Vec<crate::AdapterView<'_>> {
+        self.models.iter().map(|m| self.unets[m.unet].adapter_view(m.adapter)).collect()
     }
 
     /// The UNets, reference first.
@@ -780,14 +908,34 @@ impl StableDiffusion {
         Ok(EncodedRequest { embeddings, encoding })
     }
 
-    /// One guided denoiser per UNet (reference first), all sharing `embeddings`: the low-level
+    /// One guided denoiser per model (reference first), all sharing `embeddings`: the low-level
     /// form of [`Self::sample`] (for example [`EncodedRequest::embeddings`], repeated to a batch).
+    /// Each runs its own UNet pass; [`Self::joint_denoisers`] runs LoRA-aligned models with the
+    /// reference in one pass.
     pub fn denoisers<'a>(
         &'a self,
         embeddings: &'a PromptEmbeddings,
         guidance_scale: f64,
-    ) -> Result<Vec<Guided<'a, Unet>>> {
-        self.unets.iter().map(|u| Guided::new(u, embeddings, guidance_scale)).collect()
+    ) -> Result<Vec<Guided<'a, crate::AdapterView<'a>>>> {
+        self.models().into_iter().map(|m| Guided::new(m, embeddings, guidance_scale)).collect()
+    }
+
+    /// The joint guidance of `models` (indices in realigner order) that share the reference UNet
+    /// (the reference and LoRA-aligned models), when there are at least two of them: one UNet
+    /// pass per step serves them all. The other models are left out.
+    pub fn joint_denoisers<'a>(
+        &'a self,
+        models: &[usize],
+        embeddings: &'a PromptEmbeddings,
+        guidance_scale: f64,
+    ) -> Result<Option<(Vec<usize>, crate::JointGuided<'a>)>> {
+        let shared: Vec<usize> =
+            models.iter().copied().filter(|&i| self.models.get(i).is_some_and(|m| m.unet == 0)).collect();
+        if shared.len() < 2 || self.unets[0].num_adapters() == 0 {
+            return Ok(None);
+        }
+        let adapters = shared.iter().map(|&i| self.models[i].adapter).collect();
+        Ok(Some((shared, crate::JointGuided::new(&self.unets[0], adapters, embeddings, guidance_scale)?)))
     }
 
     /// The latent shape `[batch, channels, height / f, width / f]` of a request, checked before
@@ -859,14 +1007,14 @@ impl StableDiffusion {
             return Err(Error::request("steps", "is 0: it must be at least 1"));
         }
         encoded.encoding.check_belongs(&self.encoding(request)?)?;
-        if realigner.num_models() != self.unets.len() {
+        if realigner.num_models() != self.models.len() {
             return Err(Error::InvalidArgument(format!(
                 "StableDiffusion::sample: the realigner weighs {} models but {} UNets are loaded (reference + {} \
                  aligned); use Realigner::two_model(λ) for one aligned model, Realigner::multi_reward(&[λ…]) for \
                  several",
                 realigner.num_models(),
-                self.unets.len(),
-                self.unets.len() - 1
+                self.models.len(),
+                self.models.len() - 1
             )));
         }
         let guidance_scale = self.guidance_scale(request)?;
@@ -876,11 +1024,27 @@ impl StableDiffusion {
         // schedule given as a function of (step, steps) is evaluated for this run.
         let realigner = realigner.for_steps(request.steps)?;
         let (kept, realigner) = prune_zero_weights(&realigner, request.steps)?;
-        let guided: Vec<Guided<'_, Unet>> = kept
+        // The reference and LoRA-aligned models in one UNet pass; full UNets on their own.
+        let joint = self.joint_denoisers(&kept, &encoded.embeddings, guidance_scale)?;
+        let (shared, joint_denoisers) = match &joint {
+            Some((shared, j)) => (shared.clone(), j.denoisers()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let views = self.models();
+        let guided: Vec<Guided<'_, crate::AdapterView<'_>>> = kept
             .iter()
-            .map(|&i| Guided::new(&self.unets[i], &encoded.embeddings, guidance_scale))
+            .filter(|i| !shared.contains(i))
+            .map(|&i| Guided::new(views[i], &encoded.embeddings, guidance_scale))
             .collect::<Result<_>>()?;
-        let denoisers: Vec<&dyn Denoiser> = guided.iter().map(|g| g as &dyn Denoiser).collect();
+        let (mut own, mut from_joint) = (guided.iter(), joint_denoisers.iter());
+        let denoisers: Vec<&dyn Denoiser> = kept
+            .iter()
+            .map(|i| match shared.contains(i) {
+                true => from_joint.next().map(|d| d as &dyn Denoiser),
+                false => own.next().map(|g| g as &dyn Denoiser),
+            })
+            .collect::<Option<_>>()
+            .ok_or(Error::Internal("the pipeline's denoisers do not cover its models"))?;
         let sampler = Sampler::new(scheduler.as_ref(), denoisers, realigner)?;
         Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
     }

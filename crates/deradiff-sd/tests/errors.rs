@@ -323,7 +323,7 @@ fn unwritable_output() {
 
 #[test]
 fn bf16_on_cpu_is_an_error_not_a_crash() {
-    let options = LoadOptions { dtype: DType::BF16, device: Device::Cpu };
+    let options = LoadOptions { dtype: DType::BF16, device: Device::Cpu, ..Default::default() };
     match StableDiffusion::load(tiny_sd(), &[tiny_aligned()], &options) {
         Err(Error::UnsupportedDType { dtype, message, .. }) => {
             assert_eq!(dtype, DType::BF16);

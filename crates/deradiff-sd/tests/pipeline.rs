@@ -158,7 +158,7 @@ fn float16_runs_and_stays_close_to_float32() {
     let req = Request { prompts: vec!["a cat".into()], guidance_scale: Some(1.0), ..request() };
     let realigner = Realigner::two_model(0.5).unwrap();
     let f32_out = load(&[&tiny_aligned()]).generate(&req, &realigner, &mut NoObserver).unwrap();
-    let options = LoadOptions { dtype: DType::F16, device: Device::Cpu };
+    let options = LoadOptions { dtype: DType::F16, device: Device::Cpu, ..Default::default() };
     let sd16 = StableDiffusion::load(tiny_sd(), &[tiny_aligned()], &options).unwrap();
     assert_eq!(sd16.dtype(), DType::F16);
     // force_upcast: the VAE decodes in f32.

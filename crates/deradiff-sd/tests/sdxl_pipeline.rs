@@ -172,7 +172,7 @@ fn micro_conditioning_batches_guidance_off_and_f16() {
     let out = sd.generate(&req, &half, &mut NoObserver).unwrap();
     assert_eq!(out.latents.dims(), &[4, 4, 8, 8]);
     // f16 weights (the VAE upcast by force_upcast) run and stay close to f32.
-    let options = LoadOptions { dtype: candle_core::DType::F16, device: candle_core::Device::Cpu };
+    let options = LoadOptions { dtype: candle_core::DType::F16, ..Default::default() };
     let sd16 = StableDiffusion::load(tiny_sdxl(), &[tiny_sdxl_aligned()], &options).unwrap();
     let a32 = sd.generate(&base, &half, &mut NoObserver).unwrap();
     let a16 = sd16.generate(&base, &half, &mut NoObserver).unwrap();

@@ -78,7 +78,7 @@ pub use objective::SweepObjective;
 pub use prompts::{read_prompt_file, PromptEntry};
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
-pub use sd_model::{SdModel, SdSetup};
+pub use sd_model::{Realignment, SdModel, SdSetup};
 pub use shard::{
     merge_results, spec_hash, sweep_status, write_results, write_results_csv, Merged, MissingItem, Shard,
     SweepProgress, SweepSpec, WorkItem, MAX_SHARDS,

@@ -115,6 +115,22 @@ pub trait SweepModel {
         }
     }
 
+    /// Weight-space realignment (the "rewarded soups" baseline): `Some(denoiser)` when this model
+    /// realigns in weight space rather than by posterior fusion — one denoiser whose group `g`
+    /// (rows `g·rows_per_group .. (g+1)·rows_per_group`) runs the model merged at
+    /// `group_lambdas[g]`, conditioned on `prompts[group_prompts[g]]`; the sweep samples it alone
+    /// (weight 1). `None` (the default): the sweep fuses [`SweepModel::denoisers`]' posteriors.
+    fn weight_space_denoiser(
+        &self,
+        prompts: &[&Prompt],
+        group_prompts: &[usize],
+        group_lambdas: &[f64],
+        rows_per_group: usize,
+    ) -> Result<Option<Box<dyn Denoiser + '_>>> {
+        let _ = (prompts, group_prompts, group_lambdas, rows_per_group);
+        Ok(None)
+    }
+
     /// The latent shape of `samples` samples of one prompt (`[samples, …]`); an error when the
     /// model's request cannot give one (an image size the VAE cannot halve, a latent too large).
     fn latent_shape(&self, samples: usize) -> Result<Vec<usize>>;

@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, TensorId};
 use deradiff_core::{Denoiser, Scheduler, SchedulerKind};
-use deradiff_sd::{Guided, LoadOptions, PromptEmbeddings, Request, StableDiffusion, Unet};
+use deradiff_sd::{
+    AdapterView, Guided, JointGuided, LoadOptions, PromptEmbeddings, Request, RowGroup, StableDiffusion,
+};
 
 use crate::error::{Error, Result};
 use crate::model::{fnv1a, Prompt, SweepModel};
@@ -33,6 +35,19 @@ pub struct SdSetup {
     pub negative_prompt: Option<String>,
     /// Image size (height, width) in pixels (None: the checkpoint's).
     pub size: Option<(usize, usize)>,
+    /// How λ realigns: posterior fusion (DeRaDiff, the default) or the weight-space baseline.
+    pub realign: Realignment,
+}
+
+/// How a Stable Diffusion sweep realigns at λ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Realignment {
+    /// The geometric mixture of the reference's and the aligned model's posteriors (DeRaDiff).
+    #[default]
+    Posterior,
+    /// The single model `base + λ · scale · up · down` (the aligned model's LoRA merged at λ,
+    /// "rewarded soups"): the baseline. Needs a LoRA-aligned model.
+    Weights,
 }
 
 impl SdSetup {
@@ -47,6 +62,7 @@ impl SdSetup {
             guidance_scale: 7.5,
             negative_prompt: None,
             size: None,
+            realign: Realignment::Posterior,
         }
     }
 }
@@ -91,6 +107,10 @@ impl SdModel {
         };
         // Validates the size against the VAE's scale factor now, not mid-sweep.
         sd.latent_shape(&request, 1)?;
+        if setup.realign == Realignment::Weights {
+            // A full aligned UNet has no low-rank delta to scale: say so before sampling.
+            sd.weight_space_unet(&[0.0])?;
+        }
         deradiff_sd::GuidanceScale::new(setup.guidance_scale)?;
         Ok(Self { setup, sd, scheduler, request })
     }
@@ -105,11 +125,23 @@ impl SdModel {
 /// group of the batch (one row, the prompt's, for a single-prompt batch; one per λ group, each
 /// its prompt's, for a prompt-batched one), and an input of `B` rows gets each base row
 /// repeated `B / groups` times, cached per batch size (shared by the UNets of one batch).
+///
+/// The reference and LoRA-aligned models (rows of one UNet with adapters attached) share a
+/// [`JointPass`]: the first of them asked at a step runs one UNet pass for all
+/// ([`JointGuided::predict_all`]), the others take their rows from it.
 struct PromptDenoiser<'a> {
-    unet: &'a Unet,
+    model: AdapterView<'a>,
     base: Rc<PromptEmbeddings>,
     scale: f64,
     cache: Rc<RefCell<HashMap<usize, Rc<PromptEmbeddings>>>>,
+    joint: Option<(Rc<JointPass>, usize)>,
+}
+
+/// The models of one joint UNet pass and its last outputs: (latents tensor id, timestep bits,
+/// each model's guided output).
+struct JointPass {
+    models: Vec<Option<usize>>,
+    last: RefCell<Option<(TensorId, u64, Vec<Tensor>)>>,
 }
 
 impl PromptDenoiser<'_> {
@@ -134,7 +166,23 @@ impl PromptDenoiser<'_> {
 impl Denoiser for PromptDenoiser<'_> {
     fn predict(&self, x: &Tensor, timestep: f64) -> deradiff_core::Result<Tensor> {
         let embeddings = self.embeddings(x.dim(0)?)?;
-        Guided::new(self.unet, &embeddings, self.scale).map_err(deradiff_core::Error::denoiser)?.predict(x, timestep)
+        let Some((joint, index)) = &self.joint else {
+            return Guided::new(self.model, &embeddings, self.scale)
+                .map_err(deradiff_core::Error::denoiser)?
+                .predict(x, timestep);
+        };
+        let key = (x.id(), timestep.to_bits());
+        if let Some((id, t, outs)) = joint.last.borrow().as_ref() {
+            if (*id, *t) == key {
+                return Ok(outs[*index].clone());
+            }
+        }
+        let outs = JointGuided::new(self.model.unet(), joint.models.clone(), &embeddings, self.scale)
+            .and_then(|j| j.predict_all(x, timestep))
+            .map_err(deradiff_core::Error::denoiser)?;
+        let out = outs[*index].clone();
+        *joint.last.borrow_mut() = Some((key.0, key.1, outs));
+        Ok(out)
     }
 }
 
@@ -146,28 +194,82 @@ impl SdModel {
         })
     }
 
+    /// The embeddings of `prompts[group_prompts[g]]` for every group `g` (one row each; each
+    /// distinct text encoded once).
+    fn group_embeddings(&self, prompts: &[&Prompt], group_prompts: &[usize]) -> Result<PromptEmbeddings> {
+        if let Some(&bad) = group_prompts.iter().find(|&&p| p >= prompts.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "a group of the batch names prompt {bad} but the batch has {} prompts",
+                prompts.len()
+            )));
+        }
+        let mut texts: Vec<&str> = Vec::new();
+        let mut encoded: Vec<PromptEmbeddings> = Vec::new();
+        let mut of_prompt: Vec<usize> = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let text = Self::text_of(prompt)?;
+            match texts.iter().position(|t| *t == text) {
+                Some(i) => of_prompt.push(i),
+                None => {
+                    encoded.push(self.encode_text(text)?);
+                    texts.push(text);
+                    of_prompt.push(texts.len() - 1);
+                }
+            }
+        }
+        let rows: Vec<PromptEmbeddings> = group_prompts.iter().map(|&p| encoded[of_prompt[p]].clone()).collect();
+        Ok(PromptEmbeddings::concat(&rows)?)
+    }
+
     /// The embeddings of one text (batch 1), encoded as the sweep's request encodes it.
     fn encode_text(&self, text: &str) -> Result<PromptEmbeddings> {
         let request = Request { prompts: vec![text.to_string()], ..self.request.clone() };
         Ok(self.sd.encode(&request)?.into_embeddings())
     }
 
-    /// One [`PromptDenoiser`] per UNet (reference first) over `base`, sharing one cache.
+    /// One [`PromptDenoiser`] per model (reference first) over `base`, sharing one cache; the
+    /// reference and LoRA-aligned models share one UNet pass per step.
     fn guided_denoisers(&self, base: PromptEmbeddings) -> Vec<Box<dyn Denoiser + '_>> {
         let base = Rc::new(base);
         let cache = Rc::new(RefCell::new(HashMap::new()));
-        self.sd
-            .unets()
+        let models = self.sd.models();
+        let reference = models[0].unet();
+        let shared: Vec<usize> = (0..models.len()).filter(|&i| std::ptr::eq(models[i].unet(), reference)).collect();
+        let joint = (shared.len() > 1 && reference.num_adapters() > 0).then(|| {
+            Rc::new(JointPass {
+                models: shared.iter().map(|&i| models[i].adapter()).collect(),
+                last: RefCell::new(None),
+            })
+        });
+        models
             .iter()
-            .map(|unet| {
+            .enumerate()
+            .map(|(i, &model)| {
+                let slot = shared.iter().position(|&s| s == i);
                 Box::new(PromptDenoiser {
-                    unet,
+                    model,
                     base: base.clone(),
                     scale: self.setup.guidance_scale,
                     cache: cache.clone(),
+                    joint: joint.clone().zip(slot),
                 }) as Box<dyn Denoiser + '_>
             })
             .collect()
+    }
+}
+
+/// The weight-space sweep's denoiser: one λ per row group of a joint UNet, guided.
+struct WeightSpaceDenoiser {
+    unet: deradiff_sd::Unet,
+    groups: Vec<RowGroup>,
+    embeddings: PromptEmbeddings,
+    scale: f64,
+}
+
+impl Denoiser for WeightSpaceDenoiser {
+    fn predict(&self, x: &Tensor, timestep: f64) -> deradiff_core::Result<Tensor> {
+        let view = self.unet.grouped_view(self.groups.clone()).map_err(deradiff_core::Error::denoiser)?;
+        Guided::new(view, &self.embeddings, self.scale).map_err(deradiff_core::Error::denoiser)?.predict(x, timestep)
     }
 }
 
@@ -198,30 +300,40 @@ impl SweepModel for SdModel {
         if rows_per_group == 0 {
             return Err(Error::InvalidArgument("a batch of groups of no rows".into()));
         }
-        if let Some(&bad) = group_prompts.iter().find(|&&p| p >= prompts.len()) {
+        // One base row per group (each distinct text encoded once: the same prompt id with
+        // several seeds shares its text); the denoisers repeat each to the group's rows.
+        Ok(self.guided_denoisers(self.group_embeddings(prompts, group_prompts)?))
+    }
+
+    /// With [`Realignment::Weights`]: the reference UNet with the aligned model's adapter
+    /// attached once per group at that group's λ, run as one [`deradiff_sd::GroupedView`] (one
+    /// UNet pass per step for every λ of the batch; the base weights shared), guided with each
+    /// group's prompt. Equals [`StableDiffusion::sample_weight_space`] at each λ.
+    fn weight_space_denoiser(
+        &self,
+        prompts: &[&Prompt],
+        group_prompts: &[usize],
+        group_lambdas: &[f64],
+        rows_per_group: usize,
+    ) -> Result<Option<Box<dyn Denoiser + '_>>> {
+        if self.setup.realign != Realignment::Weights {
+            return Ok(None);
+        }
+        if group_lambdas.len() != group_prompts.len() || group_lambdas.is_empty() || rows_per_group == 0 {
             return Err(Error::InvalidArgument(format!(
-                "a group of the batch names prompt {bad} but the batch has {} prompts",
-                prompts.len()
+                "a weight-space batch of {} λ for {} groups of {rows_per_group} rows",
+                group_lambdas.len(),
+                group_prompts.len()
             )));
         }
-        // Each distinct text once (the same prompt id with several seeds shares its text).
-        let mut texts: Vec<&str> = Vec::new();
-        let mut encoded: Vec<PromptEmbeddings> = Vec::new();
-        let mut of_prompt: Vec<usize> = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let text = Self::text_of(prompt)?;
-            match texts.iter().position(|t| *t == text) {
-                Some(i) => of_prompt.push(i),
-                None => {
-                    encoded.push(self.encode_text(text)?);
-                    texts.push(text);
-                    of_prompt.push(texts.len() - 1);
-                }
-            }
-        }
-        // One base row per group; the denoisers repeat each to the group's rows.
-        let rows: Vec<PromptEmbeddings> = group_prompts.iter().map(|&p| encoded[of_prompt[p]].clone()).collect();
-        Ok(self.guided_denoisers(PromptEmbeddings::concat(&rows)?))
+        let Some(adapter) = self.sd.lora_adapters().first() else {
+            return Err(Error::InvalidArgument("weight-space realignment needs a LoRA-aligned model".into()));
+        };
+        let attached: Vec<(&deradiff_sd::LoraAdapter, f64)> = group_lambdas.iter().map(|&l| (adapter, l)).collect();
+        let unet = self.sd.models()[0].unet().with_adapters(&attached)?;
+        let embeddings = self.group_embeddings(prompts, group_prompts)?.repeat_each(rows_per_group)?;
+        let groups = (0..group_lambdas.len()).map(|g| RowGroup { adapter: Some(g), rows: rows_per_group }).collect();
+        Ok(Some(Box::new(WeightSpaceDenoiser { unet, groups, embeddings, scale: self.setup.guidance_scale })))
     }
 
     fn latent_shape(&self, samples: usize) -> Result<Vec<usize>> {
@@ -247,7 +359,7 @@ impl SweepModel for SdModel {
 
     fn describe(&self) -> String {
         let s = &self.setup;
-        format!(
+        let mut text = format!(
             "sd: reference {} aligned {}, {:?}, {} steps, guidance {}, negative {:?}, size {:?}, {:?} #{:016x}",
             s.reference.display(),
             s.aligned.display(),
@@ -258,6 +370,14 @@ impl SweepModel for SdModel {
             s.size,
             s.load.dtype,
             fnv1a(format!("{:?}", self.sd.scheduler_config()).as_bytes()),
-        )
+        );
+        // Appended only when set: results files of posterior sweeps keep their description.
+        if s.load.lora_multiplier != 1.0 {
+            text.push_str(&format!(", LoRA multiplier {}", s.load.lora_multiplier));
+        }
+        if s.realign == Realignment::Weights {
+            text.push_str(", weight-space realignment");
+        }
+        text
     }
 }

@@ -548,20 +548,28 @@ pub(crate) fn compute_rows(
             group_streams.push(stream_prompts.len() - 1);
         }
         let batch_prompts: Vec<&Prompt> = stream_prompts.iter().map(|&pi| &prompts[pi]).collect();
-        let denoisers = if batch_prompts.len() == 1 {
-            model.denoisers(batch_prompts[0])?
-        } else {
-            model.batch_denoisers(&batch_prompts, &group_streams, samples)?
+        let group_lambdas: Vec<f64> = batch.iter().map(|&(_, l)| l).collect();
+        // Weight space: one model per group, merged at its λ; else the posteriors fused at λ.
+        let weight_space = model.weight_space_denoiser(&batch_prompts, &group_streams, &group_lambdas, samples)?;
+        let (denoisers, realigners) = match weight_space {
+            Some(one) => (vec![one], vec![Realigner::new(vec![1.0])?; chunk]),
+            None => {
+                let denoisers = if batch_prompts.len() == 1 {
+                    model.denoisers(batch_prompts[0])?
+                } else {
+                    model.batch_denoisers(&batch_prompts, &group_streams, samples)?
+                };
+                let realigners: Vec<Realigner> =
+                    batch.iter().map(|&(_, l)| Realigner::two_model(l)).collect::<Result<_, _>>()?;
+                (denoisers, realigners)
+            }
         };
         let refs: Vec<&dyn deradiff_core::Denoiser> = denoisers.iter().map(|d| d.as_ref() as _).collect();
         let sampler = BatchedSampler::new(scheduler, refs)?;
-        let realigners: Vec<Realigner> =
-            batch.iter().map(|&(_, l)| Realigner::two_model(l)).collect::<Result<_, _>>()?;
         let groups: Vec<(&Realigner, usize)> = realigners.iter().zip(&group_streams).map(|(r, &s)| (r, s)).collect();
         let mut sources: Vec<SeededNoise> = batch_prompts.iter().map(|p| SeededNoise::new(p.seed)).collect();
         let mut noises: Vec<&mut dyn deradiff_core::NoiseSource> =
             sources.iter_mut().map(|n| n as &mut dyn deradiff_core::NoiseSource).collect();
-        let group_lambdas: Vec<f64> = batch.iter().map(|&(_, l)| l).collect();
         let mut progress = |s: BatchStep| {
             observer.on_event(&SweepEvent::Step {
                 prompt: &prompts[first_prompt],

@@ -12,6 +12,9 @@ use deradiff_core::SchedulerKind;
 use deradiff_sd::{AddedConditioning, PromptEmbeddings};
 use deradiff_tune::*;
 
+mod common;
+use common::Pixels;
+
 fn sd_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-sd/tests/fixtures").join(name)
 }
@@ -33,25 +36,6 @@ fn model(reference: &str, aligned: &str, negative: Option<&str>) -> SdModel {
     setup.negative_prompt = negative.map(str::to_string);
     setup.size = Some((8, 8));
     SdModel::load(setup).unwrap()
-}
-
-/// A cheap image reward: a fixed, position-dependent positive weighting of the decoded pixels
-/// shifted to `[0, 2]` (sensitive to every pixel's value and place; a sum of positive terms, so
-/// that a relative difference of two scores is not inflated by cancellation).
-struct Pixels;
-
-impl Reward for Pixels {
-    fn name(&self) -> String {
-        "pixels".into()
-    }
-
-    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let x = samples.to_dtype(DType::F64)?.flatten_from(1)?;
-        let d = x.dim(1)?;
-        let w: Vec<f64> = (0..d).map(|i| (1.0 + 0.5 * ((i as f64) * 0.37).sin()) / d as f64).collect();
-        let w = Tensor::from_vec(w, (d, 1), x.device())?;
-        Ok((x + 1.0)?.matmul(&w)?.flatten_all()?.to_vec1::<f64>()?)
-    }
 }
 
 /// 3 prompts × 2 seeds × 3 λ = 18 rows.

@@ -3,9 +3,11 @@
 
 use candle_core::{Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
-use deradiff_kernels as kernels;
 
-use super::layers::{conv2d, linear, Conv2d, ConvConfig, CrossAttention, FeedForward, GroupNorm, Linear};
+use super::layers::{
+    conv2d, join, layer_norm_layer, linear, Conv2d, ConvConfig, CrossAttention, FeedForward, GroupNorm, LayerMut,
+    Linear, Rows, Visitor,
+};
 use crate::config::{UnetArch, UnetBlock};
 
 /// What a [`ResnetBlock2D`] is built with (the fields of candle's `ResnetBlock2DConfig` that SD
@@ -21,6 +23,7 @@ pub(super) struct ResnetConfig {
 
 /// diffusers' `ResnetBlock2D` (weight names and layout as candle's), its GroupNorm + SiLU pairs
 /// fused on the CPU.
+#[derive(Clone)]
 pub(super) struct ResnetBlock2D {
     pub(super) norm1: GroupNorm,
     pub(super) conv1: Conv2d,
@@ -57,20 +60,20 @@ impl ResnetBlock2D {
         })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, xs: &Tensor, temb: Option<&Tensor>, rows: Rows) -> candle_core::Result<Tensor> {
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(conv) => conv.forward(xs, rows)?,
             None => xs.clone(),
         };
         let h = self.norm1.forward(xs, true)?;
         // The projected timestep embedding `[B, Co]` joins conv1's bias (added in its pass).
         let h = match (temb, &self.time_emb_proj) {
             (Some(temb), Some(proj)) => {
-                self.conv1.forward_with_bias(&h, &proj.forward(&candle_nn::ops::silu(temb)?)?)?
+                self.conv1.forward_with_bias(&h, &proj.forward(&candle_nn::ops::silu(temb)?, rows)?, rows)?
             }
-            _ => self.conv1.forward(&h)?,
+            _ => self.conv1.forward(&h, rows)?,
         };
-        let out = self.conv2.forward_add(&self.norm2.forward(&h, true)?, &shortcut)?;
+        let out = self.conv2.forward_add(&self.norm2.forward(&h, true)?, &shortcut, rows)?;
         // Every SD / SDXL config has a factor of 1: skip the pass over the tensor then.
         if self.output_scale_factor == 1.0 {
             Ok(out)
@@ -78,9 +81,24 @@ impl ResnetBlock2D {
             out / self.output_scale_factor
         }
     }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        f(join(prefix, "norm1"), self.norm1.as_layer())?;
+        f(join(prefix, "norm2"), self.norm2.as_layer())?;
+        f(join(prefix, "conv1"), LayerMut::Conv(&mut self.conv1))?;
+        f(join(prefix, "conv2"), LayerMut::Conv(&mut self.conv2))?;
+        if let Some(proj) = &mut self.time_emb_proj {
+            f(join(prefix, "time_emb_proj"), LayerMut::Linear(proj))?;
+        }
+        if let Some(conv) = &mut self.conv_shortcut {
+            f(join(prefix, "conv_shortcut"), LayerMut::Conv(conv))?;
+        }
+        Ok(())
+    }
 }
 
 /// diffusers' `BasicTransformerBlock` (self-attention, cross-attention, GEGLU feed-forward).
+#[derive(Clone)]
 pub(super) struct TransformerBlock {
     pub(super) attn1: CrossAttention,
     pub(super) attn2: CrossAttention,
@@ -103,10 +121,19 @@ impl TransformerBlock {
         })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs)?;
-        let xs = self.attn2.forward_add(&self.norm2.forward(&xs)?, Some(context), &xs)?;
-        self.ff.forward_add(&self.norm3.forward(&xs)?, &xs)
+    pub(super) fn forward(&self, xs: &Tensor, context: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
+        let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs, rows)?;
+        let xs = self.attn2.forward_add(&self.norm2.forward(&xs)?, Some(context), &xs, rows)?;
+        self.ff.forward_add(&self.norm3.forward(&xs)?, &xs, rows)
+    }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        f(join(prefix, "norm1"), layer_norm_layer(&self.norm1))?;
+        f(join(prefix, "norm2"), layer_norm_layer(&self.norm2))?;
+        f(join(prefix, "norm3"), layer_norm_layer(&self.norm3))?;
+        self.attn1.visit(&join(prefix, "attn1"), f)?;
+        self.attn2.visit(&join(prefix, "attn2"), f)?;
+        self.ff.visit(&join(prefix, "ff"), f)
     }
 }
 
@@ -115,6 +142,7 @@ impl TransformerBlock {
 /// map over channels, loaded as `[C, C]` either way) read the image layout and write back into it
 /// through [`kernels::linear_from_channels`] and [`kernels::linear_to_channels`], so the tokens
 /// are never transposed in a separate copy and the residual is added by the last GEMM.
+#[derive(Clone)]
 pub(super) struct SpatialTransformer {
     pub(super) norm: GroupNorm,
     pub(super) proj_in: Linear,
@@ -153,7 +181,12 @@ impl SpatialTransformer {
                 linear(channels, channels, vs.pp(name))
             } else {
                 let conv = conv2d(channels, channels, 1, Default::default(), vs.pp(name))?;
-                Ok(Linear { weight: conv.weight.reshape((channels, channels))?, bias: Some(conv.bias) })
+                Ok(Linear {
+                    weight: conv.weight.reshape((channels, channels))?,
+                    bias: Some(conv.bias),
+                    from_conv: true,
+                    adapters: Vec::new(),
+                })
             }
         };
         let vs_tb = vs.pp("transformer_blocks");
@@ -163,18 +196,28 @@ impl SpatialTransformer {
         Ok(Self { norm, proj_in: proj("proj_in")?, blocks, proj_out: proj("proj_out")? })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, xs: &Tensor, context: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
         let norm = self.norm.forward(xs, false)?;
-        let mut tokens = kernels::linear_from_channels(&norm, &self.proj_in.weight, self.proj_in.bias.as_ref())?;
+        let mut tokens = self.proj_in.forward_from_channels(&norm, rows)?;
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context, rows)?;
         }
-        kernels::linear_to_channels(&tokens, &self.proj_out.weight, self.proj_out.bias.as_ref(), xs)
+        self.proj_out.forward_to_channels(&tokens, xs, rows)
+    }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        f(join(prefix, "norm"), self.norm.as_layer())?;
+        f(join(prefix, "proj_in"), LayerMut::Linear(&mut self.proj_in))?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.visit(&join(prefix, format!("transformer_blocks.{i}")), f)?;
+        }
+        f(join(prefix, "proj_out"), LayerMut::Linear(&mut self.proj_out))
     }
 }
 
 /// One level of the encoder: resnets (each followed by a transformer in a cross-attention
 /// block) and a strided-convolution downsampler except at the last level.
+#[derive(Clone)]
 pub(super) struct Down {
     pub(super) resnets: Vec<ResnetBlock2D>,
     pub(super) attentions: Vec<SpatialTransformer>,
@@ -187,30 +230,45 @@ impl Down {
         xs: &Tensor,
         temb: &Tensor,
         context: &Tensor,
+        rows: Rows,
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(&xs, Some(temb))?;
+            xs = resnet.forward(&xs, Some(temb), rows)?;
             if let Some(attn) = self.attentions.get(i) {
-                xs = attn.forward(&xs, context)?;
+                xs = attn.forward(&xs, context, rows)?;
             }
             states.push(xs.clone());
         }
         if let Some((conv, padding)) = &self.downsampler {
             xs = if *padding == 0 {
-                conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?
+                conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?, rows)?
             } else {
-                conv.forward(&xs)?
+                conv.forward(&xs, rows)?
             };
             states.push(xs.clone());
         }
         Ok((xs, states))
     }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        for (i, r) in self.resnets.iter_mut().enumerate() {
+            r.visit(&join(prefix, format!("resnets.{i}")), f)?;
+        }
+        for (i, a) in self.attentions.iter_mut().enumerate() {
+            a.visit(&join(prefix, format!("attentions.{i}")), f)?;
+        }
+        if let Some((conv, _)) = &mut self.downsampler {
+            f(join(prefix, "downsamplers.0.conv"), LayerMut::Conv(conv))?;
+        }
+        Ok(())
+    }
 }
 
 /// One level of the decoder: resnets over the skip connections (each followed by a transformer
 /// in a cross-attention block) and a nearest-neighbour upsampler except at the last level.
+#[derive(Clone)]
 pub(super) struct Up {
     pub(super) resnets: Vec<ResnetBlock2D>,
     pub(super) attentions: Vec<SpatialTransformer>,
@@ -225,27 +283,42 @@ impl Up {
         temb: &Tensor,
         context: &Tensor,
         size: Option<(usize, usize)>,
+        rows: Rows,
     ) -> candle_core::Result<Tensor> {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = Tensor::cat(&[&xs, &skips[skips.len() - i - 1]], 1)?.contiguous()?;
-            xs = resnet.forward(&xs, Some(temb))?;
+            xs = resnet.forward(&xs, Some(temb), rows)?;
             if let Some(attn) = self.attentions.get(i) {
-                xs = attn.forward(&xs, context)?;
+                xs = attn.forward(&xs, context, rows)?;
             }
         }
         match &self.upsampler {
             Some(conv) => {
                 let (_, _, h, w) = xs.dims4()?;
                 let (h, w) = size.unwrap_or((2 * h, 2 * w));
-                conv.forward(&xs.upsample_nearest2d(h, w)?)
+                conv.forward(&xs.upsample_nearest2d(h, w)?, rows)
             }
             None => Ok(xs),
         }
     }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        for (i, r) in self.resnets.iter_mut().enumerate() {
+            r.visit(&join(prefix, format!("resnets.{i}")), f)?;
+        }
+        for (i, a) in self.attentions.iter_mut().enumerate() {
+            a.visit(&join(prefix, format!("attentions.{i}")), f)?;
+        }
+        if let Some(conv) = &mut self.upsampler {
+            f(join(prefix, "upsamplers.0.conv"), LayerMut::Conv(conv))?;
+        }
+        Ok(())
+    }
 }
 
 /// The mid block: resnet, then (transformer, resnet).
+#[derive(Clone)]
 pub(super) struct Mid {
     pub(super) resnet: ResnetBlock2D,
     pub(super) attn: SpatialTransformer,

@@ -4,9 +4,10 @@
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::layers::{linear, Linear};
+use super::layers::{join, linear, LayerMut, Linear, Rows, Visitor};
 
 /// diffusers' `TimestepEmbedding` (`linear_1`, SiLU, `linear_2`) on our [`Linear`].
+#[derive(Clone)]
 pub(super) struct TimestepEmbedding {
     pub(super) linear_1: Linear,
     pub(super) linear_2: Linear,
@@ -20,8 +21,13 @@ impl TimestepEmbedding {
         })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(xs)?)?)
+    pub(super) fn forward(&self, xs: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
+        self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(xs, rows)?)?, rows)
+    }
+
+    pub(super) fn visit(&mut self, prefix: &str, f: &mut Visitor) -> crate::Result<()> {
+        f(join(prefix, "linear_1"), LayerMut::Linear(&mut self.linear_1))?;
+        f(join(prefix, "linear_2"), LayerMut::Linear(&mut self.linear_2))
     }
 }
 

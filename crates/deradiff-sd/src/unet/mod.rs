@@ -22,7 +22,7 @@ mod embeddings;
 mod layers;
 mod model;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -31,8 +31,10 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::config::{check_path, config_path, probe_any, probe_path, Kind, TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
 use crate::guidance::{AddedConditioning, ConditionalModel};
+use crate::lora::LoraAdapter;
 use crate::pipeline::check_latent_size;
 use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
+use layers::{LayerMut, LowRank, Rows};
 use model::UnetModel;
 
 /// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x or, when `unet/config.json` says `addition_embed_type = "text_time"`,
@@ -40,6 +42,10 @@ use model::UnetModel;
 /// ([`Unet::forward_added`]).
 pub struct Unet {
     model: Box<UnetModel>,
+    /// Weight shape of every linear and convolution layer (as files store it), by module path.
+    layers: BTreeMap<String, Vec<usize>>,
+    /// Adapters attached for joint passes ([`Unet::with_adapters`]).
+    adapters: usize,
     config: UnetConfig,
     arch: UnetArch,
     source: PathBuf,
@@ -187,7 +193,7 @@ impl Unet {
 
     /// The `Unet` around a built `model`; `shapes` are its weights' shapes as loaded.
     fn assemble(
-        model: UnetModel,
+        mut model: UnetModel,
         config: UnetConfig,
         arch: UnetArch,
         source: PathBuf,
@@ -195,8 +201,11 @@ impl Unet {
         dtype: DType,
         device: &Device,
     ) -> Self {
+        let layers = layer_shapes(&mut model);
         Self {
             model: Box::new(model),
+            layers,
+            adapters: 0,
             config,
             arch,
             config_path: source.clone(),
@@ -259,6 +268,168 @@ impl Unet {
         &self.device
     }
 
+    /// The weight shape of every linear and convolution layer (as the files store it: 1×1
+    /// convolution projections as `[out, in, 1, 1]`), by diffusers module path: what a LoRA
+    /// adapter may adapt ([`LoraAdapter::check`]).
+    pub fn layer_shapes(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.layers
+    }
+
+    /// The weight of every linear and convolution layer in the shape the files store it (as
+    /// [`Self::layer_shapes`] gives it), by diffusers module path; the tensors are shared with
+    /// the model, not copied. Attached adapters are not included.
+    pub fn layer_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut model = (*self.model).clone();
+        let mut out = BTreeMap::new();
+        model.visit(&mut |path, layer| {
+            match layer {
+                LayerMut::Linear(l) => out.insert(path, l.weight.reshape(l.file_shape())?),
+                LayerMut::Conv(c) => out.insert(path, c.weight.clone()),
+                LayerMut::Norm { .. } => None,
+            };
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The parameters a LoRA cannot adapt, by tensor name (`<path>.bias` of the linear and
+    /// convolution layers, `<path>.weight` and `<path>.bias` of the group and layer norms);
+    /// shared with the model, not copied.
+    pub fn other_parameters(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut model = (*self.model).clone();
+        let mut out = BTreeMap::new();
+        model.visit(&mut |path, layer| {
+            let (weight, bias) = match layer {
+                LayerMut::Linear(l) => (None, l.bias.clone()),
+                LayerMut::Conv(c) => (None, Some(c.bias.clone())),
+                LayerMut::Norm { weight, bias } => (Some(weight.clone()), bias.cloned()),
+            };
+            if let Some(w) = weight {
+                out.insert(format!("{path}.weight"), w);
+            }
+            if let Some(b) = bias {
+                out.insert(format!("{path}.bias"), b);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The number of adapters attached for joint passes ([`Self::with_adapters`]).
+    pub fn num_adapters(&self) -> usize {
+        self.adapters
+    }
+
+    /// This UNet with `adapter` merged into its weights: every adapted layer's weight becomes
+    /// `W + multiplier · scale · up · down` (computed in f32, stored in the UNet's dtype). The
+    /// other weights are shared with `self`, not copied. A multiplier of 1 gives the aligned
+    /// model; other values realign in weight space (the "rewarded soups" baseline). Attached
+    /// adapters are not carried over. Errors when the adapter does not fit this UNet, naming its
+    /// key.
+    pub fn merged_with(&self, adapter: &LoraAdapter, multiplier: f64) -> Result<Unet> {
+        if !multiplier.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "Unet::merged_with: the multiplier {multiplier} is not finite"
+            )));
+        }
+        adapter.check(&self.layers)?;
+        let mut model = (*self.model).clone();
+        let (dtype, device) = (self.dtype, self.device.clone());
+        model.visit(&mut |path, layer| {
+            let adapters = match layer {
+                LayerMut::Linear(l) => {
+                    if let Some(a) = adapter.layers().get(&path) {
+                        let delta = a.delta(multiplier)?.to_device(&device)?.reshape(l.weight.shape())?;
+                        l.weight = merge(&l.weight, &delta, dtype)?;
+                    }
+                    &mut l.adapters
+                }
+                LayerMut::Conv(c) => {
+                    if let Some(a) = adapter.layers().get(&path) {
+                        let delta = a.delta(multiplier)?.to_device(&device)?;
+                        c.weight = merge(&c.weight, &delta, dtype)?;
+                    }
+                    &mut c.adapters
+                }
+                LayerMut::Norm { .. } => return Ok(()),
+            };
+            adapters.clear();
+            Ok(())
+        })?;
+        let mut unet = self.derived(model, adapter.source().to_path_buf());
+        unet.adapters = 0;
+        Ok(unet)
+    }
+
+    /// This UNet with `adapters` attached, unmerged, for joint passes
+    /// ([`Self::forward_rows`]): adapter `k` (with its multiplier) serves the rows of groups with
+    /// `adapter: Some(k)`. The base weights are shared with `self`. Replaces adapters attached
+    /// before. Errors when an adapter does not fit this UNet, naming its key.
+    pub fn with_adapters(&self, adapters: &[(&LoraAdapter, f64)]) -> Result<Unet> {
+        for (adapter, multiplier) in adapters {
+            if !multiplier.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "Unet::with_adapters: the multiplier {multiplier} of {} is not finite",
+                    adapter.source().display()
+                )));
+            }
+            adapter.check(&self.layers)?;
+        }
+        let mut model = (*self.model).clone();
+        let (dtype, device) = (self.dtype, self.device.clone());
+        model.visit(&mut |path, layer| {
+            let low_rank = |conv: bool| -> Result<Vec<Option<LowRank>>> {
+                adapters
+                    .iter()
+                    .map(|(adapter, multiplier)| {
+                        let Some(a) = adapter.layers().get(&path) else { return Ok(None) };
+                        let r = a.rank();
+                        let up = a.up.to_dtype(DType::F32)?.affine(multiplier * a.scale(), 0.0)?;
+                        let (down, up) = if conv {
+                            (a.down.clone(), up.reshape((up.dims()[0], r, 1, 1))?)
+                        } else {
+                            (a.down.reshape((r, ()))?, up.reshape((up.dims()[0], r))?)
+                        };
+                        let prepare = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(&device)?) };
+                        Ok(Some(LowRank { down: prepare(down)?, up: prepare(up)? }))
+                    })
+                    .collect()
+            };
+            match layer {
+                LayerMut::Linear(l) => l.adapters = low_rank(false)?,
+                LayerMut::Conv(c) => c.adapters = low_rank(true)?,
+                LayerMut::Norm { .. } => {}
+            }
+            Ok(())
+        })?;
+        let mut unet = self.derived(model, self.source.clone());
+        unet.adapters = adapters.len();
+        Ok(unet)
+    }
+
+    /// A view running the rows of one model of a joint UNet: the base weights (`None`) or
+    /// attached adapter `k`, as a [`ConditionalModel`] (for [`crate::Guided`]).
+    pub fn adapter_view(&self, adapter: Option<usize>) -> AdapterView<'_> {
+        AdapterView { unet: self, adapter }
+    }
+
+    /// A UNet sharing this one's config with another model.
+    fn derived(&self, model: UnetModel, source: PathBuf) -> Unet {
+        Unet {
+            model: Box::new(model),
+            layers: self.layers.clone(),
+            adapters: self.adapters,
+            config: self.config.clone(),
+            arch: self.arch.clone(),
+            source,
+            config_path: self.config_path.clone(),
+            shapes: self.shapes.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+            forward_calls: AtomicUsize::new(0),
+        }
+    }
+
     /// Forward passes run so far.
     pub fn forward_calls(&self) -> usize {
         self.forward_calls.load(Ordering::Relaxed)
@@ -310,6 +481,23 @@ impl Unet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
+        self.forward_rows(x, timestep, context, added, &[])
+    }
+
+    /// One pass over a batch whose rows belong to several models: consecutive `groups`, each
+    /// running the base weights (`adapter: None`) or those of an adapter attached with
+    /// [`Self::with_adapters`] (its index). Every adapted layer runs its base GEMM once over all
+    /// rows and adds each adapter's low-rank delta to that adapter's rows only, so the result
+    /// equals running each group through its merged UNet ([`Self::merged_with`]) on its own.
+    /// No groups: every row runs the base weights ([`Self::forward_added`]).
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+        groups: &[RowGroup],
+    ) -> Result<Tensor> {
         let in_channels = self.arch.in_channels;
         let latents_shape = || {
             Error::shape(
@@ -323,6 +511,25 @@ impl Unet {
             return Err(latents_shape());
         }
         check_latent_size(x.dims(), || format!("the latents given to Unet::forward for {}", self.source.display()))?;
+        if !groups.is_empty() {
+            let total = groups.iter().try_fold(0usize, |n, g| n.checked_add(g.rows));
+            if total != Some(b) {
+                return Err(Error::shape(
+                    format!("the row groups given to Unet::forward_rows for {}", self.source.display()),
+                    format!("groups whose rows add up to the batch, {b}"),
+                    &groups.iter().map(|g| g.rows).collect::<Vec<_>>(),
+                ));
+            }
+            if let Some(g) = groups.iter().find(|g| g.adapter.is_some_and(|k| k >= self.adapters)) {
+                return Err(Error::InvalidArgument(format!(
+                    "Unet::forward_rows: a row group asks for adapter {} but {} has {} attached (Unet::with_adapters)",
+                    g.adapter.unwrap_or(0),
+                    self.source.display(),
+                    self.adapters
+                )));
+            }
+        }
+        let rows = Rows(groups);
         let ctx = context.dims();
         let ctx_elements = ctx.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if ctx.len() != 3
@@ -349,7 +556,7 @@ impl Unet {
         let out = match (self.arch.text_time, added) {
             (None, None) => {
                 self.forward_calls.fetch_add(1, Ordering::Relaxed);
-                self.model.forward(&x, timestep, &context, None)?
+                self.model.forward(&x, timestep, &context, None, rows)?
             }
             (None, Some(_)) => {
                 return Err(Error::ModelMismatch(format!(
@@ -385,11 +592,134 @@ impl Unet {
                     ));
                 }
                 self.forward_calls.fetch_add(1, Ordering::Relaxed);
-                self.model.forward(&x, timestep, &context, Some((a.text_embeds(), a.time_ids())))?
+                self.model.forward(&x, timestep, &context, Some((a.text_embeds(), a.time_ids())), rows)?
             }
         };
         Ok(out.to_dtype(out_dtype)?)
     }
+}
+
+/// One model's consecutive rows in a joint batch ([`Unet::forward_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroup {
+    /// The attached adapter these rows run ([`Unet::with_adapters`]); `None`: the base weights.
+    pub adapter: Option<usize>,
+    /// How many consecutive rows.
+    pub rows: usize,
+}
+
+/// One model of a joint UNet ([`Unet::adapter_view`]): every row runs the base weights or one
+/// attached adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterView<'a> {
+    unet: &'a Unet,
+    adapter: Option<usize>,
+}
+
+impl<'a> AdapterView<'a> {
+    /// The UNet.
+    pub fn unet(&self) -> &'a Unet {
+        self.unet
+    }
+
+    /// The attached adapter its rows run (`None`: the UNet's own weights).
+    pub fn adapter(&self) -> Option<usize> {
+        self.adapter
+    }
+}
+
+impl ConditionalModel for AdapterView<'_> {
+    fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None)
+    }
+
+    fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        let rows = x.dims().first().copied().unwrap_or(0);
+        self.unet.forward_rows(x, timestep, context, added, &[RowGroup { adapter: self.adapter, rows }])
+    }
+}
+
+/// Consecutive row groups of a joint UNet, each running the base weights or one attached adapter
+/// ([`Unet::grouped_view`]), as a [`ConditionalModel`]: a batch of `n · Σ rows` rows runs the
+/// groups `n` times over (classifier-free guidance stacks `[uncond; cond]`, each in the groups'
+/// order). The weight-space sweep runs one λ per group this way.
+#[derive(Clone, Debug)]
+pub struct GroupedView<'a> {
+    unet: &'a Unet,
+    groups: Vec<RowGroup>,
+    rows: usize,
+}
+
+impl Unet {
+    /// A [`GroupedView`] of `groups` (each `adapter` attached, each `rows > 0`).
+    pub fn grouped_view(&self, groups: Vec<RowGroup>) -> Result<GroupedView<'_>> {
+        if groups.is_empty() || groups.iter().any(|g| g.rows == 0) {
+            return Err(Error::InvalidArgument(
+                "Unet::grouped_view: give at least one group, each of at least one row".into(),
+            ));
+        }
+        if let Some(k) = groups.iter().filter_map(|g| g.adapter).find(|&k| k >= self.adapters) {
+            return Err(Error::InvalidArgument(format!(
+                "Unet::grouped_view: adapter {k} is not attached ({} attached)",
+                self.adapters
+            )));
+        }
+        let rows = groups
+            .iter()
+            .try_fold(0usize, |n, g| n.checked_add(g.rows))
+            .ok_or_else(|| Error::InvalidArgument("Unet::grouped_view: the groups' rows overflow".into()))?;
+        Ok(GroupedView { unet: self, groups, rows })
+    }
+}
+
+impl ConditionalModel for GroupedView<'_> {
+    fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None)
+    }
+
+    fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        let batch = x.dims().first().copied().unwrap_or(0);
+        if batch == 0 || !batch.is_multiple_of(self.rows) {
+            return Err(Error::shape(
+                "the latents given to a grouped view of a joint UNet",
+                format!("[a multiple of {} rows (its groups), channels, height, width]", self.rows),
+                x.dims(),
+            ));
+        }
+        let groups: Vec<RowGroup> = (0..batch / self.rows).flat_map(|_| self.groups.iter().copied()).collect();
+        self.unet.forward_rows(x, timestep, context, added, &groups)
+    }
+}
+
+/// The weight shapes of the model's linear and convolution layers, by module path.
+fn layer_shapes(model: &mut UnetModel) -> BTreeMap<String, Vec<usize>> {
+    let mut layers = BTreeMap::new();
+    let _ = model.visit(&mut |path, layer| {
+        match layer {
+            LayerMut::Linear(l) => layers.insert(path, l.file_shape()),
+            LayerMut::Conv(c) => layers.insert(path, c.weight.dims().to_vec()),
+            LayerMut::Norm { .. } => None,
+        };
+        Ok(())
+    });
+    layers
+}
+
+/// `weight + delta` in f32, stored as `dtype`.
+fn merge(weight: &Tensor, delta: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok((weight.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
 }
 
 impl ConditionalModel for Unet {

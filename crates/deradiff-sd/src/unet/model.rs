@@ -15,12 +15,13 @@ use candle_nn::VarBuilder;
 
 use super::blocks::{Down, Mid, ResnetBlock2D, ResnetConfig, SpatialTransformer, Up};
 use super::embeddings::{sinusoidal, TimestepEmbedding};
-use super::layers::{conv2d, Conv2d, ConvConfig, GroupNorm};
+use super::layers::{conv2d, Conv2d, ConvConfig, GroupNorm, LayerMut, Rows, Visitor};
 use crate::config::UnetArch;
 use crate::error::{Error, Result};
 
 /// diffusers' `UNet2DConditionModel` on our blocks: SD 1.x / 2.x, or with `text_time` added
 /// conditioning (SDXL).
+#[derive(Clone)]
 pub(super) struct UnetModel {
     pub(super) conv_in: Conv2d,
     pub(super) time_embedding: TimestepEmbedding,
@@ -145,6 +146,7 @@ impl UnetModel {
         timestep: f64,
         context: &Tensor,
         added: Option<(&Tensor, &Tensor)>,
+        rows: Rows,
     ) -> Result<Tensor> {
         let (b, _c, height, width) = xs.dims4()?;
         let device = xs.device();
@@ -157,14 +159,14 @@ impl UnetModel {
         // 1. time, with the added text_time embedding.
         let (flip, shift) = (self.config.flip_sin_to_cos, self.config.freq_shift);
         let t_emb = sinusoidal(&vec![timestep; b], self.base_channels, flip, shift, device)?.to_dtype(dtype)?;
-        let mut emb = self.time_embedding.forward(&t_emb)?;
+        let mut emb = self.time_embedding.forward(&t_emb, rows)?;
         match (&self.add_embedding, self.config.text_time, added) {
             (Some(add_embedding), Some(tt), Some((text_embeds, time_ids))) => {
                 let ids: Vec<f64> = time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
                 let time_emb =
                     sinusoidal(&ids, tt.time_embed_dim, flip, shift, device)?.reshape((b, ()))?.to_dtype(dtype)?;
                 let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_emb], D::Minus1)?;
-                emb = (emb + add_embedding.forward(&add)?)?;
+                emb = (emb + add_embedding.forward(&add, rows)?)?;
             }
             (None, None, None) => {}
             // `Unet::forward_added` checks this first, with a message naming the model.
@@ -172,17 +174,17 @@ impl UnetModel {
         }
 
         // 2. – 6. as diffusers' UNet2DConditionModel.
-        let xs = self.conv_in.forward(&xs)?;
+        let xs = self.conv_in.forward(&xs, rows)?;
         let mut res = vec![xs.clone()];
         let mut xs = xs;
         for block in &self.down {
-            let (out, r) = block.forward(&xs, &emb, context)?;
+            let (out, r) = block.forward(&xs, &emb, context, rows)?;
             res.extend(r);
             xs = out;
         }
-        let xs = self.mid.resnet.forward(&xs, Some(&emb))?;
-        let xs = self.mid.attn.forward(&xs, context)?;
-        let mut xs = self.mid.resnet2.forward(&xs, Some(&emb))?;
+        let xs = self.mid.resnet.forward(&xs, Some(&emb), rows)?;
+        let xs = self.mid.attn.forward(&xs, context, rows)?;
+        let mut xs = self.mid.resnet2.forward(&xs, Some(&emb), rows)?;
         let mut upsample_size = None;
         for (i, block) in self.up.iter().enumerate() {
             let split = res
@@ -196,9 +198,29 @@ impl UnetModel {
                     upsample_size = Some((h, w));
                 }
             }
-            xs = block.forward(&xs, &r, &emb, context, upsample_size)?;
+            xs = block.forward(&xs, &r, &emb, context, upsample_size, rows)?;
         }
         let xs = self.conv_norm_out.forward(&xs, true)?;
-        Ok(self.conv_out.forward(&xs)?)
+        Ok(self.conv_out.forward(&xs, rows)?)
+    }
+
+    /// Visits every linear and convolution layer with its diffusers module path.
+    pub(super) fn visit(&mut self, f: &mut Visitor) -> Result<()> {
+        f("conv_in".into(), LayerMut::Conv(&mut self.conv_in))?;
+        self.time_embedding.visit("time_embedding", f)?;
+        if let Some(add) = &mut self.add_embedding {
+            add.visit("add_embedding", f)?;
+        }
+        for (i, d) in self.down.iter_mut().enumerate() {
+            d.visit(&format!("down_blocks.{i}"), f)?;
+        }
+        self.mid.resnet.visit("mid_block.resnets.0", f)?;
+        self.mid.attn.visit("mid_block.attentions.0", f)?;
+        self.mid.resnet2.visit("mid_block.resnets.1", f)?;
+        for (i, u) in self.up.iter_mut().enumerate() {
+            u.visit(&format!("up_blocks.{i}"), f)?;
+        }
+        f("conv_norm_out".into(), self.conv_norm_out.as_layer())?;
+        f("conv_out".into(), LayerMut::Conv(&mut self.conv_out))
     }
 }
