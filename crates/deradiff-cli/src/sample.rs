@@ -36,6 +36,11 @@ pub struct SampleArgs {
     /// only: one UNet with W + λ·B·A merged, sampled from the same seed).
     #[arg(long, value_enum, default_value = "posterior")]
     realign: RealignArg,
+    /// Run the reference and each LoRA --aligned model in a UNet call of its own per step
+    /// (their weights still shared) instead of one joint call: a lower peak memory for large
+    /// images, the same images.
+    #[arg(long)]
+    separate_passes: bool,
     /// With one aligned model: comma-separated λs, one image each (weights [1−λ, λ]; λ = 0 is the
     /// reference, 1 the aligned model, > 1 extrapolates, < 0 moves away from it). With K aligned
     /// models: K values λ_i, one image (weights [1 − Σλ_i, λ_1, …, λ_K]). Default 0.5 with one
@@ -433,7 +438,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     if !args.lora_scale.is_finite() {
         return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", args.lora_scale)));
     }
-    let options = LoadOptions { dtype, device, lora_multiplier: args.lora_scale };
+    let options = LoadOptions { dtype, device, lora_multiplier: args.lora_scale, joint_pass: !args.separate_passes };
     let sd = StableDiffusion::load(&args.reference, &args.aligned, &options).with_context(|| {
         let aligned = args.aligned.iter().map(|a| a.display().to_string()).collect::<Vec<_>>().join(", ");
         format!("cannot load --reference {} with --aligned {aligned}", args.reference.display())

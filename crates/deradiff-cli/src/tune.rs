@@ -61,6 +61,10 @@ pub struct TestbedArgs {
     /// Stable Diffusion: multiplier of a LoRA --aligned (aligned = base + m · scale · up · down).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
     lora_scale: f64,
+    /// Stable Diffusion: run the reference and a LoRA --aligned model in a UNet call each per
+    /// step (weights still shared) instead of one joint call: a lower peak memory, same rows.
+    #[arg(long, help_heading = "Stable Diffusion")]
+    separate_passes: bool,
     /// Stable Diffusion: weights dtype (f32, f16, bf16).
     #[arg(long, default_value = "f32", help_heading = "Stable Diffusion")]
     dtype: String,
@@ -154,6 +158,7 @@ impl TestbedArgs {
                     ("--pickscore", self.pickscore.is_some()),
                     ("--realign weights", self.realign == crate::sample::RealignArg::Weights),
                     ("--lora-scale", self.lora_scale != 1.0),
+                    ("--separate-passes", self.separate_passes),
                 ] {
                     if given {
                         return Err(CliError::usage(format!(
@@ -227,7 +232,7 @@ impl TestbedArgs {
             return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
         }
         let mut setup = SdSetup::new(reference, aligned);
-        setup.load = LoadOptions { dtype, device, lora_multiplier: self.lora_scale };
+        setup.load = LoadOptions { dtype, device, lora_multiplier: self.lora_scale, joint_pass: !self.separate_passes };
         setup.realign = match self.realign {
             crate::sample::RealignArg::Posterior => Realignment::Posterior,
             crate::sample::RealignArg::Weights => Realignment::Weights,

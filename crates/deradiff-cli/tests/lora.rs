@@ -64,6 +64,8 @@ fn sample_takes_a_lora_as_the_aligned_model_in_both_realignments() {
         ("weights-1", vec!["--lambda", "1", "--realign", "weights"]),
         ("scale-0", vec!["--lambda", "1", "--lora-scale", "0"]),
         ("peft-1", vec!["--lambda", "1"]),
+        ("separate-05", vec!["--lambda", "0.5", "--separate-passes"]),
+        ("joint-05", vec!["--lambda", "0.5"]),
     ] {
         let aligned = if name.starts_with("peft") { fixture("lora/sd-peft") } else { kohya.clone() };
         let o = sample(&aligned, &extra, &png(name));
@@ -76,6 +78,21 @@ fn sample_takes_a_lora_as_the_aligned_model_in_both_realignments() {
     assert_eq!(read("posterior-1"), read("weights-1"));
     assert_ne!(read("posterior-0"), read("posterior-1"), "the LoRA changed nothing");
     assert_ne!(read("posterior-1"), read("peft-1"));
+    // A UNet call per model instead of one joint call: the same image (f32 rounding apart).
+    let (a, b) = (pixels(&png("separate-05")), pixels(&png("joint-05")));
+    assert_eq!(a.len(), b.len());
+    let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(worst <= 1, "separate vs joint passes: pixels differ by up to {worst}");
+}
+
+/// The RGB bytes of a PNG.
+fn pixels(path: &Path) -> Vec<u8> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    buf
 }
 
 #[test]

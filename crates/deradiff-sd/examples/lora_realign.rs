@@ -11,12 +11,12 @@
 //! 77 context tokens. Run each variant in its own process (the peak `VmHWM` is the process's):
 //!
 //! ```text
-//! cargo run --release -p deradiff-sd --example lora_realign -- <two-unets|lora|batch4> [size=32] [runs=3]
+//! cargo run --release -p deradiff-sd --example lora_realign -- <two-unets|lora|lora-seq|batch4> [size=32] [runs=3]
 //! ```
 //!
 //! It prints each step's time, the median, the resident memory after loading and the peak.
 //! `batch4` (one UNet without adapter, batch 4) shows what the joint pass costs without the
-//! low-rank deltas.
+//! low-rank deltas; `lora-seq` runs the joint UNet once per model (weights still shared).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -83,6 +83,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             (Box::new(step), params)
         }
+        "lora-seq" => {
+            // The same joint UNet, each model's rows in a call of its own (weights shared).
+            let base = build()?;
+            let adapter = dpo_lora(&base, 8)?;
+            let params = adapter.layers().values().map(|l| l.down.elem_count() + l.up.elem_count()).sum();
+            let joint = base.with_adapters(&[(&adapter, 1.0)])?;
+            drop((base, adapter));
+            let step = move |x: &Tensor, c: &Tensor| {
+                let run = |a| joint.forward_rows(x, 500.0, c, None, &[RowGroup { adapter: a, rows: 2 }]);
+                Ok(vec![run(None)?, run(Some(0))?])
+            };
+            (Box::new(step), params)
+        }
         "batch4" => {
             // For reading the others: one UNet, no adapter, the joint pass's batch of 4.
             let unet = build()?;
@@ -92,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             (Box::new(step), 0)
         }
-        other => return Err(format!("variant {other}: two-unets, lora or batch4").into()),
+        other => return Err(format!("variant {other}: two-unets, lora, lora-seq or batch4").into()),
     };
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = status_mib("VmRSS:");

@@ -34,11 +34,16 @@ pub struct LoadOptions {
     /// The multiplier of every LoRA-aligned model (1, the default: the adapter as trained, at
     /// its own `alpha / rank` scale).
     pub lora_multiplier: f64,
+    /// Whether the reference and the LoRA-aligned models run in one UNet call per step (true,
+    /// the default) or each in a call of its own (their weights shared either way): separate
+    /// calls hold one model's activations at a time, a lower peak memory for large images
+    /// (`docs/lora.md` has the measurements).
+    pub joint_pass: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, lora_multiplier: 1.0 }
+        Self { dtype: DType::F32, device: Device::Cpu, lora_multiplier: 1.0, joint_pass: true }
     }
 }
 
@@ -168,6 +173,8 @@ pub struct StableDiffusion {
     models: Vec<ModelSlot>,
     /// The LoRA adapters attached to the reference UNet, by adapter index.
     adapters: Vec<crate::LoraAdapter>,
+    /// [`LoadOptions::joint_pass`].
+    joint_pass: bool,
     scheduler_config: SchedulerConfig,
     dtype: DType,
     device: Device,
@@ -383,7 +390,20 @@ impl StableDiffusion {
             None => Self::assemble(text_encoder, None, vae, unets, Some(models), scheduler_config, true),
         }?;
         sd.adapters = adapters.into_iter().map(|a| a.scaled(lora_multiplier)).collect::<Result<_>>()?;
+        sd.joint_pass = options.joint_pass;
         Ok(sd)
+    }
+
+    /// Whether the reference and LoRA-aligned models run in one UNet call per step
+    /// ([`LoadOptions::joint_pass`]).
+    pub fn joint_pass(&self) -> bool {
+        self.joint_pass
+    }
+
+    /// Sets [`Self::joint_pass`]: one UNet call per step for the reference and LoRA-aligned
+    /// models, or one call per model (the same results, within f32 rounding).
+    pub fn set_joint_pass(&mut self, joint: bool) {
+        self.joint_pass = joint;
     }
 
     /// The LoRA adapters of the LoRA-aligned models, in the order they were given (each scaled
@@ -556,6 +576,7 @@ impl StableDiffusion {
             unets,
             models,
             adapters: Vec::new(),
+            joint_pass: true,
             scheduler_config,
             dtype,
             device,
@@ -921,8 +942,9 @@ impl StableDiffusion {
     }
 
     /// The joint guidance of `models` (indices in realigner order) that share the reference UNet
-    /// (the reference and LoRA-aligned models), when there are at least two of them: one UNet
-    /// pass per step serves them all. The other models are left out.
+    /// (the reference and LoRA-aligned models), when there are at least two of them and
+    /// [`Self::joint_pass`] is on: one UNet pass per step serves them all. The other models are
+    /// left out.
     pub fn joint_denoisers<'a>(
         &'a self,
         models: &[usize],
@@ -931,7 +953,7 @@ impl StableDiffusion {
     ) -> Result<Option<(Vec<usize>, crate::JointGuided<'a>)>> {
         let shared: Vec<usize> =
             models.iter().copied().filter(|&i| self.models.get(i).is_some_and(|m| m.unet == 0)).collect();
-        if shared.len() < 2 || self.unets[0].num_adapters() == 0 {
+        if shared.len() < 2 || self.unets[0].num_adapters() == 0 || !self.joint_pass {
             return Ok(None);
         }
         let adapters = shared.iter().map(|&i| self.models[i].adapter).collect();

@@ -157,39 +157,43 @@ fn two_layouts_in_one_joint_pass() {
 }
 
 /// The realigned loop of `tests/realigned.rs` with the aligned model a LoRA (sd-kohya) loaded
-/// through `--aligned`, against diffusers' loop with `load_lora_weights`.
+/// through `--aligned`, against diffusers' loop with `load_lora_weights`; in one joint UNet call
+/// per step, and with a call per model (`LoadOptions::joint_pass` off).
 fn check_lora_run(kind: &str) {
-    let sd = StableDiffusion::load(tiny_sd(), &[dir().join("sd-kohya.safetensors")], &LoadOptions::default()).unwrap();
-    assert_eq!(sd.num_models(), 2);
-    let run = &lora_meta()["runs"][kind];
-    let req = Request {
-        prompts: run["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect(),
-        negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
-        scheduler: if kind == "ddim" { SchedulerKind::Ddim { eta: 0.0 } } else { SchedulerKind::EulerAncestral },
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64(),
-        ..Default::default()
-    };
-    let emb = sd.encode(&req).unwrap();
-    let noise = reference(&format!("run.{kind}.noise"));
-    let mut injected = InjectedNoise::new((0..noise.dim(0).unwrap()).map(|i| noise.get(i).unwrap()));
-    let lambda = run["lambda"].as_f64().unwrap();
-    let calls = sd.models()[0].unet().forward_calls();
-    let mut steps = 0;
-    let mut observer = |_: &StepEvent<'_>| {
-        steps += 1;
-        Flow::Continue
-    };
-    let out = sd.sample(&req, &emb, &Realigner::two_model(lambda).unwrap(), &mut injected, &mut observer).unwrap();
-    // One UNet call per step serves both models.
-    assert_eq!(sd.models()[0].unet().forward_calls() - calls, req.steps);
-    let want = lora_ref(&format!("run.{kind}.final"));
-    let err = max_abs_diff(&out.latent, &want);
-    let scale = max_abs(&want);
-    println!("{kind} with a LoRA-aligned model: final latents max abs error {err:.3e} (latents max {scale:.1})");
-    // The bar of tests/realigned.rs.
-    assert!(err <= 1e-3 && err <= 5e-6 * scale, "{kind}: {err}");
-    assert!(max_abs_diff(&out.latent, &reference(&format!("run.{kind}.final"))) > 0.1, "the LoRA changed nothing");
+    for joint_pass in [true, false] {
+        let options = LoadOptions { joint_pass, ..Default::default() };
+        let sd = StableDiffusion::load(tiny_sd(), &[dir().join("sd-kohya.safetensors")], &options).unwrap();
+        assert_eq!((sd.num_models(), sd.joint_pass()), (2, joint_pass));
+        let run = &lora_meta()["runs"][kind];
+        let req = Request {
+            prompts: run["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect(),
+            negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
+            scheduler: if kind == "ddim" { SchedulerKind::Ddim { eta: 0.0 } } else { SchedulerKind::EulerAncestral },
+            steps: run["steps"].as_u64().unwrap() as usize,
+            guidance_scale: run["guidance_scale"].as_f64(),
+            ..Default::default()
+        };
+        let emb = sd.encode(&req).unwrap();
+        let noise = reference(&format!("run.{kind}.noise"));
+        let mut injected = InjectedNoise::new((0..noise.dim(0).unwrap()).map(|i| noise.get(i).unwrap()));
+        let lambda = run["lambda"].as_f64().unwrap();
+        let calls = sd.models()[0].unet().forward_calls();
+        let mut observer = |_: &StepEvent<'_>| Flow::Continue;
+        let out = sd.sample(&req, &emb, &Realigner::two_model(lambda).unwrap(), &mut injected, &mut observer).unwrap();
+        // One UNet call per step serves both models; or one call per model.
+        let per_step = if joint_pass { 1 } else { 2 };
+        assert_eq!(sd.models()[0].unet().forward_calls() - calls, per_step * req.steps);
+        let want = lora_ref(&format!("run.{kind}.final"));
+        let err = max_abs_diff(&out.latent, &want);
+        let scale = max_abs(&want);
+        println!(
+            "{kind} with a LoRA-aligned model (joint pass {joint_pass}): final latents max abs error {err:.3e} \
+             (latents max {scale:.1})"
+        );
+        // The bar of tests/realigned.rs.
+        assert!(err <= 1e-3 && err <= 5e-6 * scale, "{kind}: {err}");
+        assert!(max_abs_diff(&out.latent, &reference(&format!("run.{kind}.final"))) > 0.1, "the LoRA changed nothing");
+    }
 }
 
 #[test]

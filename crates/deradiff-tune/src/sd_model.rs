@@ -235,7 +235,7 @@ impl SdModel {
         let models = self.sd.models();
         let reference = models[0].unet();
         let shared: Vec<usize> = (0..models.len()).filter(|&i| std::ptr::eq(models[i].unet(), reference)).collect();
-        let joint = (shared.len() > 1 && reference.num_adapters() > 0).then(|| {
+        let joint = (shared.len() > 1 && reference.num_adapters() > 0 && self.sd.joint_pass()).then(|| {
             Rc::new(JointPass {
                 models: shared.iter().map(|&i| models[i].adapter()).collect(),
                 last: RefCell::new(None),
