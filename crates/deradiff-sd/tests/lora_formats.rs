@@ -380,3 +380,69 @@ fn saved_adapters_load_back_identically() {
     let out = output(&base.merged_with(&back, 1.0).unwrap(), false, None);
     assert!(max_abs_diff(&out, &lora_ref("sd-kohya.output")) < 1e-5);
 }
+
+mod arbitrary_files {
+    //! Arbitrary LoRA-like files: keys from the layouts' vocabularies (right and wrong), random
+    //! shapes, ranks, dtypes and alphas. Loading never panics: an adapter that fits, or an error.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const MODULES: &[&str] = &[
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "lora_unet_down_blocks_0_resnets_0_conv1",
+        "lora_unet_input_blocks_1_1_proj_in",
+        "lora_unet_middle_block_7_proj_in",
+        "lora_unet_output_blocks_2_1_conv",
+        "unet.down_blocks.0.attentions.0.proj_in",
+        "unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+        "base_model.model.conv_in",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_out",
+        "unet.nowhere",
+        "",
+    ];
+    const SUFFIXES: &[&str] = &[
+        ".lora_down.weight",
+        ".lora_up.weight",
+        ".alpha",
+        ".lora.down.weight",
+        ".lora.up.weight",
+        ".lora_A.weight",
+        ".lora_B.weight",
+        "_lora.down.weight",
+        ".weight",
+        ".lora_mid.weight",
+        ".hada_w1_a",
+    ];
+
+    fn tensor(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+        #[test]
+        fn loading_never_panics(
+            entries in prop::collection::vec(
+                (0..MODULES.len(), 0..SUFFIXES.len(), prop::collection::vec(0usize..40, 0..5), 0..3usize),
+                0..8,
+            ),
+            case in 0u32..1_000_000,
+        ) {
+            let mut map = HashMap::new();
+            for (m, s, shape, d) in entries {
+                let dtype = [DType::F32, DType::F16, DType::U8][d];
+                map.insert(format!("{}{}", MODULES[m], SUFFIXES[s]), tensor(&shape, dtype));
+            }
+            let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lora-arbitrary-{case}.safetensors"));
+            candle_core::safetensors::save(&map, &path).unwrap();
+            let result = LoraAdapter::load(&path, unet(false));
+            let _ = std::fs::remove_file(&path);
+            if let Ok(adapter) = result {
+                // What loads fits the UNet: merging and attaching it work.
+                unet(false).merged_with(&adapter, 0.5).unwrap();
+                unet(false).with_adapters(&[(&adapter, 1.0)]).unwrap();
+            }
+        }
+    }
+}
