@@ -12,10 +12,10 @@ use crate::error::{CliError, Context, Result};
 use crate::{check_out_dir, print_stdout, progress_bar, RewardArg, SchedulerArg};
 use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions};
 use deradiff_tune::{
-    agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
-    AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer, IfExists,
-    ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig, SweepEvent,
-    SweepModel, SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
+    agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AestheticScore,
+    AgreementConfig, AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer,
+    IfExists, ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig,
+    SweepEvent, SweepModel, SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
 };
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
@@ -51,6 +51,14 @@ pub struct TestbedArgs {
     /// the model directory (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
     #[arg(long, help_heading = "Stable Diffusion")]
     pickscore_processor: Option<PathBuf>,
+    /// Stable Diffusion: the LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14,
+    /// a CLIPModel directory); give its MLP with --aesthetic-mlp.
+    #[arg(long, help_heading = "Stable Diffusion", requires = "aesthetic_mlp")]
+    aesthetic: Option<PathBuf>,
+    /// Stable Diffusion: the aesthetic predictor's MLP as safetensors (convert the published
+    /// sac+logos+ava1-l14-linearMSE.pth with scripts/convert_to_safetensors.py aesthetic).
+    #[arg(long, help_heading = "Stable Diffusion", requires = "aesthetic")]
+    aesthetic_mlp: Option<PathBuf>,
     /// Stable Diffusion: guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
     guidance: f64,
@@ -156,6 +164,7 @@ impl TestbedArgs {
                     ("--prompts-file", self.prompts_file.is_some()),
                     ("--clip", self.clip.is_some()),
                     ("--pickscore", self.pickscore.is_some()),
+                    ("--aesthetic", self.aesthetic.is_some()),
                     ("--realign weights", self.realign == crate::sample::RealignArg::Weights),
                     ("--lora-scale", self.lora_scale != 1.0),
                     ("--separate-passes", self.separate_passes),
@@ -208,9 +217,10 @@ impl TestbedArgs {
             parse_device(&self.device).usage_context(format!("--device {} is not a usable device", self.device))?;
         check_dtype_supported(dtype, &device)
             .usage_context(format!("--dtype {} cannot run on --device {}", self.dtype, self.device))?;
-        if self.clip.is_none() && self.pickscore.is_none() {
+        if self.clip.is_none() && self.pickscore.is_none() && self.aesthetic.is_none() {
             return Err(CliError::usage(
-                "give a reward for a Stable Diffusion sweep: --clip DIR and/or --pickscore DIR",
+                "give a reward for a Stable Diffusion sweep: --clip DIR, --pickscore DIR and/or --aesthetic DIR \
+                 --aesthetic-mlp FILE",
             ));
         }
         let scheduler = self.scheduler.kind(self.eta)?;
@@ -227,6 +237,16 @@ impl TestbedArgs {
             let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
+        }
+        if let (Some(dir), Some(mlp)) = (&self.aesthetic, &self.aesthetic_mlp) {
+            let reward = AestheticScore::load(dir, mlp, DType::F32, &device).with_context(|| {
+                format!(
+                    "cannot load the aesthetic predictor (--aesthetic {} --aesthetic-mlp {})",
+                    dir.display(),
+                    mlp.display()
+                )
+            })?;
+            rewards.push(Box::new(reward));
         }
         if !self.lora_scale.is_finite() {
             return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
@@ -482,7 +502,8 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     config.validate().usage_context("--lower, --upper, --budget and --initial do not fit together")?;
     check_out_dir("--out", &args.out)?;
     let built = args.testbed.build()?;
-    // The objective is the first reward: the true reward on the testbed, else --clip, else --pickscore.
+    // The objective is the first reward: the true reward on the testbed, else --clip, else
+    // --pickscore, else --aesthetic.
     let reward = built.rewards[0].as_ref();
     let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
         .usage_context("the tuning objective's options do not fit together")?;

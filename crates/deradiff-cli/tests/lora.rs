@@ -1,6 +1,7 @@
 //! LoRA adapters on the command line, on the tiny fixtures of `deradiff-sd`: `sample --aligned
-//! <LoRA>` in the posterior fusion and the weight-space baseline, `--lora-scale`, refused
-//! adapters, and `extract-lora` writing a LoRA that `sample` loads back.
+//! <LoRA>` in the posterior fusion and the weight-space baseline, `--lora-scale`,
+//! `--separate-passes`, refused adapters, `extract-lora` writing a LoRA that `sample` loads back,
+//! `sweep --realign weights`; and a LoRA sweep scored by the aesthetic predictor.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -228,4 +229,44 @@ fn sweep_realigns_a_lora_in_weight_space_and_records_it() {
     let o = deradiff(&["sweep", "--realign", "weights", "--quiet", "--out", dir.join("analytic").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--realign weights applies to Stable Diffusion sweeps"), "{}", text(&o));
+}
+
+#[test]
+fn sweep_scores_with_the_aesthetic_predictor() {
+    let dir = out_dir("aesthetic");
+    let tune = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures");
+    let (clip, mlp) = (tune.join("clip/clip-quick-gelu"), tune.join("aesthetic/mlp-16.safetensors"));
+    let (reference, aligned) = (fixture("tiny-sd"), fixture("lora/sd-kohya.safetensors"));
+    let out = dir.join("sweep");
+    let o = deradiff(&[
+        "sweep",
+        "--reference",
+        &reference,
+        "--aligned",
+        &aligned,
+        "--prompt",
+        "a red cube",
+        "--lambdas",
+        "0,1",
+        "--aesthetic",
+        clip.to_str().unwrap(),
+        "--aesthetic-mlp",
+        mlp.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--samples",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let jsonl = std::fs::read_to_string(out.join("sweep.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 3, "{jsonl}");
+    assert!(jsonl.lines().nth(1).unwrap().contains("\"aesthetic\""), "{jsonl}");
+    // Without its MLP: a usage error naming the missing option.
+    let o =
+        deradiff(&["sweep", "--reference", &reference, "--aligned", &aligned, "--aesthetic", clip.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--aesthetic-mlp"), "{}", text(&o));
 }

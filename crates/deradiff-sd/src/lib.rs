@@ -92,4 +92,4 @@ pub use text::TextEncoder;
 pub use tokenizer::ClipTokenizer;
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;
-pub use weights::load_checked;
+pub use weights::{load_checked, load_checked_file};

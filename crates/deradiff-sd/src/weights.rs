@@ -234,6 +234,20 @@ pub fn load_checked<T>(
     CheckedWeights::open(&files)?.build(dtype, device, None, build)
 }
 
+/// [`load_checked`] for one safetensors file named by its path (a reward's checkpoint, say):
+/// a path that is not a file, a file that is not safetensors, or a missing or misshapen tensor is
+/// an [`Error`] naming the file (and the tensor).
+pub fn load_checked_file<T>(
+    file: &Path,
+    what: &str,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    check_path(file, Kind::File, what, None)?;
+    CheckedWeights::open(&[file.to_path_buf()])?.build(dtype, device, None, build)
+}
+
 /// An error opening a weight file: a failure to read it is an [`Error::Io`], anything else (not
 /// safetensors, a corrupt header) an [`Error::Weights`].
 fn open_error(file: &Path, mut e: candle_core::Error) -> Error {

@@ -47,6 +47,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "sd")]
+pub mod aesthetic;
 pub mod batch;
 pub mod bo;
 #[cfg(feature = "sd")]
@@ -64,6 +66,8 @@ pub mod shard;
 pub mod stats;
 pub mod sweep;
 
+#[cfg(feature = "sd")]
+pub use aesthetic::AestheticScore;
 pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
     equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,

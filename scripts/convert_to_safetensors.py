@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Converts the published (pickled) checkpoints of deradiff's rewards to safetensors.
+
+deradiff loads safetensors only (a pickle can run code when loaded). Run offline, with torch and
+safetensors installed:
+
+    python scripts/convert_to_safetensors.py aesthetic sac+logos+ava1-l14-linearMSE.pth aesthetic.safetensors
+
+Layouts
+-------
+* `aesthetic`: the LAION aesthetic predictor (christophschuhmann/improved-aesthetic-predictor,
+  e.g. `sac+logos+ava1-l14-linearMSE.pth`): a state dict `layers.{0,2,4,6,7}.{weight,bias}` of the
+  MLP on CLIP ViT-L/14 image embeddings; written with the same tensor names, float32.
+
+The checkpoint is read with `torch.load(..., weights_only=True)` (no code runs); a PyTorch
+Lightning checkpoint's `state_dict` entry is used when present. The written file is read back
+and compared tensor by tensor with the checkpoint.
+"""
+
+import argparse
+import re
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def aesthetic(state: dict) -> dict:
+    pattern = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+    bad = [k for k in state if not pattern.match(k)]
+    if bad:
+        sys.exit(f"not the aesthetic predictor's layout (layers.N.weight / layers.N.bias): unexpected keys {bad[:5]}")
+    if not state:
+        sys.exit("the checkpoint holds no tensors")
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
+
+
+LAYOUTS = {"aesthetic": aesthetic}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("layout", choices=sorted(LAYOUTS))
+    parser.add_argument("checkpoint")
+    parser.add_argument("out")
+    args = parser.parse_args()
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        sys.exit(f"{args.checkpoint}: not a state dict ({type(state).__name__})")
+    tensors = LAYOUTS[args.layout](state)
+    save_file(tensors, args.out, metadata={"format": "pt", "converted_from": args.checkpoint})
+    back = load_file(args.out)
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in back)
+    print(f"wrote {args.out}: {len(back)} tensors")
+
+
+if __name__ == "__main__":
+    main()
