@@ -8,6 +8,7 @@ mod checkpoint;
 mod error;
 mod lora;
 mod sample;
+mod score;
 mod shards;
 mod tune;
 
@@ -74,6 +75,9 @@ enum Command {
     /// `--aligned` (and diffusers' load_lora_weights) loads; prints each layer's relative
     /// Frobenius error and the adapter's size.
     ExtractLora(lora::ExtractLoraArgs),
+    /// Score a folder of PNG images (made by any tool) against their prompts with CLIP score,
+    /// PickScore and/or the LAION aesthetic predictor, one row per image (JSON lines or CSV).
+    Score(score::ScoreArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -198,6 +202,7 @@ fn run(command: Command) -> Result<()> {
         Command::Merge(args) => print_stdout(&shards::merge(args)?),
         Command::Status(args) => print_stdout(&shards::status(args)?),
         Command::ExtractLora(args) => lora::extract(args),
+        Command::Score(args) => score::score(args),
     }
 }
 

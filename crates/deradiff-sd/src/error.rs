@@ -111,6 +111,16 @@ pub enum Error {
         looks_like: String,
     },
 
+    /// An image file that cannot be read as an image: not a PNG, corrupt, truncated, or larger
+    /// than [`crate::RgbImage::MAX_PIXELS`].
+    #[error("cannot read the image {path}: {message}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A weight file that starts like safetensors but is not valid safetensors (a corrupt
     /// header, offsets past the end of the file, …).
     #[error("cannot load weights from {file}: {message}")]

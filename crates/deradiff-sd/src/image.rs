@@ -15,6 +15,49 @@ pub struct RgbImage {
 }
 
 impl RgbImage {
+    /// The most pixels [`Self::load_png`] decodes (16384 × 16384).
+    pub const MAX_PIXELS: u64 = 16384 * 16384;
+
+    /// Reads a PNG file as 8-bit RGB, as PIL's `Image.open(path).convert("RGB")` gives it to
+    /// CLIP processors: palette and grey images expanded, 16-bit samples reduced to their high
+    /// byte, an alpha channel dropped (not composited). Not a regular file, not a PNG, a corrupt
+    /// or truncated one, or one of more than [`Self::MAX_PIXELS`] pixels: an [`Error::Image`] or
+    /// [`Error::Io`] naming the file.
+    pub fn load_png(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bad = |message: String| Error::Image { path: path.to_path_buf(), message };
+        crate::config::check_path(path, crate::config::Kind::File, "image", None)?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = decoder.read_info().map_err(|e| bad(format!("not a readable PNG ({e})")))?;
+        let (w, h) = (reader.info().width, reader.info().height);
+        if u64::from(w) * u64::from(h) > Self::MAX_PIXELS {
+            return Err(bad(format!("{w}x{h} pixels, more than {} (16384 × 16384)", Self::MAX_PIXELS)));
+        }
+        let size = reader.output_buffer_size().ok_or_else(|| bad("its decoded size overflows".into()))?;
+        let mut buf = vec![0; size];
+        let info = reader.next_frame(&mut buf).map_err(|e| bad(format!("corrupt or truncated PNG data ({e})")))?;
+        buf.truncate(info.buffer_size());
+        let channels = match info.color_type {
+            png::ColorType::Grayscale => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            png::ColorType::Indexed => return Err(bad("an indexed PNG that did not expand".into())),
+        };
+        let (w, h) = (info.width as usize, info.height as usize);
+        if info.bit_depth != png::BitDepth::Eight || buf.len() != w * h * channels {
+            return Err(bad(format!("unexpected decoded layout ({:?}, {} bytes)", info.bit_depth, buf.len())));
+        }
+        let data = match channels {
+            3 => buf,
+            4 => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+            _ => buf.chunks_exact(channels).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        };
+        Self::new(w, h, data)
+    }
+
     /// From raw interleaved RGB bytes (`width · height · 3` of them).
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
         if width == 0 || height == 0 {

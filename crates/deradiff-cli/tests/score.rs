@@ -1,0 +1,199 @@
+//! `deradiff score` on a folder of PNGs: the same scores as the library calls on the same
+//! images (CLIP score, PickScore, the aesthetic predictor), JSON lines and CSV; bad images,
+//! missing prompts and mismatched counts are errors that say what to fix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use deradiff_sd::RgbImage;
+use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, PickScore};
+
+fn deradiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn tune_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures").join(name)
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("score-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The four test images of the CLIP fixtures (different sizes), written as PNGs `img-<i>.png`.
+fn images(dir: &Path) -> Vec<RgbImage> {
+    let refs: HashMap<String, Tensor> =
+        candle_core::safetensors::load(tune_fixture("clip/reference.safetensors"), &Device::Cpu).unwrap();
+    (0..4)
+        .map(|i| {
+            let t = &refs[&format!("image{i}")];
+            let (h, w, _) = t.dims3().unwrap();
+            let img = RgbImage::new(w, h, t.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap();
+            img.save_png(dir.join(format!("img-{i}.png"))).unwrap();
+            img
+        })
+        .collect()
+}
+
+const PROMPTS: [&str; 4] = ["a red cube", "a blue sphere, \"glossy\"", "a green cone", "a cat"];
+
+#[test]
+fn scores_equal_the_library_calls() {
+    let dir = out_dir("ok");
+    let imgs = images(&dir.join("images"));
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, PROMPTS.join("\n")).unwrap();
+    let (clip, pick, mlp) = (
+        tune_fixture("clip/clip-gelu"),
+        tune_fixture("clip/clip-quick-gelu"),
+        tune_fixture("aesthetic/mlp-16.safetensors"),
+    );
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = dir.join("scores.jsonl");
+    let base = [
+        "score".to_string(),
+        "--images".into(),
+        s(&dir.join("images")),
+        "--prompts-file".into(),
+        s(&prompts),
+        "--clip".into(),
+        s(&clip),
+        "--pickscore".into(),
+        s(&pick),
+        "--aesthetic".into(),
+        s(&pick),
+        "--aesthetic-mlp".into(),
+        s(&mlp),
+        "--quiet".into(),
+        "--out".into(),
+    ];
+    let run = |out: &Path| {
+        let mut args: Vec<String> = base.to_vec();
+        args.push(s(out));
+        deradiff(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&out);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let prompt_refs: Vec<&str> = PROMPTS.to_vec();
+    let want_clip =
+        ClipScore::load(&clip, DType::F32, &Device::Cpu).unwrap().score_images(&imgs, &prompt_refs).unwrap();
+    let want_pick = PickScore::new(ClipScorer::load(&pick, DType::F32, &Device::Cpu).unwrap())
+        .score_images(&imgs, &prompt_refs)
+        .unwrap();
+    let want_aes = AestheticScore::load(&pick, &mlp, DType::F32, &Device::Cpu).unwrap().score_images(&imgs).unwrap();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["image"], format!("img-{i}.png"));
+        assert_eq!(row["prompt"], PROMPTS[i]);
+        assert_eq!(row["clip_score"].as_f64().unwrap(), want_clip[i], "row {i}");
+        assert_eq!(row["pickscore"].as_f64().unwrap(), want_pick[i], "row {i}");
+        assert_eq!(row["aesthetic"].as_f64().unwrap(), want_aes[i], "row {i}");
+    }
+    // CSV: a header and a row per image, the quoted prompt intact.
+    let csv_out = dir.join("scores.csv");
+    assert!(run(&csv_out).status.success());
+    let csv = std::fs::read_to_string(&csv_out).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,aesthetic\n"), "{csv}");
+    assert!(csv.contains("\"a blue sphere, \"\"glossy\"\"\""), "{csv}");
+}
+
+#[test]
+fn an_rgba_or_grey_png_reads_as_pil_converts_it() {
+    let dir = out_dir("modes");
+    let rgb = RgbImage::new(2, 1, vec![10, 20, 30, 40, 50, 60]).unwrap();
+    let write = |name: &str, color: png::ColorType, data: &[u8]| {
+        let path = dir.join(name);
+        let mut enc = png::Encoder::new(std::fs::File::create(&path).unwrap(), 2, 1);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(data).unwrap();
+        path
+    };
+    let rgba = write("rgba.png", png::ColorType::Rgba, &[10, 20, 30, 0, 40, 50, 60, 128]);
+    assert_eq!(RgbImage::load_png(&rgba).unwrap(), rgb, "alpha dropped, not composited");
+    let grey = write("grey.png", png::ColorType::Grayscale, &[7, 200]);
+    assert_eq!(RgbImage::load_png(&grey).unwrap().data(), &[7, 7, 7, 200, 200, 200]);
+}
+
+#[test]
+fn bad_inputs_are_errors_that_say_what_to_fix() {
+    let dir = out_dir("bad");
+    images(&dir.join("images"));
+    let folder = dir.join("images");
+    let mlp = tune_fixture("aesthetic/mlp-16.safetensors");
+    let clip = tune_fixture("clip/clip-gelu");
+    let prompts = dir.join("three.txt");
+    std::fs::write(&prompts, "a\nb\nc\n").unwrap();
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = dir.join("s.jsonl");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec!["--images".into(), p(&folder), "--prompts-file".into(), p(&prompts), "--clip".into(), p(&clip)],
+            2,
+            "3 prompts for the 4 PNG files",
+        ),
+        (vec!["--images".into(), p(&folder), "--clip".into(), p(&clip)], 2, "give --prompt or --prompts-file"),
+        (
+            vec!["--images".into(), p(&empty), "--prompt".into(), "x".into(), "--clip".into(), p(&clip)],
+            2,
+            "holds no .png files",
+        ),
+        (vec!["--images".into(), p(&folder), "--prompt".into(), "x".into()], 2, "give a reward"),
+        (
+            vec!["--images".into(), p(&prompts), "--prompt".into(), "x".into(), "--clip".into(), p(&clip)],
+            2,
+            "is not a folder",
+        ),
+    ];
+    for (args, code, want) in cases {
+        let mut full = vec!["score".to_string()];
+        full.extend(args.clone());
+        full.extend(["--out".into(), p(&out)]);
+        let o = deradiff(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    // A file named .png that is not one: exit 1, naming it; nothing written.
+    std::fs::write(folder.join("img-9.png"), b"not a png at all").unwrap();
+    let o = deradiff(&[
+        "score",
+        "--images",
+        &p(&folder),
+        "--aesthetic",
+        &p(&clip),
+        "--aesthetic-mlp",
+        &p(&mlp),
+        "--out",
+        &p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("img-9.png") && text(&o).contains("not a readable PNG"), "{}", text(&o));
+    assert!(!out.exists());
+    let o = deradiff(&[
+        "score",
+        "--images",
+        &p(&folder),
+        "--prompt",
+        "x",
+        "--clip",
+        &p(&clip),
+        "--out",
+        &p(&dir.join("s.txt")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
