@@ -1,4 +1,4 @@
-//! Stable Diffusion as a [`SweepModel`]: a reference checkpoint and one aligned UNet, sampled
+//! Stable Diffusion as a [`SweepModel`]: a reference checkpoint and one aligned UNet or LoRA, sampled
 //! with classifier-free guidance for each prompt of a sweep, decoded by the VAE into images in
 //! `[-1, 1]` (what [`crate::ClipScore`] and [`crate::PickScore`] score).
 
@@ -21,7 +21,9 @@ use crate::model::{fnv1a, Prompt, SweepModel};
 pub struct SdSetup {
     /// The reference checkpoint (diffusers layout).
     pub reference: PathBuf,
-    /// The aligned UNet (pipeline directory, `unet/` directory or `.safetensors` file).
+    /// The aligned model: a UNet (pipeline directory, `unet/` directory or `.safetensors` file)
+    /// or a LoRA adapter (file or folder, any layout of [`deradiff_sd::LoraFormat`]), which then
+    /// runs with the reference in one UNet pass per step.
     pub aligned: PathBuf,
     /// dtype and device.
     pub load: LoadOptions,
