@@ -5,9 +5,14 @@ deradiff loads safetensors only (a pickle can run code when loaded). Run offline
 safetensors installed:
 
     python scripts/convert_to_safetensors.py aesthetic sac+logos+ava1-l14-linearMSE.pth aesthetic.safetensors
+    python scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps-v2.1.safetensors
 
 Layouts
 -------
+* `hps`: HPS v2 / v2.1 (`HPS_v2_compressed.pt`, `HPS_v2.1_compressed.pt` from xswu/HPSv2): an
+  open_clip ViT-H-14 state dict (under `state_dict`; a DDP `module.` prefix is stripped), written
+  with open_clip's names in the dtype stored. deradiff also needs ViT-H-14's
+  `open_clip_config.json` and a CLIP tokenizer directory (laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
 * `aesthetic`: the LAION aesthetic predictor (christophschuhmann/improved-aesthetic-predictor,
   e.g. `sac+logos+ava1-l14-linearMSE.pth`): a state dict `layers.{0,2,4,6,7}.{weight,bias}` of the
   MLP on CLIP ViT-L/14 image embeddings; written with the same tensor names, float32.
@@ -35,7 +40,15 @@ def aesthetic(state: dict) -> dict:
     return {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
 
 
-LAYOUTS = {"aesthetic": aesthetic}
+def hps(state: dict) -> dict:
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    for needed in ("visual.conv1.weight", "visual.proj", "text_projection", "token_embedding.weight", "logit_scale"):
+        if needed not in state:
+            sys.exit(f"not an open_clip CLIP state dict: `{needed}` is missing")
+    return {k: v.detach().contiguous() for k, v in state.items() if torch.is_tensor(v)}
+
+
+LAYOUTS = {"aesthetic": aesthetic, "hps": hps}
 
 
 def main() -> None:

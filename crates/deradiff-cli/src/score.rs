@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::DType;
 use deradiff_sd::{parse_device, RgbImage};
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, PickScore};
+use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, PickScore};
 
 use crate::error::{CliError, Context, Result};
 
@@ -42,6 +42,16 @@ pub(crate) struct ScoreArgs {
     /// The tokenizer/preprocessor directory of --pickscore, if it is not in the model directory.
     #[arg(long)]
     pickscore_processor: Option<PathBuf>,
+    /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (with --hps-config and
+    /// --hps-tokenizer).
+    #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
+    hps: Option<PathBuf>,
+    /// The open_clip_config.json of --hps.
+    #[arg(long, requires = "hps")]
+    hps_config: Option<PathBuf>,
+    /// A CLIP tokenizer directory for --hps.
+    #[arg(long, requires = "hps")]
+    hps_tokenizer: Option<PathBuf>,
     /// The LAION aesthetic predictor's CLIP model directory (with --aesthetic-mlp).
     #[arg(long, requires = "aesthetic_mlp")]
     aesthetic: Option<PathBuf>,
@@ -99,12 +109,13 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
         Some("csv") => true,
         _ => return Err(CliError::usage(format!("--out {}: the name must end in .jsonl or .csv", args.out.display()))),
     };
-    if args.clip.is_none() && args.pickscore.is_none() && args.aesthetic.is_none() {
+    if args.clip.is_none() && args.pickscore.is_none() && args.aesthetic.is_none() && args.hps.is_none() {
         return Err(CliError::usage(
-            "give a reward: --clip DIR, --pickscore DIR and/or --aesthetic DIR --aesthetic-mlp FILE",
+            "give a reward: --clip DIR, --pickscore DIR, --hps FILE (with --hps-config, --hps-tokenizer) and/or \
+             --aesthetic DIR --aesthetic-mlp FILE",
         ));
     }
-    let needs_prompts = args.clip.is_some() || args.pickscore.is_some();
+    let needs_prompts = args.clip.is_some() || args.pickscore.is_some() || args.hps.is_some();
     let files = image_files(&args.images)?;
     // The prompt of each image: (id, text).
     let prompts: Option<Vec<(String, String)>> = match (&args.prompt, &args.prompts_file) {
@@ -126,7 +137,7 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
         }
         (None, None) if needs_prompts => {
             return Err(CliError::usage(
-                "--clip and --pickscore score images against prompts: give --prompt or --prompts-file",
+                "--clip, --pickscore and --hps score images against prompts: give --prompt or --prompts-file",
             ))
         }
         (None, None) => None,
@@ -137,6 +148,7 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
     let mut clip = None;
     let mut pick = None;
     let mut aesthetic = None;
+    let mut hps = None;
     if let Some(dir) = &args.clip {
         clip = Some(
             ClipScore::load(dir, DType::F32, &device)
@@ -150,6 +162,13 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
             .with_context(|| format!("cannot load --pickscore {}", dir.display()))?;
         pick = Some(PickScore::new(Arc::new(scorer)));
         names.push("pickscore");
+    }
+    if let (Some(file), Some(config), Some(tokenizer)) = (&args.hps, &args.hps_config, &args.hps_tokenizer) {
+        hps = Some(
+            HpsScore::load_open_clip(file, config, tokenizer, DType::F32, &device)
+                .with_context(|| format!("cannot load --hps {}", file.display()))?,
+        );
+        names.push("hps");
     }
     if let (Some(dir), Some(mlp)) = (&args.aesthetic, &args.aesthetic_mlp) {
         aesthetic = Some(AestheticScore::load(dir, mlp, DType::F32, &device).with_context(|| {
@@ -180,6 +199,9 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
         }
         if let Some(r) = &pick {
             columns.push(r.score_images(&images, &texts).context("PickScore")?);
+        }
+        if let Some(r) = &hps {
+            columns.push(r.score_images(&images, &texts).context("HPS")?);
         }
         if let Some(r) = &aesthetic {
             columns.push(r.score_images(&images).context("aesthetic score")?);

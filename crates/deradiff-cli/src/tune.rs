@@ -14,7 +14,7 @@ use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions}
 use deradiff_tune::{
     agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AestheticScore,
     AgreementConfig, AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer,
-    IfExists, ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig,
+    HpsScore, IfExists, ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig,
     SweepEvent, SweepModel, SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
 };
 
@@ -59,6 +59,17 @@ pub struct TestbedArgs {
     /// sac+logos+ava1-l14-linearMSE.pth with scripts/convert_to_safetensors.py aesthetic).
     #[arg(long, help_heading = "Stable Diffusion", requires = "aesthetic")]
     aesthetic_mlp: Option<PathBuf>,
+    /// Stable Diffusion: HPS v2 / v2.1 reward from its open_clip checkpoint as safetensors
+    /// (scripts/convert_to_safetensors.py hps); with --hps-config and --hps-tokenizer.
+    #[arg(long, help_heading = "Stable Diffusion", requires_all = ["hps_config", "hps_tokenizer"])]
+    hps: Option<PathBuf>,
+    /// Stable Diffusion: the open_clip_config.json of --hps (ViT-H-14's).
+    #[arg(long, help_heading = "Stable Diffusion", requires = "hps")]
+    hps_config: Option<PathBuf>,
+    /// Stable Diffusion: a CLIP tokenizer directory for --hps (vocab.json + merges.txt, e.g.
+    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
+    #[arg(long, help_heading = "Stable Diffusion", requires = "hps")]
+    hps_tokenizer: Option<PathBuf>,
     /// Stable Diffusion: guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
     guidance: f64,
@@ -165,6 +176,7 @@ impl TestbedArgs {
                     ("--clip", self.clip.is_some()),
                     ("--pickscore", self.pickscore.is_some()),
                     ("--aesthetic", self.aesthetic.is_some()),
+                    ("--hps", self.hps.is_some()),
                     ("--realign weights", self.realign == crate::sample::RealignArg::Weights),
                     ("--lora-scale", self.lora_scale != 1.0),
                     ("--separate-passes", self.separate_passes),
@@ -217,10 +229,10 @@ impl TestbedArgs {
             parse_device(&self.device).usage_context(format!("--device {} is not a usable device", self.device))?;
         check_dtype_supported(dtype, &device)
             .usage_context(format!("--dtype {} cannot run on --device {}", self.dtype, self.device))?;
-        if self.clip.is_none() && self.pickscore.is_none() && self.aesthetic.is_none() {
+        if self.clip.is_none() && self.pickscore.is_none() && self.aesthetic.is_none() && self.hps.is_none() {
             return Err(CliError::usage(
-                "give a reward for a Stable Diffusion sweep: --clip DIR, --pickscore DIR and/or --aesthetic DIR \
-                 --aesthetic-mlp FILE",
+                "give a reward for a Stable Diffusion sweep: --clip DIR, --pickscore DIR, --hps FILE (with \
+                 --hps-config and --hps-tokenizer) and/or --aesthetic DIR --aesthetic-mlp FILE",
             ));
         }
         let scheduler = self.scheduler.kind(self.eta)?;
@@ -237,6 +249,11 @@ impl TestbedArgs {
             let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
+        }
+        if let (Some(file), Some(config), Some(tokenizer)) = (&self.hps, &self.hps_config, &self.hps_tokenizer) {
+            let reward = HpsScore::load_open_clip(file, config, tokenizer, DType::F32, &device)
+                .with_context(|| format!("cannot load the HPS model --hps {}", file.display()))?;
+            rewards.push(Box::new(reward));
         }
         if let (Some(dir), Some(mlp)) = (&self.aesthetic, &self.aesthetic_mlp) {
             let reward = AestheticScore::load(dir, mlp, DType::F32, &device).with_context(|| {
@@ -503,7 +520,7 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let built = args.testbed.build()?;
     // The objective is the first reward: the true reward on the testbed, else --clip, else
-    // --pickscore, else --aesthetic.
+    // --pickscore, else --hps, else --aesthetic.
     let reward = built.rewards[0].as_ref();
     let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
         .usage_context("the tuning objective's options do not fit together")?;

@@ -1,7 +1,7 @@
 //! LoRA adapters on the command line, on the tiny fixtures of `deradiff-sd`: `sample --aligned
 //! <LoRA>` in the posterior fusion and the weight-space baseline, `--lora-scale`,
 //! `--separate-passes`, refused adapters, `extract-lora` writing a LoRA that `sample` loads back,
-//! `sweep --realign weights`; and a LoRA sweep scored by the aesthetic predictor.
+//! `sweep --realign weights`; and a LoRA sweep scored by the aesthetic predictor and HPS v2.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -232,7 +232,7 @@ fn sweep_realigns_a_lora_in_weight_space_and_records_it() {
 }
 
 #[test]
-fn sweep_scores_with_the_aesthetic_predictor() {
+fn sweep_scores_with_the_aesthetic_predictor_and_hps() {
     let dir = out_dir("aesthetic");
     let tune = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures");
     let (clip, mlp) = (tune.join("clip/clip-quick-gelu"), tune.join("aesthetic/mlp-16.safetensors"));
@@ -252,6 +252,12 @@ fn sweep_scores_with_the_aesthetic_predictor() {
         clip.to_str().unwrap(),
         "--aesthetic-mlp",
         mlp.to_str().unwrap(),
+        "--hps",
+        tune.join("hps/open_clip_model.safetensors").to_str().unwrap(),
+        "--hps-config",
+        tune.join("hps/open_clip_config.json").to_str().unwrap(),
+        "--hps-tokenizer",
+        tune.join("clip/clip-gelu").to_str().unwrap(),
         "--steps",
         "2",
         "--samples",
@@ -264,6 +270,7 @@ fn sweep_scores_with_the_aesthetic_predictor() {
     let jsonl = std::fs::read_to_string(out.join("sweep.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 3, "{jsonl}");
     assert!(jsonl.lines().nth(1).unwrap().contains("\"aesthetic\""), "{jsonl}");
+    assert!(jsonl.lines().nth(1).unwrap().contains("\"hps\""), "{jsonl}");
     // Without its MLP: a usage error naming the missing option.
     let o =
         deradiff(&["sweep", "--reference", &reference, "--aligned", &aligned, "--aesthetic", clip.to_str().unwrap()]);

@@ -1,5 +1,5 @@
 //! `deradiff score` on a folder of PNGs: the same scores as the library calls on the same
-//! images (CLIP score, PickScore, the aesthetic predictor), JSON lines and CSV; bad images,
+//! images (CLIP score, PickScore, HPS v2, the aesthetic predictor), JSON lines and CSV; bad images,
 //! missing prompts and mismatched counts are errors that say what to fix.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, PickScore};
+use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, PickScore};
 
 fn deradiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
@@ -69,6 +69,12 @@ fn scores_equal_the_library_calls() {
         s(&clip),
         "--pickscore".into(),
         s(&pick),
+        "--hps".into(),
+        s(&tune_fixture("hps/open_clip_model.safetensors")),
+        "--hps-config".into(),
+        s(&tune_fixture("hps/open_clip_config.json")),
+        "--hps-tokenizer".into(),
+        s(&clip),
         "--aesthetic".into(),
         s(&pick),
         "--aesthetic-mlp".into(),
@@ -90,6 +96,16 @@ fn scores_equal_the_library_calls() {
     let want_pick = PickScore::new(ClipScorer::load(&pick, DType::F32, &Device::Cpu).unwrap())
         .score_images(&imgs, &prompt_refs)
         .unwrap();
+    let want_hps = HpsScore::load_open_clip(
+        tune_fixture("hps/open_clip_model.safetensors"),
+        tune_fixture("hps/open_clip_config.json"),
+        &clip,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
+    .score_images(&imgs, &prompt_refs)
+    .unwrap();
     let want_aes = AestheticScore::load(&pick, &mlp, DType::F32, &Device::Cpu).unwrap().score_images(&imgs).unwrap();
     let rows: Vec<serde_json::Value> =
         std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -99,6 +115,7 @@ fn scores_equal_the_library_calls() {
         assert_eq!(row["prompt"], PROMPTS[i]);
         assert_eq!(row["clip_score"].as_f64().unwrap(), want_clip[i], "row {i}");
         assert_eq!(row["pickscore"].as_f64().unwrap(), want_pick[i], "row {i}");
+        assert_eq!(row["hps"].as_f64().unwrap(), want_hps[i], "row {i}");
         assert_eq!(row["aesthetic"].as_f64().unwrap(), want_aes[i], "row {i}");
     }
     // CSV: a header and a row per image, the quoted prompt intact.
@@ -106,7 +123,7 @@ fn scores_equal_the_library_calls() {
     assert!(run(&csv_out).status.success());
     let csv = std::fs::read_to_string(&csv_out).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
-    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,aesthetic\n"), "{csv}");
+    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,hps,aesthetic\n"), "{csv}");
     assert!(csv.contains("\"a blue sphere, \"\"glossy\"\"\""), "{csv}");
 }
 

@@ -77,7 +77,8 @@ mod weights;
 
 pub use clip::{
     resize_like_pil, ClipActivation, ClipModel, ClipModelConfig, ClipOutput, ClipPreprocessor, ClipTextConfig,
-    ClipTextModel, ClipVisionConfig, ClipVisionModel, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    ClipTextModel, ClipVisionConfig, ClipVisionModel, OpenClipConfig, Resample, ResizeTo, OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
 };
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};

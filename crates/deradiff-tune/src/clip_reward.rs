@@ -280,6 +280,54 @@ impl CosineScore for PickScoreKind {
     }
 }
 
+/// HPS v2 / v2.1 (the Human Preference Score) as the `hpsv2` package computes it: the dot
+/// product of the normalised image and text features of its open_clip ViT-H-14, i.e. their
+/// cosine (`image_features @ text_features.T`, the diagonal; no logit scale), on images
+/// resized by their longer side and zero-padded to a square. Name `hps`; load it with
+/// [`HpsScore::load_open_clip`].
+pub type HpsScore = CosineReward<HpsKind>;
+
+/// The transform of [`HpsScore`]: the cosine itself.
+#[derive(Debug)]
+pub struct HpsKind;
+
+impl CosineScore for HpsKind {
+    const NAME: &'static str = "hps";
+    fn score(cos: f64, _: &ClipScorer) -> f64 {
+        cos
+    }
+}
+
+impl HpsScore {
+    /// An HPS v2 checkpoint in open_clip's layout, as safetensors (the published
+    /// `HPS_v2_compressed.pt` / `HPS_v2.1_compressed.pt` converted by
+    /// `scripts/convert_to_safetensors.py hps`), its `open_clip_config.json` (ViT-H-14's), and a
+    /// CLIP tokenizer directory (`vocab.json` + `merges.txt`, e.g.
+    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s: open_clip's tokenizer is CLIP's BPE). The
+    /// preprocessing is HPS v2's ([`ClipPreprocessor::longest_edge_pad`] at the model's image
+    /// size).
+    pub fn load_open_clip(
+        weights: impl AsRef<Path>,
+        config: impl AsRef<Path>,
+        tokenizer_dir: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let weights = weights.as_ref();
+        let config = deradiff_sd::OpenClipConfig::from_file(config)?;
+        let model = ClipModel::load_open_clip(weights, &config, dtype, device).map_err(|e| match e {
+            deradiff_sd::Error::NotSafetensors { .. } => Error::InvalidArgument(format!(
+                "{e}; the published HPS checkpoints are pickles: convert one with `python \
+                 scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps.safetensors`"
+            )),
+            other => other.into(),
+        })?;
+        let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+        let preprocessor = ClipPreprocessor::longest_edge_pad(config.image_size);
+        Ok(Self::new(ClipScorer::new(model, tokenizer, preprocessor, device, weights)?))
+    }
+}
+
 impl<K: CosineScore> CosineReward<K> {
     /// Wraps a scorer (named `K::NAME`); an `Arc<ClipScorer>` lets [`ClipScore`] and
     /// [`PickScore`] share one loaded model.

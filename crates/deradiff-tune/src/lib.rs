@@ -74,7 +74,9 @@ pub use bo::{
     BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective, MAX_BUDGET, MAX_GRID_POINTS,
 };
 #[cfg(feature = "sd")]
-pub use clip_reward::{ClipScore, ClipScoreKind, ClipScorer, CosineReward, CosineScore, PickScore, PickScoreKind};
+pub use clip_reward::{
+    ClipScore, ClipScoreKind, ClipScorer, CosineReward, CosineScore, HpsKind, HpsScore, PickScore, PickScoreKind,
+};
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};

@@ -12,7 +12,10 @@
 //! * [`ClipVisionModel`] — `CLIPVisionTransformer` (`vision_model.*`);
 //! * [`ClipModel`] — `CLIPModel`: both towers, `visual_projection` and `logit_scale`;
 //! * both towers share one encoder layer (pre-norm attention with an optional causal mask, MLP);
-//! * [`ClipPreprocessor`] — `CLIPImageProcessor` with PIL's resampling ([`resize_like_pil`]).
+//! * [`ClipPreprocessor`] — `CLIPImageProcessor` with PIL's resampling ([`resize_like_pil`]), and
+//!   HPS v2's longest-side-and-pad preprocessing ([`ClipPreprocessor::longest_edge_pad`]);
+//! * open_clip checkpoints (HPS v2's ViT-H-14) mapped onto [`ClipModel`]
+//!   ([`ClipModel::load_open_clip`], [`OpenClipConfig`]).
 //!
 //! Every size (widths, depths, heads, patch and image size, projection) and each tower's
 //! `hidden_act` ([`ClipActivation`]: `quick_gelu`, `gelu` — exact —, `gelu_new` /
@@ -27,12 +30,14 @@
 mod config;
 mod encoder;
 mod model;
+mod open_clip;
 mod processor;
 mod text;
 mod vision;
 
 pub use config::{ClipActivation, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::ClipModel;
+pub use open_clip::OpenClipConfig;
 pub use processor::{resize_like_pil, ClipPreprocessor, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use text::{ClipOutput, ClipTextModel};
 pub use vision::ClipVisionModel;

@@ -116,6 +116,18 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first input
 /// index and the fixed-point weights.
 fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<i64>)> {
+    let one = f64::from(1u32 << PRECISION_BITS);
+    float_coefficients(in_size, out_size, filter)
+        .into_iter()
+        .map(|(xmin, w)| {
+            (xmin, w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect())
+        })
+        .collect()
+}
+
+/// PIL's `precompute_coeffs` (also torch's antialiased interpolation weights): for each output
+/// index, the first input index and the normalised weights.
+fn float_coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<f64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -134,11 +146,86 @@ fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize
                     *v /= total;
                 }
             }
-            let one = f64::from(1u32 << PRECISION_BITS);
-            let k = w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect();
-            (xmin, k)
+            (xmin, w)
         })
         .collect()
+}
+
+/// torch's antialiased bicubic weights for a float32 tensor (`_compute_indices_min_size_weights_aa`
+/// with `aa_filter`, a = −0.5), computed in f32 as torch does: for each output index, the first
+/// input index and the normalised weights.
+fn torch_aa_bicubic_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = in_size as f32 / out_size as f32;
+    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0f32 };
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0f32 };
+    let filter = |x: f32| -> f32 {
+        const A: f32 = -0.5;
+        let x = x.abs();
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+        } else {
+            0.0
+        }
+    };
+    (0..out_size)
+        .map(|i| {
+            let center = scale * (i as f32 + 0.5);
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+            let mut w: Vec<f32> =
+                (0..xsize.max(0)).map(|j| filter(((j + xmin) as f32 - center + 0.5) * invscale)).collect();
+            let total: f32 = w.iter().sum();
+            if total != 0.0 {
+                for v in &mut w {
+                    *v /= total;
+                }
+            }
+            (xmin as usize, w)
+        })
+        .collect()
+}
+
+/// Resizes planar float channels `[3, h, w]` as torch's `interpolate(..., mode="bicubic",
+/// antialias=True)` does on a float32 tensor: width first, then height, f32 weights and sums
+/// (no rounding to 8 bits, no clamp).
+fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<f32> {
+    let dot = |k: &[f32], at: &dyn Fn(usize) -> f32| -> f32 {
+        let mut t = at(0) * k[0];
+        for (j, &kj) in k.iter().enumerate().skip(1) {
+            t += at(j) * kj;
+        }
+        t
+    };
+    let (mut cur, mut cur_w) = (src.to_vec(), w);
+    if out_w != w {
+        let cx = torch_aa_bicubic_coefficients(w, out_w);
+        let mut tmp = vec![0f32; 3 * h * out_w];
+        for c in 0..3 {
+            for y in 0..h {
+                let row = &cur[(c * h + y) * w..(c * h + y + 1) * w];
+                for (xx, (xmin, k)) in cx.iter().enumerate() {
+                    tmp[(c * h + y) * out_w + xx] = if k.is_empty() { 0.0 } else { dot(k, &|j| row[xmin + j]) };
+                }
+            }
+        }
+        (cur, cur_w) = (tmp, out_w);
+    }
+    if out_h != h {
+        let cy = torch_aa_bicubic_coefficients(h, out_h);
+        let mut out = vec![0f32; 3 * out_h * cur_w];
+        for c in 0..3 {
+            for (yy, (ymin, k)) in cy.iter().enumerate() {
+                for x in 0..cur_w {
+                    out[(c * out_h + yy) * cur_w + x] =
+                        if k.is_empty() { 0.0 } else { dot(k, &|j| cur[(c * h + ymin + j) * cur_w + x]) };
+                }
+            }
+        }
+        cur = out;
+    }
+    cur
 }
 
 fn clip8(v: i64) -> u8 {
@@ -216,6 +303,12 @@ pub enum ResizeTo {
         /// Width in pixels.
         width: usize,
     },
+    /// The longer side becomes this many pixels (each side `round(side · n / long)`, Python's
+    /// round), then the image is padded with zeros to an `n × n` square, centred (HPS v2's
+    /// `ResizeMaxSize`). No crop follows. [`ClipPreprocessor::preprocess`] does it on float
+    /// pixels as HPS v2 does; [`ClipPreprocessor::resize_and_crop`] gives the 8-bit
+    /// approximation.
+    LongestEdgePad(usize),
 }
 
 /// transformers' `CLIPImageProcessor` (PIL backend): optional resize, center crop (zero-padded
@@ -297,7 +390,35 @@ fn json_triple(o: &serde_json::Map<String, Value>, field: &str, default: [f64; 3
     }
 }
 
+/// `image` padded with zeros to `n × n`, centred as torchvision's `F.pad(img, [left, top, right,
+/// bottom])` with `left = ⌊(n − w) / 2⌋`, `top = ⌊(n − h) / 2⌋` places it.
+fn pad_to_square(image: &RgbImage, n: usize) -> Result<RgbImage> {
+    let (w, h) = (image.width(), image.height());
+    if w > n || h > n {
+        return Err(Error::InvalidArgument(format!("cannot pad a {w}x{h} image to {n}x{n}")));
+    }
+    let (left, top) = ((n - w) / 2, (n - h) / 2);
+    let mut data = vec![0u8; n * n * 3];
+    for y in 0..h {
+        let dst = ((top + y) * n + left) * 3;
+        data[dst..dst + w * 3].copy_from_slice(&image.data()[y * w * 3..(y + 1) * w * 3]);
+    }
+    RgbImage::new(n, n, data)
+}
+
 impl ClipPreprocessor {
+    /// HPS v2's preprocessing (open_clip's `image_transform(..., resize_longest_max=True)` at
+    /// evaluation): the longer side to `image_size` (bicubic), zero padding to a square, 1/255,
+    /// OpenAI's mean and std.
+    pub fn longest_edge_pad(image_size: usize) -> Self {
+        Self {
+            size: ResizeTo::LongestEdgePad(image_size),
+            do_center_crop: false,
+            crop_size: (image_size, image_size),
+            ..Self::default()
+        }
+    }
+
     /// Reads a `preprocessor_config.json` (fields missing take `CLIPImageProcessor`'s defaults).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -410,6 +531,11 @@ impl ClipPreprocessor {
         }
         match self.size {
             ResizeTo::Exact { height, width } => (height, width),
+            ResizeTo::LongestEdgePad(n) => {
+                let scale = n as f64 / height.max(width) as f64;
+                let side = |d: usize| ((d as f64 * scale).round_ties_even() as usize).max(1);
+                (side(height), side(width))
+            }
             ResizeTo::ShortestEdge(n) => {
                 let (short, long) = if width <= height { (width, height) } else { (height, width) };
                 // Python's `int(n * long / short)`; exact in f64 for any real image size.
@@ -454,6 +580,9 @@ impl ClipPreprocessor {
         } else {
             image.clone()
         };
+        if let (true, ResizeTo::LongestEdgePad(n)) = (self.do_resize, self.size) {
+            return pad_to_square(&resized, n);
+        }
         if !self.do_center_crop {
             return Ok(resized);
         }
@@ -484,6 +613,9 @@ impl ClipPreprocessor {
 
     /// Pixel values `[3, H, W]` (f32) of one image.
     pub fn preprocess(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        if let (true, ResizeTo::LongestEdgePad(n)) = (self.do_resize, self.size) {
+            return self.preprocess_longest_edge_pad(image, n, device);
+        }
         let img = self.resize_and_crop(image)?;
         let (h, w) = (img.height(), img.width());
         let mut out = vec![0f32; 3 * h * w];
@@ -501,6 +633,62 @@ impl ClipPreprocessor {
             }
         }
         Ok(Tensor::from_vec(out, (3, h, w), device)?)
+    }
+
+    /// HPS v2's float path (`hpsv2/src/open_clip/transform.py`): `ToTensor` (x / 255), then
+    /// `ResizeMaxSize` on the float image — unless the longer side is already `n` (then nothing
+    /// is done, as there), the sides `round_half_even(side · n / long)`, resized with antialiased
+    /// bicubic weights without rounding or clamping, zero-padded to `n × n` with the extra pixel
+    /// of an odd pad right / bottom — then the normalisation (padding becomes `−mean / std`).
+    fn preprocess_longest_edge_pad(&self, image: &RgbImage, n: usize, device: &Device) -> Result<Tensor> {
+        let (h, w) = (image.height(), image.width());
+        let mut planar = vec![0f32; 3 * h * w];
+        for (i, px) in image.data().chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                // torchvision's ToTensor: `x.float().div(255)`, in f32.
+                planar[c * h * w + i] = if self.do_rescale {
+                    f32::from(px[c]) * (self.rescale_factor * 255.0) as f32 / 255.0
+                } else {
+                    f32::from(px[c])
+                };
+            }
+        }
+        let (nh, nw) = self.resized_size(h, w);
+        let (oh, ow, data) = if h.max(w) == n {
+            (h, w, planar)
+        } else {
+            if nh.checked_mul(nw).is_none_or(|p| p > Self::MAX_PIXELS)
+                || n.checked_mul(n).is_none_or(|p| p > Self::MAX_PIXELS)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "ClipPreprocessor: `size` {:?} is more than {} pixels (ClipPreprocessor::MAX_PIXELS)",
+                    self.size,
+                    Self::MAX_PIXELS
+                )));
+            }
+            // HPS v2 resizes with torchvision's bicubic (antialiased on tensors).
+            let resized = resize_planar(&planar, w, h, nw, nh);
+            let (top, left) = ((n - nh) / 2, (n - nw) / 2);
+            let mut padded = vec![0f32; 3 * n * n];
+            for c in 0..3 {
+                for y in 0..nh {
+                    let dst = (c * n + top + y) * n + left;
+                    padded[dst..dst + nw].copy_from_slice(&resized[(c * nh + y) * nw..(c * nh + y + 1) * nw]);
+                }
+            }
+            (n, n, padded)
+        };
+        let mut out = data;
+        if self.do_normalize {
+            let mean = self.image_mean.map(|m| m as f32);
+            let std = self.image_std.map(|s| s as f32);
+            for c in 0..3 {
+                for v in &mut out[c * oh * ow..(c + 1) * oh * ow] {
+                    *v = (*v - mean[c]) / std[c];
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (3, oh, ow), device)?)
     }
 
     /// Pixel values `[N, 3, H, W]` (f32) of a batch (every image gives the same size after the
