@@ -6,6 +6,7 @@ safetensors installed:
 
     python scripts/convert_to_safetensors.py aesthetic sac+logos+ava1-l14-linearMSE.pth aesthetic.safetensors
     python scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps-v2.1.safetensors
+    python scripts/convert_to_safetensors.py image-reward ImageReward.pt image-reward/model.safetensors
 
 Layouts
 -------
@@ -16,6 +17,11 @@ Layouts
 * `aesthetic`: the LAION aesthetic predictor (christophschuhmann/improved-aesthetic-predictor,
   e.g. `sac+logos+ava1-l14-linearMSE.pth`): a state dict `layers.{0,2,4,6,7}.{weight,bias}` of the
   MLP on CLIP ViT-L/14 image embeddings; written with the same tensor names, float32.
+* `image-reward`: ImageReward v1.0 (`ImageReward.pt` from THUDM/ImageReward): the state dict of
+  `ImageReward.ImageReward` (`blip.visual_encoder.*` — BLIP's ViT-L —, `blip.text_encoder.*` —
+  BLIP's BERT with cross-attention —, `blip.vision_proj` / `blip.text_proj`, `mlp.layers.*`),
+  written with the same names in the dtype stored. deradiff reads it from a folder that also holds
+  the Hub's `med_config.json` and bert-base-uncased's `vocab.txt` (or `tokenizer.json`).
 
 The checkpoint is read with `torch.load(..., weights_only=True)` (no code runs); a PyTorch
 Lightning checkpoint's `state_dict` entry is used when present. The written file is read back
@@ -48,7 +54,19 @@ def hps(state: dict) -> dict:
     return {k: v.detach().contiguous() for k, v in state.items() if torch.is_tensor(v)}
 
 
-LAYOUTS = {"aesthetic": aesthetic, "hps": hps}
+def image_reward(state: dict) -> dict:
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    for needed in (
+        "blip.visual_encoder.patch_embed.proj.weight",
+        "blip.text_encoder.embeddings.word_embeddings.weight",
+        "mlp.layers.0.weight",
+    ):
+        if needed not in state:
+            sys.exit(f"not an ImageReward state dict: `{needed}` is missing")
+    return {k: v.detach().contiguous() for k, v in state.items() if torch.is_tensor(v)}
+
+
+LAYOUTS = {"aesthetic": aesthetic, "hps": hps, "image-reward": image_reward}
 
 
 def main() -> None:

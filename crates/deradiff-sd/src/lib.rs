@@ -61,6 +61,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blip;
 pub mod clip;
 pub mod config;
 pub mod device;
@@ -75,10 +76,11 @@ pub mod unet;
 pub mod vae;
 mod weights;
 
+pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
 pub use clip::{
     resize_like_pil, ClipActivation, ClipModel, ClipModelConfig, ClipOutput, ClipPreprocessor, ClipTextConfig,
-    ClipTextModel, ClipVisionConfig, ClipVisionModel, OpenClipConfig, Resample, ResizeTo, OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
+    ClipTextModel, ClipVisionConfig, ClipVisionModel, OpenClipConfig, PixelConvention, Resample, ResizeTo,
+    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};

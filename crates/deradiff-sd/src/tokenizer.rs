@@ -124,7 +124,7 @@ fn read_specials(dir: &Path) -> Result<Specials> {
 /// A `tokenizer.json` through the `tokenizers` crate. The text must be JSON first (the crate
 /// panics on some malformed documents, e.g. one cut off inside `decoder`); a panic left in the
 /// crate's deserializers is caught and reported as an [`Error::Config`] too.
-fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer> {
+pub(crate) fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(_)) => {}
         Ok(_) => return Err(Error::config(path, "expected a JSON object (a tokenizers `tokenizer.json`)")),

@@ -15,20 +15,17 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip_reward::ClipScorer;
-use crate::error::{Error, Result};
-use crate::reward::Reward;
+use crate::error::Result;
+use crate::head::LinearHead;
+use crate::reward::{ImageScorer, Reward};
 use deradiff_sd::RgbImage;
-
-/// The most linear layers read from an MLP file (the published one has 5, at indices 0–7).
-const MAX_LAYER_INDEX: usize = 64;
 
 /// The aesthetic score of images (no prompt needed): the predictor's MLP on the normalised CLIP
 /// image embedding. Name `aesthetic`.
 #[derive(Debug)]
 pub struct AestheticScore {
     scorer: Arc<ClipScorer>,
-    /// `(weight [out, in], bias [out])` of each linear layer, in order, f64 on the CPU.
-    layers: Vec<(Vec<Vec<f64>>, Vec<f64>)>,
+    head: LinearHead,
     name: String,
 }
 
@@ -43,45 +40,14 @@ impl AestheticScore {
     /// The MLP's layers must chain: the first takes the CLIP projection's width, each the
     /// previous one's output, the last gives one value; an error names the tensor otherwise.
     pub fn new(scorer: Arc<ClipScorer>, mlp_file: impl AsRef<Path>) -> Result<Self> {
-        let file = mlp_file.as_ref();
-        let bad = |m: String| Error::InvalidArgument(format!("aesthetic predictor {}: {m}", file.display()));
-        let tensors = deradiff_sd::load_checked_file(file, "aesthetic predictor", DType::F64, &Device::Cpu, |vb| {
-            let mut out = Vec::new();
-            for i in 0..=MAX_LAYER_INDEX {
-                let w = format!("layers.{i}.weight");
-                if vb.contains_tensor(&w) {
-                    out.push((i, vb.get_unchecked(&w)?, vb.get_unchecked(&format!("layers.{i}.bias"))?));
-                }
-            }
-            Ok(out)
-        })
-        .map_err(|e| match e {
-            deradiff_sd::Error::NotSafetensors { .. } => Error::InvalidArgument(format!(
-                "{e}; the published predictor is a pickle: convert it with `python \
-                 scripts/convert_to_safetensors.py aesthetic <file>.pth <file>.safetensors`"
-            )),
-            other => other.into(),
-        })?;
-        if tensors.is_empty() {
-            return Err(bad("no `layers.N.weight` tensors (is it the aesthetic predictor's MLP?)".into()));
-        }
-        let mut width = scorer.model().config().projection_dim;
-        let mut layers = Vec::with_capacity(tensors.len());
-        for (i, w, b) in tensors {
-            let (wd, bd) = (w.dims().to_vec(), b.dims().to_vec());
-            if wd.len() != 2 || wd[1] != width || bd != [wd[0]] {
-                return Err(bad(format!(
-                    "`layers.{i}.weight` {wd:?} and `layers.{i}.bias` {bd:?} do not chain: expected weight [out, {width}] \
-                     and bias [out]"
-                )));
-            }
-            width = wd[0];
-            layers.push((w.to_vec2::<f64>()?, b.to_vec1::<f64>()?));
-        }
-        if width != 1 {
-            return Err(bad(format!("the last layer gives {width} values, not one score")));
-        }
-        Ok(Self { scorer, layers, name: "aesthetic".into() })
+        let head = LinearHead::load(
+            mlp_file.as_ref(),
+            "",
+            scorer.model().config().projection_dim,
+            "aesthetic predictor",
+            "python scripts/convert_to_safetensors.py aesthetic <file>.pth <file>.safetensors",
+        )?;
+        Ok(Self { scorer, head, name: "aesthetic".into() })
     }
 
     /// Another name (results-file column).
@@ -103,22 +69,8 @@ impl AestheticScore {
             .map(|row| {
                 let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
                 let norm = if norm == 0.0 { 1.0 } else { norm };
-                let mut x: Vec<f64> = row.iter().map(|v| v / norm).collect();
-                if x.len() != self.layers[0].0[0].len() {
-                    return Err(Error::InvalidArgument(format!(
-                        "image embeddings of width {} for an aesthetic predictor taking {}",
-                        x.len(),
-                        self.layers[0].0[0].len()
-                    )));
-                }
-                for (w, b) in &self.layers {
-                    x = w
-                        .iter()
-                        .zip(b)
-                        .map(|(row, bias)| row.iter().zip(&x).map(|(a, v)| a * v).sum::<f64>() + bias)
-                        .collect();
-                }
-                Ok(x[0])
+                let x: Vec<f64> = row.iter().map(|v| v / norm).collect();
+                self.head.apply(&x, "aesthetic predictor (image embeddings)")
             })
             .collect()
     }
@@ -141,5 +93,15 @@ impl Reward for AestheticScore {
     /// first ([`RgbImage::from_tensor`]); prompts are not used.
     fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         self.score_images(&RgbImage::from_tensor(samples)?)
+    }
+}
+
+impl ImageScorer for AestheticScore {
+    fn needs_prompts(&self) -> bool {
+        false
+    }
+
+    fn score_rgb(&self, images: &[RgbImage], _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        self.score_images(images)
     }
 }

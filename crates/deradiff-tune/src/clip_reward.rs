@@ -42,7 +42,7 @@ use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipModel, ClipPreprocessor, ClipTokenizer, RgbImage};
 
 use crate::error::{Error, Result};
-use crate::reward::Reward;
+use crate::reward::{ImageScorer, Reward};
 
 /// A `CLIPModel` with its tokenizer and image preprocessor: embeds images and prompts and gives
 /// their cosine similarities.
@@ -368,5 +368,21 @@ impl<K: CosineScore> Reward for CosineReward<K> {
 
     fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         Ok(self.scores_of_cosines(self.scorer.cosine_of_samples(samples, prompts, &self.name)?))
+    }
+}
+
+impl<K: CosineScore> ImageScorer for CosineReward<K> {
+    fn needs_prompts(&self) -> bool {
+        true
+    }
+
+    fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let prompts = prompts.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the reward {:?} scores images against prompts: give one prompt per image",
+                self.name
+            ))
+        })?;
+        self.score_images(images, prompts)
     }
 }

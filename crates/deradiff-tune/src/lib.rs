@@ -7,8 +7,9 @@
 //!
 //! * [`Reward`] — scores a batch of samples (optionally with one prompt per sample);
 //!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed; `ClipScore` and
-//!   `PickScore` for images, from any Hugging Face `CLIPModel` checkpoint (`clip_reward`,
-//!   feature `sd`, default).
+//!   `PickScore` for images, from any Hugging Face `CLIPModel` checkpoint (`clip_reward`), HPS v2
+//!   (`HpsScore`), the LAION aesthetic predictor (`aesthetic`) and ImageReward (`image_reward`),
+//!   each also an `ImageScorer` of 8-bit images (feature `sd`, default).
 //! * [`SweepModel`] — what is sampled ([`AnalyticModel`] for the testbed); [`Prompt`]s.
 //! * [`BatchedSampler`] — many λ in one run: the λ values share the batch dimension, each model
 //!   runs once per step for all of them, and every λ gets the noise of an unbatched run.
@@ -55,6 +56,10 @@ pub mod bo;
 pub mod clip_reward;
 pub mod error;
 pub mod gp;
+#[cfg(feature = "sd")]
+mod head;
+#[cfg(feature = "sd")]
+pub mod image_reward;
 pub mod model;
 pub mod objective;
 pub mod plot;
@@ -79,9 +84,13 @@ pub use clip_reward::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
+#[cfg(feature = "sd")]
+pub use image_reward::ImageRewardScore;
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
 pub use objective::SweepObjective;
 pub use prompts::{read_prompt_file, PromptEntry};
+#[cfg(feature = "sd")]
+pub use reward::ImageScorer;
 pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{Realignment, SdModel, SdSetup};

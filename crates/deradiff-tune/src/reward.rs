@@ -48,6 +48,19 @@ impl<R: Reward + ?Sized> Reward for Box<R> {
     }
 }
 
+/// A reward of 8-bit RGB images — what a user saves as PNG — with one prompt per image when it
+/// needs them: what `deradiff score` runs on files made by any tool. [`Reward::score`] of the
+/// same reward gives the same numbers for decoded samples (made 8-bit first).
+#[cfg(feature = "sd")]
+pub trait ImageScorer: Reward {
+    /// Whether [`Self::score_rgb`] needs prompts.
+    fn needs_prompts(&self) -> bool;
+
+    /// One score per image; `prompts` has one entry per image (an error when it is needed and
+    /// missing; ignored by rewards of the image alone).
+    fn score_rgb(&self, images: &[deradiff_sd::RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>>;
+}
+
 /// Scores a batch and checks the answer: one score per sample, every score finite (else
 /// [`Error::NonFiniteReward`], whose context names `context` and the sample).
 pub fn score_checked(

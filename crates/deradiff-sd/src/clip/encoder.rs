@@ -1,5 +1,6 @@
-//! transformers' `CLIPEncoderLayer`, shared by the text and the vision tower: pre-norm
-//! self-attention (softmax in f32, an optional additive mask) and MLP, with residuals.
+//! transformers' `CLIPEncoderLayer`, shared by the text and the vision tower (and BLIP's ViT,
+//! the same pre-norm layer with a fused `qkv`): pre-norm self-attention (softmax in f32, an
+//! optional additive mask) and MLP, with residuals.
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
@@ -62,8 +63,20 @@ impl Attention {
     }
 }
 
+/// The weights of one layer, for checkpoints whose names are not transformers' CLIP names.
+pub(crate) struct EncoderParts {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) out: Linear,
+    pub(crate) ln1: LayerNorm,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) ln2: LayerNorm,
+}
+
 /// One encoder layer (`encoder.layers.N`).
-pub(super) struct EncoderLayer {
+pub(crate) struct EncoderLayer {
     attn: Attention,
     ln1: LayerNorm,
     fc1: Linear,
@@ -85,7 +98,16 @@ impl EncoderLayer {
         })
     }
 
-    pub(super) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// A layer from its weights: `heads` attention heads of the width of `q`'s output.
+    pub(crate) fn from_parts(p: EncoderParts, heads: usize, act: ClipActivation) -> candle_core::Result<Self> {
+        let hidden = p.q.weight().dim(0)?;
+        let head_dim = hidden / heads.max(1);
+        let attn =
+            Attention { q: p.q, k: p.k, v: p.v, out: p.out, heads, head_dim, scale: (head_dim as f64).powf(-0.5) };
+        Ok(Self { attn, ln1: p.ln1, fc1: p.fc1, fc2: p.fc2, ln2: p.ln2, act })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
         let y = self.act.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
         self.fc2.forward(&y)? + x

@@ -13,7 +13,8 @@
 //! * [`ClipModel`] — `CLIPModel`: both towers, `visual_projection` and `logit_scale`;
 //! * both towers share one encoder layer (pre-norm attention with an optional causal mask, MLP);
 //! * [`ClipPreprocessor`] — `CLIPImageProcessor` with PIL's resampling ([`resize_like_pil`]), and
-//!   HPS v2's longest-side-and-pad preprocessing ([`ClipPreprocessor::longest_edge_pad`]);
+//!   HPS v2's longest-side-and-pad preprocessing ([`ClipPreprocessor::longest_edge_pad`]) and
+//!   openai/CLIP's torchvision transform ([`ClipPreprocessor::openai_clip`], ImageReward's);
 //! * open_clip checkpoints (HPS v2's ViT-H-14) mapped onto [`ClipModel`]
 //!   ([`ClipModel::load_open_clip`], [`OpenClipConfig`]).
 //!
@@ -28,7 +29,7 @@
 //! pixels identical.
 
 mod config;
-mod encoder;
+pub(crate) mod encoder;
 mod model;
 mod open_clip;
 mod processor;
@@ -38,6 +39,8 @@ mod vision;
 pub use config::{ClipActivation, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::ClipModel;
 pub use open_clip::OpenClipConfig;
-pub use processor::{resize_like_pil, ClipPreprocessor, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
+pub use processor::{
+    resize_like_pil, ClipPreprocessor, PixelConvention, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
 pub use text::{ClipOutput, ClipTextModel};
 pub use vision::ClipVisionModel;

@@ -311,6 +311,20 @@ pub enum ResizeTo {
     LongestEdgePad(usize),
 }
 
+/// Whose arithmetic the crop offset and the rescaling follow: they differ in the last place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PixelConvention {
+    /// transformers' image processors: the crop's top-left at `⌊(size − crop) / 2⌋`; rescaling
+    /// in f64, then f32.
+    #[default]
+    Transformers,
+    /// torchvision's transforms on PIL images (`CenterCrop`, `ToTensor`): the top-left at
+    /// `int(round((size − crop) / 2))` (Python's round, half to even: a difference of 3 puts
+    /// it at 2, not 1); `ToTensor` divides by 255 in f32. openai/CLIP's `_transform` and
+    /// ImageReward use them.
+    Torchvision,
+}
+
 /// transformers' `CLIPImageProcessor` (PIL backend): optional resize, center crop (zero-padded
 /// when the image is smaller than the crop), rescale, normalise; channels first.
 #[derive(Debug, Clone, PartialEq)]
@@ -335,6 +349,8 @@ pub struct ClipPreprocessor {
     pub image_mean: [f64; 3],
     /// Per-channel standard deviation.
     pub image_std: [f64; 3],
+    /// The crop's rounding and the rescaling's arithmetic.
+    pub convention: PixelConvention,
 }
 
 impl Default for ClipPreprocessor {
@@ -352,6 +368,7 @@ impl Default for ClipPreprocessor {
             do_normalize: true,
             image_mean: OPENAI_CLIP_MEAN,
             image_std: OPENAI_CLIP_STD,
+            convention: PixelConvention::Transformers,
         }
     }
 }
@@ -390,6 +407,12 @@ fn json_triple(o: &serde_json::Map<String, Value>, field: &str, default: [f64; 3
     }
 }
 
+/// torchvision's `ToTensor` of an 8-bit value: `x.float().div(255)` in f32 (a rescale factor
+/// other than 1/255 multiplies that by `factor · 255`).
+fn to_tensor(x: u8, factor: f64) -> f32 {
+    f32::from(x) * (factor * 255.0) as f32 / 255.0
+}
+
 /// `image` padded with zeros to `n × n`, centred as torchvision's `F.pad(img, [left, top, right,
 /// bottom])` with `left = ⌊(n − w) / 2⌋`, `top = ⌊(n − h) / 2⌋` places it.
 fn pad_to_square(image: &RgbImage, n: usize) -> Result<RgbImage> {
@@ -415,6 +438,19 @@ impl ClipPreprocessor {
             size: ResizeTo::LongestEdgePad(image_size),
             do_center_crop: false,
             crop_size: (image_size, image_size),
+            ..Self::default()
+        }
+    }
+
+    /// openai/CLIP's `_transform(n)`, which ImageReward uses: torchvision's `Resize(n,
+    /// BICUBIC)` on the PIL image (the shorter side to `n`), `CenterCrop(n)` (torchvision's
+    /// rounding), `ToTensor`, `Normalize` with OpenAI's mean and std
+    /// ([`PixelConvention::Torchvision`]).
+    pub fn openai_clip(n: usize) -> Self {
+        Self {
+            size: ResizeTo::ShortestEdge(n),
+            crop_size: (n, n),
+            convention: PixelConvention::Torchvision,
             ..Self::default()
         }
     }
@@ -521,6 +557,7 @@ impl ClipPreprocessor {
             do_normalize: json_bool(&o, "do_normalize", d.do_normalize, path)?,
             image_mean,
             image_std,
+            convention: PixelConvention::Transformers,
         })
     }
 
@@ -588,10 +625,15 @@ impl ClipPreprocessor {
         }
         let (ch, cw) = self.crop_size;
         let (h, w) = (resized.height() as i64, resized.width() as i64);
-        // transformers' `center_crop`: top-left at ⌊(size − crop) / 2⌋; outside the image (a
-        // crop larger than the image) is zero.
-        let top = (h - ch as i64).div_euclid(2);
-        let left = (w - cw as i64).div_euclid(2);
+        // transformers' `center_crop`: top-left at ⌊(size − crop) / 2⌋, torchvision's at
+        // round_half_even((size − crop) / 2); outside the image (a crop larger than the image)
+        // is zero.
+        let offset = |d: i64| match self.convention {
+            PixelConvention::Transformers => d.div_euclid(2),
+            PixelConvention::Torchvision => (d as f64 / 2.0).round_ties_even() as i64,
+        };
+        let top = offset(h - ch as i64);
+        let left = offset(w - cw as i64);
         let src = resized.data();
         let mut data = vec![0u8; ch * cw * 3];
         for y in 0..ch {
@@ -623,9 +665,13 @@ impl ClipPreprocessor {
         let std = self.image_std.map(|s| s as f32);
         for (i, px) in img.data().chunks_exact(3).enumerate() {
             for c in 0..3 {
-                // transformers: rescale in f64 then to f32; normalise in f32.
-                let mut v =
-                    if self.do_rescale { (f64::from(px[c]) * self.rescale_factor) as f32 } else { f32::from(px[c]) };
+                // transformers: rescale in f64 then to f32; torchvision's ToTensor: x / 255 in
+                // f32 (for another factor, x · factor in f32). Normalise in f32.
+                let mut v = match (self.do_rescale, self.convention) {
+                    (false, _) => f32::from(px[c]),
+                    (true, PixelConvention::Transformers) => (f64::from(px[c]) * self.rescale_factor) as f32,
+                    (true, PixelConvention::Torchvision) => to_tensor(px[c], self.rescale_factor),
+                };
                 if self.do_normalize {
                     v = (v - mean[c]) / std[c];
                 }
@@ -645,12 +691,8 @@ impl ClipPreprocessor {
         let mut planar = vec![0f32; 3 * h * w];
         for (i, px) in image.data().chunks_exact(3).enumerate() {
             for c in 0..3 {
-                // torchvision's ToTensor: `x.float().div(255)`, in f32.
-                planar[c * h * w + i] = if self.do_rescale {
-                    f32::from(px[c]) * (self.rescale_factor * 255.0) as f32 / 255.0
-                } else {
-                    f32::from(px[c])
-                };
+                planar[c * h * w + i] =
+                    if self.do_rescale { to_tensor(px[c], self.rescale_factor) } else { f32::from(px[c]) };
             }
         }
         let (nh, nw) = self.resized_size(h, w);
