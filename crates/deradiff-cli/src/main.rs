@@ -7,6 +7,7 @@
 mod checkpoint;
 mod error;
 mod lora;
+mod rewards;
 mod sample;
 mod score;
 mod shards;

@@ -3,13 +3,12 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::DType;
 use deradiff_sd::{parse_device, RgbImage};
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, PickScore};
 
 use crate::error::{CliError, Context, Result};
+use crate::rewards::{RewardArgs, GIVE_A_REWARD};
 
 /// The most images one `score` run reads.
 const MAX_IMAGES: usize = 100_000;
@@ -33,31 +32,8 @@ pub(crate) struct ScoreArgs {
     /// The field / CSV column holding the prompt.
     #[arg(long, requires = "prompts_file")]
     prompt_column: Option<String>,
-    /// CLIP score from a CLIPModel directory.
-    #[arg(long)]
-    clip: Option<PathBuf>,
-    /// PickScore from a CLIPModel directory (e.g. PickScore_v1).
-    #[arg(long)]
-    pickscore: Option<PathBuf>,
-    /// The tokenizer/preprocessor directory of --pickscore, if it is not in the model directory.
-    #[arg(long)]
-    pickscore_processor: Option<PathBuf>,
-    /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (with --hps-config and
-    /// --hps-tokenizer).
-    #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
-    hps: Option<PathBuf>,
-    /// The open_clip_config.json of --hps.
-    #[arg(long, requires = "hps")]
-    hps_config: Option<PathBuf>,
-    /// A CLIP tokenizer directory for --hps.
-    #[arg(long, requires = "hps")]
-    hps_tokenizer: Option<PathBuf>,
-    /// The LAION aesthetic predictor's CLIP model directory (with --aesthetic-mlp).
-    #[arg(long, requires = "aesthetic_mlp")]
-    aesthetic: Option<PathBuf>,
-    /// The aesthetic predictor's MLP (safetensors).
-    #[arg(long, requires = "aesthetic")]
-    aesthetic_mlp: Option<PathBuf>,
+    #[command(flatten)]
+    rewards: RewardArgs,
     /// Device: cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -109,13 +85,9 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
         Some("csv") => true,
         _ => return Err(CliError::usage(format!("--out {}: the name must end in .jsonl or .csv", args.out.display()))),
     };
-    if args.clip.is_none() && args.pickscore.is_none() && args.aesthetic.is_none() && args.hps.is_none() {
-        return Err(CliError::usage(
-            "give a reward: --clip DIR, --pickscore DIR, --hps FILE (with --hps-config, --hps-tokenizer) and/or \
-             --aesthetic DIR --aesthetic-mlp FILE",
-        ));
+    if args.rewards.given().is_empty() {
+        return Err(CliError::usage(format!("give a reward: {GIVE_A_REWARD}")));
     }
-    let needs_prompts = args.clip.is_some() || args.pickscore.is_some() || args.hps.is_some();
     let files = image_files(&args.images)?;
     // The prompt of each image: (id, text).
     let prompts: Option<Vec<(String, String)>> = match (&args.prompt, &args.prompts_file) {
@@ -135,51 +107,19 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
             }
             Some(entries.into_iter().map(|e| (e.id, e.text)).collect())
         }
-        (None, None) if needs_prompts => {
-            return Err(CliError::usage(
-                "--clip, --pickscore and --hps score images against prompts: give --prompt or --prompts-file",
-            ))
-        }
-        (None, None) => None,
+        (None, None) => match args.rewards.needing_prompts() {
+            Some(flag) => {
+                return Err(CliError::usage(format!(
+                    "{flag} scores images against prompts: give --prompt or --prompts-file"
+                )))
+            }
+            None => None,
+        },
     };
     let device =
         parse_device(&args.device).usage_context(format!("--device {} is not a usable device", args.device))?;
-    let mut names = Vec::new();
-    let mut clip = None;
-    let mut pick = None;
-    let mut aesthetic = None;
-    let mut hps = None;
-    if let Some(dir) = &args.clip {
-        clip = Some(
-            ClipScore::load(dir, DType::F32, &device)
-                .with_context(|| format!("cannot load --clip {}", dir.display()))?,
-        );
-        names.push("clip_score");
-    }
-    if let Some(dir) = &args.pickscore {
-        let processor = args.pickscore_processor.as_deref().unwrap_or(dir);
-        let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
-            .with_context(|| format!("cannot load --pickscore {}", dir.display()))?;
-        pick = Some(PickScore::new(Arc::new(scorer)));
-        names.push("pickscore");
-    }
-    if let (Some(file), Some(config), Some(tokenizer)) = (&args.hps, &args.hps_config, &args.hps_tokenizer) {
-        hps = Some(
-            HpsScore::load_open_clip(file, config, tokenizer, DType::F32, &device)
-                .with_context(|| format!("cannot load --hps {}", file.display()))?,
-        );
-        names.push("hps");
-    }
-    if let (Some(dir), Some(mlp)) = (&args.aesthetic, &args.aesthetic_mlp) {
-        aesthetic = Some(AestheticScore::load(dir, mlp, DType::F32, &device).with_context(|| {
-            format!(
-                "cannot load the aesthetic predictor (--aesthetic {} --aesthetic-mlp {})",
-                dir.display(),
-                mlp.display()
-            )
-        })?);
-        names.push("aesthetic");
-    }
+    let rewards = args.rewards.load(DType::F32, &device)?;
+    let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
     let mut rows = Vec::with_capacity(files.len());
     // In batches (as a library call on a slice of images scores them), images read per batch.
     for (b, chunk) in files.chunks(BATCH).enumerate() {
@@ -193,19 +133,11 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
             Some(p) => p[first..first + chunk.len()].iter().map(|(_, t)| t.as_str()).collect(),
             None => Vec::new(),
         };
-        let mut columns: Vec<Vec<f64>> = Vec::new();
-        if let Some(r) = &clip {
-            columns.push(r.score_images(&images, &texts).context("CLIP score")?);
-        }
-        if let Some(r) = &pick {
-            columns.push(r.score_images(&images, &texts).context("PickScore")?);
-        }
-        if let Some(r) = &hps {
-            columns.push(r.score_images(&images, &texts).context("HPS")?);
-        }
-        if let Some(r) = &aesthetic {
-            columns.push(r.score_images(&images).context("aesthetic score")?);
-        }
+        let texts = prompts.as_ref().map(|_| texts.as_slice());
+        let columns = rewards
+            .iter()
+            .map(|r| r.score_rgb(&images, texts).with_context(|| format!("the {} of --images", r.name())))
+            .collect::<Result<Vec<_>>>()?;
         for (i, file) in chunk.iter().enumerate() {
             rows.push(Row {
                 image: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -224,7 +156,7 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn jsonl(names: &[&str], rows: &[Row]) -> Result<String> {
+fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     let mut out = String::new();
     for row in rows {
         let mut obj = serde_json::Map::new();
@@ -236,7 +168,7 @@ fn jsonl(names: &[&str], rows: &[Row]) -> Result<String> {
         for (name, &s) in names.iter().zip(&row.scores) {
             let v = serde_json::Number::from_f64(s)
                 .ok_or_else(|| CliError::runtime(format!("{}: the {name} is {s}, not a finite number", row.image)))?;
-            obj.insert((*name).into(), v.into());
+            obj.insert(name.clone(), v.into());
         }
         out.push_str(&serde_json::Value::Object(obj).to_string());
         out.push('\n');
@@ -244,7 +176,7 @@ fn jsonl(names: &[&str], rows: &[Row]) -> Result<String> {
     Ok(out)
 }
 
-fn csv(names: &[&str], rows: &[Row]) -> String {
+fn csv(names: &[String], rows: &[Row]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = String::from("image,prompt_id,prompt");
     for n in names {

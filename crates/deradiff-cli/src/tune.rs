@@ -5,17 +5,17 @@ use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
-use std::sync::Arc;
 
 use crate::checkpoint::{check_aligned_family, check_reference_layout};
 use crate::error::{CliError, Context, Result};
+use crate::rewards::{RewardArgs, GIVE_A_REWARD};
 use crate::{check_out_dir, print_stdout, progress_bar, RewardArg, SchedulerArg};
 use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions};
 use deradiff_tune::{
-    agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AestheticScore,
-    AgreementConfig, AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, ClipScore, ClipScorer,
-    HpsScore, IfExists, ManifoldPenalty, PairBy, PickScore, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig,
-    SweepEvent, SweepModel, SweepObjective, SweepOutput, TrueReward, MAX_PROMPTS,
+    agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
+    AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, IfExists, ManifoldPenalty, PairBy, Prompt,
+    Realignment, Reward, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel, SweepObjective, SweepOutput,
+    TrueReward, MAX_PROMPTS,
 };
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
@@ -41,35 +41,8 @@ pub struct TestbedArgs {
     /// text, the first present).
     #[arg(long, help_heading = "Stable Diffusion", requires = "prompts_file")]
     prompt_column: Option<String>,
-    /// Stable Diffusion: CLIP score reward from a Hugging Face CLIPModel directory.
-    #[arg(long, help_heading = "Stable Diffusion")]
-    clip: Option<PathBuf>,
-    /// Stable Diffusion: PickScore reward from a CLIPModel directory (e.g. PickScore_v1).
-    #[arg(long, help_heading = "Stable Diffusion")]
-    pickscore: Option<PathBuf>,
-    /// Stable Diffusion: the tokenizer/preprocessor directory of --pickscore, if it is not in
-    /// the model directory (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
-    #[arg(long, help_heading = "Stable Diffusion")]
-    pickscore_processor: Option<PathBuf>,
-    /// Stable Diffusion: the LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14,
-    /// a CLIPModel directory); give its MLP with --aesthetic-mlp.
-    #[arg(long, help_heading = "Stable Diffusion", requires = "aesthetic_mlp")]
-    aesthetic: Option<PathBuf>,
-    /// Stable Diffusion: the aesthetic predictor's MLP as safetensors (convert the published
-    /// sac+logos+ava1-l14-linearMSE.pth with scripts/convert_to_safetensors.py aesthetic).
-    #[arg(long, help_heading = "Stable Diffusion", requires = "aesthetic")]
-    aesthetic_mlp: Option<PathBuf>,
-    /// Stable Diffusion: HPS v2 / v2.1 reward from its open_clip checkpoint as safetensors
-    /// (scripts/convert_to_safetensors.py hps); with --hps-config and --hps-tokenizer.
-    #[arg(long, help_heading = "Stable Diffusion", requires_all = ["hps_config", "hps_tokenizer"])]
-    hps: Option<PathBuf>,
-    /// Stable Diffusion: the open_clip_config.json of --hps (ViT-H-14's).
-    #[arg(long, help_heading = "Stable Diffusion", requires = "hps")]
-    hps_config: Option<PathBuf>,
-    /// Stable Diffusion: a CLIP tokenizer directory for --hps (vocab.json + merges.txt, e.g.
-    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
-    #[arg(long, help_heading = "Stable Diffusion", requires = "hps")]
-    hps_tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    rewards: RewardArgs,
     /// Stable Diffusion: guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true, help_heading = "Stable Diffusion")]
     guidance: f64,
@@ -170,13 +143,11 @@ impl TestbedArgs {
         match (&self.reference, &self.aligned) {
             (Some(reference), Some(aligned)) => self.build_sd(reference, aligned),
             _ => {
+                let reward_flag = self.rewards.given().first().copied();
                 for (flag, given) in [
                     ("--prompt", !self.prompt.is_empty()),
                     ("--prompts-file", self.prompts_file.is_some()),
-                    ("--clip", self.clip.is_some()),
-                    ("--pickscore", self.pickscore.is_some()),
-                    ("--aesthetic", self.aesthetic.is_some()),
-                    ("--hps", self.hps.is_some()),
+                    (reward_flag.unwrap_or_default(), reward_flag.is_some()),
                     ("--realign weights", self.realign == crate::sample::RealignArg::Weights),
                     ("--lora-scale", self.lora_scale != 1.0),
                     ("--separate-passes", self.separate_passes),
@@ -229,42 +200,14 @@ impl TestbedArgs {
             parse_device(&self.device).usage_context(format!("--device {} is not a usable device", self.device))?;
         check_dtype_supported(dtype, &device)
             .usage_context(format!("--dtype {} cannot run on --device {}", self.dtype, self.device))?;
-        if self.clip.is_none() && self.pickscore.is_none() && self.aesthetic.is_none() && self.hps.is_none() {
-            return Err(CliError::usage(
-                "give a reward for a Stable Diffusion sweep: --clip DIR, --pickscore DIR, --hps FILE (with \
-                 --hps-config and --hps-tokenizer) and/or --aesthetic DIR --aesthetic-mlp FILE",
-            ));
+        if self.rewards.given().is_empty() {
+            return Err(CliError::usage(format!("give a reward for a Stable Diffusion sweep: {GIVE_A_REWARD}")));
         }
         let scheduler = self.scheduler.kind(self.eta)?;
         check_reference_layout(reference)?;
         check_aligned_family(reference, &[aligned.to_path_buf()])?;
-        let mut rewards: Vec<Box<dyn Reward>> = Vec::new();
-        if let Some(dir) = &self.clip {
-            let scorer = ClipScorer::load(dir, DType::F32, &device)
-                .with_context(|| format!("cannot load the --clip model {}", dir.display()))?;
-            rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
-        }
-        if let Some(dir) = &self.pickscore {
-            let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
-            let scorer = ClipScorer::load_with_processor(dir, processor, DType::F32, &device)
-                .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
-            rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
-        }
-        if let (Some(file), Some(config), Some(tokenizer)) = (&self.hps, &self.hps_config, &self.hps_tokenizer) {
-            let reward = HpsScore::load_open_clip(file, config, tokenizer, DType::F32, &device)
-                .with_context(|| format!("cannot load the HPS model --hps {}", file.display()))?;
-            rewards.push(Box::new(reward));
-        }
-        if let (Some(dir), Some(mlp)) = (&self.aesthetic, &self.aesthetic_mlp) {
-            let reward = AestheticScore::load(dir, mlp, DType::F32, &device).with_context(|| {
-                format!(
-                    "cannot load the aesthetic predictor (--aesthetic {} --aesthetic-mlp {})",
-                    dir.display(),
-                    mlp.display()
-                )
-            })?;
-            rewards.push(Box::new(reward));
-        }
+        let rewards: Vec<Box<dyn Reward>> =
+            self.rewards.load(DType::F32, &device)?.into_iter().map(|r| -> Box<dyn Reward> { r }).collect();
         if !self.lora_scale.is_finite() {
             return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
         }

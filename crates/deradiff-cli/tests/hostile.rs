@@ -30,6 +30,14 @@ impl Scratch {
         s.write("random.safetensors", &[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
         s.write("zip.safetensors", b"PK\x03\x04\x14\x00\x00\x00");
         s.write("a-file", b"not a folder");
+        // A folder of "images" and ImageReward folders: empty, pickled, with a hostile config.
+        for d in ["imgs", "ir-empty", "ir-pickle", "ir-config"] {
+            std::fs::create_dir_all(s.root.join(d)).unwrap();
+        }
+        s.write("imgs/a.png", b"\x89PNG\r\n\x1a\n truncated");
+        s.write("ir-pickle/med_config.json", br#"{"add_cross_attention": true}"#);
+        s.write("ir-pickle/model.safetensors", b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.");
+        s.write("ir-config/med_config.json", br#"{"add_cross_attention": true, "hidden_size": 1e12}"#);
         // Results files whose rewards are ±1e308 and 1e200 (statistics and axes overflow).
         let header = r#"{"format":"deradiff-sweep","version":1,"model":"m","samples_per_prompt":1,"rewards":["true"]}"#;
         let row = |l: f64, p: &str, v: f64| {
@@ -99,6 +107,11 @@ fn hostile_inputs_end_in_clear_errors() {
     };
     let args = |a: &[&str]| -> Vec<String> { a.iter().map(|x| x.to_string()).collect() };
     let p = |n: &str| s.path(n);
+    let score = |extra: &[&str]| -> Vec<String> {
+        let mut v = args(&["score", "--images", &p("imgs"), "--prompt", "x", "--out", &p("o-score.jsonl")]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
 
     let cases: Vec<(&str, Vec<String>)> = vec![
         // demo
@@ -265,6 +278,17 @@ fn hostile_inputs_end_in_clear_errors() {
         (
             "compare: unknown pairing",
             args(&["compare", &p("big-a.jsonl"), &p("big-b.jsonl"), "--by", "nope", "--out", &p("o-cmp10")]),
+        ),
+        // score: hostile reward folders
+        ("score: --image-reward a file", score(&["--image-reward", &p("a-file")])),
+        ("score: --image-reward a FIFO", score(&["--image-reward", &p("fifo")])),
+        ("score: --image-reward a link loop", score(&["--image-reward", &p("loop-a")])),
+        ("score: --image-reward an empty folder", score(&["--image-reward", &p("ir-empty")])),
+        ("score: --image-reward a pickle", score(&["--image-reward", &p("ir-pickle")])),
+        ("score: --image-reward hidden_size 1e12", score(&["--image-reward", &p("ir-config")])),
+        (
+            "score: --image-reward without prompts",
+            args(&["score", "--images", &p("imgs"), "--image-reward", &p("ir-empty")]),
         ),
         // no subcommand, unknown flags
         ("no subcommand", args(&[])),

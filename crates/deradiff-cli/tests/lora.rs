@@ -232,7 +232,7 @@ fn sweep_realigns_a_lora_in_weight_space_and_records_it() {
 }
 
 #[test]
-fn sweep_scores_with_the_aesthetic_predictor_and_hps() {
+fn sweep_scores_with_the_aesthetic_predictor_hps_and_image_reward() {
     let dir = out_dir("aesthetic");
     let tune = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures");
     let (clip, mlp) = (tune.join("clip/clip-quick-gelu"), tune.join("aesthetic/mlp-16.safetensors"));
@@ -258,6 +258,8 @@ fn sweep_scores_with_the_aesthetic_predictor_and_hps() {
         tune.join("hps/open_clip_config.json").to_str().unwrap(),
         "--hps-tokenizer",
         tune.join("clip/clip-gelu").to_str().unwrap(),
+        "--image-reward",
+        tune.join("image_reward").to_str().unwrap(),
         "--steps",
         "2",
         "--samples",
@@ -271,6 +273,23 @@ fn sweep_scores_with_the_aesthetic_predictor_and_hps() {
     assert_eq!(jsonl.lines().count(), 3, "{jsonl}");
     assert!(jsonl.lines().nth(1).unwrap().contains("\"aesthetic\""), "{jsonl}");
     assert!(jsonl.lines().nth(1).unwrap().contains("\"hps\""), "{jsonl}");
+    assert!(jsonl.lines().nth(1).unwrap().contains("\"image_reward\""), "{jsonl}");
+    // compare reads any reward column of a results file, ImageReward's too.
+    let results = out.join("sweep.jsonl");
+    let o = deradiff(&[
+        "compare",
+        results.to_str().unwrap(),
+        results.to_str().unwrap(),
+        "--reward",
+        "image_reward",
+        "--out",
+        dir.join("compare").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let agreement: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("compare/agreement.json")).unwrap()).unwrap();
+    assert_eq!(agreement["n"], 2, "{agreement}");
+    assert_eq!(agreement["mae"]["value"], 0.0, "{agreement}");
     // Without its MLP: a usage error naming the missing option.
     let o =
         deradiff(&["sweep", "--reference", &reference, "--aligned", &aligned, "--aesthetic", clip.to_str().unwrap()]);

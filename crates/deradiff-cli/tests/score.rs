@@ -1,5 +1,5 @@
 //! `deradiff score` on a folder of PNGs: the same scores as the library calls on the same
-//! images (CLIP score, PickScore, HPS v2, the aesthetic predictor), JSON lines and CSV; bad images,
+//! images (CLIP score, PickScore, HPS v2, the aesthetic predictor, ImageReward), JSON lines and CSV; bad images,
 //! missing prompts and mismatched counts are errors that say what to fix.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, PickScore};
+use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, PickScore};
 
 fn deradiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
@@ -79,6 +79,8 @@ fn scores_equal_the_library_calls() {
         s(&pick),
         "--aesthetic-mlp".into(),
         s(&mlp),
+        "--image-reward".into(),
+        s(&tune_fixture("image_reward")),
         "--quiet".into(),
         "--out".into(),
     ];
@@ -107,6 +109,10 @@ fn scores_equal_the_library_calls() {
     .score_images(&imgs, &prompt_refs)
     .unwrap();
     let want_aes = AestheticScore::load(&pick, &mlp, DType::F32, &Device::Cpu).unwrap().score_images(&imgs).unwrap();
+    let want_ir = ImageRewardScore::load(tune_fixture("image_reward"), DType::F32, &Device::Cpu)
+        .unwrap()
+        .score_images(&imgs, &prompt_refs)
+        .unwrap();
     let rows: Vec<serde_json::Value> =
         std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 4);
@@ -117,13 +123,14 @@ fn scores_equal_the_library_calls() {
         assert_eq!(row["pickscore"].as_f64().unwrap(), want_pick[i], "row {i}");
         assert_eq!(row["hps"].as_f64().unwrap(), want_hps[i], "row {i}");
         assert_eq!(row["aesthetic"].as_f64().unwrap(), want_aes[i], "row {i}");
+        assert_eq!(row["image_reward"].as_f64().unwrap(), want_ir[i], "row {i}");
     }
     // CSV: a header and a row per image, the quoted prompt intact.
     let csv_out = dir.join("scores.csv");
     assert!(run(&csv_out).status.success());
     let csv = std::fs::read_to_string(&csv_out).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
-    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,hps,aesthetic\n"), "{csv}");
+    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,hps,aesthetic,image_reward\n"), "{csv}");
     assert!(csv.contains("\"a blue sphere, \"\"glossy\"\"\""), "{csv}");
 }
 
@@ -165,6 +172,16 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
             "3 prompts for the 4 PNG files",
         ),
         (vec!["--images".into(), p(&folder), "--clip".into(), p(&clip)], 2, "give --prompt or --prompts-file"),
+        (
+            vec!["--images".into(), p(&folder), "--image-reward".into(), p(&tune_fixture("image_reward"))],
+            2,
+            "--image-reward scores images against prompts",
+        ),
+        (
+            vec!["--images".into(), p(&folder), "--prompt".into(), "x".into(), "--image-reward".into(), p(&clip)],
+            1,
+            "cannot load --image-reward",
+        ),
         (
             vec!["--images".into(), p(&empty), "--prompt".into(), "x".into(), "--clip".into(), p(&clip)],
             2,

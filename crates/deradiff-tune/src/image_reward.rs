@@ -11,9 +11,9 @@
 //! layers, no activations).
 //!
 //! The model folder holds `model.safetensors` (the published `ImageReward.pt`, converted with
-//! `python scripts/convert_to_safetensors.py image-reward ImageReward.pt
-//! <dir>/model.safetensors`), the Hub's `med_config.json`, and bert-base-uncased's `vocab.txt` or
-//! `tokenizer.json`; `vision_config.json` is optional (ImageReward's ViT-L otherwise).
+//! `python scripts/convert_to_safetensors.py image-reward ImageReward.pt DIR/model.safetensors`),
+//! the Hub's `med_config.json`, and bert-base-uncased's `vocab.txt` or `tokenizer.json`;
+//! `vision_config.json` is optional (ImageReward's ViT-L otherwise).
 //!
 //! Checked against the package's own code on a tiny random model
 //! (`scripts/gen_image_reward_fixtures.py`, `tests/image_reward.rs`): token ids equal,

@@ -1,0 +1,114 @@
+//! The image rewards of `sweep`, `tune` and `score`: one set of options, one loader.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
+
+use crate::error::{Context, Result};
+
+/// What to say when no reward is given.
+pub(crate) const GIVE_A_REWARD: &str = "--clip DIR, --pickscore DIR, --hps FILE (with --hps-config and \
+     --hps-tokenizer), --aesthetic DIR --aesthetic-mlp FILE and/or --image-reward DIR";
+
+/// Image rewards, each from its published checkpoint (converted to safetensors where it ships as
+/// a pickle: scripts/convert_to_safetensors.py).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Rewards (Stable Diffusion)")]
+pub(crate) struct RewardArgs {
+    /// CLIP score from a Hugging Face CLIPModel directory.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// PickScore from a CLIPModel directory (e.g. PickScore_v1).
+    #[arg(long)]
+    pickscore: Option<PathBuf>,
+    /// The tokenizer/preprocessor directory of --pickscore, if it is not in the model directory
+    /// (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
+    #[arg(long, requires = "pickscore")]
+    pickscore_processor: Option<PathBuf>,
+    /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (scripts/convert_to_safetensors.py
+    /// hps); with --hps-config and --hps-tokenizer.
+    #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
+    hps: Option<PathBuf>,
+    /// The open_clip_config.json of --hps (ViT-H-14's).
+    #[arg(long, requires = "hps")]
+    hps_config: Option<PathBuf>,
+    /// A CLIP tokenizer directory for --hps (vocab.json + merges.txt, e.g.
+    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
+    #[arg(long, requires = "hps")]
+    hps_tokenizer: Option<PathBuf>,
+    /// The LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14, a CLIPModel
+    /// directory); give its MLP with --aesthetic-mlp.
+    #[arg(long, requires = "aesthetic_mlp")]
+    aesthetic: Option<PathBuf>,
+    /// The aesthetic predictor's MLP as safetensors (convert the published
+    /// sac+logos+ava1-l14-linearMSE.pth with scripts/convert_to_safetensors.py aesthetic).
+    #[arg(long, requires = "aesthetic")]
+    aesthetic_mlp: Option<PathBuf>,
+    /// ImageReward from a folder: model.safetensors (ImageReward.pt converted with
+    /// scripts/convert_to_safetensors.py image-reward), the Hub's med_config.json and
+    /// bert-base-uncased's vocab.txt or tokenizer.json.
+    #[arg(long)]
+    image_reward: Option<PathBuf>,
+}
+
+impl RewardArgs {
+    /// The reward options given (to refuse them where no images are made).
+    pub(crate) fn given(&self) -> Vec<&'static str> {
+        [
+            ("--clip", self.clip.is_some()),
+            ("--pickscore", self.pickscore.is_some()),
+            ("--hps", self.hps.is_some()),
+            ("--aesthetic", self.aesthetic.is_some()),
+            ("--image-reward", self.image_reward.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// The first reward given that scores images against prompts (all but the aesthetic
+    /// predictor), as its option.
+    pub(crate) fn needing_prompts(&self) -> Option<&'static str> {
+        self.given().into_iter().find(|&flag| flag != "--aesthetic")
+    }
+
+    /// Loads every reward given, in a fixed order (clip_score, pickscore, hps, aesthetic,
+    /// image_reward: the results files' columns).
+    pub(crate) fn load(&self, dtype: DType, device: &Device) -> Result<Vec<Box<dyn ImageScorer>>> {
+        let mut rewards: Vec<Box<dyn ImageScorer>> = Vec::new();
+        if let Some(dir) = &self.clip {
+            let scorer = ClipScorer::load(dir, dtype, device)
+                .with_context(|| format!("cannot load the --clip model {}", dir.display()))?;
+            rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
+        }
+        if let Some(dir) = &self.pickscore {
+            let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
+            let scorer = ClipScorer::load_with_processor(dir, processor, dtype, device)
+                .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
+            rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
+        }
+        if let (Some(file), Some(config), Some(tokenizer)) = (&self.hps, &self.hps_config, &self.hps_tokenizer) {
+            let reward = HpsScore::load_open_clip(file, config, tokenizer, dtype, device)
+                .with_context(|| format!("cannot load the HPS model --hps {}", file.display()))?;
+            rewards.push(Box::new(reward));
+        }
+        if let (Some(dir), Some(mlp)) = (&self.aesthetic, &self.aesthetic_mlp) {
+            let reward = AestheticScore::load(dir, mlp, dtype, device).with_context(|| {
+                format!(
+                    "cannot load the aesthetic predictor (--aesthetic {} --aesthetic-mlp {})",
+                    dir.display(),
+                    mlp.display()
+                )
+            })?;
+            rewards.push(Box::new(reward));
+        }
+        if let Some(dir) = &self.image_reward {
+            let reward = ImageRewardScore::load(dir, dtype, device)
+                .with_context(|| format!("cannot load --image-reward {}", dir.display()))?;
+            rewards.push(Box::new(reward));
+        }
+        Ok(rewards)
+    }
+}
