@@ -24,8 +24,9 @@ pub struct SampleArgs {
     /// or one .safetensors file; or a LoRA adapter of the reference UNet (a .safetensors file in
     /// the diffusers, peft or kohya layout, or a folder with pytorch_lora_weights.safetensors or
     /// adapter_model.safetensors + adapter_config.json), which runs with the reference in one
-    /// batched UNet pass. Repeat for several aligned models (one per reward).
-    #[arg(long, required = true)]
+    /// batched UNet pass. Repeat for several aligned models (one per reward). Without it the
+    /// reference alone is sampled (one UNet per step: the baseline image and time).
+    #[arg(long)]
     aligned: Vec<PathBuf>,
     /// Multiplier of every LoRA --aligned adapter (1: the adapter as trained, at its own
     /// alpha / rank scale).
@@ -168,6 +169,17 @@ fn check_weights(w: &[f64], k: usize) -> Result<()> {
 
 fn settings(args: &SampleArgs) -> Result<Vec<Setting>> {
     let k = args.aligned.len();
+    if k == 0 {
+        for (flag, given) in [("--lambda", args.lambda.is_some()), ("--weights", args.weights.is_some())] {
+            if given {
+                return Err(CliError::usage(format!(
+                    "{flag} weighs aligned models: give --aligned (without it the reference alone is sampled)"
+                )));
+            }
+        }
+        let realigner = Realigner::new(vec![1.0]).usage_context("the reference alone")?;
+        return Ok(vec![Setting { label: "reference".into(), tag: "reference".into(), realigner }]);
+    }
     if let Some(w) = &args.weights {
         check_weights(w, k)?;
         let realigner = Realigner::new(w.clone()).usage_context(format!("--weights {}", list(w)))?;

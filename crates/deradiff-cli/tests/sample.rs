@@ -79,6 +79,20 @@ fn lambda_row_writes_one_png_per_lambda_and_a_grid() {
     let result = deradiff(&args);
     assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
     assert_eq!(decode_png(&single).2, l0);
+
+    // Without --aligned the reference alone is sampled (one UNet per step): the same image again.
+    let alone = dir.join("alone.png");
+    let mut args = base_args(&reference, &aligned, alone.to_str().unwrap());
+    args.drain(3..5);
+    args.extend(["--scheduler", "ddim"]);
+    let result = deradiff(&args);
+    assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(decode_png(&alone).2, l0);
+    // λ or weights without an aligned model: a usage error.
+    args.extend(["--lambda", "0.5"]);
+    let result = deradiff(&args);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("give --aligned"));
 }
 
 #[test]

@@ -11,6 +11,9 @@
 //! the two runs again interleaved (so load on a shared machine hits both alike) and prints the
 //! ratio of the medians and of the fastest runs. `sample_loop_only` runs the same loop with
 //! denoisers that cost nothing: the cost of realignment itself beside the second UNet.
+//!
+//! The device is `DERADIFF_DEVICE` (`cpu` by default; `cuda:0` with `--features cuda`); each
+//! run ends with the device synchronised, so a GPU's queued work is inside the time.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,13 @@ struct Setup {
     emb_two: EncodedRequest,
     one: Realigner,
     half: Realigner,
+    device: Device,
+}
+
+/// `DERADIFF_DEVICE`, parsed as the CLI's `--device`.
+fn bench_device() -> Device {
+    let name = std::env::var("DERADIFF_DEVICE").unwrap_or_else(|_| "cpu".into());
+    deradiff_sd::parse_device(&name).unwrap_or_else(|e| panic!("DERADIFF_DEVICE={name}: {e}"))
 }
 
 fn setup() -> Setup {
@@ -43,7 +53,8 @@ fn setup() -> Setup {
 }
 
 fn setup_for(reference: &str, aligned: &str) -> Setup {
-    let options = LoadOptions::default();
+    let device = bench_device();
+    let options = LoadOptions { device: device.clone(), ..Default::default() };
     let single = StableDiffusion::load(fixtures().join(reference), &[] as &[&Path], &options).unwrap();
     let two = StableDiffusion::load(fixtures().join(reference), &[fixtures().join(aligned)], &options).unwrap();
     let request = Request {
@@ -63,6 +74,7 @@ fn setup_for(reference: &str, aligned: &str) -> Setup {
         emb_two,
         one: Realigner::new(vec![1.0]).unwrap(),
         half: Realigner::two_model(0.5).unwrap(),
+        device,
     }
 }
 
@@ -72,6 +84,7 @@ impl Setup {
             .single
             .sample(&self.request, &self.emb_single, &self.one, &mut SeededNoise::new(0), &mut NoObserver)
             .unwrap();
+        self.device.synchronize().unwrap();
         black_box(out);
     }
 
@@ -80,6 +93,7 @@ impl Setup {
             .two
             .sample(&self.request, &self.emb_two, &self.half, &mut SeededNoise::new(0), &mut NoObserver)
             .unwrap();
+        self.device.synchronize().unwrap();
         black_box(out);
     }
 }

@@ -14,7 +14,9 @@
 //! cargo run --release -p deradiff-sd --example lora_realign -- <two-unets|lora|lora-seq|batch4> [size=32] [runs=3]
 //! ```
 //!
-//! It prints each step's time, the median, the resident memory after loading and the peak.
+//! It prints each step's time (the device synchronised before and after), the median, the
+//! resident memory after loading and the peak. The device is `DERADIFF_DEVICE` (`cpu` by
+//! default; `cuda:0` with `--features cuda`).
 //! `batch4` (one UNet without adapter, batch 4) shows what the joint pass costs without the
 //! low-rank deltas; `lora-seq` runs the joint UNet once per model (weights still shared).
 
@@ -27,10 +29,10 @@ use deradiff_sd::{LoraAdapter, LoraFormat, LoraLayer, RowGroup, Unet, UnetConfig
 
 #[path = "../benches/support/sd15.rs"]
 mod sd15;
-use sd15::{status_mib, RandomWeights, SD15_UNET};
+use sd15::{device_from_env, median, status_mib, timed, RandomWeights, SD15_UNET};
 
 /// The DPO script's adapter: rank 8 on the attention projections, random A and B.
-fn dpo_lora(unet: &Unet, rank: usize) -> candle_core::Result<LoraAdapter> {
+fn dpo_lora(unet: &Unet, rank: usize, device: &Device) -> candle_core::Result<LoraAdapter> {
     let mut layers = BTreeMap::new();
     for (path, shape) in unet.layer_shapes() {
         let attention = ["to_q", "to_k", "to_v", "to_out.0"].iter().any(|p| path.ends_with(&format!(".{p}")));
@@ -38,8 +40,8 @@ fn dpo_lora(unet: &Unet, rank: usize) -> candle_core::Result<LoraAdapter> {
             continue;
         }
         let (out, inp) = (shape[0], shape[1]);
-        let down = Tensor::randn(0f32, (1.0 / inp as f64).sqrt() as f32, (rank, inp), &Device::Cpu)?;
-        let up = Tensor::randn(0f32, 0.01, (out, rank), &Device::Cpu)?;
+        let down = Tensor::randn(0f32, (1.0 / inp as f64).sqrt() as f32, (rank, inp), device)?;
+        let up = Tensor::randn(0f32, 0.01, (out, rank), device)?;
         layers.insert(path.clone(), LoraLayer { down, up, alpha: Some(rank as f64), origin: path.clone() });
     }
     Ok(LoraAdapter::from_layers(layers, LoraFormat::Diffusers, "random-dpo-lora"))
@@ -50,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let variant = args.first().map(String::as_str).unwrap_or("lora").to_string();
     let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let runs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let (dtype, device) = (DType::F32, Device::Cpu);
+    let (dtype, device) = (DType::F32, device_from_env()?);
     let config = UnetConfig::from_json(SD15_UNET, "sd15/unet/config.json")?;
     let arch = config.arch("sd15/unet/config.json")?;
     let build = || -> deradiff_sd::Result<Unet> {
@@ -70,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora" | "lora-base-rows" => {
             let base_rows = variant == "lora-base-rows";
             let base = build()?;
-            let adapter = dpo_lora(&base, 8)?;
+            let adapter = dpo_lora(&base, 8, &device)?;
             let params = adapter.layers().values().map(|l| l.down.elem_count() + l.up.elem_count()).sum();
             let joint = base.with_adapters(&[(&adapter, 1.0)])?;
             drop((base, adapter));
@@ -86,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora-seq" => {
             // The same joint UNet, each model's rows in a call of its own (weights shared).
             let base = build()?;
-            let adapter = dpo_lora(&base, 8)?;
+            let adapter = dpo_lora(&base, 8, &device)?;
             let params = adapter.layers().values().map(|l| l.down.elem_count() + l.up.elem_count()).sum();
             let joint = base.with_adapters(&[(&adapter, 1.0)])?;
             drop((base, adapter));
@@ -114,9 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let context = Tensor::randn(0f32, 1.0, (2, 77, arch.cross_attention_dim), &device)?;
     let mut times = Vec::with_capacity(runs);
     for i in 0..=runs {
-        let t = Instant::now();
-        let outs = step(&x, &context)?;
-        let s = t.elapsed().as_secs_f64();
+        let (outs, s) = timed(&device, || step(&x, &context))?;
         let spread = (&outs[1] - &outs[0])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         println!(
             "{} step: {s:.2} s (aligned − reference max |Δ| {spread:.3e})",
@@ -126,12 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             times.push(s);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = match times.len() {
-        0 => f64::NAN,
-        n if n % 2 == 0 => (times[n / 2 - 1] + times[n / 2]) / 2.0,
-        n => times[n / 2],
-    };
+    let median = median(&times);
     println!(
         "{variant} f32 {size}x{size}: median {median:.2} s per step over {runs}; built in {load_s:.1} s; adapter \
          {adapter_params} parameters; RSS after build {rss_loaded:.0} MiB, peak (VmHWM) {:.0} MiB",

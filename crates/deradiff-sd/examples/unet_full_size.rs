@@ -9,15 +9,18 @@
 //! (`VmHWM`): run each variant in its own process, since the peak is the process's.
 //!
 //! ```text
-//! cargo run --release -p deradiff-sd --example unet_full_size -- <candle|ours> [size=64] [f32|f16] [runs=2]
+//! cargo run --release -p deradiff-sd --example unet_full_size -- <candle|ours> [size=64] [f32|f16|bf16] [runs=2]
 //! ```
 //!
-//! Threads: rayon's default (all cores), or `RAYON_NUM_THREADS`. The PyTorch counterpart is
+//! The device is `DERADIFF_DEVICE` (`cpu` by default; `cuda:0` with `--features cuda`): each
+//! forward is timed with the device synchronised before and after. On the CPU the memory figures
+//! are the process's; on a GPU read its own (`nvidia-smi`). Threads: rayon's default (all
+//! cores), or `RAYON_NUM_THREADS`. The PyTorch counterpart is
 //! `benches/unet_full_size_torch.py`.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use deradiff_sd::{Unet, UnetConfig};
@@ -27,7 +30,7 @@ mod candle_unet;
 #[path = "../benches/support/sd15.rs"]
 mod sd15;
 use candle_unet::candle_config;
-use sd15::{status_mib, RandomWeights, SD15_UNET};
+use sd15::{device_from_env, median, status_mib, timed, RandomWeights, SD15_UNET};
 
 /// One UNet forward on (latents, context) at t = 500.
 type Forward = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
@@ -39,10 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtype = match args.get(2).map(String::as_str).unwrap_or("f32") {
         "f32" => DType::F32,
         "f16" => DType::F16,
-        other => return Err(format!("dtype {other}: f32 or f16").into()),
+        "bf16" => DType::BF16,
+        other => return Err(format!("dtype {other}: f32, f16 or bf16").into()),
     };
     let runs: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
-    let device = Device::Cpu;
+    let device = device_from_env()?;
     let config = UnetConfig::from_json(SD15_UNET, "sd15/unet/config.json")?;
     let arch = config.arch("sd15/unet/config.json")?;
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
@@ -66,23 +70,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let context = Tensor::randn(0f32, 1.0, (2, 77, arch.cross_attention_dim), &device)?.to_dtype(dtype)?;
     let mut times = Vec::with_capacity(runs);
     for i in 0..=runs {
-        let t = Instant::now();
-        let out = forward(&x, &context)?;
-        let s = t.elapsed().as_secs_f64();
+        let (out, s) = timed(&device, || forward(&x, &context))?;
         let max = out.to_dtype(DType::F32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         println!("{} forward: {s:.2} s (output max |x| {max:.3})", if i == 0 { "warm-up" } else { "timed" });
         if i > 0 {
             times.push(s);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = match times.len() {
-        0 => f64::NAN,
-        n if n % 2 == 0 => (times[n / 2 - 1] + times[n / 2]) / 2.0,
-        n => times[n / 2],
-    };
+    let median = median(&times);
     println!(
-        "{variant} {dtype:?} batch 2 {size}x{size}: median {median:.2} s per forward over {runs}; built in {load_s:.1} s; \
+        "{variant} {dtype:?} on {device:?} batch 2 {size}x{size}: median {median:.2} s per forward over {runs}; built in {load_s:.1} s; \
          RSS after build {rss_loaded:.0} MiB, peak (VmHWM) {:.0} MiB; threads {}",
         status_mib("VmHWM:"),
         rayon::current_num_threads()

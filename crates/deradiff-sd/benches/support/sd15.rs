@@ -1,5 +1,6 @@
-//! A full-size SD 1.5-shaped UNet with random weights (no checkpoint needed) and the process's
-//! memory readings, for `examples/unet_full_size.rs` and `examples/lora_realign.rs`.
+//! A full-size SD 1.5-shaped UNet with random weights (no checkpoint needed), the process's
+//! memory readings, the device a run asks for and a clock that waits for it, for
+//! `examples/unet_full_size.rs`, `examples/lora_realign.rs` and `benches/realign.rs`.
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::Init;
@@ -61,4 +62,34 @@ pub fn status_mib(field: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The device named by `DERADIFF_DEVICE` (`cpu`, `cuda[:N]`, `metal[:N]`; `cpu` when unset), as
+/// the CLI's `--device` parses it (a GPU needs the crate's `cuda` / `metal` feature).
+#[allow(dead_code)]
+pub fn device_from_env() -> deradiff_sd::Result<Device> {
+    deradiff_sd::parse_device(&std::env::var("DERADIFF_DEVICE").unwrap_or_else(|_| "cpu".into()))
+}
+
+/// Runs `f` and returns its value and wall time in seconds, the device synchronised before the
+/// clock starts and before it is read (GPU work is queued, not done, when a call returns).
+#[allow(dead_code)]
+pub fn timed<T, E: From<candle_core::Error>>(device: &Device, f: impl FnOnce() -> Result<T, E>) -> Result<(T, f64), E> {
+    device.synchronize()?;
+    let t = std::time::Instant::now();
+    let out = f()?;
+    device.synchronize()?;
+    Ok((out, t.elapsed().as_secs_f64()))
+}
+
+/// The median (NaN for no values).
+#[allow(dead_code)]
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        n => v[n / 2],
+    }
 }
