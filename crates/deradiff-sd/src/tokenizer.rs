@@ -121,6 +121,15 @@ fn read_specials(dir: &Path) -> Result<Specials> {
     Ok(s)
 }
 
+/// The ids of `prompt` without special tokens; a failure names the tokenizer's `source` and the
+/// prompt.
+pub(crate) fn plain_ids(tokenizer: &Tokenizer, source: &Path, prompt: &str) -> Result<Vec<u32>> {
+    let enc = tokenizer
+        .encode(prompt, false)
+        .map_err(|e| Error::Tokenizer { path: source.to_path_buf(), message: format!("{e} (prompt {prompt:?})") })?;
+    Ok(enc.get_ids().to_vec())
+}
+
 /// A `tokenizer.json` through the `tokenizers` crate. The text must be JSON first (the crate
 /// panics on some malformed documents, e.g. one cut off inside `decoder`); a panic left in the
 /// crate's deserializers is caught and reported as an [`Error::Config`] too.
@@ -271,11 +280,7 @@ impl ClipTokenizer {
 
     /// The ids of `prompt` without begin/end tokens, untruncated.
     pub fn tokens(&self, prompt: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(prompt, false)
-            .map_err(|e| Error::Tokenizer { path: self.source.clone(), message: format!("{e} (prompt {prompt:?})") })?;
-        Ok(enc.get_ids().to_vec())
+        plain_ids(&self.inner, &self.source, prompt)
     }
 
     /// `[bos] tokens… [eos] [pad]…`: exactly [`Self::max_length`] ids, the tokens truncated to

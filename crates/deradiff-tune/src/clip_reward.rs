@@ -42,7 +42,7 @@ use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipModel, ClipPreprocessor, ClipTokenizer, RgbImage};
 
 use crate::error::{Error, Result};
-use crate::reward::{ImageScorer, Reward};
+use crate::reward::{require_prompts, ImageScorer, Reward};
 
 /// A `CLIPModel` with its tokenizer and image preprocessor: embeds images and prompts and gives
 /// their cosine similarities.
@@ -210,11 +210,7 @@ impl ClipScorer {
     /// VAE decodes) with prompt i. The samples are first made the 8-bit images that would be
     /// saved ([`RgbImage::from_tensor`]), so the score is that of the PNG a user sees.
     pub fn cosine_of_samples(&self, samples: &Tensor, prompts: Option<&[&str]>, reward: &str) -> Result<Vec<f64>> {
-        let prompts = prompts.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "the reward {reward:?} scores images against prompts: give one prompt per sample"
-            ))
-        })?;
+        let prompts = require_prompts(prompts, reward)?;
         let images = RgbImage::from_tensor(samples)?;
         self.cosine(&images, prompts)
     }
@@ -377,12 +373,6 @@ impl<K: CosineScore> ImageScorer for CosineReward<K> {
     }
 
     fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let prompts = prompts.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "the reward {:?} scores images against prompts: give one prompt per image",
-                self.name
-            ))
-        })?;
-        self.score_images(images, prompts)
+        self.score_images(images, require_prompts(prompts, &self.name)?)
     }
 }

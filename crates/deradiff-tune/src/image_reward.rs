@@ -39,7 +39,7 @@ use deradiff_sd::{BertTokenizer, BlipModel, ClipPreprocessor, RgbImage};
 
 use crate::error::{Error, Result};
 use crate::head::LinearHead;
-use crate::reward::{ImageScorer, Reward};
+use crate::reward::{require_prompts, ImageScorer, Reward};
 
 /// ImageReward's score of images against their prompts. Name `image_reward`.
 #[derive(Debug)]
@@ -188,12 +188,6 @@ impl ImageScorer for ImageRewardScore {
     }
 
     fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let prompts = prompts.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "the reward {:?} scores images against prompts: give one prompt per image",
-                self.name
-            ))
-        })?;
-        self.score_images(images, prompts)
+        self.score_images(images, require_prompts(prompts, &self.name)?)
     }
 }

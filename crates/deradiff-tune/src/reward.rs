@@ -61,6 +61,16 @@ pub trait ImageScorer: Reward {
     fn score_rgb(&self, images: &[deradiff_sd::RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>>;
 }
 
+/// The prompts a text–image reward named `reward` needs, or the error saying to give one per
+/// image.
+pub(crate) fn require_prompts<'a, 'b>(prompts: Option<&'a [&'b str]>, reward: &str) -> Result<&'a [&'b str]> {
+    prompts.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "the reward {reward:?} scores images against prompts: give one prompt per image"
+        ))
+    })
+}
+
 /// Scores a batch and checks the answer: one score per sample, every score finite (else
 /// [`Error::NonFiniteReward`], whose context names `context` and the sample).
 pub fn score_checked(

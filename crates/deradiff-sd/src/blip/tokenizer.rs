@@ -84,11 +84,7 @@ impl BertTokenizer {
 
     /// The ids of `prompt` without `[CLS]` / `[SEP]`, untruncated.
     pub fn tokens(&self, prompt: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(prompt, false)
-            .map_err(|e| Error::Tokenizer { path: self.source.clone(), message: format!("{e} (prompt {prompt:?})") })?;
-        Ok(enc.get_ids().to_vec())
+        crate::tokenizer::plain_ids(&self.inner, &self.source, prompt)
     }
 
     /// `[CLS] tokens… [SEP] [PAD]…` — exactly `max_length` ids, the tokens truncated to
