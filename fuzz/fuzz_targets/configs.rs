@@ -8,7 +8,9 @@
 //!   `config.json` (a directory without weights: they stop after the config checks), plus
 //!   `ClipTextConfig::validate` and `VaeConfig::scale_factor`;
 //! * `ClipModelConfig::from_json` (+ the vision tower's `grid` / `num_positions`);
-//! * `ClipPreprocessor::from_json`, then `resized_size` and `preprocess` of a small image.
+//! * `ClipPreprocessor::from_json`, then `resized_size` and `preprocess` of a small image;
+//! * ImageReward's `MedConfig` / `BlipVisionConfig` (`med_config.json`, `vision_config.json`),
+//!   and `BlipModel::load` of a folder holding them (no weights: it stops after the checks).
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -18,7 +20,10 @@ use candle_core::{Device, Tensor};
 use deradiff_core::scheduler::SchedulerKind;
 use deradiff_core::SchedulerConfig;
 use deradiff_sd::text::load_clip;
-use deradiff_sd::{ClipModelConfig, ClipPreprocessor, ClipTextConfig, RgbImage, UnetConfig, Vae, VaeConfig};
+use deradiff_sd::{
+    BlipModel, BlipVisionConfig, ClipModelConfig, ClipPreprocessor, ClipTextConfig, MedConfig, RgbImage, UnetConfig,
+    Vae, VaeConfig,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {
@@ -114,6 +119,19 @@ fn sd_configs(text: &str) {
         let image = RgbImage::new(5, 3, data).unwrap();
         let _ = p.preprocess(&image, &Device::Cpu);
     }
+    // ImageReward's configs, alone and as a model folder's.
+    let (med, vision) = (dir.join("med_config.json"), dir.join("vision_config.json"));
+    std::fs::write(&med, text.as_bytes()).unwrap();
+    std::fs::write(&vision, text.as_bytes()).unwrap();
+    if let Ok(c) = MedConfig::from_file(&med) {
+        let _ = c.activation(&med);
+    }
+    if let Ok(v) = BlipVisionConfig::from_file(&vision) {
+        let _ = (v.grid(), v.num_tokens(), v.mlp_width());
+    }
+    let _ = BlipModel::load(dir, candle_core::DType::F32, &Device::Cpu);
+    let _ = std::fs::remove_file(&vision);
+    let _ = BlipModel::load(dir, candle_core::DType::F32, &Device::Cpu);
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -1,22 +1,25 @@
-//! `deradiff_sd::ClipTokenizer::from_dir` on fuzzed tokenizer files, then encoding prompts.
+//! `deradiff_sd::ClipTokenizer::from_dir` and `deradiff_sd::BertTokenizer::from_dir` (BLIP's,
+//! for ImageReward) on fuzzed tokenizer files, then encoding prompts.
 //!
 //! The input is split at NUL bytes (no valid JSON file contains one):
 //! * 4 or more parts: `vocab.json` NUL `merges.txt` NUL `tokenizer_config.json` NUL
-//!   `special_tokens_map.json` [NUL prompt] — the vocab + merges layout of real SD repositories;
+//!   `special_tokens_map.json` [NUL prompt] — the vocab + merges layout of real SD repositories
+//!   (the first part is also written as BERT's `vocab.txt`);
 //! * fewer: `tokenizer.json` [NUL `tokenizer_config.json` [NUL prompt]].
 //!
 //! An empty config part means that file is absent. Each built tokenizer encodes the prompt and
-//! two fixed ones; `encode` must give exactly `max_length` ids starting with bos.
+//! two fixed ones; `encode` must give exactly `max_length` ids starting with bos (CLIP), and
+//! 35 ids with a mask of as many entries (BERT).
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use deradiff_sd::ClipTokenizer;
+use deradiff_sd::{BertTokenizer, ClipTokenizer};
 use libfuzzer_sys::fuzz_target;
 
-const FILES: [&str; 5] =
-    ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+const FILES: [&str; 6] =
+    ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
 
 fn dir() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
@@ -43,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let prompt = if parts.len() >= 4 {
         put("vocab.json", parts.first(), false);
+        put("vocab.txt", parts.first(), false);
         put("merges.txt", parts.get(1), false);
         put("tokenizer_config.json", parts.get(2), true);
         put("special_tokens_map.json", parts.get(3), true);
@@ -54,13 +58,22 @@ fuzz_target!(|data: &[u8]| {
         parts.get(2)
     };
     let prompt = String::from_utf8_lossy(prompt.copied().unwrap_or(b"a red cube on a table"));
-    let Ok(tok) = ClipTokenizer::from_dir(dir) else { return };
-    let n = tok.max_length();
-    for p in [prompt.as_ref(), "", "A photo of an astronaut riding a horse, <|endoftext|> 4k!"] {
-        if let Ok(ids) = tok.encode(p) {
-            assert_eq!(ids.len(), n, "encode gave {} ids, max_length is {n}", ids.len());
-            assert_eq!(ids[0], tok.bos_id());
+    let prompts = [prompt.as_ref(), "", "A photo of an astronaut riding a horse, <|endoftext|> [CLS] 4k!"];
+    if let Ok(tok) = ClipTokenizer::from_dir(dir) {
+        let n = tok.max_length();
+        for p in prompts {
+            if let Ok(ids) = tok.encode(p) {
+                assert_eq!(ids.len(), n, "encode gave {} ids, max_length is {n}", ids.len());
+                assert_eq!(ids[0], tok.bos_id());
+            }
+            let _ = tok.is_truncated(p);
         }
-        let _ = tok.is_truncated(p);
+    }
+    if let Ok(tok) = BertTokenizer::from_dir(dir) {
+        for p in prompts {
+            if let Ok((ids, mask)) = tok.encode(p, 35) {
+                assert_eq!((ids.len(), mask.len()), (35, 35), "BERT encode");
+            }
+        }
     }
 });
