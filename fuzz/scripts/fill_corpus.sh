@@ -28,5 +28,9 @@ for d in "$SD/tiny-sd/tokenizer" "$SD/tiny-sdxl/tokenizer_2" "$TUNE/clip/clip-ge
   join "corpus/tokenizer/fixture-vocab-$n" "$d/vocab.json" "$d/merges.txt" "$d/tokenizer_config.json" "$d/special_tokens_map.json"
 done
 join corpus/tokenizer/fixture-tokenizer-json "$SD/tokenizer-json/tokenizer.json" "$SD/tokenizer-json/tokenizer_config.json"
+# BLIP's BERT tokenizer (ImageReward): its tokenizer.json, and its vocab.txt in the vocab slot.
+IR="$TUNE/image_reward"
+join corpus/tokenizer/fixture-bert-tokenizer-json "$IR/tokenizer.json"
+join corpus/tokenizer/fixture-bert-vocab "$IR/vocab.txt" /dev/null /dev/null /dev/null
 ls corpus/* | head -0
 for t in weights configs tokenizer results; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done
