@@ -13,6 +13,9 @@
 //!   conditioned on its own prompt ([`SweepModel::batch_denoisers`]) and each UNet runs once per
 //!   step for all 8 prompts.
 //!
+//! The device is `DERADIFF_DEVICE` (`cpu` by default; `cuda:0` with deradiff-sd's `cuda`
+//! feature); the interleaved timings synchronise it before each clock read.
+//!
 //! After criterion's report each pair is timed again interleaved (so that load on a shared
 //! machine hits both alike) and the throughput ratio of the medians is printed, with the largest
 //! difference between the batched and the separate samples.
@@ -21,7 +24,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use criterion::{criterion_group, Criterion, Throughput};
 use deradiff_core::{Denoiser, NoObserver, NoiseSource, Realigner, Sampler, Scheduler, SchedulerKind, SeededNoise};
 use deradiff_sd::{LoadOptions, PromptEmbeddings, Request, StableDiffusion};
@@ -57,11 +60,17 @@ struct Setup {
     guidance: f64,
 }
 
+/// `DERADIFF_DEVICE`, parsed as the CLI's `--device`.
+fn bench_device() -> Device {
+    let name = std::env::var("DERADIFF_DEVICE").unwrap_or_else(|_| "cpu".into());
+    deradiff_sd::parse_device(&name).unwrap_or_else(|e| panic!("DERADIFF_DEVICE={name}: {e}"))
+}
+
 fn setup() -> Setup {
     let fixtures = fixtures();
-    let sd =
-        StableDiffusion::load(fixtures.join("tiny-sd"), &[fixtures.join("tiny-aligned-unet")], &LoadOptions::default())
-            .expect("deradiff-sd's tiny checkpoint");
+    let options = LoadOptions { device: bench_device(), ..Default::default() };
+    let sd = StableDiffusion::load(fixtures.join("tiny-sd"), &[fixtures.join("tiny-aligned-unet")], &options)
+        .expect("deradiff-sd's tiny checkpoint");
     let request = Request {
         prompts: vec!["a red cube on a wooden table".into()],
         scheduler: SchedulerKind::EulerAncestral,
@@ -124,6 +133,7 @@ fn prompt_setup() -> PromptSetup {
     setup.scheduler = SchedulerKind::EulerAncestral;
     setup.steps = STEPS;
     setup.guidance_scale = 7.5;
+    setup.load.device = bench_device();
     let model = SdModel::load(setup).expect("deradiff-sd's tiny checkpoint");
     let prompts = PROMPTS.iter().enumerate().map(|(i, t)| Prompt::text(format!("p{i}"), *t, i as u64)).collect();
     PromptSetup { model, prompts, realigner: Realigner::two_model(PROMPT_LAMBDA).unwrap() }
@@ -212,15 +222,25 @@ fn max_difference(a: &[Tensor], b: &[Tensor]) -> f32 {
         .fold(0.0f32, f32::max)
 }
 
-/// Interleaved timing of `batched` and `separate`: their medians in seconds.
-fn interleaved<A, B>(rounds: usize, mut batched: impl FnMut() -> A, mut separate: impl FnMut() -> B) -> (f64, f64) {
+/// Interleaved timing of `batched` and `separate` on `device` (synchronised before each clock
+/// read): their medians in seconds.
+fn interleaved<A, B>(
+    rounds: usize,
+    device: &Device,
+    mut batched: impl FnMut() -> A,
+    mut separate: impl FnMut() -> B,
+) -> (f64, f64) {
     let (mut tb, mut ts) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let sync = || device.synchronize().expect("the device synchronises");
     for _ in 0..rounds {
+        sync();
         let t = Instant::now();
         black_box(batched());
+        sync();
         tb.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         black_box(separate());
+        sync();
         ts.push(t.elapsed().as_secs_f64());
     }
     (median(&mut tb), median(&mut ts))
@@ -229,7 +249,7 @@ fn interleaved<A, B>(rounds: usize, mut batched: impl FnMut() -> A, mut separate
 fn interleaved_ratio(rounds: usize) {
     let s = setup();
     let max_diff = max_difference(&s.batched(), &s.separate());
-    let (mb, ms) = interleaved(rounds, || s.batched(), || s.separate());
+    let (mb, ms) = interleaved(rounds, s.sd.device(), || s.batched(), || s.separate());
     println!(
         "interleaved ({rounds} rounds, 8 λ, {STEPS} steps): median batched {:.2} ms, 8 separate runs {:.2} ms, \
          throughput ratio {:.2}x; largest |batched − separate| latent difference {max_diff:.2e}",
@@ -242,7 +262,8 @@ fn interleaved_ratio(rounds: usize) {
 fn interleaved_prompt_ratio(rounds: usize) {
     let p = prompt_setup();
     let max_diff = max_difference(&p.batched(), &p.separate());
-    let (mb, ms) = interleaved(rounds, || p.batched(), || p.separate());
+    let device = bench_device();
+    let (mb, ms) = interleaved(rounds, &device, || p.batched(), || p.separate());
     println!(
         "interleaved ({rounds} rounds, 8 prompts × 1 λ, {STEPS} steps): median prompt-batched {:.2} ms, one batch \
          per prompt {:.2} ms, throughput ratio {:.2}x; largest |batched − separate| latent difference \
