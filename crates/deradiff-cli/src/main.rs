@@ -77,8 +77,8 @@ enum Command {
     /// Frobenius error and the adapter's size.
     ExtractLora(lora::ExtractLoraArgs),
     /// Score a folder of PNG images (made by any tool) against their prompts with CLIP score,
-    /// PickScore, HPS v2 and/or the LAION aesthetic predictor, one row per image (JSON lines or
-    /// CSV).
+    /// PickScore, HPS v2, the LAION aesthetic predictor and/or ImageReward, one row per image
+    /// (JSON lines or CSV).
     Score(score::ScoreArgs),
 }
 
