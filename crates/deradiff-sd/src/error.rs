@@ -308,6 +308,19 @@ impl From<Error> for deradiff_core::Error {
 }
 
 impl Error {
+    /// For a file that is not safetensors ([`Error::NotSafetensors`]), adds how the published
+    /// checkpoint (`published`, e.g. "the published ImageReward.pt") is converted: `command`.
+    /// Other errors are returned as they are.
+    pub fn with_conversion(self, published: &str, command: &str) -> Self {
+        match self {
+            Error::NotSafetensors { path, looks_like } => Error::NotSafetensors {
+                path,
+                looks_like: format!("{looks_like}; {published} is a pickle: convert it with `{command}`"),
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { action, path: path.into(), source }
     }

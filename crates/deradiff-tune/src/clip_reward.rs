@@ -311,12 +311,11 @@ impl HpsScore {
     ) -> Result<Self> {
         let weights = weights.as_ref();
         let config = deradiff_sd::OpenClipConfig::from_file(config)?;
-        let model = ClipModel::load_open_clip(weights, &config, dtype, device).map_err(|e| match e {
-            deradiff_sd::Error::NotSafetensors { .. } => Error::InvalidArgument(format!(
-                "{e}; the published HPS checkpoints are pickles: convert one with `python \
-                 scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps.safetensors`"
-            )),
-            other => other.into(),
+        let model = ClipModel::load_open_clip(weights, &config, dtype, device).map_err(|e| {
+            e.with_conversion(
+                "the published HPS checkpoint",
+                "python scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps.safetensors",
+            )
         })?;
         let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
         let preprocessor = ClipPreprocessor::longest_edge_pad(config.image_size);

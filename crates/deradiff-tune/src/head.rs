@@ -36,12 +36,7 @@ impl LinearHead {
             }
             Ok(out)
         })
-        .map_err(|e| match e {
-            deradiff_sd::Error::NotSafetensors { .. } => {
-                Error::InvalidArgument(format!("{e}; the published {what} is a pickle: convert it with `{convert}`"))
-            }
-            other => other.into(),
-        })?;
+        .map_err(|e| e.with_conversion(&format!("the published {what}"), convert))?;
         if tensors.is_empty() {
             return Err(bad(format!("no `{prefix}layers.N.weight` tensors (is it the {what}?)")));
         }

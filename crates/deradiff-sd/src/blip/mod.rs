@@ -52,18 +52,14 @@ impl BlipModel {
             BlipVisionConfig::default()
         };
         let med = MedConfig::from_file(dir.join("med_config.json"))?;
-        let pickle = dir.join("ImageReward.pt");
-        if !probe_path(&dir.join("model.safetensors"), Kind::File, "ImageReward weights", None)?
-            && std::fs::symlink_metadata(&pickle).is_ok()
+        let (pickle, weights) = (dir.join("ImageReward.pt"), dir.join("model.safetensors"));
+        let convert =
+            format!("python scripts/convert_to_safetensors.py image-reward {} {}", pickle.display(), weights.display());
+        if !probe_path(&weights, Kind::File, "ImageReward weights", None)? && std::fs::symlink_metadata(&pickle).is_ok()
         {
             return Err(Error::unsupported(
                 &pickle,
-                format!(
-                    "the published checkpoint is a pickle (which can run code); convert it with `python \
-                     scripts/convert_to_safetensors.py image-reward {} {}`",
-                    pickle.display(),
-                    dir.join("model.safetensors").display()
-                ),
+                format!("the published checkpoint is a pickle (which can run code); convert it with `{convert}`"),
             ));
         }
         crate::weights::load_checked(dir, "model", "ImageReward model", dtype, device, |vb| {
@@ -73,14 +69,7 @@ impl BlipModel {
                 text: BlipTextModel::new(vb.pp("text_encoder"), &med, vision.embed_dim)?,
             })
         })
-        .map_err(|e| match e {
-            Error::NotSafetensors { .. } => Error::InvalidArgument(format!(
-                "{e}; the published ImageReward.pt is a pickle: convert it with `python \
-                 scripts/convert_to_safetensors.py image-reward ImageReward.pt {}`",
-                dir.join("model.safetensors").display()
-            )),
-            other => other,
-        })
+        .map_err(|e| e.with_conversion("the published ImageReward.pt", &convert))
     }
 
     /// The ViT.
