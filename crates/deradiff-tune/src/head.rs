@@ -13,10 +13,12 @@ use crate::error::{Error, Result};
 /// The most linear layers looked for (the published heads have 5, at indices 0–7).
 const MAX_LAYER_INDEX: usize = 64;
 
-/// The linear layers of a head, in order: `(weight [out][in], bias [out])`.
+/// The linear layers of a head, in order: `(weight [out][in], bias [out])`, and the width the
+/// first one takes (kept as loaded: a layer with no units has no rows to read it from).
 #[derive(Debug, Clone)]
 pub(crate) struct LinearHead {
     layers: Vec<(Vec<Vec<f64>>, Vec<f64>)>,
+    input: usize,
 }
 
 impl LinearHead {
@@ -56,12 +58,12 @@ impl LinearHead {
         if width != 1 {
             return Err(bad(format!("the last layer gives {width} values, not one score")));
         }
-        Ok(Self { layers })
+        Ok(Self { layers, input: input_width })
     }
 
     /// The width the first layer takes.
     pub(crate) fn input_width(&self) -> usize {
-        self.layers[0].0[0].len()
+        self.input
     }
 
     /// The head's value at `x` (of [`Self::input_width`] values; `what` names the caller in the

@@ -93,6 +93,17 @@ fn bad_predictor_files_are_errors() {
         let err = AestheticScore::load(&clip_dir, &path, DType::F32, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains(want), "{}: {err}", path.display());
     }
+    // A head whose hidden layer has no units is a constant (the last bias), not a panic.
+    let mut narrow: HashMap<String, Tensor> = HashMap::new();
+    narrow.insert("layers.0.weight".into(), zeros(&[0, 16]));
+    narrow.insert("layers.0.bias".into(), zeros(&[0]));
+    narrow.insert("layers.2.weight".into(), zeros(&[1, 0]));
+    narrow.insert("layers.2.bias".into(), Tensor::new(&[0.25f32], &Device::Cpu).unwrap());
+    let path = dir.join("zero-width.safetensors");
+    candle_core::safetensors::save(&narrow, &path).unwrap();
+    let head = AestheticScore::load(&clip_dir, &path, DType::F32, &Device::Cpu).unwrap();
+    let embeds = Tensor::ones((2, 16), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(head.score_embeddings(&embeds).unwrap(), vec![0.25, 0.25]);
     let pickle = dir.join("sac+logos+ava1-l14-linearMSE.safetensors");
     std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
     let err = AestheticScore::load(&clip_dir, &pickle, DType::F32, &Device::Cpu).unwrap_err().to_string();
