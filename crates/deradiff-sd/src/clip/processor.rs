@@ -438,6 +438,7 @@ impl ClipPreprocessor {
             size: ResizeTo::LongestEdgePad(image_size),
             do_center_crop: false,
             crop_size: (image_size, image_size),
+            convention: PixelConvention::Torchvision,
             ..Self::default()
         }
     }
@@ -660,41 +661,52 @@ impl ClipPreprocessor {
         }
         let img = self.resize_and_crop(image)?;
         let (h, w) = (img.height(), img.width());
-        let mut out = vec![0f32; 3 * h * w];
-        let mean = self.image_mean.map(|m| m as f32);
-        let std = self.image_std.map(|s| s as f32);
-        for (i, px) in img.data().chunks_exact(3).enumerate() {
+        let mut out = self.rescaled_planar(&img);
+        self.normalise(&mut out);
+        Ok(Tensor::from_vec(out, (3, h, w), device)?)
+    }
+
+    /// The image's channels as planes `[3, H, W]`, rescaled in the [`PixelConvention`]'s
+    /// arithmetic: transformers rescales in f64, then rounds to f32; torchvision's `ToTensor`
+    /// divides by 255 in f32 (for another factor, x · factor · 255 / 255 in f32).
+    fn rescaled_planar(&self, image: &RgbImage) -> Vec<f32> {
+        let plane = image.height() * image.width();
+        let mut out = vec![0f32; 3 * plane];
+        for (i, px) in image.data().chunks_exact(3).enumerate() {
             for c in 0..3 {
-                // transformers: rescale in f64 then to f32; torchvision's ToTensor: x / 255 in
-                // f32 (for another factor, x · factor in f32). Normalise in f32.
-                let mut v = match (self.do_rescale, self.convention) {
+                out[c * plane + i] = match (self.do_rescale, self.convention) {
                     (false, _) => f32::from(px[c]),
                     (true, PixelConvention::Transformers) => (f64::from(px[c]) * self.rescale_factor) as f32,
                     (true, PixelConvention::Torchvision) => to_tensor(px[c], self.rescale_factor),
                 };
-                if self.do_normalize {
-                    v = (v - mean[c]) / std[c];
-                }
-                out[c * h * w + i] = v;
             }
         }
-        Ok(Tensor::from_vec(out, (3, h, w), device)?)
+        out
     }
 
-    /// HPS v2's float path (`hpsv2/src/open_clip/transform.py`): `ToTensor` (x / 255), then
+    /// `(x − mean) / std` per channel plane, in f32 (when `do_normalize`).
+    fn normalise(&self, planar: &mut [f32]) {
+        if !self.do_normalize {
+            return;
+        }
+        let plane = planar.len() / 3;
+        for c in 0..3 {
+            let (mean, std) = (self.image_mean[c] as f32, self.image_std[c] as f32);
+            for v in &mut planar[c * plane..(c + 1) * plane] {
+                *v = (*v - mean) / std;
+            }
+        }
+    }
+
+    /// HPS v2's float path (`hpsv2/src/open_clip/transform.py`): `ToTensor` (x / 255 in f32 with
+    /// [`PixelConvention::Torchvision`], which [`Self::longest_edge_pad`] sets), then
     /// `ResizeMaxSize` on the float image — unless the longer side is already `n` (then nothing
     /// is done, as there), the sides `round_half_even(side · n / long)`, resized with antialiased
     /// bicubic weights without rounding or clamping, zero-padded to `n × n` with the extra pixel
     /// of an odd pad right / bottom — then the normalisation (padding becomes `−mean / std`).
     fn preprocess_longest_edge_pad(&self, image: &RgbImage, n: usize, device: &Device) -> Result<Tensor> {
         let (h, w) = (image.height(), image.width());
-        let mut planar = vec![0f32; 3 * h * w];
-        for (i, px) in image.data().chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                planar[c * h * w + i] =
-                    if self.do_rescale { to_tensor(px[c], self.rescale_factor) } else { f32::from(px[c]) };
-            }
-        }
+        let planar = self.rescaled_planar(image);
         let (nh, nw) = self.resized_size(h, w);
         let (oh, ow, data) = if h.max(w) == n {
             (h, w, planar)
@@ -721,15 +733,7 @@ impl ClipPreprocessor {
             (n, n, padded)
         };
         let mut out = data;
-        if self.do_normalize {
-            let mean = self.image_mean.map(|m| m as f32);
-            let std = self.image_std.map(|s| s as f32);
-            for c in 0..3 {
-                for v in &mut out[c * oh * ow..(c + 1) * oh * ow] {
-                    *v = (*v - mean[c]) / std[c];
-                }
-            }
-        }
+        self.normalise(&mut out);
         Ok(Tensor::from_vec(out, (3, oh, ow), device)?)
     }
 
