@@ -463,7 +463,7 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let built = args.testbed.build()?;
     // The objective is the first reward: the true reward on the testbed, else --clip, else
-    // --pickscore, else --hps, else --aesthetic.
+    // --pickscore, else --hps, else --aesthetic, else --image-reward.
     let reward = built.rewards[0].as_ref();
     let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
         .usage_context("the tuning objective's options do not fit together")?;

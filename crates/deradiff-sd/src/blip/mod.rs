@@ -51,7 +51,9 @@ impl BlipModel {
         } else {
             BlipVisionConfig::default()
         };
-        let med = MedConfig::from_file(dir.join("med_config.json"))?;
+        let med_path = dir.join("med_config.json");
+        let med = MedConfig::from_file(&med_path)?;
+        let act = med.activation(&med_path)?;
         let (pickle, weights) = (dir.join("ImageReward.pt"), dir.join("model.safetensors"));
         let convert =
             format!("python scripts/convert_to_safetensors.py image-reward {} {}", pickle.display(), weights.display());
@@ -66,7 +68,7 @@ impl BlipModel {
             let vb = vb.pp("blip");
             Ok(Self {
                 vision: BlipVisionModel::new(vb.pp("visual_encoder"), &vision)?,
-                text: BlipTextModel::new(vb.pp("text_encoder"), &med, vision.embed_dim)?,
+                text: BlipTextModel::new(vb.pp("text_encoder"), &med, vision.embed_dim, act)?,
             })
         })
         .map_err(|e| e.with_conversion("the published ImageReward.pt", &convert))

@@ -112,14 +112,15 @@ impl std::fmt::Debug for BlipTextModel {
 impl BlipTextModel {
     /// Builds the encoder from `vb` at its prefix (`blip.text_encoder` in ImageReward's state
     /// dict); `encoder_width` is the image tokens' width (the ViT's `embed_dim`), which replaces
-    /// the config's `encoder_width` as BLIP_Pretrain does. `config` must be validated.
-    pub fn new(vb: VarBuilder, config: &MedConfig, encoder_width: usize) -> candle_core::Result<Self> {
+    /// the config's `encoder_width` as BLIP_Pretrain does. `config` must be validated; `act` is
+    /// its `hidden_act` ([`MedConfig::activation`]), as the CLIP towers take theirs.
+    pub fn new(
+        vb: VarBuilder,
+        config: &MedConfig,
+        encoder_width: usize,
+        act: ClipActivation,
+    ) -> candle_core::Result<Self> {
         let c = config;
-        let act = match c.hidden_act.as_str() {
-            "quick_gelu" => ClipActivation::QuickGelu,
-            "gelu_new" | "gelu_pytorch_tanh" => ClipActivation::GeluTanh,
-            _ => ClipActivation::Gelu,
-        };
         let emb = vb.pp("embeddings");
         let word_embeddings = candle_nn::embedding(c.vocab_size, c.hidden_size, emb.pp("word_embeddings"))?;
         let position_embeddings =
