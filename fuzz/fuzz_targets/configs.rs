@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use deradiff_core::scheduler::SchedulerKind;
+use deradiff_core::SchedulerKind;
 use deradiff_core::SchedulerConfig;
 use deradiff_sd::text::load_clip;
 use deradiff_sd::{

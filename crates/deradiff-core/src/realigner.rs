@@ -13,7 +13,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::fusion::{FusionFailure, FusionPlan, PrecisionPolicy};
+use crate::fusion::{FusionFailure, FusionPlan};
+use crate::policy::PrecisionPolicy;
 use crate::posterior::{Posterior, Variance};
 
 /// Weights computed from `(step, steps)`.
