@@ -15,6 +15,11 @@
 //! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (CLIP rewards and SD sweeps with `sd`) |
 //! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
+//! The default features are `analytic`, `sd` and `tune`: everything the README shows. A program
+//! that needs only the core (its own [`Denoiser`]s, the schedulers, the fusion, the sampling
+//! loop) depends on `deradiff = { version = "0.1", default-features = false }` and builds
+//! without the Stable Diffusion models, candle-nn or candle-transformers.
+//!
 //! candle's tensor types are re-exported ([`Tensor`], [`Device`], [`DType`], and the whole crate
 //! as [`candle`]), so a program needs `deradiff` alone in its `Cargo.toml`, never a pinned
 //! `candle-core` of its own.
@@ -30,18 +35,22 @@ pub use candle_core::{DType, Device, Tensor};
 
 /// The exact analytic testbed (feature `analytic`).
 #[cfg(feature = "analytic")]
+#[doc(inline)]
 pub use deradiff_analytic as analytic;
 
 /// Stable Diffusion denoisers, guidance and the text-to-image pipeline (feature `sd`).
 #[cfg(feature = "sd")]
+#[doc(inline)]
 pub use deradiff_sd as sd;
 
 /// The fused CPU kernels the models run (feature `sd`).
 #[cfg(feature = "sd")]
+#[doc(inline)]
 pub use deradiff_kernels as kernels;
 
 /// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
 #[cfg(feature = "tune")]
+#[doc(inline)]
 pub use deradiff_tune as tune;
 
 /// The README's Rust program, compiled and run as a doc test (against the tiny checkpoints).
