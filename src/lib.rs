@@ -27,6 +27,8 @@
 //! See `docs/architecture.md` for the crate graph and the data flow, `docs/math.md` for the
 //! derivation of the fusion and `examples/` for programs to copy.
 
+#![warn(missing_docs)]
+
 pub use deradiff_core::*;
 
 /// candle, the tensor library every model runs on (the exact version deradiff is built with).
