@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use crate::bo::Objective;
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
+use crate::results::SweepRow;
 use crate::reward::Reward;
-use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver, SweepRow};
+use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver};
 
 /// [`Objective`] of a model, a reward and a prompt set (see the module docs).
 ///
