@@ -50,6 +50,8 @@
 //! custom-op interface, which return candle's errors). Code that works in `candle_core::Result`
 //! converts with `?` (`From<Error> for candle_core::Error`).
 
+#![warn(missing_docs)]
+
 mod attention;
 mod conv;
 mod error;
