@@ -53,11 +53,20 @@ enum Command {
     ///
     /// Several λ give one image each (same seed) and a labelled grid.
     Sample(sample::SampleArgs),
-    /// Sweep a λ grid on the analytic testbed: mean proxy and true reward per λ, streamed to
-    /// sweep.jsonl / sweep.csv and resumed where an interrupted run stopped.
+    /// Sweep a λ grid on the analytic testbed or, with --reference, on Stable Diffusion: the mean
+    /// of each reward per λ, streamed to sweep.jsonl / sweep.csv and resumed where an interrupted
+    /// run stopped.
+    ///
+    /// The analytic testbed (the default) scores the proxy and the true reward; a Stable Diffusion
+    /// pair (--reference and --aligned) the image rewards given (--clip, --pickscore, --hps,
+    /// --aesthetic, --image-reward).
     Sweep(sweep::SweepArgs),
-    /// Bayesian optimisation of λ on the analytic testbed (GP surrogate, EI or UCB): prints λ*
-    /// and the KL strength β_anchor/λ* it emulates.
+    /// Bayesian optimisation of λ on the analytic testbed or, with --reference, on Stable
+    /// Diffusion (GP surrogate, EI or UCB): prints λ* and the KL strength β_anchor/λ* it emulates.
+    ///
+    /// The objective is the true reward on the analytic testbed (the default); with --reference
+    /// and --aligned, the first image reward given (--clip, else --pickscore, --hps, --aesthetic,
+    /// --image-reward); give --aligned-beta to print the KL strength it emulates.
     Tune(tune::TuneArgs),
     /// Agreement statistics (paper Table 5) between two sweep result files, with a
     /// Bland–Altman plot and the ECDF of |Δ|.
