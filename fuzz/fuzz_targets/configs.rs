@@ -19,11 +19,8 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use deradiff_core::SchedulerKind;
 use deradiff_core::SchedulerConfig;
-use deradiff_sd::text::load_clip;
-use deradiff_sd::{
-    BlipModel, BlipVisionConfig, ClipModelConfig, ClipPreprocessor, ClipTextConfig, MedConfig, RgbImage, UnetConfig,
-    Vae, VaeConfig,
-};
+use deradiff_sd::clip::{ClipModelConfig, ClipPreprocessor, ClipTextConfig};
+use deradiff_sd::{load_clip, BlipModel, BlipVisionConfig, MedConfig, RgbImage, UnetConfig, Vae, VaeConfig};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {

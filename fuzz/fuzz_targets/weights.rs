@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
-use deradiff_sd::text::{load_clip, load_clip_with_projection};
-use deradiff_sd::{load_checked, ClipModel, ClipModelConfig, Unet, UnetConfig, Vae};
+use deradiff_sd::clip::{ClipModel, ClipModelConfig};
+use deradiff_sd::{load_checked, load_clip, load_clip_with_projection, Unet, UnetConfig, Vae};
 use libfuzzer_sys::fuzz_target;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/deradiff-sd/tests/fixtures");
@@ -111,7 +111,7 @@ fuzz_target!(init: {
 /// Valid weight files of the micro models, built over a `VarMap` (random init) and saved.
 fn write_seeds(out: &Path) {
     use candle_nn::{VarBuilder, VarMap};
-    use deradiff_sd::{ClipActivation, ClipTextConfig, ClipTextModel};
+    use deradiff_sd::clip::{ClipActivation, ClipTextConfig, ClipTextModel};
     std::fs::create_dir_all(out).unwrap();
     let cpu = Device::Cpu;
     let save_all = |map: &VarMap, name: &str| {

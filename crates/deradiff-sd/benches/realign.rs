@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, Criterion};
 use deradiff_core::{Denoiser, FnDenoiser, NoObserver, Realigner, Sampler, SchedulerKind, SeededNoise};
-use deradiff_sd::pipeline::EncodedRequest;
-use deradiff_sd::{LoadOptions, Request, StableDiffusion};
+use deradiff_sd::{EncodedRequest, LoadOptions, Request, StableDiffusion};
 
 const STEPS: usize = 4;
 

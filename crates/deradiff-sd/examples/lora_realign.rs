@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use deradiff_sd::{LoraAdapter, LoraFormat, LoraLayer, RowGroup, Unet, UnetConfig};
+use deradiff_sd::lora::{LoraAdapter, LoraFormat, LoraLayer};
+use deradiff_sd::{RowGroup, Unet, UnetConfig};
 
 #[path = "../benches/support/sd15.rs"]
 mod sd15;

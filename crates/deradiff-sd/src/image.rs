@@ -27,7 +27,7 @@ impl RgbImage {
     pub fn load_png(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bad = |message: String| Error::Image { path: path.to_path_buf(), message };
-        crate::config::check_path(path, crate::config::Kind::File, "image", None)?;
+        crate::fs::check_path(path, crate::fs::Kind::File, "image", None)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
         let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
         decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);

@@ -10,8 +10,8 @@
 //!   directory, a bare `unet/` directory or one `.safetensors` file), checks that they fit, and
 //!   [`generates`](StableDiffusion::generate) images: the prompts are encoded once and shared by
 //!   every UNet, the realigned loop of [`deradiff_core::Sampler`] runs, the VAE decodes once.
-//! * [`Unet`] — diffusers' `UNet2DConditionModel` on our own blocks ([`unet`]: model, blocks,
-//!   layers, embeddings; the fused CPU kernels of `deradiff-kernels`), configured from the
+//! * [`Unet`] — diffusers' `UNet2DConditionModel` on our own blocks (model, blocks, layers,
+//!   embeddings; the fused CPU kernels of `deradiff-kernels`), configured from the
 //!   checkpoint's own `unet/config.json` ([`UnetConfig`] → [`UnetArch`]); ε- and v-prediction (the scheduler config says which). SDXL UNets
 //!   (`addition_embed_type = "text_time"`) also embed the pooled text embedding and the six
 //!   size/crop `time_ids` ([`AddedConditioning`]) and add them to the timestep embedding, which
@@ -24,15 +24,38 @@
 //! * [`Guided`] — classifier-free guidance as a [`deradiff_core::Denoiser`] wrapper: conditional
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
-//!   ([`ClipTextModel`], configured from `text_encoder/config.json`).
-//! * [`clip`] — all of CLIP in one place: the text tower, the vision tower, transformers'
-//!   `CLIPModel` and `CLIPImageProcessor` (what CLIP score and PickScore embed with).
+//!   ([`clip::ClipTextModel`], configured from `text_encoder/config.json`).
+//! * [`clip`] — all of CLIP in one place: the text tower, the encoder layer it shares with the
+//!   vision towers ([`clip::encoder`]), the vision tower, transformers' `CLIPModel` and
+//!   `CLIPImageProcessor` (what CLIP score and PickScore embed with).
+//! * [`lora`] — LoRA adapters of the UNet: the layouts people ship, merging into a UNet
+//!   ([`Unet::merged_with`]) or attaching for one joint pass ([`Unet::with_adapters`]), and
+//!   extraction from two full UNets ([`lora::extract_lora`]).
 //! * [`Vae`] — the decoder, with the config's `scaling_factor` and scale factor: `decode` (8-bit
 //!   images) and `decode_f32` (`[B, 3, H, W]` in `[0, 1]`) take latents as the sampler gives
 //!   them; `decode_unscaled` takes latents already divided by the scaling factor.
 //! * Guidance defaults to the checkpoint's: 5.0 for SDXL (diffusers' SDXL default), 7.5 for
 //!   SD 1.x / 2.x ([`Request::guidance_scale`] `None`).
 //! * [`RgbImage`] — 8-bit output, written as PNG atomically.
+//!
+//! ## Layers
+//!
+//! The modules read top-down; none imports from a layer above its own (`tests/layers.rs`
+//! checks it):
+//!
+//! 1. utilities: `error`, `device`, `image` ([`RgbImage`]), [`fs`] (paths, probing, reading
+//!    text and JSON files), `limits` (the size limits and the latent-size check), `conditioning`
+//!    ([`ConditionalModel`], [`AddedConditioning`]);
+//! 2. weights and configs: `weights` ([`load_checked`]), `config` ([`UnetConfig`], [`VaeConfig`]);
+//! 3. models: `unet` (`load`, `adapters`, `model`, `blocks`, `layers`, `embeddings`), `vae`,
+//!    [`clip`];
+//! 4. [`lora`], above the UNet it reads, merges into and extracts from (the UNet knows nothing of
+//!    LoRA);
+//! 5. guidance and text: `guidance` ([`Guided`], [`JointGuided`], [`PromptEmbeddings`]), `text`
+//!    ([`TextEncoder`]), `tokenizer` ([`ClipTokenizer`]), and `blip` (ImageReward's BLIP);
+//! 6. the pipeline: `pipeline` (`request`, `load`, `encode`, `sample`; [`StableDiffusion`]).
+//!
+//! Only [`fs`], [`clip`] and [`lora`] are public modules; everything else is re-exported here.
 //!
 //! Weights are safetensors only; a missing or misshapen tensor is an [`Error`] naming the file
 //! and the tensor. dtype f32, f16 or bf16 (bf16 needs a GPU in candle 0.11); CPU, or CUDA /
@@ -61,37 +84,34 @@
 
 #![warn(missing_docs)]
 
-pub mod blip;
 pub mod clip;
-pub mod config;
-pub mod device;
-pub mod error;
-pub mod guidance;
-pub mod image;
+pub mod fs;
 pub mod lora;
-pub mod pipeline;
-pub mod text;
-pub mod tokenizer;
-pub mod unet;
-pub mod vae;
+
+mod blip;
+mod conditioning;
+mod config;
+mod device;
+mod error;
+mod guidance;
+mod image;
+mod limits;
+mod pipeline;
+mod text;
+mod tokenizer;
+mod unet;
+mod vae;
 mod weights;
 
 pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
-pub use clip::{
-    resize_like_pil, ClipActivation, ClipModel, ClipModelConfig, ClipOutput, ClipPreprocessor, ClipTextConfig,
-    ClipTextModel, ClipVisionConfig, ClipVisionModel, OpenClipConfig, PixelConvention, Resample, ResizeTo,
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-};
+pub use conditioning::{AddedConditioning, ConditionalModel};
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
-pub use device::{check_dtype_supported, parse_device, parse_dtype};
+pub use device::{check_dtype_supported, describe_device, parse_device, parse_dtype};
 pub use error::{Error, Result};
-pub use guidance::{
-    AddedConditioning, ConditionalModel, GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings,
-};
+pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
 pub use image::RgbImage;
-pub use lora::{LoraAdapter, LoraFormat, LoraLayer};
 pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
-pub use text::TextEncoder;
+pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::ClipTokenizer;
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;

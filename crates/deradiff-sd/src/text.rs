@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip::{ClipOutput, ClipTextConfig, ClipTextModel};
-use crate::config::{check_path, config_path, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, config_path, Kind};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{find_weight_files, CheckedWeights};
 

@@ -19,8 +19,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
-use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, probe_path, read_text, Kind};
 
 /// CLIP's pre-tokenizer pattern (openai/CLIP `simple_tokenizer.py`, transformers' `CLIPTokenizer`).
 const CLIP_PATTERN: &str =

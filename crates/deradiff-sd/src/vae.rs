@@ -9,10 +9,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
-use crate::config::{check_path, config_path, Kind, VaeConfig};
+use crate::config::VaeConfig;
 use crate::error::{Error, Result};
+use crate::fs::{check_path, config_path, Kind};
 use crate::image::RgbImage;
-use crate::pipeline::{check_latent_size, StableDiffusion};
+use crate::limits::{check_latent_size, MAX_IMAGE_SIDE};
 use crate::weights::{find_weight_files, CheckedWeights};
 
 /// A loaded VAE.
@@ -82,8 +83,8 @@ impl Vae {
     }
 
     /// An [`Error::ShapeMismatch`] unless `z` is `[batch, latent_channels, height, width]`,
-    /// non-empty, of at most twice [`StableDiffusion::MAX_LATENT_ELEMENTS`] elements, and decodes
-    /// to sides of at most [`StableDiffusion::MAX_IMAGE_SIDE`] pixels: checked before any
+    /// non-empty, of at most twice [`crate::StableDiffusion::MAX_LATENT_ELEMENTS`] elements, and decodes
+    /// to sides of at most [`crate::StableDiffusion::MAX_IMAGE_SIDE`] pixels: checked before any
     /// computation, so that no size overflows and nothing huge is allocated.
     fn check_latents(&self, z: &Tensor) -> Result<()> {
         let dims = z.dims();
@@ -96,7 +97,7 @@ impl Vae {
             ));
         }
         check_latent_size(dims, || context.to_string())?;
-        let (f, max) = (self.scale_factor(), StableDiffusion::MAX_IMAGE_SIDE);
+        let (f, max) = (self.scale_factor(), MAX_IMAGE_SIDE);
         if dims[2..].iter().any(|&side| side.checked_mul(f).is_none_or(|px| px > max)) {
             return Err(Error::shape(
                 context,

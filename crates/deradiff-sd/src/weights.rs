@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
-use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, probe_path, read_text, Kind};
 
 /// The safetensors file(s) of one model component, in the order they are read.
 ///

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use deradiff_sd::{text::load_clip, ClipTokenizer, TextEncoder, Unet, Vae};
+use deradiff_sd::{load_clip, ClipTokenizer, TextEncoder, Unet, Vae};
 
 fn expected_ids() -> (Vec<String>, Vec<Vec<u32>>) {
     let t = &meta()["tokenizer"];

@@ -595,7 +595,8 @@ fn save_png_refuses_what_is_not_a_file_and_clobbers_nothing() {
 
 #[test]
 fn fuzz_findings_are_errors() {
-    use deradiff_sd::{ClipModelConfig, ClipPreprocessor, ClipTokenizer};
+    use deradiff_sd::clip::{ClipModelConfig, ClipPreprocessor};
+    use deradiff_sd::ClipTokenizer;
     let path = Path::new("config.json");
     // C1: `addition_time_embed_dim` × 6 overflowed.
     let cfg = UnetConfig::from_json(

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use deradiff_sd::lora::{extract_lora, ExtractOptions, SvdMethod};
-use deradiff_sd::{LoraAdapter, LoraFormat, LoraLayer, Unet};
+use deradiff_sd::lora::{extract_lora, ExtractOptions, LoraAdapter, LoraFormat, LoraLayer, SvdMethod};
+use deradiff_sd::Unet;
 use nalgebra::DMatrix;
 
 fn unet(path: std::path::PathBuf) -> Unet {

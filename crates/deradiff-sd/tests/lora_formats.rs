@@ -16,10 +16,8 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use deradiff_core::{Flow, InjectedNoise, Realigner, SchedulerKind, StepEvent};
-use deradiff_sd::lora::looks_like_lora;
-use deradiff_sd::{
-    AddedConditioning, Error, LoadOptions, LoraAdapter, LoraFormat, Request, RowGroup, StableDiffusion, Unet,
-};
+use deradiff_sd::lora::{looks_like_lora, LoraAdapter, LoraFormat};
+use deradiff_sd::{AddedConditioning, Error, LoadOptions, Request, RowGroup, StableDiffusion, Unet};
 
 fn dir() -> PathBuf {
     fixtures().join("lora")

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_core::Denoiser;
-use deradiff_sd::{
-    AddedConditioning, Error, Guided, JointGuided, LoraAdapter, LoraFormat, LoraLayer, PromptEmbeddings, RowGroup, Unet,
-};
+use deradiff_sd::lora::{LoraAdapter, LoraFormat, LoraLayer};
+use deradiff_sd::{AddedConditioning, Error, Guided, JointGuided, PromptEmbeddings, RowGroup, Unet};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use deradiff_sd::{text::load_clip_with_projection, AddedConditioning, ClipTokenizer, Error, Unet};
+use deradiff_sd::{load_clip_with_projection, AddedConditioning, ClipTokenizer, Error, Unet};
 
 fn timesteps() -> Vec<f64> {
     xl_meta()["unet_timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect()

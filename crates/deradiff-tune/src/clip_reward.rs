@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::{ClipModel, ClipPreprocessor, ClipTokenizer, RgbImage};
+use deradiff_sd::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use deradiff_sd::{ClipTokenizer, RgbImage};
 
 use crate::error::{Error, Result};
 use crate::reward::{require_prompts, ImageScorer, Reward};
@@ -310,7 +311,7 @@ impl HpsScore {
         device: &Device,
     ) -> Result<Self> {
         let weights = weights.as_ref();
-        let config = deradiff_sd::OpenClipConfig::from_file(config)?;
+        let config = OpenClipConfig::from_file(config)?;
         let model = ClipModel::load_open_clip(weights, &config, dtype, device).map_err(|e| {
             e.with_conversion(
                 "the published HPS checkpoint",

@@ -35,7 +35,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::{BertTokenizer, BlipModel, ClipPreprocessor, RgbImage};
+use deradiff_sd::clip::ClipPreprocessor;
+use deradiff_sd::{BertTokenizer, BlipModel, RgbImage};
 
 use crate::error::{Error, Result};
 use crate::head::LinearHead;

@@ -22,7 +22,7 @@ pub struct SdSetup {
     /// The reference checkpoint (diffusers layout).
     pub reference: PathBuf,
     /// The aligned model: a UNet (pipeline directory, `unet/` directory or `.safetensors` file)
-    /// or a LoRA adapter (file or folder, any layout of [`deradiff_sd::LoraFormat`]), which then
+    /// or a LoRA adapter (file or folder, any layout of [`deradiff_sd::lora::LoraFormat`]), which then
     /// runs with the reference in one UNet pass per step.
     pub aligned: PathBuf,
     /// dtype and device.
@@ -331,7 +331,8 @@ impl SweepModel for SdModel {
         let Some(adapter) = self.sd.lora_adapters().first() else {
             return Err(Error::InvalidArgument("weight-space realignment needs a LoRA-aligned model".into()));
         };
-        let attached: Vec<(&deradiff_sd::LoraAdapter, f64)> = group_lambdas.iter().map(|&l| (adapter, l)).collect();
+        let attached: Vec<(&deradiff_sd::lora::LoraAdapter, f64)> =
+            group_lambdas.iter().map(|&l| (adapter, l)).collect();
         let unet = self.sd.models()[0].unet().with_adapters(&attached)?;
         let embeddings = self.group_embeddings(prompts, group_prompts)?.repeat_each(rows_per_group)?;
         let groups = (0..group_lambdas.len()).map(|g| RowGroup { adapter: Some(g), rows: rows_per_group }).collect();

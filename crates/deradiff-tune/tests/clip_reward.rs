@@ -226,8 +226,8 @@ fn a_pickscore_vit_h_14_config_is_read() {
         "vision_config_dict": {"patch_size": 14}
     }"#;
     let c = ClipModelConfig::from_json(json, "PickScore_v1/config.json").unwrap();
-    assert_eq!(c.text_act, deradiff_sd::ClipActivation::Gelu);
-    assert_eq!(c.vision_act, deradiff_sd::ClipActivation::Gelu);
+    assert_eq!(c.text_act, deradiff_sd::clip::ClipActivation::Gelu);
+    assert_eq!(c.vision_act, deradiff_sd::clip::ClipActivation::Gelu);
     assert_eq!((c.vision.hidden_size, c.vision.num_hidden_layers, c.vision.patch_size), (1280, 32, 14));
     assert_eq!(c.vision.num_positions(), 257);
     assert_eq!(c.vision.layer_norm_eps, 1e-5);

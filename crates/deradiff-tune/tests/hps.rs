@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::{ClipModel, ClipPreprocessor, OpenClipConfig, RgbImage};
+use deradiff_sd::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use deradiff_sd::RgbImage;
 use deradiff_tune::{HpsScore, Reward};
 
 fn dir() -> PathBuf {

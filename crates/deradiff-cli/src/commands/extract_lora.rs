@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use deradiff_sd::lora::{extract_lora_with_progress, ExtractOptions, ExtractReport, SvdMethod};
-use deradiff_sd::{parse_dtype, LoraAdapter, Unet};
+use deradiff_sd::lora::{extract_lora_with_progress, ExtractOptions, ExtractReport, LoraAdapter, SvdMethod};
+use deradiff_sd::{parse_dtype, Unet};
 
 use crate::args::device_option;
 use crate::error::{CliError, Context, Result};

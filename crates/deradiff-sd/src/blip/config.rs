@@ -58,7 +58,7 @@ impl BlipVisionConfig {
     /// Reads and checks a `vision_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let c: Self = crate::config::read_json(path, "BLIP vision config")?;
+        let c: Self = crate::fs::read_json(path, "BLIP vision config")?;
         c.validate(path)?;
         Ok(c)
     }
@@ -158,7 +158,7 @@ impl MedConfig {
     /// Reads and checks a `med_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let c: Self = crate::config::read_json(path, "BLIP text config (med_config.json)")?;
+        let c: Self = crate::fs::read_json(path, "BLIP text config (med_config.json)")?;
         c.validate(path)?;
         Ok(c)
     }

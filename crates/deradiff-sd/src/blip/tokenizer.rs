@@ -9,8 +9,8 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, probe_path, read_text, Kind};
 
 /// BERT's special tokens, then the two BLIP adds (in `init_tokenizer`'s order, so a vocabulary
 /// without them gives `[DEC]` the id after its last and `[ENC]` the next, as transformers does).

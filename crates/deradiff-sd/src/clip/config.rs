@@ -94,7 +94,7 @@ impl Default for ClipTextConfig {
 impl ClipTextConfig {
     /// Reads a `text_encoder/config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        crate::config::read_json(path.as_ref(), "text encoder config")
+        crate::fs::read_json(path.as_ref(), "text encoder config")
     }
 
     /// The activation, or an error naming the file for one this crate does not implement.
@@ -129,9 +129,9 @@ impl ClipTextConfig {
     }
 }
 
-/// Reads a text file: [`crate::config::read_text`] (kind and size checked first).
+/// Reads a text file: [`crate::fs::read_text`] (kind and size checked first).
 pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
-    crate::config::read_text(path, what)
+    crate::fs::read_text(path, what)
 }
 
 /// Drops `null` entries (transformers writes many; they mean "the default").

@@ -11,7 +11,8 @@
 //!   end-of-text token ([`ClipOutput`]);
 //! * [`ClipVisionModel`] — `CLIPVisionTransformer` (`vision_model.*`);
 //! * [`ClipModel`] — `CLIPModel`: both towers, `visual_projection` and `logit_scale`;
-//! * both towers share one encoder layer (pre-norm attention with an optional causal mask, MLP);
+//! * both towers share one encoder layer ([`encoder`]: pre-norm attention with an optional causal
+//!   mask, MLP), public for the vision towers built outside this crate;
 //! * [`ClipPreprocessor`] — `CLIPImageProcessor` with PIL's resampling ([`resize_like_pil`]), and
 //!   HPS v2's longest-side-and-pad preprocessing ([`ClipPreprocessor::longest_edge_pad`]) and
 //!   openai/CLIP's torchvision transform ([`ClipPreprocessor::openai_clip`], ImageReward's);
@@ -29,7 +30,7 @@
 //! pixels identical.
 
 mod config;
-pub(crate) mod encoder;
+pub mod encoder;
 mod model;
 mod open_clip;
 mod processor;

@@ -49,7 +49,7 @@ impl ClipModel {
     /// a missing or misshapen tensor is an error naming the file and the tensor.
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        crate::config::check_path(dir, crate::config::Kind::Dir, "CLIP model folder", None)?;
+        crate::fs::check_path(dir, crate::fs::Kind::Dir, "CLIP model folder", None)?;
         let config = ClipModelConfig::from_file(dir.join("config.json"))?;
         load_checked(dir, "model", "CLIP model", dtype, device, |vb| Self::new(vb, &config))
     }

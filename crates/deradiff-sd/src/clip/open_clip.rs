@@ -25,8 +25,8 @@ use candle_nn::VarBuilder;
 use serde_json::Value;
 
 use super::{ClipActivation, ClipModel, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
-use crate::config::{check_path, read_text, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, read_text, Kind};
 
 /// The model part of an `open_clip_config.json` (`model_cfg`), as open_clip's `CLIP` takes it.
 #[derive(Debug, Clone, PartialEq)]

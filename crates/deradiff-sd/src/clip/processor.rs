@@ -466,7 +466,7 @@ impl ClipPreprocessor {
     /// `dir/preprocessor_config.json` when present, CLIP's defaults otherwise.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let path = dir.as_ref().join("preprocessor_config.json");
-        if crate::config::probe_path(&path, crate::config::Kind::File, "image preprocessor config", None)? {
+        if crate::fs::probe_path(&path, crate::fs::Kind::File, "image preprocessor config", None)? {
             Self::from_file(path)
         } else {
             Ok(Self::default())

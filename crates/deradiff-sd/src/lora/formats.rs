@@ -21,8 +21,8 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Tensor};
 
 use super::{LoraAdapter, LoraLayer};
-use crate::config::{check_path, probe_path, read_text, Kind};
 use crate::error::{Error, Result};
+use crate::fs::{check_path, probe_path, read_text, Kind};
 use crate::unet::Unet;
 use crate::weights::sniff_safetensors;
 

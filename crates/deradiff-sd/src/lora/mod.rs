@@ -11,6 +11,7 @@
 
 mod extract;
 mod formats;
+mod merge;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::unet::Unet;
 
 pub use extract::{extract_lora, extract_lora_with_progress, ExtractOptions, ExtractReport, LayerReport, SvdMethod};
 pub use formats::{looks_like_lora, LoraFormat};
@@ -99,7 +101,7 @@ impl LoraAdapter {
     /// Errors ([`Error::Lora`], naming the key as the file spells it): DoRA, LoHa, LoKr and other
     /// LyCORIS kinds, text-encoder adapters, unknown keys, layers this UNet lacks, a `down`
     /// without its `up`, shapes that do not fit. An adapter is never applied in part.
-    pub fn load(path: impl AsRef<Path>, unet: &crate::Unet) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>, unet: &Unet) -> Result<Self> {
         formats::load(path.as_ref(), unet)
     }
 
@@ -149,7 +151,7 @@ impl LoraAdapter {
     }
 
     /// Checks the adapter against a UNet's layers (`layers`: weight shape by module path, as
-    /// [`crate::Unet::layer_shapes`] gives them): every adapted layer exists and its `down` /
+    /// [`Unet::layer_shapes`] gives them): every adapted layer exists and its `down` /
     /// `up` fit the weight. An error names the key the file used.
     pub fn check(&self, layers: &BTreeMap<String, Vec<usize>>) -> Result<()> {
         for (path, layer) in &self.layers {

@@ -17,9 +17,11 @@
 //! to the model dtype, as diffusers does (candle computes them in the model dtype, which rounds
 //! fractional Euler timesteps in f16).
 
+mod adapters;
 mod blocks;
 mod embeddings;
 mod layers;
+mod load;
 mod model;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,13 +30,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Shape, Tensor};
 
-use crate::config::{check_path, config_path, probe_any, probe_path, Kind, TextTimeArch, UnetArch, UnetConfig};
+use crate::conditioning::{AddedConditioning, ConditionalModel};
+use crate::config::{TextTimeArch, UnetArch, UnetConfig};
 use crate::error::{Error, Result};
-use crate::guidance::{AddedConditioning, ConditionalModel};
-use crate::lora::LoraAdapter;
-use crate::pipeline::check_latent_size;
-use crate::weights::{find_weight_files, shape_differences, CheckedWeights};
-use layers::{LayerMut, LowRank, Rows};
+use crate::limits::check_latent_size;
+use crate::weights::shape_differences;
+pub use adapters::{AdapterView, GroupedView, RowGroup};
+pub(crate) use layers::LowRank;
+use layers::{LayerMut, Rows};
+pub use load::UnetLocation;
 use model::UnetModel;
 
 /// A loaded UNet with its config and the shapes of its weights: SD 1.x / 2.x or, when `unet/config.json` says `addition_embed_type = "text_time"`,
@@ -69,154 +73,7 @@ impl std::fmt::Debug for Unet {
     }
 }
 
-/// Where a UNet's weights and config are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnetLocation {
-    /// The safetensors file(s).
-    pub weights: Vec<PathBuf>,
-    /// Its `config.json`, if it has one of its own.
-    pub config: Option<PathBuf>,
-}
-
-impl UnetLocation {
-    /// Resolves what a user gave:
-    /// * a pipeline directory with a `unet/` subdirectory;
-    /// * a UNet directory (`config.json` + `diffusion_pytorch_model[.fp16].safetensors` or shards);
-    /// * a single `.safetensors` file (no config of its own: the reference's is used).
-    ///
-    /// Nothing at `path` is an [`Error::NotFound`]; anything else that is neither a folder nor a
-    /// file (a FIFO, a device, a dangling link, a link loop, …) an [`Error::WrongKind`] saying
-    /// what it is. The weights themselves are checked when they are opened.
-    pub fn resolve(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let what = "UNet (directory or .safetensors file)";
-        let expected = "a pipeline folder (with unet/), a UNet folder (config.json + \
-                        diffusion_pytorch_model.safetensors) or a .safetensors file";
-        match probe_any(path, what, expected)? {
-            None => Err(Error::NotFound { what: what.into(), path: path.into() }),
-            Some(Kind::File) => {
-                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if ext != "safetensors" {
-                    return Err(Error::unsupported(
-                        path,
-                        "a single-file UNet must be a .safetensors file in the diffusers layout (pickle \
-                         .bin / .ckpt files are not loaded)",
-                    ));
-                }
-                Ok(Self { weights: vec![path.to_path_buf()], config: None })
-            }
-            Some(Kind::Dir) => {
-                let unet = path.join("unet");
-                let dir = if probe_path(&unet, Kind::Dir, "UNet folder of the pipeline", None)? {
-                    unet
-                } else {
-                    path.to_path_buf()
-                };
-                let cfg = config_path(&dir);
-                check_path(
-                    &cfg,
-                    Kind::File,
-                    "UNet config (a pipeline directory needs unet/config.json, a UNet directory config.json)",
-                    None,
-                )?;
-                let weights = find_weight_files(&dir, "diffusion_pytorch_model", "UNet")?;
-                Ok(Self { weights, config: Some(cfg) })
-            }
-        }
-    }
-}
-
 impl Unet {
-    /// Loads a UNet from a pipeline directory, a UNet directory, or (with `fallback` — the
-    /// reference's config and its path) a single safetensors file.
-    pub fn load(
-        path: impl AsRef<Path>,
-        fallback: Option<(&UnetConfig, &Path)>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let path = path.as_ref();
-        let loc = UnetLocation::resolve(path)?;
-        let (config, cfg_path) = match (&loc.config, fallback) {
-            (Some(p), _) => (UnetConfig::from_file(p)?, p.clone()),
-            (None, Some((c, p))) => (c.clone(), p.to_path_buf()),
-            (None, None) => {
-                return Err(Error::InvalidArgument(format!(
-                    "Unet::load: {} is a bare weight file and no fallback config was given; the reference UNet \
-                     needs its config.json (give its directory)",
-                    path.display()
-                )))
-            }
-        };
-        Self::from_files(&loc.weights, config, &cfg_path, dtype, device)
-    }
-
-    /// Loads weights `files` with `config` (whose path `config_path` is named in errors).
-    pub fn from_files(
-        files: &[PathBuf],
-        config: UnetConfig,
-        config_path: &Path,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        if files.is_empty() {
-            return Err(Error::InvalidArgument(
-                "Unet::from_files: `files` is empty; give the UNet's weight files".into(),
-            ));
-        }
-        let arch = config.arch(config_path)?;
-        let weights = CheckedWeights::open(files)?;
-        let model = weights.build(dtype, device, None, |vb| UnetModel::new(vb, arch.clone()))?;
-        let (source, shapes) = (weights.primary().to_path_buf(), weights.used());
-        let mut unet = Self::assemble(model, config, arch, source, shapes, dtype, device);
-        unet.config_path = config_path.to_path_buf();
-        Ok(unet)
-    }
-
-    /// Builds a UNet with `config` over any `VarBuilder` (diffusers' weight names), for example
-    /// one over random tensors for a benchmark of a full-size architecture without its checkpoint.
-    /// `source` names the model in errors. Unlike [`Self::load`], the weight shapes are not
-    /// recorded, so [`Self::check_same_architecture`] compares only the channels of such a model.
-    pub fn from_var_builder(
-        vb: candle_nn::VarBuilder,
-        config: UnetConfig,
-        source: impl Into<PathBuf>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let source = source.into();
-        let arch = config.arch(&source)?;
-        let vb = vb.set_dtype(dtype).set_device(device.clone());
-        let model = UnetModel::new(vb, arch.clone())?;
-        Ok(Self::assemble(model, config, arch, source, HashMap::new(), dtype, device))
-    }
-
-    /// The `Unet` around a built `model`; `shapes` are its weights' shapes as loaded.
-    fn assemble(
-        mut model: UnetModel,
-        config: UnetConfig,
-        arch: UnetArch,
-        source: PathBuf,
-        shapes: HashMap<String, Shape>,
-        dtype: DType,
-        device: &Device,
-    ) -> Self {
-        let layers = layer_shapes(&mut model);
-        Self {
-            model: Box::new(model),
-            layers,
-            adapters: 0,
-            config,
-            arch,
-            config_path: source.clone(),
-            source,
-            shapes,
-            dtype,
-            device: device.clone(),
-            forward_calls: AtomicUsize::new(0),
-        }
-    }
-
     /// The config it was built from.
     pub fn config(&self) -> &UnetConfig {
         &self.config
@@ -270,7 +127,7 @@ impl Unet {
 
     /// The weight shape of every linear and convolution layer (as the files store it: 1×1
     /// convolution projections as `[out, in, 1, 1]`), by diffusers module path: what a LoRA
-    /// adapter may adapt ([`LoraAdapter::check`]).
+    /// adapter may adapt ([`crate::lora::LoraAdapter::check`]).
     pub fn layer_shapes(&self) -> &BTreeMap<String, Vec<usize>> {
         &self.layers
     }
@@ -318,116 +175,6 @@ impl Unet {
     /// The number of adapters attached for joint passes ([`Self::with_adapters`]).
     pub fn num_adapters(&self) -> usize {
         self.adapters
-    }
-
-    /// This UNet with `adapter` merged into its weights: every adapted layer's weight becomes
-    /// `W + multiplier · scale · up · down` (computed in f32, stored in the UNet's dtype). The
-    /// other weights are shared with `self`, not copied. A multiplier of 1 gives the aligned
-    /// model; other values realign in weight space (the "rewarded soups" baseline). Attached
-    /// adapters are not carried over. Errors when the adapter does not fit this UNet, naming its
-    /// key.
-    pub fn merged_with(&self, adapter: &LoraAdapter, multiplier: f64) -> Result<Unet> {
-        if !multiplier.is_finite() {
-            return Err(Error::InvalidArgument(format!(
-                "Unet::merged_with: the multiplier {multiplier} is not finite"
-            )));
-        }
-        adapter.check(&self.layers)?;
-        let mut model = (*self.model).clone();
-        let (dtype, device) = (self.dtype, self.device.clone());
-        model.visit(&mut |path, layer| {
-            let adapters = match layer {
-                LayerMut::Linear(l) => {
-                    if let Some(a) = adapter.layers().get(&path) {
-                        let delta = a.delta(multiplier)?.to_device(&device)?.reshape(l.weight.shape())?;
-                        l.weight = merge(&l.weight, &delta, dtype)?;
-                    }
-                    &mut l.adapters
-                }
-                LayerMut::Conv(c) => {
-                    if let Some(a) = adapter.layers().get(&path) {
-                        let delta = a.delta(multiplier)?.to_device(&device)?;
-                        c.weight = merge(&c.weight, &delta, dtype)?;
-                    }
-                    &mut c.adapters
-                }
-                LayerMut::Norm { .. } => return Ok(()),
-            };
-            adapters.clear();
-            Ok(())
-        })?;
-        let mut unet = self.derived(model, adapter.source().to_path_buf());
-        unet.adapters = 0;
-        Ok(unet)
-    }
-
-    /// This UNet with `adapters` attached, unmerged, for joint passes
-    /// ([`Self::forward_rows`]): adapter `k` (with its multiplier) serves the rows of groups with
-    /// `adapter: Some(k)`. The base weights are shared with `self`. Replaces adapters attached
-    /// before. Errors when an adapter does not fit this UNet, naming its key.
-    pub fn with_adapters(&self, adapters: &[(&LoraAdapter, f64)]) -> Result<Unet> {
-        for (adapter, multiplier) in adapters {
-            if !multiplier.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "Unet::with_adapters: the multiplier {multiplier} of {} is not finite",
-                    adapter.source().display()
-                )));
-            }
-            adapter.check(&self.layers)?;
-        }
-        let mut model = (*self.model).clone();
-        let (dtype, device) = (self.dtype, self.device.clone());
-        model.visit(&mut |path, layer| {
-            let low_rank = |conv: bool| -> Result<Vec<Option<LowRank>>> {
-                adapters
-                    .iter()
-                    .map(|(adapter, multiplier)| {
-                        let Some(a) = adapter.layers().get(&path) else { return Ok(None) };
-                        let r = a.rank();
-                        let up = a.up.to_dtype(DType::F32)?.affine(multiplier * a.scale(), 0.0)?;
-                        let (down, up) = if conv {
-                            (a.down.clone(), up.reshape((up.dims()[0], r, 1, 1))?)
-                        } else {
-                            (a.down.reshape((r, ()))?, up.reshape((up.dims()[0], r))?)
-                        };
-                        let prepare = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(&device)?) };
-                        Ok(Some(LowRank { down: prepare(down)?, up: prepare(up)? }))
-                    })
-                    .collect()
-            };
-            match layer {
-                LayerMut::Linear(l) => l.adapters = low_rank(false)?,
-                LayerMut::Conv(c) => c.adapters = low_rank(true)?,
-                LayerMut::Norm { .. } => {}
-            }
-            Ok(())
-        })?;
-        let mut unet = self.derived(model, self.source.clone());
-        unet.adapters = adapters.len();
-        Ok(unet)
-    }
-
-    /// A view running the rows of one model of a joint UNet: the base weights (`None`) or
-    /// attached adapter `k`, as a [`ConditionalModel`] (for [`crate::Guided`]).
-    pub fn adapter_view(&self, adapter: Option<usize>) -> AdapterView<'_> {
-        AdapterView { unet: self, adapter }
-    }
-
-    /// A UNet sharing this one's config with another model.
-    fn derived(&self, model: UnetModel, source: PathBuf) -> Unet {
-        Unet {
-            model: Box::new(model),
-            layers: self.layers.clone(),
-            adapters: self.adapters,
-            config: self.config.clone(),
-            arch: self.arch.clone(),
-            source,
-            config_path: self.config_path.clone(),
-            shapes: self.shapes.clone(),
-            dtype: self.dtype,
-            device: self.device.clone(),
-            forward_calls: AtomicUsize::new(0),
-        }
     }
 
     /// Forward passes run so far.
@@ -597,129 +344,6 @@ impl Unet {
         };
         Ok(out.to_dtype(out_dtype)?)
     }
-}
-
-/// One model's consecutive rows in a joint batch ([`Unet::forward_rows`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RowGroup {
-    /// The attached adapter these rows run ([`Unet::with_adapters`]); `None`: the base weights.
-    pub adapter: Option<usize>,
-    /// How many consecutive rows.
-    pub rows: usize,
-}
-
-/// One model of a joint UNet ([`Unet::adapter_view`]): every row runs the base weights or one
-/// attached adapter.
-#[derive(Clone, Copy, Debug)]
-pub struct AdapterView<'a> {
-    unet: &'a Unet,
-    adapter: Option<usize>,
-}
-
-impl<'a> AdapterView<'a> {
-    /// The UNet.
-    pub fn unet(&self) -> &'a Unet {
-        self.unet
-    }
-
-    /// The attached adapter its rows run (`None`: the UNet's own weights).
-    pub fn adapter(&self) -> Option<usize> {
-        self.adapter
-    }
-}
-
-impl ConditionalModel for AdapterView<'_> {
-    fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        self.forward_added(x, timestep, context, None)
-    }
-
-    fn forward_added(
-        &self,
-        x: &Tensor,
-        timestep: f64,
-        context: &Tensor,
-        added: Option<&AddedConditioning>,
-    ) -> Result<Tensor> {
-        let rows = x.dims().first().copied().unwrap_or(0);
-        self.unet.forward_rows(x, timestep, context, added, &[RowGroup { adapter: self.adapter, rows }])
-    }
-}
-
-/// Consecutive row groups of a joint UNet, each running the base weights or one attached adapter
-/// ([`Unet::grouped_view`]), as a [`ConditionalModel`]: a batch of `n · Σ rows` rows runs the
-/// groups `n` times over (classifier-free guidance stacks `[uncond; cond]`, each in the groups'
-/// order). The weight-space sweep runs one λ per group this way.
-#[derive(Clone, Debug)]
-pub struct GroupedView<'a> {
-    unet: &'a Unet,
-    groups: Vec<RowGroup>,
-    rows: usize,
-}
-
-impl Unet {
-    /// A [`GroupedView`] of `groups` (each `adapter` attached, each `rows > 0`).
-    pub fn grouped_view(&self, groups: Vec<RowGroup>) -> Result<GroupedView<'_>> {
-        if groups.is_empty() || groups.iter().any(|g| g.rows == 0) {
-            return Err(Error::InvalidArgument(
-                "Unet::grouped_view: give at least one group, each of at least one row".into(),
-            ));
-        }
-        if let Some(k) = groups.iter().filter_map(|g| g.adapter).find(|&k| k >= self.adapters) {
-            return Err(Error::InvalidArgument(format!(
-                "Unet::grouped_view: adapter {k} is not attached ({} attached)",
-                self.adapters
-            )));
-        }
-        let rows = groups
-            .iter()
-            .try_fold(0usize, |n, g| n.checked_add(g.rows))
-            .ok_or_else(|| Error::InvalidArgument("Unet::grouped_view: the groups' rows overflow".into()))?;
-        Ok(GroupedView { unet: self, groups, rows })
-    }
-}
-
-impl ConditionalModel for GroupedView<'_> {
-    fn forward_conditional(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        self.forward_added(x, timestep, context, None)
-    }
-
-    fn forward_added(
-        &self,
-        x: &Tensor,
-        timestep: f64,
-        context: &Tensor,
-        added: Option<&AddedConditioning>,
-    ) -> Result<Tensor> {
-        let batch = x.dims().first().copied().unwrap_or(0);
-        if batch == 0 || !batch.is_multiple_of(self.rows) {
-            return Err(Error::shape(
-                "the latents given to a grouped view of a joint UNet",
-                format!("[a multiple of {} rows (its groups), channels, height, width]", self.rows),
-                x.dims(),
-            ));
-        }
-        let groups: Vec<RowGroup> = (0..batch / self.rows).flat_map(|_| self.groups.iter().copied()).collect();
-        self.unet.forward_rows(x, timestep, context, added, &groups)
-    }
-}
-
-/// The weight shapes of the model's linear and convolution layers, by module path.
-fn layer_shapes(model: &mut UnetModel) -> BTreeMap<String, Vec<usize>> {
-    let mut layers = BTreeMap::new();
-    let _ = model.visit(&mut |path, layer| {
-        match layer {
-            LayerMut::Linear(l) => layers.insert(path, l.file_shape()),
-            LayerMut::Conv(c) => layers.insert(path, c.weight.dims().to_vec()),
-            LayerMut::Norm { .. } => None,
-        };
-        Ok(())
-    });
-    layers
-}
-
-/// `weight + delta` in f32, stored as `dtype`.
-fn merge(weight: &Tensor, delta: &Tensor, dtype: DType) -> Result<Tensor> {
-    Ok((weight.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
 }
 
 impl ConditionalModel for Unet {
