@@ -26,10 +26,13 @@ fn layer_of(module: &str) -> Option<usize> {
 }
 
 /// `source` without comments, string literals' contents and character literals (so that a
-/// path in a doc link or an error message is not taken for an import).
+/// path in a doc link or an error message is not taken for an import); its line breaks are
+/// kept, so that line numbers stay right.
 fn code_only(source: &str) -> String {
     let s: Vec<char> = source.chars().collect();
     let mut out = String::with_capacity(s.len());
+    // The line breaks of s[from..to], for what is left out.
+    let breaks = |from: usize, to: usize| "\n".repeat(s[from..to.min(s.len())].iter().filter(|&&c| c == '\n').count());
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
@@ -39,6 +42,7 @@ fn code_only(source: &str) -> String {
                 i += 1;
             }
         } else if c == '/' && next == Some('*') {
+            let start = i;
             let mut depth = 0;
             while i < s.len() {
                 if s[i] == '/' && s.get(i + 1) == Some(&'*') {
@@ -54,6 +58,7 @@ fn code_only(source: &str) -> String {
                     i += 1;
                 }
             }
+            out.push_str(&breaks(start, i));
         } else if c == 'r' && (next == Some('#') || next == Some('"')) && !is_ident(s.get(i.wrapping_sub(1))) {
             // A raw string: r"…", r#"…"#, …
             let hashes = s[i + 1..].iter().take_while(|&&h| h == '#').count();
@@ -62,6 +67,7 @@ fn code_only(source: &str) -> String {
                 i += 1;
                 continue;
             }
+            let start = i;
             i += hashes + 2;
             while i < s.len()
                 && !(s[i] == '"' && s[i + 1..].iter().take(hashes).filter(|&&h| h == '#').count() == hashes)
@@ -70,13 +76,16 @@ fn code_only(source: &str) -> String {
             }
             i += hashes + 1;
             out.push_str("\"\"");
+            out.push_str(&breaks(start, i));
         } else if c == '"' {
+            let start = i;
             i += 1;
             while i < s.len() && s[i] != '"' {
                 i += if s[i] == '\\' { 2 } else { 1 };
             }
             i += 1;
             out.push_str("\"\"");
+            out.push_str(&breaks(start, i));
         } else if c == '\'' && next == Some('\\') {
             // '\n', '\'', '\u{…}'
             i += 2;
@@ -142,9 +151,11 @@ fn group_heads(s: &str) -> (Vec<String>, &str) {
     (heads, &s[..end])
 }
 
-/// One reference from a file to another module: its text and the top-level module it reaches.
+/// One reference from a file to another module: its line, its text and the top-level module
+/// it reaches.
 #[derive(Debug)]
 struct Reference {
+    line: usize,
     text: String,
     module: String,
 }
@@ -237,7 +248,7 @@ fn references(code: &str, module: &[String], exports: &BTreeMap<String, String>)
                 Some(top) => top.clone(),
                 None => root_module(&head, exports),
             };
-            found.push(Reference { text: text.clone(), module: target });
+            found.push(Reference { line: code[..start].matches('\n').count() + 1, text: text.clone(), module: target });
         }
         i = text_end;
     }
@@ -262,8 +273,9 @@ fn violations(files: &[(PathBuf, String)], lib: &str) -> Vec<String> {
         for r in references(&code_only(source), &module, &exports) {
             match layer_of(&r.module) {
                 Some(theirs) if theirs > own => out.push(format!(
-                    "src/{} (layer {} \"{}\") imports `{}` from the higher layer {} \"{}\" (module `{}`)",
+                    "src/{}:{} (layer {} \"{}\") imports `{}` from the higher layer {} \"{}\" (module `{}`)",
                     path.display(),
+                    r.line,
                     own + 1,
                     LAYERS[own].0,
                     r.text,
@@ -273,8 +285,9 @@ fn violations(files: &[(PathBuf, String)], lib: &str) -> Vec<String> {
                 )),
                 Some(_) => {}
                 None => out.push(format!(
-                    "src/{}: `{}` reaches `{}`, which is neither a module in LAYERS nor a name lib.rs re-exports",
+                    "src/{}:{}: `{}` reaches `{}`, which is neither a module in LAYERS nor a name lib.rs re-exports",
                     path.display(),
+                    r.line,
                     r.text,
                     r.module
                 )),
@@ -344,8 +357,9 @@ fn the_unet_never_imports_lora() {
             assert_ne!(
                 r.module,
                 "lora",
-                "src/{} imports `{}`: the UNet must not depend on LoRA",
+                "src/{}:{} imports `{}`: the UNet must not depend on LoRA",
                 path.display(),
+                r.line,
                 r.text
             );
         }
@@ -364,10 +378,14 @@ fn an_upward_import_is_reported() {
         ("unet/model.rs", "use super::super::lora::LoraLayer;", "super::super::lora::LoraLayer"),
         ("fs.rs", "use super::Request;", "super::Request"),
     ];
+    // Line numbers survive comments and strings that span lines.
+    let source = "/* a\nb */\nconst S: &str = \"x\ny\";\n// c\nuse crate::pipeline::StableDiffusion;\n";
+    let bad = violations(&[(PathBuf::from("vae.rs"), source.to_string())], lib);
+    assert!(bad.len() == 1 && bad[0].starts_with("src/vae.rs:6 "), "{bad:?}");
     for (path, source, import) in cases {
         let bad = violations(&[(PathBuf::from(path), source.to_string())], lib);
         assert_eq!(bad.len(), 1, "{path}: {source}: {bad:?}");
-        assert!(bad[0].starts_with(&format!("src/{path} ")) && bad[0].contains(&format!("`{import}`")), "{}", bad[0]);
+        assert!(bad[0].starts_with(&format!("src/{path}:1 ")) && bad[0].contains(&format!("`{import}`")), "{}", bad[0]);
     }
     let fine = [
         ("pipeline/load.rs", "use crate::unet::Unet; use super::request::LoadOptions; use crate::Unet as U;"),
