@@ -36,8 +36,8 @@ impl ClipActivation {
         }
     }
 
-    /// Applies the activation.
-    pub(crate) fn forward(self, y: &Tensor) -> candle_core::Result<Tensor> {
+    /// Applies the activation (public for the MLPs of the reward towers built outside this crate).
+    pub fn forward(self, y: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::QuickGelu => y * candle_nn::ops::sigmoid(&(y * 1.702)?)?,
             Self::Gelu => y.gelu_erf(),
