@@ -12,7 +12,8 @@
 //! |---|---|---|
 //! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
 //! | `sd` (default) | [`sd`], [`kernels`] | Stable Diffusion (UNet, CLIP, VAE, pipeline), its fused CPU kernels |
-//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (CLIP rewards and SD sweeps with `sd`) |
+//! | `rewards` (default) | [`rewards`] | the `Reward` trait; with `sd`, CLIP score, PickScore, HPS v2, the aesthetic predictor, ImageReward and their towers |
+//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, agreement statistics (SD sweeps with `sd`); pulls `rewards` |
 //! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
 //! candle's tensor types are re-exported ([`Tensor`], [`Device`], [`DType`], and the whole crate
@@ -40,7 +41,13 @@ pub use deradiff_sd as sd;
 #[cfg(feature = "sd")]
 pub use deradiff_kernels as kernels;
 
-/// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
+/// Rewards: the `Reward` trait sweeps score with and, with `sd`, the image rewards (CLIP score,
+/// PickScore, HPS v2, the LAION aesthetic predictor, ImageReward) and their CLIP and BLIP towers
+/// (feature `rewards`, pulled by `tune`).
+#[cfg(feature = "rewards")]
+pub use deradiff_rewards as rewards;
+
+/// λ search: sweeps, Bayesian optimisation, agreement statistics (feature `tune`).
 #[cfg(feature = "tune")]
 pub use deradiff_tune as tune;
 

@@ -20,10 +20,8 @@ use candle_core::{Device, Tensor};
 use deradiff_core::scheduler::SchedulerKind;
 use deradiff_core::SchedulerConfig;
 use deradiff_sd::text::load_clip;
-use deradiff_sd::{
-    BlipModel, BlipVisionConfig, ClipModelConfig, ClipPreprocessor, ClipTextConfig, MedConfig, RgbImage, UnetConfig,
-    Vae, VaeConfig,
-};
+use deradiff_rewards::{BlipModel, BlipVisionConfig, ClipPreprocessor, MedConfig};
+use deradiff_sd::{ClipModelConfig, ClipTextConfig, RgbImage, UnetConfig, Vae, VaeConfig};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {

@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 use deradiff_sd::text::{load_clip, load_clip_with_projection};
-use deradiff_sd::{load_checked, ClipModel, ClipModelConfig, Unet, UnetConfig, Vae};
+use deradiff_rewards::ClipModel;
+use deradiff_sd::{load_checked, ClipModelConfig, Unet, UnetConfig, Vae};
 use libfuzzer_sys::fuzz_target;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/deradiff-sd/tests/fixtures");

@@ -10,12 +10,13 @@ use crate::checkpoint::{check_aligned_family, check_reference_layout};
 use crate::error::{CliError, Context, Result};
 use crate::rewards::{RewardArgs, GIVE_A_REWARD};
 use crate::{check_out_dir, print_stdout, progress_bar, RewardArg, SchedulerArg};
+use deradiff_rewards::Reward;
 use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions};
 use deradiff_tune::{
     agreement, equivalent_beta, optimize, pair_rows, plot, read_results, run_sweep, Acquisition, AgreementConfig,
     AnalyticModel, AnalyticReward, AnalyticSetup, BoConfig, BoEvaluation, IfExists, ManifoldPenalty, PairBy, Prompt,
-    Realignment, Reward, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel, SweepObjective, SweepOutput,
-    TrueReward, MAX_PROMPTS,
+    Realignment, SdModel, SdSetup, SweepConfig, SweepEvent, SweepModel, SweepObjective, SweepOutput, TrueReward,
+    MAX_PROMPTS,
 };
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable

@@ -18,9 +18,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Reads and parses a config file (`what` names it in errors): see [`read_text`] and
-/// [`parse_json`].
-pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+/// Reads and parses a config file (`what` names it in errors): see [`read_text`]; text that is
+/// not JSON, or JSON that is not an object of the config's shape, is an [`Error::Config`], a
+/// field whose value has the wrong type an [`Error::ConfigField`] naming the field.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = read_text(path, what)?;
     parse_json(&text, path)
 }
@@ -32,7 +33,7 @@ pub(crate) const MAX_TEXT_FILE_BYTES: u64 = 64 << 20;
 
 /// What a path is expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// A regular file (or a symbolic link to one).
     File,
     /// A directory (or a symbolic link to one).
@@ -141,7 +142,7 @@ fn inspect(path: &Path) -> Result<Found> {
 /// nothing is there (for optional files), an [`Error::WrongKind`] naming what is there otherwise
 /// (`what` names the path, `expected` what it should be; `None`: "a file" / "a folder"), an
 /// [`Error::Io`] when it cannot be inspected.
-pub(crate) fn probe_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -> Result<bool> {
+pub fn probe_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -> Result<bool> {
     let found = match (inspect(path)?, kind) {
         (Found::Nothing, _) => return Ok(false),
         (Found::File, Kind::File) | (Found::Dir, Kind::Dir) => return Ok(true),
@@ -177,7 +178,7 @@ pub(crate) fn probe_any(path: &Path, what: &str, expected: &str) -> Result<Optio
 /// Checks that `path` is of kind `kind` (symbolic links followed): an [`Error::NotFound`] when
 /// nothing is there, an [`Error::WrongKind`] naming what is there when it is something else (see
 /// [`probe_path`]).
-pub(crate) fn check_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -> Result<()> {
+pub fn check_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -> Result<()> {
     if probe_path(path, kind, what, expected)? {
         Ok(())
     } else {
@@ -186,9 +187,9 @@ pub(crate) fn check_path(path: &Path, kind: Kind, what: &str, expected: Option<&
 }
 
 /// Reads a whole UTF-8 text file (a config, tokenizer or weight index; `what` names it in
-/// errors), after checking that it is a file ([`check_path`]) of at most
-/// [`MAX_TEXT_FILE_BYTES`]. Text that is not UTF-8 is an [`Error::Config`].
-pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
+/// errors), after checking that it is a file ([`check_path`]) of at most 64 MiB
+/// (`MAX_TEXT_FILE_BYTES`). Text that is not UTF-8 is an [`Error::Config`].
+pub fn read_text(path: &Path, what: &str) -> Result<String> {
     use std::io::Read;
     check_path(path, Kind::File, what, None)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
@@ -932,6 +933,6 @@ impl VaeConfig {
 }
 
 /// The config file beside weights: `dir/config.json`.
-pub(crate) fn config_path(dir: &Path) -> PathBuf {
+pub fn config_path(dir: &Path) -> PathBuf {
     dir.join("config.json")
 }

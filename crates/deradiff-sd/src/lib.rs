@@ -25,8 +25,9 @@
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
 //!   ([`ClipTextModel`], configured from `text_encoder/config.json`).
-//! * [`clip`] — all of CLIP in one place: the text tower, the vision tower, transformers'
-//!   `CLIPModel` and `CLIPImageProcessor` (what CLIP score and PickScore embed with).
+//! * [`clip`] — CLIP's text tower, the configs of the whole `CLIPModel` and the encoder layer
+//!   every CLIP tower shares (the vision towers and the rewards built on them are in
+//!   `deradiff-rewards`).
 //! * [`Vae`] — the decoder, with the config's `scaling_factor` and scale factor: `decode` (8-bit
 //!   images) and `decode_f32` (`[B, 3, H, W]` in `[0, 1]`) take latents as the sampler gives
 //!   them; `decode_unscaled` takes latents already divided by the scaling factor.
@@ -61,7 +62,6 @@
 
 #![warn(missing_docs)]
 
-pub mod blip;
 pub mod clip;
 pub mod config;
 pub mod device;
@@ -76,12 +76,7 @@ pub mod unet;
 pub mod vae;
 mod weights;
 
-pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
-pub use clip::{
-    resize_like_pil, ClipActivation, ClipModel, ClipModelConfig, ClipOutput, ClipPreprocessor, ClipTextConfig,
-    ClipTextModel, ClipVisionConfig, ClipVisionModel, OpenClipConfig, PixelConvention, Resample, ResizeTo,
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-};
+pub use clip::{ClipActivation, ClipModelConfig, ClipOutput, ClipTextConfig, ClipTextModel, ClipVisionConfig};
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, parse_device, parse_dtype};
 pub use error::{Error, Result};
@@ -96,3 +91,15 @@ pub use tokenizer::ClipTokenizer;
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;
 pub use weights::{load_checked, load_checked_file};
+
+/// Reading checkpoint files as this crate does, for the models built on it outside this crate
+/// (deradiff-rewards' CLIP and BLIP towers): paths checked for their kind before they are opened
+/// ([`fs::check_path`], [`fs::probe_path`]), size-limited UTF-8 text ([`fs::read_text`]),
+/// config documents ([`fs::read_json`]), safetensors recognised from their first bytes
+/// ([`fs::sniff_safetensors`]) and `tokenizer.json` files ([`fs::parse_tokenizer_json`],
+/// [`fs::plain_ids`]); every failure an [`Error`] naming the file.
+pub mod fs {
+    pub use crate::config::{check_path, config_path, probe_path, read_json, read_text, Kind};
+    pub use crate::tokenizer::{parse_tokenizer_json, plain_ids};
+    pub use crate::weights::sniff_safetensors;
+}

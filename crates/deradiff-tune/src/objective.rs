@@ -8,10 +8,11 @@
 
 use std::collections::HashSet;
 
+use deradiff_rewards::Reward;
+
 use crate::bo::Objective;
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
-use crate::reward::Reward;
 use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver, SweepRow};
 
 /// [`Objective`] of a model, a reward and a prompt set (see the module docs).

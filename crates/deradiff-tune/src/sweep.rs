@@ -29,12 +29,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use deradiff_core::{Realigner, SeededNoise};
+use deradiff_rewards::{score_checked, Reward};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchStep, BatchedSampler};
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
-use crate::reward::{score_checked, Reward};
 use crate::shard::{spec_hash, Shard, SweepSpec};
 
 /// The `format` field of a results file's header.

@@ -37,7 +37,7 @@ impl ClipActivation {
     }
 
     /// Applies the activation.
-    pub(crate) fn forward(self, y: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(self, y: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::QuickGelu => y * candle_nn::ops::sigmoid(&(y * 1.702)?)?,
             Self::Gelu => y.gelu_erf(),

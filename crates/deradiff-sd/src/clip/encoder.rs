@@ -1,6 +1,7 @@
 //! transformers' `CLIPEncoderLayer`, shared by the text and the vision tower (and BLIP's ViT,
 //! the same pre-norm layer with a fused `qkv`): pre-norm self-attention (softmax in f32, an
-//! optional additive mask) and MLP, with residuals.
+//! optional additive mask) and MLP, with residuals. Public for the towers built on it outside
+//! this crate (deradiff-rewards' CLIP vision tower and BLIP's ViT).
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
@@ -9,11 +10,15 @@ use super::config::ClipActivation;
 
 /// The sizes of a tower's layers.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct EncoderSizes {
-    pub(super) hidden: usize,
-    pub(super) intermediate: usize,
-    pub(super) heads: usize,
-    pub(super) layer_norm_eps: f64,
+pub struct EncoderSizes {
+    /// The width of the hidden states.
+    pub hidden: usize,
+    /// The width of the MLP's hidden layer.
+    pub intermediate: usize,
+    /// The number of attention heads.
+    pub heads: usize,
+    /// The LayerNorms' epsilon.
+    pub layer_norm_eps: f64,
 }
 
 /// `self_attn.{q,k,v,out}_proj`.
@@ -64,19 +69,27 @@ impl Attention {
 }
 
 /// The weights of one layer, for checkpoints whose names are not transformers' CLIP names.
-pub(crate) struct EncoderParts {
-    pub(crate) q: Linear,
-    pub(crate) k: Linear,
-    pub(crate) v: Linear,
-    pub(crate) out: Linear,
-    pub(crate) ln1: LayerNorm,
-    pub(crate) fc1: Linear,
-    pub(crate) fc2: Linear,
-    pub(crate) ln2: LayerNorm,
+pub struct EncoderParts {
+    /// The attention's query projection.
+    pub q: Linear,
+    /// The attention's key projection.
+    pub k: Linear,
+    /// The attention's value projection.
+    pub v: Linear,
+    /// The attention's output projection.
+    pub out: Linear,
+    /// The LayerNorm before the attention (`layer_norm1`).
+    pub ln1: LayerNorm,
+    /// The MLP's first linear layer.
+    pub fc1: Linear,
+    /// The MLP's second linear layer.
+    pub fc2: Linear,
+    /// The LayerNorm before the MLP (`layer_norm2`).
+    pub ln2: LayerNorm,
 }
 
 /// One encoder layer (`encoder.layers.N`).
-pub(crate) struct EncoderLayer {
+pub struct EncoderLayer {
     attn: Attention,
     ln1: LayerNorm,
     fc1: Linear,
@@ -86,7 +99,9 @@ pub(crate) struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub(super) fn new(vb: VarBuilder, s: EncoderSizes, act: ClipActivation) -> candle_core::Result<Self> {
+    /// A layer from transformers' CLIP names under `vb` (`self_attn.{q,k,v,out}_proj`,
+    /// `layer_norm1`, `mlp.fc1`, `mlp.fc2`, `layer_norm2`).
+    pub fn new(vb: VarBuilder, s: EncoderSizes, act: ClipActivation) -> candle_core::Result<Self> {
         let h = s.hidden;
         Ok(Self {
             attn: Attention::new(vb.pp("self_attn"), s)?,
@@ -99,7 +114,7 @@ impl EncoderLayer {
     }
 
     /// A layer from its weights: `heads` attention heads of the width of `q`'s output.
-    pub(crate) fn from_parts(p: EncoderParts, heads: usize, act: ClipActivation) -> candle_core::Result<Self> {
+    pub fn from_parts(p: EncoderParts, heads: usize, act: ClipActivation) -> candle_core::Result<Self> {
         let hidden = p.q.weight().dim(0)?;
         let head_dim = hidden / heads.max(1);
         let attn =
@@ -107,7 +122,8 @@ impl EncoderLayer {
         Ok(Self { attn, ln1: p.ln1, fc1: p.fc1, fc2: p.fc2, ln2: p.ln2, act })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// One layer on `x` `[B, L, hidden]`, with an additive `[L, L]` f32 attention mask if any.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
         let y = self.act.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
         self.fc2.forward(&y)? + x

@@ -26,8 +26,10 @@ pub use text::BlipTextModel;
 pub use tokenizer::BertTokenizer;
 pub use vision::BlipVisionModel;
 
-use crate::config::{check_path, probe_path, Kind};
-use crate::error::{Error, Result};
+use deradiff_sd::fs::{check_path, probe_path, Kind};
+use deradiff_sd::{Error, Result};
+
+use crate::error::SdErrorExt as _;
 
 /// BLIP's two encoders from ImageReward's state dict (`blip.visual_encoder.*`,
 /// `blip.text_encoder.*`; `blip.vision_proj`, `blip.text_proj` and the head are not read).
@@ -64,7 +66,7 @@ impl BlipModel {
                 format!("the published checkpoint is a pickle (which can run code); convert it with `{convert}`"),
             ));
         }
-        crate::weights::load_checked(dir, "model", "ImageReward model", dtype, device, |vb| {
+        deradiff_sd::load_checked(dir, "model", "ImageReward model", dtype, device, |vb| {
             let vb = vb.pp("blip");
             Ok(Self {
                 vision: BlipVisionModel::new(vb.pp("visual_encoder"), &vision)?,
