@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use deradiff_core::scheduler::SchedulerKind;
+use deradiff_core::SchedulerKind;
 use deradiff_core::SchedulerConfig;
-use deradiff_sd::text::load_clip;
 use deradiff_rewards::{BlipModel, BlipVisionConfig, ClipPreprocessor, MedConfig};
+use deradiff_sd::text::load_clip;
 use deradiff_sd::{ClipModelConfig, ClipTextConfig, RgbImage, UnetConfig, Vae, VaeConfig};
 use libfuzzer_sys::fuzz_target;
 

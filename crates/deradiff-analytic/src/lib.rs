@@ -11,8 +11,8 @@
 //!   (paper eq. 3);
 //! * [`ExactDenoiser`] — the Bayes-optimal ε / v / x₀ prediction of any mixture under the
 //!   variance-preserving process, a [`deradiff_core::Denoiser`] exact under every scheduler;
-//! * [`metrics`] — mean reward, coupled distance, energy distance;
-//! * [`study`] — the paper's Table 2 with exact targets ([`run_study`]), its table, CSV, JSON and
+//! * metrics — [`mean_reward`], [`coupled_distance`], [`energy_distance`];
+//! * the study — the paper's Table 2 with exact targets ([`run_study`]), its table, CSV, JSON and
 //!   PNG figures ([`plot`]).
 //!
 //! Since the models "aligned from scratch" are exact here, the only error left in a comparison
@@ -34,22 +34,22 @@
 
 #![warn(missing_docs)]
 
-pub mod demo;
-pub mod denoiser;
-pub mod error;
+mod demo;
+mod denoiser;
+mod error;
 mod io;
 #[doc(hidden)]
 pub use io::write_atomic;
-pub mod metrics;
-pub mod mixture;
+mod metrics;
+mod mixture;
 pub mod plot;
-pub mod reward;
-pub mod study;
+mod reward;
+mod study;
 
-pub use demo::{demo_linear_reward, demo_mixture, demo_quadratic_reward};
+pub use demo::{demo_linear_reward, demo_mixture, demo_quadratic_reward, MAX_DEMO_COMPONENTS};
 pub use denoiser::ExactDenoiser;
 pub use error::{Error, Result};
-pub use metrics::{coupled_distance, energy_distance, mean_reward};
+pub use metrics::{coupled_distance, energy_distance, mean_reward, ENERGY_DISTANCE_MAX_ROWS};
 pub use mixture::{log_sum_exp, GaussianMixture};
 pub use reward::Reward;
 pub use study::{

@@ -81,7 +81,7 @@ fn component_kind(dir: &Path) -> Option<&'static str> {
 /// Explains a `--reference` that is a component folder of a pipeline (its `unet/`, `vae/`, …)
 /// instead of the pipeline directory. Anything else (a missing path, a file, a pipeline with a
 /// missing part) is left to the loader, which names what it did not find.
-pub(crate) fn check_reference_layout(reference: &Path) -> Result<()> {
+fn check_reference_layout(reference: &Path) -> Result<()> {
     if !reference.is_dir() || reference.join("model_index.json").is_file() || reference.join("unet").is_dir() {
         return Ok(());
     }
@@ -104,7 +104,7 @@ pub(crate) fn check_reference_layout(reference: &Path) -> Result<()> {
 /// Errors when an aligned UNet is SDXL and the reference SD 1.x / 2.x, or the other way round
 /// (judged from their `config.json`s; models whose config cannot be read are left to the
 /// loader's shape check).
-pub(crate) fn check_aligned_family(reference: &Path, aligned: &[PathBuf]) -> Result<()> {
+fn check_aligned_family(reference: &Path, aligned: &[PathBuf]) -> Result<()> {
     let Some(reference_family) = reference_family(reference) else { return Ok(()) };
     for a in aligned {
         match aligned_family(a) {
@@ -122,6 +122,13 @@ pub(crate) fn check_aligned_family(reference: &Path, aligned: &[PathBuf]) -> Res
         }
     }
     Ok(())
+}
+
+/// The checks of `--reference` and `--aligned` made before any weights are loaded: the
+/// reference is a pipeline directory, and every aligned model is of its architecture.
+pub(crate) fn check_models(reference: &Path, aligned: &[PathBuf]) -> Result<()> {
+    check_reference_layout(reference)?;
+    check_aligned_family(reference, aligned)
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ impl CliError {
         Self { message: Some(message.into()), source: Some(source.into()), kind: Kind::Usage }
     }
 
+    /// A bad option whose library error says it all (its message on top; exit status 2).
+    pub(crate) fn usage_from(source: impl Into<BoxError>) -> Self {
+        Self { message: None, source: Some(source.into()), kind: Kind::Usage }
+    }
+
     /// A failure while running (exit status 1).
     pub(crate) fn runtime(message: impl Into<String>) -> Self {
         Self { message: Some(message.into()), source: None, kind: Kind::Runtime }
@@ -125,13 +130,6 @@ from_library_error!(
     std::io::Error,
     serde_json::Error,
 );
-
-impl From<BoxError> for CliError {
-    /// An already boxed error as it is (a runtime failure).
-    fn from(e: BoxError) -> Self {
-        CliError { message: None, source: Some(e), kind: Kind::Runtime }
-    }
-}
 
 /// Adds the command's words to a library's error.
 pub(crate) trait Context<T> {

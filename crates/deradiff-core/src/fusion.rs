@@ -27,24 +27,13 @@
 //! * Unequal variances with a zero among them, or `P' ≤ 0` (λ > 1 with unequal variances), have no
 //!   Gaussian answer: the kernel reports them, and the caller's [`PrecisionPolicy`] decides.
 //!
-//! The tensor path in [`crate::realigner`] calls [`FusionPlan::new`] and
+//! The tensor path of [`crate::Realigner::fuse`] calls [`FusionPlan::new`] and
 //! [`FusionPlan::coefficient`] — for scalar variances once per step, for diagonal variances once
 //! per element — so there is no second copy of this math.
 
 use num_traits::Float;
 
-/// What to do where the fused Gaussian does not exist (non-positive fused precision, or a zero
-/// variance beside a positive one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PrecisionPolicy {
-    /// Return an error naming the step and element (the default).
-    #[default]
-    Error,
-    /// Where (and only where) the fused Gaussian does not exist, use the weighted mean of the
-    /// means `Σ w_i μ_i / Σ w_i` (the equal-variance answer) with the largest input variance.
-    /// Still an error if `Σ w_i ≤ 0`.
-    MeanOfMeans,
-}
+use crate::policy::PrecisionPolicy;
 
 /// Why an element could not be fused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +183,7 @@ impl<T: Float> FusionPlan<T> {
 /// paper eqs. 7 and 34–35, evaluated as described in the [module docs](self).
 ///
 /// ```
-/// use deradiff_core::fusion::{fuse, PrecisionPolicy};
+/// use deradiff_core::{fusion::fuse, PrecisionPolicy};
 /// // λ = 0.5 between N(0, 1) and N(2, 1): equal variances give the midpoint, variance 1.
 /// let g = fuse(&[0.5f64, 0.5], &[0.0, 2.0], &[1.0, 1.0], PrecisionPolicy::Error).unwrap();
 /// assert_eq!((g.mean, g.variance), (1.0, 1.0));

@@ -30,28 +30,31 @@
 
 #![warn(missing_docs)]
 
-pub mod config;
-pub mod denoiser;
-pub mod error;
+mod config;
+mod denoiser;
+mod error;
 pub mod fusion;
 pub mod io;
-pub mod noise;
+mod noise;
 mod ops;
-pub mod posterior;
-pub mod realigner;
-pub mod sampler;
-pub mod schedule;
-pub mod scheduler;
+mod policy;
+mod posterior;
+mod realigner;
+mod sampler;
+mod schedule;
+mod scheduler;
 
 pub use config::{SchedulerConfig, TrainingConfig};
 pub use denoiser::{Denoiser, FnDenoiser};
 pub use error::{Error, Result};
-pub use fusion::PrecisionPolicy;
 pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
+pub use policy::PrecisionPolicy;
 pub use posterior::{Posterior, Variance};
 pub use realigner::Realigner;
-pub use sampler::{Flow, NoObserver, Observer, SampleOutput, Sampler, StepEvent};
-pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
+pub use sampler::{Flow, FnObserver, NoObserver, Observer, SampleOutput, Sampler, StepEvent};
+pub use schedule::{
+    inference_timesteps, BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS,
+};
 pub use scheduler::{
     Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler, SchedulerKind, VarianceType,
 };

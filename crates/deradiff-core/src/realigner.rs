@@ -13,7 +13,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::fusion::{FusionFailure, FusionPlan, PrecisionPolicy};
+use crate::fusion::{FusionFailure, FusionPlan};
+use crate::policy::PrecisionPolicy;
 use crate::posterior::{Posterior, Variance};
 
 /// Weights computed from `(step, steps)`.
@@ -89,18 +90,19 @@ pub struct Realigner {
     policy: PrecisionPolicy,
 }
 
+/// Checks one weight vector; `what` prefixes the message (empty, or `"step 3: "`).
 fn validate_weights(w: &[f64], what: &str) -> Result<()> {
     if w.is_empty() {
-        return Err(Error::InvalidWeights(format!("{what}: no weights; give one weight per model")));
+        return Err(Error::InvalidWeights(format!("{what}no weights; give one weight per model")));
     }
     if let Some((i, x)) = w.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(Error::InvalidWeights(format!("{what}: weight {i} is {x}; weights must be finite numbers")));
+        return Err(Error::InvalidWeights(format!("{what}weight {i} is {x}; weights must be finite numbers")));
     }
     let sum: f64 = w.iter().sum();
     let scale: f64 = w.iter().map(|x| x.abs()).sum::<f64>().max(1.0);
     if (sum - 1.0).abs() > 1e-9 * scale {
         return Err(Error::InvalidWeights(format!(
-            "{what}: weights {w:?} sum to {sum}, not 1; the geometric mixture needs Σ w = 1 \
+            "{what}the weights {w:?} sum to {sum}, not 1; the geometric mixture needs Σ w = 1 \
              (use Realigner::two_model or multi_reward to get the reference weight right)"
         )));
     }
@@ -117,7 +119,7 @@ fn validate_lambda(lambda: f64) -> Result<()> {
 impl Realigner {
     /// Fixed weights, one per model, summing to one (within 1e-9 relative).
     pub fn new(weights: Vec<f64>) -> Result<Self> {
-        validate_weights(&weights, "weights")?;
+        validate_weights(&weights, "")?;
         Ok(Self { weights: Weights::Constant(weights), policy: PrecisionPolicy::Error })
     }
 
@@ -156,7 +158,7 @@ impl Realigner {
                     w.len()
                 )));
             }
-            validate_weights(w, &format!("step {s}"))?;
+            validate_weights(w, &format!("step {s}: "))?;
         }
         Ok(Self { weights: Weights::PerStep(weights), policy: PrecisionPolicy::Error })
     }
@@ -251,7 +253,7 @@ impl Realigner {
                             w.len()
                         )));
                     }
-                    validate_weights(&w, &format!("weight schedule at step {step} of {num_steps}"))?;
+                    validate_weights(&w, &format!("weight schedule at step {step} of {num_steps}: "))?;
                     ws.push(w);
                 }
                 Weights::PerStep(ws)

@@ -18,6 +18,9 @@ pub struct StepEvent<'a> {
     pub num_steps: usize,
     /// Its training timestep.
     pub timestep: f64,
+    /// The fusion weights of this step, one per model (λ ramps and per-step schedules show
+    /// here as they were applied).
+    pub weights: &'a [f64],
     /// Each model's raw output at this step (ε, v or x₀ as the scheduler's prediction type
     /// says), in model order: what its [`Denoiser`] returned for the scaled latent, before the
     /// scheduler turned it into that model's posterior (and before the fusion).
@@ -48,6 +51,47 @@ pub trait Observer {
 impl<F: FnMut(&StepEvent<'_>) -> Flow> Observer for F {
     fn on_step(&mut self, event: &StepEvent<'_>) -> Result<Flow> {
         Ok(self(event))
+    }
+}
+
+/// An [`Observer`] made from a closure, whose argument type is then inferred: a bare closure
+/// passed where `&mut dyn Observer` is expected needs `|e: &StepEvent<'_>|`, this does not.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use deradiff_core::*;
+///
+/// let zero = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.zeros_like()?));
+/// let scheduler = Ddim::new(DdimConfig::default(), 5)?;
+/// let sampler = Sampler::new(&scheduler, vec![&zero], Realigner::new(vec![1.0])?)?;
+/// let mut seen = Vec::new();
+/// let mut observer = FnObserver::new(|event| {
+///     seen.push((event.step, event.weights.to_vec()));
+///     Flow::Continue
+/// });
+/// sampler.run(&[1, 2], DType::F32, &Device::Cpu, &mut SeededNoise::new(0), &mut observer)?;
+/// assert_eq!(seen.len(), 5);
+/// assert_eq!(seen[0].1, vec![1.0]);
+/// # Ok::<(), deradiff_core::Error>(())
+/// ```
+pub struct FnObserver<F>(F);
+
+impl<F: FnMut(&StepEvent<'_>) -> Flow> FnObserver<F> {
+    /// Wraps `f`, called after every step; its return value says whether to go on.
+    pub fn new(f: F) -> Self {
+        Self(f)
+    }
+}
+
+impl<F: FnMut(&StepEvent<'_>) -> Flow> Observer for FnObserver<F> {
+    fn on_step(&mut self, event: &StepEvent<'_>) -> Result<Flow> {
+        Ok((self.0)(event))
+    }
+}
+
+impl<F> std::fmt::Debug for FnObserver<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnObserver")
     }
 }
 
@@ -110,6 +154,31 @@ impl<'a> Sampler<'a> {
         Ok(Self { scheduler, denoisers, realigner })
     }
 
+    /// [`Sampler::new`] for a slice of denoisers of one type — the pipeline's guided UNets
+    /// (`StableDiffusion::denoisers`), boxed denoisers, … — with no cast to `&dyn Denoiser`.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use deradiff_core::*;
+    ///
+    /// let models: Vec<Box<dyn Denoiser>> = vec![
+    ///     Box::new(FnDenoiser(|x: &Tensor, _t: f64| Ok(x.zeros_like()?))),
+    ///     Box::new(FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.1, 0.0)?))),
+    /// ];
+    /// let scheduler = Ddpm::new(DdpmConfig::default(), 4)?;
+    /// let sampler = Sampler::from_models(&scheduler, &models, Realigner::two_model(0.5)?)?;
+    /// let out = sampler.run(&[1, 3], DType::F32, &Device::Cpu, &mut SeededNoise::new(1), &mut NoObserver)?;
+    /// assert_eq!(out.steps_taken, 4);
+    /// # Ok::<(), deradiff_core::Error>(())
+    /// ```
+    pub fn from_models<D: Denoiser>(
+        scheduler: &'a dyn Scheduler,
+        models: &'a [D],
+        realigner: Realigner,
+    ) -> Result<Self> {
+        Self::new(scheduler, models.iter().map(|d| d as &dyn Denoiser).collect(), realigner)
+    }
+
     /// The scheduler.
     pub fn scheduler(&self) -> &dyn Scheduler {
         self.scheduler
@@ -157,6 +226,7 @@ impl<'a> Sampler<'a> {
                 posteriors.push(sched.posterior(&x, &out, step)?);
                 outputs.push(out);
             }
+            let weights = self.realigner.weights(step)?;
             let fused = self.realigner.fuse(&posteriors, step)?;
             let z = noise.standard_normal(x.shape(), x.dtype(), x.device())?;
             x = fused.sample_with(&z)?;
@@ -167,6 +237,7 @@ impl<'a> Sampler<'a> {
                 step,
                 num_steps,
                 timestep,
+                weights,
                 model_outputs: &outputs,
                 posteriors: &posteriors,
                 fused: &fused,

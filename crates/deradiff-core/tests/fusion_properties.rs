@@ -5,7 +5,8 @@
 //! cases per run.
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_core::fusion::{fuse, FusionFailure, Gaussian, PrecisionPolicy};
+use deradiff_core::fusion::{fuse, FusionFailure, Gaussian};
+use deradiff_core::PrecisionPolicy;
 use deradiff_core::{Error, Posterior, Realigner, Variance};
 use proptest::prelude::*;
 

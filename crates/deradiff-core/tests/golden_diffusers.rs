@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use deradiff_core::scheduler::{Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler};
+use deradiff_core::{Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler};
 use deradiff_core::{NoiseSchedule, SchedulerConfig, Variance};
 use serde::Deserialize;
 

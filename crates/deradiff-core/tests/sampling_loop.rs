@@ -361,3 +361,50 @@ fn observer_sees_each_models_output() {
         assert_eq!(checked, 5, "{name}");
     }
 }
+
+/// An own model with data far outside [−1, 1]: x₀-prediction of a point mass. Default DDIM / DDPM
+/// configs do not clip x̂₀, so the realigned run ends exactly where the mixture of the two models'
+/// targets says; diffusers' class preset (`::diffusers()`) clips, which is right only for data in
+/// [−1, 1].
+#[test]
+fn default_configs_do_not_clip_an_own_models_prediction() {
+    let target =
+        |x0: [f64; 2]| FnDenoiser(move |x: &Tensor, _t: f64| Ok(Tensor::new(&[x0], x.device())?.to_dtype(x.dtype())?));
+    let (reference, aligned) = (target([2.0, -1.0]), target([6.0, -5.0]));
+    let mut training = TrainingConfig::diffusers_default(TimestepSpacing::Leading);
+    training.prediction_type = PredictionType::Sample;
+    let ddim = Ddim::new(DdimConfig { training: training.clone(), eta: 0.5, ..Default::default() }, 10).unwrap();
+    let ddpm = Ddpm::new(DdpmConfig { training: training.clone(), ..Default::default() }, 10).unwrap();
+    for (name, s) in [("ddim", &ddim as &dyn Scheduler), ("ddpm", &ddpm)] {
+        let sampler = Sampler::new(s, vec![&reference, &aligned], Realigner::two_model(0.5).unwrap()).unwrap();
+        let mut last_mean = None;
+        let mut observer = FnObserver::new(|event| {
+            last_mean = Some(values(&event.fused.mean));
+            Flow::Continue
+        });
+        sampler.run(&[1, 2], DType::F64, &Device::Cpu, &mut SeededNoise::new(3), &mut observer).unwrap();
+        let mean = last_mean.unwrap();
+        assert!((mean[0] - 4.0).abs() < 1e-9 && (mean[1] + 3.0).abs() < 1e-9, "{name}: {mean:?}");
+    }
+    let clipped = Ddim::new(DdimConfig { training, ..DdimConfig::diffusers() }, 10).unwrap();
+    let sampler = Sampler::new(&clipped, vec![&reference, &aligned], Realigner::two_model(0.5).unwrap()).unwrap();
+    let out = sampler.run(&[1, 2], DType::F64, &Device::Cpu, &mut SeededNoise::new(3), &mut NoObserver).unwrap();
+    assert_eq!(values(&out.latent), vec![1.0, -1.0], "diffusers' preset clips x̂₀ to [−1, 1]");
+}
+
+/// The observer sees each step's weights as applied: a λ ramp over the steps.
+#[test]
+fn step_events_carry_the_weights_of_their_step() {
+    let (a, b) = (Toy { gain: 0.5 }, Toy { gain: -0.3 });
+    let scheduler = Ddim::new(DdimConfig::default(), 4).unwrap();
+    let models = [a, b];
+    let ramp = Realigner::two_model_per_step(&[0.0, 0.5, 1.0, 1.5]).unwrap();
+    let sampler = Sampler::from_models(&scheduler, &models, ramp).unwrap();
+    let mut seen = Vec::new();
+    let mut observer = FnObserver::new(|event| {
+        seen.push(event.weights.to_vec());
+        Flow::Continue
+    });
+    sampler.run(&[2, 3], DType::F64, &Device::Cpu, &mut SeededNoise::new(1), &mut observer).unwrap();
+    assert_eq!(seen, vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![0.0, 1.0], vec![-0.5, 1.5]]);
+}

@@ -236,10 +236,10 @@ fn absurd_training_timesteps_are_an_error_before_allocation() {
 #[test]
 fn a_huge_steps_offset_is_an_error_not_an_overflow() {
     for offset in [usize::MAX, usize::MAX - 1, 1 << 40, 1000] {
-        let err = schedule::inference_timesteps(TimestepSpacing::Leading, 1000, 50, offset, false).unwrap_err();
+        let err = inference_timesteps(TimestepSpacing::Leading, 1000, 50, offset, false).unwrap_err();
         assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("steps_offset")), "{offset}: {err}");
     }
-    assert_eq!(schedule::inference_timesteps(TimestepSpacing::Leading, 1000, 50, 1, false).unwrap()[0], 981.0);
+    assert_eq!(inference_timesteps(TimestepSpacing::Leading, 1000, 50, 1, false).unwrap()[0], 981.0);
     let v = json!({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "leading",
                    "steps_offset": u64::MAX});
     if let Ok(config) = SchedulerConfig::from_value(&v) {

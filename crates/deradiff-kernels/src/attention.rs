@@ -4,7 +4,10 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::{exp, exp_shifted_sum, madd, max};
-use super::{f32_slice, Isa};
+use super::{f32_slice, Error, Isa, Result};
+
+/// The kernel's name in errors.
+const OP: &str = "attention";
 
 /// Keys per register tile of the portable and AVX2 score kernels (two AVX2 vectors); the AVX-512
 /// one takes twice as many.
@@ -25,8 +28,9 @@ const KEY_BLOCK: usize = 256;
 /// heads), returned as `[N, Lq, D]` in `q`'s dtype.
 ///
 /// On the CPU this is our fused kernel (see [`attention_heads`]); on other devices it is
-/// [`attention_reference`]. Errors (never panics) on mismatched shapes or dtypes.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+/// [`attention_reference`]. An [`Error::InvalidInput`] (never a panic) on mismatched ranks,
+/// shapes or dtypes.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     check(q, k, v)?;
     if !q.device().is_cpu() {
         return attention_reference(q, k, v, scale);
@@ -43,73 +47,85 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core:
 /// head, the keys are streamed in blocks of up to 256 with an online softmax (the
 /// `Lq × Lk` scores are never stored), scores and the probability-weighted values are computed in
 /// 6-row register tiles (6 queries × 16 keys or channels with AVX2, × 32 with AVX-512);
-/// f16 / bf16 are computed in f32. On other devices it is candle's matmul + softmax + matmul. Errors (never panics) on
-/// mismatched shapes or dtypes, or channels not divisible by `heads`.
-pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
-    let (b, lq, c) = q.dims3()?;
+/// f16 / bf16 are computed in f32. On other devices it is candle's matmul + softmax + matmul. An
+/// [`Error::InvalidInput`] (never a panic) on mismatched ranks, shapes or dtypes, or channels not
+/// divisible by `heads`.
+pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let bad_shapes = || {
+        Error::invalid(
+            OP,
+            format!(
+                "needs q [B, Lq, H·D], k and v [B, Lk > 0, H·D]: got {:?}, {:?}, {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            ),
+        )
+    };
+    let dims3 = |t: &Tensor| t.dims3().map_err(|_| bad_shapes());
+    let heads_err = |c: usize| Error::invalid(OP, format!("{c} channels do not split into {heads} heads"));
+    let (b, lq, c) = dims3(q)?;
     if heads == 0 || c % heads != 0 {
-        return Err(candle_core::Error::Msg(format!("attention: {c} channels do not split into {heads} heads")));
+        return Err(heads_err(c));
     }
-    let split = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let (b, l, c) = t.dims3()?;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let (b, l, c) = dims3(t)?;
         if c % heads != 0 {
-            return Err(candle_core::Error::Msg(format!("attention: {c} channels do not split into {heads} heads")));
+            return Err(heads_err(c));
         }
-        t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, l, c / heads))
+        Ok(t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, l, c / heads))?)
     };
     if !q.device().is_cpu() {
         let out = attention_reference(&split(q)?, &split(k)?, &split(v)?, scale)?;
-        return out.reshape((b, heads, lq, c / heads))?.transpose(1, 2)?.reshape((b, lq, c));
+        return Ok(out.reshape((b, heads, lq, c / heads))?.transpose(1, 2)?.reshape((b, lq, c))?);
     }
     // The same checks as the split form, on the shapes it would have.
     let d = c / heads;
-    let (bk, lk, ck) = k.dims3()?;
-    if bk != b || ck != c || v.dims3()? != (b, lk, c) || lk == 0 {
-        return Err(candle_core::Error::Msg(format!(
-            "attention needs q [B, Lq, H·D], k and v [B, Lk > 0, H·D]: got {:?}, {:?}, {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )));
+    let (bk, lk, ck) = dims3(k)?;
+    if bk != b || ck != c || dims3(v)? != (b, lk, c) || lk == 0 {
+        return Err(bad_shapes());
     }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        return Err(candle_core::Error::Msg("attention: q, k and v must have one dtype".into()));
+        return Err(Error::invalid(OP, "q, k and v must have one dtype"));
     }
     debug_assert_eq!(d * heads, c);
     fused(q, k, v, heads, scale)
 }
 
-fn fused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let in_dtype = q.dtype();
     let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
     let op = FusedAttention { heads, scale: scale as f32 };
-    f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?.to_dtype(in_dtype)
+    Ok(f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?.to_dtype(in_dtype)?)
 }
 
 /// candle's attention, as its Stable Diffusion `CrossAttention` computes it: f32 `q · (kᵀ ·
-/// scale)`, `softmax_last_dim`, `· v`, cast back to `q`'s dtype. Same shapes as [`attention`].
-pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+/// scale)`, `softmax_last_dim`, `· v`, cast back to `q`'s dtype. Same shapes and errors as
+/// [`attention`].
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     check(q, k, v)?;
     let in_dtype = q.dtype();
     let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
     let s = q.matmul(&(k.t()? * scale)?)?;
-    candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?.to_dtype(in_dtype)
+    Ok(candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?.to_dtype(in_dtype)?)
 }
 
-fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-    let (n, _lq, d) = q.dims3()?;
-    let (nk, lk, dk) = k.dims3()?;
-    let vd = v.dims3()?;
+fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    let bad_shapes = || {
+        Error::invalid(
+            OP,
+            format!("needs q [N, Lq, D], k and v [N, Lk > 0, D]: got {:?}, {:?}, {:?}", q.dims(), k.dims(), v.dims()),
+        )
+    };
+    let dims3 = |t: &Tensor| t.dims3().map_err(|_| bad_shapes());
+    let (n, _lq, d) = dims3(q)?;
+    let (nk, lk, dk) = dims3(k)?;
+    let vd = dims3(v)?;
     if nk != n || dk != d || vd != (n, lk, d) || lk == 0 {
-        return Err(candle_core::Error::Msg(format!(
-            "attention needs q [N, Lq, D], k and v [N, Lk > 0, D]: got {:?}, {:?}, {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )));
+        return Err(bad_shapes());
     }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        return Err(candle_core::Error::Msg("attention: q, k and v must have one dtype".into()));
+        return Err(Error::invalid(OP, "q, k and v must have one dtype"));
     }
     Ok(())
 }
@@ -133,11 +149,7 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            f32_slice("fused attention", s1, l1)?,
-            f32_slice("fused attention", s2, l2)?,
-            f32_slice("fused attention", s3, l3)?,
-        );
+        let (q, k, v) = (f32_slice(OP, s1, l1)?, f32_slice(OP, s2, l2)?, f32_slice(OP, s3, l3)?);
         let (b, lq, c) = l1.shape().dims3()?;
         let lk = l2.shape().dims()[1];
         let dims = Dims { b, heads: self.heads, lq, lk, d: c / self.heads };

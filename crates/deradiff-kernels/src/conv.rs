@@ -5,7 +5,10 @@ use std::cell::RefCell;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::{gemm_f32, gemm_parallelism, run_f32, Operand};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
+
+/// The kernel's name in errors.
+const OP: &str = "conv2d";
 
 /// Floats of im2col patches per task (`[Ci·kh·kw, tile]`): 256 KiB, so that the patches stay in
 /// the L2 cache while the GEMM packs them, unless that leaves fewer than [`MIN_TILE_COLS`].
@@ -29,15 +32,9 @@ const TILE_PIXELS_1X1: usize = 1024;
 /// patches (im2col; none for a 1×1 stride-1 convolution, whose input already is the patch matrix)
 /// and multiplies them by the weight with one GEMM that writes straight into the NCHW output,
 /// bias included; f16 / bf16 are computed in f32. On other devices it is [`conv2d_reference`].
-/// Errors (never panics) on mismatched ranks, channels, dtypes, a zero stride or a kernel larger
-/// than the padded input.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<Tensor> {
+/// An [`Error::InvalidInput`] (never a panic) on mismatched ranks, channels, dtypes, a zero
+/// stride or a kernel larger than the padded input.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     let geom = check(x, weight, bias, stride, padding)?;
     if !x.device().is_cpu() {
         return conv2d_reference(x, weight, bias, stride, padding);
@@ -56,34 +53,32 @@ pub fn conv2d_add(
     stride: usize,
     padding: usize,
     residual: &Tensor,
-) -> candle_core::Result<Tensor> {
+) -> Result<Tensor> {
     let g = check(x, weight, bias, stride, padding)?;
     if residual.dims() != [g.b, g.co, g.oh, g.ow] || residual.dtype() != x.dtype() {
-        return Err(candle_core::Error::Msg(format!(
-            "conv2d: the residual must be {:?} {:?} like the output, got {:?} {:?}",
-            [g.b, g.co, g.oh, g.ow],
-            x.dtype(),
-            residual.dims(),
-            residual.dtype()
-        )));
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the residual must be {:?} {:?} like the output, got {:?} {:?}",
+                [g.b, g.co, g.oh, g.ow],
+                x.dtype(),
+                residual.dims(),
+                residual.dtype()
+            ),
+        ));
     }
     if !x.device().is_cpu() {
-        return conv2d_reference(x, weight, bias, stride, padding)? + residual;
+        return Ok((conv2d_reference(x, weight, bias, stride, padding)? + residual)?);
     }
     run(x, weight, bias, Some(residual), &g)
 }
 
 /// The kernel on CPU tensors, in f32, the result in `x`'s dtype.
-fn run(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    residual: Option<&Tensor>,
-    g: &Geometry,
-) -> candle_core::Result<Tensor> {
-    run_f32("conv2d", [x, weight], bias, residual, vec![g.b, g.co, g.oh, g.ow], |xs, ws, bs, rs| {
-        let len = [g.b, g.co, g.oh, g.ow].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        let len = len.ok_or_else(|| candle_core::Error::Msg("conv2d: the output is too large".into()))?;
+fn run(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>, g: &Geometry) -> Result<Tensor> {
+    let dims = [g.b, g.co, g.oh, g.ow];
+    run_f32(OP, [x, weight], bias, residual, dims.to_vec(), |xs, ws, bs, rs| {
+        let len = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let len = len.ok_or_else(|| Error::TooLarge { op: OP, dims: dims.to_vec() })?;
         let mut out = vec![0f32; len];
         conv2d_f32(xs, ws, bs, rs, &mut out, g)?;
         Ok(out)
@@ -91,21 +86,21 @@ fn run(
 }
 
 /// candle's convolution, as `candle_nn::Conv2d` computes it: `Tensor::conv2d` then the bias
-/// broadcast over `[1, Co, 1, 1]` (or `[B, Co, 1, 1]`). Same arguments as [`conv2d`].
+/// broadcast over `[1, Co, 1, 1]` (or `[B, Co, 1, 1]`). Same arguments and errors as [`conv2d`].
 pub fn conv2d_reference(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-) -> candle_core::Result<Tensor> {
+) -> Result<Tensor> {
     let geom = check(x, weight, bias, stride, padding)?;
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
-    match bias {
-        Some(bias) if bias.rank() == 2 => y.broadcast_add(&bias.reshape((geom.b, geom.co, 1, 1))?),
-        Some(bias) => y.broadcast_add(&bias.reshape((1, geom.co, 1, 1))?),
-        None => Ok(y),
-    }
+    Ok(match bias {
+        Some(bias) if bias.rank() == 2 => y.broadcast_add(&bias.reshape((geom.b, geom.co, 1, 1))?)?,
+        Some(bias) => y.broadcast_add(&bias.reshape((1, geom.co, 1, 1))?)?,
+        None => y,
+    })
 }
 
 /// The sizes of one convolution.
@@ -124,14 +119,8 @@ struct Geometry {
     ow: usize,
 }
 
-fn check(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<Geometry> {
-    let err = |m: String| Err(candle_core::Error::Msg(format!("conv2d: {m}")));
+fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Geometry> {
+    let err = |m: String| Err(Error::invalid(OP, m));
     let (&[b, ci, h, w], &[co, wci, kh, kw]) = (x.dims(), weight.dims()) else {
         return err(format!(
             "needs x [B, Ci, H, W] and weight [Co, Ci, kh, kw], got {:?} and {:?}",
@@ -195,7 +184,7 @@ fn conv2d_f32(
     residual: Option<&[f32]>,
     out: &mut [f32],
     g: &Geometry,
-) -> candle_core::Result<()> {
+) -> Result<()> {
     // What the indexing and the SAFETY comments below assume of the slices, counted with
     // overflow checks (`run_f32` gives each exactly its tensor's elements).
     let count = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
@@ -206,12 +195,15 @@ fn conv2d_f32(
         && bias.is_none_or(|b| b.len() == g.co || Some(b.len()) == count(&[g.b, g.co]))
         && residual.is_none_or(|r| Some(r.len()) == out_len);
     if !fits {
-        return Err(candle_core::Error::Msg(format!(
-            "conv2d: buffers of {} (x), {} (weight), {} (out) floats do not fit the geometry {g:?}",
-            x.len(),
-            w.len(),
-            out.len()
-        )));
+        return Err(Error::internal(
+            OP,
+            format!(
+                "buffers of {} (x), {} (weight), {} (out) floats do not fit the geometry {g:?}",
+                x.len(),
+                w.len(),
+                out.len()
+            ),
+        ));
     }
     let k = g.ci * g.kh * g.kw;
     let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
@@ -248,7 +240,7 @@ fn conv2d_f32(
             let images = t * per..g.b.min((t + 1) * per);
             let cols = images.len() * out_plane;
             SCRATCH.with_borrow_mut(|scratch| {
-                PATCHES.with_borrow_mut(|patches| -> candle_core::Result<()> {
+                PATCHES.with_borrow_mut(|patches| -> Result<()> {
                     grow(patches, k * cols);
                     grow(scratch, g.co * cols);
                     let (patches, scratch) = (&mut patches[..k * cols], &mut scratch[..g.co * cols]);
@@ -298,7 +290,7 @@ fn conv2d_f32(
     let par = gemm_parallelism(g.b * tiles);
     let out_len = out.len();
     let dst = OutPtr(out.as_mut_ptr());
-    (0..g.b * tiles).into_par_iter().try_for_each(|task| -> candle_core::Result<()> {
+    (0..g.b * tiles).into_par_iter().try_for_each(|task| -> Result<()> {
         let (bi, oy0) = (task / tiles, task % tiles * rows);
         let cols = rows.min(g.oh - oy0) * g.ow;
         let xb = &x[bi * g.ci * in_plane..][..g.ci * in_plane];
@@ -389,7 +381,7 @@ unsafe fn gemm_into(
     [m, n, k]: [usize; 3],
     accumulate: bool,
     parallelism: gemm::Parallelism,
-) -> candle_core::Result<()> {
+) -> Result<()> {
     // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands
     // (`lhs` is a slice: valid for its length).
     unsafe {

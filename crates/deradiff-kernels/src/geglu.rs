@@ -4,7 +4,10 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::math::madd;
-use super::{f32_slice, Isa};
+use super::{f32_slice, Error, Isa, Result};
+
+/// The kernel's name in errors.
+const OP: &str = "geglu";
 
 /// Output elements per rayon task (enough work to amortise a task, small enough to balance).
 const TASK_ELEMENTS: usize = 1 << 15;
@@ -15,32 +18,32 @@ const TASK_ELEMENTS: usize = 1 << 15;
 ///
 /// On the CPU this is our kernel: one pass over the contiguous rows of `x` (no strided copy of
 /// either half), a branch-free f32 `erf` that vectorises, threads over rows; f16 / bf16 inputs are
-/// computed in f32 and cast back. On other devices it is [`geglu_reference`]. Errors (never
-/// panics) when `x` is a scalar or its last dimension is odd.
-pub fn geglu(x: &Tensor) -> candle_core::Result<Tensor> {
+/// computed in f32 and cast back. On other devices it is [`geglu_reference`]. An
+/// [`Error::InvalidInput`] (never a panic) when `x` is a scalar or its last dimension is odd.
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
     check(x)?;
     if !x.device().is_cpu() {
         return geglu_reference(x);
     }
     let in_dtype = x.dtype();
-    x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&Geglu)?.to_dtype(in_dtype)
+    Ok(x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&Geglu)?.to_dtype(in_dtype)?)
 }
 
 /// candle's ops: `chunk(2, -1)`, `gelu_erf` of the second half, times the first. Same argument
-/// as [`geglu`].
-pub fn geglu_reference(x: &Tensor) -> candle_core::Result<Tensor> {
+/// and errors as [`geglu`].
+pub fn geglu_reference(x: &Tensor) -> Result<Tensor> {
     check(x)?;
     let hg = x.chunk(2, D::Minus1)?;
-    &hg[0] * hg[1].gelu_erf()?
+    Ok((&hg[0] * hg[1].gelu_erf()?)?)
 }
 
-fn check(x: &Tensor) -> candle_core::Result<()> {
+fn check(x: &Tensor) -> Result<()> {
     match x.dims().last() {
         Some(&n) if n % 2 == 0 => Ok(()),
-        _ => Err(candle_core::Error::Msg(format!(
-            "geglu needs […, 2F] (an even last dimension, hidden states then gate), got {:?}",
-            x.dims()
-        ))),
+        _ => Err(Error::invalid(
+            OP,
+            format!("needs […, 2F] (an even last dimension, hidden states then gate), got {:?}", x.dims()),
+        )),
     }
 }
 
@@ -52,7 +55,7 @@ impl CustomOp1 for Geglu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice("geglu", s, l)?;
+        let x = f32_slice(OP, s, l)?;
         let mut dims = l.shape().dims().to_vec();
         let f = dims.last().copied().unwrap_or(0) / 2;
         if let Some(last) = dims.last_mut() {

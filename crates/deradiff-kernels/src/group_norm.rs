@@ -4,7 +4,10 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::{exp, madd, sum_and_squares};
-use super::{f32_slice, Isa};
+use super::{f32_slice, Error, Isa, Result};
+
+/// The kernel's name in errors.
+const OP: &str = "group_norm";
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, with the per-channel
 /// affine `weight`, `bias` `[C]` and `eps`, then SiLU if `silu` (the `GroupNorm → SiLU` pair of
@@ -12,16 +15,10 @@ use super::{f32_slice, Isa};
 ///
 /// On the CPU this is our fused kernel (statistics and the normalised, activated output in one
 /// kernel per (batch, group), in f32 with f64 sums); on other devices it is
-/// [`group_norm_reference`]. Errors (never panics) when `C` is not a multiple of `groups` or the
-/// affine parameters do not have `C` elements.
-pub fn group_norm(
-    x: &Tensor,
-    groups: usize,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-    silu: bool,
-) -> candle_core::Result<Tensor> {
+/// [`group_norm_reference`]. An [`Error::InvalidInput`] (never a panic) when `x` has fewer than
+/// two dimensions, `C` is not a multiple of `groups` or the affine parameters do not have `C`
+/// elements.
+pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64, silu: bool) -> Result<Tensor> {
     check(x, groups, weight, bias)?;
     if !x.device().is_cpu() {
         return group_norm_reference(x, groups, weight, bias, eps, silu);
@@ -29,11 +26,11 @@ pub fn group_norm(
     let in_dtype = x.dtype();
     let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
     let op = FusedGroupNorm { groups, eps: eps as f32, silu };
-    f32c(x)?.apply_op3_no_bwd(&f32c(weight)?, &f32c(bias)?, &op)?.to_dtype(in_dtype)
+    Ok(f32c(x)?.apply_op3_no_bwd(&f32c(weight)?, &f32c(bias)?, &op)?.to_dtype(in_dtype)?)
 }
 
 /// candle's ops: `candle_nn::GroupNorm`'s computation (then `candle_nn::ops::silu` if `silu`).
-/// Same arguments as [`group_norm`].
+/// Same arguments and errors as [`group_norm`].
 pub fn group_norm_reference(
     x: &Tensor,
     groups: usize,
@@ -41,33 +38,32 @@ pub fn group_norm_reference(
     bias: &Tensor,
     eps: f64,
     silu: bool,
-) -> candle_core::Result<Tensor> {
+) -> Result<Tensor> {
     check(x, groups, weight, bias)?;
     let c = x.dim(1)?;
     let gn = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, eps)?;
     let y = candle_core::Module::forward(&gn, x)?;
     if silu {
-        candle_nn::ops::silu(&y)
+        Ok(candle_nn::ops::silu(&y)?)
     } else {
         Ok(y)
     }
 }
 
-fn check(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor) -> candle_core::Result<()> {
+fn check(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor) -> Result<()> {
     let dims = x.dims();
     if dims.len() < 2 {
-        return Err(candle_core::Error::Msg(format!("group norm needs [B, C, …], got {dims:?}")));
+        return Err(Error::invalid(OP, format!("needs [B, C, …], got {dims:?}")));
     }
     let c = dims[1];
     if groups == 0 || !c.is_multiple_of(groups) {
-        return Err(candle_core::Error::Msg(format!("group norm: {c} channels do not split into {groups} groups")));
+        return Err(Error::invalid(OP, format!("{c} channels do not split into {groups} groups")));
     }
     if weight.dims() != [c] || bias.dims() != [c] {
-        return Err(candle_core::Error::Msg(format!(
-            "group norm: weight and bias must be [{c}], got {:?} and {:?}",
-            weight.dims(),
-            bias.dims()
-        )));
+        return Err(Error::invalid(
+            OP,
+            format!("weight and bias must be [{c}], got {:?} and {:?}", weight.dims(), bias.dims()),
+        ));
     }
     Ok(())
 }
@@ -92,11 +88,7 @@ impl CustomOp3 for FusedGroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            f32_slice("fused group norm", s1, l1)?,
-            f32_slice("fused group norm", s2, l2)?,
-            f32_slice("fused group norm", s3, l3)?,
-        );
+        let (x, w, b) = (f32_slice(OP, s1, l1)?, f32_slice(OP, s2, l2)?, f32_slice(OP, s3, l3)?);
         let dims = l1.shape().dims();
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();

@@ -38,9 +38,23 @@
 //! FMA and AVX-512 builds chosen at run time (`Isa`; intrinsics for attention's two inner loops
 //! and group norm's sums), each build tested against f64; the GEMMs are the `gemm` crate's;
 //! threads come from rayon's global pool (the one candle's CPU backend uses).
+//!
+//! # Errors
+//!
+//! Every public function returns this crate's [`Result`], never panicking on its inputs. Its
+//! [`Error`] names the kernel (`op`) and says what went wrong: arguments that do not fit
+//! ([`Error::InvalidInput`]: ranks, shapes, dtypes, channels that do not split into heads or
+//! groups, a zero stride), a size whose element count overflows ([`Error::TooLarge`]), a failed
+//! check of the kernel's own buffers ([`Error::Internal`], a bug of this crate), or an error of
+//! candle itself ([`Error::Candle`]: its tensor operations, and the kernels run through candle's
+//! custom-op interface, which return candle's errors). Code that works in `candle_core::Result`
+//! converts with `?` (`From<Error> for candle_core::Error`).
+
+#![warn(missing_docs)]
 
 mod attention;
 mod conv;
+mod error;
 mod geglu;
 mod group_norm;
 mod linear;
@@ -48,6 +62,7 @@ mod math;
 
 pub use attention::{attention, attention_heads, attention_reference};
 pub use conv::{conv2d, conv2d_add, conv2d_reference};
+pub use error::{Error, Result};
 pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};
 pub use linear::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
@@ -104,30 +119,32 @@ impl Isa {
 }
 
 /// The number of elements of `dims`, multiplied with overflow checks (candle's own count wraps:
-/// a tensor "of" 2³² × 2³² elements can hold none), or an error naming the kernel `op`.
-fn checked_count(op: &str, dims: &[usize]) -> candle_core::Result<usize> {
-    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
-        candle_core::Error::Msg(format!("{op}: a tensor of shape {dims:?} has more elements than memory can address"))
-    })
+/// a tensor "of" 2³² × 2³² elements can hold none), or an [`Error::TooLarge`] naming the kernel
+/// `op`.
+fn checked_count(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| Error::TooLarge { op, dims: dims.to_vec() })
 }
 
-/// The contiguous f32 data of a CPU storage, or an error naming the kernel `op`. The slice holds
-/// exactly the elements of `l`'s shape (counted with overflow checks): what every kernel's
-/// indexing, and the SAFETY comments of its unsafe code, assume.
-fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
+/// The contiguous f32 data of a CPU storage, or an [`Error::Internal`] naming the kernel `op`
+/// (the public functions hand the kernels contiguous f32 tensors). The slice holds exactly the
+/// elements of `l`'s shape (counted with overflow checks): what every kernel's indexing, and the
+/// SAFETY comments of its unsafe code, assume.
+fn f32_slice<'a>(op: &'static str, s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> Result<&'a [f32]> {
     let candle_core::CpuStorage::F32(data) = s else {
-        return Err(candle_core::Error::Msg(format!("{op} takes f32")));
+        return Err(Error::internal(op, "takes f32"));
     };
-    let (start, end) =
-        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} takes contiguous tensors")))?;
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| Error::internal(op, "takes contiguous tensors"))?;
     let count = checked_count(op, l.shape().dims())?;
     match data.get(start..end) {
         Some(slice) if slice.len() == count => Ok(slice),
-        _ => Err(candle_core::Error::Msg(format!(
-            "{op}: the storage holds {} elements at offset {start}, not the {count} of shape {:?}",
-            data.len(),
-            l.shape().dims()
-        ))),
+        _ => Err(Error::internal(
+            op,
+            format!(
+                "the storage holds {} elements at offset {start}, not the {count} of shape {:?}",
+                data.len(),
+                l.shape().dims()
+            ),
+        )),
     }
 }
 
@@ -136,13 +153,13 @@ fn f32_slice<'a>(op: &str, s: &'a candle_core::CpuStorage, l: &candle_core::Layo
 /// contiguous f32 tensor first and read-locked while `kernel` runs; returns its output as a `dims`
 /// tensor in `x`'s dtype. `op` names the kernel in errors.
 fn run_f32(
-    op: &str,
+    op: &'static str,
     [x, weight]: [&candle_core::Tensor; 2],
     bias: Option<&candle_core::Tensor>,
     residual: Option<&candle_core::Tensor>,
     dims: Vec<usize>,
-    kernel: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>) -> candle_core::Result<Vec<f32>>,
-) -> candle_core::Result<candle_core::Tensor> {
+    kernel: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>) -> Result<Vec<f32>>,
+) -> Result<candle_core::Tensor> {
     let out_len = checked_count(op, &dims)?;
     for t in [Some(x), Some(weight), bias, residual].into_iter().flatten() {
         checked_count(op, t.dims())?;
@@ -157,19 +174,20 @@ fn run_f32(
         kernel(slice(&xs)?, slice(&ws)?, bs.as_ref().map(slice).transpose()?, rs.as_ref().map(slice).transpose()?)?
     };
     if out.len() != out_len {
-        return Err(candle_core::Error::Msg(format!("{op}: the kernel wrote {} values for {dims:?}", out.len())));
+        return Err(Error::internal(op, format!("the kernel wrote {} values for {dims:?}", out.len())));
     }
-    candle_core::Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?.to_dtype(x.dtype())
+    Ok(candle_core::Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?.to_dtype(x.dtype())?)
 }
 
-/// The contiguous f32 data behind a read-locked CPU storage, or an error naming the kernel `op`.
+/// The contiguous f32 data behind a read-locked CPU storage, or an [`Error::Internal`] naming the
+/// kernel `op`.
 fn locked_f32<'a>(
-    op: &str,
+    op: &'static str,
     (storage, layout): &'a (candle_core::StorageRef<'_>, &candle_core::Layout),
-) -> candle_core::Result<&'a [f32]> {
+) -> Result<&'a [f32]> {
     match &**storage {
         candle_core::Storage::Cpu(cpu) => f32_slice(op, cpu, layout),
-        _ => Err(candle_core::Error::Msg(format!("{op} runs on CPU tensors"))),
+        _ => Err(Error::internal(op, "runs on CPU tensors")),
     }
 }
 
@@ -213,7 +231,7 @@ impl<P> Operand<P> {
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
 /// into `dst` when `accumulate`. Checks first that each operand's extent lies inside its `len`
-/// (an error otherwise, never an out-of-bounds access).
+/// (an [`Error::Internal`] of `"gemm"` otherwise, never an out-of-bounds access).
 ///
 /// # Safety
 /// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
@@ -228,13 +246,15 @@ unsafe fn gemm_f32(
     rhs: Operand<*const f32>,
     accumulate: bool,
     parallelism: gemm::Parallelism,
-) -> candle_core::Result<()> {
+) -> Result<()> {
     if !(dst.holds(m, n) && lhs.holds(m, k) && rhs.holds(k, n)) {
-        return Err(candle_core::Error::Msg(format!(
-            "GEMM of [{m}, {k}] · [{k}, {n}]: an operand's extent exceeds its buffer (dst {} floats, lhs {}, \
-             rhs {})",
-            dst.len, lhs.len, rhs.len
-        )));
+        return Err(Error::internal(
+            "gemm",
+            format!(
+                "[{m}, {k}] · [{k}, {n}]: an operand's extent exceeds its buffer (dst {} floats, lhs {}, rhs {})",
+                dst.len, lhs.len, rhs.len
+            ),
+        ));
     }
     // SAFETY: the caller's contract (each pointer valid for its `len` floats, `dst`'s extent ours
     // alone) and the check above (every element gemm touches lies inside those `len` floats).
@@ -272,7 +292,9 @@ mod tests {
     fn counts_overflow_into_errors() {
         assert_eq!(checked_count("op", &[2, 3, 4]).unwrap(), 24);
         assert_eq!(checked_count("op", &[]).unwrap(), 1);
-        let err = checked_count("linear", &[1 << 32, 1 << 32, 4]).unwrap_err().to_string();
+        let err = checked_count("linear", &[1 << 32, 1 << 32, 4]).unwrap_err();
+        assert!(matches!(&err, Error::TooLarge { op: "linear", dims } if dims == &[1 << 32, 1 << 32, 4]), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("linear") && err.contains("more elements"), "{err}");
     }
 
@@ -311,7 +333,7 @@ mod tests {
                 gemm::Parallelism::None,
             )
         };
-        assert!(err.is_err());
+        assert!(matches!(err, Err(Error::Internal { op: "gemm", .. })), "{err:?}");
         // Extents whose last index overflows are refused too.
         assert!(!Operand { ptr: (), row: usize::MAX / 2, col: 1, len: 8 }.holds(3, 1));
         assert!(Operand { ptr: (), row: 0, col: 0, len: 0 }.holds(0, 5));

@@ -4,7 +4,10 @@
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
-use super::{gemm_f32, gemm_parallelism, run_f32, Operand};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
+
+/// The kernels' name in errors.
+const OP: &str = "linear";
 
 /// Output floats per task of the bias / residual fill.
 const FILL_CHUNK: usize = 1 << 14;
@@ -19,8 +22,9 @@ const FILL_CHUNK: usize = 1 << 14;
 /// broadcast of the weight over the batch, and no `candle_core::utils::get_num_threads()` (which
 /// on Linux re-reads the CPU topology from `/proc` at every matmul unless `RAYON_NUM_THREADS` is
 /// set: 29 µs a call here, about 60 calls per UNet forward). On other devices it is
-/// [`linear_reference`]. Errors (never panics) on mismatched sizes or dtypes.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// [`linear_reference`]. An [`Error::InvalidInput`] (never a panic) on mismatched sizes or dtypes,
+/// an [`Error::TooLarge`] when the rows of `x` overflow `usize`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
     if !x.device().is_cpu() {
         return linear_reference(x, weight, bias);
@@ -32,17 +36,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
 /// and the skip connection around it (a transformer block's attention and feed-forward outputs)
 /// in one pass, the GEMM accumulating into the output filled with the residual plus the bias.
 /// Otherwise as [`linear`]; on other devices [`linear_reference`] plus `residual`.
-pub fn linear_add(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    residual: &Tensor,
-) -> candle_core::Result<Tensor> {
+pub fn linear_add(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
     let dims = out_dims(x.dims(), n);
     check_residual(residual, &dims, x.dtype())?;
     if !x.device().is_cpu() {
-        return linear_reference(x, weight, bias)? + residual;
+        return Ok((linear_reference(x, weight, bias)? + residual)?);
     }
     run(&Plan::tokens(m, n, k), x, weight, bias, Some(residual), dims)
 }
@@ -53,10 +52,15 @@ pub fn linear_add(
 /// flattening the spatial dimensions and applying [`linear`] (a 1×1 convolution followed by that
 /// transpose, as a spatial transformer's `proj_in` does), without the transposed copy: each
 /// batch item's GEMM reads `x` with the channel stride. Otherwise as [`linear`].
-pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, k, l) = match x.dims() {
         [b, k, spatial @ ..] if !spatial.is_empty() => (*b, *k, spatial.iter().product::<usize>()),
-        _ => return Err(msg(format!("linear_from_channels needs x [B, K, …spatial], got {:?}", x.dims()))),
+        _ => {
+            return Err(Error::invalid(
+                OP,
+                format!("linear_from_channels needs x [B, K, …spatial], got {:?}", x.dims()),
+            ))
+        }
     };
     let n = check_weight(k, x.dtype(), weight, bias)?;
     if !x.device().is_cpu() {
@@ -71,44 +75,43 @@ pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) 
 /// like `residual` (a spatial transformer's `proj_out` and its skip connection). Each batch item's
 /// GEMM writes its tokens' outputs with the channel stride straight into the residual-filled
 /// image, without the transposed copy and the separate addition. Otherwise as [`linear`].
-pub fn linear_to_channels(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    residual: &Tensor,
-) -> candle_core::Result<Tensor> {
+pub fn linear_to_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
     let (&[b, l, _], [rb, rn, spatial @ ..]) = (x.dims(), residual.dims()) else {
-        return Err(msg(format!(
-            "linear_to_channels needs x [B, L, K] and residual [B, N, …], got {:?} and {:?}",
-            x.dims(),
-            residual.dims()
-        )));
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "linear_to_channels needs x [B, L, K] and residual [B, N, …], got {:?} and {:?}",
+                x.dims(),
+                residual.dims()
+            ),
+        ));
     };
     let (_, n, k) = check(x, weight, bias)?;
     if (*rb, *rn, spatial.iter().product::<usize>()) != (b, n, l) {
-        return Err(msg(format!(
-            "linear_to_channels: residual {:?} is not [B = {b}, N = {n}, …] with {l} positions (x {:?})",
-            residual.dims(),
-            x.dims()
-        )));
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "linear_to_channels's residual {:?} is not [B = {b}, N = {n}, …] with {l} positions (x {:?})",
+                residual.dims(),
+                x.dims()
+            ),
+        ));
     }
     check_residual(residual, residual.dims(), x.dtype())?;
     if !x.device().is_cpu() {
         let y = linear_reference(x, weight, bias)?.transpose(1, 2)?.reshape(residual.dims())?;
-        return y + residual;
+        return Ok((y + residual)?);
     }
     run(&Plan::to_channels(b, l, n, k), x, weight, bias, Some(residual), residual.dims().to_vec())
 }
 
 /// `candle_nn::Linear`'s forward (candle's matmul, then the bias broadcast) on `x` flattened to
-/// `[M, K]` (candle's takes 2 to 4 dimensions only), reshaped back. Same arguments as [`linear`].
-pub fn linear_reference(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// `[M, K]` (candle's takes 2 to 4 dimensions only), reshaped back. Same arguments and errors as
+/// [`linear`].
+pub fn linear_reference(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
-    candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(&x.reshape((m, k))?)?.reshape(out_dims(x.dims(), n))
-}
-
-fn msg(m: String) -> candle_core::Error {
-    candle_core::Error::Msg(m)
+    let linear = candle_nn::Linear::new(weight.clone(), bias.cloned());
+    Ok(linear.forward(&x.reshape((m, k))?)?.reshape(out_dims(x.dims(), n))?)
 }
 
 /// `dims` with the last one replaced by `n`.
@@ -121,20 +124,20 @@ fn out_dims(dims: &[usize], n: usize) -> Vec<usize> {
 }
 
 /// `(M, N, K)`: the rows of `x` (all its leading dimensions), the output and input features.
-fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(usize, usize, usize)> {
+fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, usize, usize)> {
     let Some((&k, lead)) = x.dims().split_last() else {
-        return Err(msg(format!("linear: needs x […, K], got a scalar (weight {:?})", weight.dims())));
+        return Err(Error::invalid(OP, format!("needs x […, K], got a scalar (weight {:?})", weight.dims())));
     };
     let m = lead
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| msg(format!("linear: x of shape {:?} has more rows than memory can address", x.dims())))?;
+        .ok_or_else(|| Error::TooLarge { op: OP, dims: lead.to_vec() })?;
     Ok((m, check_weight(k, x.dtype(), weight, bias)?, k))
 }
 
 /// `N` for a `weight` `[N, k]` and `bias` `[N]` of `dtype`.
-fn check_weight(k: usize, dtype: DType, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<usize> {
-    let err = |m: String| Err(msg(format!("linear: {m}")));
+fn check_weight(k: usize, dtype: DType, weight: &Tensor, bias: Option<&Tensor>) -> Result<usize> {
+    let err = |m: String| Err(Error::invalid(OP, m));
     let &[n, wk] = weight.dims() else {
         return err(format!("needs a weight [N, K = {k}], got {:?}", weight.dims()));
     };
@@ -155,12 +158,15 @@ fn check_weight(k: usize, dtype: DType, weight: &Tensor, bias: Option<&Tensor>) 
     Ok(n)
 }
 
-fn check_residual(residual: &Tensor, dims: &[usize], dtype: DType) -> candle_core::Result<()> {
+fn check_residual(residual: &Tensor, dims: &[usize], dtype: DType) -> Result<()> {
     if residual.dims() != dims {
-        return Err(msg(format!("linear: residual must be {dims:?} like the output, got {:?}", residual.dims())));
+        return Err(Error::invalid(
+            OP,
+            format!("residual must be {dims:?} like the output, got {:?}", residual.dims()),
+        ));
     }
     if residual.dtype() != dtype {
-        return Err(msg(format!("linear: residual is {:?} but x is {dtype:?}", residual.dtype())));
+        return Err(Error::invalid(OP, format!("residual is {:?} but x is {dtype:?}", residual.dtype())));
     }
     Ok(())
 }
@@ -230,18 +236,12 @@ fn run(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
     dims: Vec<usize>,
-) -> candle_core::Result<Tensor> {
-    run_f32("linear", [x, weight], bias, residual, dims, |xs, ws, bs, rs| gemms(plan, xs, ws, bs, rs))
+) -> Result<Tensor> {
+    run_f32(OP, [x, weight], bias, residual, dims, |xs, ws, bs, rs| gemms(plan, xs, ws, bs, rs))
 }
 
 /// The kernel over contiguous slices (see [`Plan`]).
-fn gemms(
-    p: &Plan,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-) -> candle_core::Result<Vec<f32>> {
+fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>) -> Result<Vec<f32>> {
     let count = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     let len = count(&[p.batches, p.m, p.n]);
     // What the indexing below assumes of the slices (`run_f32` gives each exactly its tensor).
@@ -251,16 +251,19 @@ fn gemms(
         && bias.is_none_or(|b| b.len() == p.n)
         && residual.is_none_or(|r| Some(r.len()) == len);
     let Some(len) = len.filter(|_| fits) else {
-        return Err(msg(format!(
-            "linear: operands of {} and {} floats do not fit {} GEMMs of [{}, {}] · [{}, {}]",
-            x.len(),
-            w.len(),
-            p.batches,
-            p.m,
-            p.k,
-            p.k,
-            p.n
-        )));
+        return Err(Error::internal(
+            OP,
+            format!(
+                "operands of {} and {} floats do not fit {} GEMMs of [{}, {}] · [{}, {}]",
+                x.len(),
+                w.len(),
+                p.batches,
+                p.m,
+                p.k,
+                p.k,
+                p.n
+            ),
+        ));
     };
     let mut out = vec![0f32; len];
     let filled = bias.is_some() || residual.is_some();
@@ -296,7 +299,7 @@ fn gemms(
     for b in 0..p.batches {
         let (dst_at, lhs_at) = (b * p.dst.batch, b * p.lhs.batch);
         if dst_at > out.len() || lhs_at > x.len() {
-            return Err(msg(format!("linear: batch item {b} lies outside the operands")));
+            return Err(Error::internal(OP, format!("batch item {b} lies outside the operands")));
         }
         // SAFETY: for batch item `b`, dst is `[m, n]` at `out[b·dst.batch ..]` with the plan's
         // strides, lhs `[m, k]` at `x[b·lhs.batch ..]` likewise, and rhs is `weightᵀ` `[k, n]`

@@ -8,7 +8,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::values;
-use deradiff_kernels::{conv2d, conv2d_add, conv2d_reference};
+use deradiff_kernels::{conv2d, conv2d_add, conv2d_reference, Error};
 use proptest::prelude::*;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -212,9 +212,10 @@ fn non_contiguous_input() {
 fn errors() {
     let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let w = Tensor::zeros((3, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
-    let bad = |r: candle_core::Result<Tensor>| {
-        let e = r.expect_err("should fail").to_string();
-        assert!(e.contains("conv2d"), "{e}");
+    let bad = |r: deradiff_kernels::Result<Tensor>| {
+        let e = r.expect_err("should fail");
+        assert!(matches!(e, Error::InvalidInput { op: "conv2d", .. }), "{e:?}");
+        assert!(e.to_string().starts_with("conv2d: "), "{e}");
     };
     bad(conv2d(&x, &Tensor::zeros((3, 5, 3, 3), DType::F32, &Device::Cpu).unwrap(), None, 1, 1)); // channels
     bad(conv2d(&x, &Tensor::zeros((3, 4, 3), DType::F32, &Device::Cpu).unwrap(), None, 1, 1)); // weight rank
@@ -231,6 +232,24 @@ fn errors() {
     let big = Tensor::zeros((3, 4, 11, 11), DType::F32, &Device::Cpu).unwrap();
     bad(conv2d(&x, &big, None, 1, 1)); // kernel larger than the padded input
     assert_eq!(conv2d(&x, &big, None, 1, 2).unwrap().dims(), &[1, 3, 2, 2]);
+    // The reference computation checks its arguments the same way.
+    bad(conv2d_reference(&x, &Tensor::zeros((3, 5, 3, 3), DType::F32, &Device::Cpu).unwrap(), None, 1, 1));
+}
+
+#[test]
+fn mismatched_channels_are_a_typed_error_naming_the_kernel() {
+    let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((3, 5, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    match conv2d(&x, &w, None, 1, 1) {
+        Err(Error::InvalidInput { op, reason }) => {
+            assert_eq!(op, "conv2d");
+            assert!(reason.contains("4 channels") && reason.contains("takes 5"), "{reason}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Through `?` in code that works in candle's errors, the message survives.
+    let as_candle = || -> candle_core::Result<Tensor> { Ok(conv2d(&x, &w, None, 1, 1)?) };
+    assert!(as_candle().unwrap_err().to_string().contains("conv2d: x has 4 channels"));
 }
 
 proptest! {

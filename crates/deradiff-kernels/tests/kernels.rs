@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::values;
-use deradiff_kernels::{attention, attention_heads, attention_reference, group_norm, group_norm_reference};
+use deradiff_kernels::{attention, attention_heads, attention_reference, group_norm, group_norm_reference, Error};
 use proptest::prelude::*;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -166,6 +166,37 @@ fn attention_heads_errors_on_bad_shapes() {
     assert!(attention_heads(&q, &k8, &k8, 3, 1.0).is_err());
     assert!(attention_heads(&q, &empty, &empty, 3, 1.0).is_err());
     assert!(attention_heads(&q, &k, &k.to_dtype(DType::F16).unwrap(), 3, 1.0).is_err());
+    assert!(attention_heads(&q.flatten_all().unwrap(), &k, &k, 3, 1.0).is_err());
+}
+
+#[test]
+fn channels_that_do_not_split_into_heads_are_a_typed_error_naming_the_kernel() {
+    let q = Tensor::zeros((2, 5, 12), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((2, 6, 12), DType::F32, &Device::Cpu).unwrap();
+    match attention_heads(&q, &k, &k, 5, 1.0) {
+        Err(Error::InvalidInput { op, reason }) => {
+            assert_eq!(op, "attention");
+            assert_eq!(reason, "12 channels do not split into 5 heads");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Every refusal of the argument checks is an `InvalidInput` of the kernel, a rank included.
+    let k8 = Tensor::zeros((2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+    for r in [
+        attention_heads(&q, &k, &k, 0, 1.0),
+        attention_heads(&q, &k8, &k8, 3, 1.0),
+        attention_heads(&q.flatten_all().unwrap(), &k, &k, 3, 1.0),
+        attention(&q, &k8, &k8, 1.0),
+        attention(&q.flatten_all().unwrap(), &k, &k, 1.0),
+        attention_reference(&q, &k, &k.to_dtype(DType::F16).unwrap(), 1.0),
+    ] {
+        assert!(matches!(r, Err(Error::InvalidInput { op: "attention", .. })), "{r:?}");
+    }
+    // Through `?` in code that works in candle's errors, the message survives.
+    let as_candle = || -> candle_core::Result<Tensor> { Ok(attention_heads(&q, &k, &k, 5, 1.0)?) };
+    // (candle appends a backtrace when RUST_BACKTRACE is set.)
+    let err = as_candle().unwrap_err().to_string();
+    assert!(err.starts_with("attention: 12 channels do not split into 5 heads"), "{err}");
 }
 
 #[test]
@@ -217,6 +248,9 @@ fn group_norm_errors_on_bad_shapes() {
     assert!(group_norm(&x, 3, &w5, &w, 1e-5, false).is_err());
     assert!(group_norm(&w, 3, &w, &w, 1e-5, false).is_err());
     assert!(group_norm(&x, 3, &w, &w, 1e-5, true).is_ok());
+    for r in [group_norm(&x, 4, &w, &w, 1e-5, false), group_norm_reference(&x, 3, &w5, &w, 1e-5, false)] {
+        assert!(matches!(r, Err(Error::InvalidInput { op: "group_norm", .. })), "{r:?}");
+    }
 }
 
 proptest! {

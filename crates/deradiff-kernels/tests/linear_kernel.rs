@@ -10,7 +10,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::values;
-use deradiff_kernels::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels};
+use deradiff_kernels::{linear, linear_add, linear_from_channels, linear_reference, linear_to_channels, Error};
 use proptest::prelude::*;
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -178,7 +178,10 @@ fn fused_forms_refuse_mismatched_operands() {
     let dev = Device::Cpu;
     let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &dev).unwrap();
     let w = z(&[3, 4]);
-    let err = |r: candle_core::Result<Tensor>| r.expect_err("should fail").to_string();
+    let err = |r: deradiff_kernels::Result<Tensor>| match r.expect_err("should fail") {
+        e @ Error::InvalidInput { op: "linear", .. } => e.to_string(),
+        e => panic!("expected InvalidInput of linear, got {e:?}"),
+    };
     assert!(err(linear_add(&z(&[2, 5, 4]), &w, None, &z(&[2, 5, 4]))).contains("residual must be [2, 5, 3]"));
     assert!(err(linear_add(&z(&[2, 5, 4]), &w, None, &z(&[2, 5, 3]).to_dtype(DType::F16).unwrap()))
         .contains("residual is F16"));
@@ -249,9 +252,10 @@ fn linear_refuses_mismatched_operands() {
     let dev = Device::Cpu;
     let x = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
     let bad = |w: &Tensor, b: Option<&Tensor>, needle: &str| {
-        let err = linear(&x, w, b).unwrap_err().to_string();
-        assert!(err.contains(needle), "{err}");
-        assert!(linear_reference(&x, w, b).is_err());
+        let err = linear(&x, w, b).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { op: "linear", .. }), "{err:?}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(matches!(linear_reference(&x, w, b), Err(Error::InvalidInput { op: "linear", .. })));
     };
     bad(&Tensor::zeros((3, 4), DType::F32, &dev).unwrap(), None, "takes 4");
     bad(&Tensor::zeros(5, DType::F32, &dev).unwrap(), None, "weight [N, K = 5]");

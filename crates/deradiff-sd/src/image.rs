@@ -1,4 +1,5 @@
-//! RGB images: the pipeline's output, PNG encoding and atomic writes.
+//! RGB images: the pipeline's output, PNG decoding, and PNG files written atomically through
+//! deradiff-core's encoder ([`deradiff_core::io::encode_png_rgb8`], the workspace's one).
 
 use std::path::Path;
 
@@ -176,7 +177,7 @@ impl RgbImage {
         Self::new(gw, gh, data)
     }
 
-    /// The image as PNG bytes.
+    /// The image as PNG bytes (8-bit RGB), encoded by [`deradiff_core::io::encode_png_rgb8`].
     pub fn encode_png(&self) -> Result<Vec<u8>> {
         let too_big = || {
             Error::InvalidArgument(format!(
@@ -186,22 +187,12 @@ impl RgbImage {
         };
         let (w, h) =
             (u32::try_from(self.width).map_err(|_| too_big())?, u32::try_from(self.height).map_err(|_| too_big())?);
-        let mut out = Vec::new();
-        let png_err = |e: png::EncodingError| {
+        deradiff_core::io::encode_png_rgb8(&self.data, w, h).map_err(|e| {
             Error::InvalidArgument(format!(
                 "RgbImage::encode_png: cannot encode the {}x{} image: {e}",
                 self.width, self.height
             ))
-        };
-        {
-            let mut encoder = png::Encoder::new(&mut out, w, h);
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            let mut writer = encoder.write_header().map_err(png_err)?;
-            writer.write_image_data(&self.data).map_err(png_err)?;
-            writer.finish().map_err(png_err)?;
-        }
-        Ok(out)
+        })
     }
 
     /// Writes the image as a PNG file, atomically: into a temporary file beside `path`, then renamed

@@ -47,20 +47,22 @@
 
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod bo;
-pub mod error;
-pub mod gp;
-pub mod model;
-pub mod objective;
+mod batch;
+mod bo;
+mod error;
+mod gp;
+mod merge;
+mod model;
+mod objective;
 pub mod plot;
-pub mod prompts;
-pub mod reward;
+mod prompts;
+mod results;
+mod reward;
 #[cfg(feature = "sd")]
-pub mod sd_model;
-pub mod shard;
-pub mod stats;
-pub mod sweep;
+mod sd_model;
+mod spec;
+mod stats;
+mod sweep;
 
 pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
@@ -69,22 +71,23 @@ pub use bo::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
+pub use merge::{merge_results, sweep_status, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
 pub use objective::SweepObjective;
 pub use prompts::{read_prompt_file, PromptEntry};
+pub use results::{
+    read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
+    SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
+};
 pub use reward::{AnalyticReward, ManifoldPenalty, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{Realignment, SdModel, SdSetup};
-pub use shard::{
-    merge_results, spec_hash, sweep_status, write_results, write_results_csv, Merged, MissingItem, Shard,
-    SweepProgress, SweepSpec, WorkItem, MAX_SHARDS,
-};
+pub use spec::{prompts_hash, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS};
 pub use stats::{
-    agreement, bootstrap_maes, median, quantile_sorted, AgreementConfig, AgreementStats, Stat, MAX_BOOTSTRAP,
+    agreement, bootstrap_maes, median, pair_rows, quantile_sorted, AgreementConfig, AgreementStats, PairBy, Pairs,
+    Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
-    check_lambdas, lambda_summaries, pair_rows, prompts_hash, read_results, run_sweep, IfExists, LambdaSummary,
-    NoSweepObserver, PairBy, Pairs, ResultsFile, RewardSummary, SweepConfig, SweepEvent, SweepHeader, SweepObserver,
-    SweepOutput, SweepResult, SweepRow, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT, RESULTS_FORMAT,
-    RESULTS_VERSION,
+    check_lambdas, lambda_summaries, run_sweep, LambdaSummary, NoSweepObserver, SweepConfig, SweepEvent, SweepObserver,
+    SweepResult, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT,
 };

@@ -13,7 +13,8 @@ use deradiff_rewards::Reward;
 use crate::bo::Objective;
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
-use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver, SweepRow};
+use crate::results::SweepRow;
+use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver};
 
 /// [`Objective`] of a model, a reward and a prompt set (see the module docs).
 ///

@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::results::SweepRow;
 
 /// The portable generator of the bootstrap (SplitMix64, Steele et al. 2014).
 #[derive(Debug, Clone)]
@@ -309,6 +310,70 @@ impl AgreementStats {
         ));
         out
     }
+}
+
+/// How [`pair_rows`] matches the rows of two result sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairBy {
+    /// The same λ and prompt id.
+    LambdaAndPrompt,
+    /// The same prompt id (each set must hold one row per prompt, e.g. one λ each).
+    Prompt,
+}
+
+/// Paired values of one reward from two result sets (for [`crate::agreement`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pairs {
+    /// One label per pair (`λ=…, <prompt>` or the prompt id).
+    pub labels: Vec<String>,
+    /// The first set's mean reward (the originals `x`).
+    pub original: Vec<f64>,
+    /// The second set's mean reward (the approximations `y`).
+    pub approx: Vec<f64>,
+}
+
+/// Pairs the mean `reward` of `original` and `approx` rows by key, in `original`'s order. Errors
+/// for a key that appears twice in a set, a row without a partner, or a row without `reward`.
+pub fn pair_rows(original: &[SweepRow], approx: &[SweepRow], reward: &str, by: PairBy) -> Result<Pairs> {
+    let key = |r: &SweepRow| match by {
+        // −0 and 0 are one λ, as in a sweep's own keys.
+        PairBy::LambdaAndPrompt => format!("λ={}, {}, seed {}", r.lambda + 0.0, r.prompt, r.seed),
+        PairBy::Prompt => format!("{}, seed {}", r.prompt, r.seed),
+    };
+    let index = |rows: &[SweepRow], which: &str| -> Result<std::collections::HashMap<String, f64>> {
+        let mut map = std::collections::HashMap::new();
+        for r in rows {
+            let v = r.reward(reward).ok_or_else(|| {
+                Error::InvalidArgument(format!("a row of the {which} set ({}) has no reward {reward:?}", key(r)))
+            })?;
+            if map.insert(key(r), v.mean).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "the {which} set has two rows for {}; pair by λ and prompt, or keep one λ per set",
+                    key(r)
+                )));
+            }
+        }
+        Ok(map)
+    };
+    let b = index(approx, "approximation")?;
+    index(original, "original")?;
+    let mut pairs = Pairs { labels: Vec::new(), original: Vec::new(), approx: Vec::new() };
+    for r in original {
+        let k = key(r);
+        let y = *b.get(&k).ok_or_else(|| {
+            Error::InvalidArgument(format!("the approximation set has no row for {k} of the original set"))
+        })?;
+        pairs.original.push(r.reward(reward).map(|s| s.mean).unwrap_or(f64::NAN));
+        pairs.approx.push(y);
+        pairs.labels.push(k);
+    }
+    if pairs.labels.len() != b.len() {
+        return Err(Error::InvalidArgument(format!(
+            "the approximation set has {} rows without a partner in the original set",
+            b.len() - pairs.labels.len()
+        )));
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]

@@ -8,7 +8,21 @@ use crate::error::{Error, Result};
 use crate::posterior::{Posterior, Variance};
 use crate::schedule::{inference_timesteps, NoiseSchedule, PredictionType, TimestepSpacing};
 
-/// Configuration of [`Ddim`]; [`Default`] is diffusers' `DDIMScheduler()` with `η = 0`.
+/// Configuration of [`Ddim`].
+///
+/// [`Default`] is the plain sampler for a model deradiff knows nothing about: diffusers'
+/// `DDIMScheduler()` schedule with `η = 0` and **no** clipping of `x̂₀`. [`DdimConfig::diffusers`]
+/// is diffusers' class default, which clamps `x̂₀` to `[-1, 1]` (right for pixel-space models
+/// trained on data in `[-1, 1]`, silently wrong for any other); a checkpoint's own
+/// `scheduler_config.json` is read by [`DdimConfig::from_diffusers`].
+///
+/// ```
+/// use deradiff_core::DdimConfig;
+///
+/// let own_model = DdimConfig { eta: 0.5, ..Default::default() };
+/// assert_eq!(own_model.clip_sample, None);
+/// assert_eq!(DdimConfig::diffusers().clip_sample, Some(1.0));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdimConfig {
     /// Training schedule and step placement.
@@ -17,29 +31,36 @@ pub struct DdimConfig {
     pub eta: f64,
     /// Past the last step use `ᾱ = 1` (true) or `ᾱ_0` (false).
     pub set_alpha_to_one: bool,
-    /// Clamp `x̂₀` to `[-r, r]` (`clip_sample`); diffusers' default is on with `r = 1`.
+    /// Clamp `x̂₀` to `[-r, r]` (`clip_sample`); off in [`Default`], on with `r = 1` in
+    /// [`DdimConfig::diffusers`] (diffusers' class default).
     pub clip_sample: Option<f64>,
     /// Recompute ε from the clipped `x̂₀` (diffusers' `use_clipped_model_output`).
     pub use_clipped_model_output: bool,
 }
 
 impl Default for DdimConfig {
+    /// diffusers' `DDIMScheduler()` schedule, `η = 0`, no `x̂₀` clipping.
     fn default() -> Self {
         Self {
             training: TrainingConfig::diffusers_default(TimestepSpacing::Leading),
             eta: 0.0,
             set_alpha_to_one: true,
-            clip_sample: Some(1.0),
+            clip_sample: None,
             use_clipped_model_output: false,
         }
     }
 }
 
 impl DdimConfig {
+    /// diffusers' `DDIMScheduler()` exactly, `x̂₀` clipped to `[-1, 1]` included (`η = 0`).
+    pub fn diffusers() -> Self {
+        Self { clip_sample: Some(1.0), ..Self::default() }
+    }
+
     /// From a checkpoint's `scheduler_config.json`, with `DDIMScheduler`'s defaults for missing
     /// fields (`η` is a sampling choice, not part of the file: 0 here).
     pub fn from_diffusers(config: &SchedulerConfig) -> Result<Self> {
-        let d = Self::default();
+        let d = Self::diffusers();
         Ok(Self {
             training: config.training(&d.training)?,
             set_alpha_to_one: config.set_alpha_to_one.unwrap_or(d.set_alpha_to_one),

@@ -49,32 +49,51 @@ impl VarianceType {
     }
 }
 
-/// Configuration of [`Ddpm`]; [`Default`] is diffusers' `DDPMScheduler()`.
+/// Configuration of [`Ddpm`].
+///
+/// [`Default`] is the plain sampler for a model deradiff knows nothing about: diffusers'
+/// `DDPMScheduler()` schedule and variance with **no** clipping of `x̂₀`.
+/// [`DdpmConfig::diffusers`] is diffusers' class default, which clamps `x̂₀` to `[-1, 1]`; a
+/// checkpoint's own `scheduler_config.json` is read by [`DdpmConfig::from_diffusers`].
+///
+/// ```
+/// use deradiff_core::DdpmConfig;
+///
+/// assert_eq!(DdpmConfig::default().clip_sample, None);
+/// assert_eq!(DdpmConfig::diffusers().clip_sample, Some(1.0));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdpmConfig {
     /// Training schedule and step placement.
     pub training: TrainingConfig,
     /// Reverse-step variance.
     pub variance_type: VarianceType,
-    /// Clamp `x̂₀` to `[-r, r]` (`clip_sample`); diffusers' default is on with `r = 1`.
+    /// Clamp `x̂₀` to `[-r, r]` (`clip_sample`); off in [`Default`], on with `r = 1` in
+    /// [`DdpmConfig::diffusers`] (diffusers' class default).
     pub clip_sample: Option<f64>,
 }
 
 impl Default for DdpmConfig {
+    /// diffusers' `DDPMScheduler()` schedule and variance, no `x̂₀` clipping.
     fn default() -> Self {
         Self {
             training: TrainingConfig::diffusers_default(TimestepSpacing::Leading),
             variance_type: VarianceType::FixedSmall,
-            clip_sample: Some(1.0),
+            clip_sample: None,
         }
     }
 }
 
 impl DdpmConfig {
+    /// diffusers' `DDPMScheduler()` exactly, `x̂₀` clipped to `[-1, 1]` included.
+    pub fn diffusers() -> Self {
+        Self { clip_sample: Some(1.0), ..Self::default() }
+    }
+
     /// From a checkpoint's `scheduler_config.json`, with `DDPMScheduler`'s defaults for missing
     /// fields.
     pub fn from_diffusers(config: &SchedulerConfig) -> Result<Self> {
-        let d = Self::default();
+        let d = Self::diffusers();
         Ok(Self {
             training: config.training(&d.training)?,
             variance_type: match &config.variance_type {

@@ -84,7 +84,7 @@ impl GroupNorm {
     }
 
     pub(super) fn forward(&self, xs: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
-        kernels::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, silu)
+        Ok(kernels::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, silu)?)
     }
 }
 
@@ -123,7 +123,7 @@ impl Conv2d {
     fn deltas(&self, xs: &Tensor, base: Tensor, rows: Rows) -> candle_core::Result<Tensor> {
         with_deltas(xs, base, rows, &self.adapters, |lr, x, base| {
             let h = kernels::conv2d(x, &lr.down, None, self.stride, self.padding)?;
-            kernels::conv2d_add(&h, &lr.up, None, 1, 0, base)
+            Ok(kernels::conv2d_add(&h, &lr.up, None, 1, 0, base)?)
         })
     }
 }
@@ -168,7 +168,7 @@ impl Linear {
 
     pub(super) fn deltas(&self, xs: &Tensor, base: Tensor, rows: Rows) -> candle_core::Result<Tensor> {
         with_deltas(xs, base, rows, &self.adapters, |lr, x, base| {
-            kernels::linear_add(&kernels::linear(x, &lr.down, None)?, &lr.up, None, base)
+            Ok(kernels::linear_add(&kernels::linear(x, &lr.down, None)?, &lr.up, None, base)?)
         })
     }
 
@@ -177,7 +177,7 @@ impl Linear {
     pub(super) fn forward_from_channels(&self, xs: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
         let base = kernels::linear_from_channels(xs, &self.weight, self.bias.as_ref())?;
         with_deltas(xs, base, rows, &self.adapters, |lr, x, base| {
-            kernels::linear_add(&kernels::linear_from_channels(x, &lr.down, None)?, &lr.up, None, base)
+            Ok(kernels::linear_add(&kernels::linear_from_channels(x, &lr.down, None)?, &lr.up, None, base)?)
         })
     }
 
@@ -191,7 +191,7 @@ impl Linear {
     ) -> candle_core::Result<Tensor> {
         let base = kernels::linear_to_channels(tokens, &self.weight, self.bias.as_ref(), residual)?;
         with_deltas(tokens, base, rows, &self.adapters, |lr, x, base| {
-            kernels::linear_to_channels(&kernels::linear(x, &lr.down, None)?, &lr.up, None, base)
+            Ok(kernels::linear_to_channels(&kernels::linear(x, &lr.down, None)?, &lr.up, None, base)?)
         })
     }
 

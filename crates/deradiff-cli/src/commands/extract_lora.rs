@@ -3,15 +3,18 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
 use deradiff_sd::lora::{extract_lora_with_progress, ExtractOptions, ExtractReport, SvdMethod};
-use deradiff_sd::{parse_device, parse_dtype, LoraAdapter, Unet};
+use deradiff_sd::{parse_dtype, LoraAdapter, Unet};
 
+use crate::args::device_option;
 use crate::error::{CliError, Context, Result};
-use crate::{print_stdout, progress_bar};
+use crate::output::{print_stdout, progress_bar};
 
 /// The largest rank `extract-lora` takes (the UNets' widest layers have 1280–2560 channels).
 const MAX_RANK: usize = 4096;
 
+/// Options of `deradiff extract-lora`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExtractLoraArgs {
     /// The reference model: a diffusers pipeline folder (its unet/ is used) or a UNet folder.
@@ -55,7 +58,9 @@ fn unet_path(path: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn extract(args: ExtractLoraArgs) -> Result<()> {
+/// `--rank`, `--min-change`, `--save-dtype`, `--device` and `--out`, checked before anything is
+/// loaded: the dtype of the written adapter and the device.
+fn check(args: &ExtractLoraArgs) -> Result<(DType, Device)> {
     if args.rank == 0 || args.rank > MAX_RANK {
         return Err(CliError::usage(format!("--rank is {}; it must lie in 1..={MAX_RANK}", args.rank)));
     }
@@ -64,22 +69,32 @@ pub(crate) fn extract(args: ExtractLoraArgs) -> Result<()> {
     }
     let save_dtype =
         parse_dtype(&args.save_dtype).usage_context(format!("--save-dtype {} is not a dtype", args.save_dtype))?;
-    let device =
-        parse_device(&args.device).usage_context(format!("--device {} is not a usable device", args.device))?;
+    let device = device_option(&args.device)?;
     if args.out.extension().is_none_or(|e| e != "safetensors") {
         return Err(CliError::usage(format!(
             "--out {}: the LoRA file's name must end in .safetensors",
             args.out.display()
         )));
     }
-    let dtype = candle_core::DType::F32;
+    Ok((save_dtype, device))
+}
+
+/// The reference and the aligned UNet, in f32 on `device` (the aligned one read with the
+/// reference's config where it has none of its own).
+fn load(args: &ExtractLoraArgs, device: &Device) -> Result<(Unet, Unet)> {
+    let dtype = DType::F32;
     let ref_dir = unet_path(&args.reference);
-    let reference = Unet::load(&ref_dir, None, dtype, &device)
+    let reference = Unet::load(&ref_dir, None, dtype, device)
         .with_context(|| format!("cannot load --reference {}", args.reference.display()))?;
     let ref_config = ref_dir.join("config.json");
-    let aligned = Unet::load(unet_path(&args.aligned), Some((reference.config(), &ref_config)), dtype, &device)
+    let aligned = Unet::load(unet_path(&args.aligned), Some((reference.config(), &ref_config)), dtype, device)
         .with_context(|| format!("cannot load --aligned {}", args.aligned.display()))?;
-    let options = ExtractOptions {
+    Ok((reference, aligned))
+}
+
+/// The extraction's options: `--rank`, exact or randomized SVD (`--fast`), `--min-change`.
+fn options(args: &ExtractLoraArgs) -> ExtractOptions {
+    ExtractOptions {
         rank: args.rank,
         method: if args.fast {
             SvdMethod::Randomized { oversampling: 10, power_iterations: 2 }
@@ -88,9 +103,15 @@ pub(crate) fn extract(args: ExtractLoraArgs) -> Result<()> {
         },
         min_relative_change: args.min_change,
         ..Default::default()
-    };
+    }
+}
+
+/// Runs `deradiff extract-lora`.
+pub(crate) fn run(args: ExtractLoraArgs) -> Result<()> {
+    let (save_dtype, device) = check(&args)?;
+    let (reference, aligned) = load(&args, &device)?;
     let bar = progress_bar(args.quiet, "{elapsed_precise} [{bar:40}] {pos}/{len} layers")?;
-    let (adapter, report) = extract_lora_with_progress(&reference, &aligned, &options, &mut |done, total| {
+    let (adapter, report) = extract_lora_with_progress(&reference, &aligned, &options(&args), &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
@@ -109,7 +130,7 @@ pub(crate) fn extract(args: ExtractLoraArgs) -> Result<()> {
 }
 
 /// The report as a table (per layer unless `quiet`) with the totals.
-fn render(report: &ExtractReport, quiet: bool, dtype: candle_core::DType, out: &Path) -> String {
+fn render(report: &ExtractReport, quiet: bool, dtype: DType, out: &Path) -> String {
     let mut s = String::new();
     if !quiet {
         let _ = writeln!(s, "{:<64} {:>18} {:>5} {:>10} {:>10}", "layer", "shape", "rank", "rel.change", "rel.error");

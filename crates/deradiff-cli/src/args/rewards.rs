@@ -6,16 +6,18 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
 
-use crate::error::{Context, Result};
+use crate::error::{CliError, Context, Result};
 
 /// What to say when no reward is given.
-pub(crate) const GIVE_A_REWARD: &str = "--clip DIR, --pickscore DIR, --hps FILE (with --hps-config and \
+const GIVE_A_REWARD: &str = "--clip DIR, --pickscore DIR, --hps FILE (with --hps-config and \
      --hps-tokenizer), --aesthetic DIR --aesthetic-mlp FILE and/or --image-reward DIR";
 
 /// Image rewards, each from its published checkpoint (converted to safetensors where it ships as
 /// a pickle: scripts/convert_to_safetensors.py).
+///
+/// The help heading is set where the group is flattened (clap keeps a group's heading for the
+/// options that follow it: flatten it last).
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Rewards (Stable Diffusion)")]
 pub(crate) struct RewardArgs {
     /// CLIP score from a Hugging Face CLIPModel directory.
     #[arg(long)]
@@ -66,6 +68,14 @@ impl RewardArgs {
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
         .collect()
+    }
+
+    /// Errors (a bad option) when no reward is given: `{request}: --clip DIR, …`.
+    pub(crate) fn require(&self, request: &str) -> Result<()> {
+        if self.given().is_empty() {
+            return Err(CliError::usage(format!("{request}: {GIVE_A_REWARD}")));
+        }
+        Ok(())
     }
 
     /// The first reward given that scores images against prompts (all but the aesthetic

@@ -5,10 +5,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
-use deradiff_sd::{parse_device, RgbImage};
+use deradiff_rewards::ImageScorer;
+use deradiff_sd::RgbImage;
 
+use crate::args::{device_option, read_prompts_file, RewardArgs};
 use crate::error::{CliError, Context, Result};
-use crate::rewards::{RewardArgs, GIVE_A_REWARD};
+use crate::output::write_file;
 
 /// The most images one `score` run reads.
 const MAX_IMAGES: usize = 100_000;
@@ -16,6 +18,7 @@ const MAX_IMAGES: usize = 100_000;
 /// Images scored per model call.
 const BATCH: usize = 32;
 
+/// Options of `deradiff score`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ScoreArgs {
     /// Folder of PNG images, scored in file-name order (byte order of the names), 32 per model
@@ -32,8 +35,6 @@ pub(crate) struct ScoreArgs {
     /// The field / CSV column holding the prompt.
     #[arg(long, requires = "prompts_file")]
     prompt_column: Option<String>,
-    #[command(flatten)]
-    rewards: RewardArgs,
     /// Device: cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -43,6 +44,9 @@ pub(crate) struct ScoreArgs {
     /// No "wrote …" line.
     #[arg(long, short)]
     quiet: bool,
+    /// The rewards (last: the options after a help heading fall under it).
+    #[command(flatten, next_help_heading = "Rewards")]
+    rewards: RewardArgs,
 }
 
 /// One scored image.
@@ -79,29 +83,20 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub(crate) fn score(args: ScoreArgs) -> Result<()> {
-    let format_csv = match args.out.extension().and_then(|e| e.to_str()) {
-        Some("jsonl") => false,
-        Some("csv") => true,
-        _ => return Err(CliError::usage(format!("--out {}: the name must end in .jsonl or .csv", args.out.display()))),
-    };
-    if args.rewards.given().is_empty() {
-        return Err(CliError::usage(format!("give a reward: {GIVE_A_REWARD}")));
-    }
-    let files = image_files(&args.images)?;
-    // The prompt of each image: (id, text).
-    let prompts: Option<Vec<(String, String)>> = match (&args.prompt, &args.prompts_file) {
-        (Some(p), _) => Some(vec![(p.clone(), p.clone()); files.len()]),
+/// The prompt of each of `images` images, as (id, text): `--prompt` for all, or
+/// `--prompts-file` in order; none where no reward needs prompts.
+fn prompts(args: &ScoreArgs, images: usize) -> Result<Option<Vec<(String, String)>>> {
+    Ok(match (&args.prompt, &args.prompts_file) {
+        (Some(p), _) => Some(vec![(p.clone(), p.clone()); images]),
         (None, Some(file)) => {
-            let entries = deradiff_tune::read_prompt_file(file, args.prompt_column.as_deref())
-                .with_context(|| format!("cannot read --prompts-file {}", file.display()))?;
-            if entries.len() != files.len() {
+            let entries = read_prompts_file(file, args.prompt_column.as_deref())?;
+            if entries.len() != images {
                 return Err(CliError::usage(format!(
                     "--prompts-file {} has {} prompts for the {} PNG files of --images {}: give one prompt per image \
                      (in file-name order)",
                     file.display(),
                     entries.len(),
-                    files.len(),
+                    images,
                     args.images.display()
                 )));
             }
@@ -115,13 +110,17 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
             }
             None => None,
         },
-    };
-    let device =
-        parse_device(&args.device).usage_context(format!("--device {} is not a usable device", args.device))?;
-    let rewards = args.rewards.load(DType::F32, &device)?;
-    let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
+    })
+}
+
+/// Scores `files` (with their `prompts`) by every reward, in batches (as a library call on a
+/// slice of images scores them), the images read per batch.
+fn score_files(
+    files: &[PathBuf],
+    prompts: Option<&[(String, String)]>,
+    rewards: &[Box<dyn ImageScorer>],
+) -> Result<Vec<Row>> {
     let mut rows = Vec::with_capacity(files.len());
-    // In batches (as a library call on a slice of images scores them), images read per batch.
     for (b, chunk) in files.chunks(BATCH).enumerate() {
         let images: Vec<RgbImage> = chunk
             .iter()
@@ -129,11 +128,11 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
             .collect::<std::result::Result<_, _>>()
             .context("an image of --images cannot be scored")?;
         let first = b * BATCH;
-        let texts: Vec<&str> = match &prompts {
+        let texts: Vec<&str> = match prompts {
             Some(p) => p[first..first + chunk.len()].iter().map(|(_, t)| t.as_str()).collect(),
             None => Vec::new(),
         };
-        let texts = prompts.as_ref().map(|_| texts.as_slice());
+        let texts = prompts.map(|_| texts.as_slice());
         let columns = rewards
             .iter()
             .map(|r| r.score_rgb(&images, texts).with_context(|| format!("the {} of --images", r.name())))
@@ -141,21 +140,38 @@ pub(crate) fn score(args: ScoreArgs) -> Result<()> {
         for (i, file) in chunk.iter().enumerate() {
             rows.push(Row {
                 image: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                prompt_id: prompts.as_ref().map(|p| p[first + i].0.clone()),
-                prompt: prompts.as_ref().map(|p| p[first + i].1.clone()),
+                prompt_id: prompts.map(|p| p[first + i].0.clone()),
+                prompt: prompts.map(|p| p[first + i].1.clone()),
                 scores: columns.iter().map(|c| c[i]).collect(),
             });
         }
     }
+    Ok(rows)
+}
+
+/// Runs `deradiff score`.
+pub(crate) fn run(args: ScoreArgs) -> Result<()> {
+    let format_csv = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") => false,
+        Some("csv") => true,
+        _ => return Err(CliError::usage(format!("--out {}: the name must end in .jsonl or .csv", args.out.display()))),
+    };
+    args.rewards.require("give a reward")?;
+    let files = image_files(&args.images)?;
+    let prompts = prompts(&args, files.len())?;
+    let device = device_option(&args.device)?;
+    let rewards = args.rewards.load(DType::F32, &device)?;
+    let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
+    let rows = score_files(&files, prompts.as_deref(), &rewards)?;
     let text = if format_csv { csv(&names, &rows) } else { jsonl(&names, &rows)? };
-    deradiff_core::io::write_atomic(&args.out, text.as_bytes())
-        .map_err(|e| CliError::because(format!("cannot write {}", args.out.display()), e))?;
+    write_file(&args.out, text.as_bytes())?;
     if !args.quiet {
         eprintln!("wrote {} ({} images)", args.out.display(), rows.len());
     }
     Ok(())
 }
 
+/// The rows as JSON lines: the image, its prompt (id and text) and one field per reward.
 fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     let mut out = String::new();
     for row in rows {
@@ -176,6 +192,7 @@ fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     Ok(out)
 }
 
+/// The rows as CSV: image, prompt_id, prompt and one column per reward.
 fn csv(names: &[String], rows: &[Row]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = String::from("image,prompt_id,prompt");

@@ -1,0 +1,96 @@
+//! Loading Stable Diffusion models: the reference, the aligned models, and where and how they are
+//! loaded (`--device`, `--dtype`, `--lora-scale`, `--separate-passes`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions, StableDiffusion};
+
+use crate::checkpoint::check_models;
+use crate::error::{CliError, Context, Result};
+
+/// `--device`: `cpu`, `cuda[:N]` or `metal[:N]`.
+pub(crate) fn device_option(device: &str) -> Result<Device> {
+    parse_device(device).usage_context(format!("--device {device} is not a usable device"))
+}
+
+/// What a failed load says: `cannot load --reference R with --aligned A, B`.
+pub(crate) fn load_failure(reference: &Path, aligned: &[PathBuf]) -> String {
+    let aligned = aligned.iter().map(|a| a.display().to_string()).collect::<Vec<_>>().join(", ");
+    format!("cannot load --reference {} with --aligned {aligned}", reference.display())
+}
+
+/// The models of `deradiff sample`: the reference checkpoint and its aligned models.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelArgs {
+    /// The reference checkpoint: the diffusers pipeline directory (model_index.json, unet/,
+    /// text_encoder/, tokenizer/, vae/, scheduler/scheduler_config.json; SDXL also
+    /// text_encoder_2/ and tokenizer_2/, and is detected from unet/config.json), not one of its
+    /// component folders.
+    #[arg(long)]
+    pub(crate) reference: PathBuf,
+    /// An aligned UNet of the reference's architecture: a pipeline directory, a unet/ directory
+    /// or one .safetensors file; or a LoRA adapter of the reference UNet (a .safetensors file in
+    /// the diffusers, peft or kohya layout, or a folder with pytorch_lora_weights.safetensors or
+    /// adapter_model.safetensors + adapter_config.json), which runs with the reference in one
+    /// batched UNet pass. Repeat for several aligned models (one per reward). Without it the
+    /// reference alone is sampled (one UNet per step: the baseline image and time).
+    #[arg(long)]
+    pub(crate) aligned: Vec<PathBuf>,
+    /// Where and how they are loaded.
+    #[command(flatten)]
+    pub(crate) load: LoadArgs,
+}
+
+impl ModelArgs {
+    /// Checks the layout of `--reference` and the architecture of each `--aligned` against it,
+    /// before anything is loaded.
+    pub(crate) fn check(&self) -> Result<()> {
+        check_models(&self.reference, &self.aligned)
+    }
+
+    /// Loads the reference and the aligned models.
+    pub(crate) fn load(&self, options: &LoadOptions) -> Result<StableDiffusion> {
+        StableDiffusion::load(&self.reference, &self.aligned, options)
+            .with_context(|| load_failure(&self.reference, &self.aligned))
+    }
+}
+
+/// Where and how the Stable Diffusion models are loaded.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoadArgs {
+    /// Multiplier of every LoRA --aligned adapter (1: the adapter as trained, at its own
+    /// alpha / rank scale).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub(crate) lora_scale: f64,
+    /// Run the reference and each LoRA --aligned model in a UNet call of its own per step
+    /// (their weights still shared) instead of one joint call: a lower peak memory for large
+    /// images, the same results.
+    #[arg(long)]
+    pub(crate) separate_passes: bool,
+    /// Weights dtype: f32, f16 or bf16 (bf16 needs a GPU).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Device: cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl LoadArgs {
+    /// `--dtype` and `--device`, checked to work together (before anything is loaded).
+    pub(crate) fn dtype_and_device(&self) -> Result<(DType, Device)> {
+        let dtype = parse_dtype(&self.dtype).usage_context(format!("--dtype {} is not a usable dtype", self.dtype))?;
+        let device = device_option(&self.device)?;
+        check_dtype_supported(dtype, &device)
+            .usage_context(format!("--dtype {} cannot run on --device {}", self.dtype, self.device))?;
+        Ok((dtype, device))
+    }
+
+    /// The loader's options on `dtype` and `device`, with `--lora-scale` checked finite.
+    pub(crate) fn options(&self, dtype: DType, device: Device) -> Result<LoadOptions> {
+        if !self.lora_scale.is_finite() {
+            return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
+        }
+        Ok(LoadOptions { dtype, device, lora_multiplier: self.lora_scale, joint_pass: !self.separate_passes })
+    }
+}

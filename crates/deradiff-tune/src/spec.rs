@@ -1,0 +1,194 @@
+//! A sweep's work items and shards: the spec that numbers them, its hash, the split into shards.
+//!
+//! A sweep's work items are its (prompt, seed, λ) triples, enumerated from the spec in one
+//! fixed order: prompt entries in order (each [`Prompt`] is one prompt with one seed; see
+//! [`Prompt::with_seeds`]), and for each, the λ grid in order. Item `i` belongs to shard
+//! `i mod n` ([`Shard`]): shards are disjoint, together they are the whole sweep, and their sizes
+//! differ by at most one item. Because a λ's samples depend only on its prompt entry's seed, a
+//! shard computes the very rows an unsharded run would.
+//!
+//! Each shard writes its own results file, whose header records the whole spec
+//! ([`SweepSpec`]: the λ grid and the prompt entries), its hash and the shard; a killed shard
+//! resumes on its own, and [`merge_results`](crate::merge_results) joins the shards' files.
+//!
+//! Schedulers give each task its shard through the environment: Slurm job arrays
+//! (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`) and Kubernetes
+//! Indexed Jobs (`JOB_COMPLETION_INDEX`, with the shard count given); see [`Shard::from_env`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Prompt;
+
+/// Most shards a sweep may be split into.
+pub const MAX_SHARDS: usize = 100_000;
+
+/// One part of a sharded sweep: work items `i` with `i mod count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    /// This shard, `0 ≤ index < count`.
+    pub index: usize,
+    /// The number of shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Shard `index` of `count`, checked (`count` at most [`MAX_SHARDS`]).
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        if count == 0 || count > MAX_SHARDS {
+            return Err(Error::InvalidArgument(format!(
+                "{count} shards: give 1 to {MAX_SHARDS} (the shard is k/n with 0 ≤ k < n)"
+            )));
+        }
+        if index >= count {
+            return Err(Error::InvalidArgument(format!(
+                "shard {index} of {count} does not exist: shards are numbered 0 to {} (k/n with 0 ≤ k < n)",
+                count - 1
+            )));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// Whether work item `item` is this shard's.
+    pub fn owns(&self, item: usize) -> bool {
+        item % self.count == self.index
+    }
+
+    /// The shard a cluster scheduler gives this process, from the environment `env` (a lookup such
+    /// as `|k| std::env::var(k).ok()`), or `None` outside a job array:
+    ///
+    /// * Slurm job arrays: `SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN` (0 if unset) of
+    ///   `SLURM_ARRAY_TASK_COUNT` (or `shards` when given: they must agree);
+    /// * Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` of `shards` (which must be given: the
+    ///   Job's `completions`).
+    ///
+    /// A malformed or inconsistent variable is an error naming it.
+    pub fn from_env(shards: Option<usize>, env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let number = |name: &str| -> Result<Option<usize>> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidArgument(format!("{name} = {v:?} is not a non-negative integer"))),
+            }
+        };
+        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let index = id.checked_sub(min).ok_or_else(|| {
+                Error::InvalidArgument(format!("SLURM_ARRAY_TASK_ID = {id} is below SLURM_ARRAY_TASK_MIN = {min}"))
+            })?;
+            let count = match (number("SLURM_ARRAY_TASK_COUNT")?, shards) {
+                (Some(c), Some(s)) if c != s => {
+                    return Err(Error::InvalidArgument(format!(
+                        "SLURM_ARRAY_TASK_COUNT = {c} but --shards {s}: they must agree (or leave --shards out)"
+                    )))
+                }
+                (Some(c), _) => c,
+                (None, Some(s)) => s,
+                (None, None) => {
+                    return Err(Error::InvalidArgument(
+                        "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: give --shards n".into(),
+                    ))
+                }
+            };
+            return Self::new(index, count).map(Some);
+        }
+        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let count = shards.ok_or_else(|| {
+                Error::InvalidArgument(
+                    "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job): give --shards n, the Job's completions"
+                        .into(),
+                )
+            })?;
+            return Self::new(index, count).map(Some);
+        }
+        Ok(None)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+
+    /// `k/n`, e.g. `0/4` … `3/4`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidArgument(format!("shard {s:?}: write k/n with 0 ≤ k < n, e.g. 0/4"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let k = k.trim().parse::<usize>().map_err(|_| bad())?;
+        let n = n.trim().parse::<usize>().map_err(|_| bad())?;
+        Self::new(k, n)
+    }
+}
+
+/// What a sweep covers: its λ grid and its prompt entries (each a prompt with one seed), in the
+/// order that numbers the work items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    /// The λ grid.
+    pub lambdas: Vec<f64>,
+    /// The prompt entries.
+    pub prompts: Vec<Prompt>,
+}
+
+/// One work item: the row a sweep computes for (prompt entry, λ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkItem {
+    /// Its number in the spec's order.
+    pub index: usize,
+    /// The prompt entry (index into [`SweepSpec::prompts`]).
+    pub prompt: usize,
+    /// The λ (index into [`SweepSpec::lambdas`]).
+    pub lambda: usize,
+}
+
+impl SweepSpec {
+    /// Number of work items (prompt entries × λ).
+    pub fn len(&self) -> usize {
+        self.prompts.len() * self.lambdas.len()
+    }
+
+    /// Whether the spec has no work item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every work item, in order (prompt-major).
+    pub fn items(&self) -> impl Iterator<Item = WorkItem> + '_ {
+        let n = self.lambdas.len();
+        (0..self.len()).map(move |index| WorkItem { index, prompt: index / n.max(1), lambda: index % n.max(1) })
+    }
+
+    /// The items of `shard` (all of them for `None`).
+    pub fn shard_items(&self, shard: Option<Shard>) -> impl Iterator<Item = WorkItem> + '_ {
+        self.items().filter(move |it| shard.is_none_or(|s| s.owns(it.index)))
+    }
+}
+
+/// The hash a results file's header records for a whole sweep: FNV-1a (64 bits, hex) of the JSON
+/// of the model description, samples per prompt, reward names, λ grid (−0 as 0) and prompt
+/// entries. Shards of one sweep share it; [`merge_results`](crate::merge_results) joins only
+/// files that do.
+pub fn spec_hash(model: &str, samples_per_prompt: usize, rewards: &[String], spec: &SweepSpec) -> String {
+    let lambdas: Vec<f64> = spec.lambdas.iter().map(|l| l + 0.0).collect();
+    let prompts: Vec<(&str, Option<&str>, u64)> =
+        spec.prompts.iter().map(|p| (p.id.as_str(), p.text.as_deref(), p.seed)).collect();
+    let key = serde_json::json!([model, samples_per_prompt, rewards, lambdas, prompts]);
+    format!("{:016x}", crate::model::fnv1a(key.to_string().as_bytes()))
+}
+
+/// The hash a results file's header records for a prompt set: FNV-1a (64 bits, hex) of the
+/// JSON of every prompt's id, text and seed, in order.
+pub fn prompts_hash(prompts: &[Prompt]) -> String {
+    let key: Vec<(&str, Option<&str>, u64)> =
+        prompts.iter().map(|p| (p.id.as_str(), p.text.as_deref(), p.seed)).collect();
+    let json = serde_json::to_string(&key).unwrap_or_default();
+    format!("{:016x}", crate::model::fnv1a(json.as_bytes()))
+}
