@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny random CLIPModel fixtures for deradiff-tune's CLIP score and PickScore, with reference
+"""Tiny random CLIPModel fixtures for deradiff-rewards' CLIP score and PickScore, with reference
 outputs from transformers.
 
 Run (from the repository root; no network needed once the packages are installed):
@@ -9,7 +9,7 @@ Run (from the repository root; no network needed once the packages are installed
 (any Python with transformers 5.x, tokenizers, safetensors, torch, numpy and Pillow; diffusers is
 needed only because the tokenizer is made by `scripts/gen_sd_fixtures.py`, which imports it).
 It writes `crates/deradiff-tune/tests/fixtures/clip/` (well under 1 MB), which
-`crates/deradiff-tune/tests/clip_reward.rs` compares deradiff against. Everything is seeded:
+`crates/deradiff-rewards/tests/clip_reward.rs` compares deradiff against. Everything is seeded:
 re-running with the same library versions gives the same files.
 
 What is written

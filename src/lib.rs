@@ -12,10 +12,11 @@
 //! |---|---|---|
 //! | `analytic` (default) | [`analytic`] | the exact Gaussian-mixture testbed |
 //! | `sd` (default) | [`sd`], [`kernels`] | Stable Diffusion (UNet, CLIP, VAE, pipeline), its fused CPU kernels |
-//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (CLIP rewards and SD sweeps with `sd`) |
+//! | `rewards` (default) | [`rewards`] | the `Reward` trait; with `sd`, CLIP score, PickScore, HPS v2, the aesthetic predictor, ImageReward and their towers |
+//! | `tune` (default) | [`tune`] | λ search: sweeps, Bayesian optimisation, agreement statistics (SD sweeps with `sd`); pulls `rewards` |
 //! | `cuda`, `metal` | — | GPU backends of candle for the `sd` models |
 //!
-//! The default features are `analytic`, `sd` and `tune`: everything the README shows. A program
+//! The default features are `analytic`, `sd`, `rewards` and `tune`: everything the README shows. A program
 //! that needs only the core (its own [`Denoiser`]s, the schedulers, the fusion, the sampling
 //! loop) depends on `deradiff = { version = "0.1", default-features = false }` and builds
 //! without the Stable Diffusion models, candle-nn or candle-transformers.
@@ -50,7 +51,14 @@ pub use deradiff_sd as sd;
 #[doc(inline)]
 pub use deradiff_kernels as kernels;
 
-/// λ search: sweeps, Bayesian optimisation, rewards, agreement statistics (feature `tune`).
+/// Rewards: the `Reward` trait sweeps score with and, with `sd`, the image rewards (CLIP score,
+/// PickScore, HPS v2, the LAION aesthetic predictor, ImageReward) and their CLIP and BLIP towers
+/// (feature `rewards`, pulled by `tune`).
+#[cfg(feature = "rewards")]
+#[doc(inline)]
+pub use deradiff_rewards as rewards;
+
+/// λ search: sweeps, Bayesian optimisation, agreement statistics (feature `tune`).
 #[cfg(feature = "tune")]
 #[doc(inline)]
 pub use deradiff_tune as tune;

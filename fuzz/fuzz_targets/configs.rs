@@ -19,8 +19,9 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use deradiff_core::SchedulerKind;
 use deradiff_core::SchedulerConfig;
-use deradiff_sd::clip::{ClipModelConfig, ClipPreprocessor, ClipTextConfig};
-use deradiff_sd::{load_clip, BlipModel, BlipVisionConfig, MedConfig, RgbImage, UnetConfig, Vae, VaeConfig};
+use deradiff_rewards::{BlipModel, BlipVisionConfig, ClipPreprocessor, MedConfig};
+use deradiff_sd::clip::{ClipModelConfig, ClipTextConfig};
+use deradiff_sd::{load_clip, RgbImage, UnetConfig, Vae, VaeConfig};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {

@@ -1,4 +1,4 @@
-//! `deradiff_sd::ClipTokenizer::from_dir` and `deradiff_sd::BertTokenizer::from_dir` (BLIP's,
+//! `deradiff_sd::ClipTokenizer::from_dir` and `deradiff_rewards::BertTokenizer::from_dir` (BLIP's,
 //! for ImageReward) on fuzzed tokenizer files, then encoding prompts.
 //!
 //! The input is split at NUL bytes (no valid JSON file contains one):
@@ -15,7 +15,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use deradiff_sd::{BertTokenizer, ClipTokenizer};
+use deradiff_rewards::BertTokenizer;
+use deradiff_sd::ClipTokenizer;
 use libfuzzer_sys::fuzz_target;
 
 const FILES: [&str; 6] =

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
-use deradiff_sd::clip::{ClipModel, ClipModelConfig};
+use deradiff_rewards::ClipModel;
+use deradiff_sd::clip::ClipModelConfig;
 use deradiff_sd::{load_checked, load_clip, load_clip_with_projection, Unet, UnetConfig, Vae};
 use libfuzzer_sys::fuzz_target;
 

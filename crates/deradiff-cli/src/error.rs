@@ -5,7 +5,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-/// Any error of the libraries (deradiff-sd, -core, -tune, -analytic, candle, I/O), boxed.
+/// Any error of the libraries (deradiff-sd, -core, -rewards, -tune, -analytic, candle, I/O), boxed.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Result alias of the command.
@@ -123,6 +123,7 @@ macro_rules! from_library_error {
 from_library_error!(
     deradiff_sd::Error,
     deradiff_core::Error,
+    deradiff_rewards::Error,
     deradiff_tune::Error,
     deradiff_analytic::Error,
     candle_core::Error,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
+use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, PickScore};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, PickScore};
 
 fn deradiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")

@@ -325,15 +325,18 @@ impl Error {
         Error::Io { action, path: path.into(), source }
     }
 
-    pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    /// [`Error::Config`]: the file at `path` is not a config of the expected shape.
+    pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Config { path: path.into(), message: message.into() }
     }
 
-    pub(crate) fn config_field(path: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// [`Error::ConfigField`]: `field` of the config at `path` has a bad value.
+    pub fn config_field(path: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::ConfigField { path: path.into(), field: field.into(), message: message.into() }
     }
 
-    pub(crate) fn shape(context: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
+    /// [`Error::ShapeMismatch`]: `context` expected `expected`, got the shape `got`.
+    pub fn shape(context: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
         Error::ShapeMismatch { context: context.into(), expected: expected.into(), got: got.to_vec() }
     }
 
@@ -341,7 +344,8 @@ impl Error {
         Error::InvalidRequest { field, message: message.into() }
     }
 
-    pub(crate) fn unsupported(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    /// [`Error::Unsupported`]: the model at `path` asks for something deradiff does not do.
+    pub fn unsupported(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Unsupported { path: path.into(), message: message.into() }
     }
 }

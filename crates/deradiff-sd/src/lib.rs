@@ -25,9 +25,9 @@
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
 //!   ([`clip::ClipTextModel`], configured from `text_encoder/config.json`).
-//! * [`clip`] — all of CLIP in one place: the text tower, the encoder layer it shares with the
-//!   vision towers ([`clip::encoder`]), the vision tower, transformers' `CLIPModel` and
-//!   `CLIPImageProcessor` (what CLIP score and PickScore embed with).
+//! * [`clip`] — CLIP's text tower, the configs of the whole `CLIPModel` and the encoder layer
+//!   every CLIP tower shares ([`clip::encoder`]; the vision towers and the rewards built on them
+//!   are in `deradiff-rewards`).
 //! * [`lora`] — LoRA adapters of the UNet: the layouts people ship, merging into a UNet
 //!   ([`Unet::merged_with`]) or attaching for one joint pass ([`Unet::with_adapters`]), and
 //!   extraction from two full UNets ([`lora::extract_lora`]).
@@ -88,7 +88,6 @@ pub mod clip;
 pub mod fs;
 pub mod lora;
 
-mod blip;
 mod conditioning;
 mod config;
 mod device;
@@ -103,7 +102,6 @@ mod unet;
 mod vae;
 mod weights;
 
-pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
 pub use conditioning::{AddedConditioning, ConditionalModel};
 pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, describe_device, parse_device, parse_dtype};
@@ -112,7 +110,7 @@ pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbe
 pub use image::RgbImage;
 pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};
-pub use tokenizer::ClipTokenizer;
+pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;
-pub use weights::{load_checked, load_checked_file};
+pub use weights::{load_checked, load_checked_file, sniff_safetensors};

@@ -123,7 +123,7 @@ fn read_specials(dir: &Path) -> Result<Specials> {
 
 /// The ids of `prompt` without special tokens; a failure names the tokenizer's `source` and the
 /// prompt.
-pub(crate) fn plain_ids(tokenizer: &Tokenizer, source: &Path, prompt: &str) -> Result<Vec<u32>> {
+pub fn plain_ids(tokenizer: &Tokenizer, source: &Path, prompt: &str) -> Result<Vec<u32>> {
     let enc = tokenizer
         .encode(prompt, false)
         .map_err(|e| Error::Tokenizer { path: source.to_path_buf(), message: format!("{e} (prompt {prompt:?})") })?;
@@ -133,7 +133,7 @@ pub(crate) fn plain_ids(tokenizer: &Tokenizer, source: &Path, prompt: &str) -> R
 /// A `tokenizer.json` through the `tokenizers` crate. The text must be JSON first (the crate
 /// panics on some malformed documents, e.g. one cut off inside `decoder`); a panic left in the
 /// crate's deserializers is caught and reported as an [`Error::Config`] too.
-pub(crate) fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer> {
+pub fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(_)) => {}
         Ok(_) => return Err(Error::config(path, "expected a JSON object (a tokenizers `tokenizer.json`)")),

@@ -100,7 +100,7 @@ const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 /// Checks from its first bytes that `path` (a regular file) can be safetensors, before it is
 /// mapped: an [`Error::NotSafetensors`] saying what the file looks like instead (a pickle, a
 /// zip archive, a Git LFS pointer, a web page, an empty or truncated file, …) and what to do.
-pub(crate) fn sniff_safetensors(path: &Path) -> Result<()> {
+pub fn sniff_safetensors(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
     let len = file.metadata().map_err(|e| Error::io("read", path, e))?.len();

@@ -16,11 +16,18 @@ pub enum Error {
     #[error(transparent)]
     Analytic(#[from] deradiff_analytic::Error),
 
-    /// An error of deradiff-sd: a checkpoint, a CLIP reward model, the Stable Diffusion pipeline
-    /// (feature `sd`).
+    /// An error of deradiff-sd: a checkpoint, a reward model's tower, the Stable Diffusion
+    /// pipeline (feature `sd`).
     #[cfg(feature = "sd")]
     #[error(transparent)]
     Sd(#[from] deradiff_sd::Error),
+
+    /// An error of deradiff-rewards that no other variant stands for (a reward's errors that
+    /// do — deradiff-sd's, candle's, [`Error::NonFiniteReward`], [`Error::InvalidArgument`],
+    /// [`Error::User`] — become those variants). Boxed: it would make every result of this crate
+    /// larger.
+    #[error(transparent)]
+    Rewards(Box<deradiff_rewards::Error>),
 
     /// An error raised inside candle.
     #[error(transparent)]
@@ -179,6 +186,27 @@ pub enum Error {
 
 /// Result alias of the tune crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<deradiff_rewards::Error> for Error {
+    /// A reward's error as the variant of this crate that stands for it, so that a sweep reports
+    /// it as it did when the rewards were part of this crate; a tune error that a reward of this
+    /// crate boxed as [`deradiff_rewards::Error::User`] comes back as itself.
+    fn from(e: deradiff_rewards::Error) -> Self {
+        use deradiff_rewards::Error as R;
+        match e {
+            #[cfg(feature = "sd")]
+            R::Sd(e) => Error::Sd(e),
+            R::Candle(e) => Error::Candle(e),
+            R::NonFiniteReward { reward, value, context } => Error::NonFiniteReward { reward, value, context },
+            R::InvalidArgument(m) => Error::InvalidArgument(m),
+            R::User(e) => match e.downcast::<Error>() {
+                Ok(e) => *e,
+                Err(e) => Error::User(e),
+            },
+            other => Error::Rewards(Box::new(other)),
+        }
+    }
+}
 
 impl Error {
     /// Wraps any error of a user's own reward, model, objective or callback.

@@ -5,11 +5,10 @@
 //! emulate the model aligned at β/λ, so the regularisation strength can be searched at sampling
 //! time.
 //!
-//! * [`Reward`] — scores a batch of samples (optionally with one prompt per sample);
-//!   [`AnalyticReward`] and [`TrueReward`] for the analytic testbed; `ClipScore` and
-//!   `PickScore` for images, from any Hugging Face `CLIPModel` checkpoint (`clip_reward`), HPS v2
-//!   (`HpsScore`), the LAION aesthetic predictor (`aesthetic`) and ImageReward (`image_reward`),
-//!   each also an `ImageScorer` of 8-bit images (feature `sd`, default).
+//! * Rewards — what a sweep scores samples with: any [`deradiff_rewards::Reward`] (one score per
+//!   sample of a batch, optionally with one prompt per sample); [`AnalyticReward`] and
+//!   [`TrueReward`] for the analytic testbed here, the image rewards (CLIP score, PickScore,
+//!   HPS v2, the LAION aesthetic predictor, ImageReward) in `deradiff-rewards`.
 //! * [`SweepModel`] — what is sampled ([`AnalyticModel`] for the testbed); [`Prompt`]s.
 //! * [`BatchedSampler`] — many λ in one run: the λ values share the batch dimension, each model
 //!   runs once per step for all of them, and every λ gets the noise of an unbatched run.
@@ -48,18 +47,10 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "sd")]
-mod aesthetic;
 mod batch;
 mod bo;
-#[cfg(feature = "sd")]
-mod clip_reward;
 mod error;
 mod gp;
-#[cfg(feature = "sd")]
-mod head;
-#[cfg(feature = "sd")]
-mod image_reward;
 mod merge;
 mod model;
 mod objective;
@@ -73,21 +64,13 @@ mod spec;
 mod stats;
 mod sweep;
 
-#[cfg(feature = "sd")]
-pub use aesthetic::AestheticScore;
 pub use batch::{BatchStep, BatchedSampler};
 pub use bo::{
     equivalent_beta, expected_improvement, linspace, normal_cdf, normal_pdf, optimize, ucb_beta, Acquisition, BoConfig,
     BoEvaluation, BoPhase, BoResult, Incumbent, InitialDesign, Objective, MAX_BUDGET, MAX_GRID_POINTS,
 };
-#[cfg(feature = "sd")]
-pub use clip_reward::{
-    ClipScore, ClipScoreKind, ClipScorer, CosineReward, CosineScore, HpsKind, HpsScore, PickScore, PickScoreKind,
-};
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-#[cfg(feature = "sd")]
-pub use image_reward::ImageRewardScore;
 pub use merge::{merge_results, sweep_status, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
 pub use objective::SweepObjective;
@@ -96,9 +79,7 @@ pub use results::{
     read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
     SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
 };
-#[cfg(feature = "sd")]
-pub use reward::ImageScorer;
-pub use reward::{score_checked, AnalyticReward, ManifoldPenalty, Reward, TrueReward};
+pub use reward::{AnalyticReward, ManifoldPenalty, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{Realignment, SdModel, SdSetup};
 pub use spec::{prompts_hash, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS};

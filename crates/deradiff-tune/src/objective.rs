@@ -8,11 +8,12 @@
 
 use std::collections::HashSet;
 
+use deradiff_rewards::Reward;
+
 use crate::bo::Objective;
 use crate::error::{Error, Result};
 use crate::model::{check_prompts, Prompt, SweepModel};
 use crate::results::SweepRow;
-use crate::reward::Reward;
 use crate::sweep::{check_lambdas, compute_rows, NoSweepObserver};
 
 /// [`Objective`] of a model, a reward and a prompt set (see the module docs).

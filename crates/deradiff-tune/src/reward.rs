@@ -1,113 +1,31 @@
-//! The [`Reward`] trait: one score per sample of a batch, and the analytic testbed's rewards.
-//!
-//! A batch is a tensor whose first dimension indexes samples (`[n, d]` points of the analytic
-//! testbed, `[n, 3, H, W]` decoded images) with, optionally, one prompt per sample, so that
-//! text–image rewards (CLIP score, PickScore) implement the same trait as the analytic ones.
+//! The analytic testbed's rewards, as [`Reward`]s (the trait of deradiff-rewards) over `[n, d]`
+//! batches of points.
 
 use candle_core::Tensor;
 use deradiff_analytic::GaussianMixture;
+use deradiff_rewards::Reward;
 
 use crate::error::{Error, Result};
 
-/// Scores a batch of samples: one finite number per sample, higher is better.
+/// A tune error as the error of a [`Reward`]: boxed as [`deradiff_rewards::Error::User`], and
+/// unboxed again by `From<deradiff_rewards::Error> for Error` when it reaches a sweep.
+fn reward_error(e: impl Into<Error>) -> deradiff_rewards::Error {
+    deradiff_rewards::Error::user(e.into())
+}
+
+/// The analytic testbed's separable reward `r(x) = w·x − ½ Σ q_j x_j²` as a [`Reward`] over
+/// `[n, d]` batches (prompts are ignored).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// use deradiff_tune::{AnalyticReward, Reward};
+/// use deradiff_rewards::Reward;
+/// use deradiff_tune::AnalyticReward;
 ///
 /// let reward = AnalyticReward::new("x1", deradiff_analytic::Reward::linear(vec![1.0, 0.0])?);
 /// let batch = Tensor::new(&[[1.0f64, 5.0], [-2.0, 0.0]], &Device::Cpu)?;
 /// assert_eq!(reward.score(&batch, None)?, vec![1.0, -2.0]);
 /// # Ok::<(), deradiff_tune::Error>(())
 /// ```
-pub trait Reward {
-    /// A short name, used as a column name in results files (`pickscore`, `proxy`, …).
-    fn name(&self) -> String;
-
-    /// One score per sample along dimension 0 of `samples`. `prompts`, when given, has one
-    /// entry per sample (the prompt the sample was generated for); rewards that ignore text
-    /// ignore it, and rewards that need it return an error when it is missing.
-    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>>;
-}
-
-impl<R: Reward + ?Sized> Reward for &R {
-    fn name(&self) -> String {
-        (**self).name()
-    }
-    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        (**self).score(samples, prompts)
-    }
-}
-
-impl<R: Reward + ?Sized> Reward for Box<R> {
-    fn name(&self) -> String {
-        (**self).name()
-    }
-    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        (**self).score(samples, prompts)
-    }
-}
-
-/// A reward of 8-bit RGB images — what a user saves as PNG — with one prompt per image when it
-/// needs them: what `deradiff score` runs on files made by any tool. [`Reward::score`] of the
-/// same reward gives the same numbers for decoded samples (made 8-bit first).
-#[cfg(feature = "sd")]
-pub trait ImageScorer: Reward {
-    /// Whether [`Self::score_rgb`] needs prompts.
-    fn needs_prompts(&self) -> bool;
-
-    /// One score per image; `prompts` has one entry per image (an error when it is needed and
-    /// missing; ignored by rewards of the image alone).
-    fn score_rgb(&self, images: &[deradiff_sd::RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>>;
-}
-
-/// The prompts a text–image reward named `reward` needs, or the error saying to give one per
-/// image.
-pub(crate) fn require_prompts<'a, 'b>(prompts: Option<&'a [&'b str]>, reward: &str) -> Result<&'a [&'b str]> {
-    prompts.ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "the reward {reward:?} scores images against prompts: give one prompt per image"
-        ))
-    })
-}
-
-/// Scores a batch and checks the answer: one score per sample, every score finite (else
-/// [`Error::NonFiniteReward`], whose context names `context` and the sample).
-pub fn score_checked(
-    reward: &dyn Reward,
-    samples: &Tensor,
-    prompts: Option<&[&str]>,
-    context: &str,
-) -> Result<Vec<f64>> {
-    let n = samples.dims().first().copied().unwrap_or(0);
-    if let Some(p) = prompts {
-        if p.len() != n {
-            return Err(Error::InvalidArgument(format!(
-                "{} prompts were given for a batch of {n} samples; give one prompt per sample",
-                p.len()
-            )));
-        }
-    }
-    let scores = reward.score(samples, prompts)?;
-    if scores.len() != n {
-        return Err(Error::InvalidArgument(format!(
-            "the reward {:?} returned {} scores for a batch of {n} samples",
-            reward.name(),
-            scores.len()
-        )));
-    }
-    if let Some((i, v)) = scores.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::NonFiniteReward {
-            reward: reward.name(),
-            value: *v,
-            context: format!("{context}, sample {i}"),
-        });
-    }
-    Ok(scores)
-}
-
-/// The analytic testbed's separable reward `r(x) = w·x − ½ Σ q_j x_j²` as a [`Reward`] over
-/// `[n, d]` batches (prompts are ignored).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalyticReward {
     name: String,
@@ -131,8 +49,8 @@ impl Reward for AnalyticReward {
         self.name.clone()
     }
 
-    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        Ok(self.reward.evaluate(samples)?)
+    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> deradiff_rewards::Result<Vec<f64>> {
+        self.reward.evaluate(samples).map_err(reward_error)
     }
 }
 
@@ -164,7 +82,8 @@ pub enum ManifoldPenalty {
 /// ```
 /// use candle_core::{Device, Tensor};
 /// use deradiff_analytic::GaussianMixture;
-/// use deradiff_tune::{ManifoldPenalty, Reward, TrueReward};
+/// use deradiff_rewards::Reward;
+/// use deradiff_tune::{ManifoldPenalty, TrueReward};
 ///
 /// let proxy = deradiff_analytic::Reward::linear(vec![1.0])?;
 /// let data = GaussianMixture::gaussian(vec![0.0], vec![1.0])?;
@@ -249,15 +168,18 @@ impl Reward for TrueReward {
         self.name.clone()
     }
 
-    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+    fn score(&self, samples: &Tensor, _prompts: Option<&[&str]>) -> deradiff_rewards::Result<Vec<f64>> {
         let (n, d) = samples.dims2().map_err(|_| {
-            Error::InvalidArgument(format!("analytic samples must have shape [n, d], got {:?}", samples.dims()))
+            deradiff_rewards::Error::InvalidArgument(format!(
+                "analytic samples must have shape [n, d], got {:?}",
+                samples.dims()
+            ))
         })?;
         let flat = samples
             .to_device(&candle_core::Device::Cpu)?
             .to_dtype(candle_core::DType::F64)?
             .flatten_all()?
             .to_vec1()?;
-        (0..n).map(|i| self.value(&flat[i * d..(i + 1) * d])).collect()
+        (0..n).map(|i| self.value(&flat[i * d..(i + 1) * d]).map_err(reward_error)).collect()
     }
 }

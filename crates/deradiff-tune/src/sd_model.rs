@@ -1,6 +1,6 @@
 //! Stable Diffusion as a [`SweepModel`]: a reference checkpoint and one aligned UNet or LoRA, sampled
 //! with classifier-free guidance for each prompt of a sweep, decoded by the VAE into images in
-//! `[-1, 1]` (what [`crate::ClipScore`] and [`crate::PickScore`] score).
+//! `[-1, 1]` (what [`deradiff_rewards::ClipScore`] and [`deradiff_rewards::PickScore`] score).
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -25,6 +25,7 @@
 use std::collections::HashSet;
 
 use deradiff_core::{Realigner, SeededNoise};
+use deradiff_rewards::{score_checked, Reward};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchStep, BatchedSampler};
@@ -33,7 +34,6 @@ use crate::model::{check_prompts, Prompt, SweepModel};
 use crate::results::{
     ResultsWriter, RewardSummary, SweepHeader, SweepOutput, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
 };
-use crate::reward::{score_checked, Reward};
 use crate::spec::{prompts_hash, spec_hash, Shard, SweepSpec};
 
 /// A λ sweep: a grid of λ evaluated on a prompt set.

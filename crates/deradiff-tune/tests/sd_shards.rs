@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_core::SchedulerKind;
+use deradiff_rewards::{ClipScore, ClipScorer, Reward};
 use deradiff_sd::{AddedConditioning, PromptEmbeddings};
 use deradiff_tune::*;
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use deradiff_core::{NoObserver, Realigner, SchedulerKind, SeededNoise};
+use deradiff_rewards::{ClipScore, ClipScorer, PickScore, Reward};
 use deradiff_sd::Request;
-use deradiff_tune::{
-    run_sweep, ClipScore, ClipScorer, NoSweepObserver, PickScore, Prompt, Reward, SdModel, SdSetup, SweepConfig,
-};
+use deradiff_tune::{run_sweep, NoSweepObserver, Prompt, SdModel, SdSetup, SweepConfig};
 
 fn sd_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-sd/tests/fixtures").join(name)

@@ -5,9 +5,10 @@
 //! differ in between; a full aligned UNet is refused.
 
 use deradiff_core::{NoObserver, SchedulerKind, SeededNoise};
+use deradiff_rewards::Reward;
 use deradiff_sd::Request;
 use deradiff_tune::{
-    run_sweep, NoSweepObserver, Prompt, Realignment, Reward, SdModel, SdSetup, SweepConfig, SweepModel, SweepRow,
+    run_sweep, NoSweepObserver, Prompt, Realignment, SdModel, SdSetup, SweepConfig, SweepModel, SweepRow,
 };
 use std::path::{Path, PathBuf};
 

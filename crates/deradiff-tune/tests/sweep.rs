@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use deradiff_analytic::{demo_linear_reward, demo_mixture, ExactDenoiser, GaussianMixture};
 use deradiff_core::{Denoiser, NoObserver, Realigner, Sampler, Scheduler, SchedulerKind, SeededNoise};
+use deradiff_rewards::Reward;
 use deradiff_tune::*;
 
 fn mixture() -> GaussianMixture {
@@ -316,7 +317,7 @@ impl Reward for Flaky {
     fn name(&self) -> String {
         "flaky".into()
     }
-    fn score(&self, samples: &Tensor, _: Option<&[&str]>) -> Result<Vec<f64>> {
+    fn score(&self, samples: &Tensor, _: Option<&[&str]>) -> deradiff_rewards::Result<Vec<f64>> {
         Ok(samples.to_vec2::<f64>()?.iter().map(|r| if r[0] > 0.0 { f64::NAN } else { r[0] }).collect())
     }
 }
@@ -374,8 +375,8 @@ impl Reward for PromptLength {
     fn name(&self) -> String {
         "prompt_length".into()
     }
-    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> Result<Vec<f64>> {
-        let prompts = prompts.ok_or_else(|| Error::user("this reward needs prompts"))?;
+    fn score(&self, samples: &Tensor, prompts: Option<&[&str]>) -> deradiff_rewards::Result<Vec<f64>> {
+        let prompts = prompts.ok_or_else(|| deradiff_rewards::Error::user("this reward needs prompts"))?;
         assert_eq!(prompts.len(), samples.dims()[0]);
         Ok(prompts.iter().map(|p| p.chars().count() as f64).collect())
     }

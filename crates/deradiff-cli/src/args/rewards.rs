@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use deradiff_tune::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
+use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
 
 use crate::error::{CliError, Context, Result};
 

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use candle_core::DType;
-use deradiff_tune::{Prompt, Reward, SweepModel};
+use deradiff_rewards::Reward;
+use deradiff_tune::{Prompt, SweepModel};
 
 use crate::args::{RealignArg, RewardArgs, SchedulerArg, SdArgs, TestbedArgs};
 use crate::checkpoint::check_models;

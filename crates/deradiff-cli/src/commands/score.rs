@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
+use deradiff_rewards::ImageScorer;
 use deradiff_sd::RgbImage;
-use deradiff_tune::ImageScorer;
 
 use crate::args::{device_option, read_prompts_file, RewardArgs};
 use crate::error::{CliError, Context, Result};

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use deradiff_rewards::Reward;
 use deradiff_tune::{
-    equivalent_beta, run_sweep, IfExists, LambdaSummary, Reward, Shard, SweepConfig, SweepEvent, SweepOutput,
-    SweepResult,
+    equivalent_beta, run_sweep, IfExists, LambdaSummary, Shard, SweepConfig, SweepEvent, SweepOutput, SweepResult,
 };
 
 use crate::args::{Built, SweepModelArgs};

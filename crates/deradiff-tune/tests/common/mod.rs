@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Tensor};
-use deradiff_tune::{Result, Reward};
+use deradiff_rewards::{Result, Reward};
 
 /// A cheap image reward: a fixed, position-dependent positive weighting of the decoded pixels
 /// shifted to `[0, 2]` (sensitive to every pixel's value and place; a sum of positive terms, so

@@ -8,7 +8,7 @@
 //!   features that ImageReward's MLP head scores;
 //! * [`BertTokenizer`] — bert-base-uncased's WordPiece with BLIP's `[DEC]` / `[ENC]`.
 //!
-//! The images go through openai/CLIP's transform ([`crate::clip::ClipPreprocessor::openai_clip`]).
+//! The images go through openai/CLIP's transform ([`crate::ClipPreprocessor::openai_clip`]).
 //! Checked against the `image-reward` package's own code on a tiny random model
 //! (`scripts/gen_image_reward_fixtures.py`).
 
@@ -26,8 +26,8 @@ pub use text::BlipTextModel;
 pub use tokenizer::BertTokenizer;
 pub use vision::BlipVisionModel;
 
-use crate::error::{Error, Result};
-use crate::fs::{check_path, probe_path, Kind};
+use deradiff_sd::fs::{check_path, probe_path, Kind};
+use deradiff_sd::{Error, Result};
 
 /// BLIP's two encoders from ImageReward's state dict (`blip.visual_encoder.*`,
 /// `blip.text_encoder.*`; `blip.vision_proj`, `blip.text_proj` and the head are not read).
@@ -64,7 +64,7 @@ impl BlipModel {
                 format!("the published checkpoint is a pickle (which can run code); convert it with `{convert}`"),
             ));
         }
-        crate::weights::load_checked(dir, "model", "ImageReward model", dtype, device, |vb| {
+        deradiff_sd::load_checked(dir, "model", "ImageReward model", dtype, device, |vb| {
             let vb = vb.pp("blip");
             Ok(Self {
                 vision: BlipVisionModel::new(vb.pp("visual_encoder"), &vision)?,

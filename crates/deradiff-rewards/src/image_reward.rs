@@ -4,10 +4,10 @@
 //! does: `(mlp(features) − 0.16717362830052426) / 1.0333394966054072`.
 //!
 //! As `ImageReward.score(prompt, image)` computes it: the prompt tokenised by BLIP's BERT
-//! tokenizer, `[CLS] … [SEP]` padded and truncated to 35 tokens ([`deradiff_sd::BertTokenizer`]);
+//! tokenizer, `[CLS] … [SEP]` padded and truncated to 35 tokens ([`BertTokenizer`]);
 //! the image through openai/CLIP's transform at 224 px ([`ClipPreprocessor::openai_clip`]:
 //! torchvision's bicubic resize of the shorter side on the PIL image, centre crop, OpenAI's mean
-//! and std); the encoders of [`deradiff_sd::BlipModel`]; the MLP `mlp.layers.{0,2,4,6,7}` (linear
+//! and std); the encoders of [`BlipModel`]; the MLP `mlp.layers.{0,2,4,6,7}` (linear
 //! layers, no activations).
 //!
 //! The model folder holds `model.safetensors` (the published `ImageReward.pt`, converted with
@@ -21,23 +21,24 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use deradiff_tune::{ImageRewardScore, Reward};
+//! use deradiff_rewards::{ImageRewardScore, Reward};
 //!
-//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/image_reward");
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deradiff-tune/tests/fixtures/image_reward");
 //! let reward = ImageRewardScore::load(dir, DType::F32, &Device::Cpu)?;
 //! // Two decoded images in [-1, 1] (as a VAE gives them), one prompt each.
 //! let images = Tensor::zeros((2, 3, 40, 32), DType::F32, &Device::Cpu)?;
 //! let scores = reward.score(&images, Some(&["a red cube", "a blue sphere"]))?;
 //! assert_eq!(scores.len(), 2);
-//! # Ok::<(), deradiff_tune::Error>(())
+//! # Ok::<(), deradiff_rewards::Error>(())
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::clip::ClipPreprocessor;
-use deradiff_sd::{BertTokenizer, BlipModel, RgbImage};
+use deradiff_sd::RgbImage;
 
+use crate::blip::{BertTokenizer, BlipModel};
+use crate::clip::ClipPreprocessor;
 use crate::error::{Error, Result};
 use crate::head::LinearHead;
 use crate::reward::{require_prompts, ImageScorer, Reward};

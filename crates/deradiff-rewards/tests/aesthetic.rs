@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use deradiff_rewards::{AestheticScore, Reward};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{AestheticScore, Reward};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures")
 }
 
 fn load(path: PathBuf) -> HashMap<String, Tensor> {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::{BertTokenizer, BlipVisionConfig, MedConfig, RgbImage};
-use deradiff_tune::{ImageRewardScore, ImageScorer, Reward};
+use deradiff_rewards::{BertTokenizer, BlipVisionConfig, ImageRewardScore, ImageScorer, MedConfig, Reward};
+use deradiff_sd::RgbImage;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image_reward")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures/image_reward")
 }
 
 /// A fresh folder under the temporary directory, removed when dropped.

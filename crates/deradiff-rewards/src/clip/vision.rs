@@ -5,10 +5,9 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Embedding, LayerNorm, VarBuilder};
-
-use super::config::{ClipActivation, ClipVisionConfig};
-use super::encoder::{EncoderLayer, EncoderSizes};
-use crate::error::{Error, Result};
+use deradiff_sd::clip::encoder::{EncoderLayer, EncoderSizes};
+use deradiff_sd::clip::{ClipActivation, ClipVisionConfig};
+use deradiff_sd::{Error, Result};
 
 /// transformers' `CLIPVisionTransformer`: what `CLIPModel` projects with `visual_projection`.
 pub struct ClipVisionModel {

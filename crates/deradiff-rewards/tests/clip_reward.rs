@@ -6,15 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::clip::{resize_like_pil, ClipModelConfig, ClipPreprocessor, Resample, ResizeTo, OPENAI_CLIP_MEAN};
+use deradiff_rewards::{
+    resize_like_pil, ClipPreprocessor, ClipScore, ClipScorer, PickScore, Resample, ResizeTo, Reward, OPENAI_CLIP_MEAN,
+};
+use deradiff_sd::clip::ClipModelConfig;
 use deradiff_sd::RgbImage;
-use deradiff_tune::{ClipScore, ClipScorer, PickScore, Reward};
 
 const TOL: f64 = 1e-4;
 const MODELS: [(&str, &str); 2] = [("clip-quick-gelu", "quick_gelu"), ("clip-gelu", "gelu")];
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures/clip")
 }
 
 fn reference() -> HashMap<String, Tensor> {

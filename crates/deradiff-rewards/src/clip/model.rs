@@ -5,12 +5,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
+use deradiff_sd::clip::{ClipModelConfig, ClipTextModel};
+use deradiff_sd::fs::{check_path, Kind};
+use deradiff_sd::{load_checked, Error, Result};
 
-use super::config::ClipModelConfig;
-use super::text::ClipTextModel;
 use super::vision::ClipVisionModel;
-use crate::error::{Error, Result};
-use crate::weights::load_checked;
 
 /// transformers' `CLIPModel`: text and vision towers, their projections into the joint space and
 /// the learned logit scale.
@@ -49,7 +48,7 @@ impl ClipModel {
     /// a missing or misshapen tensor is an error naming the file and the tensor.
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        crate::fs::check_path(dir, crate::fs::Kind::Dir, "CLIP model folder", None)?;
+        check_path(dir, Kind::Dir, "CLIP model folder", None)?;
         let config = ClipModelConfig::from_file(dir.join("config.json"))?;
         load_checked(dir, "model", "CLIP model", dtype, device, |vb| Self::new(vb, &config))
     }

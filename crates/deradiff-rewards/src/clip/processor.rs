@@ -5,10 +5,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use deradiff_sd::fs::{probe_path, read_text, Kind};
+use deradiff_sd::{Error, Result, RgbImage};
 use serde_json::Value;
-
-use crate::error::{Error, Result};
-use crate::image::RgbImage;
 
 /// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -459,14 +458,14 @@ impl ClipPreprocessor {
     /// Reads a `preprocessor_config.json` (fields missing take `CLIPImageProcessor`'s defaults).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = super::config::read_text(path, "image preprocessor config")?;
+        let text = read_text(path, "image preprocessor config")?;
         Self::from_json(&text, path)
     }
 
     /// `dir/preprocessor_config.json` when present, CLIP's defaults otherwise.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let path = dir.as_ref().join("preprocessor_config.json");
-        if crate::fs::probe_path(&path, crate::fs::Kind::File, "image preprocessor config", None)? {
+        if probe_path(&path, Kind::File, "image preprocessor config", None)? {
             Self::from_file(path)
         } else {
             Ok(Self::default())

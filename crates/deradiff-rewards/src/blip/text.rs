@@ -5,10 +5,10 @@
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use deradiff_sd::clip::ClipActivation;
+use deradiff_sd::{Error, Result};
 
 use super::config::MedConfig;
-use crate::clip::ClipActivation;
-use crate::error::{Error, Result};
 
 /// med.py's `BertSelfAttention` + `BertSelfOutput`: attention, then `LayerNorm(dense(·) + x)`.
 struct Attention {

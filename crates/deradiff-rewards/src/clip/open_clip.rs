@@ -22,11 +22,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use deradiff_sd::clip::{ClipActivation, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
+use deradiff_sd::fs::{check_path, read_text, Kind};
+use deradiff_sd::sniff_safetensors;
+use deradiff_sd::{Error, Result};
 use serde_json::Value;
 
-use super::{ClipActivation, ClipModel, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
-use crate::error::{Error, Result};
-use crate::fs::{check_path, read_text, Kind};
+use super::ClipModel;
 
 /// The model part of an `open_clip_config.json` (`model_cfg`), as open_clip's `CLIP` takes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -274,7 +276,7 @@ impl ClipModel {
     ) -> Result<Self> {
         let file = weights.as_ref();
         check_path(file, Kind::File, "open_clip weights", None)?;
-        crate::weights::sniff_safetensors(file)?;
+        sniff_safetensors(file)?;
         let sd = candle_core::safetensors::load(file, &Device::Cpu)
             .map_err(|e| Error::Weights { file: file.to_path_buf(), message: e.to_string() })?;
         let tensors = to_transformers(sd, config, file)?;

@@ -1,11 +1,11 @@
 //! BLIP's BERT tokenizer on arbitrary text (control characters, combining marks, CJK, emoji,
 //! literal special tokens, very long words): always `max_length` ids inside the vocabulary,
 //! `[CLS]` first, a mask of ones then zeros — never a panic. (Its ids against transformers' are
-//! checked in deradiff-tune's `tests/image_reward.rs`.)
+//! checked in `tests/image_reward.rs`.)
 
 use std::path::Path;
 
-use deradiff_sd::BertTokenizer;
+use deradiff_rewards::BertTokenizer;
 use proptest::prelude::*;
 
 fn tokenizer() -> BertTokenizer {

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use deradiff_sd::clip::ClipActivation;
+use deradiff_sd::fs::read_json;
+use deradiff_sd::{Error, Result};
 use serde::Deserialize;
-
-use crate::clip::ClipActivation;
-use crate::error::{Error, Result};
 
 /// The largest width, depth, head count or intermediate size accepted in these configs (real
 /// ones are at most 4096); larger values are refused before anything is allocated.
@@ -58,7 +58,7 @@ impl BlipVisionConfig {
     /// Reads and checks a `vision_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let c: Self = crate::fs::read_json(path, "BLIP vision config")?;
+        let c: Self = read_json(path, "BLIP vision config")?;
         c.validate(path)?;
         Ok(c)
     }
@@ -158,7 +158,7 @@ impl MedConfig {
     /// Reads and checks a `med_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let c: Self = crate::fs::read_json(path, "BLIP text config (med_config.json)")?;
+        let c: Self = read_json(path, "BLIP text config (med_config.json)")?;
         c.validate(path)?;
         Ok(c)
     }

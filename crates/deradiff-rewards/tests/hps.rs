@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use deradiff_rewards::{ClipModel, ClipPreprocessor, HpsScore, OpenClipConfig, Reward};
 use deradiff_sd::RgbImage;
-use deradiff_tune::{HpsScore, Reward};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hps")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures/hps")
 }
 
 fn reference() -> HashMap<String, Tensor> {
@@ -77,7 +76,7 @@ fn open_clip_checkpoints_give_open_clip_features_and_hps() {
 fn the_hps_reward_scores_images_with_its_own_preprocessing() {
     let r = reference();
     // A CLIP tokenizer whose ids fit the tiny text tower (the CLIP fixtures' BPE, 822 ids).
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip/clip-gelu");
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures/clip/clip-gelu");
     let hps = HpsScore::load_open_clip(
         dir().join("open_clip_model.safetensors"),
         dir().join("open_clip_config.json"),

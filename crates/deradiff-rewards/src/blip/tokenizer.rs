@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use deradiff_sd::fs::{check_path, probe_path, read_text, Kind};
+use deradiff_sd::{parse_tokenizer_json, plain_ids};
+use deradiff_sd::{Error, Result};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{AddedToken, Tokenizer};
-
-use crate::error::{Error, Result};
-use crate::fs::{check_path, probe_path, read_text, Kind};
 
 /// BERT's special tokens, then the two BLIP adds (in `init_tokenizer`'s order, so a vocabulary
 /// without them gives `[DEC]` the id after its last and `[ENC]` the next, as transformers does).
@@ -45,7 +45,7 @@ impl BertTokenizer {
         let err = |m: String| Error::Tokenizer { path: dir.to_path_buf(), message: m };
         let json = dir.join("tokenizer.json");
         let mut inner = if probe_path(&json, Kind::File, "tokenizer", None)? {
-            crate::tokenizer::parse_tokenizer_json(&read_text(&json, "tokenizer")?, &json)?
+            parse_tokenizer_json(&read_text(&json, "tokenizer")?, &json)?
         } else {
             let vocab_path = dir.join("vocab.txt");
             check_path(&vocab_path, Kind::File, "BERT vocabulary vocab.txt (or tokenizer.json)", None)?;
@@ -84,7 +84,7 @@ impl BertTokenizer {
 
     /// The ids of `prompt` without `[CLS]` / `[SEP]`, untruncated.
     pub fn tokens(&self, prompt: &str) -> Result<Vec<u32>> {
-        crate::tokenizer::plain_ids(&self.inner, &self.source, prompt)
+        plain_ids(&self.inner, &self.source, prompt)
     }
 
     /// `[CLS] tokens… [SEP] [PAD]…` — exactly `max_length` ids, the tokens truncated to

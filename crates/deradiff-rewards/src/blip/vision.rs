@@ -5,11 +5,11 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, LayerNorm, Linear, VarBuilder};
+use deradiff_sd::clip::encoder::{EncoderLayer, EncoderParts};
+use deradiff_sd::clip::ClipActivation;
+use deradiff_sd::{Error, Result};
 
 use super::config::BlipVisionConfig;
-use crate::clip::encoder::{EncoderLayer, EncoderParts};
-use crate::clip::ClipActivation;
-use crate::error::{Error, Result};
 
 /// BLIP's ViT (`visual_encoder.*`: `patch_embed.proj`, `cls_token`, `pos_embed`,
 /// `blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`).

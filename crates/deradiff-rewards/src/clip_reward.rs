@@ -1,11 +1,11 @@
 //! CLIP score and PickScore: text–image [`Reward`]s from any Hugging Face `CLIPModel` checkpoint
 //! in safetensors.
 //!
-//! The model is deradiff-sd's [`ClipModel`] (transformers' `CLIPModel`: both towers, their
+//! The model is our [`ClipModel`] (transformers' `CLIPModel`: both towers, their
 //! projections, `logit_scale`, every size and activation from the checkpoint's `config.json`),
 //! images go through its [`ClipPreprocessor`] (transformers' `CLIPImageProcessor` with PIL's
 //! resampling, from `preprocessor_config.json` when the checkpoint has one) and prompts through
-//! the checkpoint's [`ClipTokenizer`]; see [`deradiff_sd::clip`].
+//! the checkpoint's [`ClipTokenizer`].
 //!
 //! Scores, for image i and prompt i of a batch ([`ClipScorer::cosine`] is the common part):
 //!
@@ -21,9 +21,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use candle_core::{DType, Device, Tensor};
-//! use deradiff_tune::{ClipScore, ClipScorer, PickScore, Reward};
+//! use deradiff_rewards::{ClipScore, ClipScorer, PickScore, Reward};
 //!
-//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip/clip-gelu");
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deradiff-tune/tests/fixtures/clip/clip-gelu");
 //! let scorer = Arc::new(ClipScorer::load(dir, DType::F32, &Device::Cpu)?);
 //! let (clip, pick) = (ClipScore::new(scorer.clone()), PickScore::new(scorer));
 //! // Two decoded images in [-1, 1] (as a VAE gives them), one prompt each.
@@ -32,16 +32,16 @@
 //! let s = clip.score(&images, Some(&prompts))?;
 //! assert!(s.iter().all(|v| (0.0..=100.0).contains(v)));
 //! assert_eq!(pick.score(&images, Some(&prompts))?.len(), 2);
-//! # Ok::<(), deradiff_tune::Error>(())
+//! # Ok::<(), deradiff_rewards::Error>(())
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_sd::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
 use deradiff_sd::{ClipTokenizer, RgbImage};
 
+use crate::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
 use crate::error::{Error, Result};
 use crate::reward::{require_prompts, ImageScorer, Reward};
 
