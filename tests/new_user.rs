@@ -123,5 +123,21 @@ fn a_k2_fusion_with_a_scheduler_from_its_config_file() {
     // Equal variances: the fused Gaussian's mean is Σ w_i m_i = (1, 1).
     let mean = column_means(&out.latent);
     assert!((mean[0] - 1.0).abs() < 0.1 && (mean[1] - 1.0).abs() < 0.1, "mean {mean:?}");
+
+    // The same with Stable Diffusion: two aligned UNets, the request's sampler from the file in
+    // one call; equal, bit for bit, to setting the pipeline's config and the kind by hand.
+    use deradiff::sd::{LoadOptions, Request, StableDiffusion};
+    let aligned = [fixture("tiny-aligned-unet"), fixture("tiny-aligned-unet")];
+    let mut sd = StableDiffusion::load(fixture("tiny-sd"), &aligned, &LoadOptions::default()).unwrap();
+    let mut request = Request { prompts: vec!["a red cube".into()], steps: 3, seed: 2, ..Default::default() };
+    request.use_scheduler_config_file(&path).unwrap();
+    assert_eq!(request.scheduler, SchedulerKind::Ddim { eta: 0.0 });
+    let fusion = Realigner::multi_reward(&[0.3, 0.4]).unwrap();
+    let one_call = sd.generate(&request, &fusion, &mut deradiff::NoObserver).unwrap();
+    sd.set_scheduler_config(config);
+    let by_hand = Request { scheduler: SchedulerKind::Ddim { eta: 0.0 }, scheduler_config: None, ..request };
+    let two_calls = sd.generate(&by_hand, &fusion, &mut deradiff::NoObserver).unwrap();
+    let same = (&one_call.latents - &two_calls.latents).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(same.to_scalar::<f32>().unwrap(), 0.0);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use deradiff_tune::MAX_PROMPTS;
+use deradiff_rewards::MAX_PROMPTS;
 
 use crate::error::{CliError, Context, Result};
 

@@ -32,6 +32,24 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A prompt file that cannot be read as prompts.
+    #[error("prompt file {path}: {detail}")]
+    PromptFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where and what is wrong.
+        detail: String,
+    },
+
+    /// A file could not be read.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
     /// The error of a reward implemented outside this crate (the analytic testbed's rewards of
     /// deradiff-tune, a user's own reward).
     #[error("{0}")]
@@ -42,6 +60,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    pub(crate) fn io(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
     /// Wraps any error of a reward implemented outside this crate.
     pub fn user<E: Into<Box<dyn std::error::Error + Send + Sync>>>(err: E) -> Self {
         Error::User(err.into())

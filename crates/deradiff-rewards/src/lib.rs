@@ -13,6 +13,8 @@
 //!     checkpoint ([`HpsScore`]);
 //!   * the LAION aesthetic predictor ([`AestheticScore`]): an MLP on the CLIP image embedding;
 //!   * ImageReward ([`ImageRewardScore`]): BLIP's ViT and BERT with cross-attention, and an MLP.
+//! * Prompt files ([`read_prompt_file`]): the prompt sets rewards score against, in the formats
+//!   they ship in (plain text, JSON lines, CSV, YAML), shared by `deradiff score` and the sweeps.
 //! * The towers they run, on deradiff-sd's CLIP text tower, encoder layer and checked weight
 //!   loading (their errors are [`deradiff_sd::Error`]s naming the file and the tensor):
 //!   [`ClipVisionModel`], [`ClipModel`], the image processor [`ClipPreprocessor`], open_clip
@@ -46,6 +48,7 @@ mod error;
 mod head;
 #[cfg(feature = "sd")]
 mod image_reward;
+mod prompts;
 mod reward;
 
 #[cfg(feature = "sd")]
@@ -64,6 +67,7 @@ pub use clip_reward::{
 pub use error::{Error, Result};
 #[cfg(feature = "sd")]
 pub use image_reward::ImageRewardScore;
+pub use prompts::{read_prompt_file, PromptEntry, MAX_PROMPTS};
 #[cfg(feature = "sd")]
 pub use reward::ImageScorer;
 pub use reward::{score_checked, Reward};

@@ -199,6 +199,8 @@ impl From<deradiff_rewards::Error> for Error {
             R::Candle(e) => Error::Candle(e),
             R::NonFiniteReward { reward, value, context } => Error::NonFiniteReward { reward, value, context },
             R::InvalidArgument(m) => Error::InvalidArgument(m),
+            R::PromptFile { path, detail } => Error::PromptFile { path, detail },
+            R::Io { path, source } => Error::Io { path, source },
             R::User(e) => match e.downcast::<Error>() {
                 Ok(e) => *e,
                 Err(e) => Error::User(e),

@@ -55,7 +55,6 @@ mod merge;
 mod model;
 mod objective;
 pub mod plot;
-mod prompts;
 mod results;
 mod reward;
 #[cfg(feature = "sd")]
@@ -72,9 +71,8 @@ pub use bo::{
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
 pub use merge::{merge_results, sweep_status, Merged, MissingItem, SweepProgress};
-pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel, MAX_PROMPTS};
+pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
-pub use prompts::{read_prompt_file, PromptEntry};
 pub use results::{
     read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
     SweepRow, RESULTS_FORMAT, RESULTS_VERSION,

@@ -47,8 +47,7 @@ impl Prompt {
     }
 }
 
-/// Most prompts (or seeds) one sweep takes.
-pub const MAX_PROMPTS: usize = 1_000_000;
+use deradiff_rewards::MAX_PROMPTS;
 
 /// Checks that a prompt set is not empty, its ids are not empty and its (id, seed) pairs unique.
 pub(crate) fn check_prompts(prompts: &[Prompt]) -> Result<()> {

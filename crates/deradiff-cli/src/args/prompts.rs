@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use deradiff_tune::{read_prompt_file, PromptEntry};
+use deradiff_rewards::{read_prompt_file, PromptEntry};
 
 use crate::error::{Context, Result};
 

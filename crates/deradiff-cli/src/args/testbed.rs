@@ -2,7 +2,8 @@
 //! reference and anchor models, the proxy reward and the "true" reward.
 
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
-use deradiff_tune::{AnalyticModel, AnalyticReward, AnalyticSetup, ManifoldPenalty, TrueReward, MAX_PROMPTS};
+use deradiff_rewards::MAX_PROMPTS;
+use deradiff_tune::{AnalyticModel, AnalyticReward, AnalyticSetup, ManifoldPenalty, TrueReward};
 
 use crate::args::SchedulerArg;
 use crate::checks::{check_anchor_beta, check_at_least_one};

@@ -180,7 +180,8 @@ impl StableDiffusion {
         &self.scheduler_config
     }
 
-    /// Replaces the scheduler config (for example to force `v_prediction`).
+    /// Replaces the checkpoint's scheduler config for every request (for example to force
+    /// `v_prediction`); one request can bring its own instead ([`Request::use_scheduler_config`]).
     pub fn set_scheduler_config(&mut self, config: SchedulerConfig) {
         self.scheduler_config = config;
     }
@@ -303,7 +304,14 @@ impl StableDiffusion {
             return Err(Error::request("steps", "is 0: it must be at least 1"));
         }
         self.latent_shape(request, 1)?;
-        request.scheduler.build(&self.scheduler_config, request.steps)?;
+        self.scheduler(request)?;
         Ok(())
+    }
+
+    /// The sampler of `request`: its [`Request::scheduler`] built from its
+    /// [`Request::scheduler_config`], or from the checkpoint's when that is `None`.
+    pub fn scheduler(&self, request: &Request) -> Result<Box<dyn deradiff_core::Scheduler>> {
+        let config = request.scheduler_config.as_ref().unwrap_or(&self.scheduler_config);
+        Ok(request.scheduler.build(config, request.steps)?)
     }
 }

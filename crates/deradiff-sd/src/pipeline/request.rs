@@ -2,8 +2,10 @@
 //! [`LoadOptions`], the text encoding of a request ([`EncodedRequest`], with what it was encoded
 //! from, checked when it is sampled) and the result of a run ([`Generation`]).
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
-use deradiff_core::SchedulerKind;
+use deradiff_core::{SchedulerConfig, SchedulerKind};
 
 use crate::error::{Error, Result};
 use crate::guidance::PromptEmbeddings;
@@ -65,6 +67,11 @@ pub struct Request {
     pub images_per_prompt: usize,
     /// The sampler, default Euler ancestral (the paper's SD 1.5 setting).
     pub scheduler: SchedulerKind,
+    /// The scheduler config the sampler is built from (training schedule, prediction type,
+    /// spacing); `None` (the default): the checkpoint's own
+    /// ([`StableDiffusion::scheduler_config`]). [`Request::use_scheduler_config`] sets it and
+    /// [`Request::scheduler`] from one `scheduler_config.json` in one call.
+    pub scheduler_config: Option<SchedulerConfig>,
     /// Inference steps, default 50.
     pub steps: usize,
     /// Classifier-free guidance scale (`<= 1` turns guidance off, as in diffusers); `None`
@@ -99,6 +106,7 @@ impl Default for Request {
             negative_prompt: None,
             images_per_prompt: 1,
             scheduler: SchedulerKind::EulerAncestral,
+            scheduler_config: None,
             steps: 50,
             guidance_scale: None,
             seed: 0,
@@ -109,6 +117,36 @@ impl Default for Request {
             target_size: None,
             force_zeros_for_empty_prompt: None,
         }
+    }
+}
+
+impl Request {
+    /// Samples with the scheduler a diffusers `scheduler_config.json` describes: its class
+    /// (`_class_name`, [`SchedulerKind::from_config`]) becomes [`Request::scheduler`] and its
+    /// options [`Request::scheduler_config`]. An unknown class or option is an error and leaves
+    /// the request as it was.
+    ///
+    /// ```
+    /// use deradiff_core::{SchedulerConfig, SchedulerKind};
+    ///
+    /// let mut request = deradiff_sd::Request { prompts: vec!["a red cube".into()], ..Default::default() };
+    /// let config = SchedulerConfig::from_json(
+    ///     r#"{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    ///         "beta_end": 0.012, "clip_sample": false, "set_alpha_to_one": false, "steps_offset": 1}"#,
+    /// )?;
+    /// request.use_scheduler_config(config)?;
+    /// assert_eq!(request.scheduler, SchedulerKind::Ddim { eta: 0.0 });
+    /// # Ok::<(), deradiff_core::Error>(())
+    /// ```
+    pub fn use_scheduler_config(&mut self, config: SchedulerConfig) -> deradiff_core::Result<()> {
+        self.scheduler = SchedulerKind::from_config(&config)?;
+        self.scheduler_config = Some(config);
+        Ok(())
+    }
+
+    /// [`Request::use_scheduler_config`] with the config read from a `scheduler_config.json`.
+    pub fn use_scheduler_config_file(&mut self, path: impl AsRef<Path>) -> deradiff_core::Result<()> {
+        self.use_scheduler_config(SchedulerConfig::from_file(path)?)
     }
 }
 

@@ -62,7 +62,7 @@ impl StableDiffusion {
         let unet = self.weight_space_unet(lambdas)?;
         let guidance_scale = self.guidance_scale(request)?;
         let shape = self.latent_shape(request, encoded.batch())?;
-        let scheduler = request.scheduler.build(&self.scheduler_config, request.steps)?;
+        let scheduler = self.scheduler(request)?;
         let guided = Guided::new(&unet, &encoded.embeddings, guidance_scale)?;
         let sampler = Sampler::new(scheduler.as_ref(), vec![&guided as &dyn Denoiser], Realigner::new(vec![1.0])?)?;
         Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
@@ -129,7 +129,7 @@ impl StableDiffusion {
         }
         let guidance_scale = self.guidance_scale(request)?;
         let shape = self.latent_shape(request, encoded.batch())?;
-        let scheduler = request.scheduler.build(&self.scheduler_config, request.steps)?;
+        let scheduler = self.scheduler(request)?;
         // A per-step schedule of another length is an error here (not silently cut), and a
         // schedule given as a function of (step, steps) is evaluated for this run.
         let realigner = realigner.for_steps(request.steps)?;

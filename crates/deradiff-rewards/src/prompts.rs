@@ -16,8 +16,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Most prompts one file may hold (the same bound as a sweep's prompt set).
-pub use crate::model::MAX_PROMPTS;
+/// Most prompts one file may hold, and one sweep takes (deradiff-tune's bound on a prompt set).
+pub const MAX_PROMPTS: usize = 1_000_000;
 
 /// One prompt read from a file: its id and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
