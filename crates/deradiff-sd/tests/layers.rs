@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("weights and configs", &["weights", "config"]),
     ("models", &["unet", "vae", "clip"]),
     ("adapters", &["lora"]),
-    ("guidance and text", &["guidance", "text", "tokenizer", "blip"]),
+    ("guidance and text", &["guidance", "text", "tokenizer"]),
     ("pipeline", &["pipeline"]),
 ];
 
