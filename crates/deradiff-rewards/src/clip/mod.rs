@@ -10,7 +10,7 @@
 //!   ([`ClipModel::load_open_clip`], [`OpenClipConfig`]).
 //!
 //! Sizes and activations come from the checkpoint's `config.json`
-//! ([`deradiff_sd::ClipModelConfig`]). Checked against transformers 5 on tiny random models
+//! ([`deradiff_sd::clip::ClipModelConfig`]). Checked against transformers 5 on tiny random models
 //! (`scripts/gen_clip_fixtures.py`): embeddings within 1e-6, preprocessed pixels identical.
 
 mod model;
