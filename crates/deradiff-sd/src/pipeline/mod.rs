@@ -300,9 +300,7 @@ impl StableDiffusion {
     /// scheduler can be built for its steps. [`Self::generate`] does this before encoding.
     pub fn check_request(&self, request: &Request) -> Result<()> {
         self.encoding(request)?;
-        if request.steps == 0 {
-            return Err(Error::request("steps", "is 0: it must be at least 1"));
-        }
+        request.check_steps()?;
         self.latent_shape(request, 1)?;
         self.scheduler(request)?;
         Ok(())

@@ -144,6 +144,14 @@ impl Request {
         Ok(())
     }
 
+    /// At least one step: the one check of the rule, for every entry point that samples.
+    pub(crate) fn check_steps(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::request("steps", "is 0: it must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// [`Request::use_scheduler_config`] with the config read from a `scheduler_config.json`.
     pub fn use_scheduler_config_file(&mut self, path: impl AsRef<Path>) -> deradiff_core::Result<()> {
         self.use_scheduler_config(SchedulerConfig::from_file(path)?)

@@ -55,10 +55,7 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         observer: &mut dyn Observer,
     ) -> Result<SampleOutput> {
-        if request.steps == 0 {
-            return Err(Error::request("steps", "is 0: it must be at least 1"));
-        }
-        encoded.encoding.check_belongs(&self.encoding(request)?)?;
+        self.check_encoded(request, encoded)?;
         let unet = self.weight_space_unet(lambdas)?;
         let guidance_scale = self.guidance_scale(request)?;
         let shape = self.latent_shape(request, encoded.batch())?;
@@ -66,6 +63,13 @@ impl StableDiffusion {
         let guided = Guided::new(&unet, &encoded.embeddings, guidance_scale)?;
         let sampler = Sampler::new(scheduler.as_ref(), vec![&guided as &dyn Denoiser], Realigner::new(vec![1.0])?)?;
         Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
+    }
+
+    /// The checks [`Self::sample`] and [`Self::sample_weight_space`] share: at least one step, and
+    /// `encoded` made from this request (or one that differs only where the encoding does not).
+    fn check_encoded(&self, request: &Request, encoded: &EncodedRequest) -> Result<()> {
+        request.check_steps()?;
+        encoded.encoding.check_belongs(&self.encoding(request)?)
     }
 
     /// One guided denoiser per model (reference first), all sharing `embeddings`: the low-level
@@ -113,10 +117,7 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         observer: &mut dyn Observer,
     ) -> Result<SampleOutput> {
-        if request.steps == 0 {
-            return Err(Error::request("steps", "is 0: it must be at least 1"));
-        }
-        encoded.encoding.check_belongs(&self.encoding(request)?)?;
+        self.check_encoded(request, encoded)?;
         if realigner.num_models() != self.models.len() {
             return Err(Error::InvalidArgument(format!(
                 "StableDiffusion::sample: the realigner weighs {} models but {} UNets are loaded (reference + {} \
