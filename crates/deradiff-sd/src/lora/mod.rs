@@ -12,6 +12,7 @@
 mod extract;
 mod formats;
 mod merge;
+mod peft;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
