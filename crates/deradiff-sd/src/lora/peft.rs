@@ -141,12 +141,7 @@ impl PeftConfig {
     /// Reads the settings from the JSON text of a config whose keys carry `prefix` (`""` for
     /// `adapter_config.json`, `"unet."` for diffusers' metadata, whose other keys are ignored as
     /// diffusers ignores them). `err` makes the error for a bad value.
-    pub(super) fn parse(
-        text: &str,
-        prefix: &str,
-        source: ConfigSource,
-        err: &dyn Fn(String) -> Error,
-    ) -> Result<Self> {
+    pub(super) fn parse(text: &str, prefix: &str, source: ConfigSource, err: &dyn Fn(String) -> Error) -> Result<Self> {
         let top: TopLevel = serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
         if !prefix.is_empty() && !top.fields.keys().any(|k| k.starts_with(prefix)) {
             return Err(err(format!(
@@ -272,8 +267,9 @@ mod tests {
 
     #[test]
     fn patterns_defaults_and_rslora_scale_as_peft_does() {
-        let p = parse(r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"to_k": 4}, "alpha_pattern": {"attn2.to_v": 2}}"#, "")
-            .unwrap();
+        let p =
+            parse(r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"to_k": 4}, "alpha_pattern": {"attn2.to_v": 2}}"#, "")
+                .unwrap();
         assert_eq!(p.scale("a.attn1.to_q"), 2.0);
         assert_eq!(p.scale("a.attn1.to_k"), 4.0);
         assert_eq!(p.scale("a.attn2.to_v"), 0.25);

@@ -266,6 +266,33 @@ pub fn load_checked_file<T>(
     CheckedWeights::open(&[file.to_path_buf()])?.build(dtype, device, None, build)
 }
 
+/// Every tensor of the safetensors `file` (`what` names it), on the CPU in its stored dtype, for
+/// loaders that remap names before building a model (open_clip checkpoints): a path that is not a
+/// file, a file that is not safetensors, a tensor that is not a float, holds a NaN or an
+/// infinity, or has a value that the conversion to `dtype` makes infinite, is an [`Error`]
+/// naming the file (and the tensor).
+pub fn load_tensors_checked(file: &Path, what: &str, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    check_path(file, Kind::File, what, None)?;
+    sniff_safetensors(file)?;
+    // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be truncated by
+    // another process while it is read (the tensors are copied out before this returns).
+    let st = unsafe { MmapedSafetensors::new(file) }.map_err(|e| open_error(file, e))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let stored = view.dtype();
+        if !DType::try_from(stored).is_ok_and(|d| d.is_float()) {
+            return Err(Error::TensorDType { file: file.to_path_buf(), tensor: name, dtype: format!("{stored:?}") });
+        }
+        if let Some(bad) = check_values(stored, view.data(), dtype) {
+            let problem = bad.describe(view.shape().iter().product());
+            return Err(Error::NonFiniteTensor { file: file.to_path_buf(), tensor: name, problem });
+        }
+        let t = st.load(&name, &Device::Cpu).map_err(|e| open_error(file, e))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
 /// An error opening a weight file: a failure to read it is an [`Error::Io`], anything else (not
 /// safetensors, a corrupt header) an [`Error::Weights`].
 fn open_error(file: &Path, mut e: candle_core::Error) -> Error {

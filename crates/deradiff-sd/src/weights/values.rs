@@ -65,11 +65,9 @@ pub(crate) fn check_values(stored: Stored, data: &[u8], target: DType) -> Option
         Stored::F16 => scan::<2>(data, 0x7c00, DType::F16, target),
         Stored::BF16 => scan::<2>(data, 0x7f80, DType::BF16, target),
         // float8 e4m3fn: no infinity; NaN is S.1111.111.
-        Stored::F8_E4M3 => first_byte(data, |b| b & 0x7f == 0x7f).map(|element| BadValue {
-            element,
-            value: f64::NAN,
-            overflows: None,
-        }),
+        Stored::F8_E4M3 => {
+            first_byte(data, |b| b & 0x7f == 0x7f).map(|element| BadValue { element, value: f64::NAN, overflows: None })
+        }
         // float8 e5m2: IEEE-like, exponent 11111 is inf / NaN.
         Stored::F8_E5M2 => first_byte(data, |b| b & 0x7c == 0x7c).map(|element| {
             let b = data[element];
@@ -102,12 +100,7 @@ fn bits<const W: usize>(c: &[u8]) -> u64 {
 /// The scan of an IEEE float type of `W` bytes whose exponent mask is `exp` (the sign bit is the
 /// top bit): the largest `bits & !sign` over each block, compared with the exponent mask (≥ it:
 /// NaN or inf) and with the largest value that survives the conversion to `target`.
-fn scan<const W: usize>(
-    data: &[u8],
-    exp: u64,
-    stored: DType,
-    target: DType,
-) -> Option<BadValue> {
+fn scan<const W: usize>(data: &[u8], exp: u64, stored: DType, target: DType) -> Option<BadValue> {
     let sign = 1u64 << (W * 8 - 1);
     let magnitude = sign - 1;
     // The magnitudes (as bits) from which the conversion overflows; u64::MAX: none does.
