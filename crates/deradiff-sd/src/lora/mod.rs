@@ -158,7 +158,7 @@ impl LoraAdapter {
         if !multiplier.is_finite() {
             return Err(Error::Lora {
                 path: self.source.clone(),
-                message: format!("the multiplier {multiplier} is not finite"),
+                message: format!("the multiplier {multiplier:?} is not finite"),
             });
         }
         if multiplier != 1.0 {
@@ -168,7 +168,7 @@ impl LoraAdapter {
                     return Err(Error::Lora {
                         path: self.source.clone(),
                         message: format!(
-                            "the multiplier {multiplier} makes the up weight of `{}` ({module}) overflow {:?}: give a \
+                            "the multiplier {multiplier:?} makes the up weight of `{}` ({module}) overflow {:?}: give a \
                              smaller multiplier",
                             layer.origin,
                             layer.up.dtype()
