@@ -128,7 +128,14 @@ fn reward_models_with_non_finite_values_are_refused_naming_the_tensor() {
         ),
         (
             "aesthetic: its CLIP's visual projection inf",
-            broken(&root, "aesthetic-clip", "clip/clip-gelu", m, "visual_projection.weight", Edit::Set(0, f64::INFINITY)),
+            broken(
+                &root,
+                "aesthetic-clip",
+                "clip/clip-gelu",
+                m,
+                "visual_projection.weight",
+                Edit::Set(0, f64::INFINITY),
+            ),
             "visual_projection.weight",
             "holds inf",
             aesthetic_clip,

@@ -177,7 +177,13 @@ fn a_model_whose_output_overflows_is_named_with_the_step() {
     let o = LoadOptions::default();
     let separate = LoadOptions { joint_pass: false, ..LoadOptions::default() };
     let cases: Vec<(&str, &Path, &Path, &LoadOptions, String)> = vec![
-        ("aligned UNet", &sd, &huge_aligned, &o, format!("aligned model 1 (the UNet {})", huge_aligned.join(UNET_FILE).display())),
+        (
+            "aligned UNet",
+            &sd,
+            &huge_aligned,
+            &o,
+            format!("aligned model 1 (the UNet {})", huge_aligned.join(UNET_FILE).display()),
+        ),
         (
             "reference UNet",
             &huge_ref,

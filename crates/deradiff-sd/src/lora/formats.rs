@@ -66,8 +66,8 @@ const MAX_HEADER: u64 = 100_000_000;
 const FOLDER_FILES: [&str; 2] = ["adapter_model.safetensors", "pytorch_lora_weights.safetensors"];
 
 /// Whether `path` looks like a LoRA adapter (a file or folder) rather than a full UNet: a folder
-/// with `adapter_config.json`, `adapter_model.safetensors` or `pytorch_lora_weights.safetensors`
-/// (and no UNet `config.json`), or a safetensors file whose tensor names are those of an adapter
+/// with `adapter_config.json`, `adapter_model.safetensors` or `pytorch_lora_weights.safetensors`,
+/// or with subfolders holding them (and no UNet `config.json`), or a safetensors file whose tensor names are those of an adapter
 /// (`lora_…`, `….lora.down.…`, `lora_A`, LyCORIS' `hada_` / `lokr_`, DoRA's magnitudes). Anything
 /// unreadable is "not a LoRA", so that the UNet loader reports it.
 pub fn looks_like_lora(path: &Path) -> bool {
@@ -75,7 +75,9 @@ pub fn looks_like_lora(path: &Path) -> bool {
         if path.join("config.json").is_file() {
             return false;
         }
-        return path.join("adapter_config.json").is_file() || FOLDER_FILES.iter().any(|f| path.join(f).is_file());
+        return path.join("adapter_config.json").is_file()
+            || FOLDER_FILES.iter().any(|f| path.join(f).is_file())
+            || !adapter_subfolders(path).is_empty();
     }
     match header(path) {
         Ok((names, _)) => names.iter().any(|n| is_adapter_name(n)),
