@@ -507,7 +507,7 @@ fn overflowing_models_are_named_and_saturated_samples_are_reported() {
                 "{out}",
                 "-q",
             ]),
-            warns(&["warning: an image of λ = 0, prompt \"p0\" is saturated: 100.0%", "an image of λ = 1,"]),
+            warns(&["warning: an image of λ = 0, prompt \"a cube\" is saturated: 100.0%", "an image of λ = 1,"]),
         ),
         ("sample: an ordinary image warns of nothing", sample(&sd, &a, &[]), Want::Succeeds),
     ];
