@@ -10,7 +10,9 @@
 //!
 //! DoRA, LoHa, LoKr, LoCon's CP decomposition (`lora_mid`), text-encoder adapters and any key that
 //! is none of the above are refused with an error that names the key: an adapter is never
-//! applied in part.
+//! applied in part. The peft settings are read as peft reads them (`super::peft`), and what peft
+//! or diffusers refuse — ranks the settings do not declare, two sources of one alpha, peft keys
+//! without their config, two adapters in one folder — is refused here too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

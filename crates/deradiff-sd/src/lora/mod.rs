@@ -101,7 +101,13 @@ impl LoraAdapter {
     ///
     /// Errors ([`Error::Lora`], naming the key as the file spells it): DoRA, LoHa, LoKr and other
     /// LyCORIS kinds, text-encoder adapters, unknown keys, layers this UNet lacks, a `down`
-    /// without its `up`, shapes that do not fit. An adapter is never applied in part.
+    /// without its `up`, shapes that do not fit; what peft or diffusers refuse — a rank the peft
+    /// config or the header's `lora_adapter_metadata` does not declare (read as peft reads a
+    /// `LoraConfig`: `r` and `lora_alpha` default to 8, pattern keys are regular expressions
+    /// taken in the file's order), kohya alphas beside that metadata, peft keys without their
+    /// `adapter_config.json` — and a folder holding two adapters. A NaN or infinite value, or
+    /// one the UNet's dtype makes infinite, is an [`Error::NonFiniteTensor`] naming the tensor.
+    /// An adapter is never applied in part.
     pub fn load(path: impl AsRef<Path>, unet: &Unet) -> Result<Self> {
         formats::load(path.as_ref(), unet)
     }
