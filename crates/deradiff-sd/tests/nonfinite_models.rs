@@ -293,3 +293,70 @@ fn a_unet_file_whose_header_length_starts_like_a_pickle_loads() {
     let (ya, yb) = (a.forward(&x, 500.0, &ctx).unwrap(), b.forward(&x, 500.0, &ctx).unwrap());
     assert_eq!(max_abs_diff(&ya, &yb), 0.0);
 }
+
+#[test]
+fn a_malformed_safetensors_header_names_the_tensor() {
+    let root = scratch("nonfinite-malformed");
+    let unet_file = tiny_aligned().join(UNET_FILE);
+    let lora_file = fixtures().join("lora/sd-diffusers.safetensors");
+    let conv_in = "conv_in.weight";
+    let lora_up = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight";
+    type HeaderEdit = Box<dyn Fn(&mut serde_json::Map<String, serde_json::Value>)>;
+    let set = |tensor: &'static str, field: &'static str, value: serde_json::Value| -> HeaderEdit {
+        Box::new(move |h| {
+            h[tensor][field] = value.clone();
+        })
+    };
+    let cases: Vec<(&str, &Path, HeaderEdit, usize, &str, &str)> = vec![
+        (
+            "UNet: a shape that its bytes do not hold",
+            &unet_file,
+            set(conv_in, "shape", serde_json::json!([32, 4, 3, 4])),
+            0,
+            conv_in,
+            "bytes, but shape [32, 4, 3, 4] of F16 needs",
+        ),
+        (
+            "UNet: an unknown dtype",
+            &unet_file,
+            set(conv_in, "dtype", "F12".into()),
+            0,
+            conv_in,
+            "unknown dtype \"F12\"",
+        ),
+        ("UNet: truncated", &unet_file, Box::new(|_| {}), 64, "", "reach past the end of the data"),
+        (
+            "UNet: offsets that overlap",
+            &unet_file,
+            set(conv_in, "data_offsets", serde_json::json!([0, 2304])),
+            0,
+            "",
+            "overlaps",
+        ),
+        (
+            "LoRA: a shape that its bytes do not hold",
+            &lora_file,
+            set(lora_up, "shape", serde_json::json!([32, 5])),
+            0,
+            lora_up,
+            "of F32 needs 640",
+        ),
+        ("LoRA: truncated", &lora_file, Box::new(|_| {}), 16, "", "the file is truncated"),
+    ];
+    let unet = Unet::load(tiny_sd().join("unet"), None, DType::F32, &Device::Cpu).unwrap();
+    for (i, (case, from, edit, cut, tensor, what)) in cases.iter().enumerate() {
+        let d = root.join(format!("c{i}"));
+        copy_tree(&tiny_aligned(), &d);
+        let file = d.join(if *from == unet_file { UNET_FILE } else { "lora.safetensors" });
+        common::edit::edit_header(from, &file, edit, *cut);
+        let before = Snapshot::of(&[&root]);
+        let e = if *from == unet_file {
+            Unet::load(&d, None, DType::F32, &Device::Cpu).unwrap_err()
+        } else {
+            deradiff_sd::lora::LoraAdapter::load(&file, &unet).unwrap_err()
+        };
+        before.assert_unchanged(&[&root], case);
+        let ok = matches!(&e, Error::Weights { file: f, .. } | Error::Lora { path: f, .. } if f == &file);
+        expect(case, &e, ok, &[tensor, what]);
+    }
+}

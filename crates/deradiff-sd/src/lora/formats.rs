@@ -27,7 +27,7 @@ use super::{LoraAdapter, LoraLayer};
 use crate::error::{Error, Result};
 use crate::fs::{check_path, probe_path, read_text, Kind};
 use crate::unet::Unet;
-use crate::weights::{check_values, sniff_safetensors};
+use crate::weights::{check_values, header_problem, sniff_safetensors};
 
 /// The layout a LoRA file was written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -382,7 +382,10 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
     let lpb = unet.arch().layers_per_block;
     // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be truncated by
     // another process while it is read (the tensors are copied out before this returns).
-    let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| lora_err(format!("cannot map the file: {e}")))?;
+    let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| match header_problem(weights) {
+        Some(problem) => lora_err(format!("{} is not valid safetensors ({e}): {problem}", weights.display())),
+        None => lora_err(format!("cannot map the file: {e}")),
+    })?;
     let (dtype, device) = (unet.dtype(), unet.device());
     // Each tensor: a float, every value finite and finite in `target` (one pass over its bytes).
     let load_tensor = |key: &str, target: DType| -> Result<Tensor> {

@@ -14,8 +14,10 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::fs::{check_path, probe_path, read_text, Kind};
 
+mod header;
 mod values;
 
+pub(crate) use header::header_problem;
 pub(crate) use values::check_values;
 
 /// The safetensors file(s) of one model component, in the order they are read.
@@ -300,7 +302,14 @@ fn open_error(file: &Path, mut e: candle_core::Error) -> Error {
         e = match e {
             candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => *inner,
             candle_core::Error::Io(io) => return Error::io("read", file, io),
-            other => return Error::Weights { file: file.to_path_buf(), message: other.to_string() },
+            other => {
+                // The safetensors crate's message may name no tensor: find the entry at fault.
+                let message = match header_problem(file) {
+                    Some(problem) => format!("{other}: {problem}"),
+                    None => other.to_string(),
+                };
+                return Error::Weights { file: file.to_path_buf(), message };
+            }
         }
     }
 }

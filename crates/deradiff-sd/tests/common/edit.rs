@@ -128,6 +128,25 @@ pub fn pad_header(from: &Path, to: &Path, header_len: u64) {
     std::fs::write(to, out).unwrap();
 }
 
+/// Copies `from` to `to` with its JSON header changed by `edit` (the data bytes kept, minus
+/// `drop_tail` bytes cut from the end of the file).
+pub fn edit_header(
+    from: &Path,
+    to: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    drop_tail: usize,
+) {
+    let bytes = std::fs::read(from).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..bytes.len() - drop_tail]);
+    std::fs::write(to, out).unwrap();
+}
+
 /// The names of a safetensors file's tensors, sorted.
 pub fn tensor_names(path: &Path) -> Vec<String> {
     let bytes = std::fs::read(path).unwrap();
