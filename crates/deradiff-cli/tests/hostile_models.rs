@@ -355,8 +355,28 @@ fn non_finite_weights_are_errors_naming_file_and_tensor() {
         v.extend(args(&["--out", "{out}/lora.safetensors", "-q"]));
         v
     };
+    let bad_shape = t.input("bad-shape");
+    copy_tree(&aligned_dir, &bad_shape);
+    edit::edit_header(
+        &aligned_dir.join(UNET),
+        &bad_shape.join(UNET),
+        |h| h["conv_in.weight"]["shape"] = serde_json::json!([32, 4, 3, 4]),
+        0,
+    );
+    let truncated = t.input("truncated.safetensors");
+    edit::edit_header(&lora.join("sd-diffusers.safetensors"), &truncated, |_| {}, 16);
     let a = s(&aligned_dir);
     let cases = vec![
+        (
+            "sample: aligned UNet whose header misstates a shape",
+            sample(&sd, &s(&bad_shape), &[]),
+            error(&["tensor `conv_in.weight`: its data_offsets", "but shape [32, 4, 3, 4] of F16 needs"]),
+        ),
+        (
+            "sample: a truncated LoRA",
+            sample(&sd, &s(&truncated), &[]),
+            error(&["reach past the end of the data", "the file is truncated"]),
+        ),
         (
             "sample: LoRA NaN (kohya, f16)",
             sample(&sd, &s(&kohya_nan), &[]),

@@ -356,6 +356,7 @@ fn a_malformed_safetensors_header_names_the_tensor() {
             deradiff_sd::lora::LoraAdapter::load(&file, &unet).unwrap_err()
         };
         before.assert_unchanged(&[&root], case);
+        println!("{case}: {e}");
         let ok = matches!(&e, Error::Weights { file: f, .. } | Error::Lora { path: f, .. } if f == &file);
         expect(case, &e, ok, &[tensor, what]);
     }
