@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SD=../crates/deradiff-sd/tests/fixtures
 TUNE=../crates/deradiff-tune/tests/fixtures
-mkdir -p corpus/{weights,configs,tokenizer,results}
+mkdir -p corpus/{weights,configs,tokenizer,results,lora}
 cp -r seeds/* corpus/
 
 # weights: every safetensors file of the fixtures (models up to 1.6 MB; run with -max_len=2000000).
@@ -32,5 +32,25 @@ join corpus/tokenizer/fixture-tokenizer-json "$SD/tokenizer-json/tokenizer.json"
 IR="$TUNE/image_reward"
 join corpus/tokenizer/fixture-bert-tokenizer-json "$IR/tokenizer.json"
 join corpus/tokenizer/fixture-bert-vocab "$IR/vocab.txt" /dev/null /dev/null /dev/null
-ls corpus/* | head -0
-for t in weights configs tokenizer results; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done
+# lora: every LoRA file and peft folder of the fixtures, framed as the target reads a folder
+# (layout byte, u16 config length, adapter_config.json, weights).
+mkdir -p corpus/lora
+python3 - "$SD/lora" corpus/lora <<'PY'
+import os, struct, sys
+src, out = sys.argv[1], sys.argv[2]
+def seed(name, layout, config, weights):
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(bytes([layout]) + struct.pack("<H", len(config)) + config + weights)
+for root, _, files in os.walk(src):
+    for f in files:
+        if not f.endswith(".safetensors") or f == "reference.safetensors":
+            continue
+        weights = open(os.path.join(root, f), "rb").read()
+        cfg = os.path.join(root, "adapter_config.json")
+        name = os.path.relpath(os.path.join(root, f), src).replace("/", "_")
+        if os.path.exists(cfg):
+            seed(name, 1, open(cfg, "rb").read(), weights)
+        else:
+            seed(name, 2, b"", weights)
+PY
+for t in weights configs tokenizer results lora; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done

@@ -186,13 +186,36 @@ pub enum Error {
         element: usize,
     },
 
-    /// A latent became NaN or infinite during sampling.
-    #[error("the latent became non-finite at step {step} (timestep {timestep}); the sampling run was stopped")]
+    /// A latent became NaN or infinite during sampling while every model's output was finite:
+    /// the fusion's weights extrapolate too far (a λ far outside `[0, 1]`).
+    #[error(
+        "the latent became non-finite at step {step} (timestep {timestep}) although every model's output was \
+         finite: the realignment weights {weights:?} extrapolate too far (a λ far outside [0, 1]); the sampling run \
+         was stopped"
+    )]
     NonFiniteLatent {
         /// The inference step that produced it.
         step: usize,
         /// The training timestep of that step.
         timestep: f64,
+        /// The models' weights at that step (reference first).
+        weights: Vec<f64>,
+    },
+
+    /// One model's output (a [`crate::Denoiser`]'s prediction) became NaN or infinite during
+    /// sampling, before any fusion. Callers that know the models by name (deradiff-sd's
+    /// pipeline) name it.
+    #[error(
+        "the output of model {model} (0 is the reference, then the aligned models in weight order) became \
+         non-finite at step {step} (timestep {timestep}): that model overflowed; the sampling run was stopped"
+    )]
+    NonFiniteModelOutput {
+        /// The inference step.
+        step: usize,
+        /// The training timestep of that step.
+        timestep: f64,
+        /// The model's index among the sampler's denoisers.
+        model: usize,
     },
 
     /// No models were given where at least one is needed.

@@ -221,8 +221,11 @@ impl<'a> Sampler<'a> {
             let x_in = sched.scale_model_input(&x, step)?;
             posteriors.clear();
             outputs.clear();
-            for denoiser in &self.denoisers {
+            for (model, denoiser) in self.denoisers.iter().enumerate() {
                 let out = denoiser.predict(&x_in, timestep)?;
+                if !is_finite(&out)? {
+                    return Err(Error::NonFiniteModelOutput { step, timestep, model });
+                }
                 posteriors.push(sched.posterior(&x, &out, step)?);
                 outputs.push(out);
             }
@@ -231,7 +234,7 @@ impl<'a> Sampler<'a> {
             let z = noise.standard_normal(x.shape(), x.dtype(), x.device())?;
             x = fused.sample_with(&z)?;
             if !is_finite(&x)? {
-                return Err(Error::NonFiniteLatent { step, timestep });
+                return Err(Error::NonFiniteLatent { step, timestep, weights: weights.to_vec() });
             }
             let event = StepEvent {
                 step,

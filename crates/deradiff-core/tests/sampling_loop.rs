@@ -181,22 +181,33 @@ fn observer_sees_every_step_and_can_stop() {
 }
 
 #[test]
-fn non_finite_latent_stops_with_the_step() {
+fn non_finite_model_output_stops_naming_the_step_and_the_model() {
     let bad =
         FnDenoiser(|x: &Tensor, t: f64| if t < 500.0 { Ok(x.affine(f64::NAN, 0.0)?) } else { Ok(x.zeros_like()?) });
     let good = Toy { gain: 0.1 };
     let s = SchedulerKind::Ddim { eta: 0.0 }.build(&SchedulerConfig::stable_diffusion_v1_5(), 10).unwrap();
     let first_bad = s.timesteps().iter().position(|&t| t < 500.0).unwrap();
     match run(s.as_ref(), vec![&bad], Realigner::new(vec![1.0]).unwrap(), 0) {
-        Err(Error::NonFiniteLatent { step, timestep }) => {
+        Err(e @ Error::NonFiniteModelOutput { step, timestep, model: 0 }) => {
             assert_eq!(step, first_bad);
             assert_eq!(timestep, s.timesteps()[first_bad]);
+            assert!(e.to_string().contains("the output of model 0"), "{e}");
         }
-        other => panic!("expected NonFiniteLatent, got {other:?}"),
+        other => panic!("expected NonFiniteModelOutput, got {other:?}"),
     }
+    // The aligned model is the culprit, before any fusion (which would only see a NaN mean).
     match run(s.as_ref(), vec![&good, &bad], Realigner::two_model(0.5).unwrap(), 0) {
-        Err(Error::NonFiniteFusion { step, .. }) => assert_eq!(step, first_bad),
-        other => panic!("expected NonFiniteFusion, got {other:?}"),
+        Err(Error::NonFiniteModelOutput { step, model: 1, .. }) => assert_eq!(step, first_bad),
+        other => panic!("expected NonFiniteModelOutput of model 1, got {other:?}"),
+    }
+    // Finite outputs and weights that extrapolate far: the fusion (or the latent, naming the
+    // weights) is blamed, never a model.
+    let other = Toy { gain: -0.7 };
+    match run(s.as_ref(), vec![&good, &other], Realigner::two_model(1e30).unwrap(), 0) {
+        Err(e @ Error::NonFiniteModelOutput { .. }) => panic!("a model was blamed: {e}"),
+        Err(e @ Error::NonFiniteLatent { .. }) => assert!(e.to_string().contains("1e30"), "{e}"),
+        Err(_) => {}
+        Ok(_) => panic!("λ = 1e30 sampled"),
     }
 }
 

@@ -178,6 +178,35 @@ pub enum Error {
         dtype: String,
     },
 
+    /// A weight tensor holding a NaN or an infinity, or a value that the conversion to the model's
+    /// dtype makes infinite (65520 in f16, say): it would make every output NaN. Checked in one
+    /// pass over each tensor as it is loaded (UNets, VAEs, text encoders, LoRA adapters, the
+    /// reward models).
+    #[error("{file}: tensor `{tensor}` {problem}")]
+    NonFiniteTensor {
+        /// The weight file holding the tensor.
+        file: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The value, where it is, and what to do ("holds NaN at element 3 of 64: …").
+        problem: String,
+    },
+
+    /// A model's output became NaN or infinite: the reference UNet, an aligned UNet, the reference
+    /// with a LoRA adapter, the weight-space model, or the VAE decoder, named with the step (or
+    /// the image) where it happened. Its weights are finite (they are checked at load), so its
+    /// activations overflowed.
+    #[error(
+        "the output of {model} became non-finite {at}: its activations overflow (weights, a LoRA multiplier or the \
+         realignment weights far too large; in f16, try f32); the run was stopped"
+    )]
+    NonFiniteOutput {
+        /// The model, in words, with its file or folder.
+        model: String,
+        /// Where: "at step 3 (timestep 981)", "in image 1 of 2".
+        at: String,
+    },
+
     /// The reference and an aligned model do not have the same architecture, or the text encoder
     /// does not fit the UNet, or conditioning made for one kind of model (SDXL's added
     /// conditioning, an SDXL pipeline's encoding) was given to another.

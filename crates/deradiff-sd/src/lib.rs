@@ -113,4 +113,4 @@ pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
 pub use vae::Vae;
-pub use weights::{load_checked, load_checked_file, sniff_safetensors};
+pub use weights::{load_checked, load_checked_file, load_tensors_checked, sniff_safetensors};

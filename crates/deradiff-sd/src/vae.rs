@@ -4,7 +4,7 @@
 //! Every decode method but [`Vae::decode_unscaled`] takes latents as the sampler produces them
 //! (the VAE's latents × `scaling_factor`) and divides by `scaling_factor` itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
@@ -22,6 +22,8 @@ pub struct Vae {
     config: VaeConfig,
     dtype: DType,
     device: Device,
+    /// The folder it was loaded from (named when its output is not finite).
+    source: PathBuf,
 }
 
 impl std::fmt::Debug for Vae {
@@ -45,7 +47,7 @@ impl Vae {
         let weights = CheckedWeights::open(&files)?;
         let (in_c, out_c) = (config.in_channels, config.out_channels);
         let model = weights.build(dtype, device, None, |vb| AutoEncoderKL::new(vb, in_c, out_c, arch))?;
-        Ok(Self { model, config, dtype, device: device.clone() })
+        Ok(Self { model, config, dtype, device: device.clone(), source: dir.to_path_buf() })
     }
 
     /// The config.
@@ -132,15 +134,58 @@ impl Vae {
     /// the decoder's output for `latents / scaling_factor`, then diffusers' post-processing
     /// `clamp(x / 2 + 1/2, 0, 1)` (its `output_type="pt"`). [`Self::decode`] is the same image
     /// rounded to 8 bits.
+    ///
+    /// A decoded value that is not finite is an [`Error::NonFiniteOutput`] naming the VAE and the
+    /// image (never a black pixel).
     pub fn decode_f32(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(self.decode_f32_with_saturation(latents)?.0)
+    }
+
+    /// [`Self::decode_f32`] and, per image, its saturation: the fraction of its pixels that the
+    /// clamp to `[0, 1]` changes (a pixel is clipped when one of its channels lies outside
+    /// `[-1, 1]` as decoded). Near 1 the image is black, white or pure colours everywhere: the
+    /// latents are far outside what the VAE was trained on (a λ or weights extrapolating far;
+    /// see [`Self::SATURATED`]).
+    pub fn decode_f32_with_saturation(&self, latents: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         let raw = self.decode_unscaled(&self.unscale(latents)?)?;
-        Ok(raw.affine(0.5, 0.5)?.clamp(0f32, 1f32)?)
+        let saturation = self.saturation(&raw)?;
+        Ok((raw.affine(0.5, 0.5)?.clamp(0f32, 1f32)?, saturation))
     }
 
     /// 8-bit RGB images from latents as the sampler produces them: the decoder's output for
     /// `latents / scaling_factor`, then diffusers' post-processing (see
-    /// [`RgbImage::from_tensor`]).
+    /// [`RgbImage::from_tensor`]). A decoded value that is not finite is an
+    /// [`Error::NonFiniteOutput`].
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        RgbImage::from_tensor(&self.decode_unscaled(&self.unscale(latents)?)?)
+        Ok(self.decode_with_saturation(latents)?.0)
+    }
+
+    /// [`Self::decode`] and each image's saturation (as [`Self::decode_f32_with_saturation`]).
+    pub fn decode_with_saturation(&self, latents: &Tensor) -> Result<(Vec<RgbImage>, Vec<f64>)> {
+        let raw = self.decode_unscaled(&self.unscale(latents)?)?;
+        let saturation = self.saturation(&raw)?;
+        Ok((RgbImage::from_tensor(&raw)?, saturation))
+    }
+
+    /// A saturation from which an image is reported as saturated (deradiff sample and sweeps
+    /// warn): 0.9, nine pixels in ten clipped. A natural image clips few pixels (its darkest and
+    /// brightest areas); a λ far outside `[0, 1]` clips nearly all of them.
+    pub const SATURATED: f64 = 0.9;
+
+    /// Per image of a raw decoded batch `[B, 3, H, W]` (as [`Self::decode_unscaled`] gives it):
+    /// its saturation, the fraction of pixels with a channel outside `[-1, 1]`; an
+    /// [`Error::NonFiniteOutput`] naming the VAE and the image if a value is not finite.
+    pub fn saturation(&self, raw: &Tensor) -> Result<Vec<f64>> {
+        let b = raw.dims().first().copied().unwrap_or(0);
+        // Σ 0·x per image: 0 when every value is finite, NaN otherwise.
+        let probe = raw.affine(0.0, 0.0)?.to_dtype(DType::F64)?.flatten_from(1)?.sum(1)?.to_vec1::<f64>()?;
+        if let Some(i) = probe.iter().position(|p| *p != 0.0) {
+            return Err(Error::NonFiniteOutput {
+                model: format!("the VAE decoder ({})", self.source.display()),
+                at: format!("in image {} of {b}", i + 1),
+            });
+        }
+        let clipped = raw.abs()?.gt(1.0)?.max_keepdim(1)?.to_dtype(DType::F64)?;
+        Ok(clipped.flatten_from(1)?.mean(1)?.to_vec1::<f64>()?)
     }
 }

@@ -293,7 +293,7 @@ fn unknown_keys_bad_shapes_and_bad_values_are_errors_naming_the_key() {
                 (kq("lora_up.weight"), up.clone()),
                 (kq("alpha"), Tensor::new(&[f32::NAN], &Device::Cpu).unwrap()),
             ],
-            "must be one finite number",
+            "holds NaN at element 0 of 1",
         ),
         (
             "int.safetensors",
@@ -343,7 +343,7 @@ fn unknown_keys_bad_shapes_and_bad_values_are_errors_naming_the_key() {
     for (config, want) in [
         (r#"{"peft_type": "LOHA", "r": 4}"#, "peft_type is \"LOHA\""),
         (r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 2, "use_dora": true}"#, "use_dora"),
-        (r#"{"peft_type": "LORA", "r": 0, "lora_alpha": 2}"#, "`r` must be positive"),
+        (r#"{"peft_type": "LORA", "r": 0, "lora_alpha": 2}"#, "`r` is 0; a rank must be a positive whole number"),
         (r#"{"peft_type": "LORA", "r": 4, "lora_alpha": "two"}"#, "lora_alpha"),
         ("not json", "adapter_config.json"),
     ] {

@@ -184,8 +184,11 @@ impl<'a> BatchedSampler<'a> {
             let timestep = sched.timestep(step)?;
             let x_in = sched.scale_model_input(&x, step)?;
             posteriors.clear();
-            for denoiser in &self.denoisers {
+            for (model, denoiser) in self.denoisers.iter().enumerate() {
                 let out = denoiser.predict(&x_in, timestep)?;
+                if !is_finite(&out)? {
+                    return Err(deradiff_core::Error::NonFiniteModelOutput { step, timestep, model }.into());
+                }
                 posteriors.push(sched.posterior(&x, &out, step)?);
             }
             // One draw per stream, shared by its groups (its λ values).
@@ -202,7 +205,8 @@ impl<'a> BatchedSampler<'a> {
                 let fused = realigner.fuse(&group_posts, step)?;
                 let xg = fused.sample_with(&z[*stream])?;
                 if !is_finite(&xg)? {
-                    return Err(deradiff_core::Error::NonFiniteLatent { step, timestep }.into());
+                    let weights = realigner.weights(step)?.to_vec();
+                    return Err(deradiff_core::Error::NonFiniteLatent { step, timestep, weights }.into());
                 }
                 next.push(xg);
             }

@@ -57,6 +57,19 @@ pub enum Error {
     #[error("invalid budget: {0}")]
     InvalidBudget(String),
 
+    /// A model's output became NaN or infinite during a sweep, named by its [`crate::SweepModel`]
+    /// ([`crate::SweepModel::describe_model`]).
+    #[error(
+        "the output of {model} became non-finite {at}: its activations overflow (weights, a LoRA multiplier or λ \
+         far too large; in f16, try f32); the sweep was stopped"
+    )]
+    NonFiniteOutput {
+        /// The model, in words, with its file or folder.
+        model: String,
+        /// Where ("at step 3 (timestep 981) of λ = …").
+        at: String,
+    },
+
     /// A reward (or an objective) gave NaN or ±∞.
     #[error("the reward {reward:?} is {value} for {context}; rewards must be finite numbers")]
     NonFiniteReward {

@@ -146,6 +146,21 @@ pub trait SweepModel {
         Ok(latents.clone())
     }
 
+    /// [`SweepModel::decode`] and, per sample, the saturation of its image: the fraction of its
+    /// pixels that the decoder's clamp changes (`None`, the default, where that means nothing).
+    /// A sweep records the largest of a row's samples in [`crate::SweepRow::saturation`].
+    fn decode_with_saturation(&self, latents: &Tensor) -> Result<(Tensor, Option<Vec<f64>>)> {
+        Ok((self.decode(latents)?, None))
+    }
+
+    /// Denoiser `index` (of [`SweepModel::denoisers`], or the one of
+    /// [`SweepModel::weight_space_denoiser`] when `weight_space`) in words, with its file, for
+    /// an error about its output; `None` (the default) leaves the index in the error.
+    fn describe_model(&self, index: usize, weight_space: bool) -> Option<String> {
+        let _ = (index, weight_space);
+        None
+    }
+
     /// A one-line description of the model, scheduler and steps; a results file records it and
     /// refuses to be resumed by a sweep with a different one.
     fn describe(&self) -> String;

@@ -102,6 +102,12 @@ pub struct SweepRow {
     pub samples: usize,
     /// One summary per reward, in the sweep's reward order.
     pub rewards: Vec<RewardSummary>,
+    /// The largest saturation of the row's images: the fraction of an image's pixels that the
+    /// decoder's clamp changed (near 1: black, white or pure colours everywhere, as a λ far
+    /// outside `[0, 1]` gives). Absent where the model has no images (the analytic testbed) and
+    /// in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<f64>,
 }
 
 impl SweepRow {

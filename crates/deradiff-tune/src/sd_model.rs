@@ -352,12 +352,27 @@ impl SweepModel for SdModel {
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(self.decode_with_saturation(latents)?.0)
+    }
+
+    /// The decoded images (clamped to `[-1, 1]`, as diffusers' post-processing does before
+    /// images are scored) and each one's saturation ([`deradiff_sd::Vae::saturation`]); a value
+    /// that is not finite is an error naming the VAE.
+    fn decode_with_saturation(&self, latents: &Tensor) -> Result<(Tensor, Option<Vec<f64>>)> {
         let vae = self.sd.vae();
-        let decode = || -> deradiff_sd::Result<Tensor> {
-            // diffusers' post-processing clamps to [-1, 1] before images are scored.
-            Ok(vae.decode_unscaled(&vae.unscale(latents)?)?.clamp(-1.0, 1.0)?)
-        };
-        Ok(decode()?)
+        let raw = vae.decode_unscaled(&vae.unscale(latents)?)?;
+        let saturation = vae.saturation(&raw)?;
+        Ok((raw.clamp(-1.0, 1.0)?, Some(saturation)))
+    }
+
+    fn describe_model(&self, index: usize, weight_space: bool) -> Option<String> {
+        Some(match (weight_space, self.sd.lora_adapters().first()) {
+            (true, Some(adapter)) => format!(
+                "the weight-space model (the reference UNet with the LoRA adapter {} at each group's λ)",
+                adapter.source().display()
+            ),
+            _ => self.sd.describe_model(index),
+        })
     }
 
     fn describe(&self) -> String {

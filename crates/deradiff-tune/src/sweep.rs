@@ -351,6 +351,7 @@ pub(crate) fn compute_rows(
         let group_lambdas: Vec<f64> = batch.iter().map(|&(_, l)| l).collect();
         // Weight space: one model per group, merged at its λ; else the posteriors fused at λ.
         let weight_space = model.weight_space_denoiser(&batch_prompts, &group_streams, &group_lambdas, samples)?;
+        let merged = weight_space.is_some();
         let (denoisers, realigners) = match weight_space {
             Some(one) => (vec![one], vec![Realigner::new(vec![1.0])?; chunk]),
             None => {
@@ -378,12 +379,15 @@ pub(crate) fn compute_rows(
                 num_steps: s.num_steps,
             })
         };
-        let latents = sampler.run_streams(&groups, shape.as_slice(), dtype, &device, &mut noises, &mut progress)?;
+        let latents = sampler
+            .run_streams(&groups, shape.as_slice(), dtype, &device, &mut noises, &mut progress)
+            .map_err(|e| name_model(e, model, merged, &group_lambdas))?;
         for (&(pi, lambda), latent) in batch.iter().zip(&latents) {
             let prompt = &prompts[pi];
             let text: Vec<&str> = vec![prompt.text.as_deref().unwrap_or(""); samples];
             let prompt_texts = prompt.text.as_ref().map(|_| text.as_slice());
-            let decoded = model.decode(latent)?;
+            let (decoded, saturation) = model.decode_with_saturation(latent)?;
+            let saturation = saturation.and_then(|s| s.into_iter().reduce(f64::max));
             let mut summaries = Vec::with_capacity(rewards.len());
             for reward in rewards {
                 let context = format!("λ = {lambda}, prompt {:?}", prompt.id);
@@ -397,11 +401,28 @@ pub(crate) fn compute_rows(
                 seed: prompt.seed,
                 samples,
                 rewards: summaries,
+                saturation,
             };
             on_row(row, observer)?;
         }
     }
     Ok(())
+}
+
+/// A model's non-finite output as [`Error::NonFiniteOutput`] when `model` can name it.
+fn name_model(e: Error, model: &dyn SweepModel, weight_space: bool, lambdas: &[f64]) -> Error {
+    match e {
+        Error::Core(deradiff_core::Error::NonFiniteModelOutput { step, timestep, model: index }) => {
+            match model.describe_model(index, weight_space) {
+                Some(name) => Error::NonFiniteOutput {
+                    model: name,
+                    at: format!("at step {step} (timestep {timestep}) of the batch of λ = {lambdas:?}"),
+                },
+                None => Error::Core(deradiff_core::Error::NonFiniteModelOutput { step, timestep, model: index }),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Runs a sweep (see the module docs): every (λ, prompt) of `config` not yet in its output file

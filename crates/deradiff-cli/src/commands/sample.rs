@@ -11,7 +11,7 @@ mod size;
 use std::path::{Path, PathBuf};
 
 use deradiff_core::{Flow, SchedulerKind, SeededNoise, StepEvent};
-use deradiff_sd::{EncodedRequest, LoadOptions, Request, RgbImage, StableDiffusion};
+use deradiff_sd::{EncodedRequest, LoadOptions, Request, RgbImage, StableDiffusion, Vae};
 
 use self::output::{check_writable, resolve_out, Writer};
 use self::size::{parse_image_size, Micro, MicroArgs};
@@ -210,7 +210,24 @@ fn sample_setting(args: &SampleArgs, loaded: &Loaded, setting: &Setting) -> Resu
     }
     .with_context(|| format!("sampling {width}x{height} images with {} failed", setting.label))?;
     bar.finish_and_clear();
-    sd.decode(&sampled.latent).with_context(|| format!("cannot decode the image of {}", setting.label))
+    let (images, saturation) = sd
+        .decode_with_saturation(&sampled.latent)
+        .with_context(|| format!("cannot decode the image of {}", setting.label))?;
+    for (i, s) in saturation.iter().enumerate().filter(|(_, s)| **s >= Vae::SATURATED) {
+        let which = if saturation.len() > 1 { format!(" (prompt {})", i + 1) } else { String::new() };
+        eprintln!("{}", saturation_warning(&format!("the image of {}{which}", setting.label), *s));
+    }
+    Ok(images)
+}
+
+/// The warning for a saturated image: what was measured and what to change.
+pub(crate) fn saturation_warning(what: &str, saturation: f64) -> String {
+    format!(
+        "warning: {what} is saturated: {:.1}% of its pixels are clipped to black, white or a pure colour (the \
+         realignment weights or the models' weights extrapolate far outside what the VAE decodes; try a λ nearer \
+         [0, 1])",
+        100.0 * saturation
+    )
 }
 
 /// Runs `deradiff sample`.

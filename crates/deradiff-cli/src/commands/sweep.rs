@@ -72,7 +72,13 @@ fn sweep(quiet: bool, built: &Built, rewards: &[&dyn Reward], config: &SweepConf
     progress.set_length(config.total() as u64);
     let mut observer = |e: &SweepEvent<'_>| {
         match e {
-            SweepEvent::Row { done, .. } => progress.set_position(*done as u64),
+            SweepEvent::Row { row, done, .. } => {
+                progress.set_position(*done as u64);
+                if let Some(s) = row.saturation.filter(|s| *s >= deradiff_sd::Vae::SATURATED) {
+                    let what = format!("an image of λ = {}, prompt {:?}", row.lambda, row.prompt);
+                    progress.suspend(|| eprintln!("{}", crate::commands::sample::saturation_warning(&what, s)));
+                }
+            }
             SweepEvent::Step { step, num_steps, lambdas, .. } => {
                 progress.set_message(format!("{} λ, step {}/{num_steps}", lambdas.len(), step + 1))
             }

@@ -23,8 +23,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use deradiff_sd::clip::{ClipActivation, ClipModelConfig, ClipTextConfig, ClipVisionConfig};
-use deradiff_sd::fs::{check_path, read_text, Kind};
-use deradiff_sd::sniff_safetensors;
+use deradiff_sd::fs::read_text;
+use deradiff_sd::load_tensors_checked;
 use deradiff_sd::{Error, Result};
 use serde_json::Value;
 
@@ -275,10 +275,7 @@ impl ClipModel {
         device: &Device,
     ) -> Result<Self> {
         let file = weights.as_ref();
-        check_path(file, Kind::File, "open_clip weights", None)?;
-        sniff_safetensors(file)?;
-        let sd = candle_core::safetensors::load(file, &Device::Cpu)
-            .map_err(|e| Error::Weights { file: file.to_path_buf(), message: e.to_string() })?;
+        let sd = load_tensors_checked(file, "open_clip weights", dtype)?;
         let tensors = to_transformers(sd, config, file)?;
         let clip = config.clip_config();
         let vb = VarBuilder::from_tensors(tensors, dtype, device);

@@ -145,6 +145,9 @@ pub fn extract_lora_with_progress(
         let delta = &b - &a;
         let delta_norm = delta.norm();
         let ref_norm = a.norm();
+        if !delta_norm.is_finite() || !ref_norm.is_finite() {
+            return Err(not_finite(path, "the weight difference ‖W_aligned − W_reference‖", delta_norm));
+        }
         let relative_change = if ref_norm > 0.0 { delta_norm / ref_norm } else { delta_norm };
         if delta_norm == 0.0 || relative_change <= options.min_relative_change {
             err2 += delta_norm * delta_norm;
@@ -155,6 +158,9 @@ pub fn extract_lora_with_progress(
         let rank = options.rank.min(out).min(cols);
         let (up, down) = truncated(&delta, rank, options, &mut noise);
         let residual = (&delta - &up * &down).norm();
+        if !residual.is_finite() {
+            return Err(not_finite(path, "the extraction's residual ‖ΔW − up·down‖", residual));
+        }
         err2 += residual * residual;
         total2 += delta_norm * delta_norm;
         parameters += up.len() + down.len();
@@ -182,11 +188,17 @@ pub fn extract_lora_with_progress(
     }
     progress(total, total);
     let total_relative_error = if total2 > 0.0 { (err2 / total2).sqrt() } else { 0.0 };
+    if !total_relative_error.is_finite() {
+        return Err(not_finite("(all layers)", "the total relative error", total_relative_error));
+    }
     let others = aligned.other_parameters()?;
     let mut not_representable = Vec::new();
     for (name, t) in reference.other_parameters()? {
         let differs = match others.get(&name) {
-            Some(o) => (o.to_dtype(DType::F32)? - t.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0,
+            // NaN (a non-finite parameter) counts as a difference, never as none.
+            Some(o) => {
+                !((o.to_dtype(DType::F32)? - t.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? <= 0.0)
+            }
             None => true,
         };
         if differs {
@@ -195,6 +207,14 @@ pub fn extract_lora_with_progress(
     }
     let adapter = LoraAdapter::from_layers(layers, LoraFormat::Diffusers, aligned.source());
     Ok((adapter, ExtractReport { layers: reports, unchanged, not_representable, total_relative_error, parameters }))
+}
+
+/// A quantity of the extraction that is not finite: an error, never a reported error of 0 or NaN.
+fn not_finite(path: &str, what: &str, value: f64) -> Error {
+    Error::InvalidArgument(format!(
+        "extract_lora: {what} of `{path}` is {value}, not finite: the two UNets' weights are too large to subtract \
+         in f64, or not finite; nothing was extracted"
+    ))
 }
 
 fn to_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<DMatrix<f64>> {

@@ -10,7 +10,9 @@
 //!
 //! DoRA, LoHa, LoKr, LoCon's CP decomposition (`lora_mid`), text-encoder adapters and any key that
 //! is none of the above are refused with an error that names the key: an adapter is never
-//! applied in part.
+//! applied in part. The peft settings are read as peft reads them (`super::peft`), and what peft
+//! or diffusers refuse — ranks the settings do not declare, two sources of one alpha, peft keys
+//! without their config, two adapters in one folder — is refused here too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,11 +22,12 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Tensor};
 
+use super::peft::{ConfigSource, PeftConfig};
 use super::{LoraAdapter, LoraLayer};
 use crate::error::{Error, Result};
 use crate::fs::{check_path, probe_path, read_text, Kind};
 use crate::unet::Unet;
-use crate::weights::sniff_safetensors;
+use crate::weights::{check_values, header_problem, sniff_safetensors};
 
 /// The layout a LoRA file was written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,8 +68,8 @@ const MAX_HEADER: u64 = 100_000_000;
 const FOLDER_FILES: [&str; 2] = ["adapter_model.safetensors", "pytorch_lora_weights.safetensors"];
 
 /// Whether `path` looks like a LoRA adapter (a file or folder) rather than a full UNet: a folder
-/// with `adapter_config.json`, `adapter_model.safetensors` or `pytorch_lora_weights.safetensors`
-/// (and no UNet `config.json`), or a safetensors file whose tensor names are those of an adapter
+/// with `adapter_config.json`, `adapter_model.safetensors` or `pytorch_lora_weights.safetensors`,
+/// or with subfolders holding them (and no UNet `config.json`), or a safetensors file whose tensor names are those of an adapter
 /// (`lora_…`, `….lora.down.…`, `lora_A`, LyCORIS' `hada_` / `lokr_`, DoRA's magnitudes). Anything
 /// unreadable is "not a LoRA", so that the UNet loader reports it.
 pub fn looks_like_lora(path: &Path) -> bool {
@@ -74,7 +77,9 @@ pub fn looks_like_lora(path: &Path) -> bool {
         if path.join("config.json").is_file() {
             return false;
         }
-        return path.join("adapter_config.json").is_file() || FOLDER_FILES.iter().any(|f| path.join(f).is_file());
+        return path.join("adapter_config.json").is_file()
+            || FOLDER_FILES.iter().any(|f| path.join(f).is_file())
+            || !adapter_subfolders(path).is_empty();
     }
     match header(path) {
         Ok((names, _)) => names.iter().any(|n| is_adapter_name(n)),
@@ -145,143 +150,100 @@ struct Located {
     config: Option<PathBuf>,
 }
 
+/// Names of safetensors files that are no adapter (diffusers' `_best_guess_weight_name` passes
+/// over them too): training state saved beside a LoRA.
+const NOT_ADAPTERS: [&str; 3] = ["scheduler", "optimizer", "checkpoint"];
+
 fn locate(path: &Path) -> Result<Located> {
-    if probe_path(path, Kind::Dir, "LoRA adapter", Some("a LoRA file or folder")).unwrap_or(false) {
-        let config = path.join("adapter_config.json");
-        let config = probe_path(&config, Kind::File, "peft adapter config", None)?.then_some(config);
-        for name in FOLDER_FILES {
-            let p = path.join(name);
-            if probe_path(&p, Kind::File, "LoRA weights", None)? {
-                return Ok(Located { weights: p, config });
-            }
-        }
-        for name in ["adapter_model.bin", "pytorch_lora_weights.bin"] {
-            let p = path.join(name);
-            if std::fs::symlink_metadata(&p).is_ok() {
-                return Err(Error::unsupported(
-                    p,
-                    "only safetensors LoRA files are loaded (pickle files can run code); save it again with \
-                     `save_pretrained(..., safe_serialization=True)` or convert it with safetensors.torch.save_file",
-                ));
-            }
-        }
-        // A folder with a single safetensors file (as LoRAs are often downloaded).
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io("list", path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        found.sort();
-        return match found.len() {
-            1 => Ok(Located { weights: found.remove(0), config }),
-            0 => Err(Error::NotFound {
-                what: "LoRA weights (adapter_model.safetensors or pytorch_lora_weights.safetensors)".into(),
-                path: path.join(FOLDER_FILES[0]),
-            }),
-            _ => Err(Error::Lora {
-                path: path.to_path_buf(),
-                message: format!(
-                    "the folder holds {} safetensors files ({}); name the adapter's file",
-                    found.len(),
-                    found
-                        .iter()
-                        .filter_map(|p| p.file_name())
-                        .map(|n| n.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }),
-        };
+    if !probe_path(path, Kind::Dir, "LoRA adapter", Some("a LoRA file or folder")).unwrap_or(false) {
+        check_path(path, Kind::File, "LoRA adapter", Some("a LoRA file or folder"))?;
+        let config = path
+            .parent()
+            .map(|d| d.join("adapter_config.json"))
+            .filter(|c| path.file_name().is_some_and(|n| n == "adapter_model.safetensors") && c.is_file());
+        return Ok(Located { weights: path.to_path_buf(), config });
     }
-    check_path(path, Kind::File, "LoRA adapter", Some("a LoRA file or folder"))?;
-    let config = path
-        .parent()
-        .map(|d| d.join("adapter_config.json"))
-        .filter(|c| path.file_name().is_some_and(|n| n == "adapter_model.safetensors") && c.is_file());
-    Ok(Located { weights: path.to_path_buf(), config })
-}
-
-/// The scale settings of a peft `LoraConfig` (from `adapter_config.json`, or the
-/// `lora_adapter_metadata` entry diffusers writes into the safetensors header).
-#[derive(Debug, Default)]
-struct PeftScale {
-    r: Option<f64>,
-    alpha: Option<f64>,
-    rslora: bool,
-    rank_pattern: Vec<(String, f64)>,
-    alpha_pattern: Vec<(String, f64)>,
-}
-
-impl PeftScale {
-    /// Reads the settings from a config object whose keys may carry `prefix` (`"unet."`).
-    fn parse(
-        obj: &serde_json::Map<String, serde_json::Value>,
-        prefix: &str,
-        err: &dyn Fn(String) -> Error,
-    ) -> Result<Self> {
-        let get = |k: &str| obj.get(&format!("{prefix}{k}")).or_else(|| obj.get(k)).filter(|v| !v.is_null());
-        let number = |k: &str| -> Result<Option<f64>> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => match v.as_f64() {
-                    Some(x) if x.is_finite() => Ok(Some(x)),
-                    _ => Err(err(format!("`{k}` is {v}, not a finite number"))),
-                },
-            }
-        };
-        if let Some(t) = get("peft_type").and_then(|v| v.as_str()) {
-            if t != "LORA" {
-                return Err(err(format!(
-                    "peft_type is \"{t}\"; only LoRA adapters are supported (not LoHa, LoKr, OFT, IA3, …)"
-                )));
-            }
+    let config = path.join("adapter_config.json");
+    let config = probe_path(&config, Kind::File, "peft adapter config", None)?.then_some(config);
+    for name in FOLDER_FILES {
+        probe_path(&path.join(name), Kind::File, "LoRA weights", None)?;
+    }
+    // Every adapter file of the folder: one is the adapter; two are two adapters, and which one
+    // the reference tools load depends on the tool (peft: adapter_model.safetensors, diffusers:
+    // pytorch_lora_weights.safetensors, else the first file the folder lists).
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io("list", path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            !NOT_ADAPTERS.iter().any(|n| name.contains(n))
+        })
+        .collect();
+    found.sort();
+    let names = |files: &[PathBuf]| {
+        files.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+    };
+    match found.len() {
+        1 => {
+            let weights = found.remove(0);
+            check_path(&weights, Kind::File, "LoRA weights", None)?;
+            Ok(Located { weights, config })
         }
-        if get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(err("use_dora is true: DoRA adapters are not supported (only plain LoRA)".into()));
-        }
-        let pattern = |k: &str| -> Result<Vec<(String, f64)>> {
-            let mut out = Vec::new();
-            if let Some(m) = get(k).and_then(|v| v.as_object()) {
-                for (name, v) in m {
-                    match v.as_f64() {
-                        Some(x) if x.is_finite() => out.push((name.clone(), x)),
-                        _ => return Err(err(format!("`{k}` entry `{name}` is {v}, not a number"))),
-                    }
+        0 => {
+            for name in ["adapter_model.bin", "pytorch_lora_weights.bin"] {
+                let p = path.join(name);
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    return Err(Error::unsupported(
+                        p,
+                        "only safetensors LoRA files are loaded (pickle files can run code); save it again with \
+                         `save_pretrained(..., safe_serialization=True)` or convert it with safetensors.torch.save_file",
+                    ));
                 }
             }
-            Ok(out)
-        };
-        let r = number("r")?;
-        if r.is_some_and(|r| r <= 0.0) {
-            return Err(err("`r` must be positive".into()));
+            let inner = adapter_subfolders(path);
+            if !inner.is_empty() {
+                return Err(Error::Lora {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "the folder holds no adapter of its own but {} in its subfolders ({}): give one of them",
+                        if inner.len() == 1 { "one" } else { "several" },
+                        inner.join(", ")
+                    ),
+                });
+            }
+            Err(Error::NotFound {
+                what: "LoRA weights (adapter_model.safetensors or pytorch_lora_weights.safetensors)".into(),
+                path: path.join(FOLDER_FILES[0]),
+            })
         }
-        Ok(Self {
-            r,
-            alpha: number("lora_alpha")?,
-            rslora: get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false),
-            rank_pattern: pattern("rank_pattern")?,
-            alpha_pattern: pattern("alpha_pattern")?,
-        })
+        n => Err(Error::Lora {
+            path: path.to_path_buf(),
+            message: format!(
+                "the folder holds {n} adapters' files ({}): peft would load adapter_model.safetensors, diffusers \
+                 pytorch_lora_weights.safetensors or the first file it lists; give the file of the adapter you \
+                 mean (or move the others out)",
+                names(&found)
+            ),
+        }),
     }
+}
 
-    /// The scale of the layer at module path `path` (peft's `get_pattern_key`: a pattern applies
-    /// to the module it names or any module whose path ends with `.<pattern>`).
-    fn scale(&self, path: &str, tensor_rank: usize) -> f64 {
-        let matches = |k: &str| path == k || path.ends_with(&format!(".{k}"));
-        let r = self
-            .rank_pattern
-            .iter()
-            .find(|(k, _)| matches(k))
-            .map(|(_, v)| *v)
-            .or(self.r)
-            .unwrap_or(tensor_rank as f64);
-        let alpha = self.alpha_pattern.iter().find(|(k, _)| matches(k)).map(|(_, v)| *v).or(self.alpha).unwrap_or(r);
-        if self.rslora {
-            alpha / r.sqrt()
-        } else {
-            alpha / r
-        }
-    }
+/// The subfolders of `dir` that hold an adapter (peft's `save_pretrained` of several adapters
+/// writes each but the default one to `<dir>/<adapter name>/`), by name.
+fn adapter_subfolders(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            let p = e.path();
+            p.join("adapter_config.json").is_file() || FOLDER_FILES.iter().any(|f| p.join(f).is_file())
+        })
+        .map(|e| format!("{}/", e.file_name().to_string_lossy()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// The part of a key that names what it holds.
@@ -369,25 +331,28 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
         }
     }
 
-    // The peft scale, from the folder's adapter_config.json or the header's diffusers metadata.
-    let peft = match &located.config {
-        Some(c) => {
-            let text = read_text(c, "peft adapter config")?;
-            let obj: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| Error::config(c, e.to_string()))?;
-            let cfg_err = |m: String| Error::config(c, m);
-            Some(PeftScale::parse(&obj, "", &cfg_err)?)
+    // The peft settings, from the folder's adapter_config.json and / or the header's diffusers
+    // metadata (diffusers ignores an empty entry); when both are there they must agree.
+    let mut configs = Vec::new();
+    if let Some(c) = &located.config {
+        let text = read_text(c, "peft adapter config")?;
+        let cfg_err = |m: String| Error::config(c, m);
+        configs.push(PeftConfig::parse(&text, "", ConfigSource::File(c.clone()), &cfg_err)?);
+    }
+    if let Some(raw) = metadata.get("lora_adapter_metadata").filter(|m| !m.is_empty()) {
+        let meta_err = |m: String| lora_err(format!("the header's `lora_adapter_metadata`: {m}"));
+        configs.push(PeftConfig::parse(raw, "unet.", ConfigSource::Metadata, &meta_err)?);
+    }
+    if located.config.is_none() {
+        if let Some(key) = sorted.iter().find(|k| k.starts_with("base_model.model.")) {
+            return Err(lora_err(format!(
+                "`{key}` is a peft key, but there is no adapter_config.json beside {}: peft reads the adapter's \
+                 rank and alpha (its scale alpha / r) from that file and refuses an adapter without it; put the \
+                 adapter_config.json it was saved with in the same folder",
+                weights.display()
+            )));
         }
-        None => match metadata.get("lora_adapter_metadata") {
-            Some(raw) => {
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw)
-                    .map_err(|e| lora_err(format!("the header's `lora_adapter_metadata` is not a JSON object: {e}")))?;
-                let meta_err = |m: String| lora_err(format!("`lora_adapter_metadata`: {m}"));
-                Some(PeftScale::parse(&obj, "unet.", &meta_err)?)
-            }
-            None => None,
-        },
-    };
+    }
 
     // Group the keys by module.
     let mut groups: BTreeMap<&str, Parts> = BTreeMap::new();
@@ -417,13 +382,25 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
     let lpb = unet.arch().layers_per_block;
     // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be truncated by
     // another process while it is read (the tensors are copied out before this returns).
-    let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| lora_err(format!("cannot map the file: {e}")))?;
+    let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| match header_problem(weights) {
+        Some(problem) => lora_err(format!("{} is not valid safetensors ({e}): {problem}", weights.display())),
+        None => lora_err(format!("cannot map the file: {e}")),
+    })?;
     let (dtype, device) = (unet.dtype(), unet.device());
-    let load_tensor = |key: &str| -> Result<Tensor> {
+    // Each tensor: a float, every value finite and finite in `target` (one pass over its bytes).
+    let load_tensor = |key: &str, target: DType| -> Result<Tensor> {
         let view = st.get(key).map_err(|e| lora_err(format!("`{key}`: {e}")))?;
         match DType::try_from(view.dtype()) {
             Ok(d) if d.is_float() => {}
             _ => return Err(lora_err(format!("`{key}` is stored as {:?}; LoRA weights must be floats", view.dtype()))),
+        }
+        if let Some(bad) = check_values(view.dtype(), view.data(), target) {
+            let elements = view.shape().iter().product::<usize>();
+            return Err(Error::NonFiniteTensor {
+                file: weights.clone(),
+                tensor: key.to_string(),
+                problem: bad.describe(elements),
+            });
         }
         Ok(st.load(key, device)?)
     };
@@ -446,8 +423,8 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
                 ))
             })?;
         formats.push(format);
-        let mut down = load_tensor(down_key)?;
-        let mut up = load_tensor(up_key)?;
+        let mut down = load_tensor(down_key, dtype)?;
+        let mut up = load_tensor(up_key, dtype)?;
         // 1×1 convolutions and linear layers are the same map: fit the adapter to the layer's
         // weight (SD 1.x's proj_in / proj_out are 1×1 convolutions, SD 2.x's are linear).
         if let Some(weight) = layer_shapes.get(&path) {
@@ -468,9 +445,16 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
                 up.dims()
             )));
         }
-        let scale = match (&parts.alpha, &peft) {
-            (Some(alpha_key), _) => {
-                let t = load_tensor(alpha_key)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let scale = match (&parts.alpha, configs.first()) {
+            (Some(alpha_key), Some(config)) => {
+                return Err(lora_err(format!(
+                    "`{alpha_key}` gives the layer's alpha, and so does {}: diffusers refuses a file with both, \
+                     peft ignores the tensor; keep one of them",
+                    config.source()
+                )))
+            }
+            (Some(alpha_key), None) => {
+                let t = load_tensor(alpha_key, DType::F64)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
                 match t.as_slice() {
                     [a] if a.is_finite() => a / rank as f64,
                     _ => {
@@ -481,7 +465,7 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
                     }
                 }
             }
-            (None, Some(p)) => p.scale(&path, rank),
+            (None, Some(_)) => peft_scale(&configs, &path, rank, down_key, &source)?,
             (None, None) => 1.0,
         };
         if !scale.is_finite() {
@@ -515,6 +499,31 @@ pub(crate) fn load(path: &Path, unet: &Unet) -> Result<LoraAdapter> {
     let adapter = LoraAdapter::from_layers(layers, format, path);
     adapter.check(layer_shapes)?;
     Ok(adapter)
+}
+
+/// The scale of the layer at `path` from the peft settings (each must declare the tensors' rank
+/// for it, and two must agree on its scale).
+fn peft_scale(configs: &[PeftConfig], path: &str, rank: usize, key: &str, source: &Path) -> Result<f64> {
+    let mut scale: Option<(f64, &PeftConfig)> = None;
+    for config in configs {
+        config.check_rank(path, rank, key, source)?;
+        let s = config.scale(path);
+        match scale {
+            Some((t, other)) if t != s => {
+                return Err(Error::Lora {
+                    path: source.to_path_buf(),
+                    message: format!(
+                        "{} gives `{path}` the scale {s} but {} gives it {t}: peft reads the one, diffusers the \
+                         other; make them agree",
+                        config.source(),
+                        other.source()
+                    ),
+                })
+            }
+            _ => scale = Some((s, config)),
+        }
+    }
+    Ok(scale.map_or(1.0, |(s, _)| s))
 }
 
 fn shape_err(lora_err: &dyn Fn(String) -> Error, key: &str, t: &Tensor, weight: &[usize]) -> Error {
@@ -669,22 +678,5 @@ mod tests {
         assert_eq!(split_key("x.alpha"), Some(("x", Role::Alpha)));
         assert_eq!(split_key("x.weight"), None);
         assert_eq!(split_key(".alpha"), None);
-    }
-
-    #[test]
-    fn peft_patterns_and_rslora_scale_as_peft_does() {
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-            r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"to_k": 4}, "alpha_pattern": {"attn2.to_v": 2}}"#,
-        )
-        .unwrap();
-        let p = PeftScale::parse(&obj, "", &|m| Error::Lora { path: "x".into(), message: m }).unwrap();
-        assert_eq!(p.scale("a.attn1.to_q", 8), 2.0);
-        assert_eq!(p.scale("a.attn1.to_k", 4), 4.0);
-        assert_eq!(p.scale("a.attn2.to_v", 8), 0.25);
-        assert_eq!(p.scale("a.attn1.to_v", 8), 2.0);
-        let obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"unet.r": 4, "unet.lora_alpha": 8, "use_rslora": true}"#).unwrap();
-        let p = PeftScale::parse(&obj, "unet.", &|m| Error::Lora { path: "x".into(), message: m }).unwrap();
-        assert_eq!(p.scale("x", 4), 4.0);
     }
 }

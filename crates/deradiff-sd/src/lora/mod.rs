@@ -12,6 +12,7 @@
 mod extract;
 mod formats;
 mod merge;
+mod peft;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,13 @@ impl LoraAdapter {
     ///
     /// Errors ([`Error::Lora`], naming the key as the file spells it): DoRA, LoHa, LoKr and other
     /// LyCORIS kinds, text-encoder adapters, unknown keys, layers this UNet lacks, a `down`
-    /// without its `up`, shapes that do not fit. An adapter is never applied in part.
+    /// without its `up`, shapes that do not fit; what peft or diffusers refuse — a rank the peft
+    /// config or the header's `lora_adapter_metadata` does not declare (read as peft reads a
+    /// `LoraConfig`: `r` and `lora_alpha` default to 8, pattern keys are regular expressions
+    /// taken in the file's order), kohya alphas beside that metadata, peft keys without their
+    /// `adapter_config.json` — and a folder holding two adapters. A NaN or infinite value, or
+    /// one the UNet's dtype makes infinite, is an [`Error::NonFiniteTensor`] naming the tensor.
+    /// An adapter is never applied in part.
     pub fn load(path: impl AsRef<Path>, unet: &Unet) -> Result<Self> {
         formats::load(path.as_ref(), unet)
     }
@@ -114,10 +121,20 @@ impl LoraAdapter {
             let cpu = |t: &Tensor| -> Result<Tensor> {
                 Ok(t.to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?.contiguous()?)
             };
-            tensors.push((format!("unet.{module}.lora.down.weight"), cpu(&layer.down)?));
             // The scale is folded into `up`: diffusers reads `.alpha` keys only from kohya files.
             let up = layer.up.to_dtype(DType::F32)?.affine(layer.scale(), 0.0)?;
-            tensors.push((format!("unet.{module}.lora.up.weight"), cpu(&up)?));
+            for (part, t) in [("down", cpu(&layer.down)?), ("up", cpu(&up)?)] {
+                if !all_finite(&t)? {
+                    return Err(Error::Lora {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "the `{part}` weight of `{module}` is not finite in {dtype:?} (its values overflow it, or \
+                             were not finite): nothing was written; save the adapter in f32"
+                        ),
+                    });
+                }
+                tensors.push((format!("unet.{module}.lora.{part}.weight"), t));
+            }
         }
         let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
@@ -140,11 +157,30 @@ impl LoraAdapter {
         &self.source
     }
 
-    /// The adapter with every layer's delta multiplied by `multiplier` (folded into `up`).
+    /// The adapter with every layer's delta multiplied by `multiplier` (folded into `up`). A
+    /// multiplier that is not finite, or so large that an `up` weight overflows the adapter's
+    /// dtype, is an [`Error::Lora`] naming the layer.
     pub fn scaled(mut self, multiplier: f64) -> Result<Self> {
+        if !multiplier.is_finite() {
+            return Err(Error::Lora {
+                path: self.source.clone(),
+                message: format!("the multiplier {multiplier:?} is not finite"),
+            });
+        }
         if multiplier != 1.0 {
-            for layer in self.layers.values_mut() {
+            for (module, layer) in self.layers.iter_mut() {
                 layer.up = layer.up.affine(multiplier, 0.0)?;
+                if !all_finite(&layer.up)? {
+                    return Err(Error::Lora {
+                        path: self.source.clone(),
+                        message: format!(
+                            "the multiplier {multiplier:?} makes the up weight of `{}` ({module}) overflow {:?}: give a \
+                             smaller multiplier",
+                            layer.origin,
+                            layer.up.dtype()
+                        ),
+                    });
+                }
             }
         }
         Ok(self)
@@ -189,4 +225,10 @@ impl LoraAdapter {
         }
         Ok(())
     }
+}
+
+/// Whether every element of `t` is finite: `Σ 0·x` is 0 exactly then, NaN otherwise.
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    let probe = t.affine(0.0, 0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(probe == 0.0)
 }

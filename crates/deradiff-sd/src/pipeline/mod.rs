@@ -160,6 +160,21 @@ impl StableDiffusion {
         self.models.iter().map(|m| self.unets[m.unet].adapter_view(m.adapter)).collect()
     }
 
+    /// Model `i` of [`Self::models`] in words, with the file or folder it came from: "the
+    /// reference UNet (…)", "aligned model 1 (the LoRA adapter … on the reference UNet)",
+    /// "aligned model 2 (the UNet …)". What errors about one model name.
+    pub fn describe_model(&self, i: usize) -> String {
+        let Some(slot) = self.models.get(i) else { return format!("model {i}") };
+        let unet = self.unets[slot.unet].source().display();
+        match (i, slot.adapter.and_then(|k| self.adapters.get(k))) {
+            (0, _) => format!("the reference UNet ({unet})"),
+            (_, Some(adapter)) => {
+                format!("aligned model {i} (the LoRA adapter {} on the reference UNet)", adapter.source().display())
+            }
+            (_, None) => format!("aligned model {i} (the UNet {unet})"),
+        }
+    }
+
     /// The UNets, reference first.
     pub fn unets(&self) -> &[Unet] {
         &self.unets

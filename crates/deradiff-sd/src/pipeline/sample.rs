@@ -62,7 +62,11 @@ impl StableDiffusion {
         let scheduler = self.scheduler(request)?;
         let guided = Guided::new(&unet, &encoded.embeddings, guidance_scale)?;
         let sampler = Sampler::new(scheduler.as_ref(), vec![&guided as &dyn Denoiser], Realigner::new(vec![1.0])?)?;
-        Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
+        sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer).map_err(|e| {
+            name_model(e, |_| {
+                format!("the weight-space model (the reference UNet with the LoRA adapters merged at λ = {lambdas:?})")
+            })
+        })
     }
 
     /// The checks [`Self::sample`] and [`Self::sample_weight_space`] share: at least one step, and
@@ -157,13 +161,22 @@ impl StableDiffusion {
             .collect::<Option<_>>()
             .ok_or(Error::Internal("the pipeline's denoisers do not cover its models"))?;
         let sampler = Sampler::new(scheduler.as_ref(), denoisers, realigner)?;
-        Ok(sampler.run(shape.to_vec(), self.dtype, &self.device, noise, observer)?)
+        sampler
+            .run(shape.to_vec(), self.dtype, &self.device, noise, observer)
+            .map_err(|e| name_model(e, |i| self.describe_model(kept.get(i).copied().unwrap_or(i))))
     }
 
     /// Decodes final latents (as [`Self::sample`] produces them) to 8-bit images, one VAE pass
     /// ([`Vae::decode`]).
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
         self.vae.decode(latents)
+    }
+
+    /// [`Self::decode`] and each image's saturation, the fraction of its pixels clipped to black,
+    /// white or a pure colour ([`Vae::decode_with_saturation`]; at [`Vae::SATURATED`] or more the
+    /// image is reported as saturated).
+    pub fn decode_with_saturation(&self, latents: &Tensor) -> Result<(Vec<RgbImage>, Vec<f64>)> {
+        self.vae.decode_with_saturation(latents)
     }
 
     /// Decodes final latents (as [`Self::sample`] produces them) to images `[B, 3, H, W]` as f32
@@ -185,6 +198,17 @@ impl StableDiffusion {
         let out = self.sample(request, &encoded, realigner, &mut SeededNoise::new(request.seed), observer)?;
         let images = self.decode(&out.latent)?;
         Ok(Generation { images, latents: out.latent, steps_taken: out.steps_taken, stopped_early: out.stopped_early })
+    }
+}
+
+/// A core error of the sampling loop as this crate's, with a model whose output went non-finite
+/// named by `describe` (from its index among the sampler's denoisers).
+pub(crate) fn name_model(e: deradiff_core::Error, describe: impl Fn(usize) -> String) -> Error {
+    match e {
+        deradiff_core::Error::NonFiniteModelOutput { step, timestep, model } => {
+            Error::NonFiniteOutput { model: describe(model), at: format!("at step {step} (timestep {timestep})") }
+        }
+        other => other.into(),
     }
 }
 

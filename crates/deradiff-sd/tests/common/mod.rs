@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod edit;
+
 /// `crates/deradiff-sd/tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")

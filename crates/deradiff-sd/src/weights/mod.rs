@@ -14,6 +14,12 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::fs::{check_path, probe_path, read_text, Kind};
 
+mod header;
+mod values;
+
+pub(crate) use header::header_problem;
+pub(crate) use values::check_values;
+
 /// The safetensors file(s) of one model component, in the order they are read.
 ///
 /// Found in a directory as diffusers and transformers name them: `{stem}.safetensors`, else
@@ -119,6 +125,15 @@ pub fn sniff_safetensors(path: &Path) -> Result<()> {
     if len == 0 || head.is_empty() {
         return not("an empty file (0 bytes); download or copy it again".into());
     }
+    // The safetensors layout is checked first: its 8-byte header length may begin with the bytes
+    // of another format's signature (a header of 0x0280 = 640 bytes starts `80 02`, a pickle's
+    // protocol-2 mark; 0x8b1f starts `1f 8b`, gzip's), and a valid file is never called a pickle.
+    if let Some(first8) = head.get(..8) {
+        let header = u64::from_le_bytes(first8.try_into().map_err(|_| Error::Internal("8 bytes are 8 bytes"))?);
+        if header >= 2 && header <= len - 8 && head.get(8) == Some(&b'{') {
+            return check_header_size(path, header);
+        }
+    }
     if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return not(format!(
             "a Python pickle (protocol {}: PyTorch's legacy `torch.save` format of .bin / .ckpt / .pt files, which \
@@ -203,6 +218,11 @@ pub fn sniff_safetensors(path: &Path) -> Result<()> {
              bytes, but no JSON header (starting with `{{`) follows"
         ));
     }
+    check_header_size(path, header)
+}
+
+/// A safetensors header of `header` bytes is at most [`MAX_SAFETENSORS_HEADER`].
+fn check_header_size(path: &Path, header: u64) -> Result<()> {
     if header > MAX_SAFETENSORS_HEADER {
         return Err(Error::Weights {
             file: path.to_path_buf(),
@@ -248,6 +268,33 @@ pub fn load_checked_file<T>(
     CheckedWeights::open(&[file.to_path_buf()])?.build(dtype, device, None, build)
 }
 
+/// Every tensor of the safetensors `file` (`what` names it), on the CPU in its stored dtype, for
+/// loaders that remap names before building a model (open_clip checkpoints): a path that is not a
+/// file, a file that is not safetensors, a tensor that is not a float, holds a NaN or an
+/// infinity, or has a value that the conversion to `dtype` makes infinite, is an [`Error`]
+/// naming the file (and the tensor).
+pub fn load_tensors_checked(file: &Path, what: &str, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    check_path(file, Kind::File, what, None)?;
+    sniff_safetensors(file)?;
+    // SAFETY: the file is mapped read-only; as everywhere with mmap, it must not be truncated by
+    // another process while it is read (the tensors are copied out before this returns).
+    let st = unsafe { MmapedSafetensors::new(file) }.map_err(|e| open_error(file, e))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let stored = view.dtype();
+        if !DType::try_from(stored).is_ok_and(|d| d.is_float()) {
+            return Err(Error::TensorDType { file: file.to_path_buf(), tensor: name, dtype: format!("{stored:?}") });
+        }
+        if let Some(bad) = check_values(stored, view.data(), dtype) {
+            let problem = bad.describe(view.shape().iter().product());
+            return Err(Error::NonFiniteTensor { file: file.to_path_buf(), tensor: name, problem });
+        }
+        let t = st.load(&name, &Device::Cpu).map_err(|e| open_error(file, e))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
 /// An error opening a weight file: a failure to read it is an [`Error::Io`], anything else (not
 /// safetensors, a corrupt header) an [`Error::Weights`].
 fn open_error(file: &Path, mut e: candle_core::Error) -> Error {
@@ -255,7 +302,14 @@ fn open_error(file: &Path, mut e: candle_core::Error) -> Error {
         e = match e {
             candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => *inner,
             candle_core::Error::Io(io) => return Error::io("read", file, io),
-            other => return Error::Weights { file: file.to_path_buf(), message: other.to_string() },
+            other => {
+                // The safetensors crate's message may name no tensor: find the entry at fault.
+                let message = match header_problem(file) {
+                    Some(problem) => format!("{other}: {problem}"),
+                    None => other.to_string(),
+                };
+                return Error::Weights { file: file.to_path_buf(), message };
+            }
         }
     }
 }
@@ -276,6 +330,11 @@ enum Failure {
         tensor: String,
         dtype: String,
     },
+    /// A NaN or infinite value, or one the conversion to the model's dtype makes infinite.
+    NonFinite {
+        tensor: String,
+        problem: String,
+    },
 }
 
 /// Memory-mapped safetensors that check every requested tensor's name, shape and dtype before
@@ -286,6 +345,9 @@ pub(crate) struct CheckedWeights {
     /// Tensor name → index into `files`.
     location: HashMap<String, usize>,
     failure: Mutex<Option<Failure>>,
+    /// A failure no later success makes good (a non-finite value): reported even when the model
+    /// built, since a builder that recovers from a failed tensor could otherwise hide it.
+    fatal: Mutex<Option<Failure>>,
     used: Mutex<HashMap<String, Shape>>,
 }
 
@@ -319,6 +381,7 @@ impl CheckedWeights {
             st,
             location,
             failure: Mutex::new(None),
+            fatal: Mutex::new(None),
             used: Mutex::new(HashMap::new()),
         }))
     }
@@ -370,7 +433,11 @@ impl CheckedWeights {
             Some(p) => vb.pp(p),
             None => vb,
         };
-        match build(vb) {
+        let built = build(vb);
+        if let Some(f) = self.fatal.lock().ok().and_then(|mut f| f.take()) {
+            return Err(self.describe(f));
+        }
+        match built {
             Ok(model) => Ok(model),
             Err(err) => {
                 let failure = self.failure.lock().ok().and_then(|mut f| f.take());
@@ -392,6 +459,9 @@ impl CheckedWeights {
                 Error::TensorShape { file: self.file_of(&tensor), tensor, expected, got }
             }
             Failure::DType { tensor, dtype } => Error::TensorDType { file: self.file_of(&tensor), tensor, dtype },
+            Failure::NonFinite { tensor, problem } => {
+                Error::NonFiniteTensor { file: self.file_of(&tensor), tensor, problem }
+            }
         }
     }
 
@@ -460,6 +530,13 @@ impl CheckedWeights {
                 self.record(Failure::DType { tensor: name.to_string(), dtype: format!("{stored:?}") });
                 return Err(e);
             }
+        }
+        if let Some(bad) = check_values(stored, view.data(), dtype) {
+            let problem = bad.describe(got.elem_count());
+            if let Ok(mut f) = self.fatal.lock() {
+                f.get_or_insert(Failure::NonFinite { tensor: name.to_string(), problem: problem.clone() });
+            }
+            return Err(candle_core::Error::Msg(format!("tensor {name} {problem}")));
         }
         let t = self.st.load(name, dev)?.to_dtype(dtype)?;
         if let Ok(mut u) = self.used.lock() {
