@@ -50,6 +50,8 @@ mod head;
 mod image_reward;
 mod prompts;
 mod reward;
+#[cfg(feature = "sd")]
+mod text;
 
 #[cfg(feature = "sd")]
 pub use aesthetic::AestheticScore;
@@ -71,3 +73,5 @@ pub use prompts::{read_prompt_file, PromptEntry, MAX_PROMPTS};
 #[cfg(feature = "sd")]
 pub use reward::ImageScorer;
 pub use reward::{score_checked, Reward};
+#[cfg(feature = "sd")]
+pub use text::{fix_text, html_unescape, open_clip_clean, OpenClipTokenizer};
