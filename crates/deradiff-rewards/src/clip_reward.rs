@@ -42,15 +42,64 @@ use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipTokenizer, RgbImage};
 
 use crate::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use crate::text::OpenClipTokenizer;
 use crate::error::{Error, Result};
 use crate::reward::{require_prompts, ImageScorer, Reward};
+
+/// The tokenizer of a [`ClipScorer`]: transformers' `CLIPTokenizer` of a Hub folder (CLIP score,
+/// PickScore, the aesthetic predictor's CLIP) or open_clip's own (HPS v2).
+#[derive(Debug)]
+pub enum PromptTokenizer {
+    /// transformers' `CLIPTokenizer` (NFC, white space, lower case; the folder's padding token).
+    Clip(ClipTokenizer),
+    /// open_clip's tokenizer (ftfy, HTML unescaping; zero padding; the end token kept on a cut).
+    OpenClip(OpenClipTokenizer),
+}
+
+impl PromptTokenizer {
+    /// Ids per prompt.
+    pub fn max_length(&self) -> usize {
+        match self {
+            Self::Clip(t) => t.max_length(),
+            Self::OpenClip(t) => t.context_length(),
+        }
+    }
+
+    /// Exactly [`Self::max_length`] ids of `prompt`, as the reference tokenizes and pads it.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(match self {
+            Self::Clip(t) => t.encode(prompt)?,
+            Self::OpenClip(t) => t.encode(prompt)?,
+        })
+    }
+
+    /// Whether `prompt` is longer than the context (the reference cuts its tail).
+    pub fn is_truncated(&self, prompt: &str) -> Result<bool> {
+        Ok(match self {
+            Self::Clip(t) => t.is_truncated(prompt)?,
+            Self::OpenClip(t) => t.is_truncated(prompt)?,
+        })
+    }
+}
+
+impl From<ClipTokenizer> for PromptTokenizer {
+    fn from(t: ClipTokenizer) -> Self {
+        Self::Clip(t)
+    }
+}
+
+impl From<OpenClipTokenizer> for PromptTokenizer {
+    fn from(t: OpenClipTokenizer) -> Self {
+        Self::OpenClip(t)
+    }
+}
 
 /// A `CLIPModel` with its tokenizer and image preprocessor: embeds images and prompts and gives
 /// their cosine similarities.
 #[derive(Debug)]
 pub struct ClipScorer {
     model: ClipModel,
-    tokenizer: ClipTokenizer,
+    tokenizer: PromptTokenizer,
     preprocessor: ClipPreprocessor,
     device: Device,
     source: PathBuf,
@@ -90,11 +139,12 @@ impl ClipScorer {
     /// the model; `source` names the model in messages.
     pub fn new(
         model: ClipModel,
-        tokenizer: ClipTokenizer,
+        tokenizer: impl Into<PromptTokenizer>,
         preprocessor: ClipPreprocessor,
         device: &Device,
         source: impl Into<PathBuf>,
     ) -> Result<Self> {
+        let tokenizer = tokenizer.into();
         let c = model.config();
         if tokenizer.max_length() > c.text.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
@@ -119,7 +169,7 @@ impl ClipScorer {
     }
 
     /// The tokenizer.
-    pub fn tokenizer(&self) -> &ClipTokenizer {
+    pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
     }
 
@@ -128,8 +178,11 @@ impl ClipScorer {
         &self.preprocessor
     }
 
-    /// Token ids `[N, max_length]` (u32) of `prompts`, as `CLIPProcessor` with truncation gives
-    /// them (padding does not change the pooled output: the text tower is causal).
+    /// Token ids `[N, max_length]` (u32) of `prompts`, as the reference tokenizer gives them:
+    /// `CLIPProcessor(text, padding="max_length", truncation=True)` — `[bos] tokens… [eos] [pad]…`,
+    /// the tokens cut to `max_length − 2` — for a Hub folder's tokenizer; open_clip's `tokenize`
+    /// — the end token kept as the last id of a cut — for HPS v2 (padding does not change the
+    /// pooled output: the text tower is causal).
     pub fn token_ids(&self, prompts: &[&str]) -> Result<Tensor> {
         if prompts.is_empty() {
             return Err(Error::InvalidArgument("no prompts to encode".into()));
@@ -298,11 +351,12 @@ impl CosineScore for HpsKind {
 impl HpsScore {
     /// An HPS v2 checkpoint in open_clip's layout, as safetensors (the published
     /// `HPS_v2_compressed.pt` / `HPS_v2.1_compressed.pt` converted by
-    /// `scripts/convert_to_safetensors.py hps`), its `open_clip_config.json` (ViT-H-14's), and a
-    /// CLIP tokenizer directory (`vocab.json` + `merges.txt`, e.g.
-    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s: open_clip's tokenizer is CLIP's BPE). The
-    /// preprocessing is HPS v2's ([`ClipPreprocessor::longest_edge_pad`] at the model's image
-    /// size).
+    /// `scripts/convert_to_safetensors.py hps`), its `open_clip_config.json` (ViT-H-14's), and
+    /// CLIP's BPE merges: a tokenizer folder holding `merges.txt` (e.g.
+    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s) or open_clip's `bpe_simple_vocab_16e6.txt`.
+    /// Prompts go through open_clip's own tokenizer ([`OpenClipTokenizer`]: ftfy, HTML
+    /// unescaping, its truncation), as `hpsv2.score` tokenizes them. The preprocessing is HPS
+    /// v2's ([`ClipPreprocessor::longest_edge_pad`] at the model's image size).
     pub fn load_open_clip(
         weights: impl AsRef<Path>,
         config: impl AsRef<Path>,
@@ -318,7 +372,7 @@ impl HpsScore {
                 "python scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps.safetensors",
             )
         })?;
-        let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+        let tokenizer = OpenClipTokenizer::from_file(tokenizer_dir, config.context_length)?;
         let preprocessor = ClipPreprocessor::longest_edge_pad(config.image_size);
         Ok(Self::new(ClipScorer::new(model, tokenizer, preprocessor, device, weights)?))
     }

@@ -65,6 +65,7 @@ pub use clip::{
 #[cfg(feature = "sd")]
 pub use clip_reward::{
     ClipScore, ClipScoreKind, ClipScorer, CosineReward, CosineScore, HpsKind, HpsScore, PickScore, PickScoreKind,
+    PromptTokenizer,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "sd")]
