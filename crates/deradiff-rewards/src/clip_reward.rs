@@ -42,9 +42,10 @@ use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipTokenizer, RgbImage};
 
 use crate::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
-use crate::text::OpenClipTokenizer;
 use crate::error::{Error, Result};
+use crate::image::PilImage;
 use crate::reward::{require_prompts, ImageScorer, Reward};
+use crate::text::OpenClipTokenizer;
 
 /// The tokenizer of a [`ClipScorer`]: transformers' `CLIPTokenizer` of a Hub folder (CLIP score,
 /// PickScore, the aesthetic predictor's CLIP) or open_clip's own (HPS v2).
@@ -173,6 +174,11 @@ impl ClipScorer {
         &self.tokenizer
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The image preprocessor.
     pub fn preprocessor(&self) -> &ClipPreprocessor {
         &self.preprocessor
@@ -211,6 +217,13 @@ impl ClipScorer {
     /// Projected, unnormalised image embeddings `[N, projection_dim]` (f32).
     pub fn image_embeds(&self, images: &[RgbImage]) -> Result<Tensor> {
         let pixels = self.preprocessor.preprocess_batch(images, &self.device)?;
+        self.pixel_embeds(&pixels)
+    }
+
+    /// Projected, unnormalised image embeddings `[N, projection_dim]` (f32) of decoded files,
+    /// each made RGB as the reference does ([`ClipPreprocessor::reference_rgb`]).
+    pub fn pil_embeds(&self, images: &[PilImage]) -> Result<Tensor> {
+        let pixels = self.preprocessor.preprocess_batch_pil(images, &self.device)?;
         self.pixel_embeds(&pixels)
     }
 
@@ -428,5 +441,21 @@ impl<K: CosineScore> ImageScorer for CosineReward<K> {
 
     fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         self.score_images(images, require_prompts(prompts, &self.name)?)
+    }
+
+    fn score_pil(&self, images: &[PilImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let prompts = require_prompts(prompts, &self.name)?;
+        if images.len() != prompts.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} images and {} prompts: give one prompt per image",
+                images.len(),
+                prompts.len()
+            )));
+        }
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embeds = self.scorer.pil_embeds(images)?;
+        Ok(self.scores_of_cosines(self.scorer.cosine_with(&embeds, prompts)?))
     }
 }

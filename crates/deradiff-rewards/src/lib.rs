@@ -47,6 +47,8 @@ mod error;
 #[cfg(feature = "sd")]
 mod head;
 #[cfg(feature = "sd")]
+mod image;
+#[cfg(feature = "sd")]
 mod image_reward;
 mod prompts;
 mod reward;
@@ -68,6 +70,8 @@ pub use clip_reward::{
     PromptTokenizer,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "sd")]
+pub use image::{PilImage, PilMode, Transparency};
 #[cfg(feature = "sd")]
 pub use image_reward::ImageRewardScore;
 pub use prompts::{read_prompt_file, PromptEntry, MAX_PROMPTS};

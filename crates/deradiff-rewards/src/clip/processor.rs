@@ -9,6 +9,8 @@ use deradiff_sd::fs::{probe_path, read_text, Kind};
 use deradiff_sd::{Error, Result, RgbImage};
 use serde_json::Value;
 
+use crate::image::{resize_8bpc, PilImage};
+
 /// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// OpenAI CLIP's normalisation standard deviation (transformers' `OPENAI_CLIP_STD`).
@@ -42,7 +44,7 @@ impl Resample {
         }
     }
 
-    fn support(self) -> f64 {
+    pub(crate) fn support(self) -> f64 {
         match self {
             Self::Lanczos => 3.0,
             Self::Bilinear | Self::Hamming => 1.0,
@@ -52,7 +54,7 @@ impl Resample {
     }
 
     /// PIL's `*_filter` functions (`libImaging/Resample.c`).
-    fn filter(self, x: f64) -> f64 {
+    pub(crate) fn filter(self, x: f64) -> f64 {
         let sinc = |x: f64| {
             if x == 0.0 {
                 1.0
@@ -108,46 +110,6 @@ impl Resample {
             }
         }
     }
-}
-
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first input
-/// index and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<i64>)> {
-    let one = f64::from(1u32 << PRECISION_BITS);
-    float_coefficients(in_size, out_size, filter)
-        .into_iter()
-        .map(|(xmin, w)| {
-            (xmin, w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect())
-        })
-        .collect()
-}
-
-/// PIL's `precompute_coeffs` (also torch's antialiased interpolation weights): for each output
-/// index, the first input index and the normalised weights.
-fn float_coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<f64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // C's (int) truncates toward zero.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
-            let mut w: Vec<f64> =
-                (0..xmax).map(|x| filter.filter((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
-            let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            (xmin, w)
-        })
-        .collect()
 }
 
 /// torch's antialiased bicubic weights for a float32 tensor (`_compute_indices_min_size_weights_aa`
@@ -227,65 +189,13 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
     cur
 }
 
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// Resizes interleaved RGB bytes exactly as PIL's `Image.resize(size, filter)` does for an RGB
-/// image: a horizontal pass, then a vertical one, each with PIL's fixed-point weights and
-/// rounding to 8 bits in between.
-fn resize_rgb(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Resample) -> Vec<u8> {
-    let mut data = src.to_vec();
-    let mut cur_w = w;
-    if out_w != w {
-        let coeffs = coefficients(w, out_w, filter);
-        let mut out = vec![0u8; out_w * h * 3];
-        for y in 0..h {
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for (x, &kx) in k.iter().enumerate() {
-                        ss += i64::from(data[(y * cur_w + xmin + x) * 3 + c]) * kx;
-                    }
-                    out[(y * out_w + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        data = out;
-        cur_w = out_w;
-    }
-    if out_h != h {
-        let coeffs = coefficients(h, out_h, filter);
-        let mut out = vec![0u8; cur_w * out_h * 3];
-        for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-            for x in 0..cur_w {
-                for c in 0..3 {
-                    let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for (y, &ky) in k.iter().enumerate() {
-                        ss += i64::from(data[((ymin + y) * cur_w + x) * 3 + c]) * ky;
-                    }
-                    out[(yy * cur_w + x) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        data = out;
-    }
-    data
-}
-
 /// Resizes an image as PIL's `Image.resize((width, height), filter)` (bit-identical 8-bit
 /// output for RGB images).
 pub fn resize_like_pil(image: &RgbImage, width: usize, height: usize, filter: Resample) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::InvalidArgument(format!("cannot resize an image to {width}x{height}")));
     }
-    let data = resize_rgb(image.data(), image.width(), image.height(), width, height, filter);
+    let data = resize_8bpc(image.data(), (image.width(), image.height()), 3, (width, height), filter);
     RgbImage::new(width, height, data)
 }
 
@@ -734,6 +644,48 @@ impl ClipPreprocessor {
         let mut out = data;
         self.normalise(&mut out);
         Ok(Tensor::from_vec(out, (3, oh, ow), device)?)
+    }
+
+    /// The 8-bit RGB image the reference's loader and transform make of a decoded file, before
+    /// the crop and the arithmetic (each reward's choice, from its reference):
+    ///
+    /// * HPS v2 ([`ResizeTo::LongestEdgePad`]): PIL's `convert("RGB")` first — alpha dropped,
+    ///   16-bit grey clipped at 255 (an `RGBA` file makes `hpsv2` itself fail: its transform
+    ///   keeps the alpha band and the 3-channel model rejects it; the RGB bands are scored);
+    /// * openai/CLIP's transform ([`PixelConvention::Torchvision`]: the aesthetic predictor,
+    ///   ImageReward): torchvision's `Resize` on the PIL image in its own mode
+    ///   ([`PilImage::resize`]: nearest for palette images, premultiplied alpha for `RGBA`),
+    ///   then `convert("RGB")` (the crop commutes with it);
+    /// * transformers ([`PixelConvention::Transformers`]: CLIP score, PickScore): transformers
+    ///   5's `convert_to_rgb`, alpha and `tRNS` transparency composited on white
+    ///   ([`PilImage::to_rgb_on_white`]).
+    pub fn reference_rgb(&self, image: &PilImage) -> Result<RgbImage> {
+        match (self.convention, self.size) {
+            (_, ResizeTo::LongestEdgePad(_)) => Ok(image.to_rgb()),
+            (PixelConvention::Torchvision, _) if self.do_resize => {
+                let (h, w) = self.resized_size(image.height(), image.width());
+                if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
+                    return Err(Error::InvalidArgument(format!(
+                        "ClipPreprocessor: resizing a {}x{} image to `size` {:?} gives {w}x{h} pixels, more than {} \
+                         (ClipPreprocessor::MAX_PIXELS)",
+                        image.width(),
+                        image.height(),
+                        self.size,
+                        Self::MAX_PIXELS
+                    )));
+                }
+                Ok(image.resize(w, h, self.resample)?.to_rgb())
+            }
+            (PixelConvention::Torchvision, _) => Ok(image.to_rgb()),
+            (PixelConvention::Transformers, _) => Ok(image.to_rgb_on_white()),
+        }
+    }
+
+    /// Pixel values `[N, 3, H, W]` (f32) of decoded files, each made RGB as the reference does
+    /// ([`Self::reference_rgb`]).
+    pub fn preprocess_batch_pil(&self, images: &[PilImage], device: &Device) -> Result<Tensor> {
+        let rgb = images.iter().map(|i| self.reference_rgb(i)).collect::<Result<Vec<_>>>()?;
+        self.preprocess_batch(&rgb, device)
     }
 
     /// Pixel values `[N, 3, H, W]` (f32) of a batch (every image gives the same size after the
