@@ -108,6 +108,24 @@ fn unpack(buf: &[u8], width: usize, height: usize, per_pixel: usize, depth: u8, 
     out
 }
 
+/// The data of the first chunk of type `kind` of a PNG file, if any (no CRC check: the decoder
+/// has checked the file).
+fn raw_chunk(png: &[u8], kind: &[u8; 4]) -> Option<Vec<u8>> {
+    let mut at = 8;
+    while at + 8 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().ok()?) as usize;
+        let data = png.get(at + 8..(at + 8).checked_add(len)?)?;
+        if &png[at + 4..at + 8] == kind {
+            return Some(data.to_vec());
+        }
+        if &png[at + 4..at + 8] == b"IDAT" {
+            return None;
+        }
+        at = at.checked_add(12 + len)?;
+    }
+    None
+}
+
 impl PilImage {
     /// Reads a PNG file as PIL's `Image.open` gives it: its mode ([`PilMode`]), palette and
     /// `tRNS` transparency; interlaced files de-interlaced. Not a regular file, not a PNG, a
@@ -116,8 +134,8 @@ impl PilImage {
     pub fn load_png(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         deradiff_sd::fs::check_path(path, deradiff_sd::fs::Kind::File, "image", None)?;
-        let file = std::fs::File::open(path).map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })?;
-        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })?;
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(&bytes[..]));
         decoder.set_transformations(png::Transformations::IDENTITY);
         let mut reader = decoder.read_info().map_err(|e| bad(path, format!("not a readable PNG ({e})")))?;
         let info = reader.info();
@@ -127,7 +145,9 @@ impl PilImage {
         }
         let palette: Vec<[u8; 3]> =
             info.palette.as_ref().map(|p| p.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect()).unwrap_or_default();
-        let trns = info.trns.as_ref().map(|t| t.to_vec());
+        // The tRNS chunk as written (the decoder keeps only the low bytes of an 8-bit image's
+        // grey or colour key; PIL compares all 16 bits).
+        let trns = raw_chunk(&bytes, b"tRNS").or_else(|| info.trns.as_ref().map(|t| t.to_vec()));
         let interlaced = info.interlaced;
         let size = reader.output_buffer_size().ok_or_else(|| bad(path, "its decoded size overflows".into()))?;
         let mut buf = vec![0; size];
