@@ -113,7 +113,7 @@ impl ClipScorer {
     /// `preprocessor_config.json` (CLIP's defaults when absent).
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        let model = ClipModel::load(dir, dtype, device)?;
+        let model = load_clip_model(dir, dtype, device)?;
         let tokenizer = ClipTokenizer::from_dir(dir)?;
         let preprocessor = ClipPreprocessor::from_dir(dir)?;
         Self::new(model, tokenizer, preprocessor, device, dir)
@@ -129,7 +129,7 @@ impl ClipScorer {
         device: &Device,
     ) -> Result<Self> {
         let (model_dir, processor_dir) = (model_dir.as_ref(), processor_dir.as_ref());
-        let model = ClipModel::load(model_dir, dtype, device)?;
+        let model = load_clip_model(model_dir, dtype, device)?;
         let tokenizer = ClipTokenizer::from_dir(processor_dir)?;
         let preprocessor = ClipPreprocessor::from_dir(processor_dir)?;
         Self::new(model, tokenizer, preprocessor, device, model_dir)
@@ -281,6 +281,19 @@ impl ClipScorer {
         let images = RgbImage::from_tensor(samples)?;
         self.cosine(&images, prompts)
     }
+}
+
+/// [`ClipModel::load`]; a pickled checkpoint is told transformers' conversion.
+fn load_clip_model(dir: &Path, dtype: DType, device: &Device) -> Result<ClipModel> {
+    ClipModel::load(dir, dtype, device).map_err(|e| {
+        Error::from(e.with_conversion(
+            "a transformers CLIPModel checkpoint",
+            &format!(
+                "python -c \"from transformers import CLIPModel; CLIPModel.from_pretrained('{0}').save_pretrained('{0}')\"",
+                dir.display()
+            ),
+        ))
+    })
 }
 
 fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {

@@ -36,8 +36,9 @@ pub(crate) struct RewardArgs {
     /// The open_clip_config.json of --hps (ViT-H-14's).
     #[arg(long, requires = "hps")]
     hps_config: Option<PathBuf>,
-    /// A CLIP tokenizer directory for --hps (vocab.json + merges.txt, e.g.
-    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
+    /// CLIP's BPE merges for --hps: a tokenizer folder holding merges.txt (e.g.
+    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K) or open_clip's bpe_simple_vocab_16e6.txt; prompts
+    /// are tokenized as open_clip does (ftfy, HTML unescaping), as hpsv2 does.
     #[arg(long, requires = "hps")]
     hps_tokenizer: Option<PathBuf>,
     /// The LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14, a CLIPModel
@@ -95,6 +96,15 @@ impl RewardArgs {
         }
         if let Some(dir) = &self.pickscore {
             let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
+            let has_tokenizer = ["tokenizer.json", "vocab.json"].iter().any(|f| processor.join(f).is_file());
+            if self.pickscore_processor.is_none() && dir.is_dir() && !has_tokenizer {
+                return Err(CliError::usage(format!(
+                    "--pickscore {} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): give the folder of \
+                     its tokenizer and preprocessor_config.json with --pickscore-processor (PickScore_v1's model card \
+                     uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's)",
+                    dir.display()
+                )));
+            }
             let scorer = ClipScorer::load_with_processor(dir, processor, dtype, device)
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
