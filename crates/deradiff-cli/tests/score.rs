@@ -168,6 +168,12 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
     std::fs::create_dir_all(&empty).unwrap();
     let out = dir.join("s.jsonl");
     let p = |x: &Path| x.to_str().unwrap().to_string();
+    // A PickScore model folder without its tokenizer (PickScore_v1's processor is elsewhere).
+    let bare = dir.join("pickscore-model");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(clip.join(f), bare.join(f)).unwrap();
+    }
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
             vec!["--images".into(), p(&folder), "--prompts-file".into(), p(&prompts), "--clip".into(), p(&clip)],
@@ -191,6 +197,11 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
             "holds no .png files",
         ),
         (vec!["--images".into(), p(&folder), "--prompt".into(), "x".into()], 2, "give a reward"),
+        (
+            vec!["--images".into(), p(&folder), "--prompt".into(), "x".into(), "--pickscore".into(), p(&bare)],
+            2,
+            "give the folder of its tokenizer and preprocessor_config.json with --pickscore-processor",
+        ),
         (
             vec!["--images".into(), p(&prompts), "--prompt".into(), "x".into(), "--clip".into(), p(&clip)],
             2,
