@@ -278,9 +278,30 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
     let out = dir.join("scores.jsonl");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let o = deradiff(&[
-        "score", "--images", &s(&folder), "--prompts-file", &s(&prompts_file), "--clip", &s(&clip), "--pickscore",
-        &s(&clip), "--hps", &s(&hps_w), "--hps-config", &s(&hps_c), "--hps-tokenizer", &s(&clip), "--aesthetic",
-        &s(&clip), "--aesthetic-mlp", &s(&mlp), "--image-reward", &s(&ir), "--quiet", "--out", &s(&out),
+        "score",
+        "--images",
+        &s(&folder),
+        "--prompts-file",
+        &s(&prompts_file),
+        "--clip",
+        &s(&clip),
+        "--pickscore",
+        &s(&clip),
+        "--hps",
+        &s(&hps_w),
+        "--hps-config",
+        &s(&hps_c),
+        "--hps-tokenizer",
+        &s(&clip),
+        "--aesthetic",
+        &s(&clip),
+        "--aesthetic-mlp",
+        &s(&mlp),
+        "--image-reward",
+        &s(&ir),
+        "--quiet",
+        "--out",
+        &s(&out),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let images: Vec<PilImage> = names.iter().map(|n| PilImage::load_png(folder.join(n)).unwrap()).collect();

@@ -23,9 +23,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::clip::ClipPreprocessor;
 use crate::clip_reward::ClipScorer;
-use crate::image::PilImage;
 use crate::error::Result;
 use crate::head::LinearHead;
+use crate::image::PilImage;
 use crate::reward::{ImageScorer, Reward};
 use deradiff_sd::RgbImage;
 

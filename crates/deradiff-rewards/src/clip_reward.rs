@@ -52,9 +52,9 @@ use crate::text::OpenClipTokenizer;
 #[derive(Debug)]
 pub enum PromptTokenizer {
     /// transformers' `CLIPTokenizer` (NFC, white space, lower case; the folder's padding token).
-    Clip(ClipTokenizer),
+    Clip(Box<ClipTokenizer>),
     /// open_clip's tokenizer (ftfy, HTML unescaping; zero padding; the end token kept on a cut).
-    OpenClip(OpenClipTokenizer),
+    OpenClip(Box<OpenClipTokenizer>),
 }
 
 impl PromptTokenizer {
@@ -85,13 +85,13 @@ impl PromptTokenizer {
 
 impl From<ClipTokenizer> for PromptTokenizer {
     fn from(t: ClipTokenizer) -> Self {
-        Self::Clip(t)
+        Self::Clip(Box::new(t))
     }
 }
 
 impl From<OpenClipTokenizer> for PromptTokenizer {
     fn from(t: OpenClipTokenizer) -> Self {
-        Self::OpenClip(t)
+        Self::OpenClip(Box::new(t))
     }
 }
 

@@ -47,7 +47,13 @@ fn check(name: &str, want: &[Vec<u32>], got: impl Fn(&str) -> Vec<u32>) {
             (&g != w).then(|| format!("{p:?}: got {g:?}, want {w:?}"))
         })
         .collect();
-    assert!(bad.is_empty(), "{name}: {} of {} prompts differ; first: {:#?}", bad.len(), prompts.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{name}: {} of {} prompts differ; first: {:#?}",
+        bad.len(),
+        prompts.len(),
+        &bad[..bad.len().min(5)]
+    );
 }
 
 #[test]

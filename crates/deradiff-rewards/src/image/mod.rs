@@ -134,7 +134,8 @@ impl PilImage {
     pub fn load_png(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         deradiff_sd::fs::check_path(path, deradiff_sd::fs::Kind::File, "image", None)?;
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })?;
         let mut decoder = png::Decoder::new(std::io::Cursor::new(&bytes[..]));
         decoder.set_transformations(png::Transformations::IDENTITY);
         let mut reader = decoder.read_info().map_err(|e| bad(path, format!("not a readable PNG ({e})")))?;
@@ -151,8 +152,7 @@ impl PilImage {
         let interlaced = info.interlaced;
         let size = reader.output_buffer_size().ok_or_else(|| bad(path, "its decoded size overflows".into()))?;
         let mut buf = vec![0; size];
-        let out =
-            reader.next_frame(&mut buf).map_err(|e| bad(path, format!("corrupt or truncated PNG data ({e})")))?;
+        let out = reader.next_frame(&mut buf).map_err(|e| bad(path, format!("corrupt or truncated PNG data ({e})")))?;
         let depth = out.bit_depth as u8;
         let (color, per_pixel) = match out.color_type {
             png::ColorType::Grayscale => (0, 1),
@@ -168,16 +168,28 @@ impl PilImage {
         let be16 = |t: &[u8], i: usize| t.get(2 * i..2 * i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
         let high = |v: u16| v >> 8;
         let (mode, samples, transparency) = match (color, depth) {
-            (0, 1) => (PilMode::Bilevel, raw.iter().map(|&v| v * 255).collect(), trns.as_deref().and_then(|t| be16(t, 0)).map(|v| Transparency::Grey(if v != 0 { 255 } else { 0 }))),
+            (0, 1) => (
+                PilMode::Bilevel,
+                raw.iter().map(|&v| v * 255).collect(),
+                trns.as_deref().and_then(|t| be16(t, 0)).map(|v| Transparency::Grey(if v != 0 { 255 } else { 0 })),
+            ),
             (0, 16) => (PilMode::I16, raw, trns.as_deref().and_then(|t| be16(t, 0)).map(Transparency::Grey)),
-            (0, d) => (PilMode::L, raw.iter().map(|&v| v * (255 / ((1 << d) - 1))).collect(), trns.as_deref().and_then(|t| be16(t, 0)).map(Transparency::Grey)),
+            (0, d) => (
+                PilMode::L,
+                raw.iter().map(|&v| v * (255 / ((1 << d) - 1))).collect(),
+                trns.as_deref().and_then(|t| be16(t, 0)).map(Transparency::Grey),
+            ),
             (2, d) => (
                 PilMode::Rgb,
                 if d == 16 { raw.iter().map(|&v| high(v)).collect() } else { raw },
                 trns.as_deref().and_then(|t| Some(Transparency::Rgb([be16(t, 0)?, be16(t, 1)?, be16(t, 2)?]))),
             ),
             (3, _) => (PilMode::P, raw, trns.map(Transparency::Palette)),
-            (4, 16) => (PilMode::Rgba, raw.chunks_exact(2).flat_map(|p| [high(p[0]), high(p[0]), high(p[0]), high(p[1])]).collect(), None),
+            (4, 16) => (
+                PilMode::Rgba,
+                raw.chunks_exact(2).flat_map(|p| [high(p[0]), high(p[0]), high(p[0]), high(p[1])]).collect(),
+                None,
+            ),
             (4, _) => (PilMode::La, raw, None),
             (_, d) => (PilMode::Rgba, if d == 16 { raw.iter().map(|&v| high(v)).collect() } else { raw }, None),
         };

@@ -112,7 +112,12 @@ fn store16(ss: f64) -> u16 {
 
 /// Resizes a single-band 16-bit image (`I;16`) as PIL does: double weights, each pass rounded
 /// and stored as 16 bits.
-pub(crate) fn resize_16bpc(src: &[u16], (w, h): (usize, usize), (out_w, out_h): (usize, usize), filter: Resample) -> Vec<u16> {
+pub(crate) fn resize_16bpc(
+    src: &[u16],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    filter: Resample,
+) -> Vec<u16> {
     let mut data = src.to_vec();
     let mut cur_w = w;
     if out_w != w {
@@ -156,7 +161,12 @@ pub(crate) fn nearest_indices(in_len: usize, out_len: usize) -> Vec<usize> {
 }
 
 /// Nearest-neighbour resize of interleaved samples of `ch` bands.
-pub(crate) fn resize_nearest<T: Copy>(src: &[T], (w, h): (usize, usize), ch: usize, (out_w, out_h): (usize, usize)) -> Vec<T> {
+pub(crate) fn resize_nearest<T: Copy>(
+    src: &[T],
+    (w, h): (usize, usize),
+    ch: usize,
+    (out_w, out_h): (usize, usize),
+) -> Vec<T> {
     let (xs, ys) = (nearest_indices(w, out_w), nearest_indices(h, out_h));
     let mut out = Vec::with_capacity(out_w * out_h * ch);
     for &y in &ys {

@@ -166,11 +166,8 @@ fn matches_at(atoms: &[Atom], chars: &[char], pos: usize) -> bool {
 /// the bytes 0x80–0xFF or 0x1A decodes to.
 fn possible_encoding(text: &str, encoding: &str) -> bool {
     let Some(c) = codec(encoding) else { return false };
-    text.chars().all(|ch| {
-        (ch.is_ascii() && ch != '\x1a')
-            || c.decode[0x80..].contains(&Some(ch))
-            || c.decode[0x1a] == Some(ch)
-    })
+    text.chars()
+        .all(|ch| (ch.is_ascii() && ch != '\x1a') || c.decode[0x80..].contains(&Some(ch)) || c.decode[0x1a] == Some(ch))
 }
 
 fn encode(text: &str, encoding: &str) -> Option<Vec<u8>> {

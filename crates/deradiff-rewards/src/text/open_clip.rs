@@ -84,8 +84,10 @@ fn whitespace_runs() -> &'static regex::Regex {
 fn split_pattern() -> &'static regex::Regex {
     static RE: OnceLock<regex::Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        regex::Regex::new(r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+")
-            .expect("a valid pattern")
+        regex::Regex::new(
+            r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+",
+        )
+        .expect("a valid pattern")
     })
 }
 
@@ -135,11 +137,8 @@ impl OpenClipTokenizer {
         let byte_encoder = bytes_to_unicode();
         // `bytes_to_unicode().values()` in its insertion order: the printable bytes, then the rest.
         let printable = |b: &usize| byte_encoder[*b] as usize == *b;
-        let order: Vec<char> = (0..256)
-            .filter(printable)
-            .chain((0..256).filter(|b| !printable(b)))
-            .map(|b| byte_encoder[b])
-            .collect();
+        let order: Vec<char> =
+            (0..256).filter(printable).chain((0..256).filter(|b| !printable(b))).map(|b| byte_encoder[b]).collect();
         let mut vocab: Vec<String> = order.iter().map(char::to_string).collect();
         vocab.extend(order.iter().map(|c| format!("{c}</w>")));
         let mut ranks = HashMap::new();

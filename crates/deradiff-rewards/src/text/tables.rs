@@ -63,9 +63,7 @@ pub(crate) struct Tables {
 }
 
 fn chars_of(list: &str) -> String {
-    list.split(',')
-        .map(|h| char::from_u32(u32::from_str_radix(h, 16).expect("hex")).expect("a scalar value"))
-        .collect()
+    list.split(',').map(|h| char::from_u32(u32::from_str_radix(h, 16).expect("hex")).expect("a scalar value")).collect()
 }
 
 fn parse_atom(tok: &str) -> Atom {
