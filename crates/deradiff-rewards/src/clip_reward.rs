@@ -18,6 +18,21 @@
 //! (`scripts/gen_clip_fixtures.py`, `tests/clip_reward.rs`): embeddings within 1e-6, scores
 //! within 2e-5, preprocessed pixels identical.
 //!
+//! Which reference, exactly:
+//!
+//! * prompts: transformers' `CLIPTokenizer` of the folder (`tokenizer.json`, or `vocab.json` +
+//!   `merges.txt`), `padding="max_length", truncation=True`: a prompt longer than the context
+//!   keeps its first `max_length − 2` tokens, then the end token; padding with the folder's pad
+//!   token (`<|endoftext|>` for openai's folders, `!` for OpenCLIP's). HPS v2 uses open_clip's
+//!   own tokenizer instead ([`OpenClipTokenizer`]: ftfy and HTML cleaning, its cut). Equal ids on
+//!   640 hostile prompts (`tests/tokenizer_fidelity.rs`);
+//! * images: transformers' **PIL** image processor (`CLIPImageProcessorPil`, i.e.
+//!   `CLIPProcessor.from_pretrained(dir, backend="pil")`), with its `convert_to_rgb` compositing
+//!   alpha and `tRNS` transparency on white. transformers 5's default backend is torchvision's
+//!   (`CLIPImageProcessor`): it resizes on tensors and gives CLIP scores up to 2.5e-3 relative
+//!   away on the fixture images; deradiff does not offer that backend yet. Files are decoded in
+//!   PIL's modes ([`PilImage`]); equal scores on 34 PNGs of every mode (`tests/image_fidelity.rs`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use candle_core::{DType, Device, Tensor};
