@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_rewards::{
-    AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore, PilImage,
+    AestheticScore, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer, PickScore, PilImage,
 };
 use deradiff_sd::RgbImage;
 
@@ -329,4 +329,30 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
         assert_eq!(row["mode"], images[i].description().as_str());
     }
     assert!(rows.iter().any(|r| r["mode"] == "RGBA"), "{rows:?}");
+    // transformers 5's default image backend, on request.
+    let tv_out = dir.join("torchvision.jsonl");
+    let o = deradiff(&[
+        "score",
+        "--images",
+        &s(&folder),
+        "--prompts-file",
+        &s(&prompts_file),
+        "--clip",
+        &s(&clip),
+        "--clip-image-backend",
+        "torchvision",
+        "--quiet",
+        "--out",
+        &s(&tv_out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tv = ClipScore::new(
+        ClipScorer::load(&clip, f32, cpu).unwrap().with_image_backend(ImageBackend::Torchvision).unwrap(),
+    );
+    let want = tv.score_pil(&images, Some(&texts)).unwrap();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&tv_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["clip_score"].as_f64().unwrap(), want[i], "torchvision backend, {}", names[i]);
+    }
 }

@@ -30,7 +30,8 @@
 //!   `CLIPProcessor.from_pretrained(dir, backend="pil")`), with its `convert_to_rgb` compositing
 //!   alpha and `tRNS` transparency on white. transformers 5's default backend is torchvision's
 //!   (`CLIPImageProcessor`): it resizes on tensors and gives CLIP scores up to 2.5e-3 relative
-//!   away on the fixture images; deradiff does not offer that backend yet. Files are decoded in
+//!   away on the fixture images; [`ClipScorer::with_image_backend`] (`--clip-image-backend
+//!   torchvision`) matches that one instead. Files are decoded in
 //!   PIL's modes ([`PilImage`]); equal scores on 34 PNGs of every mode (`tests/image_fidelity.rs`).
 //!
 //! ```
@@ -56,7 +57,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipTokenizer, RgbImage};
 
-use crate::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use crate::clip::{ClipModel, ClipPreprocessor, ImageBackend, OpenClipConfig};
 use crate::error::{Error, Result};
 use crate::image::PilImage;
 use crate::reward::{require_prompts, ImageScorer, Reward};
@@ -187,6 +188,13 @@ impl ClipScorer {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
+    }
+
+    /// The same model with transformers' other image-processor backend for its
+    /// `preprocessor_config.json` ([`ImageBackend`]; PIL's by default).
+    pub fn with_image_backend(mut self, backend: ImageBackend) -> Result<Self> {
+        self.preprocessor = self.preprocessor.clone().with_backend(backend)?;
+        Ok(self)
     }
 
     /// The device the model runs on.

@@ -61,8 +61,8 @@ pub use aesthetic::AestheticScore;
 pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
 #[cfg(feature = "sd")]
 pub use clip::{
-    resize_like_pil, ClipModel, ClipPreprocessor, ClipVisionModel, OpenClipConfig, PixelConvention, Resample, ResizeTo,
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    resize_like_pil, ClipModel, ClipPreprocessor, ClipVisionModel, ImageBackend, OpenClipConfig, PixelConvention,
+    Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 #[cfg(feature = "sd")]
 pub use clip_reward::{

@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use deradiff_rewards::{AestheticScore, ClipScore, HpsScore, ImageRewardScore, ImageScorer, PickScore, PilImage};
+use deradiff_rewards::{
+    AestheticScore, ClipPreprocessor, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer,
+    PickScore, PilImage, Resample,
+};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -74,6 +77,21 @@ fn clip_score_and_pickscore_match_transformers() {
     let dir = fixtures().join("clip/clip-gelu");
     check(&ClipScore::load(&dir, DType::F32, &Device::Cpu).unwrap(), "clip_score");
     check(&PickScore::load(&dir, DType::F32, &Device::Cpu).unwrap(), "pickscore");
+}
+
+#[test]
+fn the_torchvision_backend_matches_transformers_default() {
+    let dir = fixtures().join("clip/clip-gelu");
+    let scorer =
+        || ClipScorer::load(&dir, DType::F32, &Device::Cpu).unwrap().with_image_backend(ImageBackend::Torchvision);
+    check(&ClipScore::new(scorer().unwrap()), "clip_score_torchvision");
+    check(&PickScore::new(scorer().unwrap()), "pickscore_torchvision");
+    // Only transformers' processors have backends; the torchvision one resizes bicubic only.
+    let hps_like = ClipPreprocessor::longest_edge_pad(28).with_backend(ImageBackend::Torchvision).unwrap_err();
+    assert!(hps_like.to_string().contains("backend of transformers' processor"), "{hps_like}");
+    let bilinear = ClipPreprocessor { resample: Resample::Bilinear, ..ClipPreprocessor::default() };
+    let err = bilinear.with_backend(ImageBackend::Torchvision).unwrap_err().to_string();
+    assert!(err.contains("bicubic"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
+use deradiff_rewards::{
+    AestheticScore, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer, PickScore,
+};
 
 use crate::error::{CliError, Context, Result};
 
@@ -29,6 +31,11 @@ pub(crate) struct RewardArgs {
     /// (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
     #[arg(long, requires = "pickscore")]
     pickscore_processor: Option<PathBuf>,
+    /// The transformers image-processor backend --clip and --pickscore preprocess with: pil
+    /// (`CLIPImageProcessorPil`) or torchvision (`CLIPImageProcessor`, transformers 5's default;
+    /// scores ~1e-3 apart).
+    #[arg(long, value_parser = ["pil", "torchvision"], default_value = "pil")]
+    clip_image_backend: String,
     /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (scripts/convert_to_safetensors.py
     /// hps); with --hps-config and --hps-tokenizer.
     #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
@@ -85,12 +92,21 @@ impl RewardArgs {
         self.given().into_iter().find(|&flag| flag != "--aesthetic")
     }
 
+    /// The image-processor backend of --clip and --pickscore.
+    fn image_backend(&self) -> ImageBackend {
+        match self.clip_image_backend.as_str() {
+            "torchvision" => ImageBackend::Torchvision,
+            _ => ImageBackend::Pil,
+        }
+    }
+
     /// Loads every reward given, in a fixed order (clip_score, pickscore, hps, aesthetic,
     /// image_reward: the results files' columns).
     pub(crate) fn load(&self, dtype: DType, device: &Device) -> Result<Vec<Box<dyn ImageScorer>>> {
         let mut rewards: Vec<Box<dyn ImageScorer>> = Vec::new();
         if let Some(dir) = &self.clip {
             let scorer = ClipScorer::load(dir, dtype, device)
+                .and_then(|s| s.with_image_backend(self.image_backend()))
                 .with_context(|| format!("cannot load the --clip model {}", dir.display()))?;
             rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
         }
@@ -106,6 +122,7 @@ impl RewardArgs {
                 )));
             }
             let scorer = ClipScorer::load_with_processor(dir, processor, dtype, device)
+                .and_then(|s| s.with_image_backend(self.image_backend()))
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
         }

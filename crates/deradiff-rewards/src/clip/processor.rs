@@ -9,7 +9,7 @@ use deradiff_sd::fs::{probe_path, read_text, Kind};
 use deradiff_sd::{Error, Result, RgbImage};
 use serde_json::Value;
 
-use crate::image::{resize_8bpc, PilImage};
+use crate::image::{resize_8bpc, resize_torch_u8, PilImage};
 
 /// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -232,6 +232,26 @@ pub enum PixelConvention {
     /// it at 2, not 1); `ToTensor` divides by 255 in f32. openai/CLIP's `_transform` and
     /// ImageReward use them.
     Torchvision,
+    /// transformers 5's torchvision backend of the same processor (`CLIPImageProcessor`, the
+    /// default of `AutoProcessor` when torchvision is installed): the resize on the uint8
+    /// tensor with torch's antialiased bicubic (int16 weights, [`ImageBackend::Torchvision`]),
+    /// the crop's top-left at `int((size − crop) / 2)` (a larger crop zero-pads `⌊(crop −
+    /// size) / 2⌋` before), rescaling fused into the normalisation in f32 (`(x − mean · 255) /
+    /// (std · 255)`).
+    TransformersTorchvision,
+}
+
+/// transformers' two image-processor backends for a `preprocessor_config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageBackend {
+    /// The PIL backend (`CLIPImageProcessorPil`, `backend="pil"`): PIL's resize on the 8-bit
+    /// image. deradiff's default for CLIP score and PickScore.
+    #[default]
+    Pil,
+    /// The torchvision backend (`CLIPImageProcessor`, `backend="torchvision"`, transformers 5's
+    /// default): torch's resize of the uint8 tensor. Its CLIP scores differ from the PIL
+    /// backend's by up to ~2.5e-3 relative; bicubic (`resample: 3`) only.
+    Torchvision,
 }
 
 /// transformers' `CLIPImageProcessor` (PIL backend): optional resize, center crop (zero-padded
@@ -363,6 +383,31 @@ impl ClipPreprocessor {
             convention: PixelConvention::Torchvision,
             ..Self::default()
         }
+    }
+
+    /// The same `preprocessor_config.json` with transformers' other backend (see
+    /// [`ImageBackend`]). Only for a transformers processor (not HPS v2's or openai/CLIP's
+    /// transforms); the torchvision backend needs bicubic resizing.
+    pub fn with_backend(mut self, backend: ImageBackend) -> Result<Self> {
+        if !matches!(self.convention, PixelConvention::Transformers | PixelConvention::TransformersTorchvision) {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor::with_backend: {backend:?} is a backend of transformers' processor, not of this \
+                 {:?} transform",
+                self.convention
+            )));
+        }
+        if backend == ImageBackend::Torchvision && self.do_resize && self.resample != Resample::Bicubic {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor::with_backend: the torchvision backend is implemented for bicubic resizing \
+                 (`resample: 3`), not {:?}",
+                self.resample
+            )));
+        }
+        self.convention = match backend {
+            ImageBackend::Pil => PixelConvention::Transformers,
+            ImageBackend::Torchvision => PixelConvention::TransformersTorchvision,
+        };
+        Ok(self)
     }
 
     /// Reads a `preprocessor_config.json` (fields missing take `CLIPImageProcessor`'s defaults).
@@ -523,7 +568,18 @@ impl ClipPreprocessor {
             )));
         }
         let resized = if (h, w) != (image.height(), image.width()) {
-            resize_like_pil(image, w, h, self.resample)?
+            if self.convention == PixelConvention::TransformersTorchvision {
+                if self.resample != Resample::Bicubic {
+                    return Err(Error::InvalidArgument(format!(
+                        "ClipPreprocessor: the torchvision backend is implemented for bicubic resizing, not {:?}",
+                        self.resample
+                    )));
+                }
+                let data = resize_torch_u8(image.data(), (image.width(), image.height()), 3, (w, h));
+                RgbImage::new(w, h, data)?
+            } else {
+                resize_like_pil(image, w, h, self.resample)?
+            }
         } else {
             image.clone()
         };
@@ -541,6 +597,9 @@ impl ClipPreprocessor {
         let offset = |d: i64| match self.convention {
             PixelConvention::Transformers => d.div_euclid(2),
             PixelConvention::Torchvision => (d as f64 / 2.0).round_ties_even() as i64,
+            // `int((size − crop) / 2.0)`, or the left padding `(crop − size) // 2` of a larger crop:
+            // both truncate toward zero.
+            PixelConvention::TransformersTorchvision => d / 2,
         };
         let top = offset(h - ch as i64);
         let left = offset(w - cw as i64);
@@ -587,6 +646,9 @@ impl ClipPreprocessor {
                     (false, _) => f32::from(px[c]),
                     (true, PixelConvention::Transformers) => (f64::from(px[c]) * self.rescale_factor) as f32,
                     (true, PixelConvention::Torchvision) => to_tensor(px[c], self.rescale_factor),
+                    // Fused into the normalisation; alone, `image * factor` in f32.
+                    (true, PixelConvention::TransformersTorchvision) if self.do_normalize => f32::from(px[c]),
+                    (true, PixelConvention::TransformersTorchvision) => f32::from(px[c]) * self.rescale_factor as f32,
                 };
             }
         }
@@ -599,8 +661,14 @@ impl ClipPreprocessor {
             return;
         }
         let plane = planar.len() / 3;
+        // transformers' torchvision backend folds the rescale into mean and std (f32 tensors
+        // times 1 / factor).
+        let fold = match self.convention {
+            PixelConvention::TransformersTorchvision if self.do_rescale => (1.0 / self.rescale_factor) as f32,
+            _ => 1.0,
+        };
         for c in 0..3 {
-            let (mean, std) = (self.image_mean[c] as f32, self.image_std[c] as f32);
+            let (mean, std) = (self.image_mean[c] as f32 * fold, self.image_std[c] as f32 * fold);
             for v in &mut planar[c * plane..(c + 1) * plane] {
                 *v = (*v - mean) / std;
             }
@@ -677,7 +745,9 @@ impl ClipPreprocessor {
                 Ok(image.resize(w, h, self.resample)?.to_rgb())
             }
             (PixelConvention::Torchvision, _) => Ok(image.to_rgb()),
-            (PixelConvention::Transformers, _) => Ok(image.to_rgb_on_white()),
+            (PixelConvention::Transformers | PixelConvention::TransformersTorchvision, _) => {
+                Ok(image.to_rgb_on_white())
+            }
         }
     }
 

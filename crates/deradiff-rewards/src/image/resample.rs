@@ -72,17 +72,32 @@ pub(crate) fn resize_8bpc(
     (out_w, out_h): (usize, usize),
     filter: Resample,
 ) -> Vec<u8> {
+    let weights = |i, o| (coefficients(i, o, filter), PRECISION_BITS);
+    separable_u8(src, (w, h), ch, (out_w, out_h), &weights, &|ss, _| clip8(ss))
+}
+
+/// A separable 8-bit resize: width, then height, each pass `Σ sample · weight + half` with
+/// fixed-point `weights(in, out)` (and their precision), stored by `store(sum, precision)`.
+fn separable_u8(
+    src: &[u8],
+    (w, h): (usize, usize),
+    ch: usize,
+    (out_w, out_h): (usize, usize),
+    weights: &dyn Fn(usize, usize) -> (Vec<(usize, Vec<i64>)>, u32),
+    store: &dyn Fn(i64, u32) -> u8,
+) -> Vec<u8> {
     let run = |data: &[u8], in_len: usize, out_len: usize, p: Pass, size: usize| -> Vec<u8> {
-        let coeffs = coefficients(in_len, out_len, filter);
+        let (coeffs, precision) = weights(in_len, out_len);
+        let half = if precision == 0 { 0 } else { 1i64 << (precision - 1) };
         let mut out = vec![0u8; size];
         for line in 0..p.lines {
             for (o, (min, k)) in coeffs.iter().enumerate() {
                 for c in 0..ch {
-                    let mut ss = 1i64 << (PRECISION_BITS - 1);
+                    let mut ss = half;
                     for (j, &kj) in k.iter().enumerate() {
                         ss += i64::from(data[line * p.line_step + (min + j) * p.step + c]) * kj;
                     }
-                    out[line * p.out_line_step + o * p.out_step + c] = clip8(ss);
+                    out[line * p.out_line_step + o * p.out_step + c] = store(ss, precision);
                 }
             }
         }
@@ -175,4 +190,76 @@ pub(crate) fn resize_nearest<T: Copy>(
         }
     }
     out
+}
+
+/// torch's antialiased bicubic filter (`aa_filter`, a = −0.5, in its arithmetic).
+fn torch_bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+    } else {
+        0.0
+    }
+}
+
+/// torch's `compute_index_ranges_int16_weights` for antialiased bicubic: f64 weights (PIL's
+/// windows), quantised to int16 at the largest precision that keeps the biggest weight under
+/// 2^15; returns the weights and the precision.
+fn torch_int16_coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i64>)>, u32) {
+    let scale = in_size as f64 / out_size as f64;
+    let (support, invscale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+    let mut wt_max = 0f64;
+    let float: Vec<(usize, Vec<f64>)> = (0..out_size)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+            let mut w: Vec<f64> =
+                (0..xsize.max(0)).map(|j| torch_bicubic(((j + xmin) as f64 - center + 0.5) * invscale)).collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                for v in &mut w {
+                    *v /= total;
+                }
+            }
+            wt_max = w.iter().copied().fold(wt_max, f64::max);
+            (xmin as usize, w)
+        })
+        .collect();
+    let mut precision = 0u32;
+    while precision < 22 && ((0.5 + wt_max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15) {
+        precision += 1;
+    }
+    let one = f64::from(1u32 << precision);
+    let q = float
+        .into_iter()
+        .map(|(xmin, w)| {
+            (
+                xmin,
+                w.iter()
+                    .map(|&v| if v * one < 0.0 { (v * one - 0.5) as i16 } else { (v * one + 0.5) as i16 })
+                    .map(i64::from)
+                    .collect(),
+            )
+        })
+        .collect();
+    (q, precision)
+}
+
+/// Resizes interleaved 8-bit samples of `ch` bands as torch's `interpolate(mode="bicubic",
+/// antialias=True)` does on a uint8 tensor (torchvision's `resize` of a uint8 image, transformers'
+/// torchvision backend): width, then height, int16 weights, each pass rounded and clipped to 8
+/// bits.
+pub(crate) fn resize_torch_u8(
+    src: &[u8],
+    (w, h): (usize, usize),
+    ch: usize,
+    (out_w, out_h): (usize, usize),
+) -> Vec<u8> {
+    separable_u8(src, (w, h), ch, (out_w, out_h), &torch_int16_coefficients, &|acc, precision| {
+        (acc >> precision).clamp(0, 255) as u8
+    })
 }
