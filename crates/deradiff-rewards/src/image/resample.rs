@@ -53,6 +53,9 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
+/// Fixed-point weights per output index (first input index, weights) and their precision in bits.
+type FixedWeights = (Vec<(usize, Vec<i64>)>, u32);
+
 /// One separable pass over interleaved samples: `len` outputs along the axis whose stride is
 /// `step` samples, for every one of `lines` lines `line_step` apart.
 struct Pass {
@@ -83,7 +86,7 @@ fn separable_u8(
     (w, h): (usize, usize),
     ch: usize,
     (out_w, out_h): (usize, usize),
-    weights: &dyn Fn(usize, usize) -> (Vec<(usize, Vec<i64>)>, u32),
+    weights: &dyn Fn(usize, usize) -> FixedWeights,
     store: &dyn Fn(i64, u32) -> u8,
 ) -> Vec<u8> {
     let run = |data: &[u8], in_len: usize, out_len: usize, p: Pass, size: usize| -> Vec<u8> {
@@ -208,7 +211,7 @@ fn torch_bicubic(x: f64) -> f64 {
 /// torch's `compute_index_ranges_int16_weights` for antialiased bicubic: f64 weights (PIL's
 /// windows), quantised to int16 at the largest precision that keeps the biggest weight under
 /// 2^15; returns the weights and the precision.
-fn torch_int16_coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i64>)>, u32) {
+fn torch_int16_coefficients(in_size: usize, out_size: usize) -> FixedWeights {
     let scale = in_size as f64 / out_size as f64;
     let (support, invscale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
     let mut wt_max = 0f64;
