@@ -211,9 +211,9 @@ def bpe_files():
 
 def write_bpe_dirs():
     """vocab.json + merges.txt in the layout of openai/clip-vit-*'s Hub folders."""
+    from open_clip.tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
     src, header, merges = bpe_files()
-    sys.path.insert(0, "")
     byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -248,18 +248,6 @@ def write_bpe_dirs():
     shutil.copy(os.path.join(OUT, "bpe", "tokenizer_config.json"), os.path.join(d, "tokenizer_config.json"))
     shutil.rmtree(tmp)
     return src
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(2 ** 8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2 ** 8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def hf_ids(prompts):

@@ -46,6 +46,11 @@ fn images(dir: &Path) -> Vec<RgbImage> {
         .collect()
 }
 
+/// The rows of a JSON-lines scores file.
+fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 const PROMPTS: [&str; 4] = ["a red cube", "a blue sphere, \"glossy\"", "a green cone", "a cat"];
 
 #[test]
@@ -115,8 +120,7 @@ fn scores_equal_the_library_calls() {
         .unwrap()
         .score_images(&imgs, &prompt_refs)
         .unwrap();
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl_rows(&out);
     assert_eq!(rows.len(), 4);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["image"], format!("img-{i}.png"));
@@ -277,14 +281,14 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
     let ir = tune_fixture("image_reward");
     let out = dir.join("scores.jsonl");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let o = deradiff(&[
-        "score",
-        "--images",
-        &s(&folder),
-        "--prompts-file",
-        &s(&prompts_file),
-        "--clip",
-        &s(&clip),
+    // `deradiff score` on the folder with its prompts and --clip, then `extra`.
+    let score = |extra: &[&str]| {
+        let mut args = vec!["score", "--images", folder.to_str().unwrap(), "--prompts-file"];
+        args.extend([prompts_file.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--quiet"]);
+        args.extend(extra);
+        deradiff(&args)
+    };
+    let o = score(&[
         "--pickscore",
         &s(&clip),
         "--hps",
@@ -299,7 +303,6 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
         &s(&mlp),
         "--image-reward",
         &s(&ir),
-        "--quiet",
         "--out",
         &s(&out),
     ]);
@@ -314,8 +317,7 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
         ("aesthetic", Box::new(AestheticScore::load(&clip, &mlp, f32, cpu).unwrap())),
         ("image_reward", Box::new(ImageRewardScore::load(&ir, f32, cpu).unwrap())),
     ];
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl_rows(&out);
     assert_eq!(rows.len(), names.len());
     for (key, reward) in &rewards {
         let want = reward.score_pil(&images, Some(&texts)).unwrap();
@@ -331,27 +333,13 @@ fn every_png_mode_and_hostile_prompts_score_as_the_library() {
     assert!(rows.iter().any(|r| r["mode"] == "RGBA"), "{rows:?}");
     // transformers 5's default image backend, on request.
     let tv_out = dir.join("torchvision.jsonl");
-    let o = deradiff(&[
-        "score",
-        "--images",
-        &s(&folder),
-        "--prompts-file",
-        &s(&prompts_file),
-        "--clip",
-        &s(&clip),
-        "--clip-image-backend",
-        "torchvision",
-        "--quiet",
-        "--out",
-        &s(&tv_out),
-    ]);
+    let o = score(&["--clip-image-backend", "torchvision", "--out", &s(&tv_out)]);
     assert!(o.status.success(), "{}", text(&o));
     let tv = ClipScore::new(
         ClipScorer::load(&clip, f32, cpu).unwrap().with_image_backend(ImageBackend::Torchvision).unwrap(),
     );
     let want = tv.score_pil(&images, Some(&texts)).unwrap();
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(&tv_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl_rows(&tv_out);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["clip_score"].as_f64().unwrap(), want[i], "torchvision backend, {}", names[i]);
     }

@@ -257,14 +257,7 @@ impl ClipScorer {
 
     /// Cosine similarity of image i with prompt i (each distinct prompt is encoded once).
     pub fn cosine(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
-        if images.len() != prompts.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} images and {} prompts: give one prompt per image",
-                images.len(),
-                prompts.len()
-            )));
-        }
-        if images.is_empty() {
+        if one_prompt_per_image(images.len(), prompts.len())? {
             return Ok(Vec::new());
         }
         let img = self.image_embeds(images)?;
@@ -304,6 +297,16 @@ impl ClipScorer {
         let images = RgbImage::from_tensor(samples)?;
         self.cosine(&images, prompts)
     }
+}
+
+/// Checks that `images` and `prompts` pair up; `true` when both are empty (nothing to score).
+fn one_prompt_per_image(images: usize, prompts: usize) -> Result<bool> {
+    if images != prompts {
+        return Err(Error::InvalidArgument(format!(
+            "{images} images and {prompts} prompts: give one prompt per image"
+        )));
+    }
+    Ok(images == 0)
 }
 
 /// [`ClipModel::load`]; a pickled checkpoint is told transformers' conversion.
@@ -481,14 +484,7 @@ impl<K: CosineScore> ImageScorer for CosineReward<K> {
 
     fn score_pil(&self, images: &[PilImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         let prompts = require_prompts(prompts, &self.name)?;
-        if images.len() != prompts.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} images and {} prompts: give one prompt per image",
-                images.len(),
-                prompts.len()
-            )));
-        }
-        if images.is_empty() {
+        if one_prompt_per_image(images.len(), prompts.len())? {
             return Ok(Vec::new());
         }
         let embeds = self.scorer.pil_embeds(images)?;

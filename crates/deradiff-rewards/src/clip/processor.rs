@@ -9,7 +9,7 @@ use deradiff_sd::fs::{probe_path, read_text, Kind};
 use deradiff_sd::{Error, Result, RgbImage};
 use serde_json::Value;
 
-use crate::image::{resize_8bpc, resize_torch_u8, PilImage};
+use crate::image::{resize_8bpc, resize_torch_u8, torch_aa_bicubic_f32, PilImage};
 
 /// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -112,42 +112,6 @@ impl Resample {
     }
 }
 
-/// torch's antialiased bicubic weights for a float32 tensor (`_compute_indices_min_size_weights_aa`
-/// with `aa_filter`, a = −0.5), computed in f32 as torch does: for each output index, the first
-/// input index and the normalised weights.
-fn torch_aa_bicubic_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = in_size as f32 / out_size as f32;
-    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0f32 };
-    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0f32 };
-    let filter = |x: f32| -> f32 {
-        const A: f32 = -0.5;
-        let x = x.abs();
-        if x < 1.0 {
-            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-        } else {
-            0.0
-        }
-    };
-    (0..out_size)
-        .map(|i| {
-            let center = scale * (i as f32 + 0.5);
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
-            let mut w: Vec<f32> =
-                (0..xsize.max(0)).map(|j| filter(((j + xmin) as f32 - center + 0.5) * invscale)).collect();
-            let total: f32 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            (xmin as usize, w)
-        })
-        .collect()
-}
-
 /// Resizes planar float channels `[3, h, w]` as torch's `interpolate(..., mode="bicubic",
 /// antialias=True)` does on a float32 tensor: width first, then height, f32 weights and sums
 /// (no rounding to 8 bits, no clamp).
@@ -161,7 +125,7 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
     };
     let (mut cur, mut cur_w) = (src.to_vec(), w);
     if out_w != w {
-        let cx = torch_aa_bicubic_coefficients(w, out_w);
+        let cx = torch_aa_bicubic_f32(w, out_w);
         let mut tmp = vec![0f32; 3 * h * out_w];
         for c in 0..3 {
             for y in 0..h {
@@ -174,7 +138,7 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
         (cur, cur_w) = (tmp, out_w);
     }
     if out_h != h {
-        let cy = torch_aa_bicubic_coefficients(h, out_h);
+        let cy = torch_aa_bicubic_f32(h, out_h);
         let mut out = vec![0f32; 3 * out_h * cur_w];
         for c in 0..3 {
             for (yy, (ymin, k)) in cy.iter().enumerate() {
@@ -541,6 +505,21 @@ impl ClipPreprocessor {
         }
     }
 
+    /// [`Self::resized_size`], or an [`Error::InvalidArgument`] naming `size` when it has more
+    /// than [`Self::MAX_PIXELS`] pixels.
+    fn checked_resized_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let (h, w) = self.resized_size(height, width);
+        if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor: resizing a {width}x{height} image to `size` {:?} gives {w}x{h} pixels, more than {} \
+                 (ClipPreprocessor::MAX_PIXELS)",
+                self.size,
+                Self::MAX_PIXELS
+            )));
+        }
+        Ok((h, w))
+    }
+
     /// The most pixels a resize or a crop may make: 2^24 (4096 × 4096; CLIP takes 224 × 224 or
     /// 336 × 336). Checked before anything is allocated.
     pub const MAX_PIXELS: usize = 1 << 24;
@@ -549,17 +528,7 @@ impl ClipPreprocessor {
     /// (`size`, for this image's aspect ratio) or a crop (`crop_size`) of more than
     /// [`Self::MAX_PIXELS`] pixels is an [`Error::InvalidArgument`] naming the field.
     pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
-        let (h, w) = self.resized_size(image.height(), image.width());
-        if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
-            return Err(Error::InvalidArgument(format!(
-                "ClipPreprocessor: resizing a {}x{} image to `size` {:?} gives {w}x{h} pixels, more than {} \
-                 (ClipPreprocessor::MAX_PIXELS)",
-                image.width(),
-                image.height(),
-                self.size,
-                Self::MAX_PIXELS
-            )));
-        }
+        let (h, w) = self.checked_resized_size(image.height(), image.width())?;
         if self.do_center_crop && self.crop_size.0.checked_mul(self.crop_size.1).is_none_or(|n| n > Self::MAX_PIXELS) {
             return Err(Error::InvalidArgument(format!(
                 "ClipPreprocessor: `crop_size` {:?} is more than {} pixels (ClipPreprocessor::MAX_PIXELS)",
@@ -731,17 +700,7 @@ impl ClipPreprocessor {
         match (self.convention, self.size) {
             (_, ResizeTo::LongestEdgePad(_)) => Ok(image.to_rgb()),
             (PixelConvention::Torchvision, _) if self.do_resize => {
-                let (h, w) = self.resized_size(image.height(), image.width());
-                if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
-                    return Err(Error::InvalidArgument(format!(
-                        "ClipPreprocessor: resizing a {}x{} image to `size` {:?} gives {w}x{h} pixels, more than {} \
-                         (ClipPreprocessor::MAX_PIXELS)",
-                        image.width(),
-                        image.height(),
-                        self.size,
-                        Self::MAX_PIXELS
-                    )));
-                }
+                let (h, w) = self.checked_resized_size(image.height(), image.width())?;
                 Ok(image.resize(w, h, self.resample)?.to_rgb())
             }
             (PixelConvention::Torchvision, _) => Ok(image.to_rgb()),

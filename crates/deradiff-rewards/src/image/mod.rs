@@ -11,7 +11,7 @@ use std::path::Path;
 
 use deradiff_sd::{Error, Result, RgbImage};
 
-pub(crate) use resample::{resize_8bpc, resize_torch_u8};
+pub(crate) use resample::{resize_8bpc, resize_torch_u8, torch_aa_bicubic_f32};
 
 use crate::clip::Resample;
 

@@ -195,61 +195,60 @@ pub(crate) fn resize_nearest<T: Copy>(
     out
 }
 
-/// torch's antialiased bicubic filter (`aa_filter`, a = −0.5, in its arithmetic).
-fn torch_bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-    } else {
-        0.0
-    }
+/// torch's antialiased bicubic weights (`_compute_index_ranges_weights` with `aa_filter`, a =
+/// −0.5), computed in the given float type as torch does for the tensor's dtype (f32 for float32
+/// tensors, f64 for uint8): for each output index, the first input index and the normalised weights.
+macro_rules! torch_aa_bicubic {
+    ($name:ident, $t:ty) => {
+        pub(crate) fn $name(in_size: usize, out_size: usize) -> Vec<(usize, Vec<$t>)> {
+            const A: $t = -0.5;
+            let filter = |x: $t| -> $t {
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+                } else {
+                    0.0
+                }
+            };
+            let scale = in_size as $t / out_size as $t;
+            let (support, invscale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+            (0..out_size)
+                .map(|i| {
+                    let center = scale * (i as $t + 0.5);
+                    let xmin = ((center - support + 0.5) as i64).max(0);
+                    let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+                    let mut w: Vec<$t> =
+                        (0..xsize.max(0)).map(|j| filter(((j + xmin) as $t - center + 0.5) * invscale)).collect();
+                    let total: $t = w.iter().sum();
+                    if total != 0.0 {
+                        for v in &mut w {
+                            *v /= total;
+                        }
+                    }
+                    (xmin as usize, w)
+                })
+                .collect()
+        }
+    };
 }
 
-/// torch's `compute_index_ranges_int16_weights` for antialiased bicubic: f64 weights (PIL's
-/// windows), quantised to int16 at the largest precision that keeps the biggest weight under
-/// 2^15; returns the weights and the precision.
+torch_aa_bicubic!(torch_aa_bicubic_f32, f32);
+torch_aa_bicubic!(torch_aa_bicubic_f64, f64);
+
+/// torch's `compute_index_ranges_int16_weights` for antialiased bicubic on uint8: the f64
+/// weights quantised to int16 at the largest precision that keeps the biggest weight under 2^15.
 fn torch_int16_coefficients(in_size: usize, out_size: usize) -> FixedWeights {
-    let scale = in_size as f64 / out_size as f64;
-    let (support, invscale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
-    let mut wt_max = 0f64;
-    let float: Vec<(usize, Vec<f64>)> = (0..out_size)
-        .map(|i| {
-            let center = scale * (i as f64 + 0.5);
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
-            let mut w: Vec<f64> =
-                (0..xsize.max(0)).map(|j| torch_bicubic(((j + xmin) as f64 - center + 0.5) * invscale)).collect();
-            let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            wt_max = w.iter().copied().fold(wt_max, f64::max);
-            (xmin as usize, w)
-        })
-        .collect();
+    let float = torch_aa_bicubic_f64(in_size, out_size);
+    let wt_max = float.iter().flat_map(|(_, w)| w.iter().copied()).fold(0f64, f64::max);
     let mut precision = 0u32;
     while precision < 22 && ((0.5 + wt_max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15) {
         precision += 1;
     }
     let one = f64::from(1u32 << precision);
-    let q = float
-        .into_iter()
-        .map(|(xmin, w)| {
-            (
-                xmin,
-                w.iter()
-                    .map(|&v| if v * one < 0.0 { (v * one - 0.5) as i16 } else { (v * one + 0.5) as i16 })
-                    .map(i64::from)
-                    .collect(),
-            )
-        })
-        .collect();
-    (q, precision)
+    let quantise = |v: f64| i64::from(if v * one < 0.0 { (v * one - 0.5) as i16 } else { (v * one + 0.5) as i16 });
+    (float.into_iter().map(|(xmin, w)| (xmin, w.into_iter().map(quantise).collect())).collect(), precision)
 }
 
 /// Resizes interleaved 8-bit samples of `ch` bands as torch's `interpolate(mode="bicubic",

@@ -91,6 +91,12 @@ fn charref(rest: &str) -> Option<(usize, String)> {
 /// Python's `html.unescape(s)`: named (HTML5 table, with the legacy names that need no `;`) and
 /// numeric character references replaced as the standard library does.
 pub fn html_unescape(s: &str) -> String {
+    replace_references(s, charref)
+}
+
+/// Scans `s` left to right: at each `&`, `reference` of the text after it gives the length (in
+/// bytes) it consumes and its replacement, or `None` to keep the `&` and go on after it.
+fn replace_references(s: &str, reference: impl Fn(&str) -> Option<(usize, String)>) -> String {
     if !s.contains('&') {
         return s.to_string();
     }
@@ -99,7 +105,7 @@ pub fn html_unescape(s: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        match charref(after) {
+        match reference(after) {
             Some((len, text)) => {
                 out.push_str(&text);
                 rest = &after[len..];
@@ -118,38 +124,26 @@ pub fn html_unescape(s: &str) -> String {
 /// (HTML5's with a `;`, and the upper-cased forms of the lower-case ones) or a numeric reference
 /// that `html.unescape` decodes whole.
 pub(crate) fn ftfy_unescape_html(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
+    replace_references(s, |after| {
         let hash = usize::from(after.starts_with('#'));
         let run = after[hash..].bytes().take_while(u8::is_ascii_alphanumeric).count();
-        if (1..=24).contains(&run) && after.as_bytes().get(hash + run) == Some(&b';') {
-            let reference = &after[..hash + run + 1];
-            let replaced = if let Some(v) = tables().ftfy_entities.get(reference) {
-                v.clone()
-            } else if hash == 1 {
-                let whole = format!("&{reference}");
-                let unescaped = html_unescape(&whole);
-                if unescaped.contains(';') {
-                    whole
-                } else {
-                    unescaped
-                }
-            } else {
-                format!("&{reference}")
-            };
-            out.push_str(&replaced);
-            rest = &after[hash + run + 1..];
-        } else {
-            out.push('&');
-            rest = after;
+        if !(1..=24).contains(&run) || after.as_bytes().get(hash + run) != Some(&b';') {
+            return None;
         }
-    }
-    out.push_str(rest);
-    out
+        let reference = &after[..hash + run + 1];
+        let whole = format!("&{reference}");
+        let replaced = if let Some(v) = tables().ftfy_entities.get(reference) {
+            v.clone()
+        } else if hash == 1 {
+            let unescaped = html_unescape(&whole);
+            if unescaped.contains(';') {
+                whole
+            } else {
+                unescaped
+            }
+        } else {
+            whole
+        };
+        Some((reference.len(), replaced))
+    })
 }
