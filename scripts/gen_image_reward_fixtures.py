@@ -155,6 +155,42 @@ def perturb(module, gen):
                     m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
 
 
+def tiny_model(ir_mod, med, vit, tokenizer, med_cfg):
+    """The tiny ImageReward module (random weights), built as `ImageReward.__init__` builds it."""
+    visual = vit.VisionTransformer(
+        img_size=VISION["image_size"],
+        patch_size=VISION["patch_size"],
+        embed_dim=VISION["embed_dim"],
+        depth=VISION["depth"],
+        num_heads=VISION["num_heads"],
+        mlp_ratio=VISION["mlp_ratio"],
+    )
+    config = med.BertConfig.from_dict(med_cfg)
+    config.encoder_width = VISION["embed_dim"]
+    text = med.BertModel(config=config, add_pooling_layer=False)
+
+    model = ir_mod.ImageReward.__new__(ir_mod.ImageReward)
+    nn.Module.__init__(model)
+    model.device = "cpu"
+    model.blip = nn.Module()
+    model.blip.visual_encoder = visual
+    model.blip.tokenizer = tokenizer
+    model.blip.text_encoder = text
+    model.blip.vision_proj = nn.Linear(VISION["embed_dim"], 16)
+    model.blip.text_proj = nn.Linear(MED["hidden_size"], 16)
+    model.preprocess = ir_mod._transform(IMAGE_SIZE)
+    mlp = ir_mod.MLP(MLP_WIDTHS[0])
+    w = MLP_WIDTHS
+    mlp.layers = nn.Sequential(
+        nn.Linear(w[0], w[1]), nn.Dropout(0.2), nn.Linear(w[1], w[2]), nn.Dropout(0.2),
+        nn.Linear(w[2], w[3]), nn.Dropout(0.1), nn.Linear(w[3], w[4]), nn.Linear(w[4], w[5]),
+    )
+    model.mlp = mlp
+    model.mean = 0.16717362830052426
+    model.std = 1.0333394966054072
+    return model
+
+
 def main():
     ir_mod, med, vit = import_image_reward()
     import torchvision
@@ -195,41 +231,11 @@ def main():
 
     # The model, built as ImageReward.__init__ builds it but with tiny sizes (BLIP_Pretrain's
     # create_vit only knows 'base' and 'large', and its tokenizer downloads bert-base-uncased).
-    visual = vit.VisionTransformer(
-        img_size=VISION["image_size"],
-        patch_size=VISION["patch_size"],
-        embed_dim=VISION["embed_dim"],
-        depth=VISION["depth"],
-        num_heads=VISION["num_heads"],
-        mlp_ratio=VISION["mlp_ratio"],
-    )
+    model = tiny_model(ir_mod, med, vit, slow, med_cfg)
     with torch.no_grad():
         # The class token and positions N(0, 0.5) (BLIP initialises them at 0.02).
-        visual.cls_token.copy_(0.5 * torch.randn(visual.cls_token.shape, generator=gen))
-        visual.pos_embed.copy_(0.5 * torch.randn(visual.pos_embed.shape, generator=gen))
-    config = med.BertConfig.from_dict(med_cfg)
-    config.encoder_width = VISION["embed_dim"]
-    text = med.BertModel(config=config, add_pooling_layer=False)
-
-    model = ir_mod.ImageReward.__new__(ir_mod.ImageReward)
-    nn.Module.__init__(model)
-    model.device = "cpu"
-    model.blip = nn.Module()
-    model.blip.visual_encoder = visual
-    model.blip.tokenizer = slow
-    model.blip.text_encoder = text
-    model.blip.vision_proj = nn.Linear(VISION["embed_dim"], 16)
-    model.blip.text_proj = nn.Linear(MED["hidden_size"], 16)
-    model.preprocess = ir_mod._transform(IMAGE_SIZE)
-    mlp = ir_mod.MLP(MLP_WIDTHS[0])
-    w = MLP_WIDTHS
-    mlp.layers = nn.Sequential(
-        nn.Linear(w[0], w[1]), nn.Dropout(0.2), nn.Linear(w[1], w[2]), nn.Dropout(0.2),
-        nn.Linear(w[2], w[3]), nn.Dropout(0.1), nn.Linear(w[3], w[4]), nn.Linear(w[4], w[5]),
-    )
-    model.mlp = mlp
-    model.mean = 0.16717362830052426
-    model.std = 1.0333394966054072
+        model.blip.visual_encoder.cls_token.copy_(0.5 * torch.randn(model.blip.visual_encoder.cls_token.shape, generator=gen))
+        model.blip.visual_encoder.pos_embed.copy_(0.5 * torch.randn(model.blip.visual_encoder.pos_embed.shape, generator=gen))
     perturb(model, gen)
     model.eval()
 

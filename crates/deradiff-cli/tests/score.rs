@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, PickScore};
+use deradiff_rewards::{
+    AestheticScore, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer, PickScore, PilImage,
+};
 use deradiff_sd::RgbImage;
 
 fn deradiff(args: &[&str]) -> Output {
@@ -42,6 +44,11 @@ fn images(dir: &Path) -> Vec<RgbImage> {
             img
         })
         .collect()
+}
+
+/// The rows of a JSON-lines scores file.
+fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 const PROMPTS: [&str; 4] = ["a red cube", "a blue sphere, \"glossy\"", "a green cone", "a cat"];
@@ -113,8 +120,7 @@ fn scores_equal_the_library_calls() {
         .unwrap()
         .score_images(&imgs, &prompt_refs)
         .unwrap();
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl_rows(&out);
     assert_eq!(rows.len(), 4);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["image"], format!("img-{i}.png"));
@@ -130,7 +136,8 @@ fn scores_equal_the_library_calls() {
     assert!(run(&csv_out).status.success());
     let csv = std::fs::read_to_string(&csv_out).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
-    assert!(csv.starts_with("image,prompt_id,prompt,clip_score,pickscore,hps,aesthetic,image_reward\n"), "{csv}");
+    assert!(csv.starts_with("image,mode,prompt_id,prompt,clip_score,pickscore,hps,aesthetic,image_reward\n"), "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.starts_with("\"img-") && l.contains(",\"RGB\",")), "{csv}");
     assert!(csv.contains("\"a blue sphere, \"\"glossy\"\"\""), "{csv}");
 }
 
@@ -165,6 +172,12 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
     std::fs::create_dir_all(&empty).unwrap();
     let out = dir.join("s.jsonl");
     let p = |x: &Path| x.to_str().unwrap().to_string();
+    // A PickScore model folder without its tokenizer (PickScore_v1's processor is elsewhere).
+    let bare = dir.join("pickscore-model");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(clip.join(f), bare.join(f)).unwrap();
+    }
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
             vec!["--images".into(), p(&folder), "--prompts-file".into(), p(&prompts), "--clip".into(), p(&clip)],
@@ -188,6 +201,11 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
             "holds no .png files",
         ),
         (vec!["--images".into(), p(&folder), "--prompt".into(), "x".into()], 2, "give a reward"),
+        (
+            vec!["--images".into(), p(&folder), "--prompt".into(), "x".into(), "--pickscore".into(), p(&bare)],
+            2,
+            "give the folder of its tokenizer and preprocessor_config.json with --pickscore-processor",
+        ),
         (
             vec!["--images".into(), p(&prompts), "--prompt".into(), "x".into(), "--clip".into(), p(&clip)],
             2,
@@ -230,4 +248,99 @@ fn bad_inputs_are_errors_that_say_what_to_fix() {
         &p(&dir.join("s.txt")),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// The image fidelity fixtures (34 PNGs of odd sizes in every colour mode, hostile prompts):
+/// `deradiff score` gives the library's scores of the decoded files and names each file's mode.
+#[test]
+fn every_png_mode_and_hostile_prompts_score_as_the_library() {
+    let fidelity = tune_fixture("fidelity");
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fidelity.join("scores.json")).unwrap()).unwrap();
+    let dir = out_dir("modes-all");
+    let folder = dir.join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    // Prompt files refuse empty prompts: the images whose prompt is blank stay out.
+    let mut names = Vec::new();
+    let mut prompts = Vec::new();
+    for e in refs["images"].as_array().unwrap() {
+        let (name, prompt) = (e["file"].as_str().unwrap(), e["prompt"].as_str().unwrap());
+        if prompt.trim().is_empty() {
+            continue;
+        }
+        std::fs::copy(fidelity.join("images").join(name), folder.join(name)).unwrap();
+        names.push(name.to_string());
+        prompts.push(prompt.to_string());
+    }
+    assert!(names.len() >= 30, "{}", names.len());
+    let prompts_file = dir.join("prompts.jsonl");
+    let lines: Vec<String> = prompts.iter().map(|p| serde_json::Value::from(p.as_str()).to_string()).collect();
+    std::fs::write(&prompts_file, lines.join("\n")).unwrap();
+    let (clip, mlp) = (tune_fixture("clip/clip-gelu"), tune_fixture("aesthetic/mlp-16.safetensors"));
+    let (hps_w, hps_c) = (tune_fixture("hps/open_clip_model.safetensors"), tune_fixture("hps/open_clip_config.json"));
+    let ir = tune_fixture("image_reward");
+    let out = dir.join("scores.jsonl");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // `deradiff score` on the folder with its prompts and --clip, then `extra`.
+    let score = |extra: &[&str]| {
+        let mut args = vec!["score", "--images", folder.to_str().unwrap(), "--prompts-file"];
+        args.extend([prompts_file.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--quiet"]);
+        args.extend(extra);
+        deradiff(&args)
+    };
+    let o = score(&[
+        "--pickscore",
+        &s(&clip),
+        "--hps",
+        &s(&hps_w),
+        "--hps-config",
+        &s(&hps_c),
+        "--hps-tokenizer",
+        &s(&clip),
+        "--aesthetic",
+        &s(&clip),
+        "--aesthetic-mlp",
+        &s(&mlp),
+        "--image-reward",
+        &s(&ir),
+        "--out",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let images: Vec<PilImage> = names.iter().map(|n| PilImage::load_png(folder.join(n)).unwrap()).collect();
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (cpu, f32) = (&Device::Cpu, DType::F32);
+    let rewards: Vec<(&str, Box<dyn ImageScorer>)> = vec![
+        ("clip_score", Box::new(ClipScore::load(&clip, f32, cpu).unwrap())),
+        ("pickscore", Box::new(PickScore::load(&clip, f32, cpu).unwrap())),
+        ("hps", Box::new(HpsScore::load_open_clip(&hps_w, &hps_c, &clip, f32, cpu).unwrap())),
+        ("aesthetic", Box::new(AestheticScore::load(&clip, &mlp, f32, cpu).unwrap())),
+        ("image_reward", Box::new(ImageRewardScore::load(&ir, f32, cpu).unwrap())),
+    ];
+    let rows = jsonl_rows(&out);
+    assert_eq!(rows.len(), names.len());
+    for (key, reward) in &rewards {
+        let want = reward.score_pil(&images, Some(&texts)).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row[*key].as_f64().unwrap(), want[i], "{key}, {}", names[i]);
+        }
+    }
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["image"], names[i].as_str());
+        assert_eq!(row["prompt"], prompts[i].as_str());
+        assert_eq!(row["mode"], images[i].description().as_str());
+    }
+    assert!(rows.iter().any(|r| r["mode"] == "RGBA"), "{rows:?}");
+    // transformers 5's default image backend, on request.
+    let tv_out = dir.join("torchvision.jsonl");
+    let o = score(&["--clip-image-backend", "torchvision", "--out", &s(&tv_out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tv = ClipScore::new(
+        ClipScorer::load(&clip, f32, cpu).unwrap().with_image_backend(ImageBackend::Torchvision).unwrap(),
+    );
+    let want = tv.score_pil(&images, Some(&texts)).unwrap();
+    let rows = jsonl_rows(&tv_out);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["clip_score"].as_f64().unwrap(), want[i], "torchvision backend, {}", names[i]);
+    }
 }

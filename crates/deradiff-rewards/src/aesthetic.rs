@@ -8,15 +8,24 @@
 //! `python scripts/convert_to_safetensors.py aesthetic <file>.pth <file>.safetensors` (same tensor
 //! names). The CLIP model is `openai/clip-vit-large-patch14` in transformers' layout
 //! ([`ClipScorer::load`]); its projected image embedding is the reference's `encode_image`.
+//!
+//! Images go through what `simple_inference.py` uses, `clip.load("ViT-L/14")`'s `preprocess`:
+//! openai/CLIP's torchvision transform ([`ClipPreprocessor::openai_clip`]: `Resize(224,
+//! BICUBIC)` on the PIL image in its own mode, `CenterCrop` with torchvision's rounding,
+//! `convert("RGB")`, `ToTensor`, OpenAI's normalisation), not the CLIP folder's
+//! `preprocessor_config.json` (transformers' processor crops at another offset for odd
+//! margins and converts modes differently).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::clip::ClipPreprocessor;
 use crate::clip_reward::ClipScorer;
 use crate::error::Result;
 use crate::head::LinearHead;
+use crate::image::PilImage;
 use crate::reward::{ImageScorer, Reward};
 use deradiff_sd::RgbImage;
 
@@ -25,6 +34,7 @@ use deradiff_sd::RgbImage;
 #[derive(Debug)]
 pub struct AestheticScore {
     scorer: Arc<ClipScorer>,
+    preprocessor: ClipPreprocessor,
     head: LinearHead,
     name: String,
 }
@@ -47,7 +57,8 @@ impl AestheticScore {
             "aesthetic predictor",
             "python scripts/convert_to_safetensors.py aesthetic <file>.pth <file>.safetensors",
         )?;
-        Ok(Self { scorer, head, name: "aesthetic".into() })
+        let preprocessor = ClipPreprocessor::openai_clip(scorer.model().config().vision.image_size);
+        Ok(Self { scorer, preprocessor, head, name: "aesthetic".into() })
     }
 
     /// Another name (results-file column).
@@ -75,12 +86,28 @@ impl AestheticScore {
             .collect()
     }
 
+    /// The image preprocessor (openai/CLIP's transform at the vision tower's size).
+    pub fn preprocessor(&self) -> &ClipPreprocessor {
+        &self.preprocessor
+    }
+
     /// Scores 8-bit images.
     pub fn score_images(&self, images: &[RgbImage]) -> Result<Vec<f64>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        self.score_embeddings(&self.scorer.image_embeds(images)?)
+        let pixels = self.preprocessor.preprocess_batch(images, self.scorer.device())?;
+        self.score_embeddings(&self.scorer.pixel_embeds(&pixels)?)
+    }
+
+    /// Scores decoded files, resized in their own PIL mode before `convert("RGB")` as
+    /// openai/CLIP's transform does ([`ClipPreprocessor::reference_rgb`]).
+    pub fn score_pil_images(&self, images: &[PilImage]) -> Result<Vec<f64>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pixels = self.preprocessor.preprocess_batch_pil(images, self.scorer.device())?;
+        self.score_embeddings(&self.scorer.pixel_embeds(&pixels)?)
     }
 }
 
@@ -103,5 +130,9 @@ impl ImageScorer for AestheticScore {
 
     fn score_rgb(&self, images: &[RgbImage], _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         self.score_images(images)
+    }
+
+    fn score_pil(&self, images: &[PilImage], _prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        self.score_pil_images(images)
     }
 }

@@ -18,6 +18,22 @@
 //! (`scripts/gen_clip_fixtures.py`, `tests/clip_reward.rs`): embeddings within 1e-6, scores
 //! within 2e-5, preprocessed pixels identical.
 //!
+//! Which reference, exactly:
+//!
+//! * prompts: transformers' `CLIPTokenizer` of the folder (`tokenizer.json`, or `vocab.json` +
+//!   `merges.txt`), `padding="max_length", truncation=True`: a prompt longer than the context
+//!   keeps its first `max_length − 2` tokens, then the end token; padding with the folder's pad
+//!   token (`<|endoftext|>` for openai's folders, `!` for OpenCLIP's). HPS v2 uses open_clip's
+//!   own tokenizer instead ([`OpenClipTokenizer`]: ftfy and HTML cleaning, its cut). Equal ids on
+//!   640 hostile prompts (`tests/tokenizer_fidelity.rs`);
+//! * images: transformers' **PIL** image processor (`CLIPImageProcessorPil`, i.e.
+//!   `CLIPProcessor.from_pretrained(dir, backend="pil")`), with its `convert_to_rgb` compositing
+//!   alpha and `tRNS` transparency on white. transformers 5's default backend is torchvision's
+//!   (`CLIPImageProcessor`): it resizes on tensors and gives CLIP scores up to 2.5e-3 relative
+//!   away on the fixture images; [`ClipScorer::with_image_backend`] (`--clip-image-backend
+//!   torchvision`) matches that one instead. Files are decoded in
+//!   PIL's modes ([`PilImage`]); equal scores on 34 PNGs of every mode (`tests/image_fidelity.rs`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use candle_core::{DType, Device, Tensor};
@@ -41,16 +57,66 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use deradiff_sd::{ClipTokenizer, RgbImage};
 
-use crate::clip::{ClipModel, ClipPreprocessor, OpenClipConfig};
+use crate::clip::{ClipModel, ClipPreprocessor, ImageBackend, OpenClipConfig};
 use crate::error::{Error, Result};
+use crate::image::PilImage;
 use crate::reward::{require_prompts, ImageScorer, Reward};
+use crate::text::OpenClipTokenizer;
+
+/// The tokenizer of a [`ClipScorer`]: transformers' `CLIPTokenizer` of a Hub folder (CLIP score,
+/// PickScore, the aesthetic predictor's CLIP) or open_clip's own (HPS v2).
+#[derive(Debug)]
+pub enum PromptTokenizer {
+    /// transformers' `CLIPTokenizer` (NFC, white space, lower case; the folder's padding token).
+    Clip(Box<ClipTokenizer>),
+    /// open_clip's tokenizer (ftfy, HTML unescaping; zero padding; the end token kept on a cut).
+    OpenClip(Box<OpenClipTokenizer>),
+}
+
+impl PromptTokenizer {
+    /// Ids per prompt.
+    pub fn max_length(&self) -> usize {
+        match self {
+            Self::Clip(t) => t.max_length(),
+            Self::OpenClip(t) => t.context_length(),
+        }
+    }
+
+    /// Exactly [`Self::max_length`] ids of `prompt`, as the reference tokenizes and pads it.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(match self {
+            Self::Clip(t) => t.encode(prompt)?,
+            Self::OpenClip(t) => t.encode(prompt)?,
+        })
+    }
+
+    /// Whether `prompt` is longer than the context (the reference cuts its tail).
+    pub fn is_truncated(&self, prompt: &str) -> Result<bool> {
+        Ok(match self {
+            Self::Clip(t) => t.is_truncated(prompt)?,
+            Self::OpenClip(t) => t.is_truncated(prompt)?,
+        })
+    }
+}
+
+impl From<ClipTokenizer> for PromptTokenizer {
+    fn from(t: ClipTokenizer) -> Self {
+        Self::Clip(Box::new(t))
+    }
+}
+
+impl From<OpenClipTokenizer> for PromptTokenizer {
+    fn from(t: OpenClipTokenizer) -> Self {
+        Self::OpenClip(Box::new(t))
+    }
+}
 
 /// A `CLIPModel` with its tokenizer and image preprocessor: embeds images and prompts and gives
 /// their cosine similarities.
 #[derive(Debug)]
 pub struct ClipScorer {
     model: ClipModel,
-    tokenizer: ClipTokenizer,
+    tokenizer: PromptTokenizer,
     preprocessor: ClipPreprocessor,
     device: Device,
     source: PathBuf,
@@ -63,7 +129,7 @@ impl ClipScorer {
     /// `preprocessor_config.json` (CLIP's defaults when absent).
     pub fn load(dir: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
-        let model = ClipModel::load(dir, dtype, device)?;
+        let model = load_clip_model(dir, dtype, device)?;
         let tokenizer = ClipTokenizer::from_dir(dir)?;
         let preprocessor = ClipPreprocessor::from_dir(dir)?;
         Self::new(model, tokenizer, preprocessor, device, dir)
@@ -79,7 +145,7 @@ impl ClipScorer {
         device: &Device,
     ) -> Result<Self> {
         let (model_dir, processor_dir) = (model_dir.as_ref(), processor_dir.as_ref());
-        let model = ClipModel::load(model_dir, dtype, device)?;
+        let model = load_clip_model(model_dir, dtype, device)?;
         let tokenizer = ClipTokenizer::from_dir(processor_dir)?;
         let preprocessor = ClipPreprocessor::from_dir(processor_dir)?;
         Self::new(model, tokenizer, preprocessor, device, model_dir)
@@ -90,11 +156,12 @@ impl ClipScorer {
     /// the model; `source` names the model in messages.
     pub fn new(
         model: ClipModel,
-        tokenizer: ClipTokenizer,
+        tokenizer: impl Into<PromptTokenizer>,
         preprocessor: ClipPreprocessor,
         device: &Device,
         source: impl Into<PathBuf>,
     ) -> Result<Self> {
+        let tokenizer = tokenizer.into();
         let c = model.config();
         if tokenizer.max_length() > c.text.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
@@ -119,8 +186,20 @@ impl ClipScorer {
     }
 
     /// The tokenizer.
-    pub fn tokenizer(&self) -> &ClipTokenizer {
+    pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
+    }
+
+    /// The same model with transformers' other image-processor backend for its
+    /// `preprocessor_config.json` ([`ImageBackend`]; PIL's by default).
+    pub fn with_image_backend(mut self, backend: ImageBackend) -> Result<Self> {
+        self.preprocessor = self.preprocessor.clone().with_backend(backend)?;
+        Ok(self)
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The image preprocessor.
@@ -128,8 +207,11 @@ impl ClipScorer {
         &self.preprocessor
     }
 
-    /// Token ids `[N, max_length]` (u32) of `prompts`, as `CLIPProcessor` with truncation gives
-    /// them (padding does not change the pooled output: the text tower is causal).
+    /// Token ids `[N, max_length]` (u32) of `prompts`, as the reference tokenizer gives them:
+    /// `CLIPProcessor(text, padding="max_length", truncation=True)` — `[bos] tokens… [eos] [pad]…`,
+    /// the tokens cut to `max_length − 2` — for a Hub folder's tokenizer; open_clip's `tokenize`
+    /// — the end token kept as the last id of a cut — for HPS v2 (padding does not change the
+    /// pooled output: the text tower is causal).
     pub fn token_ids(&self, prompts: &[&str]) -> Result<Tensor> {
         if prompts.is_empty() {
             return Err(Error::InvalidArgument("no prompts to encode".into()));
@@ -161,6 +243,13 @@ impl ClipScorer {
         self.pixel_embeds(&pixels)
     }
 
+    /// Projected, unnormalised image embeddings `[N, projection_dim]` (f32) of decoded files,
+    /// each made RGB as the reference does ([`ClipPreprocessor::reference_rgb`]).
+    pub fn pil_embeds(&self, images: &[PilImage]) -> Result<Tensor> {
+        let pixels = self.preprocessor.preprocess_batch_pil(images, &self.device)?;
+        self.pixel_embeds(&pixels)
+    }
+
     /// Image embeddings of preprocessed pixel values `[N, 3, S, S]`.
     pub fn pixel_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
         Ok(self.model.image_features(pixel_values)?.to_dtype(DType::F32)?)
@@ -168,14 +257,7 @@ impl ClipScorer {
 
     /// Cosine similarity of image i with prompt i (each distinct prompt is encoded once).
     pub fn cosine(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
-        if images.len() != prompts.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} images and {} prompts: give one prompt per image",
-                images.len(),
-                prompts.len()
-            )));
-        }
-        if images.is_empty() {
+        if one_prompt_per_image(images.len(), prompts.len())? {
             return Ok(Vec::new());
         }
         let img = self.image_embeds(images)?;
@@ -215,6 +297,29 @@ impl ClipScorer {
         let images = RgbImage::from_tensor(samples)?;
         self.cosine(&images, prompts)
     }
+}
+
+/// Checks that `images` and `prompts` pair up; `true` when both are empty (nothing to score).
+fn one_prompt_per_image(images: usize, prompts: usize) -> Result<bool> {
+    if images != prompts {
+        return Err(Error::InvalidArgument(format!(
+            "{images} images and {prompts} prompts: give one prompt per image"
+        )));
+    }
+    Ok(images == 0)
+}
+
+/// [`ClipModel::load`]; a pickled checkpoint is told transformers' conversion.
+fn load_clip_model(dir: &Path, dtype: DType, device: &Device) -> Result<ClipModel> {
+    ClipModel::load(dir, dtype, device).map_err(|e| {
+        Error::from(e.with_conversion(
+            "a transformers CLIPModel checkpoint",
+            &format!(
+                "python -c \"from transformers import CLIPModel; CLIPModel.from_pretrained('{0}').save_pretrained('{0}')\"",
+                dir.display()
+            ),
+        ))
+    })
 }
 
 fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -298,11 +403,12 @@ impl CosineScore for HpsKind {
 impl HpsScore {
     /// An HPS v2 checkpoint in open_clip's layout, as safetensors (the published
     /// `HPS_v2_compressed.pt` / `HPS_v2.1_compressed.pt` converted by
-    /// `scripts/convert_to_safetensors.py hps`), its `open_clip_config.json` (ViT-H-14's), and a
-    /// CLIP tokenizer directory (`vocab.json` + `merges.txt`, e.g.
-    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s: open_clip's tokenizer is CLIP's BPE). The
-    /// preprocessing is HPS v2's ([`ClipPreprocessor::longest_edge_pad`] at the model's image
-    /// size).
+    /// `scripts/convert_to_safetensors.py hps`), its `open_clip_config.json` (ViT-H-14's), and
+    /// CLIP's BPE merges: a tokenizer folder holding `merges.txt` (e.g.
+    /// `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s) or open_clip's `bpe_simple_vocab_16e6.txt`.
+    /// Prompts go through open_clip's own tokenizer ([`OpenClipTokenizer`]: ftfy, HTML
+    /// unescaping, its truncation), as `hpsv2.score` tokenizes them. The preprocessing is HPS
+    /// v2's ([`ClipPreprocessor::longest_edge_pad`] at the model's image size).
     pub fn load_open_clip(
         weights: impl AsRef<Path>,
         config: impl AsRef<Path>,
@@ -318,7 +424,7 @@ impl HpsScore {
                 "python scripts/convert_to_safetensors.py hps HPS_v2.1_compressed.pt hps.safetensors",
             )
         })?;
-        let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+        let tokenizer = OpenClipTokenizer::from_file(tokenizer_dir, config.context_length)?;
         let preprocessor = ClipPreprocessor::longest_edge_pad(config.image_size);
         Ok(Self::new(ClipScorer::new(model, tokenizer, preprocessor, device, weights)?))
     }
@@ -374,5 +480,14 @@ impl<K: CosineScore> ImageScorer for CosineReward<K> {
 
     fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         self.score_images(images, require_prompts(prompts, &self.name)?)
+    }
+
+    fn score_pil(&self, images: &[PilImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let prompts = require_prompts(prompts, &self.name)?;
+        if one_prompt_per_image(images.len(), prompts.len())? {
+            return Ok(Vec::new());
+        }
+        let embeds = self.scorer.pil_embeds(images)?;
+        Ok(self.scores_of_cosines(self.scorer.cosine_with(&embeds, prompts)?))
     }
 }

@@ -41,6 +41,7 @@ use crate::blip::{BertTokenizer, BlipModel};
 use crate::clip::ClipPreprocessor;
 use crate::error::{Error, Result};
 use crate::head::LinearHead;
+use crate::image::PilImage;
 use crate::reward::{require_prompts, ImageScorer, Reward};
 
 /// ImageReward's score of images against their prompts. Name `image_reward`.
@@ -143,15 +144,23 @@ impl ImageRewardScore {
 
     /// The `[CLS]` features `[N, hidden]` (f32) of image i with prompt i.
     pub fn features(&self, images: &[RgbImage], prompts: &[&str]) -> Result<Tensor> {
-        if images.len() != prompts.len() || images.is_empty() {
+        Self::check_counts(images.len(), prompts.len())?;
+        let pixels = self.preprocessor.preprocess_batch(images, &self.device)?;
+        self.pixel_features(&pixels, prompts)
+    }
+
+    fn check_counts(images: usize, prompts: usize) -> Result<()> {
+        if images != prompts || images == 0 {
             return Err(Error::InvalidArgument(format!(
-                "{} images and {} prompts: give one prompt per image (at least one)",
-                images.len(),
-                prompts.len()
+                "{images} images and {prompts} prompts: give one prompt per image (at least one)"
             )));
         }
-        let pixels = self.preprocessor.preprocess_batch(images, &self.device)?;
-        let image_embeds = self.model.image_embeds(&pixels)?;
+        Ok(())
+    }
+
+    /// The `[CLS]` features of preprocessed pixels `[N, 3, S, S]` with prompt i.
+    fn pixel_features(&self, pixels: &Tensor, prompts: &[&str]) -> Result<Tensor> {
+        let image_embeds = self.model.image_embeds(pixels)?;
         let (ids, mask) = self.token_ids(prompts)?;
         Ok(self.model.text_features(&ids, &mask, &image_embeds)?)
     }
@@ -191,5 +200,18 @@ impl ImageScorer for ImageRewardScore {
 
     fn score_rgb(&self, images: &[RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
         self.score_images(images, require_prompts(prompts, &self.name)?)
+    }
+
+    /// Decoded files as `ImageReward.score(prompt, path)` opens them: resized in their own PIL
+    /// mode before `convert("RGB")` (openai/CLIP's transform order,
+    /// [`ClipPreprocessor::reference_rgb`]).
+    fn score_pil(&self, images: &[PilImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let prompts = require_prompts(prompts, &self.name)?;
+        if images.is_empty() && prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        Self::check_counts(images.len(), prompts.len())?;
+        let pixels = self.preprocessor.preprocess_batch_pil(images, &self.device)?;
+        self.score_features(&self.pixel_features(&pixels, prompts)?)
     }
 }

@@ -47,9 +47,13 @@ mod error;
 #[cfg(feature = "sd")]
 mod head;
 #[cfg(feature = "sd")]
+mod image;
+#[cfg(feature = "sd")]
 mod image_reward;
 mod prompts;
 mod reward;
+#[cfg(feature = "sd")]
+mod text;
 
 #[cfg(feature = "sd")]
 pub use aesthetic::AestheticScore;
@@ -57,17 +61,22 @@ pub use aesthetic::AestheticScore;
 pub use blip::{BertTokenizer, BlipModel, BlipTextModel, BlipVisionConfig, BlipVisionModel, MedConfig};
 #[cfg(feature = "sd")]
 pub use clip::{
-    resize_like_pil, ClipModel, ClipPreprocessor, ClipVisionModel, OpenClipConfig, PixelConvention, Resample, ResizeTo,
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    resize_like_pil, ClipModel, ClipPreprocessor, ClipVisionModel, ImageBackend, OpenClipConfig, PixelConvention,
+    Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 #[cfg(feature = "sd")]
 pub use clip_reward::{
     ClipScore, ClipScoreKind, ClipScorer, CosineReward, CosineScore, HpsKind, HpsScore, PickScore, PickScoreKind,
+    PromptTokenizer,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "sd")]
+pub use image::{PilImage, PilMode, Transparency};
 #[cfg(feature = "sd")]
 pub use image_reward::ImageRewardScore;
 pub use prompts::{read_prompt_file, PromptEntry, MAX_PROMPTS};
 #[cfg(feature = "sd")]
 pub use reward::ImageScorer;
 pub use reward::{score_checked, Reward};
+#[cfg(feature = "sd")]
+pub use text::{fix_text, html_unescape, open_clip_clean, OpenClipTokenizer};

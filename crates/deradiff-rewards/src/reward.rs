@@ -69,6 +69,15 @@ pub trait ImageScorer: Reward {
     /// One score per image; `prompts` has one entry per image (an error when it is needed and
     /// missing; ignored by rewards of the image alone).
     fn score_rgb(&self, images: &[deradiff_sd::RgbImage], prompts: Option<&[&str]>) -> Result<Vec<f64>>;
+
+    /// One score per decoded file, each made RGB as the reward's reference loader makes it (its
+    /// PIL mode, alpha and transparency handled as the reference does: see
+    /// [`crate::ClipPreprocessor::reference_rgb`]). By default PIL's `convert("RGB")`, then
+    /// [`Self::score_rgb`].
+    fn score_pil(&self, images: &[crate::PilImage], prompts: Option<&[&str]>) -> Result<Vec<f64>> {
+        let rgb: Vec<deradiff_sd::RgbImage> = images.iter().map(crate::PilImage::to_rgb).collect();
+        self.score_rgb(&rgb, prompts)
+    }
 }
 
 /// The prompts a text–image reward named `reward` needs, or the error saying to give one per

@@ -100,6 +100,7 @@ fn the_hps_reward_scores_images_with_its_own_preprocessing() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("convert_to_safetensors.py hps"), "{err}");
+    assert!(!err.contains("diffusers"), "only the reward's own conversion: {err}");
 }
 
 #[test]

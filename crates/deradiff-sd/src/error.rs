@@ -337,15 +337,21 @@ impl From<Error> for deradiff_core::Error {
 }
 
 impl Error {
-    /// For a file that is not safetensors ([`Error::NotSafetensors`]), adds how the published
-    /// checkpoint (`published`, e.g. "the published ImageReward.pt") is converted: `command`.
-    /// Other errors are returned as they are.
+    /// For a file that is not safetensors ([`Error::NotSafetensors`]), says how the published
+    /// checkpoint (`published`, e.g. "the published ImageReward.pt") is converted — `command` —
+    /// instead of the general advice (diffusers, a bare state dict). Other errors are returned as
+    /// they are.
     pub fn with_conversion(self, published: &str, command: &str) -> Self {
         match self {
-            Error::NotSafetensors { path, looks_like } => Error::NotSafetensors {
-                path,
-                looks_like: format!("{looks_like}; {published} is a pickle: convert it with `{command}`"),
-            },
+            Error::NotSafetensors { path, looks_like } => {
+                // This file's own conversion replaces the general advice (diffusers, a bare
+                // state dict), which does not fit a reward checkpoint.
+                let what = looks_like.split("; convert it to safetensors").next().unwrap_or(&looks_like);
+                Error::NotSafetensors {
+                    path,
+                    looks_like: format!("{what}; {published} is a pickle: convert it with `{command}`"),
+                }
+            }
             other => other,
         }
     }

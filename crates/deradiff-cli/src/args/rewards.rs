@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use deradiff_rewards::{AestheticScore, ClipScore, ClipScorer, HpsScore, ImageRewardScore, ImageScorer, PickScore};
+use deradiff_rewards::{
+    AestheticScore, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer, PickScore,
+};
 
 use crate::error::{CliError, Context, Result};
 
@@ -29,6 +31,11 @@ pub(crate) struct RewardArgs {
     /// (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
     #[arg(long, requires = "pickscore")]
     pickscore_processor: Option<PathBuf>,
+    /// The transformers image-processor backend --clip and --pickscore preprocess with: pil
+    /// (`CLIPImageProcessorPil`) or torchvision (`CLIPImageProcessor`, transformers 5's default;
+    /// scores ~1e-3 apart).
+    #[arg(long, value_parser = ["pil", "torchvision"], default_value = "pil")]
+    clip_image_backend: String,
     /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (scripts/convert_to_safetensors.py
     /// hps); with --hps-config and --hps-tokenizer.
     #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
@@ -36,8 +43,9 @@ pub(crate) struct RewardArgs {
     /// The open_clip_config.json of --hps (ViT-H-14's).
     #[arg(long, requires = "hps")]
     hps_config: Option<PathBuf>,
-    /// A CLIP tokenizer directory for --hps (vocab.json + merges.txt, e.g.
-    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
+    /// CLIP's BPE merges for --hps: a tokenizer folder holding merges.txt (e.g.
+    /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K) or open_clip's bpe_simple_vocab_16e6.txt; prompts
+    /// are tokenized as open_clip does (ftfy, HTML unescaping), as hpsv2 does.
     #[arg(long, requires = "hps")]
     hps_tokenizer: Option<PathBuf>,
     /// The LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14, a CLIPModel
@@ -84,18 +92,37 @@ impl RewardArgs {
         self.given().into_iter().find(|&flag| flag != "--aesthetic")
     }
 
+    /// The image-processor backend of --clip and --pickscore.
+    fn image_backend(&self) -> ImageBackend {
+        match self.clip_image_backend.as_str() {
+            "torchvision" => ImageBackend::Torchvision,
+            _ => ImageBackend::Pil,
+        }
+    }
+
     /// Loads every reward given, in a fixed order (clip_score, pickscore, hps, aesthetic,
     /// image_reward: the results files' columns).
     pub(crate) fn load(&self, dtype: DType, device: &Device) -> Result<Vec<Box<dyn ImageScorer>>> {
         let mut rewards: Vec<Box<dyn ImageScorer>> = Vec::new();
         if let Some(dir) = &self.clip {
             let scorer = ClipScorer::load(dir, dtype, device)
+                .and_then(|s| s.with_image_backend(self.image_backend()))
                 .with_context(|| format!("cannot load the --clip model {}", dir.display()))?;
             rewards.push(Box::new(ClipScore::new(Arc::new(scorer))));
         }
         if let Some(dir) = &self.pickscore {
             let processor = self.pickscore_processor.as_deref().unwrap_or(dir);
+            let has_tokenizer = ["tokenizer.json", "vocab.json"].iter().any(|f| processor.join(f).is_file());
+            if self.pickscore_processor.is_none() && dir.is_dir() && !has_tokenizer {
+                return Err(CliError::usage(format!(
+                    "--pickscore {} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): give the folder of \
+                     its tokenizer and preprocessor_config.json with --pickscore-processor (PickScore_v1's model card \
+                     uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's)",
+                    dir.display()
+                )));
+            }
             let scorer = ClipScorer::load_with_processor(dir, processor, dtype, device)
+                .and_then(|s| s.with_image_backend(self.image_backend()))
                 .with_context(|| format!("cannot load the --pickscore model {}", dir.display()))?;
             rewards.push(Box::new(PickScore::new(Arc::new(scorer))));
         }

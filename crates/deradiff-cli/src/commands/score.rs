@@ -1,12 +1,17 @@
 //! `deradiff score`: scores a folder of images (made by any tool) against their prompts with the
 //! rewards of a sweep, writing one row per image (JSON lines or CSV).
+//!
+//! Each file is decoded into the mode PIL opens it in and made RGB as each reward's reference
+//! does ([`deradiff_rewards::ClipPreprocessor::reference_rgb`]: transformers' compositing on
+//! white for CLIP score and PickScore, PIL's `convert("RGB")` for HPS v2, a resize in the file's
+//! own mode for the aesthetic predictor and ImageReward); the `mode` column says what the file
+//! was (`RGBA`, `P 4-bit tRNS`, `I;16 16-bit`, …).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
-use deradiff_rewards::ImageScorer;
-use deradiff_sd::RgbImage;
+use deradiff_rewards::{ImageScorer, PilImage};
 
 use crate::args::{device_option, read_prompts_file, RewardArgs};
 use crate::error::{CliError, Context, Result};
@@ -52,6 +57,7 @@ pub(crate) struct ScoreArgs {
 /// One scored image.
 struct Row {
     image: String,
+    mode: String,
     prompt_id: Option<String>,
     prompt: Option<String>,
     scores: Vec<f64>,
@@ -122,9 +128,9 @@ fn score_files(
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::with_capacity(files.len());
     for (b, chunk) in files.chunks(BATCH).enumerate() {
-        let images: Vec<RgbImage> = chunk
+        let images: Vec<PilImage> = chunk
             .iter()
-            .map(RgbImage::load_png)
+            .map(PilImage::load_png)
             .collect::<std::result::Result<_, _>>()
             .context("an image of --images cannot be scored")?;
         let first = b * BATCH;
@@ -135,11 +141,12 @@ fn score_files(
         let texts = prompts.map(|_| texts.as_slice());
         let columns = rewards
             .iter()
-            .map(|r| r.score_rgb(&images, texts).with_context(|| format!("the {} of --images", r.name())))
+            .map(|r| r.score_pil(&images, texts).with_context(|| format!("the {} of --images", r.name())))
             .collect::<Result<Vec<_>>>()?;
         for (i, file) in chunk.iter().enumerate() {
             rows.push(Row {
                 image: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                mode: images[i].description(),
                 prompt_id: prompts.map(|p| p[first + i].0.clone()),
                 prompt: prompts.map(|p| p[first + i].1.clone()),
                 scores: columns.iter().map(|c| c[i]).collect(),
@@ -171,12 +178,13 @@ pub(crate) fn run(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// The rows as JSON lines: the image, its prompt (id and text) and one field per reward.
+/// The rows as JSON lines: the image, its mode, its prompt (id and text) and one field per reward.
 fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     let mut out = String::new();
     for row in rows {
         let mut obj = serde_json::Map::new();
         obj.insert("image".into(), row.image.clone().into());
+        obj.insert("mode".into(), row.mode.clone().into());
         if let (Some(id), Some(p)) = (&row.prompt_id, &row.prompt) {
             obj.insert("prompt_id".into(), id.clone().into());
             obj.insert("prompt".into(), p.clone().into());
@@ -192,10 +200,10 @@ fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     Ok(out)
 }
 
-/// The rows as CSV: image, prompt_id, prompt and one column per reward.
+/// The rows as CSV: image, mode, prompt_id, prompt and one column per reward.
 fn csv(names: &[String], rows: &[Row]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out = String::from("image,prompt_id,prompt");
+    let mut out = String::from("image,mode,prompt_id,prompt");
     for n in names {
         let _ = write!(out, ",{n}");
     }
@@ -203,8 +211,9 @@ fn csv(names: &[String], rows: &[Row]) -> String {
     for row in rows {
         let _ = write!(
             out,
-            "{},{},{}",
+            "{},{},{},{}",
             quote(&row.image),
+            quote(&row.mode),
             quote(row.prompt_id.as_deref().unwrap_or("")),
             quote(row.prompt.as_deref().unwrap_or(""))
         );

@@ -21,6 +21,7 @@ mod vision;
 pub use model::ClipModel;
 pub use open_clip::OpenClipConfig;
 pub use processor::{
-    resize_like_pil, ClipPreprocessor, PixelConvention, Resample, ResizeTo, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    resize_like_pil, ClipPreprocessor, ImageBackend, PixelConvention, Resample, ResizeTo, OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
 };
 pub use vision::ClipVisionModel;

@@ -9,6 +9,8 @@ use deradiff_sd::fs::{probe_path, read_text, Kind};
 use deradiff_sd::{Error, Result, RgbImage};
 use serde_json::Value;
 
+use crate::image::{resize_8bpc, resize_torch_u8, torch_aa_bicubic_f32, PilImage};
+
 /// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// OpenAI CLIP's normalisation standard deviation (transformers' `OPENAI_CLIP_STD`).
@@ -42,7 +44,7 @@ impl Resample {
         }
     }
 
-    fn support(self) -> f64 {
+    pub(crate) fn support(self) -> f64 {
         match self {
             Self::Lanczos => 3.0,
             Self::Bilinear | Self::Hamming => 1.0,
@@ -52,7 +54,7 @@ impl Resample {
     }
 
     /// PIL's `*_filter` functions (`libImaging/Resample.c`).
-    fn filter(self, x: f64) -> f64 {
+    pub(crate) fn filter(self, x: f64) -> f64 {
         let sinc = |x: f64| {
             if x == 0.0 {
                 1.0
@@ -110,82 +112,6 @@ impl Resample {
     }
 }
 
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first input
-/// index and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<i64>)> {
-    let one = f64::from(1u32 << PRECISION_BITS);
-    float_coefficients(in_size, out_size, filter)
-        .into_iter()
-        .map(|(xmin, w)| {
-            (xmin, w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect())
-        })
-        .collect()
-}
-
-/// PIL's `precompute_coeffs` (also torch's antialiased interpolation weights): for each output
-/// index, the first input index and the normalised weights.
-fn float_coefficients(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<f64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // C's (int) truncates toward zero.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
-            let mut w: Vec<f64> =
-                (0..xmax).map(|x| filter.filter((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
-            let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            (xmin, w)
-        })
-        .collect()
-}
-
-/// torch's antialiased bicubic weights for a float32 tensor (`_compute_indices_min_size_weights_aa`
-/// with `aa_filter`, a = −0.5), computed in f32 as torch does: for each output index, the first
-/// input index and the normalised weights.
-fn torch_aa_bicubic_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = in_size as f32 / out_size as f32;
-    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0f32 };
-    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0f32 };
-    let filter = |x: f32| -> f32 {
-        const A: f32 = -0.5;
-        let x = x.abs();
-        if x < 1.0 {
-            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-        } else {
-            0.0
-        }
-    };
-    (0..out_size)
-        .map(|i| {
-            let center = scale * (i as f32 + 0.5);
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xsize = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
-            let mut w: Vec<f32> =
-                (0..xsize.max(0)).map(|j| filter(((j + xmin) as f32 - center + 0.5) * invscale)).collect();
-            let total: f32 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            (xmin as usize, w)
-        })
-        .collect()
-}
-
 /// Resizes planar float channels `[3, h, w]` as torch's `interpolate(..., mode="bicubic",
 /// antialias=True)` does on a float32 tensor: width first, then height, f32 weights and sums
 /// (no rounding to 8 bits, no clamp).
@@ -199,7 +125,7 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
     };
     let (mut cur, mut cur_w) = (src.to_vec(), w);
     if out_w != w {
-        let cx = torch_aa_bicubic_coefficients(w, out_w);
+        let cx = torch_aa_bicubic_f32(w, out_w);
         let mut tmp = vec![0f32; 3 * h * out_w];
         for c in 0..3 {
             for y in 0..h {
@@ -212,7 +138,7 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
         (cur, cur_w) = (tmp, out_w);
     }
     if out_h != h {
-        let cy = torch_aa_bicubic_coefficients(h, out_h);
+        let cy = torch_aa_bicubic_f32(h, out_h);
         let mut out = vec![0f32; 3 * out_h * cur_w];
         for c in 0..3 {
             for (yy, (ymin, k)) in cy.iter().enumerate() {
@@ -227,65 +153,13 @@ fn resize_planar(src: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) ->
     cur
 }
 
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// Resizes interleaved RGB bytes exactly as PIL's `Image.resize(size, filter)` does for an RGB
-/// image: a horizontal pass, then a vertical one, each with PIL's fixed-point weights and
-/// rounding to 8 bits in between.
-fn resize_rgb(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Resample) -> Vec<u8> {
-    let mut data = src.to_vec();
-    let mut cur_w = w;
-    if out_w != w {
-        let coeffs = coefficients(w, out_w, filter);
-        let mut out = vec![0u8; out_w * h * 3];
-        for y in 0..h {
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for (x, &kx) in k.iter().enumerate() {
-                        ss += i64::from(data[(y * cur_w + xmin + x) * 3 + c]) * kx;
-                    }
-                    out[(y * out_w + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        data = out;
-        cur_w = out_w;
-    }
-    if out_h != h {
-        let coeffs = coefficients(h, out_h, filter);
-        let mut out = vec![0u8; cur_w * out_h * 3];
-        for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-            for x in 0..cur_w {
-                for c in 0..3 {
-                    let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for (y, &ky) in k.iter().enumerate() {
-                        ss += i64::from(data[((ymin + y) * cur_w + x) * 3 + c]) * ky;
-                    }
-                    out[(yy * cur_w + x) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        data = out;
-    }
-    data
-}
-
 /// Resizes an image as PIL's `Image.resize((width, height), filter)` (bit-identical 8-bit
 /// output for RGB images).
 pub fn resize_like_pil(image: &RgbImage, width: usize, height: usize, filter: Resample) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::InvalidArgument(format!("cannot resize an image to {width}x{height}")));
     }
-    let data = resize_rgb(image.data(), image.width(), image.height(), width, height, filter);
+    let data = resize_8bpc(image.data(), (image.width(), image.height()), 3, (width, height), filter);
     RgbImage::new(width, height, data)
 }
 
@@ -321,6 +195,26 @@ pub enum PixelConvention {
     /// `int(round((size − crop) / 2))` (Python's round, half to even: a difference of 3 puts
     /// it at 2, not 1); `ToTensor` divides by 255 in f32. openai/CLIP's `_transform` and
     /// ImageReward use them.
+    Torchvision,
+    /// transformers 5's torchvision backend of the same processor (`CLIPImageProcessor`, the
+    /// default of `AutoProcessor` when torchvision is installed): the resize on the uint8
+    /// tensor with torch's antialiased bicubic (int16 weights, [`ImageBackend::Torchvision`]),
+    /// the crop's top-left at `int((size − crop) / 2)` (a larger crop zero-pads `⌊(crop −
+    /// size) / 2⌋` before), rescaling fused into the normalisation in f32 (`(x − mean · 255) /
+    /// (std · 255)`).
+    TransformersTorchvision,
+}
+
+/// transformers' two image-processor backends for a `preprocessor_config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageBackend {
+    /// The PIL backend (`CLIPImageProcessorPil`, `backend="pil"`): PIL's resize on the 8-bit
+    /// image. deradiff's default for CLIP score and PickScore.
+    #[default]
+    Pil,
+    /// The torchvision backend (`CLIPImageProcessor`, `backend="torchvision"`, transformers 5's
+    /// default): torch's resize of the uint8 tensor. Its CLIP scores differ from the PIL
+    /// backend's by up to ~2.5e-3 relative; bicubic (`resample: 3`) only.
     Torchvision,
 }
 
@@ -455,6 +349,31 @@ impl ClipPreprocessor {
         }
     }
 
+    /// The same `preprocessor_config.json` with transformers' other backend (see
+    /// [`ImageBackend`]). Only for a transformers processor (not HPS v2's or openai/CLIP's
+    /// transforms); the torchvision backend needs bicubic resizing.
+    pub fn with_backend(mut self, backend: ImageBackend) -> Result<Self> {
+        if !matches!(self.convention, PixelConvention::Transformers | PixelConvention::TransformersTorchvision) {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor::with_backend: {backend:?} is a backend of transformers' processor, not of this \
+                 {:?} transform",
+                self.convention
+            )));
+        }
+        if backend == ImageBackend::Torchvision && self.do_resize && self.resample != Resample::Bicubic {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor::with_backend: the torchvision backend is implemented for bicubic resizing \
+                 (`resample: 3`), not {:?}",
+                self.resample
+            )));
+        }
+        self.convention = match backend {
+            ImageBackend::Pil => PixelConvention::Transformers,
+            ImageBackend::Torchvision => PixelConvention::TransformersTorchvision,
+        };
+        Ok(self)
+    }
+
     /// Reads a `preprocessor_config.json` (fields missing take `CLIPImageProcessor`'s defaults).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -586,6 +505,21 @@ impl ClipPreprocessor {
         }
     }
 
+    /// [`Self::resized_size`], or an [`Error::InvalidArgument`] naming `size` when it has more
+    /// than [`Self::MAX_PIXELS`] pixels.
+    fn checked_resized_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let (h, w) = self.resized_size(height, width);
+        if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
+            return Err(Error::InvalidArgument(format!(
+                "ClipPreprocessor: resizing a {width}x{height} image to `size` {:?} gives {w}x{h} pixels, more than {} \
+                 (ClipPreprocessor::MAX_PIXELS)",
+                self.size,
+                Self::MAX_PIXELS
+            )));
+        }
+        Ok((h, w))
+    }
+
     /// The most pixels a resize or a crop may make: 2^24 (4096 × 4096; CLIP takes 224 × 224 or
     /// 336 × 336). Checked before anything is allocated.
     pub const MAX_PIXELS: usize = 1 << 24;
@@ -594,17 +528,7 @@ impl ClipPreprocessor {
     /// (`size`, for this image's aspect ratio) or a crop (`crop_size`) of more than
     /// [`Self::MAX_PIXELS`] pixels is an [`Error::InvalidArgument`] naming the field.
     pub fn resize_and_crop(&self, image: &RgbImage) -> Result<RgbImage> {
-        let (h, w) = self.resized_size(image.height(), image.width());
-        if h.checked_mul(w).is_none_or(|n| n > Self::MAX_PIXELS) {
-            return Err(Error::InvalidArgument(format!(
-                "ClipPreprocessor: resizing a {}x{} image to `size` {:?} gives {w}x{h} pixels, more than {} \
-                 (ClipPreprocessor::MAX_PIXELS)",
-                image.width(),
-                image.height(),
-                self.size,
-                Self::MAX_PIXELS
-            )));
-        }
+        let (h, w) = self.checked_resized_size(image.height(), image.width())?;
         if self.do_center_crop && self.crop_size.0.checked_mul(self.crop_size.1).is_none_or(|n| n > Self::MAX_PIXELS) {
             return Err(Error::InvalidArgument(format!(
                 "ClipPreprocessor: `crop_size` {:?} is more than {} pixels (ClipPreprocessor::MAX_PIXELS)",
@@ -613,7 +537,18 @@ impl ClipPreprocessor {
             )));
         }
         let resized = if (h, w) != (image.height(), image.width()) {
-            resize_like_pil(image, w, h, self.resample)?
+            if self.convention == PixelConvention::TransformersTorchvision {
+                if self.resample != Resample::Bicubic {
+                    return Err(Error::InvalidArgument(format!(
+                        "ClipPreprocessor: the torchvision backend is implemented for bicubic resizing, not {:?}",
+                        self.resample
+                    )));
+                }
+                let data = resize_torch_u8(image.data(), (image.width(), image.height()), 3, (w, h));
+                RgbImage::new(w, h, data)?
+            } else {
+                resize_like_pil(image, w, h, self.resample)?
+            }
         } else {
             image.clone()
         };
@@ -631,6 +566,9 @@ impl ClipPreprocessor {
         let offset = |d: i64| match self.convention {
             PixelConvention::Transformers => d.div_euclid(2),
             PixelConvention::Torchvision => (d as f64 / 2.0).round_ties_even() as i64,
+            // `int((size − crop) / 2.0)`, or the left padding `(crop − size) // 2` of a larger crop:
+            // both truncate toward zero.
+            PixelConvention::TransformersTorchvision => d / 2,
         };
         let top = offset(h - ch as i64);
         let left = offset(w - cw as i64);
@@ -677,6 +615,9 @@ impl ClipPreprocessor {
                     (false, _) => f32::from(px[c]),
                     (true, PixelConvention::Transformers) => (f64::from(px[c]) * self.rescale_factor) as f32,
                     (true, PixelConvention::Torchvision) => to_tensor(px[c], self.rescale_factor),
+                    // Fused into the normalisation; alone, `image * factor` in f32.
+                    (true, PixelConvention::TransformersTorchvision) if self.do_normalize => f32::from(px[c]),
+                    (true, PixelConvention::TransformersTorchvision) => f32::from(px[c]) * self.rescale_factor as f32,
                 };
             }
         }
@@ -689,8 +630,14 @@ impl ClipPreprocessor {
             return;
         }
         let plane = planar.len() / 3;
+        // transformers' torchvision backend folds the rescale into mean and std (f32 tensors
+        // times 1 / factor).
+        let fold = match self.convention {
+            PixelConvention::TransformersTorchvision if self.do_rescale => (1.0 / self.rescale_factor) as f32,
+            _ => 1.0,
+        };
         for c in 0..3 {
-            let (mean, std) = (self.image_mean[c] as f32, self.image_std[c] as f32);
+            let (mean, std) = (self.image_mean[c] as f32 * fold, self.image_std[c] as f32 * fold);
             for v in &mut planar[c * plane..(c + 1) * plane] {
                 *v = (*v - mean) / std;
             }
@@ -734,6 +681,40 @@ impl ClipPreprocessor {
         let mut out = data;
         self.normalise(&mut out);
         Ok(Tensor::from_vec(out, (3, oh, ow), device)?)
+    }
+
+    /// The 8-bit RGB image the reference's loader and transform make of a decoded file, before
+    /// the crop and the arithmetic (each reward's choice, from its reference):
+    ///
+    /// * HPS v2 ([`ResizeTo::LongestEdgePad`]): PIL's `convert("RGB")` first — alpha dropped,
+    ///   16-bit grey clipped at 255 (an `RGBA` file makes `hpsv2` itself fail: its transform
+    ///   keeps the alpha band and the 3-channel model rejects it; the RGB bands are scored);
+    /// * openai/CLIP's transform ([`PixelConvention::Torchvision`]: the aesthetic predictor,
+    ///   ImageReward): torchvision's `Resize` on the PIL image in its own mode
+    ///   ([`PilImage::resize`]: nearest for palette images, premultiplied alpha for `RGBA`),
+    ///   then `convert("RGB")` (the crop commutes with it);
+    /// * transformers ([`PixelConvention::Transformers`]: CLIP score, PickScore): transformers
+    ///   5's `convert_to_rgb`, alpha and `tRNS` transparency composited on white
+    ///   ([`PilImage::to_rgb_on_white`]).
+    pub fn reference_rgb(&self, image: &PilImage) -> Result<RgbImage> {
+        match (self.convention, self.size) {
+            (_, ResizeTo::LongestEdgePad(_)) => Ok(image.to_rgb()),
+            (PixelConvention::Torchvision, _) if self.do_resize => {
+                let (h, w) = self.checked_resized_size(image.height(), image.width())?;
+                Ok(image.resize(w, h, self.resample)?.to_rgb())
+            }
+            (PixelConvention::Torchvision, _) => Ok(image.to_rgb()),
+            (PixelConvention::Transformers | PixelConvention::TransformersTorchvision, _) => {
+                Ok(image.to_rgb_on_white())
+            }
+        }
+    }
+
+    /// Pixel values `[N, 3, H, W]` (f32) of decoded files, each made RGB as the reference does
+    /// ([`Self::reference_rgb`]).
+    pub fn preprocess_batch_pil(&self, images: &[PilImage], device: &Device) -> Result<Tensor> {
+        let rgb = images.iter().map(|i| self.reference_rgb(i)).collect::<Result<Vec<_>>>()?;
+        self.preprocess_batch(&rgb, device)
     }
 
     /// Pixel values `[N, 3, H, W]` (f32) of a batch (every image gives the same size after the
