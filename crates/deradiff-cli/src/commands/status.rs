@@ -29,7 +29,7 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
     let list: Vec<String> = status.unreadable.iter().map(|(p, why)| format!("  {}: {why}", p.display())).collect();
     Err(CliError::runtime(format!(
         "{} file{} in {} cannot be read as a sweep's results file (their shards are not counted as started or \
-         not started): rerun those shards with --overwrite, or move the files away\n{}",
+         not started): move them away, or rerun those shards (`deradiff sweep … --shard K/N --overwrite`)\n{}",
         status.unreadable.len(),
         if status.unreadable.len() == 1 { "" } else { "s" },
         args.dir.display(),
