@@ -14,6 +14,7 @@ mod checks;
 mod commands;
 mod error;
 mod grid;
+mod guard;
 #[cfg(test)]
 mod option_tests;
 mod output;
