@@ -91,7 +91,7 @@ fn what_is_not_a_regular_results_file_is_refused_without_blocking() {
         // No writer: a blocking open would hang here.
         let err = read_results(&fifo).unwrap_err().to_string();
         assert!(err.contains("FIFO"), "{err}");
-        let err = merge_results(&[fifo.clone()], false).unwrap_err().to_string();
+        let err = merge_results(std::slice::from_ref(&fifo), false).unwrap_err().to_string();
         assert!(err.contains("FIFO"), "{err}");
     }
     #[cfg(unix)]
