@@ -60,14 +60,9 @@ pub(crate) fn check_outputs(outputs: &[(&str, &Path)], inputs: &[Input<'_>]) -> 
             if let Some((out_option, output)) = existing.iter().find(|(_, o)| same_file(o, &file)) {
                 let inside =
                     if file.as_path() == *input { String::new() } else { format!(" (its file {})", file.display()) };
-                let what = if out_option == in_option {
-                    format!("one of the {in_option} files")
-                } else {
-                    in_option.to_string()
-                };
                 return Err(CliError::usage(format!(
-                    "{out_option} would write {}, which is the same file as {what} {}{inside}: an output must not \
-                     replace an input; choose another {out_option}",
+                    "{out_option} would write {}, which is the same file as {in_option} {}{inside}: an output must \
+                     not replace an input; choose another {out_option}",
                     output.display(),
                     input.display()
                 )));
@@ -162,7 +157,27 @@ mod tests {
             let err = check_out_file("--out", &root.join("a")).unwrap_err().to_string();
             assert!(err.contains("symbolic link loop"), "{err}");
         }
-        let _lock = lock_dir(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_locked_folder_waits_for_its_holder() {
+        let root = std::env::temp_dir().join(format!("deradiff-guard-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let first = lock_dir(&root);
+        assert!(first._file.is_some(), "the folder could not be locked");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = root.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock_dir(&dir);
+            tx.send(()).unwrap();
+        });
+        // The second lock waits while the first is held, and gets it once it is released.
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        drop(first);
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        waiter.join().unwrap();
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

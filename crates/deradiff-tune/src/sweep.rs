@@ -97,9 +97,10 @@ impl SweepConfig {
     }
 
     /// The most λ groups one batch of this sweep stacks: `max_lambdas_per_batch` (when set) or
-    /// every λ of `prompts_per_batch` prompts.
+    /// every λ of `prompts_per_batch` prompts (at most all of them).
     pub fn largest_batch(&self) -> usize {
-        let all = self.prompts_per_batch.max(1).saturating_mul(self.lambdas.len());
+        let prompts = self.prompts_per_batch.clamp(1, self.prompts.len().max(1));
+        let all = prompts.saturating_mul(self.lambdas.len());
         if self.max_lambdas_per_batch > 0 {
             all.min(self.max_lambdas_per_batch)
         } else {

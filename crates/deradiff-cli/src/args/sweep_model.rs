@@ -65,6 +65,14 @@ pub(crate) struct Built {
     pub(crate) anchor_beta: Option<f64>,
 }
 
+/// `prompts`, each once per seed of `seeds` where given.
+fn with_seeds(prompts: Vec<Prompt>, seeds: Option<Vec<u64>>) -> Vec<Prompt> {
+    match seeds {
+        Some(seeds) => Prompt::with_seeds(&prompts, &seeds),
+        None => prompts,
+    }
+}
+
 /// How many λ a run samples per prompt entry, and the options that set it (`--lambdas /
 /// --lambda-range` for a sweep, `--budget` for a tuning run): the products of counts are checked
 /// with it before anything is loaded.
@@ -96,36 +104,30 @@ impl SweepModelArgs {
         inputs
     }
 
-    /// `prompts` (given by `prompt_options`), each once per `--seeds` seed where given — the
-    /// products of prompts × seeds × λ × `samples` checked first, each failure naming the options
-    /// to lower.
-    fn with_seeds(
+    /// The `--seeds` of `prompts` prompts (given by `prompt_options`), after the products of
+    /// prompts × seeds × λ × `samples` are checked — before any prompt entry is made — each
+    /// failure naming the options to lower.
+    fn seeds_for(
         &self,
-        prompts: Vec<Prompt>,
+        prompts: usize,
         prompt_options: &str,
         lambdas: &LambdaCount<'_>,
         samples: usize,
-    ) -> Result<Vec<Prompt>> {
+    ) -> Result<Option<Vec<u64>>> {
         let seeds = self.seeds.as_deref().map(parse_seeds).transpose()?;
         let per_prompt = seeds.as_ref().map_or(1, Vec::len);
-        let entries = prompts.len().checked_mul(per_prompt).filter(|&n| n <= MAX_PROMPTS).ok_or_else(|| {
+        let entries = prompts.checked_mul(per_prompt).filter(|&n| n <= MAX_PROMPTS).ok_or_else(|| {
             CliError::usage(format!(
-                "{} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) is more than {MAX_PROMPTS} prompt \
-                 entries, the most one run takes: give fewer seeds or prompts",
-                prompts.len()
+                "{prompts} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) is more than {MAX_PROMPTS} prompt \
+                 entries, the most one run takes: give fewer seeds or prompts"
             ))
         })?;
         check_sweep_size(lambdas.count, entries, samples).usage_context(format!(
-            "{} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) × {} λ ({}) × {samples} samples \
+            "{prompts} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) × {} λ ({}) × {samples} samples \
              (--samples) is too large a run: lower one of them",
-            prompts.len(),
-            lambdas.count,
-            lambdas.options
+            lambdas.count, lambdas.options
         ))?;
-        Ok(match seeds {
-            Some(seeds) => Prompt::with_seeds(&prompts, &seeds),
-            None => prompts,
-        })
+        Ok(seeds)
     }
 
     /// Errors (a bad option, before anything is sampled) when the largest batch — `groups` λ
@@ -149,7 +151,8 @@ impl SweepModelArgs {
         self.refuse_sd_options()?;
         let (model, proxy, truth) = self.testbed.build(self.scheduler, self.eta, self.steps)?;
         let samples = self.samples.unwrap_or(256);
-        let prompts = self.with_seeds(Prompt::seeds(0..self.testbed.prompts), "--prompts", lambdas, samples)?;
+        let seeds = self.seeds_for(self.testbed.prompts as usize, "--prompts", lambdas, samples)?;
+        let prompts = with_seeds(Prompt::seeds(0..self.testbed.prompts), seeds);
         Ok(Built {
             model: Box::new(model),
             rewards: vec![Box::new(truth), Box::new(proxy)],
@@ -184,7 +187,9 @@ impl SweepModelArgs {
     /// Stable Diffusion: `reference` and `aligned` on the prompts, with the image rewards.
     fn build_sd(&self, reference: &Path, aligned: &Path, lambdas: &LambdaCount<'_>) -> Result<Built> {
         let samples = self.samples.unwrap_or(2);
-        let prompts = self.with_seeds(self.sd.prompts()?, "--prompt / --prompts-file", lambdas, samples)?;
+        let prompts = self.sd.prompts()?;
+        let seeds = self.seeds_for(prompts.len(), "--prompt / --prompts-file", lambdas, samples)?;
+        let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
         self.rewards.require("give a reward for a Stable Diffusion sweep")?;
         let scheduler = self.scheduler.kind(self.eta)?;

@@ -86,7 +86,7 @@ fn outputs(out: Option<PathBuf>, default_out: PathBuf, files: &[PathBuf]) -> Res
     }
     check_out_file("--out", &out)?;
     let (csv, figure) = (out.with_extension("csv"), out.with_file_name("reward_vs_lambda.png"));
-    let inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("the inputs", f.as_path())).collect();
+    let inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("the input", f.as_path())).collect();
     check_outputs(&[("--out", &out), ("--out", &csv), ("--out", &figure)], &inputs)?;
     Ok((out, csv, figure))
 }

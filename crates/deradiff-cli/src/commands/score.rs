@@ -244,3 +244,27 @@ fn csv(names: &[String], rows: &[Row]) -> Result<String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_formats_refuse_a_score_that_is_not_finite() {
+        let names = vec!["clip_score".to_string()];
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let rows = vec![Row {
+                image: "a.png".into(),
+                prompt_id: Some("p".into()),
+                prompt: Some("p".into()),
+                scores: vec![bad],
+            }];
+            for text in [csv(&names, &rows).map(|_| ()), jsonl(&names, &rows).map(|_| ())] {
+                let err = text.unwrap_err().to_string();
+                assert!(err.contains("a.png: the clip_score is") && err.contains("not a finite number"), "{err}");
+            }
+        }
+        let rows = vec![Row { image: "a.png".into(), prompt_id: None, prompt: None, scores: vec![0.25] }];
+        assert_eq!(csv(&names, &rows).unwrap(), "image,prompt_id,prompt,clip_score\n\"a.png\",\"\",\"\",0.25\n");
+    }
+}
