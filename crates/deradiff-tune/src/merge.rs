@@ -65,7 +65,8 @@ fn spec_of(path: &Path, header: &SweepHeader) -> Result<(SweepSpec, String)> {
 }
 
 /// Joins the results files of the shards of one sweep (see the module docs). Every file must
-/// record the same spec (hash, model, samples, rewards) and the same shard count; no row may
+/// record the same header but for its shard (spec and its hash, model, samples, rewards, prompt
+/// hash) and the same shard count; no row may
 /// appear twice or lie outside the spec or outside its file's shard. Items no file has are an
 /// error listing them (the first few) unless `allow_partial`, when they are returned in
 /// [`Merged::missing`]. The rows come out in work-item order, as an unsharded run writes them.
@@ -83,14 +84,20 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
     for (path, file) in &files {
         let h = &file.header;
         let (_, this_hash) = spec_of(path, h)?;
-        if this_hash != hash
-            || h.model != first.header.model
-            || h.samples_per_prompt != first.header.samples_per_prompt
-            || h.rewards != first.header.rewards
-        {
+        // The whole header but the shard: a spec edited under its old hash is another sweep too.
+        let unsharded = |h: &SweepHeader| SweepHeader { shard: None, ..h.clone() };
+        if this_hash != hash {
             return Err(merge_error(format!(
                 "{} is a shard of another sweep (spec {this_hash}) than {} (spec {hash}): merge the files of \
                  one sweep only",
+                path.display(),
+                first_path.display()
+            )));
+        }
+        if unsharded(h) != unsharded(&first.header) {
+            return Err(merge_error(format!(
+                "{} and {} record the same spec hash {hash} but headers that differ in more than their shard \
+                 (the model, samples, rewards, prompts or λ grid): was one edited? Merge the files of one sweep only",
                 path.display(),
                 first_path.display()
             )));

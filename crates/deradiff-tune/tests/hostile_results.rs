@@ -145,6 +145,37 @@ fn status_names_the_shard_files_it_cannot_read() {
 }
 
 #[test]
+fn merge_refuses_headers_edited_under_their_spec_hash() {
+    let d = dir("edited");
+    let s = synthetic(2, 2, 1);
+    let write = |k: usize, edit: &dyn Fn(&mut SweepHeader)| {
+        let shard = Shard::new(k, 2).unwrap();
+        let mut header = s.header.clone();
+        header.shard = Some(shard);
+        edit(&mut header);
+        let rows: Vec<SweepRow> =
+            s.rows.iter().enumerate().filter(|(i, _)| shard.owns(*i)).map(|(_, r)| r.clone()).collect();
+        let path = d.join(results_file_name(Some(shard)));
+        write_results(&path, &header, &rows).unwrap();
+        path
+    };
+    let a = write(0, &|_| {});
+    let edits: [(&str, &dyn Fn(&mut SweepHeader)); 4] = [
+        ("samples", &|h| h.samples_per_prompt = 4),
+        ("model", &|h| h.model = "another".into()),
+        ("prompts hash", &|h| h.prompts = Some("0".into())),
+        ("λ grid", &|h| h.spec.as_mut().unwrap().lambdas[1] = 9.0),
+    ];
+    for (what, edit) in edits {
+        let b = write(1, edit);
+        let err = merge_results(&[a.clone(), b], false).unwrap_err().to_string();
+        assert!(err.contains("headers that differ in more than their shard"), "{what}: {err}");
+    }
+    let b = write(1, &|_| {});
+    assert_eq!(merge_results(&[b, a], false).unwrap().rows, s.rows);
+}
+
+#[test]
 fn results_file_names_round_trip() {
     for s in [None, Some(Shard::new(0, 1).unwrap()), Some(Shard::new(7, 12).unwrap())] {
         assert_eq!(shard_of_file_name(&results_file_name(s)), Some(s));
