@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SD=../crates/deradiff-sd/tests/fixtures
 TUNE=../crates/deradiff-tune/tests/fixtures
-mkdir -p corpus/{weights,configs,tokenizer,results}
+mkdir -p corpus/{weights,configs,tokenizer,results,prompts,merge}
 cp -r seeds/* corpus/
 
 # weights: every safetensors file of the fixtures (models up to 1.6 MB; run with -max_len=2000000).
@@ -33,4 +33,4 @@ IR="$TUNE/image_reward"
 join corpus/tokenizer/fixture-bert-tokenizer-json "$IR/tokenizer.json"
 join corpus/tokenizer/fixture-bert-vocab "$IR/vocab.txt" /dev/null /dev/null /dev/null
 ls corpus/* | head -0
-for t in weights configs tokenizer results; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done
+for t in weights configs tokenizer results prompts merge; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done
