@@ -167,9 +167,15 @@ pub fn path_kind(path: &Path) -> std::io::Result<PathKind> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PathKind::Missing),
         Err(e) if is_link_loop(&e) => return Ok(PathKind::Other("a path through a symbolic link loop".into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            let blocking = path.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+            // The nearest ancestor that exists but is not a folder.
+            let blocking = path.ancestors().skip(1).find_map(|a| match std::fs::metadata(a) {
+                Ok(m) if m.is_dir() => None,
+                Ok(m) if m.is_file() => Some((a, "a file".to_string())),
+                Ok(m) => Some((a, describe_special(&m.file_type()))),
+                Err(_) => None,
+            });
             return Ok(PathKind::Other(match blocking {
-                Some(a) => format!("unreachable: {} is a file, not a folder", a.display()),
+                Some((a, what)) => format!("unreachable: {} is {what}, not a folder", a.display()),
                 None => "unreachable: a folder on its way is not a folder".into(),
             }));
         }
@@ -191,7 +197,7 @@ pub fn path_kind(path: &Path) -> std::io::Result<PathKind> {
         Ok(m) if m.is_dir() => Ok(PathKind::Dir),
         Ok(m) => Ok(PathKind::Other(format!("a symbolic link to {}", describe_special(&m.file_type())))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(PathKind::Other(format!("a dangling symbolic link (to {target}, which does not exist)")))
+            Ok(PathKind::Other(format!("a dangling symbolic link (its target {target} does not exist)")))
         }
         Err(e) if is_link_loop(&e) => Ok(PathKind::Other(format!("a symbolic link loop (it points to {target})"))),
         Err(e) => Err(e),

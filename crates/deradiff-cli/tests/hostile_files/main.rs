@@ -13,11 +13,21 @@ mod harness;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use harness::{bin, case, run_cases, scratch, Case};
+use harness::{bin, case, run_cases, scratch, Case, Scratch};
 
 const S0: &str = "@sh/sweep.shard-00000-of-00003.jsonl";
 const S1: &str = "@sh/sweep.shard-00001-of-00003.jsonl";
 const S2: &str = "@sh/sweep.shard-00002-of-00003.jsonl";
+
+/// `merge` of the three shard files into `out`, refused as a bad option.
+fn merge3(s: &Scratch, name: &str, out: &str, needles: &[&str]) -> Case {
+    case(s, name, &format!("merge {S0} {S1} {S2} --out {out}"), 2, needles)
+}
+
+/// `extract-lora` of the copied UNets into `out`, refused as a bad option.
+fn extract(s: &Scratch, name: &str, out: &str, needles: &[&str]) -> Case {
+    case(s, name, &format!("extract-lora --reference @ref --aligned @aligned --rank 2 --out {out}"), 2, needles)
+}
 
 /// `n` λ values, comma-separated.
 fn lambdas(n: usize) -> String {
@@ -62,12 +72,6 @@ fn fifos_devices_sockets_and_link_loops_are_named_never_opened() {
         let args = format!("sweep --reference @sd --aligned @aligned --clip @clip --out @o --prompts-file {file}");
         case(&s, name, &args, 1, needles)
     };
-    let merge3 = |name: &str, out: &str, needles: &[&str]| {
-        case(&s, name, &format!("merge {S0} {S1} {S2} --out {out}"), 2, needles)
-    };
-    let extract = |name: &str, out: &str, needles: &[&str]| {
-        case(&s, name, &format!("extract-lora --reference @ref --aligned @aligned --rank 2 --out {out}"), 2, needles)
-    };
     let score = |name: &str, out: &str, needles: &[&str]| {
         case(&s, name, &format!("score --images @imgs --clip @clip --prompt x --out {out}"), 2, needles)
     };
@@ -97,17 +101,17 @@ fn fifos_devices_sockets_and_link_loops_are_named_never_opened() {
         case(&s, "demo: --out a FIFO", "demo --samples 8 --steps 2 --out @fifo-dir", 2, &["FIFO"]),
         case(&s, "tune: --out a socket", "tune --out @socket.jsonl", 2, &["is a socket: give a folder"]),
         case(&s, "compare: --out a device", &format!("compare {S0} {S1} --out /dev/null"), 2, &["/dev/null is a character device"]),
-        merge3("merge: --out a FIFO", "@fifo.jsonl", &["is a FIFO (named pipe): give the path of a file"]),
-        merge3("merge: --out a socket", "@socket.jsonl", &["is a socket"]),
-        extract("extract-lora: --out a FIFO", "@fifo.safetensors", &["FIFO"]),
+        merge3(&s, "merge: --out a FIFO", "@fifo.jsonl", &["is a FIFO (named pipe): give the path of a file"]),
+        merge3(&s, "merge: --out a socket", "@socket.jsonl", &["is a socket"]),
+        extract(&s, "extract-lora: --out a FIFO", "@fifo.safetensors", &["FIFO"]),
         score("score: --out a FIFO", "@fifo.jsonl", &["FIFO"]),
         case(&s, "sample: --out a FIFO", "sample --reference @sd --aligned @aligned --prompt x --out @fifo.png", 2, &["not a regular file"]),
         case(&s, "demo: --out a link loop", "demo --samples 8 --steps 2 --out @loop-a", 2, &["symbolic link loop"]),
         case(&s, "sweep: --out a link loop", "sweep --out @loop-a", 2, &["symbolic link loop"]),
         case(&s, "tune: --out a link loop", "tune --out @loop-a", 2, &["symbolic link loop"]),
         case(&s, "compare: --out a dangling link", &format!("compare {S0} {S1} --out @dangling-dir"), 2, &["dangling symbolic link"]),
-        merge3("merge: --out a link loop", "@loop-a.jsonl", &["symbolic link loop"]),
-        extract("extract-lora: --out a link loop", "@loop-a.safetensors", &["symbolic link loop"]),
+        merge3(&s, "merge: --out a link loop", "@loop-a.jsonl", &["symbolic link loop"]),
+        extract(&s, "extract-lora: --out a link loop", "@loop-a.safetensors", &["symbolic link loop"]),
         score("score: --out a link loop", "@loop-a.jsonl", &["symbolic link loop"]),
         case(&s, "compare: a link loop to read", &format!("compare @loop-a.jsonl {S0} --out @o"), 1, &["symbolic link loop"]),
     ];
@@ -118,23 +122,17 @@ fn fifos_devices_sockets_and_link_loops_are_named_never_opened() {
 fn no_output_replaces_an_input_however_spelled() {
     let s = scratch("outputs", false);
     let root = s.root.display().to_string();
-    let extract = |name: &str, out: &str, needles: &[&str]| {
-        case(&s, name, &format!("extract-lora --reference @ref --aligned @aligned --rank 2 --out {out}"), 2, needles)
-    };
-    let merge3 = |name: &str, out: &str, needles: &[&str]| {
-        case(&s, name, &format!("merge {S0} {S1} {S2} --out {out}"), 2, needles)
-    };
     #[rustfmt::skip]
     let cases = vec![
-        extract("extract-lora: --out the reference's weights", "@ref/unet/diffusion_pytorch_model.safetensors", &["same file as --reference", "its file"]),
-        extract("extract-lora: --out the aligned weights", "@aligned/diffusion_pytorch_model.safetensors", &["same file as --aligned"]),
-        extract("extract-lora: --out a link to them", "@soft.safetensors", &["same file as --aligned"]),
-        extract("extract-lora: --out a hard link to them", "@hard.safetensors", &["same file as --aligned"]),
-        extract("extract-lora: --out them spelled with ./ and ..", &format!("{root}/./aligned/../aligned/diffusion_pytorch_model.safetensors"), &["same file as --aligned"]),
-        merge3("merge: --out an input spelled with ./ and ..", &format!("{root}/./sh/../sh/sweep.shard-00002-of-00003.jsonl"), &["same file as the input"]),
-        merge3("merge: --out a link to an input", "@soft.jsonl", &["soft.jsonl, which is the same file as the input"]),
-        merge3("merge: --out a hard link to an input", "@hard.jsonl", &["hard.jsonl, which is the same file as the input"]),
-        merge3("merge: --out a CSV (over its own JSON lines)", "@o/merged.csv", &["must end in .jsonl", "merged.csv"]),
+        extract(&s, "extract-lora: --out the reference's weights", "@ref/unet/diffusion_pytorch_model.safetensors", &["same file as --reference", "its file"]),
+        extract(&s, "extract-lora: --out the aligned weights", "@aligned/diffusion_pytorch_model.safetensors", &["same file as --aligned"]),
+        extract(&s, "extract-lora: --out a link to them", "@soft.safetensors", &["same file as --aligned"]),
+        extract(&s, "extract-lora: --out a hard link to them", "@hard.safetensors", &["same file as --aligned"]),
+        extract(&s, "extract-lora: --out them spelled with ./ and ..", &format!("{root}/./aligned/../aligned/diffusion_pytorch_model.safetensors"), &["same file as --aligned"]),
+        merge3(&s, "merge: --out an input spelled with ./ and ..", &format!("{root}/./sh/../sh/sweep.shard-00002-of-00003.jsonl"), &["same file as the input"]),
+        merge3(&s, "merge: --out a link to an input", "@soft.jsonl", &["soft.jsonl, which is the same file as the input"]),
+        merge3(&s, "merge: --out a hard link to an input", "@hard.jsonl", &["hard.jsonl, which is the same file as the input"]),
+        merge3(&s, "merge: --out a CSV (over its own JSON lines)", "@o/merged.csv", &["must end in .jsonl", "merged.csv"]),
         case(&s, "merge: the CSV beside --out is an input", &format!("merge @shard1.csv {S0} {S2} --out @shard1.jsonl"), 2, &["shard1.csv", "an output must not replace an input"]),
         case(&s, "merge: --out is one of the inputs", "merge @sh/sweep.shard-00000-of-00003.jsonl @soft.jsonl --out @soft.jsonl", 2, &["same file as the input"]),
         case(&s, "sweep: --prompts-file is the CSV it writes", "sweep --reference @sd --aligned @aligned --clip @clip --prompts-file @o-sweep/sweep.csv --out @o-sweep", 2, &["same file as --prompts-file"]),
