@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SD=../crates/deradiff-sd/tests/fixtures
 TUNE=../crates/deradiff-tune/tests/fixtures
-mkdir -p corpus/{weights,configs,tokenizer,results,lora}
+mkdir -p corpus/{weights,configs,tokenizer,results,lora,prompts,merge}
 cp -r seeds/* corpus/
 
 # weights: every safetensors file of the fixtures (models up to 1.6 MB; run with -max_len=2000000).
@@ -32,6 +32,7 @@ join corpus/tokenizer/fixture-tokenizer-json "$SD/tokenizer-json/tokenizer.json"
 IR="$TUNE/image_reward"
 join corpus/tokenizer/fixture-bert-tokenizer-json "$IR/tokenizer.json"
 join corpus/tokenizer/fixture-bert-vocab "$IR/vocab.txt" /dev/null /dev/null /dev/null
+ls corpus/* | head -0
 # lora: every LoRA file and peft folder of the fixtures, framed as the target reads a folder
 # (layout byte, u16 config length, adapter_config.json, weights).
 mkdir -p corpus/lora
@@ -53,4 +54,4 @@ for root, _, files in os.walk(src):
         else:
             seed(name, 2, b"", weights)
 PY
-for t in weights configs tokenizer results lora; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done
+for t in weights configs tokenizer results lora prompts merge; do echo "corpus/$t: $(ls corpus/$t | wc -l) files"; done

@@ -1,8 +1,6 @@
 //! The checks of option values that several commands share: one function per rule, each error
 //! naming the option as the command line spells it (a bad option: exit status 2).
 
-use std::path::Path;
-
 use crate::error::{CliError, Result};
 
 /// A count option (`--steps`, `--samples`, `--prompts`, …) must be at least 1 (not zero, its
@@ -23,15 +21,6 @@ pub(crate) fn check_steps(steps: usize) -> Result<()> {
 pub(crate) fn check_anchor_beta(anchor_beta: f64) -> Result<()> {
     if !(anchor_beta > 0.0 && anchor_beta.is_finite()) {
         return Err(CliError::usage(format!("--anchor-beta is {anchor_beta}; it must be a positive finite number")));
-    }
-    Ok(())
-}
-
-/// Errors (a bad option, before anything runs) if the output directory `dir` of `option` exists
-/// and is not a directory.
-pub(crate) fn check_out_dir(option: &str, dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(CliError::usage(format!("{option} {} exists and is not a directory", dir.display())));
     }
     Ok(())
 }

@@ -83,7 +83,8 @@ pub(crate) fn parse_seeds(text: &str) -> Result<Vec<u64>> {
         if b - a > MAX_PROMPTS as u64 {
             return Err(CliError::usage(format!("--seeds {text}: at most {MAX_PROMPTS} seeds")));
         }
-        (a..b).collect()
+        // A range holds each seed once.
+        return Ok((a..b).collect());
     } else {
         text.split(',').map(|t| t.trim().parse::<u64>().map_err(|_| bad())).collect::<Result<_>>()?
     };

@@ -14,6 +14,9 @@ mod checks;
 mod commands;
 mod error;
 mod grid;
+mod guard;
+#[cfg(test)]
+mod option_tests;
 mod output;
 mod shards;
 
@@ -103,11 +106,37 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
+/// Every option that takes a value, in `command` and its subcommands, accepts a value that
+/// starts with `-` and reads as a number: `--steps -1` is then refused by the option's own check,
+/// naming the option, not by clap as an "unexpected argument '-1'" that names none.
+fn allow_negative_numbers(command: clap::Command) -> clap::Command {
+    let names: Vec<String> = command.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    let mut command = command.mut_args(|a| {
+        if a.get_action().takes_values() && !a.is_positional() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    });
+    for name in names {
+        command = command.mut_subcommand(name, allow_negative_numbers);
+    }
+    command
+}
+
+/// The command line's definition: [`Cli`] with [`allow_negative_numbers`].
+fn command() -> clap::Command {
+    allow_negative_numbers(<Cli as clap::CommandFactory>::command())
+}
+
 /// Parses the command line (clap prints usage errors and exits with status 2), runs the
 /// subcommand and prints a failure as its whole cause chain: exit status 1 for a failed run, 2
 /// for a bad option. A panic (a bug) is reported as an internal error with status 1, not 101.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut command()).exit(),
+    };
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error in deradiff (a bug; please report it): {info}");
     }));

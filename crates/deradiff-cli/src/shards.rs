@@ -3,20 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use deradiff_tune::{Shard, MAX_SHARDS};
+use deradiff_tune::{results_file_name, Shard, MAX_SHARDS};
 
 use crate::error::{CliError, Result};
 
 /// The results file of `shard` in a sweep's output folder (`None`: the unsharded `sweep.jsonl`),
 /// with the CSV beside it.
 pub(crate) fn shard_files(out: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf) {
-    match shard {
-        None => (out.join("sweep.jsonl"), out.join("sweep.csv")),
-        Some(s) => {
-            let stem = format!("sweep.shard-{:05}-of-{:05}", s.index, s.count);
-            (out.join(format!("{stem}.jsonl")), out.join(format!("{stem}.csv")))
-        }
-    }
+    let jsonl = out.join(results_file_name(shard));
+    let csv = jsonl.with_extension("csv");
+    (jsonl, csv)
 }
 
 /// The shard this process computes: `--shard k/n`, else the cluster scheduler's environment

@@ -14,7 +14,9 @@
 //!   * the LAION aesthetic predictor ([`AestheticScore`]): an MLP on the CLIP image embedding;
 //!   * ImageReward ([`ImageRewardScore`]): BLIP's ViT and BERT with cross-attention, and an MLP.
 //! * Prompt files ([`read_prompt_file`]): the prompt sets rewards score against, in the formats
-//!   they ship in (plain text, JSON lines, CSV, YAML), shared by `deradiff score` and the sweeps.
+//!   they ship in (plain text, JSON lines, CSV / TSV, YAML, JSON), shared by `deradiff score` and
+//!   the sweeps; bounded in size, and strict (one YAML document, no id naming two prompts, no
+//!   column that the format would ignore).
 //! * The towers they run, on deradiff-sd's CLIP text tower, encoder layer and checked weight
 //!   loading (their errors are [`deradiff_sd::Error`]s naming the file and the tensor):
 //!   [`ClipVisionModel`], [`ClipModel`], the image processor [`ClipPreprocessor`], open_clip
@@ -74,7 +76,10 @@ pub use error::{Error, Result};
 pub use image::{PilImage, PilMode, Transparency};
 #[cfg(feature = "sd")]
 pub use image_reward::ImageRewardScore;
-pub use prompts::{read_prompt_file, PromptEntry, MAX_PROMPTS};
+pub use prompts::{
+    parse_prompt_file, read_prompt_file, PromptEntry, MAX_PROMPTS, MAX_PROMPT_BYTES, MAX_PROMPT_FILE_BYTES,
+    MAX_YAML_DEPTH, MAX_YAML_NODES,
+};
 #[cfg(feature = "sd")]
 pub use reward::ImageScorer;
 pub use reward::{score_checked, Reward};

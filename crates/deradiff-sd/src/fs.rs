@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use deradiff_core::io::{path_kind, PathKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -41,93 +42,11 @@ impl Kind {
     }
 }
 
-/// What [`inspect`] found at a path (symbolic links followed).
-enum Found {
-    Nothing,
-    File,
-    Dir,
-    /// Anything else, in words ("a FIFO (named pipe)", "a symbolic link loop", …).
-    Other(String),
-}
-
-/// `ELOOP`: too many levels of symbolic links (not an `io::ErrorKind` on stable Rust).
-fn is_link_loop(e: &std::io::Error) -> bool {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    const ELOOP: i32 = 40;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    const ELOOP: i32 = 62;
-    e.raw_os_error() == Some(ELOOP)
-}
-
-/// A file type that is neither a file, a folder nor a link, in words.
-fn describe_special(ft: &std::fs::FileType) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "a FIFO (named pipe)".into();
-        }
-        if ft.is_socket() {
-            return "a socket".into();
-        }
-        if ft.is_block_device() {
-            return "a block device".into();
-        }
-        if ft.is_char_device() {
-            return "a character device".into();
-        }
-    }
-    let _ = ft;
-    "neither a file nor a folder".into()
-}
-
-/// The nearest ancestor of `path` that exists but is not a folder (what makes a path fail with
-/// "not a directory").
-fn blocking_ancestor(path: &Path) -> Option<(PathBuf, String)> {
-    path.ancestors().skip(1).find_map(|a| match std::fs::metadata(a) {
-        Ok(m) if m.is_dir() => None,
-        Ok(m) if m.is_file() => Some((a.to_path_buf(), "a file".to_string())),
-        Ok(m) => Some((a.to_path_buf(), describe_special(&m.file_type()))),
-        Err(_) => None,
-    })
-}
-
-/// What is at `path`, following symbolic links, without opening it (so a FIFO does not block).
-/// An [`Error::Io`] when the path cannot be inspected (no permission on a folder on the way).
-fn inspect(path: &Path) -> Result<Found> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
-        Err(e) if is_link_loop(&e) => return Ok(Found::Other("a path through a symbolic link loop".into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            return Ok(Found::Other(match blocking_ancestor(path) {
-                Some((a, what)) => format!("unreachable: {} is {what}, not a folder", a.display()),
-                None => "unreachable: a folder on its way is not a folder".into(),
-            }))
-        }
-        Err(e) => return Err(Error::io("inspect", path, e)),
-    };
-    let ft = meta.file_type();
-    if ft.is_file() {
-        return Ok(Found::File);
-    }
-    if ft.is_dir() {
-        return Ok(Found::Dir);
-    }
-    if !ft.is_symlink() {
-        return Ok(Found::Other(describe_special(&ft)));
-    }
-    let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(Found::File),
-        Ok(m) if m.is_dir() => Ok(Found::Dir),
-        Ok(m) => Ok(Found::Other(format!("a symbolic link to {}", describe_special(&m.file_type())))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(Found::Other(format!("a dangling symbolic link (its target {target} does not exist)")))
-        }
-        Err(e) if is_link_loop(&e) => Ok(Found::Other(format!("a symbolic link loop (it points to {target})"))),
-        Err(e) => Err(Error::io("follow the symbolic link", path, e)),
-    }
+/// What is at `path`, following symbolic links, without opening it (so a FIFO does not block):
+/// deradiff-core's [`path_kind`]. An [`Error::Io`] when the path cannot be inspected (no
+/// permission on a folder on the way).
+fn inspect(path: &Path) -> Result<PathKind> {
+    path_kind(path).map_err(|e| Error::io("inspect", path, e))
 }
 
 /// Whether `path` is of kind `kind` (symbolic links followed): `Ok(true)` if so, `Ok(false)` when
@@ -136,11 +55,11 @@ fn inspect(path: &Path) -> Result<Found> {
 /// [`Error::Io`] when it cannot be inspected.
 pub fn probe_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -> Result<bool> {
     let found = match (inspect(path)?, kind) {
-        (Found::Nothing, _) => return Ok(false),
-        (Found::File, Kind::File) | (Found::Dir, Kind::Dir) => return Ok(true),
-        (Found::File, Kind::Dir) => "a file".to_string(),
-        (Found::Dir, Kind::File) => "a folder".to_string(),
-        (Found::Other(s), _) => s,
+        (PathKind::Missing, _) => return Ok(false),
+        (PathKind::File, Kind::File) | (PathKind::Dir, Kind::Dir) => return Ok(true),
+        (PathKind::File, Kind::Dir) => "a file".to_string(),
+        (PathKind::Dir, Kind::File) => "a folder".to_string(),
+        (PathKind::Other(s), _) => s,
     };
     Err(Error::WrongKind {
         what: what.to_string(),
@@ -155,10 +74,10 @@ pub fn probe_path(path: &Path, kind: Kind, what: &str, expected: Option<&str>) -
 /// something else (a FIFO, a device, a dangling link, a link loop, …).
 pub fn probe_any(path: &Path, what: &str, expected: &str) -> Result<Option<Kind>> {
     match inspect(path)? {
-        Found::Nothing => Ok(None),
-        Found::File => Ok(Some(Kind::File)),
-        Found::Dir => Ok(Some(Kind::Dir)),
-        Found::Other(found) => Err(Error::WrongKind {
+        PathKind::Missing => Ok(None),
+        PathKind::File => Ok(Some(Kind::File)),
+        PathKind::Dir => Ok(Some(Kind::Dir)),
+        PathKind::Other(found) => Err(Error::WrongKind {
             what: what.to_string(),
             path: path.to_path_buf(),
             found,

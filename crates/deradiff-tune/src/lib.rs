@@ -70,22 +70,25 @@ pub use bo::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-pub use merge::{merge_results, sweep_status, Merged, MissingItem, SweepProgress};
+pub use merge::{merge_results, sweep_status, FolderStatus, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use results::{
     read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
-    SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
+    SweepRow, MAX_RESULTS_FILE_BYTES, RESULTS_FORMAT, RESULTS_VERSION,
 };
 pub use reward::{AnalyticReward, ManifoldPenalty, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{Realignment, SdModel, SdSetup};
-pub use spec::{prompts_hash, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS};
+pub use spec::{
+    prompts_hash, results_file_name, shard_of_file_name, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS,
+};
 pub use stats::{
     agreement, bootstrap_maes, median, pair_rows, quantile_sorted, AgreementConfig, AgreementStats, PairBy, Pairs,
     Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
-    check_lambdas, lambda_summaries, run_sweep, LambdaSummary, NoSweepObserver, SweepConfig, SweepEvent, SweepObserver,
-    SweepResult, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT,
+    check_lambdas, check_sweep_size, lambda_summaries, run_sweep, LambdaSummary, NoSweepObserver, SweepConfig,
+    SweepEvent, SweepObserver, SweepResult, MAX_BATCH_ELEMENTS, MAX_LAMBDAS, MAX_SAMPLES_PER_PROMPT, MAX_SWEEP_SAMPLES,
+    MAX_WORK_ITEMS,
 };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::results::{is_results_file, read_results, ResultsFile, SweepHeader, SweepRow};
-use crate::spec::{Shard, SweepSpec};
+use crate::spec::{shard_of_file_name, Shard, SweepSpec};
 
 /// A results file of a sharded sweep, or of a merge (see [`merge_results`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +65,8 @@ fn spec_of(path: &Path, header: &SweepHeader) -> Result<(SweepSpec, String)> {
 }
 
 /// Joins the results files of the shards of one sweep (see the module docs). Every file must
-/// record the same spec (hash, model, samples, rewards) and the same shard count; no row may
+/// record the same header but for its shard (spec and its hash, model, samples, rewards, prompt
+/// hash) and the same shard count; no row may
 /// appear twice or lie outside the spec or outside its file's shard. Items no file has are an
 /// error listing them (the first few) unless `allow_partial`, when they are returned in
 /// [`Merged::missing`]. The rows come out in work-item order, as an unsharded run writes them.
@@ -83,14 +84,20 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
     for (path, file) in &files {
         let h = &file.header;
         let (_, this_hash) = spec_of(path, h)?;
-        if this_hash != hash
-            || h.model != first.header.model
-            || h.samples_per_prompt != first.header.samples_per_prompt
-            || h.rewards != first.header.rewards
-        {
+        // The whole header but the shard: a spec edited under its old hash is another sweep too.
+        let unsharded = |h: &SweepHeader| SweepHeader { shard: None, ..h.clone() };
+        if this_hash != hash {
             return Err(merge_error(format!(
                 "{} is a shard of another sweep (spec {this_hash}) than {} (spec {hash}): merge the files of \
                  one sweep only",
+                path.display(),
+                first_path.display()
+            )));
+        }
+        if unsharded(h) != unsharded(&first.header) {
+            return Err(merge_error(format!(
+                "{} and {} record the same spec hash {hash} but headers that differ in more than their shard \
+                 (the model, samples, rewards, prompts or λ grid): was one edited? Merge the files of one sweep only",
                 path.display(),
                 first_path.display()
             )));
@@ -208,10 +215,44 @@ impl std::fmt::Display for SweepProgress {
     }
 }
 
-/// Progress of every sweep whose results files (`*.jsonl` with a deradiff-sweep header) lie in
-/// `dir`, one entry per spec (files of other formats are skipped; a results file without a spec
-/// is reported on its own). An error for a folder that cannot be read or a broken results file.
-pub fn sweep_status(dir: impl AsRef<Path>) -> Result<Vec<SweepProgress>> {
+/// What [`sweep_status`] finds in a folder.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FolderStatus {
+    /// The progress of every sweep with a results file there, one entry per spec.
+    pub sweeps: Vec<SweepProgress>,
+    /// The files there that a sweep would have written (named `sweep.jsonl` or
+    /// `sweep.shard-K-of-N.jsonl`, or starting with a deradiff-sweep header) but that cannot be
+    /// read as its results file, each with the reason: a FIFO or a device (never opened), no
+    /// permission, another format, a malformed line, a header whose shard is not the one its
+    /// name says. Their shards are not counted as "not started": they are listed here.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// Why `path`, named `name`, is not the results file it should be; `Ok` with the file if it is.
+fn check_results_file(path: &Path, name: &str) -> std::result::Result<ResultsFile, String> {
+    let file = read_results(path).map_err(|e| match e {
+        Error::MalformedResults { line, detail, .. } => format!("line {line}: {detail}"),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    })?;
+    if let Some(named) = shard_of_file_name(name) {
+        if named != file.header.shard {
+            let show = |s: Option<Shard>| s.map_or("the whole sweep".to_string(), |s| format!("shard {s}"));
+            return Err(format!(
+                "its header holds {} but its name says {}: it was renamed or copied from another folder",
+                show(file.header.shard),
+                show(named)
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// Progress of every sweep whose results files lie in `dir` (see [`FolderStatus`]), one entry
+/// per spec; other files are skipped (a results file without a spec is reported on its own).
+/// Files that should be results files and are not are listed in [`FolderStatus::unreadable`],
+/// never opened for a blocking read. An error only for a folder that cannot be read.
+pub fn sweep_status(dir: impl AsRef<Path>) -> Result<FolderStatus> {
     let dir = dir.as_ref();
     let meta = std::fs::metadata(dir).map_err(Error::io(dir))?;
     if !meta.is_dir() {
@@ -220,18 +261,26 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<Vec<SweepProgress>> {
             dir.display()
         )));
     }
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(Error::io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && p.is_file())
-        .collect();
+    let mut paths: Vec<(PathBuf, String)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let path = entry.map_err(Error::io(dir))?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| n.ends_with(".jsonl")) {
+            paths.push((path.clone(), name.to_string()));
+        }
+    }
     paths.sort();
-    let mut groups: Vec<SweepProgress> = Vec::new();
-    for path in paths {
-        if !is_results_file(&path) {
+    let mut status = FolderStatus::default();
+    for (path, name) in paths {
+        if shard_of_file_name(&name).is_none() && !is_results_file(&path) {
             continue;
         }
-        let file = read_results(&path)?;
+        let file = match check_results_file(&path, &name) {
+            Ok(f) => f,
+            Err(why) => {
+                status.unreadable.push((path, why));
+                continue;
+            }
+        };
         let h = &file.header;
         let (spec, hash) = match (&h.spec, &h.spec_hash) {
             (Some(s), Some(hash)) => (Some(s), hash.clone()),
@@ -239,10 +288,10 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<Vec<SweepProgress>> {
         };
         let total = spec.map_or(file.rows.len(), |s| s.len());
         let expected = spec.map_or(file.rows.len(), |s| s.shard_items(h.shard).count());
-        let group = match groups.iter_mut().find(|g| g.spec_hash == hash) {
-            Some(g) => g,
+        let group = match status.sweeps.iter_mut().position(|g| g.spec_hash == hash) {
+            Some(i) => &mut status.sweeps[i],
             None => {
-                groups.push(SweepProgress {
+                status.sweeps.push(SweepProgress {
                     spec_hash: hash.clone(),
                     model: h.model.clone(),
                     total,
@@ -251,19 +300,27 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<Vec<SweepProgress>> {
                     files: Vec::new(),
                     shards_without_file: Vec::new(),
                 });
-                groups.last_mut().expect("just pushed")
+                status.sweeps.last_mut().expect("just pushed")
             }
         };
         group.done += file.rows.len();
         group.files.push((path.clone(), h.shard, file.rows.len(), expected));
     }
-    for g in &mut groups {
+    // A shard whose file is unreadable is not "not started": it is listed as unreadable.
+    let unreadable_shards: HashSet<Shard> = status
+        .unreadable
+        .iter()
+        .filter_map(|(p, _)| p.file_name().and_then(|n| n.to_str()).and_then(shard_of_file_name).flatten())
+        .collect();
+    for g in &mut status.sweeps {
         if let Some(n) = g.shards {
             let have: HashSet<usize> = g.files.iter().filter_map(|f| f.1.map(|s| s.index)).collect();
-            g.shards_without_file = (0..n).filter(|k| !have.contains(k)).collect();
+            g.shards_without_file = (0..n)
+                .filter(|&k| !have.contains(&k) && !unreadable_shards.contains(&Shard { index: k, count: n }))
+                .collect();
         }
         // Merged and shard files of one spec both count their rows: report the larger view.
         g.done = g.done.min(g.total);
     }
-    Ok(groups)
+    Ok(status)
 }

@@ -22,6 +22,9 @@ use crate::spec::{Shard, SweepSpec, WorkItem};
 pub const RESULTS_FORMAT: &str = "deradiff-sweep";
 /// The version of the results file format.
 pub const RESULTS_VERSION: u32 = 1;
+/// The largest results file read: 4 GiB (a sweep of [`MAX_WORK_ITEMS`](crate::MAX_WORK_ITEMS)
+/// rows writes a few hundred bytes per row).
+pub const MAX_RESULTS_FILE_BYTES: u64 = 4 << 30;
 
 /// What to do when the output file exists already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -176,9 +179,26 @@ pub struct ResultsFile {
 /// Reads a results file: the header, then every row. A last line cut short by a crash is
 /// ignored (and reported in [`ResultsFile::truncated_tail`]); anything else that is not a row
 /// is an [`Error::MalformedResults`] naming the line.
+///
+/// Only a regular file of at most [`MAX_RESULTS_FILE_BYTES`] is read: a FIFO, a device or a
+/// folder is refused without being opened for a blocking read, naming what it is.
 pub fn read_results(path: impl AsRef<Path>) -> Result<ResultsFile> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let bytes = deradiff_core::io::read_regular_file(path, MAX_RESULTS_FILE_BYTES).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            Error::MalformedResults {
+                path: path.to_path_buf(),
+                line: 1,
+                detail: format!(
+                    "the file is larger than {} GiB (MAX_RESULTS_FILE_BYTES), more than a sweep of MAX_WORK_ITEMS \
+                     rows writes: is it a results file?",
+                    MAX_RESULTS_FILE_BYTES >> 30
+                ),
+            }
+        } else {
+            Error::io(path)(e)
+        }
+    })?;
     let parsed = parse_results(&bytes, path)?;
     let header = parsed.header.ok_or_else(|| Error::MalformedResults {
         path: path.to_path_buf(),
@@ -300,6 +320,24 @@ fn csv_header(rewards: &[String]) -> String {
     s
 }
 
+/// Errors unless every mean and SD of `row` is a finite number: JSON has no NaN or ∞ (they
+/// would be written as `null` and the file would not read back), and the CSV copy refuses them
+/// as the JSON lines do.
+fn check_finite(row: &SweepRow) -> Result<()> {
+    for r in &row.rewards {
+        for (what, v) in [("mean", r.mean), ("SD", r.std)] {
+            if !v.is_finite() {
+                return Err(Error::NonFiniteReward {
+                    reward: r.name.clone(),
+                    value: v,
+                    context: format!("the {what} of λ = {}, prompt {:?}, seed {}", row.lambda, row.prompt, row.seed),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One CSV line of a row (the reward columns in `rewards` order; empty where a row lacks one).
 fn csv_line(row: &SweepRow, rewards: &[String]) -> String {
     let mut s = format!("{},{},{},{},{}", row.lambda, row.prompt_index, csv_field(&row.prompt), row.seed, row.samples);
@@ -392,6 +430,7 @@ impl ResultsWriter {
     }
 
     pub(crate) fn append(&mut self, row: &SweepRow) -> Result<()> {
+        check_finite(row)?;
         let mut line = serde_json::to_string(row)?;
         line.push('\n');
         append_line(&mut self.jsonl, &self.jsonl_path, &line)?;
@@ -471,25 +510,29 @@ fn check_rows_fit(path: &Path, rows: &[SweepRow], prompts: &[Prompt]) -> Result<
     Ok(())
 }
 
-/// Writes a results file (header, then the rows) atomically: what
+/// Writes a results file (header, then the rows) atomically — a mean or SD that is NaN or
+/// infinite is an [`Error::NonFiniteReward`] and nothing is written: what
 /// [`merge_results`](crate::merge_results) gives, in the format [`read_results`] and a resumed
 /// sweep read.
 pub fn write_results(path: impl AsRef<Path>, header: &SweepHeader, rows: &[SweepRow]) -> Result<()> {
     let mut text = serde_json::to_string(header)?;
     text.push('\n');
     for r in rows {
+        check_finite(r)?;
         text.push_str(&serde_json::to_string(r)?);
         text.push('\n');
     }
     crate::error::write_atomic(path.as_ref(), text.as_bytes())
 }
 
-/// Writes the CSV of results rows atomically: the columns a sweep's CSV has (`lambda`,
+/// Writes the CSV of results rows atomically (a NaN or infinite mean or SD is an
+/// [`Error::NonFiniteReward`], as in the JSON lines): the columns a sweep's CSV has (`lambda`,
 /// `prompt_index`, `prompt`, `seed`, `samples`, then `<reward>_mean`, `<reward>_std` for each of
 /// `rewards`).
 pub fn write_results_csv(path: impl AsRef<Path>, rewards: &[String], rows: &[SweepRow]) -> Result<()> {
     let mut text = csv_header(rewards);
     for r in rows {
+        check_finite(r)?;
         text.push_str(&csv_line(r, rewards));
     }
     crate::error::write_atomic(path.as_ref(), text.as_bytes())
@@ -498,6 +541,10 @@ pub fn write_results_csv(path: impl AsRef<Path>, rewards: &[String], rows: &[Swe
 /// Whether `path` starts with a deradiff-sweep header line (a cheap look at its first line).
 pub(crate) fn is_results_file(path: &Path) -> bool {
     use std::io::{BufRead, Read};
+    // Never opened unless it is a regular file: a FIFO would block the read.
+    if !matches!(deradiff_core::io::path_kind(path), Ok(deradiff_core::io::PathKind::File)) {
+        return false;
+    }
     let Ok(f) = std::fs::File::open(path) else { return false };
     let mut first = String::new();
     if std::io::BufReader::new(f).take(1 << 20).read_line(&mut first).is_err() {

@@ -128,6 +128,31 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// The name of a sweep's results file in its output folder: `sweep.jsonl` for a whole sweep
+/// (`None`), `sweep.shard-KKKKK-of-NNNNN.jsonl` for a shard (`deradiff sweep` writes them, and
+/// `deradiff merge` and `status` find them by these names).
+pub fn results_file_name(shard: Option<Shard>) -> String {
+    match shard {
+        None => "sweep.jsonl".into(),
+        Some(s) => format!("sweep.shard-{:05}-of-{:05}.jsonl", s.index, s.count),
+    }
+}
+
+/// The shard a results file's name says it holds: `Some(None)` for `sweep.jsonl`, `Some(Some(s))`
+/// for `sweep.shard-K-of-N.jsonl` (any number of digits, K < N), `None` for any other name
+/// (including shard names whose numbers do not make a shard).
+pub fn shard_of_file_name(name: &str) -> Option<Option<Shard>> {
+    if name == "sweep.jsonl" {
+        return Some(None);
+    }
+    let (k, n) = name.strip_prefix("sweep.shard-")?.strip_suffix(".jsonl")?.split_once("-of-")?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(k) || !digits(n) {
+        return None;
+    }
+    Shard::new(k.parse().ok()?, n.parse().ok()?).ok().map(Some)
+}
+
 /// What a sweep covers: its λ grid and its prompt entries (each a prompt with one seed), in the
 /// order that numbers the work items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,6 +93,34 @@ impl SweepConfig {
                 self.samples_per_prompt
             )));
         }
+        check_sweep_size(self.lambdas.len(), self.prompts.len(), self.samples_per_prompt)
+    }
+
+    /// The most λ groups one batch of this sweep stacks: `max_lambdas_per_batch` (when set) or
+    /// every λ of `prompts_per_batch` prompts (at most all of them).
+    pub fn largest_batch(&self) -> usize {
+        let prompts = self.prompts_per_batch.clamp(1, self.prompts.len().max(1));
+        let all = prompts.saturating_mul(self.lambdas.len());
+        if self.max_lambdas_per_batch > 0 {
+            all.min(self.max_lambdas_per_batch)
+        } else {
+            all
+        }
+    }
+
+    /// Errors (before anything is sampled or written) when the largest batch
+    /// ([`SweepConfig::largest_batch`] groups of a model's latents `latent_shape` for the
+    /// samples per prompt) would hold more than [`MAX_BATCH_ELEMENTS`] values.
+    pub fn check_batch(&self, latent_shape: &[usize]) -> Result<()> {
+        let groups = self.largest_batch();
+        let elements = latent_shape.iter().try_fold(groups, |n, &d| n.checked_mul(d));
+        if elements.is_none_or(|n| n > MAX_BATCH_ELEMENTS) {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {groups} λ groups × latents {latent_shape:?} holds more than {MAX_BATCH_ELEMENTS} values \
+                 (MAX_BATCH_ELEMENTS); lower the samples per prompt or prompts_per_batch, or set \
+                 max_lambdas_per_batch to fewer λ per batch"
+            )));
+        }
         Ok(())
     }
 
@@ -108,6 +136,31 @@ impl SweepConfig {
 
 /// Most samples per (λ, prompt) a sweep takes.
 pub const MAX_SAMPLES_PER_PROMPT: usize = 1_000_000;
+/// Most work items — (λ, prompt entry) pairs, one row each — one sweep may have: 10⁷ (a results
+/// file of a few GB). Split a larger sweep over several results files.
+pub const MAX_WORK_ITEMS: usize = 10_000_000;
+/// Most samples one sweep may draw in all (work items × samples per prompt): 10¹⁰.
+pub const MAX_SWEEP_SAMPLES: u64 = 10_000_000_000;
+
+/// Checks the products of a sweep's counts — `lambdas` λ × `prompts` prompt entries (prompts ×
+/// seeds) at most [`MAX_WORK_ITEMS`], times `samples` per prompt at most [`MAX_SWEEP_SAMPLES`] —
+/// without overflow.
+pub fn check_sweep_size(lambdas: usize, prompts: usize, samples: usize) -> Result<()> {
+    let items = lambdas.checked_mul(prompts).filter(|&n| n <= MAX_WORK_ITEMS);
+    let Some(items) = items else {
+        return Err(Error::InvalidArgument(format!(
+            "{lambdas} λ × {prompts} prompt entries (prompts × seeds) is more than {MAX_WORK_ITEMS} work items \
+             (MAX_WORK_ITEMS): use fewer λ, prompts or seeds, or split the prompt set over several sweeps"
+        )));
+    };
+    if (items as u64).checked_mul(samples as u64).is_none_or(|n| n > MAX_SWEEP_SAMPLES) {
+        return Err(Error::InvalidArgument(format!(
+            "{items} work items × {samples} samples per prompt is more than {MAX_SWEEP_SAMPLES} samples \
+             (MAX_SWEEP_SAMPLES): use fewer samples, λ, prompts or seeds"
+        )));
+    }
+    Ok(())
+}
 /// Most λ values in a grid.
 pub const MAX_LAMBDAS: usize = 100_000;
 /// Most elements (latent values) one batch of a sweep may hold: 2³⁰, 4 GiB in f32. A larger
@@ -335,7 +388,7 @@ pub(crate) fn compute_rows(
         if elements.is_none_or(|n| n > MAX_BATCH_ELEMENTS) {
             return Err(Error::InvalidArgument(format!(
                 "a batch of {chunk} λ × latents {shape:?} holds more than {MAX_BATCH_ELEMENTS} values; lower the \
-                 samples per prompt or set max_lambdas_per_batch (--max-batch) to fewer λ per batch"
+                 samples per prompt or set max_lambdas_per_batch to fewer λ per batch"
             )));
         }
         // The batch's prompts (streams) and each group's stream.
@@ -452,6 +505,8 @@ pub fn run_sweep(
 ) -> Result<SweepResult> {
     config.validate()?;
     let names = check_rewards(rewards)?;
+    // The batch size is known from the model: refused before the results file is touched.
+    config.check_batch(&model.latent_shape(config.samples_per_prompt)?)?;
     let header = SweepHeader {
         format: RESULTS_FORMAT.into(),
         version: RESULTS_VERSION,

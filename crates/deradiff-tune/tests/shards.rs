@@ -166,8 +166,9 @@ fn status_reports_progress_across_shards() {
     }
     std::fs::write(root.join("notes.jsonl"), "{\"not\": \"a sweep\"}\n").unwrap();
     let status = sweep_status(&root).unwrap();
-    assert_eq!(status.len(), 1);
-    let s = &status[0];
+    assert_eq!(status.sweeps.len(), 1);
+    assert!(status.unreadable.is_empty(), "{:?}", status.unreadable);
+    let s = &status.sweeps[0];
     // Shard 0 finished its 8 items; shard 2 was killed as it reported its 4th row (written).
     assert_eq!((s.total, s.done, s.shards), (30, 8 + 4, Some(4)));
     assert_eq!(s.shards_without_file, vec![1, 3]);

@@ -17,5 +17,5 @@ pub(crate) use realign::{RealignArg, RealignArgs, Setting};
 pub(crate) use rewards::RewardArgs;
 pub(crate) use sampler::SchedulerArg;
 pub(crate) use sd::SdArgs;
-pub(crate) use sweep_model::{Built, SweepModelArgs};
+pub(crate) use sweep_model::{Built, LambdaCount, SweepModelArgs};
 pub(crate) use testbed::{RewardArg, TestbedArgs};

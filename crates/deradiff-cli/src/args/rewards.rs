@@ -78,6 +78,25 @@ impl RewardArgs {
         .collect()
     }
 
+    /// The files and folders the rewards are read from, each with its option (what no output
+    /// may replace).
+    pub(crate) fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        [
+            ("--clip", &self.clip),
+            ("--pickscore", &self.pickscore),
+            ("--pickscore-processor", &self.pickscore_processor),
+            ("--hps", &self.hps),
+            ("--hps-config", &self.hps_config),
+            ("--hps-tokenizer", &self.hps_tokenizer),
+            ("--aesthetic", &self.aesthetic),
+            ("--aesthetic-mlp", &self.aesthetic_mlp),
+            ("--image-reward", &self.image_reward),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect()
+    }
+
     /// Errors (a bad option) when no reward is given: `{request}: --clip DIR, …`.
     pub(crate) fn require(&self, request: &str) -> Result<()> {
         if self.given().is_empty() {

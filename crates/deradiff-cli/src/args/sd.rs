@@ -38,10 +38,10 @@ pub(crate) struct SdArgs {
     /// Seed of the first prompt (prompt i uses seed + i; results are keyed by the prompt text,
     /// which must be unique). Ignored with --seeds.
     #[arg(long = "prompt-seed", default_value_t = 0)]
-    prompt_seed: u64,
+    pub(crate) prompt_seed: u64,
     /// Guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    guidance: f64,
+    pub(crate) guidance: f64,
     /// How λ realigns: `posterior` (DeRaDiff's posterior fusion) or `weights` (the weight-space
     /// baseline: the aligned LoRA merged at λ; needs a LoRA --aligned).
     #[arg(long, value_enum, default_value = "posterior")]
@@ -71,6 +71,14 @@ impl SdArgs {
             .enumerate()
             .map(|(i, (id, t))| Prompt::text(id.clone(), t.clone(), self.prompt_seed.wrapping_add(i as u64)))
             .collect())
+    }
+
+    /// The files and folders read: the models and the prompt file, each with its option.
+    pub(crate) fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        [("--reference", &self.reference), ("--aligned", &self.aligned), ("--prompts-file", &self.prompts_file)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect()
     }
 
     /// Loads `reference` and `aligned` with `load`, sampled with `scheduler` in `steps` steps.

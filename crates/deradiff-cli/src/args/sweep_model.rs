@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use candle_core::DType;
-use deradiff_rewards::Reward;
-use deradiff_tune::{Prompt, SweepModel};
+use deradiff_rewards::{Reward, MAX_PROMPTS};
+use deradiff_tune::{check_sweep_size, Prompt, SweepModel, MAX_BATCH_ELEMENTS};
 
 use crate::args::{RealignArg, RewardArgs, SchedulerArg, SdArgs, TestbedArgs};
 use crate::checkpoint::check_models;
 use crate::checks::{check_at_least_one, check_steps};
-use crate::error::{CliError, Result};
+use crate::error::{CliError, Context, Result};
 use crate::grid::parse_seeds;
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
@@ -36,6 +36,10 @@ pub(crate) struct SweepModelArgs {
     /// 0..4) or a list `0,7,9`.
     #[arg(long)]
     seeds: Option<String>,
+    /// The most λ values sampled in one batch (0: all of a prompt's λ at once): lower it when a
+    /// batch does not fit in memory; the rows stay the same.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_lambdas_per_batch: usize,
     /// Stable Diffusion instead of the testbed.
     #[command(flatten)]
     sd: SdArgs,
@@ -61,37 +65,99 @@ pub(crate) struct Built {
     pub(crate) anchor_beta: Option<f64>,
 }
 
+/// `prompts`, each once per seed of `seeds` where given.
+fn with_seeds(prompts: Vec<Prompt>, seeds: Option<Vec<u64>>) -> Vec<Prompt> {
+    match seeds {
+        Some(seeds) => Prompt::with_seeds(&prompts, &seeds),
+        None => prompts,
+    }
+}
+
+/// How many λ a run samples per prompt entry, and the options that set it (`--lambdas /
+/// --lambda-range` for a sweep, `--budget` for a tuning run): the products of counts are checked
+/// with it before anything is loaded.
+pub(crate) struct LambdaCount<'a> {
+    /// λ values per prompt entry.
+    pub(crate) count: usize,
+    /// The options that set them.
+    pub(crate) options: &'a str,
+}
+
 impl SweepModelArgs {
-    /// The analytic testbed or Stable Diffusion, by the options given.
-    pub(crate) fn build(&self) -> Result<Built> {
+    /// The analytic testbed or Stable Diffusion, by the options given: the products of prompts ×
+    /// seeds × `lambdas` × samples are checked before the model is loaded.
+    pub(crate) fn build(&self, lambdas: LambdaCount<'_>) -> Result<Built> {
         check_steps(self.steps)?;
         if let Some(samples) = self.samples {
             check_at_least_one("--samples", samples)?;
         }
         match (&self.sd.reference, &self.sd.aligned) {
-            (Some(reference), Some(aligned)) => self.build_sd(reference, aligned),
-            _ => self.build_analytic(),
+            (Some(reference), Some(aligned)) => self.build_sd(reference, aligned, &lambdas),
+            _ => self.build_analytic(&lambdas),
         }
     }
 
-    /// `prompts`, each once per `--seeds` seed where given.
-    fn with_seeds(&self, prompts: Vec<Prompt>) -> Result<Vec<Prompt>> {
-        match &self.seeds {
-            Some(seeds) => Ok(Prompt::with_seeds(&prompts, &parse_seeds(seeds)?)),
-            None => Ok(prompts),
+    /// The files and folders a run reads (models, prompt file, rewards), with their options.
+    pub(crate) fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        let mut inputs = self.sd.inputs();
+        inputs.extend(self.rewards.inputs());
+        inputs
+    }
+
+    /// The `--seeds` of `prompts` prompts (given by `prompt_options`), after the products of
+    /// prompts × seeds × λ × `samples` are checked — before any prompt entry is made — each
+    /// failure naming the options to lower.
+    fn seeds_for(
+        &self,
+        prompts: usize,
+        prompt_options: &str,
+        lambdas: &LambdaCount<'_>,
+        samples: usize,
+    ) -> Result<Option<Vec<u64>>> {
+        let seeds = self.seeds.as_deref().map(parse_seeds).transpose()?;
+        let per_prompt = seeds.as_ref().map_or(1, Vec::len);
+        let entries = prompts.checked_mul(per_prompt).filter(|&n| n <= MAX_PROMPTS).ok_or_else(|| {
+            CliError::usage(format!(
+                "{prompts} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) is more than {MAX_PROMPTS} prompt \
+                 entries, the most one run takes: give fewer seeds or prompts"
+            ))
+        })?;
+        check_sweep_size(lambdas.count, entries, samples).usage_context(format!(
+            "{prompts} prompts ({prompt_options}) × {per_prompt} seeds (--seeds) × {} λ ({}) × {samples} samples \
+             (--samples) is too large a run: lower one of them",
+            lambdas.count, lambdas.options
+        ))?;
+        Ok(seeds)
+    }
+
+    /// Errors (a bad option, before anything is sampled) when the largest batch — `groups` λ
+    /// groups (`from`: the options that set them) of the samples of one prompt — would hold
+    /// more than MAX_BATCH_ELEMENTS latent values.
+    pub(crate) fn check_batch(&self, built: &Built, groups: usize, from: &str) -> Result<()> {
+        let shape = built.model.latent_shape(built.samples).usage_context(format!("--samples {}", built.samples))?;
+        let values = shape.iter().try_fold(groups, |n, &d| n.checked_mul(d));
+        if values.is_none_or(|n| n > MAX_BATCH_ELEMENTS) {
+            return Err(CliError::usage(format!(
+                "one batch would hold {groups} λ ({from}) × latents {shape:?} of --samples {}: more than \
+                 {MAX_BATCH_ELEMENTS} values; lower --samples, or give --max-lambdas-per-batch N for fewer λ per batch",
+                built.samples
+            )));
         }
+        Ok(())
     }
 
     /// The analytic testbed, its true reward first, then the proxy.
-    fn build_analytic(&self) -> Result<Built> {
+    fn build_analytic(&self, lambdas: &LambdaCount<'_>) -> Result<Built> {
         self.refuse_sd_options()?;
         let (model, proxy, truth) = self.testbed.build(self.scheduler, self.eta, self.steps)?;
-        let prompts = self.with_seeds(Prompt::seeds(0..self.testbed.prompts))?;
+        let samples = self.samples.unwrap_or(256);
+        let seeds = self.seeds_for(self.testbed.prompts as usize, "--prompts", lambdas, samples)?;
+        let prompts = with_seeds(Prompt::seeds(0..self.testbed.prompts), seeds);
         Ok(Built {
             model: Box::new(model),
             rewards: vec![Box::new(truth), Box::new(proxy)],
             prompts,
-            samples: self.samples.unwrap_or(256),
+            samples,
             anchor_beta: Some(self.testbed.anchor_beta),
         })
     }
@@ -102,6 +168,8 @@ impl SweepModelArgs {
         for (flag, given) in [
             ("--prompt", !self.sd.prompt.is_empty()),
             ("--prompts-file", self.sd.prompts_file.is_some()),
+            ("--prompt-seed", self.sd.prompt_seed != 0),
+            ("--guidance", self.sd.guidance != 7.5),
             (reward_flag.unwrap_or_default(), reward_flag.is_some()),
             ("--realign weights", self.sd.realign == RealignArg::Weights),
             ("--lora-scale", self.sd.load.lora_scale != 1.0),
@@ -117,8 +185,11 @@ impl SweepModelArgs {
     }
 
     /// Stable Diffusion: `reference` and `aligned` on the prompts, with the image rewards.
-    fn build_sd(&self, reference: &Path, aligned: &Path) -> Result<Built> {
-        let prompts = self.with_seeds(self.sd.prompts()?)?;
+    fn build_sd(&self, reference: &Path, aligned: &Path, lambdas: &LambdaCount<'_>) -> Result<Built> {
+        let samples = self.samples.unwrap_or(2);
+        let prompts = self.sd.prompts()?;
+        let seeds = self.seeds_for(prompts.len(), "--prompt / --prompts-file", lambdas, samples)?;
+        let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
         self.rewards.require("give a reward for a Stable Diffusion sweep")?;
         let scheduler = self.scheduler.kind(self.eta)?;
@@ -127,6 +198,6 @@ impl SweepModelArgs {
             self.rewards.load(DType::F32, &device)?.into_iter().map(|r| -> Box<dyn Reward> { r }).collect();
         let load = self.sd.load.options(dtype, device)?;
         let model = self.sd.model(reference, aligned, load, scheduler, self.steps)?;
-        Ok(Built { model: Box::new(model), rewards, prompts, samples: self.samples.unwrap_or(2), anchor_beta: None })
+        Ok(Built { model: Box::new(model), rewards, prompts, samples, anchor_beta: None })
     }
 }

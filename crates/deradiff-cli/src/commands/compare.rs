@@ -7,8 +7,8 @@ use deradiff_tune::{
     agreement, pair_rows, plot, read_results, AgreementConfig, AgreementStats, PairBy, Pairs, Stat, SweepRow,
 };
 
-use crate::checks::check_out_dir;
 use crate::error::{CliError, Context, Result};
+use crate::guard::{check_out_dir, check_outputs, lock_dir};
 use crate::output::{create_out_dir, print_stdout, write_file};
 
 /// Options of `deradiff compare`.
@@ -51,6 +51,11 @@ pub(crate) fn run(args: CompareArgs) -> Result<()> {
         other => return Err(CliError::usage(format!("--by '{other}' is not one of 'lambda-prompt', 'prompt'"))),
     };
     check_out_dir("--out", &args.out)?;
+    let outputs = OUTPUTS.map(|name| args.out.join(name));
+    check_outputs(
+        &outputs.iter().map(|p| ("--out", p.as_path())).collect::<Vec<_>>(),
+        &[("original", &args.original), ("approx", &args.approx)],
+    )?;
     let pairs = pair_rows(&read(&args.original)?, &read(&args.approx)?, &args.reward, by).with_context(|| {
         format!("cannot pair the rows of {} and {}", args.original.display(), args.approx.display())
     })?;
@@ -61,8 +66,13 @@ pub(crate) fn run(args: CompareArgs) -> Result<()> {
     print_stdout(&table(&args, &stats))
 }
 
-/// Writes agreement.json, bland_altman.png and abs_error_ecdf.png into `--out`.
+/// The files `compare` writes into `--out`.
+const OUTPUTS: [&str; 3] = ["agreement.json", "bland_altman.png", "abs_error_ecdf.png"];
+
+/// Writes agreement.json, bland_altman.png and abs_error_ecdf.png into `--out` (its lock held:
+/// two runs on one folder leave one run's files, not a mix).
 fn write_files(args: &CompareArgs, pairs: &Pairs, stats: &AgreementStats) -> Result<()> {
+    let _lock = lock_dir(&args.out);
     let json = serde_json::to_string_pretty(stats)?;
     write_file(&args.out.join("agreement.json"), json.as_bytes())?;
     let title = format!("{} vs {}", args.approx.display(), args.original.display());

@@ -9,10 +9,11 @@ use deradiff_analytic::{default_training, demo_mixture, run_study_with_progress,
 use deradiff_core::PredictionType;
 
 use crate::args::{RewardArg, SchedulerArg};
-use crate::checks::{check_anchor_beta, check_at_least_one, check_out_dir, check_steps};
+use crate::checks::{check_anchor_beta, check_at_least_one, check_steps};
 use crate::error::{CliError, Context, Result};
 use crate::grid::target_betas;
-use crate::output::{print_stdout, progress_bar};
+use crate::guard::{check_out_dir, lock_dir};
+use crate::output::{create_out_dir, print_stdout, progress_bar};
 
 /// What the models predict (`--prediction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,9 +147,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     })
     .context("the study failed")?;
     bar.finish_and_clear();
+    // The folder's lock is held while the four files are written: two runs on one --out leave
+    // the files of one of them, not a mix.
+    create_out_dir(&args.out)?;
+    let lock = lock_dir(&args.out);
     let written = output
         .write_files(&args.out)
         .with_context(|| format!("cannot write the study's files to {}", args.out.display()))?;
+    drop(lock);
     let elapsed = start.elapsed().as_secs_f64();
     let mut text = if args.json {
         output.result.to_json()?

@@ -9,6 +9,7 @@ use deradiff_sd::{parse_dtype, Unet};
 
 use crate::args::device_option;
 use crate::error::{CliError, Context, Result};
+use crate::guard::{check_out_file, check_outputs};
 use crate::output::{print_stdout, progress_bar};
 
 /// The largest rank `extract-lora` takes (the UNets' widest layers have 1280–2560 channels).
@@ -58,7 +59,8 @@ fn unet_path(path: &Path) -> PathBuf {
     }
 }
 
-/// `--rank`, `--min-change`, `--save-dtype`, `--device` and `--out`, checked before anything is
+/// `--rank`, `--min-change`, `--save-dtype`, `--device` and `--out` (a .safetensors file that is
+/// neither the reference's nor the aligned model's, however spelled), checked before anything is
 /// loaded: the dtype of the written adapter and the device.
 fn check(args: &ExtractLoraArgs) -> Result<(DType, Device)> {
     if args.rank == 0 || args.rank > MAX_RANK {
@@ -76,6 +78,8 @@ fn check(args: &ExtractLoraArgs) -> Result<(DType, Device)> {
             args.out.display()
         )));
     }
+    check_out_file("--out", &args.out)?;
+    check_outputs(&[("--out", &args.out)], &[("--reference", &args.reference), ("--aligned", &args.aligned)])?;
     Ok((save_dtype, device))
 }
 

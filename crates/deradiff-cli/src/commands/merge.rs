@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use deradiff_tune::{lambda_summaries, merge_results, write_results, write_results_csv, Merged};
+use deradiff_core::io::{path_kind, PathKind};
+use deradiff_tune::{lambda_summaries, merge_results, shard_of_file_name, write_results, write_results_csv, Merged};
 
 use crate::error::{CliError, Result};
+use crate::guard::{check_out_file, check_outputs, lock_dir};
 use crate::output::{print_stdout, write_reward_vs_lambda};
 
 /// The arguments of `deradiff merge`.
@@ -15,8 +17,8 @@ pub(crate) struct MergeArgs {
     /// files to merge.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// The merged results file (default: `sweep.jsonl` in the folder), with its CSV and
-    /// `reward_vs_lambda.png` beside it.
+    /// The merged results file, ending in .jsonl (default: `sweep.jsonl` in the folder), with
+    /// its CSV and `reward_vs_lambda.png` beside it; never one of the inputs.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Merge even if work items are missing (listed on stderr); otherwise that is an error.
@@ -27,16 +29,14 @@ pub(crate) struct MergeArgs {
     quiet: bool,
 }
 
-/// The shard files in `dir`, sorted.
+/// The shard files in `dir` (by name: `sweep.shard-K-of-N.jsonl`), sorted. Whatever they are
+/// is checked when they are read: a FIFO or a folder so named is refused, never opened for a
+/// blocking read.
 fn shard_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| CliError::because(format!("cannot read the folder {}: {e}", dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("sweep.shard-") && n.ends_with(".jsonl"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(shard_of_file_name).is_some_and(|s| s.is_some()))
         .collect();
     files.sort();
     if files.is_empty() {
@@ -50,36 +50,55 @@ fn shard_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The files to merge and the default merged file: a folder's shard files and its
-/// `sweep.jsonl`, or the files given and `sweep.jsonl` beside the first.
+/// `sweep.jsonl`, or the files given (each a regular file: a folder goes alone, a FIFO or a
+/// device is named) and `sweep.jsonl` beside the first.
 fn inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, PathBuf)> {
-    match inputs {
-        [dir] if dir.is_dir() => Ok((shard_files_in(dir)?, dir.join("sweep.jsonl"))),
-        inputs => {
-            for p in inputs {
-                if !p.is_file() {
-                    return Err(CliError::runtime(format!(
-                        "{} is not a results file (a folder goes alone)",
-                        p.display()
-                    )));
-                }
-            }
-            let first =
-                inputs.first().ok_or_else(|| CliError::runtime("give the sweep's output folder or its shard files"))?;
-            Ok((inputs.to_vec(), first.parent().unwrap_or(Path::new(".")).join("sweep.jsonl")))
+    if let [dir] = inputs {
+        if matches!(path_kind(dir), Ok(PathKind::Dir)) {
+            return Ok((shard_files_in(dir)?, dir.join("sweep.jsonl")));
         }
     }
+    for p in inputs {
+        let what = match path_kind(p) {
+            Ok(PathKind::File) => continue,
+            Ok(PathKind::Dir) => "a folder (a folder goes alone: its shard files are merged)".to_string(),
+            Ok(kind) => kind.describe().to_string(),
+            Err(e) => format!("not readable ({e})"),
+        };
+        return Err(CliError::runtime(format!("{} is {what}, not a results file", p.display())));
+    }
+    let first = inputs.first().ok_or_else(|| CliError::runtime("give the sweep's output folder or its shard files"))?;
+    Ok((inputs.to_vec(), first.parent().unwrap_or(Path::new(".")).join("sweep.jsonl")))
+}
+
+/// The merged file (`--out`, else the default beside the inputs), its CSV and its figure,
+/// checked before anything is read: the file ends in `.jsonl` (its CSV beside it must not be
+/// the file itself), and none of the three is one of the inputs, however spelled.
+fn outputs(out: Option<PathBuf>, default_out: PathBuf, files: &[PathBuf]) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let given = out.is_some();
+    let out = out.unwrap_or(default_out);
+    if given && out.extension().is_none_or(|e| e != "jsonl") {
+        return Err(CliError::usage(format!(
+            "--out {}: the merged results file's name must end in .jsonl (its CSV is written beside it, as {})",
+            out.display(),
+            out.with_extension("csv").display()
+        )));
+    }
+    check_out_file("--out", &out)?;
+    let (csv, figure) = (out.with_extension("csv"), out.with_file_name("reward_vs_lambda.png"));
+    let inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("the input", f.as_path())).collect();
+    check_outputs(&[("--out", &out), ("--out", &csv), ("--out", &figure)], &inputs)?;
+    Ok((out, csv, figure))
 }
 
 /// Runs `deradiff merge`.
 pub(crate) fn run(args: MergeArgs) -> Result<()> {
     let (files, default_out) = inputs(&args.inputs)?;
-    let out = args.out.unwrap_or(default_out);
-    if files.contains(&out) {
-        return Err(CliError::runtime(format!("--out {} is one of the inputs: choose another file", out.display())));
-    }
+    let (out, csv, figure) = outputs(args.out, default_out, &files)?;
     let merged = merge_results(&files, args.allow_partial)?;
+    // The folder's lock is held while the three files are written.
+    let _lock = lock_dir(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")));
     write_results(&out, &merged.header, &merged.rows)?;
-    let csv = out.with_extension("csv");
     write_results_csv(&csv, &merged.header.rewards, &merged.rows)?;
     let mut text = format!(
         "merged {} files: {} rows{}\nwrote {} and {}\n",
@@ -92,17 +111,16 @@ pub(crate) fn run(args: MergeArgs) -> Result<()> {
     for m in merged.missing.iter().take(20) {
         text.push_str(&format!("  missing: {m}\n"));
     }
-    text.push_str(&write_figure(&merged, &out)?);
+    text.push_str(&write_figure(&merged, &figure)?);
     print_stdout(if args.quiet { "" } else { &text })
 }
 
-/// Writes reward_vs_lambda.png beside the merged file `out` (of its first reward), and says so.
-fn write_figure(merged: &Merged, out: &Path) -> Result<String> {
+/// Writes the figure reward_vs_lambda.png `path` (of the first reward), and says so.
+fn write_figure(merged: &Merged, path: &Path) -> Result<String> {
     let (Some(reward), false) = (merged.header.rewards.first(), merged.rows.is_empty()) else {
         return Ok(String::new());
     };
     let curve = lambda_summaries(&merged.rows, reward)?;
-    let path = out.with_file_name("reward_vs_lambda.png");
-    write_reward_vs_lambda(&path, &curve, reward)?;
+    write_reward_vs_lambda(path, &curve, reward)?;
     Ok(format!("wrote {}\n", path.display()))
 }

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use deradiff_core::{Flow, SchedulerKind, SeededNoise, StepEvent};
 use deradiff_sd::{EncodedRequest, LoadOptions, Request, RgbImage, StableDiffusion, Vae};
 
-use self::output::{check_writable, resolve_out, Writer};
+use self::output::{check_grid, check_image_count, check_writable, image_paths, resolve_out, Writer};
 use self::size::{parse_image_size, Micro, MicroArgs};
 use crate::args::{ModelArgs, RealignArg, RealignArgs, SchedulerArg, Setting};
 use crate::checkpoint::{reference_family, Family};
 use crate::checks::check_steps;
 use crate::error::{CliError, Context, Result};
+use crate::guard::{check_out_file, check_outputs};
 use crate::output::progress_bar;
 
 /// Options of `deradiff sample`.
@@ -112,8 +113,14 @@ fn check(args: &SampleArgs) -> Result<Plan> {
     let size = args.size.as_deref().map(parse_image_size).transpose()?;
     let micro = args.micro.parse()?;
     let (dtype, device) = args.models.load.dtype_and_device()?;
+    check_image_count(settings.len(), args.prompt.len())?;
     let out = resolve_out(&args.out)?;
     check_writable(&out)?;
+    check_out_file("--out", &out)?;
+    let outputs = image_paths(&out, &settings, args.prompt.len());
+    let mut inputs = vec![("--reference", args.models.reference.as_path())];
+    inputs.extend(args.models.aligned.iter().map(|a| ("--aligned", a.as_path())));
+    check_outputs(&outputs.iter().map(|p| ("--out", p.as_path())).collect::<Vec<_>>(), &inputs)?;
     args.models.check()?;
     if micro.given && reference_family(&args.models.reference) == Some(Family::Sd) {
         return Err(micro_on_sd(&args.models.reference));
@@ -239,6 +246,7 @@ pub(crate) fn run(args: SampleArgs) -> Result<()> {
         let (h, w) = sd.default_size();
         (w, h)
     });
+    check_grid(plan.settings.len(), args.prompt.len(), size)?;
     // The prompts are encoded once for every setting and every UNet.
     let embeddings = sd.encode(&request).context("cannot encode the prompts")?;
     let loaded = Loaded { sd, request, embeddings, size };

@@ -11,10 +11,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
+use deradiff_core::io::{path_kind, PathKind};
 use deradiff_rewards::{ImageScorer, PilImage};
 
 use crate::args::{device_option, read_prompts_file, RewardArgs};
 use crate::error::{CliError, Context, Result};
+use crate::guard::{check_out_file, check_outputs};
 use crate::output::write_file;
 
 /// The most images one `score` run reads.
@@ -73,6 +75,19 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir).map_err(|e| CliError::because(format!("cannot list {}", dir.display()), e))? {
         let path = entry.map_err(|e| CliError::because(format!("cannot list {}", dir.display()), e))?.path();
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            // Never opened unless it is a regular file: a FIFO would block the read.
+            match path_kind(&path) {
+                Ok(PathKind::File) => {}
+                Ok(kind) => {
+                    return Err(CliError::usage(format!(
+                        "--images {}: {} is {}, not a PNG file: move it out of the folder",
+                        dir.display(),
+                        path.display(),
+                        kind.describe()
+                    )))
+                }
+                Err(e) => return Err(CliError::because(format!("cannot inspect {}", path.display()), e)),
+            }
             files.push(path);
             if files.len() > MAX_IMAGES {
                 return Err(CliError::usage(format!(
@@ -164,13 +179,18 @@ pub(crate) fn run(args: ScoreArgs) -> Result<()> {
         _ => return Err(CliError::usage(format!("--out {}: the name must end in .jsonl or .csv", args.out.display()))),
     };
     args.rewards.require("give a reward")?;
+    check_out_file("--out", &args.out)?;
     let files = image_files(&args.images)?;
+    let mut inputs: Vec<(&str, &Path)> = files.iter().map(|f| ("--images", f.as_path())).collect();
+    inputs.extend(args.prompts_file.as_deref().map(|p| ("--prompts-file", p)));
+    inputs.extend(args.rewards.inputs());
+    check_outputs(&[("--out", &args.out)], &inputs)?;
     let prompts = prompts(&args, files.len())?;
     let device = device_option(&args.device)?;
     let rewards = args.rewards.load(DType::F32, &device)?;
     let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
     let rows = score_files(&files, prompts.as_deref(), &rewards)?;
-    let text = if format_csv { csv(&names, &rows) } else { jsonl(&names, &rows)? };
+    let text = if format_csv { csv(&names, &rows)? } else { jsonl(&names, &rows)? };
     write_file(&args.out, text.as_bytes())?;
     if !args.quiet {
         eprintln!("wrote {} ({} images)", args.out.display(), rows.len());
@@ -190,8 +210,7 @@ fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
             obj.insert("prompt".into(), p.clone().into());
         }
         for (name, &s) in names.iter().zip(&row.scores) {
-            let v = serde_json::Number::from_f64(s)
-                .ok_or_else(|| CliError::runtime(format!("{}: the {name} is {s}, not a finite number", row.image)))?;
+            let v = serde_json::Number::from_f64(s).ok_or_else(|| not_finite(row, name, s))?;
             obj.insert(name.clone(), v.into());
         }
         out.push_str(&serde_json::Value::Object(obj).to_string());
@@ -200,8 +219,15 @@ fn jsonl(names: &[String], rows: &[Row]) -> Result<String> {
     Ok(out)
 }
 
-/// The rows as CSV: image, mode, prompt_id, prompt and one column per reward.
-fn csv(names: &[String], rows: &[Row]) -> String {
+/// The error for a score that is NaN or infinite: refused in both formats (JSON has no NaN, and
+/// a CSV `NaN` would pass as a number).
+fn not_finite(row: &Row, name: &str, score: f64) -> CliError {
+    CliError::runtime(format!("{}: the {name} is {score}, not a finite number", row.image))
+}
+
+/// The rows as CSV: image, mode, prompt_id, prompt and one column per reward (a score that is not
+/// finite is an error, as in the JSON lines).
+fn csv(names: &[String], rows: &[Row]) -> Result<String> {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = String::from("image,mode,prompt_id,prompt");
     for n in names {
@@ -217,10 +243,42 @@ fn csv(names: &[String], rows: &[Row]) -> String {
             quote(row.prompt_id.as_deref().unwrap_or("")),
             quote(row.prompt.as_deref().unwrap_or(""))
         );
-        for s in &row.scores {
+        for (name, &s) in names.iter().zip(&row.scores) {
+            if !s.is_finite() {
+                return Err(not_finite(row, name, s));
+            }
             let _ = write!(out, ",{s:?}");
         }
         out.push('\n');
     }
-    out
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_formats_refuse_a_score_that_is_not_finite() {
+        let names = vec!["clip_score".to_string()];
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let rows = vec![Row {
+                image: "a.png".into(),
+                mode: "RGB".into(),
+                prompt_id: Some("p".into()),
+                prompt: Some("p".into()),
+                scores: vec![bad],
+            }];
+            for text in [csv(&names, &rows).map(|_| ()), jsonl(&names, &rows).map(|_| ())] {
+                let err = text.unwrap_err().to_string();
+                assert!(err.contains("a.png: the clip_score is") && err.contains("not a finite number"), "{err}");
+            }
+        }
+        let rows =
+            vec![Row { image: "a.png".into(), mode: "RGB".into(), prompt_id: None, prompt: None, scores: vec![0.25] }];
+        assert_eq!(
+            csv(&names, &rows).unwrap(),
+            "image,mode,prompt_id,prompt,clip_score\n\"a.png\",\"RGB\",\"\",\"\",0.25\n"
+        );
+    }
 }

@@ -8,10 +8,11 @@ use deradiff_tune::{
     equivalent_beta, run_sweep, IfExists, LambdaSummary, Shard, SweepConfig, SweepEvent, SweepOutput, SweepResult,
 };
 
-use crate::args::{Built, SweepModelArgs};
-use crate::checks::{check_at_least_one, check_out_dir};
+use crate::args::{Built, LambdaCount, SweepModelArgs};
+use crate::checks::check_at_least_one;
 use crate::error::{Context, Result};
 use crate::grid::sweep_lambdas;
+use crate::guard::{check_out_dir, check_outputs};
 use crate::output::{create_out_dir, print_stdout, progress_bar, write_reward_vs_lambda};
 use crate::shards::{shard_files, shard_of};
 
@@ -62,6 +63,7 @@ fn config(args: &SweepArgs, lambdas: Vec<f64>, built: &Built, shard: Option<Shar
     config.output = Some(output);
     config.shard = shard;
     config.prompts_per_batch = args.prompts_per_batch;
+    config.max_lambdas_per_batch = args.model.max_lambdas_per_batch;
     config.validate().usage_context("the sweep's options do not fit together")?;
     Ok(config)
 }
@@ -96,8 +98,22 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let shard = shard_of(args.shard.as_deref(), args.shards)?;
     check_at_least_one("--prompts-per-batch", args.prompts_per_batch)?;
-    let built = args.model.build()?;
+    let (jsonl, csv) = shard_files(&args.out, shard);
+    let figure = args.out.join("reward_vs_lambda.png");
+    let mut outputs = vec![("--out", jsonl.as_path()), ("--out", csv.as_path())];
+    if shard.is_none() {
+        outputs.push(("--out", figure.as_path()));
+    }
+    check_outputs(&outputs, &args.model.inputs())?;
+    let count = LambdaCount { count: lambdas.len(), options: "--lambdas / --lambda-range" };
+    let built = args.model.build(count)?;
     let config = config(&args, lambdas, &built, shard)?;
+    let groups = if args.model.max_lambdas_per_batch > 0 {
+        "--max-lambdas-per-batch"
+    } else {
+        "the λ grid × --prompts-per-batch"
+    };
+    args.model.check_batch(&built, config.largest_batch(), groups)?;
     create_out_dir(&args.out)?;
     let rewards: Vec<&dyn Reward> = built.rewards.iter().map(|r| r.as_ref()).collect();
     let result = sweep(args.quiet, &built, &rewards, &config)?;
@@ -106,7 +122,7 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
         None => {
             let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
             let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>()?;
-            write_reward_vs_lambda(&args.out.join("reward_vs_lambda.png"), &curves[0], &names[0])?;
+            write_reward_vs_lambda(&figure, &curves[0], &names[0])?;
             table(&args, &config, &result, (&names, &curves), built.anchor_beta)
         }
     };

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use deradiff_tune::{equivalent_beta, optimize, plot, Acquisition, BoConfig, BoEvaluation, BoResult, SweepObjective};
 
-use crate::args::SweepModelArgs;
-use crate::checks::check_out_dir;
+use crate::args::{LambdaCount, SweepModelArgs};
 use crate::error::{CliError, Context, Result};
+use crate::guard::{check_out_dir, check_outputs, lock_dir};
 use crate::output::{create_out_dir, print_stdout, write_file};
 
 /// Options of `deradiff tune`.
@@ -64,6 +64,14 @@ fn bo_config(args: &TuneArgs) -> Result<BoConfig> {
         ..BoConfig::default()
     };
     config.validate().usage_context("--lower, --upper, --budget and --initial do not fit together")?;
+    if let Some(beta) = args.aligned_beta {
+        if !(beta > 0.0 && beta.is_finite()) {
+            return Err(CliError::usage(format!(
+                "--aligned-beta is {beta}; the KL strength the aligned model was trained with is a positive finite \
+                 number"
+            )));
+        }
+    }
     Ok(config)
 }
 
@@ -71,12 +79,27 @@ fn bo_config(args: &TuneArgs) -> Result<BoConfig> {
 pub(crate) fn run(args: TuneArgs) -> Result<()> {
     let config = bo_config(&args)?;
     check_out_dir("--out", &args.out)?;
-    let built = args.model.build()?;
+    let (json, trace) = (args.out.join("bo.json"), args.out.join("bo_trace.png"));
+    check_outputs(&[("--out", &json), ("--out", &trace)], &args.model.inputs())?;
+    let built = args.model.build(LambdaCount { count: args.budget, options: "--budget" })?;
+    if built.anchor_beta.is_some() && args.aligned_beta.is_some() {
+        return Err(CliError::usage(
+            "--aligned-beta applies to Stable Diffusion (--reference and --aligned): the analytic testbed's anchor \
+             has --anchor-beta",
+        ));
+    }
+    let groups = if args.model.max_lambdas_per_batch > 0 { "--max-lambdas-per-batch" } else { "--initial" };
+    let largest = match args.model.max_lambdas_per_batch {
+        0 => args.initial.max(1),
+        max => args.initial.clamp(1, max),
+    };
+    args.model.check_batch(&built, largest, groups)?;
     // The objective is the first reward: the true reward on the testbed, else --clip, else
     // --pickscore, else --hps, else --aesthetic, else --image-reward.
     let reward = built.rewards[0].as_ref();
     let mut objective = SweepObjective::new(built.model.as_ref(), reward, built.prompts.clone(), built.samples)
-        .usage_context("the tuning objective's options do not fit together")?;
+        .usage_context("the tuning objective's options do not fit together")?
+        .with_max_lambdas_per_batch(args.model.max_lambdas_per_batch);
     create_out_dir(&args.out)?;
     let quiet = args.quiet;
     let mut progress = |e: &BoEvaluation| {
@@ -96,8 +119,10 @@ pub(crate) fn run(args: TuneArgs) -> Result<()> {
     print_stdout(&report(&args, &result, &reward.name(), built.anchor_beta.or(args.aligned_beta)))
 }
 
-/// Writes bo.json and bo_trace.png into `--out`.
+/// Writes bo.json and bo_trace.png into `--out` (its lock held: another run writing there at
+/// the same time waits, and the folder holds one run's pair of files).
 fn write_files(args: &TuneArgs, result: &BoResult, reward: &str) -> Result<()> {
+    let _lock = lock_dir(&args.out);
     write_file(&args.out.join("bo.json"), result.to_json()?.as_bytes())?;
     let title = format!("Bayesian optimisation of λ ({reward})");
     let png = plot::bo_trace_png(result, None, &title).context("cannot plot bo_trace.png")?;

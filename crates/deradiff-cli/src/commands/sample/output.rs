@@ -89,6 +89,64 @@ fn save(image: &RgbImage, path: &Path) -> Result<()> {
     image.save_png(path).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The most images one run makes (λ settings × prompts): every one is kept for the grid.
+pub(super) const MAX_IMAGES: usize = 4096;
+
+/// Errors (a bad option, before anything is loaded) when `settings` × `prompts` images are more
+/// than [`MAX_IMAGES`].
+pub(super) fn check_image_count(settings: usize, prompts: usize) -> Result<()> {
+    if settings.checked_mul(prompts).is_none_or(|n| n > MAX_IMAGES) {
+        return Err(CliError::usage(format!(
+            "{settings} λ settings (--lambda) × {prompts} prompts (--prompt) is more than {MAX_IMAGES} images, the \
+             most one run makes: give fewer λ or prompts, and run several times"
+        )));
+    }
+    Ok(())
+}
+
+/// The size (width, height) of a grid cell of a `width` × `height` image: enlarged so that
+/// its label fits, with the label's band above it (see `labelled`).
+fn cell_size(width: usize, height: usize) -> Option<(usize, usize)> {
+    let factor = MIN_CELL_WIDTH.div_ceil(width.max(1));
+    Some((width.checked_mul(factor)?, height.checked_mul(factor)?.checked_add(LABEL_BAND)?))
+}
+
+/// Errors (a bad option, before sampling starts) when the grid of `settings` × `prompts`
+/// images of `size` (width, height) would be larger than `RgbImage::MAX_GRID_PIXELS`: the images
+/// are kept for it, so the run would fail only at its end.
+pub(super) fn check_grid(settings: usize, prompts: usize, size: (usize, usize)) -> Result<()> {
+    if settings * prompts == 1 {
+        return Ok(());
+    }
+    let side = |n: usize, cell: usize| n.checked_mul(cell)?.checked_add((n - 1).checked_mul(GRID_GAP)?);
+    let pixels = cell_size(size.0, size.1)
+        .and_then(|(w, h)| side(settings, w)?.checked_mul(side(prompts, h)?))
+        .filter(|&p| p <= RgbImage::MAX_GRID_PIXELS);
+    if pixels.is_none() {
+        return Err(CliError::usage(format!(
+            "{settings} λ settings (--lambda) × {prompts} prompts (--prompt) of {}x{} pixels make a grid of more \
+             than {} pixels: give fewer λ or prompts, or a smaller --size",
+            size.0,
+            size.1,
+            RgbImage::MAX_GRID_PIXELS
+        )));
+    }
+    Ok(())
+}
+
+/// Where each image goes: the output itself for one image, else `NAME-<tag>[-p<i>].EXT` beside
+/// it (and the output is the grid).
+pub(super) fn image_paths(out: &Path, settings: &[Setting], prompts: usize) -> Vec<PathBuf> {
+    if settings.len() * prompts == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let mut paths = vec![out.to_path_buf()];
+    for s in settings {
+        paths.extend((0..prompts).map(|i| image_path(out, &s.tag, i, prompts)));
+    }
+    paths
+}
+
 /// Where each image goes: the output itself for one image, else `NAME-<tag>[-p<i>].EXT` beside
 /// it (and the output is the grid).
 fn image_path(out: &Path, tag: &str, prompt: usize, prompts: usize) -> PathBuf {
@@ -115,12 +173,18 @@ fn enlarge(image: &RgbImage, factor: usize) -> Result<RgbImage> {
     Ok(RgbImage::new(w * factor, h * factor, data)?)
 }
 
+/// The height of the band above each grid cell that carries its label.
+const LABEL_BAND: usize = 28;
+
+/// The gap between the cells of the grid, in pixels.
+const GRID_GAP: usize = 4;
+
 /// The image (enlarged if small) with a white band above it carrying `label`.
 fn labelled(image: &RgbImage, label: &str) -> Result<RgbImage> {
     ensure_font()?;
     let image = &enlarge(image, MIN_CELL_WIDTH.div_ceil(image.width().max(1)))?;
     let (w, h) = (image.width(), image.height());
-    let band = 28usize;
+    let band = LABEL_BAND;
     let mut data = vec![255u8; w * (h + band) * 3];
     {
         let root = BitMapBackend::with_buffer(&mut data[..w * band * 3], (w as u32, band as u32)).into_drawing_area();
@@ -176,7 +240,8 @@ impl Writer {
         // Rows are prompts, columns are settings (same seed across a row).
         self.cells.sort_by_key(|(prompt, _)| *prompt);
         let images: Vec<RgbImage> = self.cells.into_iter().map(|(_, c)| c).collect();
-        let grid = RgbImage::grid(&images, self.settings, 4, [255, 255, 255]).context("cannot assemble the grid")?;
+        let grid =
+            RgbImage::grid(&images, self.settings, GRID_GAP, [255, 255, 255]).context("cannot assemble the grid")?;
         save(&grid, &self.out)?;
         if !self.quiet {
             eprintln!("wrote {} (grid)", self.out.display());
