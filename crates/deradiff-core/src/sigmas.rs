@@ -228,10 +228,55 @@ pub(crate) fn float32_tables(training: &TrainingConfig, terminal_fix: bool) -> R
             )));
         }
         sigmas.push(f64::from(sigma));
-        // Correctly rounded float32 log (numpy's float32 log may differ by an ulp).
-        log_sigmas.push(f64::from(f64::from(sigma).ln() as f32));
+        // numpy's float32 log, as `np.log(sigmas)` in diffusers' set_timesteps.
+        log_sigmas.push(f64::from(numpy_log_f32(sigma)));
     }
     Ok(Float32Tables { alphas_cumprod: ac.into_iter().map(f64::from).collect(), sigmas, log_sigmas })
+}
+
+/// numpy's float32 `log` as its AVX2 / AVX-512F kernels compute it (`simd_log_FLOAT`, numpy ≥
+/// 1.18 on x86-64): the mantissa `m ∈ (√½, √2]` and exponent `e` of `x`, a degree-5/5 rational
+/// approximation of `log(1 + y)` at `y = m − 1` evaluated by Horner's rule with fused
+/// multiply-adds, then `e·ln 2 + P/Q` fused. It is not correctly rounded (up to 3.8 ulps), and
+/// diffusers' `_sigma_to_t` reads its values: a one-ulp difference in `log σ_t` moves a Karras
+/// timestep by several float32 ulps. For positive normal `x`; anything else takes `ln` rounded.
+pub(crate) fn numpy_log_f32(x: f32) -> f32 {
+    const P: [&str; 6] = [
+        "0.0",
+        "9.999999999999998702752e-01",
+        "2.112677543073053063722e+00",
+        "1.480000633576506585156e+00",
+        "3.808837741388407920751e-01",
+        "2.589979117907922693523e-02",
+    ];
+    const Q: [&str; 6] = [
+        "1.0",
+        "2.612677543073109236779e+00",
+        "2.453006071784736363091e+00",
+        "9.864942958519418960339e-01",
+        "1.546476374983906719538e-01",
+        "5.875095403124574342950e-03",
+    ];
+    if !(x.is_normal() && x > 0.0) {
+        return (f64::from(x)).ln() as f32;
+    }
+    // The decimal constants as the C compiler rounds them to float32.
+    let c = |s: &str| s.parse::<f32>().unwrap_or(f32::NAN);
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) as i32 - 126) as f32;
+    let mut m = f32::from_bits((bits & 0x007F_FFFF) | 0x3F00_0000);
+    if m <= std::f32::consts::FRAC_1_SQRT_2 {
+        m += m;
+        e -= 1.0;
+    }
+    let y = m - 1.0;
+    let mut num = c(P[5]).mul_add(y, c(P[4]));
+    let mut den = c(Q[5]).mul_add(y, c(Q[4]));
+    for k in (0..4).rev() {
+        num = num.mul_add(y, c(P[k]));
+        den = den.mul_add(y, c(Q[k]));
+    }
+    e.mul_add(std::f32::consts::LN_2, num / den)
 }
 
 /// numpy's float64 `linspace(start, stop, num, endpoint)`: `start + i · step`, the endpoint set
@@ -458,6 +503,29 @@ mod tests {
         // √((1 − 2⁻²⁴)/2⁻²⁴) in float32.
         assert_eq!(tables.sigmas[999] as f32, 16_777_215f32.sqrt());
         assert!(float32_tables(&t, false).is_err());
+    }
+
+    #[test]
+    fn numpy_float32_log_is_bit_exact() {
+        // (x, np.log(np.float32 x)) bit patterns, numpy 2.4 on x86-64 (AVX-512F / AVX2): SD σ
+        // table entries where numpy is not correctly rounded, and random ones.
+        let cases = [
+            (1034607053u32, 3223254796u32),
+            (1037797644, 3222203189),
+            (1043027058, 3219446090),
+            (1044216970, 3218601130),
+            (1050039505, 3214728352),
+            (1053083336, 3212102964),
+            (1142898066, 1087282526),
+            (1132913867, 1085480914),
+            (1109648863, 1080926455),
+            (1099184797, 1077118631),
+            (1147416669, 1088036994),
+        ];
+        for (x, expected) in cases {
+            let got = numpy_log_f32(f32::from_bits(x));
+            assert_eq!(got.to_bits(), expected, "log({}) = {got}, numpy {}", f32::from_bits(x), f32::from_bits(expected));
+        }
     }
 
     #[test]

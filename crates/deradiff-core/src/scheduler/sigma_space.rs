@@ -77,11 +77,13 @@ pub(crate) fn euler_schedule(training: &TrainingConfig, n: usize, layout: &Euler
         sigmas = spaced(layout.spacing, lo, hi, n);
         timesteps = f32_values(sigmas.iter().map(|&s| sigma_to_t(s, &tables.log_sigmas)));
     }
-    sigmas.truncate(n);
     sigmas.push(match layout.final_sigma {
         FinalSigma::Zero => 0.0,
         FinalSigma::SigmaMin => tables.sigmas[0],
     });
+    // Log-linear interpolation has n + 1 σ of its own: the last step ends at the smallest of
+    // them and the final σ is never reached (as in diffusers).
+    sigmas.truncate(n + 1);
     Ok(SigmaSchedule { timesteps, sigmas: f32_values(sigmas), tables })
 }
 
