@@ -53,7 +53,7 @@ impl ExactDenoiser {
     /// The exact model of `mixture` trained with `training` (its betas and prediction type): pass
     /// the same training config the scheduler is built with.
     pub fn from_training(mixture: GaussianMixture, training: &TrainingConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(&training.beta_schedule, training.num_train_timesteps)?;
+        let schedule = NoiseSchedule::from_training(training)?;
         Ok(Self::new(mixture, schedule, training.prediction_type))
     }
 

@@ -334,6 +334,49 @@ impl SchedulerConfig {
         })
     }
 
+    /// The fields of a [`TrainingConfig`] as diffusers writes them (betas, `num_train_timesteps`,
+    /// `prediction_type`, `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`), every
+    /// other field unset: with [`SchedulerKind::build`](crate::SchedulerKind::build) it gives
+    /// any sampler on that training schedule.
+    ///
+    /// ```
+    /// use deradiff_core::*;
+    ///
+    /// let training = TrainingConfig::stable_diffusion(PredictionType::Epsilon, TimestepSpacing::Leading, 1);
+    /// let mut config = SchedulerConfig::from_training(&training);
+    /// config.use_karras_sigmas = Some(true);
+    /// let dpm = SchedulerKind::DpmSolverMultistep.build(&config, 20)?;
+    /// assert_eq!(dpm.timesteps()[0], 999.0);
+    /// # Ok::<(), deradiff_core::Error>(())
+    /// ```
+    pub fn from_training(training: &TrainingConfig) -> Self {
+        let mut config = Self::default();
+        config.set_training(training);
+        config
+    }
+
+    /// Overwrites the training-schedule fields with `training`'s (see
+    /// [`SchedulerConfig::from_training`]); the sampler options are kept.
+    pub fn set_training(&mut self, training: &TrainingConfig) {
+        self.num_train_timesteps = Some(training.num_train_timesteps);
+        let (schedule, start, end, betas) = match &training.beta_schedule {
+            BetaSchedule::Linear { beta_start, beta_end } => ("linear", Some(*beta_start), Some(*beta_end), None),
+            BetaSchedule::ScaledLinear { beta_start, beta_end } => {
+                ("scaled_linear", Some(*beta_start), Some(*beta_end), None)
+            }
+            BetaSchedule::SquaredCosCapV2 => ("squaredcos_cap_v2", None, None, None),
+            BetaSchedule::Trained(b) => ("linear", None, None, Some(b.clone())),
+        };
+        self.beta_schedule = Some(schedule.into());
+        self.beta_start = start;
+        self.beta_end = end;
+        self.trained_betas = betas;
+        self.prediction_type = Some(training.prediction_type.name().into());
+        self.timestep_spacing = Some(training.timestep_spacing.name().into());
+        self.steps_offset = Some(training.steps_offset);
+        self.rescale_betas_zero_snr = Some(training.rescale_betas_zero_snr);
+    }
+
     /// The σ spacing named by `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas`.
     pub(crate) fn sigma_spacing(&self) -> Result<crate::sigmas::SigmaSpacing> {
         crate::sigmas::SigmaSpacing::from_flags(

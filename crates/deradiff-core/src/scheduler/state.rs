@@ -198,16 +198,26 @@ impl<'a> SolverState<'a> {
         if weights.len() != self.histories.len() {
             return Err(Error::WeightCountMismatch { weights: weights.len(), posteriors: self.histories.len() });
         }
+        self.advance_with(&mut |values: &[Tensor]| Self::weighted_mean(weights, values))
+    }
+
+    /// `Σ w_i v_i / Σ w_i`: how a shared latent is fused (the zero-variance limit of the fusion;
+    /// a one-hot weight returns its value bit for bit).
+    ///
+    /// Errors: [`Error::WeightCountMismatch`], [`Error::InvalidWeights`] for weights that are
+    /// not finite or sum to 0.
+    pub fn weighted_mean(weights: &[f64], values: &[Tensor]) -> Result<Tensor> {
+        if weights.len() != values.len() {
+            return Err(Error::WeightCountMismatch { weights: weights.len(), posteriors: values.len() });
+        }
         let total: f64 = weights.iter().sum();
         if !(total.is_finite() && total != 0.0) {
             return Err(Error::InvalidWeights(format!(
-                "the weights {weights:?} sum to {total}; the shared latent is their weighted mean"
+                "the weights {weights:?} sum to {total}; a shared latent is their weighted mean"
             )));
         }
-        self.advance_with(&mut |values: &[Tensor]| {
-            let terms: Vec<(f64, &Tensor)> = weights.iter().map(|w| w / total).zip(values).collect();
-            Ok(linear_combination(&terms, false)?.0)
-        })
+        let terms: Vec<(f64, &Tensor)> = weights.iter().map(|w| w / total).zip(values).collect();
+        Ok(linear_combination(&terms, false)?.0)
     }
 
     /// [`SolverState::advance`] with the fusion of the shared latent left to `fuse`, which gets
