@@ -168,6 +168,18 @@ pub fn scheduler_name(kind: SchedulerKind) -> String {
     }
 }
 
+/// The options set in `options`, as ` (key value, …)` with diffusers' names (empty if none).
+fn describe_options(options: &SchedulerConfig) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(options) else {
+        return String::new();
+    };
+    if map.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(" ({})", parts.join(", "))
+}
+
 /// One row of the study table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyRow {
@@ -339,7 +351,7 @@ pub fn run_study_with_progress(
     }
 
     let result = StudyResult {
-        scheduler: scheduler_name(config.scheduler),
+        scheduler: format!("{}{}", scheduler_name(config.scheduler), describe_options(&config.scheduler_options)),
         prediction_type: training.prediction_type.name().to_string(),
         steps: config.steps,
         samples: config.samples,

@@ -96,6 +96,7 @@ impl Ddim {
             config.training.steps_offset,
             false,
         )?;
+        super::check_zero_snr_epsilon(config.training.prediction_type, &schedule, &timesteps)?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod()[0] };
         Ok(Self { config, schedule, timesteps, final_alpha_cumprod })
     }

@@ -127,6 +127,7 @@ impl Ddpm {
             config.training.steps_offset,
             false,
         )?;
+        super::check_zero_snr_epsilon(config.training.prediction_type, &schedule, &timesteps)?;
         Ok(Self { config, schedule, timesteps })
     }
 

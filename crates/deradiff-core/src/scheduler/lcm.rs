@@ -94,11 +94,12 @@ impl Lcm {
         // inference steps at floor(linspace(0, original, n, endpoint=False)).
         let k = t / original;
         let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
-        let timesteps = numpy_linspace(0.0, original as f64, num_inference_steps, false)
+        let timesteps: Vec<f64> = numpy_linspace(0.0, original as f64, num_inference_steps, false)
             .into_iter()
             .map(|i| origin[(i.floor() as usize).min(original - 1)] as f64)
             .collect();
         let alphas_cumprod = float32_alphas_cumprod(&config.training, false)?.into_iter().map(f64::from).collect();
+        super::check_zero_snr_epsilon(config.training.prediction_type, &schedule, &timesteps)?;
         Ok(Self { config, schedule, timesteps, alphas_cumprod })
     }
 

@@ -333,6 +333,16 @@ pub(crate) fn check_compatible(x: &Tensor, model_output: &Tensor, output_channel
 
 /// `x̂₀ = p·x + q·o` for the variance-preserving parameterisation `x_t = √ᾱ x₀ + √(1−ᾱ) ε`:
 /// ε-prediction `(x − √(1−ᾱ) o)/√ᾱ`, v-prediction `√ᾱ x − √(1−ᾱ) o`, sample-prediction `o`.
+/// A sampler of ε-prediction whose timesteps reach `ᾱ = 0` (zero terminal SNR) cannot take
+/// that step: refused when it is built, not mid-run.
+pub(crate) fn check_zero_snr_epsilon(prediction: PredictionType, schedule: &NoiseSchedule, timesteps: &[f64]) -> Result<()> {
+    let ac = schedule.alphas_cumprod();
+    if prediction == PredictionType::Epsilon && timesteps.iter().any(|&t| ac.get(t as usize) == Some(&0.0)) {
+        return Err(sigma_space::zero_snr_epsilon());
+    }
+    Ok(())
+}
+
 /// ε-prediction at `ᾱ = 0` (zero terminal SNR) is an error: x̂₀ cannot be recovered there.
 pub(crate) fn x0_coefficients_vp(prediction: PredictionType, alpha_prod_t: f64) -> Result<(f64, f64)> {
     let (sa, sb) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
