@@ -472,6 +472,17 @@ def all_cases() -> list[dict]:
     cases.append(euler_case("euler_a/linear/epsilon/linspace/default/n30", 30))
     cases.append(euler_case(
         "euler_a/squaredcos_cap_v2/epsilon/linspace/n50", 50, beta_schedule="squaredcos_cap_v2"))
+    # Zero terminal SNR (rescale_betas_zero_snr) with v-prediction and trailing spacing, the
+    # setting it is made for (appended last, as above).
+    for n in STEP_COUNTS:
+        zero_snr = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
+                        **SD_BETAS)
+        cases.append(ddpm_case(f"ddpm/scaled_linear/fixed_small/v_prediction/trailing/zero_snr/n{n}", n,
+                               variance_type="fixed_small", clip_sample=False, **zero_snr))
+        for eta in (0.0, 1.0):
+            cases.append(ddim_case(f"ddim/eta{eta:g}/v_prediction/trailing/zero_snr/n{n}", n, eta,
+                                   clip_sample=False, set_alpha_to_one=False, **zero_snr))
+        cases.append(euler_case(f"euler_a/scaled_linear/v_prediction/trailing/zero_snr/n{n}", n, **zero_snr))
     return cases
 
 

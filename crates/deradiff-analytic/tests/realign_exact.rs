@@ -170,13 +170,19 @@ fn new_schedulers(training: &TrainingConfig, steps: usize) -> Vec<(String, Box<d
         (
             "euler karras".into(),
             Box::new(
-                Euler::new(EulerConfig { training: t(), sigma_spacing: SigmaSpacing::Karras, ..EulerConfig::default() }, steps)
-                    .unwrap(),
+                Euler::new(
+                    EulerConfig { training: t(), sigma_spacing: SigmaSpacing::Karras, ..EulerConfig::default() },
+                    steps,
+                )
+                .unwrap(),
             ),
         ),
         (
             "heun beta".into(),
-            Box::new(Heun::new(HeunConfig { training: t(), sigma_spacing: SigmaSpacing::Beta, clip_sample: None }, steps).unwrap()),
+            Box::new(
+                Heun::new(HeunConfig { training: t(), sigma_spacing: SigmaSpacing::Beta, clip_sample: None }, steps)
+                    .unwrap(),
+            ),
         ),
         ("dpm++ 2m karras".into(), dpm(2, DpmAlgorithm::DpmSolverPlusPlus, SigmaSpacing::Karras)),
         ("dpm++ 3m".into(), dpm(3, DpmAlgorithm::DpmSolverPlusPlus, SigmaSpacing::Timesteps)),
@@ -210,7 +216,11 @@ fn every_new_scheduler_realigns_one_gaussian_exactly() {
                 let derad =
                     sample(scheduler.as_ref(), vec![&reference, &anchor], Realigner::two_model(lambda).unwrap(), 3);
                 let dist = coupled_distance(&derad, &target).unwrap();
-                assert!(dist <= 1e-10, "{name}, {:?}: coupled distance {dist:e} at λ = {lambda}", training.prediction_type);
+                assert!(
+                    dist <= 1e-10,
+                    "{name}, {:?}: coupled distance {dist:e} at λ = {lambda}",
+                    training.prediction_type
+                );
                 let mean = target.mean(0).unwrap().to_vec1::<f64>().unwrap();
                 let expected = exact.mixture().mean();
                 let spread = mean.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

@@ -280,7 +280,9 @@ impl SchedulerConfig {
             return Err(Error::Unsupported("use_dynamic_shifting = true is not implemented; set it to false".into()));
         }
         if self.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(Error::Unsupported("solver_p (an external UniPC predictor) is not implemented; remove it".into()));
+            return Err(Error::Unsupported(
+                "solver_p (an external UniPC predictor) is not implemented; remove it".into(),
+            ));
         }
         if self.timestep_type.as_deref().is_some_and(|t| t != "discrete" && t != "continuous") {
             return Err(Error::InvalidConfig(format!(
@@ -388,7 +390,9 @@ impl SchedulerConfig {
 
     /// `final_sigmas_type` (default `zero`).
     pub(crate) fn final_sigma(&self) -> Result<crate::sigmas::FinalSigma> {
-        self.final_sigmas_type.as_deref().map_or(Ok(crate::sigmas::FinalSigma::Zero), crate::sigmas::FinalSigma::from_name)
+        self.final_sigmas_type
+            .as_deref()
+            .map_or(Ok(crate::sigmas::FinalSigma::Zero), crate::sigmas::FinalSigma::from_name)
     }
 
     /// A positive finite `sigma_min` / `sigma_max`, if given.

@@ -237,7 +237,8 @@ impl NoiseSchedule {
         }
         let betas = crate::sigmas::rescale_zero_terminal_snr_f64(&plain.betas);
         // The last beta is 1 (ᾱ_{T−1} = 0): valid here, and only here.
-        let (last, rest) = betas.split_last().ok_or_else(|| Error::InvalidConfig("the beta schedule is empty".into()))?;
+        let (last, rest) =
+            betas.split_last().ok_or_else(|| Error::InvalidConfig("the beta schedule is empty".into()))?;
         let mut schedule = Self::from_betas(rest.to_vec())?;
         if !(*last > 0.0 && *last <= 1.0) {
             return Err(Error::InvalidConfig(format!("the rescaled last beta is {last}, not in (0, 1]")));

@@ -84,7 +84,9 @@ impl FinalSigma {
         match name {
             "zero" => Ok(FinalSigma::Zero),
             "sigma_min" => Ok(FinalSigma::SigmaMin),
-            other => Err(Error::InvalidConfig(format!("final_sigmas_type '{other}' is not one of 'zero', 'sigma_min'"))),
+            other => {
+                Err(Error::InvalidConfig(format!("final_sigmas_type '{other}' is not one of 'zero', 'sigma_min'")))
+            }
         }
     }
 
@@ -286,7 +288,13 @@ pub(crate) fn numpy_linspace(start: f64, stop: f64, num: usize, endpoint: bool) 
     let delta = stop - start;
     let step = if div > 0 { delta / div as f64 } else { f64::NAN };
     let mut out: Vec<f64> = (0..num)
-        .map(|i| if div > 0 && step != 0.0 { i as f64 * step + start } else { i as f64 / div.max(1) as f64 * delta + start })
+        .map(|i| {
+            if div > 0 && step != 0.0 {
+                i as f64 * step + start
+            } else {
+                i as f64 / div.max(1) as f64 * delta + start
+            }
+        })
         .collect();
     if endpoint && num > 1 {
         out[num - 1] = stop;
@@ -524,7 +532,13 @@ mod tests {
         ];
         for (x, expected) in cases {
             let got = numpy_log_f32(f32::from_bits(x));
-            assert_eq!(got.to_bits(), expected, "log({}) = {got}, numpy {}", f32::from_bits(x), f32::from_bits(expected));
+            assert_eq!(
+                got.to_bits(),
+                expected,
+                "log({}) = {got}, numpy {}",
+                f32::from_bits(x),
+                f32::from_bits(expected)
+            );
         }
     }
 

@@ -282,7 +282,13 @@ fn samplers_match_diffusers() {
         );
         eprintln!("  sigmas ≤ {} float32 ulps, timesteps ≤ {} ulps", s.sigma_ulps, s.timestep_ulps);
     }
-    for class in ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "LCMScheduler"] {
+    for class in [
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "LCMScheduler",
+    ] {
         assert!(by_class.get(class).is_some_and(|s| s.steps > 0), "no {class} steps in the fixture");
     }
     if !failures.is_empty() {

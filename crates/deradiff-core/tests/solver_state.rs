@@ -142,7 +142,9 @@ fn options_deradiff_does_not_implement_are_refused() {
     // LCM takes at most original_inference_steps steps.
     assert!(SchedulerKind::Lcm.build(&SchedulerConfig::default(), 51).is_err());
     // UniPC's multistep last step to σ = 0 is fine with sigma_min, or with order 1.
-    SchedulerKind::UniPc.build(&config(r#"{"lower_order_final": false, "final_sigmas_type": "sigma_min"}"#), 5).unwrap();
+    SchedulerKind::UniPc
+        .build(&config(r#"{"lower_order_final": false, "final_sigmas_type": "sigma_min"}"#), 5)
+        .unwrap();
     SchedulerKind::UniPc.build(&config(r#"{"lower_order_final": false, "solver_order": 1}"#), 5).unwrap();
 }
 

@@ -214,7 +214,8 @@ impl<'a> BatchedSampler<'a> {
             state.advance_with(&mut |values: &[Tensor]| {
                 let mut fused = Vec::with_capacity(n_groups);
                 for (g, (realigner, _)) in groups.iter().enumerate() {
-                    let rows = values.iter().map(|v| narrow_rows(v, g * m, m, n_groups)).collect::<Result<Vec<_>, _>>()?;
+                    let rows =
+                        values.iter().map(|v| narrow_rows(v, g * m, m, n_groups)).collect::<Result<Vec<_>, _>>()?;
                     fused.push(SolverState::weighted_mean(realigner.weights(step)?, &rows)?);
                 }
                 if n_groups == 1 {

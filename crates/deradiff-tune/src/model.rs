@@ -268,7 +268,10 @@ impl SweepModel for AnalyticModel {
         let options = if s.scheduler_options == SchedulerConfig::default() {
             String::new()
         } else {
-            format!(" (options #{:016x})", fnv1a(serde_json::to_string(&s.scheduler_options).unwrap_or_default().as_bytes()))
+            format!(
+                " (options #{:016x})",
+                fnv1a(serde_json::to_string(&s.scheduler_options).unwrap_or_default().as_bytes())
+            )
         };
         format!(
             "analytic: {}-component {}-D mixture #{:016x}, proxy {}, anchor β = {}, {}{options} {} steps #{:016x}",

@@ -3,9 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::sigma_space::{
-    check_record, compute_inputs, multistep_schedule, vp_alpha_sigma, vp_x0, MultistepLayout,
-};
+use super::sigma_space::{check_record, compute_inputs, multistep_schedule, vp_alpha_sigma, vp_x0, MultistepLayout};
 use super::state::{ModelStep, SharedUpdate, StepContext};
 use super::{check_step, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
@@ -196,8 +194,8 @@ impl DpmSolverMultistep {
     /// `lower_order_final`, `euler_at_final` and `final_sigmas_type = zero` say).
     pub fn order_at(&self, step: usize) -> usize {
         let (c, n) = (&self.config, self.timesteps.len());
-        let lower_final = step + 1 == n
-            && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigma == FinalSigma::Zero);
+        let lower_final =
+            step + 1 == n && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigma == FinalSigma::Zero);
         let lower_second = step + 2 == n && c.lower_order_final && n < 15;
         let warm = step.min(c.solver_order);
         if c.solver_order == 1 || warm < 1 || lower_final {

@@ -28,9 +28,9 @@ impl Interpolation {
         match name {
             "linear" => Ok(Self::Linear),
             "log_linear" => Ok(Self::LogLinear),
-            other => Err(Error::InvalidConfig(format!(
-                "interpolation_type '{other}' is not one of 'linear', 'log_linear'"
-            ))),
+            other => {
+                Err(Error::InvalidConfig(format!("interpolation_type '{other}' is not one of 'linear', 'log_linear'")))
+            }
         }
     }
 }
@@ -71,7 +71,8 @@ impl EulerConfig {
     /// missing fields.
     pub fn from_diffusers(config: &SchedulerConfig) -> Result<Self> {
         let training = config.training(&Self::default().training)?;
-        if config.timestep_type.as_deref() == Some("continuous") && training.prediction_type == PredictionType::VPrediction
+        if config.timestep_type.as_deref() == Some("continuous")
+            && training.prediction_type == PredictionType::VPrediction
         {
             return Err(Error::Unsupported(
                 "timestep_type 'continuous' with v-prediction (EDM timesteps 0.25·log σ) is not implemented".into(),
@@ -79,7 +80,10 @@ impl EulerConfig {
         }
         Ok(Self {
             training,
-            interpolation: config.interpolation_type.as_deref().map_or(Ok(Interpolation::Linear), Interpolation::from_name)?,
+            interpolation: config
+                .interpolation_type
+                .as_deref()
+                .map_or(Ok(Interpolation::Linear), Interpolation::from_name)?,
             sigma_spacing: config.sigma_spacing()?,
             sigma_min: SchedulerConfig::sigma_bound(config.sigma_min, "sigma_min")?,
             sigma_max: SchedulerConfig::sigma_bound(config.sigma_max, "sigma_max")?,
@@ -198,7 +202,8 @@ impl Scheduler for Euler {
         // μ = x + (x − x̂₀)/σ · (σ' − σ) = (1 + r) x − r x̂₀ with r = (σ' − σ)/σ.
         let r = (sigma_next - sigma) / sigma;
         let x0 = ve_x0(self.config.training.prediction_type, sigma);
-        let mean = AffineMean { x0, clip: None, a: -r, b: 1.0 + r, c: 0.0 }.apply(&x, &model_output)?.to_dtype(dtype)?;
+        let mean =
+            AffineMean { x0, clip: None, a: -r, b: 1.0 + r, c: 0.0 }.apply(&x, &model_output)?.to_dtype(dtype)?;
         Ok(Posterior::scalar(mean, 0.0))
     }
 }

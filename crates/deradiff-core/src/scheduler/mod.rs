@@ -190,7 +190,9 @@ impl SchedulerKind {
                 c.eta = eta;
                 Box::new(Ddim::new(c, n)?)
             }
-            SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, n)?),
+            SchedulerKind::EulerAncestral => {
+                Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, n)?)
+            }
             SchedulerKind::Euler => Box::new(Euler::new(EulerConfig::from_diffusers(config)?, n)?),
             SchedulerKind::Heun => Box::new(Heun::new(HeunConfig::from_diffusers(config)?, n)?),
             SchedulerKind::DpmSolverMultistep => {
@@ -335,7 +337,11 @@ pub(crate) fn check_compatible(x: &Tensor, model_output: &Tensor, output_channel
 /// ε-prediction `(x − √(1−ᾱ) o)/√ᾱ`, v-prediction `√ᾱ x − √(1−ᾱ) o`, sample-prediction `o`.
 /// A sampler of ε-prediction whose timesteps reach `ᾱ = 0` (zero terminal SNR) cannot take
 /// that step: refused when it is built, not mid-run.
-pub(crate) fn check_zero_snr_epsilon(prediction: PredictionType, schedule: &NoiseSchedule, timesteps: &[f64]) -> Result<()> {
+pub(crate) fn check_zero_snr_epsilon(
+    prediction: PredictionType,
+    schedule: &NoiseSchedule,
+    timesteps: &[f64],
+) -> Result<()> {
     let ac = schedule.alphas_cumprod();
     if prediction == PredictionType::Epsilon && timesteps.iter().any(|&t| ac.get(t as usize) == Some(&0.0)) {
         return Err(sigma_space::zero_snr_epsilon());

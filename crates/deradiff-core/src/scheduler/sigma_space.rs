@@ -7,8 +7,8 @@ use crate::config::TrainingConfig;
 use crate::error::{Error, Result};
 use crate::schedule::{inference_timesteps, numpy_interp, BetaSchedule, PredictionType, TimestepSpacing};
 use crate::sigmas::{
-    beta_sigmas, exponential, float32_tables, karras, lu_sigmas, numpy_linspace, sigma_to_t, FinalSigma,
-    Float32Tables, SigmaSpacing,
+    beta_sigmas, exponential, float32_tables, karras, lu_sigmas, numpy_linspace, sigma_to_t, FinalSigma, Float32Tables,
+    SigmaSpacing,
 };
 
 /// Timesteps (one per step) and σ (one per step plus the final one), float32 values.
@@ -61,8 +61,7 @@ pub(crate) struct EulerLayout {
 pub(crate) fn euler_schedule(training: &TrainingConfig, n: usize, layout: &EulerLayout) -> Result<SigmaSchedule> {
     let tables = float32_tables(training, true)?;
     let t = tables.sigmas.len();
-    let mut timesteps =
-        f32_values(inference_timesteps(training.timestep_spacing, t, n, training.steps_offset, true)?);
+    let mut timesteps = f32_values(inference_timesteps(training.timestep_spacing, t, n, training.steps_offset, true)?);
     let mut sigmas: Vec<f64> = if layout.log_linear {
         // torch.linspace(log σ_{T−1}, log σ_0, n + 1) in float32, exp in float32.
         crate::schedule::torch_linspace_f32(tables.log_sigmas[t - 1] as f32, tables.log_sigmas[0] as f32, n + 1)
@@ -120,7 +119,10 @@ fn multistep_timesteps(training: &TrainingConfig, t: usize, last: usize, n: usiz
         }
         TimestepSpacing::Trailing => {
             let ratio = t as f64 / n as f64;
-            crate::schedule::numpy_arange(last as f64, 0.0, -ratio).into_iter().map(|v| v.round_ties_even() - 1.0).collect()
+            crate::schedule::numpy_arange(last as f64, 0.0, -ratio)
+                .into_iter()
+                .map(|v| v.round_ties_even() - 1.0)
+                .collect()
         }
     };
     if let Some(bad) = ts.iter().find(|&&v| !(v >= 0.0 && v <= (t - 1) as f64)) {
@@ -149,7 +151,11 @@ pub(crate) struct MultistepLayout {
 }
 
 /// `DPMSolverMultistepScheduler.set_timesteps` / `UniPCMultistepScheduler.set_timesteps`.
-pub(crate) fn multistep_schedule(training: &TrainingConfig, n: usize, layout: &MultistepLayout) -> Result<SigmaSchedule> {
+pub(crate) fn multistep_schedule(
+    training: &TrainingConfig,
+    n: usize,
+    layout: &MultistepLayout,
+) -> Result<SigmaSchedule> {
     let tables = float32_tables(training, true)?;
     let t = tables.sigmas.len();
     let last = if layout.lambda_min_clipped == f64::NEG_INFINITY {

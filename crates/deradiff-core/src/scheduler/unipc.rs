@@ -116,9 +116,7 @@ pub struct UniPc {
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let k = b.len();
     for col in 0..k {
-        let pivot = (col..k)
-            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
-            .unwrap_or(col);
+        let pivot = (col..k).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap_or(col);
         if a[pivot][col] == 0.0 || !a[pivot][col].is_finite() {
             return Err(Error::InvalidConfig("UniPC's order conditions are singular at this step".into()));
         }
@@ -269,7 +267,8 @@ impl UniPc {
     fn convert(&self, step: usize, x: &Tensor, model_output: &Tensor) -> Result<Tensor> {
         let (alpha, sigma, _) = self.point(step);
         let prediction = self.config.training.prediction_type;
-        let (p, q) = if self.config.predict_x0 { vp_x0(prediction, alpha, sigma)? } else { vp_eps(prediction, alpha, sigma)? };
+        let (p, q) =
+            if self.config.predict_x0 { vp_x0(prediction, alpha, sigma)? } else { vp_eps(prediction, alpha, sigma)? };
         Ok(linear_combination(&[(p, x), (q, model_output)], false)?.0)
     }
 }
