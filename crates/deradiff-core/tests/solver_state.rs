@@ -163,3 +163,44 @@ fn python_non_finite_tokens_in_a_config_are_read_where_allowed() {
     let unclipped = dpm(r#"{"beta_schedule": "squaredcos_cap_v2"}"#, 10);
     assert!(clipped.timesteps()[0] < unclipped.timesteps()[0]);
 }
+
+#[test]
+fn zero_terminal_snr_starts_from_pure_noise_where_diffusers_would_take_nan() {
+    // DDIM η = 1 at ᾱ_t = 0: 1 − ᾱ_prev − σ_t² is 0 exactly, which diffusers' float arithmetic
+    // may round below 0 (its √ is then NaN); deradiff takes the direction term as 0.
+    let c = config(
+        r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": false,
+            "rescale_betas_zero_snr": true, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}"#,
+    );
+    let ddim = SchedulerKind::Ddim { eta: 1.0 }.build(&c, 10).unwrap();
+    assert_eq!(ddim.timesteps()[0], 999.0);
+    let ac = ddim.alphas_cumprod();
+    assert_eq!(ac[999], 0.0);
+    let (x, v) = (t(&[0.7, -1.3]), t(&[0.2, 0.4]));
+    let p = ddim.posterior(&x, &v, 0).unwrap();
+    // x̂₀ = √ᾱ x − √(1−ᾱ) v = −v at ᾱ = 0; μ = √ᾱ_prev x̂₀; σ² = 1 − ᾱ_prev.
+    let prev = ac[899];
+    let want: Vec<f64> = [0.2, 0.4].iter().map(|v| -v * prev.sqrt()).collect();
+    for (a, b) in values(&p.mean).iter().zip(&want) {
+        assert!((a - b).abs() < 1e-15, "{a} vs {b}");
+    }
+    assert!((p.variance.as_scalar().unwrap() - (1.0 - prev)).abs() < 1e-15);
+    // Every scheduler with zero-SNR rescaling samples to a finite latent.
+    for kind in [
+        SchedulerKind::Ddpm,
+        SchedulerKind::Ddim { eta: 1.0 },
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::Euler,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::UniPc,
+        SchedulerKind::Lcm,
+    ] {
+        let s = kind.build(&c, 8).unwrap();
+        let model = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.1, 0.05)?));
+        let out = Sampler::new(s.as_ref(), vec![&model], Realigner::new(vec![1.0]).unwrap())
+            .unwrap()
+            .run(&[2, 3], DType::F64, &Device::Cpu, &mut SeededNoise::new(1), &mut NoObserver)
+            .unwrap();
+        assert!(values(&out.latent).iter().all(|v| v.is_finite()), "{kind:?}");
+    }
+}
