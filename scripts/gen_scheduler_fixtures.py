@@ -472,6 +472,18 @@ def all_cases() -> list[dict]:
     cases.append(euler_case("euler_a/linear/epsilon/linspace/default/n30", 30))
     cases.append(euler_case(
         "euler_a/squaredcos_cap_v2/epsilon/linspace/n50", 50, beta_schedule="squaredcos_cap_v2"))
+    # Zero terminal SNR (rescale_betas_zero_snr) with v-prediction and trailing spacing, the
+    # setting it is made for (appended last, as above).
+    for n in STEP_COUNTS:
+        zero_snr = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
+                        **SD_BETAS)
+        cases.append(ddpm_case(f"ddpm/scaled_linear/fixed_small/v_prediction/trailing/zero_snr/n{n}", n,
+                               variance_type="fixed_small", clip_sample=False, **zero_snr))
+        # (η = 0 only: with η = 1 diffusers' first step takes the square root of
+        # 1 − ᾱ_prev − σ_t², which is 0 there and comes out a rounding-negative NaN.)
+        cases.append(ddim_case(f"ddim/eta0/v_prediction/trailing/zero_snr/n{n}", n, 0.0,
+                               clip_sample=False, set_alpha_to_one=False, **zero_snr))
+        cases.append(euler_case(f"euler_a/scaled_linear/v_prediction/trailing/zero_snr/n{n}", n, **zero_snr))
     return cases
 
 

@@ -53,7 +53,7 @@ impl ExactDenoiser {
     /// The exact model of `mixture` trained with `training` (its betas and prediction type): pass
     /// the same training config the scheduler is built with.
     pub fn from_training(mixture: GaussianMixture, training: &TrainingConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(&training.beta_schedule, training.num_train_timesteps)?;
+        let schedule = NoiseSchedule::from_training(training)?;
         Ok(Self::new(mixture, schedule, training.prediction_type))
     }
 
@@ -77,11 +77,12 @@ impl ExactDenoiser {
         self.schedule.alpha_cumprod_at(timestep)
     }
 
-    /// The model output for variance-preserving `x_t` at a given `ᾱ ∈ (0, 1)` rather than a
-    /// timestep (for tests and for other schedules).
+    /// The model output for variance-preserving `x_t` at a given `ᾱ ∈ [0, 1)` rather than a
+    /// timestep (for tests and for other schedules). At `ᾱ = 0` (zero terminal SNR) `x_t` is
+    /// pure noise: ε̂ = x_t and x̂₀ is the data mean.
     pub fn predict_at_alpha_bar(&self, x: &Tensor, alpha_bar: f64) -> Result<Tensor> {
-        if !(alpha_bar > 0.0 && alpha_bar < 1.0) {
-            return Err(Error::InvalidArgument(format!("ᾱ must lie strictly between 0 and 1, got {alpha_bar}")));
+        if !(alpha_bar >= 0.0 && alpha_bar < 1.0) {
+            return Err(Error::InvalidArgument(format!("ᾱ must lie in [0, 1), got {alpha_bar}")));
         }
         let d = self.mixture.dim();
         let last = x.dims().last().copied().unwrap_or(0);

@@ -53,6 +53,6 @@ pub use metrics::{coupled_distance, energy_distance, mean_reward, ENERGY_DISTANC
 pub use mixture::{log_sum_exp, GaussianMixture};
 pub use reward::Reward;
 pub use study::{
-    build_scheduler, default_training, run_study, run_study_with_progress, scheduler_name, StudyConfig, StudyOutput,
-    StudyProgress, StudyResult, StudyRow, StudySamples, STUDY_FILES,
+    build_scheduler, build_scheduler_with, default_training, run_study, run_study_with_progress, scheduler_name,
+    StudyConfig, StudyOutput, StudyProgress, StudyResult, StudyRow, StudySamples, STUDY_FILES,
 };

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_core::{
-    Ddim, DdimConfig, Ddpm, DdpmConfig, Denoiser, EulerAncestral, EulerAncestralConfig, Flow, Observer, Realigner,
-    Sampler, Scheduler, SchedulerKind, SeededNoise, StepEvent, TimestepSpacing, TrainingConfig, VarianceType,
+    Denoiser, Flow, Observer, Realigner, Sampler, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, StepEvent,
+    TimestepSpacing, TrainingConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +41,12 @@ pub struct StudyConfig {
     pub anchor_beta: f64,
     /// The βs to emulate (> 0; `+∞` is the reference itself, λ = 0).
     pub target_betas: Vec<f64>,
-    /// The sampler (DDPM, DDIM with η, Euler ancestral).
+    /// The sampler (DDPM, DDIM with η, Euler ancestral, Euler, Heun, DPM-Solver++, UniPC, LCM).
     pub scheduler: SchedulerKind,
+    /// The sampler's options as diffusers names them (`use_karras_sigmas`, `solver_order`,
+    /// `algorithm_type`, …); the training-schedule fields here are replaced by
+    /// [`StudyConfig::training`]'s. Empty by default: the class's own defaults.
+    pub scheduler_options: SchedulerConfig,
     /// Number of inference steps (≥ 1).
     pub steps: usize,
     /// Number of samples per run (≥ 1), all sampled in one `[n, d]` tensor.
@@ -65,6 +69,7 @@ impl StudyConfig {
             anchor_beta,
             target_betas,
             scheduler: SchedulerKind::Ddpm,
+            scheduler_options: SchedulerConfig::default(),
             steps: 50,
             samples: 2000,
             seed: 0,
@@ -120,43 +125,59 @@ impl StudyConfig {
     /// The scheduler of the study, with `clip_sample` off (clipping x̂₀ to [−1, 1] would make
     /// the exact models inexact for data outside that box).
     pub fn build_scheduler(&self) -> Result<Box<dyn Scheduler>> {
-        build_scheduler(self.scheduler, &self.training_config(), self.steps)
+        build_scheduler_with(self.scheduler, &self.training_config(), &self.scheduler_options, self.steps)
     }
 }
 
-/// diffusers' default training schedule with the sampler's default spacing.
+/// diffusers' default training schedule with the sampler's default spacing (`leading` for
+/// DDPM, DDIM and LCM, `linspace` for the others).
 pub fn default_training(kind: SchedulerKind) -> TrainingConfig {
     let spacing = match kind {
-        SchedulerKind::EulerAncestral => TimestepSpacing::Linspace,
-        _ => TimestepSpacing::Leading,
+        SchedulerKind::Ddpm | SchedulerKind::Ddim { .. } | SchedulerKind::Lcm => TimestepSpacing::Leading,
+        _ => TimestepSpacing::Linspace,
     };
     TrainingConfig::diffusers_default(spacing)
 }
 
-/// Builds a sampler for the exact models: DDPM with `fixed_small` variance, DDIM with the given
-/// η and `set_alpha_to_one`, or Euler ancestral; `clip_sample` off.
+/// Builds a sampler for the exact models with the class's default options: DDPM with
+/// `fixed_small` variance, DDIM with the given η and `set_alpha_to_one`, …; `clip_sample` off.
 pub fn build_scheduler(kind: SchedulerKind, training: &TrainingConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
-    let training = training.clone();
-    Ok(match kind {
-        SchedulerKind::Ddpm => Box::new(Ddpm::new(
-            DdpmConfig { training, variance_type: VarianceType::FixedSmall, clip_sample: None },
-            steps,
-        )?),
-        SchedulerKind::Ddim { eta } => Box::new(Ddim::new(
-            DdimConfig { training, eta, set_alpha_to_one: true, clip_sample: None, use_clipped_model_output: false },
-            steps,
-        )?),
-        SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(EulerAncestralConfig { training }, steps)?),
-    })
+    build_scheduler_with(kind, training, &SchedulerConfig::default(), steps)
 }
 
-/// A short name of a sampler: `ddpm`, `ddim(eta=0)`, `euler-a`.
+/// [`build_scheduler`] with the sampler's options (diffusers' names in a [`SchedulerConfig`]);
+/// the training schedule is `training`'s and `clip_sample` is off (clipping x̂₀ to [−1, 1] would
+/// make the exact models inexact for data outside that box).
+pub fn build_scheduler_with(
+    kind: SchedulerKind,
+    training: &TrainingConfig,
+    options: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>> {
+    let mut config = options.clone();
+    config.set_training(training);
+    config.clip_sample = Some(false);
+    Ok(kind.build(&config, steps)?)
+}
+
+/// A short name of a sampler: `ddpm`, `ddim(eta=0)`, `euler-a`, `euler`, `dpm++`, ….
 pub fn scheduler_name(kind: SchedulerKind) -> String {
     match kind {
-        SchedulerKind::Ddpm => "ddpm".into(),
         SchedulerKind::Ddim { eta } => format!("ddim(eta={eta})"),
-        SchedulerKind::EulerAncestral => "euler-a".into(),
+        other => other.short_name().into(),
     }
+}
+
+/// The options set in `options`, as ` (key value, …)` with diffusers' names (empty if none).
+fn describe_options(options: &SchedulerConfig) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(options) else {
+        return String::new();
+    };
+    if map.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// One row of the study table.
@@ -330,7 +351,7 @@ pub fn run_study_with_progress(
     }
 
     let result = StudyResult {
-        scheduler: scheduler_name(config.scheduler),
+        scheduler: format!("{}{}", scheduler_name(config.scheduler), describe_options(&config.scheduler_options)),
         prediction_type: training.prediction_type.name().to_string(),
         steps: config.steps,
         samples: config.samples,

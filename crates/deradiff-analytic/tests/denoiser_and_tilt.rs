@@ -173,3 +173,26 @@ fn tilting_at_tiny_beta_stays_finite() {
     assert!(tilted.weights()[2] > 0.999_999, "{:?}", tilted.weights());
     assert_eq!(data.tilt(&reward, f64::INFINITY).unwrap(), data);
 }
+
+#[test]
+fn at_zero_terminal_snr_the_input_is_pure_noise() {
+    // ᾱ = 0 (rescale_betas_zero_snr at the last timestep): x_t = ε, so ε̂ = x_t exactly, and
+    // the best clean-sample guess is the data mean (v = −x̂₀ there).
+    let data = mixture_2d();
+    let points = [[0.0, 0.0], [-1.2, 0.9], [2.0, -0.5]];
+    let x = Tensor::new(&points, &Device::Cpu).unwrap();
+    let mean = data.mean();
+    for (prediction, expected) in [
+        (PredictionType::Epsilon, points.iter().map(|p| p.to_vec()).collect::<Vec<_>>()),
+        (PredictionType::Sample, vec![mean.clone(); 3]),
+        (PredictionType::VPrediction, vec![mean.iter().map(|m| -m).collect(); 3]),
+    ] {
+        let model = ExactDenoiser::new(data.clone(), schedule(), prediction);
+        let got = row(&model.predict_at_alpha_bar(&x, 0.0).unwrap());
+        for (g, e) in got.iter().zip(&expected) {
+            for (a, b) in g.iter().zip(e) {
+                assert!((a - b).abs() < 1e-12, "{prediction:?}: {g:?} vs {e:?}");
+            }
+        }
+    }
+}

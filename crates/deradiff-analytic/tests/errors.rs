@@ -79,7 +79,8 @@ fn metrics_and_denoiser_check_shapes() {
     let e = model.predict(&c, 10.0).unwrap_err().to_string();
     assert!(e.contains("[n, 2]"), "{e}");
     assert!(model.predict(&a, f64::NAN).is_err());
-    assert_err(model.predict_at_alpha_bar(&a, 1.0), "strictly between 0 and 1");
+    assert_err(model.predict_at_alpha_bar(&a, 1.0), "ᾱ must lie in [0, 1)");
+    assert_err(model.predict_at_alpha_bar(&a, -0.1), "ᾱ must lie in [0, 1)");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use deradiff_core::SchedulerConfig;
 use deradiff_sd::{UnetConfig, UnetLocation};
 
 use crate::error::{CliError, Result};
@@ -36,6 +37,17 @@ fn family_of_config(path: &Path) -> Option<Family> {
 /// The family of the reference's UNet (`REFERENCE/unet/config.json`), if it can be read.
 pub(crate) fn reference_family(reference: &Path) -> Option<Family> {
     family_of_config(&reference.join("unet").join("config.json"))
+}
+
+/// The reference's `scheduler/scheduler_config.json` (SDXL's own without one, as the pipeline
+/// loader does), read before the weights to choose a sweep's sampler; `None` where it cannot be
+/// read (the loader then says why).
+pub(crate) fn reference_scheduler_config(reference: &Path) -> Option<SchedulerConfig> {
+    let path = reference.join("scheduler").join("scheduler_config.json");
+    if path.is_file() {
+        return SchedulerConfig::from_file(&path).ok();
+    }
+    (reference_family(reference) == Some(Family::Sdxl)).then(SchedulerConfig::stable_diffusion_xl)
 }
 
 /// The family of an aligned UNet as `--aligned` gives it (pipeline directory or UNet directory;

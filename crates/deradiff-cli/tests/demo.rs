@@ -97,6 +97,40 @@ fn exact_case_prints_a_table_with_zero_coupled_distance() {
 }
 
 #[test]
+fn every_sampler_realigns_the_exact_case_exactly() {
+    let cases: &[&[&str]] = &[
+        &["--scheduler", "euler", "--sigmas", "beta"],
+        &["--scheduler", "heun", "--timestep-spacing", "trailing"],
+        &["--scheduler", "dpm++-2m", "--sigmas", "karras"],
+        &["--scheduler", "dpm++-2m-sde", "--sigmas", "karras"],
+        &["--scheduler", "dpm++-3m", "--final-sigmas", "sigma-min"],
+        &["--scheduler", "unipc", "--solver-order", "3"],
+        &["--scheduler", "lcm"],
+    ];
+    for extra in cases {
+        let dir = out_dir("samplers");
+        let mut args =
+            vec!["demo", "--components", "1", "--samples", "16", "--steps", "6", "--lambdas", "0.5,2", "--json"];
+        args.extend_from_slice(extra);
+        args.extend(["--quiet", "--out", dir.to_str().unwrap()]);
+        let out = deradiff(&args);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        let scheduler = json["scheduler"].as_str().unwrap();
+        for r in json["rows"].as_array().unwrap() {
+            assert!(r["coupled_distance"].as_f64().unwrap() <= 1e-10, "{extra:?} ({scheduler}): {r}");
+        }
+        // The study names the sampler with the options given.
+        let name = extra[1].trim_end_matches("-2m").trim_end_matches("-2m-sde").trim_end_matches("-3m");
+        assert!(scheduler.starts_with(name), "{extra:?}: {scheduler}");
+        if extra.contains(&"karras") {
+            assert!(scheduler.contains("use_karras_sigmas true"), "{scheduler}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
 fn bad_options_exit_nonzero_with_a_message() {
     let dir = out_dir("bad");
     let out_arg = dir.to_str().unwrap();
@@ -113,6 +147,14 @@ fn bad_options_exit_nonzero_with_a_message() {
         (&["--scheduler", "foo"], "invalid value 'foo'"),
         (&["--scheduler", "ddim", "--eta", "2"], "η must lie in [0, 1]"),
         (&["--eta", "0.5"], "--eta applies to --scheduler ddim only"),
+        (&["--sigmas", "karras"], "--sigmas applies to euler, heun, dpm++ and unipc, not to --scheduler ddpm"),
+        (&["--scheduler", "dpm++-2m", "--solver-order", "3"], "--solver-order conflicts with --scheduler dpm++-2m"),
+        (&["--scheduler", "unipc", "--solver-order", "4"], "--solver-order is 4; it must be 1, 2 or 3"),
+        (&["--scheduler", "heun", "--zero-snr"], "--zero-snr applies to every sampler but heun"),
+        (&["--scheduler", "lcm", "--timestep-spacing", "trailing"], "applies to every sampler but lcm"),
+        (&["--scheduler", "euler-a", "--final-sigmas", "zero"], "--final-sigmas applies to euler, dpm++ and unipc"),
+        (&["--scheduler", "lcm", "--steps", "60"], "LCM steps"),
+        (&["--zero-snr", "--timestep-spacing", "trailing"], "ε-prediction is undefined at ᾱ = 0"),
         (&["--components", "0"], "at least 1 component"),
         (&["--components", "99"], "1 to 16"),
         (&["--reward", "cubic"], "invalid value 'cubic'"),

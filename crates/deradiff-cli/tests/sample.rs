@@ -115,6 +115,10 @@ fn bad_options_exit_nonzero_with_a_message() {
         (vec!["--size", "17x16"], "size"),
         (vec!["--size", "big"], "--size"),
         (vec!["--eta", "0.5"], "--eta"),
+        // The checkpoint's own scheduler (here PNDM, sampled with euler-a) takes no Karras σ.
+        (vec!["--sigmas", "karras"], "--sigmas applies to euler, heun, dpm++ and unipc"),
+        // ε-prediction cannot start at ᾱ = 0: refused before sampling, naming the options.
+        (vec!["--scheduler", "ddim", "--timestep-spacing", "trailing", "--zero-snr"], "ε-prediction is undefined"),
         (vec!["--dtype", "f8"], "dtype"),
         (vec!["--original-size", "64"], "--original-size"),
         (vec!["--crop-top-left", "3"], "--crop-top-left"),
@@ -172,4 +176,55 @@ fn sdxl_is_detected_and_takes_micro_conditioning() {
     let result = deradiff(&args);
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("size"));
+}
+
+#[test]
+fn the_checkpoints_own_scheduler_is_the_default_and_every_sampler_runs() {
+    let dir = out_dir("schedulers");
+    let (reference, aligned) = (fixture("tiny-sd"), fixture("tiny-aligned-unet"));
+    let run = |name: &str, extra: &[&str]| -> (String, Vec<u8>) {
+        let out = dir.join(name);
+        let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+        args.retain(|a| *a != "--quiet");
+        args.extend(["--lambda", "0.5"]);
+        args.extend(extra.iter().copied());
+        let result = deradiff(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+        assert!(result.status.success(), "{extra:?}: {stderr}");
+        (stderr, decode_png(&out).2)
+    };
+    // SD 1.5 ships a PNDMScheduler config: sampled with Euler ancestral, and said so.
+    let (stderr, default) = run("default.png", &[]);
+    assert!(stderr.contains("PNDMScheduler is not implemented; sampling with euler-a"), "{stderr}");
+    let (stderr, euler_a) = run("euler-a.png", &["--scheduler", "euler-a"]);
+    assert!(!stderr.contains("not implemented"), "{stderr}");
+    assert_eq!(default, euler_a);
+    let mut images = vec![default];
+    for extra in [
+        &["--scheduler", "euler"][..],
+        &["--scheduler", "heun"],
+        &["--scheduler", "dpm++-2m", "--sigmas", "karras"],
+        &["--scheduler", "dpm++-2m-sde", "--sigmas", "karras"],
+        &["--scheduler", "unipc"],
+        &["--scheduler", "lcm"],
+        &["--scheduler", "ddim", "--timestep-spacing", "trailing", "--eta", "1"],
+    ] {
+        let name = format!("{}.png", extra[1]);
+        let (_, image) = run(&name, extra);
+        assert!(!images.contains(&image), "{extra:?} gives another sampler's image");
+        images.push(image);
+    }
+    // SDXL's own: EulerDiscreteScheduler.
+    let out = dir.join("sdxl.png");
+    let (xl, xl_aligned) = (fixture("tiny-sdxl"), fixture("tiny-sdxl-aligned-unet"));
+    let mut args = base_args(&xl, &xl_aligned, out.to_str().unwrap());
+    args.extend(["--size", "24x16"]);
+    let own = deradiff(&args);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let explicit = dir.join("sdxl-euler.png");
+    let mut args = base_args(&xl, &xl_aligned, explicit.to_str().unwrap());
+    args.extend(["--size", "24x16", "--scheduler", "euler"]);
+    assert!(deradiff(&args).status.success());
+    assert_eq!(decode_png(&out).2, decode_png(&explicit).2, "SDXL's default is its own Euler");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

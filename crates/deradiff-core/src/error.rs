@@ -218,6 +218,36 @@ pub enum Error {
         model: usize,
     },
 
+    /// A [`crate::SolverState`] was driven out of order: steps go from 0, one
+    /// `posteriors` / `advance` pair each.
+    #[error(
+        "solver state out of order at step {expected}: {detail}; drive it from step 0 with one \
+         posteriors() call and one advance() per step"
+    )]
+    StepOrder {
+        /// The step the state is at.
+        expected: usize,
+        /// What was asked instead.
+        detail: String,
+    },
+
+    /// A multistep scheduler's step was asked for without the earlier model outputs it reads
+    /// ([`crate::Scheduler::posterior`] alone at a step past the first).
+    #[error(
+        "step {step} of {scheduler} reads {needed} earlier model output(s) of the same model but got {got}; \
+         drive the scheduler with a SolverState (Sampler does), not posterior() alone"
+    )]
+    MissingHistory {
+        /// The scheduler's class name.
+        scheduler: &'static str,
+        /// The step.
+        step: usize,
+        /// How many earlier outputs (or the shared latent, counted as one) it needs.
+        needed: usize,
+        /// How many it got.
+        got: usize,
+    },
+
     /// No models were given where at least one is needed.
     #[error("no models: give at least one denoiser / posterior")]
     NoModels,

@@ -7,7 +7,10 @@
 //! form (Theorem 1, eq. 7; A.4, eqs. 34–35). With a reference and a model aligned at KL strength
 //! β, weights `[1 − λ, λ]` emulate the model aligned at β/λ without training.
 //!
-//! * [`Scheduler`] — [`Ddpm`], [`Ddim`], [`EulerAncestral`]: stateless, `posterior(x, out, step)`.
+//! * [`Scheduler`] — the Gaussian posterior of a step, numerically diffusers' class of the same
+//!   name: [`Ddpm`], [`Ddim`], [`EulerAncestral`], [`Euler`], [`Lcm`] (stateless:
+//!   `posterior(x, out, step)`), [`DpmSolverMultistep`], [`UniPc`], [`Heun`] (they read earlier
+//!   steps: each model's history is kept by a [`SolverState`]).
 //! * [`Realigner`] — fuses K posteriors ([`fusion`] holds the scalar math).
 //! * [`Denoiser`] — the model interface; [`Sampler`] — the loop of Algorithm 1 with seeded
 //!   noise ([`SeededNoise`]) and an [`Observer`] per step.
@@ -43,6 +46,7 @@ mod realigner;
 mod sampler;
 mod schedule;
 mod scheduler;
+mod sigmas;
 
 pub use config::{SchedulerConfig, TrainingConfig};
 pub use denoiser::{Denoiser, FnDenoiser};
@@ -56,5 +60,9 @@ pub use schedule::{
     inference_timesteps, BetaSchedule, NoiseSchedule, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS,
 };
 pub use scheduler::{
-    Ddim, DdimConfig, Ddpm, DdpmConfig, EulerAncestral, EulerAncestralConfig, Scheduler, SchedulerKind, VarianceType,
+    Ddim, DdimConfig, Ddpm, DdpmConfig, DpmAlgorithm, DpmSolverConfig, DpmSolverMultistep, DpmSolverType, Euler,
+    EulerAncestral, EulerAncestralConfig, EulerConfig, Heun, HeunConfig, Interpolation, Lcm, LcmConfig, ModelStep,
+    Scheduler, SchedulerKind, SharedUpdate, SolverState, StepContext, UniPc, UniPcConfig, UniPcSolverType,
+    VarianceType,
 };
+pub use sigmas::{FinalSigma, SigmaSpacing};

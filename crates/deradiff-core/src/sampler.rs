@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::posterior::Posterior;
 use crate::realigner::Realigner;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, SolverState};
 
 /// What an [`Observer`] sees after each step.
 #[derive(Debug)]
@@ -117,7 +117,8 @@ pub struct SampleOutput {
 }
 
 /// A scheduler, K denoisers and a realigner: everything of a realigned sampling run but the
-/// noise.
+/// noise. For a scheduler that reads earlier steps (DPM-Solver++, UniPC, Heun) the run keeps
+/// each model's own history in a [`SolverState`].
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -214,21 +215,20 @@ impl<'a> Sampler<'a> {
         let sched = self.scheduler;
         let num_steps = sched.num_steps();
         let mut x = z_t.affine(sched.init_noise_sigma(), 0.0)?;
-        let mut posteriors = Vec::with_capacity(self.denoisers.len());
+        let mut state = SolverState::new(sched, self.denoisers.len())?;
         let mut outputs = Vec::with_capacity(self.denoisers.len());
         for step in 0..num_steps {
             let timestep = sched.timestep(step)?;
             let x_in = sched.scale_model_input(&x, step)?;
-            posteriors.clear();
             outputs.clear();
             for (model, denoiser) in self.denoisers.iter().enumerate() {
                 let out = denoiser.predict(&x_in, timestep)?;
                 if !is_finite(&out)? {
                     return Err(Error::NonFiniteModelOutput { step, timestep, model });
                 }
-                posteriors.push(sched.posterior(&x, &out, step)?);
                 outputs.push(out);
             }
+            let posteriors = state.posteriors(&x, &outputs, step)?;
             let weights = self.realigner.weights(step)?;
             let fused = self.realigner.fuse(&posteriors, step)?;
             let z = noise.standard_normal(x.shape(), x.dtype(), x.device())?;
@@ -236,6 +236,7 @@ impl<'a> Sampler<'a> {
             if !is_finite(&x)? {
                 return Err(Error::NonFiniteLatent { step, timestep, weights: weights.to_vec() });
             }
+            state.advance(weights)?;
             let event = StepEvent {
                 step,
                 num_steps,

@@ -8,9 +8,10 @@
 //!
 //! Euler ancestral is the exception: its σ table feeds float32 straight into every step, and
 //! diffusers' float32 rounding there reaches 1e-4 relative in the variances. So for it this
-//! module also reproduces diffusers' float32 σ table operation by operation (torch's CPU float32
+//! crate reproduces diffusers' float32 σ table operation by operation (torch's CPU float32
 //! `linspace` with its fused multiply-add, `cumprod` accumulated in double, `((1 − ᾱ)/ᾱ) ** 0.5`
-//! in float32) and numpy's `interp`; see [`crate::EulerAncestral`].
+//! in float32; `crate::sigmas`) and numpy's `interp`; see [`crate::EulerAncestral`]. The other
+//! σ-space samplers (Euler, Heun, DPM-Solver++, UniPC) use the same float32 tables.
 //!
 //! Three places where candle-transformers 0.11's schedulers depart from diffusers are done as
 //! diffusers does them, with tests that would catch each:
@@ -136,7 +137,7 @@ fn torch_linspace(start: f64, end: f64, steps: usize) -> Vec<f64> {
 /// (steps − 1)` in float32, then `start + step·i` for the first half and `end − step·(steps−1−i)`
 /// for the second, each a fused multiply-add (as torch's kernel is compiled for AVX2/AVX-512;
 /// checked against torch 2.15 for every element of the schedules diffusers builds).
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+pub(crate) fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     if steps == 1 {
         return vec![start];
     }
@@ -145,44 +146,6 @@ fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     (0..steps)
         .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
         .collect()
-}
-
-/// diffusers' float32 σ table `σ_t = √((1 − ᾱ_t)/ᾱ_t)`, `t = 0..T`, as
-/// `EulerAncestralDiscreteScheduler` computes it on the CPU: float32 betas (torch's float32
-/// `linspace`, squared in float32 for `scaled_linear`; the float64 cosine or trained betas
-/// rounded to float32), `α = 1 − β` in float32, `ᾱ = cumprod(α)` accumulated in double and
-/// rounded to float32 per element (torch's CPU `cumprod`), then `((1 − ᾱ)/ᾱ) ** 0.5` in float32.
-///
-/// Errors if a float32 `ᾱ` underflows to 0 (σ would be infinite).
-pub(crate) fn diffusers_sigma_table(schedule: &BetaSchedule, num_train_timesteps: usize) -> Result<Vec<f32>> {
-    let betas: Vec<f32> = match schedule {
-        BetaSchedule::Linear { beta_start, beta_end } => {
-            torch_linspace_f32(*beta_start as f32, *beta_end as f32, num_train_timesteps)
-        }
-        BetaSchedule::ScaledLinear { beta_start, beta_end } => {
-            torch_linspace_f32(beta_start.sqrt() as f32, beta_end.sqrt() as f32, num_train_timesteps)
-                .into_iter()
-                .map(|b| b * b)
-                .collect()
-        }
-        BetaSchedule::SquaredCosCapV2 => squaredcos_cap_v2(num_train_timesteps).into_iter().map(|b| b as f32).collect(),
-        BetaSchedule::Trained(betas) => betas.iter().map(|&b| b as f32).collect(),
-    };
-    let mut acc = 1.0f64;
-    let mut sigmas = Vec::with_capacity(betas.len());
-    for (t, beta) in betas.into_iter().enumerate() {
-        acc *= f64::from(1.0f32 - beta);
-        let ac = acc as f32;
-        let sigma = ((1.0 - ac) / ac).sqrt();
-        if !sigma.is_finite() {
-            return Err(Error::InvalidConfig(format!(
-                "alphas_cumprod underflows float32 at timestep {t} (σ is infinite there); the betas \
-                 are too large for diffusers' float32 Euler schedule"
-            )));
-        }
-        sigmas.push(sigma);
-    }
-    Ok(sigmas)
 }
 
 /// numpy's `interp(x, arange(len(fp)), fp)` in float64: `fp[j]` at an integer `x = j`,
@@ -206,7 +169,7 @@ pub(crate) fn numpy_interp(x: f64, fp: &[f64]) -> f64 {
 }
 
 /// diffusers' `betas_for_alpha_bar` with the cosine transform and `max_beta = 0.999`.
-fn squaredcos_cap_v2(num_train_timesteps: usize) -> Vec<f64> {
+pub(crate) fn squaredcos_cap_v2(num_train_timesteps: usize) -> Vec<f64> {
     let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
     let n = num_train_timesteps as f64;
     (0..num_train_timesteps)
@@ -259,6 +222,31 @@ impl NoiseSchedule {
             BetaSchedule::SquaredCosCapV2 => squaredcos_cap_v2(num_train_timesteps),
         };
         Self::from_betas(betas)
+    }
+
+    /// The schedule of a [`crate::TrainingConfig`]: its betas, rescaled to zero terminal SNR
+    /// (`ᾱ_{T−1} = 0`, Lin et al. 2023) when `rescale_betas_zero_snr` is set, as diffusers'
+    /// `rescale_zero_terminal_snr` does in float64.
+    pub fn from_training(training: &crate::TrainingConfig) -> Result<Self> {
+        let plain = Self::new(&training.beta_schedule, training.num_train_timesteps)?;
+        if !training.rescale_betas_zero_snr {
+            return Ok(plain);
+        }
+        if plain.betas.len() < 2 {
+            return Err(Error::InvalidConfig("rescale_betas_zero_snr needs at least 2 training timesteps".into()));
+        }
+        let betas = crate::sigmas::rescale_zero_terminal_snr_f64(&plain.betas);
+        // The last beta is 1 (ᾱ_{T−1} = 0): valid here, and only here.
+        let (last, rest) =
+            betas.split_last().ok_or_else(|| Error::InvalidConfig("the beta schedule is empty".into()))?;
+        let mut schedule = Self::from_betas(rest.to_vec())?;
+        if !(*last > 0.0 && *last <= 1.0) {
+            return Err(Error::InvalidConfig(format!("the rescaled last beta is {last}, not in (0, 1]")));
+        }
+        schedule.betas.push(*last);
+        let prev = schedule.alphas_cumprod.last().copied().unwrap_or(1.0);
+        schedule.alphas_cumprod.push(prev * (1.0 - last));
+        Ok(schedule)
     }
 
     /// Builds the schedule from explicit betas, validated: each in `(0, 1)`, non-decreasing.
@@ -348,7 +336,7 @@ impl NoiseSchedule {
 /// `numpy.arange(start, stop, step)` for floats: length `ceil((stop − start) / step)`, values
 /// `start + i · ((start + step) − start)` (numpy's `fill`), reproduced so that the trailing
 /// spacing has exactly diffusers' length and values.
-fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+pub(crate) fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
     if len.is_nan() || len <= 0.0 {
         return Vec::new();
@@ -514,18 +502,21 @@ mod tests {
     }
 
     #[test]
-    fn diffusers_sigma_table_is_float32() {
-        let table =
-            diffusers_sigma_table(&BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 }, 1000).unwrap();
+    fn float32_sigma_table_is_diffusers() {
+        let training = crate::TrainingConfig::stable_diffusion(PredictionType::Epsilon, TimestepSpacing::Leading, 0);
+        let table = crate::sigmas::float32_tables(&training, true).unwrap().sigmas;
         // diffusers' EulerAncestralDiscreteScheduler(SD betas).sigmas[0] (float32) = σ_999.
-        assert_eq!(table[999], 14.614_647);
-        let exact = NoiseSchedule::new(&BetaSchedule::ScaledLinear { beta_start: 0.00085, beta_end: 0.012 }, 1000)
-            .unwrap()
-            .sigmas();
+        assert_eq!(table[999] as f32, 14.614_647);
+        let exact = NoiseSchedule::new(&training.beta_schedule, 1000).unwrap().sigmas();
         // float32 cancellation in 1 − ᾱ near t = 0 moves σ_0 by ~1e-5 relative.
-        let rel0 = (f64::from(table[0]) - exact[0]).abs() / exact[0];
+        let rel0 = (table[0] - exact[0]).abs() / exact[0];
         assert!(rel0 > 1e-7 && rel0 < 1e-4, "{rel0}");
-        assert!(diffusers_sigma_table(&BetaSchedule::Trained(vec![0.9999999999; 40]), 40).is_err());
+        let huge = crate::TrainingConfig {
+            beta_schedule: BetaSchedule::Trained(vec![0.9999999999; 40]),
+            num_train_timesteps: 40,
+            ..training
+        };
+        assert!(crate::sigmas::float32_tables(&huge, true).is_err());
     }
 
     #[test]

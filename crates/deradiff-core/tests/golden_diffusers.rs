@@ -356,17 +356,25 @@ fn check_case(case: &Case, family: &mut Family, failures: &mut Vec<String>) {
             family.sigma_ulps = family.sigma_ulps.max(d);
             // The twin within REL_TOL, unless diffusers' own float32 σ is further from it.
             let off_twin = rel_err(a, b64, 0.0) > REL_TOL && rel_err(b, b64, 0.0) <= REL_TOL;
-            if a != f64::from(a as f32) || d > EULER_SIGMA_ULPS || off_twin {
+            // With zero-SNR rescaling torch's float32 square root also sits inside the rescaled
+            // betas: one more ulp (as in `golden_samplers.rs`).
+            let allowed =
+                if case.config["rescale_betas_zero_snr"] == true { EULER_SIGMA_ULPS + 1 } else { EULER_SIGMA_ULPS };
+            if a != f64::from(a as f32) || d > allowed || off_twin {
                 failures.push(format!(
                     "{name}: sigma {i} is {a:e}, diffusers {b:e} ({d} float32 ulps), float64 twin {b64:e}"
                 ));
             }
         }
-        // The old, exact-f64 variances must fail EULER_REL_TOL somewhere (checked over all cases).
-        let exact = exact_f64_euler_variances(&schedule, &timesteps_f64);
-        for (i, (v, step)) in exact.iter().zip(&case.steps).enumerate() {
-            let e = rel_err(*v, step.variance[0], 0.0);
-            family.exact_f64_variance_error.update(e, || format!("{name} step {i}"));
+        // The old, exact-f64 variances must fail EULER_REL_TOL somewhere (checked over all cases;
+        // not with zero-SNR rescaling, where the exact σ_{T−1} is infinite and diffusers' 2⁻²⁴
+        // stands in for ᾱ_{T−1}).
+        if case.config["rescale_betas_zero_snr"] != true {
+            let exact = exact_f64_euler_variances(&schedule, &timesteps_f64);
+            for (i, (v, step)) in exact.iter().zip(&case.steps).enumerate() {
+                let e = rel_err(*v, step.variance[0], 0.0);
+                family.exact_f64_variance_error.update(e, || format!("{name} step {i}"));
+            }
         }
     }
 

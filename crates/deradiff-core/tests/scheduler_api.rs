@@ -36,16 +36,27 @@ fn scheduler_kind_parses_class_and_short_names() {
         ("DDPMScheduler", SchedulerKind::Ddpm),
         ("DDIMScheduler", SchedulerKind::Ddim { eta: 0.0 }),
         ("EulerAncestralDiscreteScheduler", SchedulerKind::EulerAncestral),
+        ("EulerDiscreteScheduler", SchedulerKind::Euler),
+        ("HeunDiscreteScheduler", SchedulerKind::Heun),
+        ("DPMSolverMultistepScheduler", SchedulerKind::DpmSolverMultistep),
+        ("UniPCMultistepScheduler", SchedulerKind::UniPc),
+        ("LCMScheduler", SchedulerKind::Lcm),
         ("ddpm", SchedulerKind::Ddpm),
         ("ddim", SchedulerKind::Ddim { eta: 0.0 }),
         ("euler-a", SchedulerKind::EulerAncestral),
+        ("euler", SchedulerKind::Euler),
+        ("heun", SchedulerKind::Heun),
+        ("dpm++", SchedulerKind::DpmSolverMultistep),
+        ("unipc", SchedulerKind::UniPc),
+        ("lcm", SchedulerKind::Lcm),
     ] {
         assert_eq!(name.parse::<SchedulerKind>().unwrap(), kind, "{name}");
         assert_eq!(SchedulerKind::from_str(kind.class_name()).unwrap(), kind);
         assert_eq!(SchedulerKind::from_str(kind.short_name()).unwrap(), kind);
         assert!(SchedulerKind::ACCEPTED_NAMES.contains(&name));
     }
-    for bad in ["PNDMScheduler", "EulerDiscreteScheduler", "euler", "DDIM", ""] {
+    assert_eq!(SchedulerKind::ALL.len() * 2, SchedulerKind::ACCEPTED_NAMES.len());
+    for bad in ["PNDMScheduler", "KDPM2DiscreteScheduler", "Euler", "DDIM", "dpm++2m", ""] {
         match bad.parse::<SchedulerKind>() {
             Err(e @ Error::UnknownScheduler { .. }) => {
                 let msg = e.to_string();

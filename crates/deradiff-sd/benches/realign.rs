@@ -12,6 +12,9 @@
 //! ratio of the medians and of the fastest runs. `sample_loop_only` runs the same loop with
 //! denoisers that cost nothing: the cost of realignment itself beside the second UNet.
 //!
+//! Last, the steps-for-time trade of a sampler: realigned tiny-SDXL runs with 20 DPM++ 2M Karras
+//! steps and with 50 Euler-ancestral steps (`sampler_steps_vs_time`).
+//!
 //! The device is `DERADIFF_DEVICE` (`cpu` by default; `cuda:0` with `--features cuda`); each
 //! run ends with the device synchronised, so a GPU's queued work is inside the time.
 
@@ -176,6 +179,49 @@ fn interleaved_ratio(label: &str, s: &Setup, rounds: usize) {
     );
 }
 
+/// Realigned tiny-SDXL runs (two models, guidance 5) with the sampler people use at few steps
+/// against the paper's: 20 DPM++ 2M Karras steps vs 50 Euler-ancestral steps, interleaved;
+/// prints the steps, UNet evaluations and median time of each.
+fn sampler_steps_vs_time(rounds: usize) {
+    let s = setup_for("tiny-sdxl", "tiny-sdxl-aligned-unet");
+    let mut karras = s.two.scheduler_config().clone();
+    karras.use_karras_sigmas = Some(true);
+    let runs = [
+        ("DPM++ 2M Karras", SchedulerKind::DpmSolverMultistep, Some(karras), 20),
+        ("Euler ancestral", SchedulerKind::EulerAncestral, None, 50),
+    ];
+    let requests: Vec<(&str, Request)> = runs
+        .iter()
+        .map(|(label, kind, config, steps)| {
+            let request =
+                Request { scheduler: *kind, scheduler_config: config.clone(), steps: *steps, ..s.request.clone() };
+            (*label, request)
+        })
+        .collect();
+    let mut times = vec![Vec::with_capacity(rounds); requests.len()];
+    for round in 0..rounds + 2 {
+        for ((_, request), t) in requests.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            let out = s.two.sample(request, &s.emb_two, &s.half, &mut SeededNoise::new(0), &mut NoObserver).unwrap();
+            s.device.synchronize().unwrap();
+            black_box(out);
+            if round >= 2 {
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    for ((label, request), t) in requests.iter().zip(times.iter_mut()) {
+        let m = median(t);
+        println!(
+            "realigned tiny-SDXL, {label}: {} steps ({} UNet passes of batch 2 per model), median {:.2} ms ({:.3} ms / step)",
+            request.steps,
+            request.steps,
+            m * 1e3,
+            m * 1e3 / request.steps as f64
+        );
+    }
+}
+
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
@@ -184,5 +230,6 @@ fn main() {
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         interleaved_ratio("SD (tiny-sd)", &setup(), 100);
         interleaved_ratio("SDXL (tiny-sdxl)", &setup_for("tiny-sdxl", "tiny-sdxl-aligned-unet"), 100);
+        sampler_steps_vs_time(30);
     }
 }

@@ -5,7 +5,8 @@
 //! `g·m .. (g+1)·m` belong to realigner `g`. At each step
 //!
 //! 1. every denoiser predicts on the whole stacked batch (one call per model);
-//! 2. `scheduler.posterior` runs on the whole batch (one call per model);
+//! 2. the scheduler's posteriors run on the whole batch (one call per model, through a
+//!    [`SolverState`] that keeps each model's history for the multistep solvers);
 //! 3. the posteriors are split along dimension 0 into the G groups, each group is fused with
 //!    its own [`Realigner`], and sampled with the **same** standard-normal draw `z` of shape
 //!    `[m, …]`; the groups are concatenated again.
@@ -23,7 +24,7 @@
 //! unbatched runs.
 
 use candle_core::{DType, Device, Shape, Tensor};
-use deradiff_core::{Denoiser, NoiseSource, Posterior, Realigner, Scheduler, Variance};
+use deradiff_core::{Denoiser, NoiseSource, Posterior, Realigner, Scheduler, SolverState, Variance};
 
 use crate::error::{Error, Result};
 
@@ -178,19 +179,23 @@ impl<'a> BatchedSampler<'a> {
         } else {
             Tensor::cat(&groups.iter().map(|(_, s)| &starts[*s]).collect::<Vec<_>>(), 0)?
         };
-        let mut posteriors: Vec<Posterior> = Vec::with_capacity(self.denoisers.len());
+        let mut state = SolverState::new(sched, self.denoisers.len())?;
+        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.denoisers.len());
         let mut group_posts: Vec<Posterior> = Vec::with_capacity(self.denoisers.len());
         for step in 0..num_steps {
             let timestep = sched.timestep(step)?;
             let x_in = sched.scale_model_input(&x, step)?;
-            posteriors.clear();
+            outputs.clear();
             for (model, denoiser) in self.denoisers.iter().enumerate() {
                 let out = denoiser.predict(&x_in, timestep)?;
                 if !is_finite(&out)? {
                     return Err(deradiff_core::Error::NonFiniteModelOutput { step, timestep, model }.into());
                 }
-                posteriors.push(sched.posterior(&x, &out, step)?);
+                outputs.push(out);
             }
+            // Each model's history covers the whole batch; the shared latent (UniPC, Heun) is
+            // fused per group with that group's weights, like the latent.
+            let posteriors = state.posteriors(&x, &outputs, step)?;
             // One draw per stream, shared by its groups (its λ values).
             let z = noises
                 .iter_mut()
@@ -211,6 +216,18 @@ impl<'a> BatchedSampler<'a> {
                 next.push(xg);
             }
             x = if n_groups == 1 { next.pop().unwrap_or(x) } else { Tensor::cat(&next, 0)? };
+            state.advance_with(&mut |values: &[Tensor]| {
+                let mut fused = Vec::with_capacity(n_groups);
+                for (g, (realigner, _)) in groups.iter().enumerate() {
+                    let rows =
+                        values.iter().map(|v| narrow_rows(v, g * m, m, n_groups)).collect::<Result<Vec<_>, _>>()?;
+                    fused.push(SolverState::weighted_mean(realigner.weights(step)?, &rows)?);
+                }
+                if n_groups == 1 {
+                    return Ok(fused.remove(0));
+                }
+                Ok(Tensor::cat(&fused, 0)?)
+            })?;
             progress(BatchStep { step, num_steps, groups: n_groups })?;
         }
         if n_groups == 1 {
@@ -218,6 +235,14 @@ impl<'a> BatchedSampler<'a> {
         }
         (0..n_groups).map(|g| Ok(x.narrow(0, g * m, m)?)).collect()
     }
+}
+
+/// Rows `start .. start + len` of a tensor (the whole tensor for one group).
+fn narrow_rows(t: &Tensor, start: usize, len: usize, groups: usize) -> deradiff_core::Result<Tensor> {
+    if groups == 1 {
+        return Ok(t.clone());
+    }
+    Ok(t.narrow(0, start, len)?)
 }
 
 /// Rows `start .. start + len` of a posterior (mean and a diagonal variance; a scalar variance

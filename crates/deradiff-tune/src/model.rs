@@ -3,8 +3,8 @@
 //! testbed's.
 
 use candle_core::{DType, Device, Tensor};
-use deradiff_analytic::{build_scheduler, default_training, ExactDenoiser, GaussianMixture};
-use deradiff_core::{Denoiser, Scheduler, SchedulerKind, TrainingConfig};
+use deradiff_analytic::{build_scheduler_with, default_training, ExactDenoiser, GaussianMixture};
+use deradiff_core::{Denoiser, Scheduler, SchedulerConfig, SchedulerKind, TrainingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -179,6 +179,9 @@ pub struct AnalyticSetup {
     pub anchor_beta: f64,
     /// The sampler.
     pub scheduler: SchedulerKind,
+    /// The sampler's options as diffusers names them (`use_karras_sigmas`, `solver_order`, …);
+    /// its training-schedule fields are replaced by [`AnalyticSetup::training`]'s.
+    pub scheduler_options: SchedulerConfig,
     /// Inference steps (≥ 1).
     pub steps: usize,
     /// The training schedule (`None`: diffusers' default with the sampler's default spacing).
@@ -188,7 +191,15 @@ pub struct AnalyticSetup {
 impl AnalyticSetup {
     /// A setup with DDPM and 50 steps.
     pub fn new(mixture: GaussianMixture, proxy: deradiff_analytic::Reward, anchor_beta: f64) -> Self {
-        Self { mixture, proxy, anchor_beta, scheduler: SchedulerKind::Ddpm, steps: 50, training: None }
+        Self {
+            mixture,
+            proxy,
+            anchor_beta,
+            scheduler: SchedulerKind::Ddpm,
+            scheduler_options: SchedulerConfig::default(),
+            steps: 50,
+            training: None,
+        }
     }
 }
 
@@ -221,7 +232,7 @@ impl AnalyticModel {
             return Err(Error::InvalidArgument("the number of inference steps must be at least 1".into()));
         }
         let training = setup.training.clone().unwrap_or_else(|| default_training(setup.scheduler));
-        let scheduler = build_scheduler(setup.scheduler, &training, setup.steps)?;
+        let scheduler = build_scheduler_with(setup.scheduler, &training, &setup.scheduler_options, setup.steps)?;
         let reference = ExactDenoiser::from_training(setup.mixture.clone(), &training)?;
         let anchor = ExactDenoiser::from_training(setup.mixture.tilt(&setup.proxy, setup.anchor_beta)?, &training)?;
         Ok(Self { setup, scheduler, reference, anchor })
@@ -268,8 +279,17 @@ impl SweepModel for AnalyticModel {
         let s = &self.setup;
         let training = s.training.clone().unwrap_or_else(|| default_training(s.scheduler));
         let mixture = serde_json::to_string(&s.mixture).unwrap_or_default();
+        // Options only when set, so that a results file of the class defaults keeps its line.
+        let options = if s.scheduler_options == SchedulerConfig::default() {
+            String::new()
+        } else {
+            format!(
+                " (options #{:016x})",
+                fnv1a(serde_json::to_string(&s.scheduler_options).unwrap_or_default().as_bytes())
+            )
+        };
         format!(
-            "analytic: {}-component {}-D mixture #{:016x}, proxy {}, anchor β = {}, {} {} steps #{:016x}",
+            "analytic: {}-component {}-D mixture #{:016x}, proxy {}, anchor β = {}, {}{options} {} steps #{:016x}",
             s.mixture.num_components(),
             s.mixture.dim(),
             fnv1a(mixture.as_bytes()),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor, TensorId};
-use deradiff_core::{Denoiser, Scheduler, SchedulerKind};
+use deradiff_core::{Denoiser, Scheduler, SchedulerConfig, SchedulerKind};
 use deradiff_sd::{
     AdapterView, Guided, JointGuided, LoadOptions, PromptEmbeddings, Request, RowGroup, StableDiffusion,
 };
@@ -29,6 +29,9 @@ pub struct SdSetup {
     pub load: LoadOptions,
     /// The sampler.
     pub scheduler: SchedulerKind,
+    /// The scheduler config it is built from (options included); `None`: the reference's own
+    /// `scheduler_config.json`.
+    pub scheduler_config: Option<SchedulerConfig>,
     /// Inference steps.
     pub steps: usize,
     /// Classifier-free guidance scale.
@@ -60,6 +63,7 @@ impl SdSetup {
             aligned: aligned.into(),
             load: LoadOptions::default(),
             scheduler: SchedulerKind::EulerAncestral,
+            scheduler_config: None,
             steps: 50,
             guidance_scale: 7.5,
             negative_prompt: None,
@@ -96,11 +100,13 @@ impl SdModel {
     /// Loads the checkpoints and builds the scheduler from the reference's scheduler config.
     pub fn load(setup: SdSetup) -> Result<Self> {
         let sd = StableDiffusion::load(&setup.reference, std::slice::from_ref(&setup.aligned), &setup.load)?;
-        let scheduler = setup.scheduler.build(sd.scheduler_config(), setup.steps)?;
+        let config = setup.scheduler_config.as_ref().unwrap_or(sd.scheduler_config());
+        let scheduler = setup.scheduler.build(config, setup.steps)?;
         let request = Request {
             prompts: vec![String::new()],
             negative_prompt: setup.negative_prompt.clone(),
             scheduler: setup.scheduler,
+            scheduler_config: setup.scheduler_config.clone(),
             steps: setup.steps,
             guidance_scale: Some(setup.guidance_scale),
             height: setup.size.map(|s| s.0),
@@ -387,7 +393,7 @@ impl SweepModel for SdModel {
             s.negative_prompt,
             s.size,
             s.load.dtype,
-            fnv1a(format!("{:?}", self.sd.scheduler_config()).as_bytes()),
+            fnv1a(format!("{:?}", s.scheduler_config.as_ref().unwrap_or(self.sd.scheduler_config())).as_bytes()),
         );
         // Appended only when set: results files of posterior sweeps keep their description.
         if s.load.lora_multiplier != 1.0 {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use deradiff_analytic::{demo_linear_reward, demo_mixture, ExactDenoiser, GaussianMixture};
-use deradiff_core::{Denoiser, NoObserver, Realigner, Sampler, Scheduler, SchedulerKind, SeededNoise};
+use deradiff_core::{Denoiser, NoObserver, Realigner, Sampler, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise};
 use deradiff_rewards::Reward;
 use deradiff_tune::*;
 
@@ -16,8 +16,13 @@ fn mixture() -> GaussianMixture {
 }
 
 fn model(kind: SchedulerKind, steps: usize) -> AnalyticModel {
+    model_with(kind, SchedulerConfig::default(), steps)
+}
+
+fn model_with(kind: SchedulerKind, options: SchedulerConfig, steps: usize) -> AnalyticModel {
     let mut setup = AnalyticSetup::new(mixture(), demo_linear_reward(), 1.0);
     setup.scheduler = kind;
+    setup.scheduler_options = options;
     setup.steps = steps;
     AnalyticModel::new(setup).unwrap()
 }
@@ -33,8 +38,25 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn batched_groups_equal_unbatched_runs_bit_for_bit() {
     let lambdas = [0.0, 0.3, 1.0, 1.4];
-    for kind in [SchedulerKind::Ddpm, SchedulerKind::Ddim { eta: 0.5 }, SchedulerKind::EulerAncestral] {
-        let m = model(kind, 8);
+    let sde = SchedulerConfig {
+        algorithm_type: Some("sde-dpmsolver++".into()),
+        use_karras_sigmas: Some(true),
+        ..Default::default()
+    };
+    let order3 = SchedulerConfig { solver_order: Some(3), ..Default::default() };
+    let kinds = [
+        (SchedulerKind::Ddpm, SchedulerConfig::default()),
+        (SchedulerKind::Ddim { eta: 0.5 }, SchedulerConfig::default()),
+        (SchedulerKind::EulerAncestral, SchedulerConfig::default()),
+        (SchedulerKind::Euler, SchedulerConfig::default()),
+        (SchedulerKind::Heun, SchedulerConfig::default()),
+        (SchedulerKind::DpmSolverMultistep, SchedulerConfig::default()),
+        (SchedulerKind::DpmSolverMultistep, sde),
+        (SchedulerKind::UniPc, order3),
+        (SchedulerKind::Lcm, SchedulerConfig::default()),
+    ];
+    for (kind, options) in kinds {
+        let m = model_with(kind, options, 8);
         let realigners: Vec<Realigner> = lambdas.iter().map(|&l| Realigner::two_model(l).unwrap()).collect();
         let sampler = BatchedSampler::new(m.scheduler(), vec![m.reference(), m.anchor()]).unwrap();
         let batched = sampler

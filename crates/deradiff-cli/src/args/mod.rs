@@ -15,7 +15,7 @@ pub(crate) use model::{device_option, ModelArgs};
 pub(crate) use prompts::read_prompts_file;
 pub(crate) use realign::{RealignArg, RealignArgs, Setting};
 pub(crate) use rewards::RewardArgs;
-pub(crate) use sampler::SchedulerArg;
+pub(crate) use sampler::SamplerArgs;
 pub(crate) use sd::SdArgs;
 pub(crate) use sweep_model::{Built, LambdaCount, SweepModelArgs};
 pub(crate) use testbed::{RewardArg, TestbedArgs};

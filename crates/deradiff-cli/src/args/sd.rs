@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deradiff_core::SchedulerKind;
+use deradiff_core::{SchedulerConfig, SchedulerKind};
 use deradiff_sd::LoadOptions;
 use deradiff_tune::{Prompt, SdModel, SdSetup};
 
@@ -81,19 +81,21 @@ impl SdArgs {
             .collect()
     }
 
-    /// Loads `reference` and `aligned` with `load`, sampled with `scheduler` in `steps` steps.
+    /// Loads `reference` and `aligned` with `load`, sampled with `scheduler` (a class and the
+    /// scheduler config it is built from) in `steps` steps.
     pub(crate) fn model(
         &self,
         reference: &Path,
         aligned: &Path,
         load: LoadOptions,
-        scheduler: SchedulerKind,
+        scheduler: (SchedulerKind, SchedulerConfig),
         steps: usize,
     ) -> Result<SdModel> {
         let mut setup = SdSetup::new(reference, aligned);
         setup.load = load;
         setup.realign = self.realign.realignment();
-        setup.scheduler = scheduler;
+        setup.scheduler = scheduler.0;
+        setup.scheduler_config = Some(scheduler.1);
         setup.steps = steps;
         setup.guidance_scale = self.guidance;
         SdModel::load(setup).with_context(|| load_failure(reference, &[aligned.to_path_buf()]))

@@ -7,8 +7,8 @@ use candle_core::DType;
 use deradiff_rewards::{Reward, MAX_PROMPTS};
 use deradiff_tune::{check_sweep_size, Prompt, SweepModel, MAX_BATCH_ELEMENTS};
 
-use crate::args::{RealignArg, RewardArgs, SchedulerArg, SdArgs, TestbedArgs};
-use crate::checkpoint::check_models;
+use crate::args::{RealignArg, RewardArgs, SamplerArgs, SdArgs, TestbedArgs};
+use crate::checkpoint::{check_models, reference_scheduler_config};
 use crate::checks::{check_at_least_one, check_steps};
 use crate::error::{CliError, Context, Result};
 use crate::grid::parse_seeds;
@@ -20,12 +20,10 @@ use crate::grid::parse_seeds;
 /// flattens this last.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SweepModelArgs {
-    /// Sampler.
-    #[arg(long, value_enum, default_value = "ddpm")]
-    scheduler: SchedulerArg,
-    /// DDIM's η in [0, 1] (only with --scheduler ddim).
-    #[arg(long, allow_negative_numbers = true)]
-    eta: Option<f64>,
+    /// The sampler (default: the checkpoint's own with Stable Diffusion, ddpm on the testbed)
+    /// and its options.
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Inference steps.
     #[arg(long, default_value_t = 25)]
     steps: usize,
@@ -149,7 +147,7 @@ impl SweepModelArgs {
     /// The analytic testbed, its true reward first, then the proxy.
     fn build_analytic(&self, lambdas: &LambdaCount<'_>) -> Result<Built> {
         self.refuse_sd_options()?;
-        let (model, proxy, truth) = self.testbed.build(self.scheduler, self.eta, self.steps)?;
+        let (model, proxy, truth) = self.testbed.build(&self.sampler, self.steps)?;
         let samples = self.samples.unwrap_or(256);
         let seeds = self.seeds_for(self.testbed.prompts as usize, "--prompts", lambdas, samples)?;
         let prompts = with_seeds(Prompt::seeds(0..self.testbed.prompts), seeds);
@@ -192,12 +190,18 @@ impl SweepModelArgs {
         let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
         self.rewards.require("give a reward for a Stable Diffusion sweep")?;
-        let scheduler = self.scheduler.kind(self.eta)?;
+        self.sampler.check()?;
         check_models(reference, &[aligned.to_path_buf()])?;
+        // Unreadable, the loader reports it below; the sampler is then moot.
+        let checkpoint = reference_scheduler_config(reference).unwrap_or_default();
+        let (scheduler, config, note) = self.sampler.for_checkpoint(&checkpoint)?;
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
         let rewards: Vec<Box<dyn Reward>> =
             self.rewards.load(DType::F32, &device)?.into_iter().map(|r| -> Box<dyn Reward> { r }).collect();
         let load = self.sd.load.options(dtype, device)?;
-        let model = self.sd.model(reference, aligned, load, scheduler, self.steps)?;
+        let model = self.sd.model(reference, aligned, load, (scheduler, config), self.steps)?;
         Ok(Built { model: Box::new(model), rewards, prompts, samples, anchor_beta: None })
     }
 }

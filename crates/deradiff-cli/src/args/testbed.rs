@@ -2,10 +2,11 @@
 //! reference and anchor models, the proxy reward and the "true" reward.
 
 use deradiff_analytic::{default_training, demo_linear_reward, demo_mixture, demo_quadratic_reward};
+use deradiff_core::{PredictionType, SchedulerKind};
 use deradiff_rewards::MAX_PROMPTS;
 use deradiff_tune::{AnalyticModel, AnalyticReward, AnalyticSetup, ManifoldPenalty, TrueReward};
 
-use crate::args::SchedulerArg;
+use crate::args::SamplerArgs;
 use crate::checks::{check_anchor_beta, check_at_least_one};
 use crate::error::{CliError, Context, Result};
 
@@ -50,12 +51,11 @@ pub(crate) struct TestbedArgs {
 }
 
 impl TestbedArgs {
-    /// The model, the proxy reward and the true reward, sampled with `scheduler` (η `eta`) in
-    /// `steps` steps.
+    /// The model, the proxy reward and the true reward, sampled with `sampler` (default DDPM)
+    /// in `steps` steps.
     pub(crate) fn build(
         &self,
-        scheduler: SchedulerArg,
-        eta: Option<f64>,
+        sampler: &SamplerArgs,
         steps: usize,
     ) -> Result<(AnalyticModel, AnalyticReward, TrueReward)> {
         check_anchor_beta(self.anchor_beta)?;
@@ -68,11 +68,13 @@ impl TestbedArgs {
         }
         let mixture = demo_mixture(self.components).usage_context(format!("--components {}", self.components))?;
         let proxy = self.reward.reward();
-        let scheduler = scheduler.kind(eta)?;
+        let (scheduler, options, training) =
+            sampler.for_testbed(SchedulerKind::Ddpm, PredictionType::Epsilon, default_training)?;
         let mut setup = AnalyticSetup::new(mixture.clone(), proxy.clone(), self.anchor_beta);
         setup.scheduler = scheduler;
+        setup.scheduler_options = options;
         setup.steps = steps;
-        setup.training = Some(default_training(scheduler));
+        setup.training = Some(training);
         let model = AnalyticModel::new(setup).usage_context("the analytic testbed's options do not fit together")?;
         let truth = TrueReward::new("true", proxy.clone(), ManifoldPenalty::ReferenceLogDensity(mixture), self.penalty)
             .usage_context(format!("--penalty {}", self.penalty))?;

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use clap::ValueEnum;
 use deradiff_analytic::{default_training, demo_mixture, run_study_with_progress, StudyConfig};
-use deradiff_core::PredictionType;
+use deradiff_core::{PredictionType, SchedulerKind};
 
-use crate::args::{RewardArg, SchedulerArg};
+use crate::args::{RewardArg, SamplerArgs};
 use crate::checks::{check_anchor_beta, check_at_least_one, check_steps};
 use crate::error::{CliError, Context, Result};
 use crate::grid::target_betas;
@@ -41,12 +41,9 @@ impl PredictionArg {
 /// Options of `deradiff demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Sampler.
-    #[arg(long, value_enum, default_value = "ddpm")]
-    scheduler: SchedulerArg,
-    /// DDIM's η in [0, 1] (only with --scheduler ddim).
-    #[arg(long, allow_negative_numbers = true)]
-    eta: Option<f64>,
+    /// The sampler (default ddpm) and its options.
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Inference steps.
     #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
     steps: usize,
@@ -114,10 +111,9 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig> {
     check_anchor_beta(args.anchor_beta)?;
     let target_betas = target_betas(args.anchor_beta, args.lambdas.as_deref(), &args.target_betas)?;
     check_counts(args)?;
-    let scheduler = args.scheduler.kind(args.eta)?;
+    let (scheduler, options, training) =
+        args.sampler.for_testbed(SchedulerKind::Ddpm, args.prediction.prediction_type(), default_training)?;
     let mixture = demo_mixture(args.components).usage_context(format!("--components {}", args.components))?;
-    let mut training = default_training(scheduler);
-    training.prediction_type = args.prediction.prediction_type();
     if args.steps > training.num_train_timesteps {
         return Err(CliError::usage(format!(
             "--steps {} is more than the {} training timesteps of the exact models",
@@ -126,6 +122,7 @@ fn config_from(args: &DemoArgs) -> Result<StudyConfig> {
     }
     let mut config = StudyConfig::new(mixture, args.reward.reward(), args.anchor_beta, target_betas);
     config.scheduler = scheduler;
+    config.scheduler_options = options;
     config.steps = args.steps;
     config.samples = args.samples;
     config.seed = args.seed;

@@ -10,12 +10,12 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-use deradiff_core::{Flow, SchedulerKind, SeededNoise, StepEvent};
+use deradiff_core::{Flow, SeededNoise, StepEvent};
 use deradiff_sd::{EncodedRequest, LoadOptions, Request, RgbImage, StableDiffusion, Vae};
 
 use self::output::{check_grid, check_image_count, check_writable, image_paths, resolve_out, Writer};
 use self::size::{parse_image_size, Micro, MicroArgs};
-use crate::args::{ModelArgs, RealignArg, RealignArgs, SchedulerArg, Setting};
+use crate::args::{ModelArgs, RealignArg, RealignArgs, SamplerArgs, Setting};
 use crate::checkpoint::{reference_family, Family};
 use crate::checks::check_steps;
 use crate::error::{CliError, Context, Result};
@@ -37,12 +37,10 @@ pub(crate) struct SampleArgs {
     /// Negative prompt (default: the empty prompt, as diffusers).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Sampler.
-    #[arg(long, value_enum, default_value = "euler-a")]
-    scheduler: SchedulerArg,
-    /// DDIM's η in [0, 1] (only with --scheduler ddim).
-    #[arg(long, allow_negative_numbers = true)]
-    eta: Option<f64>,
+    /// The sampler (default: the checkpoint's own, from its scheduler_config.json) and its
+    /// options.
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Inference steps.
     #[arg(long, default_value_t = 50)]
     steps: usize,
@@ -74,7 +72,6 @@ pub(crate) struct SampleArgs {
 /// The options of a run, checked and parsed.
 struct Plan {
     settings: Vec<Setting>,
-    kind: SchedulerKind,
     size: Option<(usize, usize)>,
     micro: Micro,
     load: LoadOptions,
@@ -102,7 +99,7 @@ fn micro_on_sd(reference: &Path) -> CliError {
 /// Every option is checked before anything is loaded or written.
 fn check(args: &SampleArgs) -> Result<Plan> {
     let settings = args.realign.settings(args.models.aligned.len())?;
-    let kind = args.scheduler.kind(args.eta)?;
+    args.sampler.check()?;
     check_steps(args.steps)?;
     if let Some(g) = args.guidance.filter(|g| !(*g >= 0.0 && g.is_finite())) {
         return Err(CliError::usage(format!("--guidance is {g}; it must be a finite number ≥ 0")));
@@ -126,7 +123,7 @@ fn check(args: &SampleArgs) -> Result<Plan> {
         return Err(micro_on_sd(&args.models.reference));
     }
     let load = args.models.load.options(dtype, device)?;
-    Ok(Plan { settings, kind, size, micro, load, out })
+    Ok(Plan { settings, size, micro, load, out })
 }
 
 /// Loads the models, and checks what only they can tell: SDXL for micro-conditioning, LoRA
@@ -146,10 +143,13 @@ fn load(args: &SampleArgs, plan: &Plan) -> Result<StableDiffusion> {
 /// The request of every setting, checked against the loaded checkpoint (each failure blamed on
 /// the option it concerns); prints the checkpoint summary.
 fn request(args: &SampleArgs, plan: &Plan, sd: &StableDiffusion) -> Result<Request> {
+    // The checkpoint's own scheduler unless --scheduler, the options given on top.
+    let (kind, scheduler_config, note) = args.sampler.for_checkpoint(sd.scheduler_config())?;
     let request = Request {
         prompts: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        scheduler: plan.kind,
+        scheduler: kind,
+        scheduler_config: Some(scheduler_config),
         steps: args.steps,
         guidance_scale: args.guidance,
         seed: args.seed,
@@ -169,6 +169,9 @@ fn request(args: &SampleArgs, plan: &Plan, sd: &StableDiffusion) -> Result<Reque
             args.models.reference.display(),
             sd.num_models()
         );
+        if let Some(note) = &note {
+            eprintln!("note: {note}");
+        }
     }
     check_request(args, plan, sd, &request)?;
     Ok(request)
@@ -185,9 +188,9 @@ fn check_request(args: &SampleArgs, plan: &Plan, sd: &StableDiffusion, request: 
             ),
         });
     }
-    plan.kind.build(sd.scheduler_config(), args.steps).usage_context(format!(
-        "--scheduler {} with --steps {} does not fit the checkpoint's scheduler config",
-        args.scheduler.name(),
+    sd.scheduler(request).usage_context(format!(
+        "{} with --steps {} does not fit the checkpoint's scheduler config",
+        args.sampler.describe(),
         args.steps
     ))?;
     if plan.micro.given {
@@ -203,6 +206,8 @@ fn sample_setting(args: &SampleArgs, loaded: &Loaded, setting: &Setting) -> Resu
     bar.set_length(args.steps as u64);
     bar.set_message(setting.label.clone());
     let mut observer = |e: &StepEvent<'_>| {
+        // Heun evaluates the model 2n − 1 times for n steps: the bar counts scheduler steps.
+        bar.set_length(e.num_steps as u64);
         bar.set_position(e.step as u64 + 1);
         Flow::Continue
     };

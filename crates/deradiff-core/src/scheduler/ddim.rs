@@ -88,7 +88,7 @@ impl Ddim {
         if !(0.0..=1.0).contains(&config.eta) {
             return Err(Error::InvalidConfig(format!("DDIM eta must lie in [0, 1], got {}", config.eta)));
         }
-        let schedule = NoiseSchedule::new(&config.training.beta_schedule, config.training.num_train_timesteps)?;
+        let schedule = NoiseSchedule::from_training(&config.training)?;
         let timesteps = inference_timesteps(
             config.training.timestep_spacing,
             schedule.num_train_timesteps(),
@@ -96,6 +96,7 @@ impl Ddim {
             config.training.steps_offset,
             false,
         )?;
+        super::check_zero_snr_epsilon(config.training.prediction_type, &schedule, &timesteps)?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod()[0] };
         Ok(Self { config, schedule, timesteps, final_alpha_cumprod })
     }
@@ -137,6 +138,10 @@ impl Scheduler for Ddim {
         Some(&self.schedule)
     }
 
+    fn class_name(&self) -> &'static str {
+        "DDIMScheduler"
+    }
+
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {
         check_step(step, self.num_steps())?;
         check_compatible(x, model_output, 1)?;
@@ -171,7 +176,7 @@ impl Scheduler for Ddim {
             (alpha_prod_t_prev.sqrt(), direction * ex, direction * eo)
         };
         let mean =
-            AffineMean { x0: x0_coefficients_vp(prediction, alpha_prod_t), clip: self.config.clip_sample, a, b, c }
+            AffineMean { x0: x0_coefficients_vp(prediction, alpha_prod_t)?, clip: self.config.clip_sample, a, b, c }
                 .apply(&x, &model_output)?
                 .to_dtype(dtype)?;
         let var = if self.config.eta > 0.0 { std_dev_t * std_dev_t } else { 0.0 };

@@ -119,7 +119,7 @@ pub struct Ddpm {
 impl Ddpm {
     /// A DDPM sampler with `num_inference_steps` steps.
     pub fn new(config: DdpmConfig, num_inference_steps: usize) -> Result<Self> {
-        let schedule = NoiseSchedule::new(&config.training.beta_schedule, config.training.num_train_timesteps)?;
+        let schedule = NoiseSchedule::from_training(&config.training)?;
         let timesteps = inference_timesteps(
             config.training.timestep_spacing,
             schedule.num_train_timesteps(),
@@ -127,6 +127,7 @@ impl Ddpm {
             config.training.steps_offset,
             false,
         )?;
+        super::check_zero_snr_epsilon(config.training.prediction_type, &schedule, &timesteps)?;
         Ok(Self { config, schedule, timesteps })
     }
 
@@ -178,6 +179,10 @@ impl Scheduler for Ddpm {
         Some(&self.schedule)
     }
 
+    fn class_name(&self) -> &'static str {
+        "DDPMScheduler"
+    }
+
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {
         check_step(step, self.num_steps())?;
         let learned = self.config.variance_type.is_learned();
@@ -200,7 +205,7 @@ impl Scheduler for Ddpm {
 
         // Ho et al. eq. 7: μ = c₀ x̂₀ + c_t x_t.
         let mean = AffineMean {
-            x0: x0_coefficients_vp(self.config.training.prediction_type, alpha_prod_t),
+            x0: x0_coefficients_vp(self.config.training.prediction_type, alpha_prod_t)?,
             clip: self.config.clip_sample,
             a: alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t,
             b: current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t,

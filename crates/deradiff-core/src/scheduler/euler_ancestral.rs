@@ -7,9 +7,8 @@ use super::{check_compatible, check_step, compute_dtype, AffineMean, Scheduler};
 use crate::config::{SchedulerConfig, TrainingConfig};
 use crate::error::Result;
 use crate::posterior::{Posterior, Variance};
-use crate::schedule::{
-    diffusers_sigma_table, inference_timesteps, numpy_interp, NoiseSchedule, PredictionType, TimestepSpacing,
-};
+use crate::schedule::{inference_timesteps, numpy_interp, NoiseSchedule, PredictionType, TimestepSpacing};
+use crate::sigmas::float32_tables;
 
 /// Configuration of [`EulerAncestral`]; [`Default`] is diffusers'
 /// `EulerAncestralDiscreteScheduler()` (note its default spacing is `linspace`).
@@ -71,7 +70,7 @@ pub struct EulerAncestral {
 impl EulerAncestral {
     /// An Euler-ancestral sampler with `num_inference_steps` steps.
     pub fn new(config: EulerAncestralConfig, num_inference_steps: usize) -> Result<Self> {
-        let schedule = NoiseSchedule::new(&config.training.beta_schedule, config.training.num_train_timesteps)?;
+        let schedule = NoiseSchedule::from_training(&config.training)?;
         // diffusers: timesteps = np.linspace(..., dtype=np.float32) (or integer float32 ones).
         let timesteps: Vec<f64> = inference_timesteps(
             config.training.timestep_spacing,
@@ -85,10 +84,8 @@ impl EulerAncestral {
         .collect();
         // sigmas = np.interp(timesteps, np.arange(T), float32 σ table); concatenate [0];
         // astype(np.float32).
-        let table: Vec<f64> = diffusers_sigma_table(&config.training.beta_schedule, schedule.num_train_timesteps())?
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        // (With rescale_betas_zero_snr, ᾱ_{T−1} = 2⁻²⁴ as in diffusers: σ ≈ 4096.)
+        let table = float32_tables(&config.training, true)?.sigmas;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f64::from(numpy_interp(t, &table) as f32)).collect();
         sigmas.push(0.0);
         Ok(Self { config, schedule, timesteps, sigmas })
@@ -155,6 +152,10 @@ impl Scheduler for EulerAncestral {
 
     fn sigmas(&self) -> Option<&[f64]> {
         Some(&self.sigmas)
+    }
+
+    fn class_name(&self) -> &'static str {
+        "EulerAncestralDiscreteScheduler"
     }
 
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior> {

@@ -1,17 +1,33 @@
 //! Schedulers: the Gaussian posterior `p(x_{t-1} | x_t)` of each reverse step.
 //!
-//! Unlike diffusers' `step`, which draws the noise and returns a sample (and, for Euler ancestral,
-//! advances a hidden `_step_index`), a [`Scheduler`] here is **stateless** and returns the
-//! posterior's mean and variance for a step index. That is what DeRaDiff fuses (paper Algorithm 1,
-//! lines 10–11), and it is safe to call once per model per step.
+//! Unlike diffusers' `step`, which draws the noise and returns a sample (and advances a hidden
+//! `_step_index`, and for the multistep solvers keeps the last model outputs), a [`Scheduler`]
+//! here returns the posterior's mean and variance for a step index. That is what DeRaDiff fuses
+//! (paper Algorithm 1, lines 10–11). DDPM, DDIM, Euler, Euler ancestral and LCM are stateless:
+//! `posterior` may be called once per model per step in any order. DPM-Solver++, UniPC and Heun
+//! read earlier steps; each model's history is kept by a [`SolverState`] (the [`crate::Sampler`]
+//! owns one per run).
 
 mod ddim;
 mod ddpm;
+mod dpm_solver;
+mod euler;
 mod euler_ancestral;
+mod heun;
+mod lcm;
+mod sigma_space;
+mod state;
+mod unipc;
 
 pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, VarianceType};
+pub use dpm_solver::{DpmAlgorithm, DpmSolverConfig, DpmSolverMultistep, DpmSolverType};
+pub use euler::{Euler, EulerConfig, Interpolation};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
+pub use heun::{Heun, HeunConfig};
+pub use lcm::{Lcm, LcmConfig};
+pub use state::{ModelStep, SharedUpdate, SolverState, StepContext};
+pub use unipc::{UniPc, UniPcConfig, UniPcSolverType};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -45,7 +61,26 @@ pub trait Scheduler: Send + Sync {
     fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor>;
 
     /// The Gaussian posterior `N(μ, σ²)` of `x_{t-1}` given `x_t = x` and the model output.
+    ///
+    /// For a scheduler that reads earlier steps ([`Scheduler::history_len`] > 0) this is the step
+    /// without any history — exact at step 0, and [`crate::Error::MissingHistory`] where the step
+    /// needs more; drive such a scheduler with a [`SolverState`].
     fn posterior(&self, x: &Tensor, model_output: &Tensor, step: usize) -> Result<Posterior>;
+
+    /// How many earlier records per model a step reads (0 for the stateless schedulers: DDPM,
+    /// DDIM, Euler, Euler ancestral, LCM; the solver order for DPM-Solver++ and UniPC; 1 for
+    /// Heun).
+    fn history_len(&self) -> usize {
+        0
+    }
+
+    /// One model's step given its own history and the shared latent ([`StepContext`]): the
+    /// posterior and what the run keeps ([`ModelStep`]). The default is [`Scheduler::posterior`]
+    /// keeping nothing; [`SolverState`] calls this once per model per step.
+    fn step(&self, x: &Tensor, model_output: &Tensor, step: usize, context: StepContext<'_>) -> Result<ModelStep> {
+        let _ = context;
+        Ok(ModelStep::stateless(self.posterior(x, model_output, step)?))
+    }
 
     /// What the model output is expected to be.
     fn prediction_type(&self) -> PredictionType;
@@ -68,18 +103,23 @@ pub trait Scheduler: Send + Sync {
         self.noise_schedule().map_or(&[], NoiseSchedule::alphas_cumprod)
     }
 
-    /// For a scheduler that works in σ-space (variance-exploding, `x = x_VP · √(σ² + 1)`): the
-    /// noise level σ of every inference step followed by the final 0, so
-    /// `num_steps() + 1` values, exactly the ones the steps use (for [`EulerAncestral`],
-    /// diffusers' float32 values, see there). `None` (the default) for variance-preserving
-    /// schedulers such as [`Ddpm`] and [`Ddim`], which have no σ of their own.
+    /// For a scheduler with a σ schedule (Euler, Euler ancestral, Heun, DPM-Solver++, UniPC):
+    /// the noise level σ of every inference step followed by the final one (0, or σ_min), so
+    /// `num_steps() + 1` values — diffusers' float32 values, which the steps use. `None` (the
+    /// default) for DDPM, DDIM and LCM, which have no σ of their own.
     fn sigmas(&self) -> Option<&[f64]> {
         None
+    }
+
+    /// diffusers' class name of this scheduler (`"DDIMScheduler"`, …; `"custom"` by default).
+    fn class_name(&self) -> &'static str {
+        "custom"
     }
 }
 
 /// The samplers deradiff implements, for choosing one at run time (for example from a command
-/// line) together with a checkpoint's [`SchedulerConfig`].
+/// line) together with a checkpoint's [`SchedulerConfig`], which carries the class's options
+/// (Karras sigmas, solver order, algorithm, …).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SchedulerKind {
     /// DDPM ancestral sampling (variance from the config's `variance_type`).
@@ -91,46 +131,104 @@ pub enum SchedulerKind {
     },
     /// Euler ancestral (k-diffusion's `sample_euler_ancestral`).
     EulerAncestral,
+    /// Euler (`EulerDiscreteScheduler`, SDXL's own).
+    Euler,
+    /// Heun (`HeunDiscreteScheduler`: two model evaluations per step).
+    Heun,
+    /// DPM-Solver++ multistep (`DPMSolverMultistepScheduler`: "DPM++ 2M", "DPM++ 2M SDE" with
+    /// `algorithm_type = sde-dpmsolver++`, …).
+    DpmSolverMultistep,
+    /// UniPC (`UniPCMultistepScheduler`).
+    UniPc,
+    /// LCM (`LCMScheduler`, for latent-consistency models and LCM-LoRA).
+    Lcm,
 }
 
 impl SchedulerKind {
     /// The names [`SchedulerKind::from_str`] accepts: diffusers' `_class_name`s, then the short
     /// names of the command line. `Ddim` is parsed with `η = 0`.
-    pub const ACCEPTED_NAMES: &'static [&'static str] =
-        &["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler", "ddpm", "ddim", "euler-a"];
+    pub const ACCEPTED_NAMES: &'static [&'static str] = &[
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "LCMScheduler",
+        "ddpm",
+        "ddim",
+        "euler-a",
+        "euler",
+        "heun",
+        "dpm++",
+        "unipc",
+        "lcm",
+    ];
+
+    /// Every kind (DDIM with η = 0), in [`SchedulerKind::ACCEPTED_NAMES`]' order.
+    pub const ALL: [SchedulerKind; 8] = [
+        SchedulerKind::Ddpm,
+        SchedulerKind::Ddim { eta: 0.0 },
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::Euler,
+        SchedulerKind::Heun,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::UniPc,
+        SchedulerKind::Lcm,
+    ];
 
     /// Builds this sampler for `num_inference_steps` from a checkpoint's scheduler config, the
-    /// way diffusers' `from_config` does (this sampler's defaults for missing fields).
+    /// way diffusers' `from_config` does (this sampler's defaults for missing fields; the
+    /// config's `_class_name` is not read).
     pub fn build(&self, config: &SchedulerConfig, num_inference_steps: usize) -> Result<Box<dyn Scheduler>> {
+        let n = num_inference_steps;
         Ok(match *self {
-            SchedulerKind::Ddpm => Box::new(Ddpm::new(DdpmConfig::from_diffusers(config)?, num_inference_steps)?),
+            SchedulerKind::Ddpm => Box::new(Ddpm::new(DdpmConfig::from_diffusers(config)?, n)?),
             SchedulerKind::Ddim { eta } => {
                 let mut c = DdimConfig::from_diffusers(config)?;
                 c.eta = eta;
-                Box::new(Ddim::new(c, num_inference_steps)?)
+                Box::new(Ddim::new(c, n)?)
             }
             SchedulerKind::EulerAncestral => {
-                Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, num_inference_steps)?)
+                Box::new(EulerAncestral::new(EulerAncestralConfig::from_diffusers(config)?, n)?)
             }
+            SchedulerKind::Euler => Box::new(Euler::new(EulerConfig::from_diffusers(config)?, n)?),
+            SchedulerKind::Heun => Box::new(Heun::new(HeunConfig::from_diffusers(config)?, n)?),
+            SchedulerKind::DpmSolverMultistep => {
+                Box::new(DpmSolverMultistep::new(DpmSolverConfig::from_diffusers(config)?, n)?)
+            }
+            SchedulerKind::UniPc => Box::new(UniPc::new(UniPcConfig::from_diffusers(config)?, n)?),
+            SchedulerKind::Lcm => Box::new(Lcm::new(LcmConfig::from_diffusers(config)?, n)?),
         })
     }
 
-    /// diffusers' class name of this sampler (`"DDPMScheduler"`, `"DDIMScheduler"`,
-    /// `"EulerAncestralDiscreteScheduler"`).
+    /// diffusers' class name of this sampler (`"DDPMScheduler"`, `"DDIMScheduler"`, …).
     pub fn class_name(&self) -> &'static str {
         match self {
             SchedulerKind::Ddpm => "DDPMScheduler",
             SchedulerKind::Ddim { .. } => "DDIMScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::Heun => "HeunDiscreteScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::UniPc => "UniPCMultistepScheduler",
+            SchedulerKind::Lcm => "LCMScheduler",
         }
     }
 
-    /// The short (command-line) name of this sampler (`"ddpm"`, `"ddim"`, `"euler-a"`).
+    /// The short (command-line) name of this sampler (`"ddpm"`, `"ddim"`, `"euler-a"`, `"euler"`,
+    /// `"heun"`, `"dpm++"`, `"unipc"`, `"lcm"`).
     pub fn short_name(&self) -> &'static str {
         match self {
             SchedulerKind::Ddpm => "ddpm",
             SchedulerKind::Ddim { .. } => "ddim",
             SchedulerKind::EulerAncestral => "euler-a",
+            SchedulerKind::Euler => "euler",
+            SchedulerKind::Heun => "heun",
+            SchedulerKind::DpmSolverMultistep => "dpm++",
+            SchedulerKind::UniPc => "unipc",
+            SchedulerKind::Lcm => "lcm",
         }
     }
 
@@ -176,18 +274,15 @@ impl SchedulerKind {
 impl FromStr for SchedulerKind {
     type Err = Error;
 
-    /// Parses diffusers' `_class_name` (`"DDPMScheduler"`, `"DDIMScheduler"`,
-    /// `"EulerAncestralDiscreteScheduler"`) or a short name (`"ddpm"`, `"ddim"`, `"euler-a"`),
-    /// exactly as written ([`SchedulerKind::ACCEPTED_NAMES`]). DDIM comes with `η = 0`; set
-    /// another η on the result. Anything else is [`Error::UnknownScheduler`], whose message
-    /// lists the accepted names.
+    /// Parses diffusers' `_class_name` (`"DDPMScheduler"`, `"EulerDiscreteScheduler"`, …) or a
+    /// short name (`"ddpm"`, `"euler"`, `"dpm++"`, …), exactly as written
+    /// ([`SchedulerKind::ACCEPTED_NAMES`]). DDIM comes with `η = 0`; set another η on the result.
+    /// Anything else is [`Error::UnknownScheduler`], whose message lists the accepted names.
     fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "DDPMScheduler" | "ddpm" => Ok(SchedulerKind::Ddpm),
-            "DDIMScheduler" | "ddim" => Ok(SchedulerKind::Ddim { eta: 0.0 }),
-            "EulerAncestralDiscreteScheduler" | "euler-a" => Ok(SchedulerKind::EulerAncestral),
-            other => Err(Error::UnknownScheduler { name: other.to_string() }),
-        }
+        SchedulerKind::ALL
+            .into_iter()
+            .find(|k| k.class_name() == name || k.short_name() == name)
+            .ok_or_else(|| Error::UnknownScheduler { name: name.to_string() })
     }
 }
 
@@ -240,13 +335,29 @@ pub(crate) fn check_compatible(x: &Tensor, model_output: &Tensor, output_channel
 
 /// `x̂₀ = p·x + q·o` for the variance-preserving parameterisation `x_t = √ᾱ x₀ + √(1−ᾱ) ε`:
 /// ε-prediction `(x − √(1−ᾱ) o)/√ᾱ`, v-prediction `√ᾱ x − √(1−ᾱ) o`, sample-prediction `o`.
-pub(crate) fn x0_coefficients_vp(prediction: PredictionType, alpha_prod_t: f64) -> (f64, f64) {
+/// A sampler of ε-prediction whose timesteps reach `ᾱ = 0` (zero terminal SNR) cannot take
+/// that step: refused when it is built, not mid-run.
+pub(crate) fn check_zero_snr_epsilon(
+    prediction: PredictionType,
+    schedule: &NoiseSchedule,
+    timesteps: &[f64],
+) -> Result<()> {
+    let ac = schedule.alphas_cumprod();
+    if prediction == PredictionType::Epsilon && timesteps.iter().any(|&t| ac.get(t as usize) == Some(&0.0)) {
+        return Err(sigma_space::zero_snr_epsilon());
+    }
+    Ok(())
+}
+
+/// ε-prediction at `ᾱ = 0` (zero terminal SNR) is an error: x̂₀ cannot be recovered there.
+pub(crate) fn x0_coefficients_vp(prediction: PredictionType, alpha_prod_t: f64) -> Result<(f64, f64)> {
     let (sa, sb) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
-    match prediction {
+    Ok(match prediction {
+        PredictionType::Epsilon if alpha_prod_t == 0.0 => return Err(sigma_space::zero_snr_epsilon()),
         PredictionType::Epsilon => (1.0 / sa, -sb / sa),
         PredictionType::VPrediction => (sa, -sb),
         PredictionType::Sample => (0.0, 1.0),
-    }
+    })
 }
 
 /// A posterior mean `μ = a·x̂₀ + b·x + c·o`, with `x̂₀ = p·x + q·o` clipped to `[−r, r]` when
