@@ -4,6 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::{exp, exp_shifted_sum, madd, max};
+use super::device::takes_device_path;
 use super::{f32_slice, Error, Isa, Result};
 
 /// The kernel's name in errors.
@@ -32,7 +33,7 @@ const KEY_BLOCK: usize = 256;
 /// shapes or dtypes.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     check(q, k, v)?;
-    if !q.device().is_cpu() {
+    if takes_device_path(q.device()) {
         return attention_reference(q, k, v, scale);
     }
     fused(q, k, v, 1, scale)
@@ -75,7 +76,7 @@ pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
         }
         Ok(t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, l, c / heads))?)
     };
-    if !q.device().is_cpu() {
+    if takes_device_path(q.device()) {
         let out = attention_reference(&split(q)?, &split(k)?, &split(v)?, scale)?;
         return Ok(out.reshape((b, heads, lq, c / heads))?.transpose(1, 2)?.reshape((b, lq, c))?);
     }

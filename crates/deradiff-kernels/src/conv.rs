@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::device::takes_device_path;
 use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
 
 /// The kernel's name in errors.
@@ -36,7 +37,7 @@ const TILE_PIXELS_1X1: usize = 1024;
 /// stride or a kernel larger than the padded input.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     let geom = check(x, weight, bias, stride, padding)?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return conv2d_reference(x, weight, bias, stride, padding);
     }
     run(x, weight, bias, None, &geom)
@@ -67,7 +68,7 @@ pub fn conv2d_add(
             ),
         ));
     }
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return Ok((conv2d_reference(x, weight, bias, stride, padding)? + residual)?);
     }
     run(x, weight, bias, Some(residual), &g)

@@ -4,6 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::{exp, madd, sum_and_squares};
+use super::device::takes_device_path;
 use super::{f32_slice, Error, Isa, Result};
 
 /// The kernel's name in errors.
@@ -20,7 +21,7 @@ const OP: &str = "group_norm";
 /// elements.
 pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64, silu: bool) -> Result<Tensor> {
     check(x, groups, weight, bias)?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return group_norm_reference(x, groups, weight, bias, eps, silu);
     }
     let in_dtype = x.dtype();

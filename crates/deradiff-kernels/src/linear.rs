@@ -4,6 +4,7 @@
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
+use super::device::takes_device_path;
 use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
 
 /// The kernels' name in errors.
@@ -26,7 +27,7 @@ const FILL_CHUNK: usize = 1 << 14;
 /// an [`Error::TooLarge`] when the rows of `x` overflow `usize`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return linear_reference(x, weight, bias);
     }
     run(&Plan::tokens(m, n, k), x, weight, bias, None, out_dims(x.dims(), n))
@@ -40,7 +41,7 @@ pub fn linear_add(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: 
     let (m, n, k) = check(x, weight, bias)?;
     let dims = out_dims(x.dims(), n);
     check_residual(residual, &dims, x.dtype())?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return Ok((linear_reference(x, weight, bias)? + residual)?);
     }
     run(&Plan::tokens(m, n, k), x, weight, bias, Some(residual), dims)
@@ -63,7 +64,7 @@ pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) 
         }
     };
     let n = check_weight(k, x.dtype(), weight, bias)?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         let tokens = x.flatten_from(2)?.transpose(1, 2)?;
         return linear_reference(&tokens, weight, bias);
     }
@@ -98,7 +99,7 @@ pub fn linear_to_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, re
         ));
     }
     check_residual(residual, residual.dims(), x.dtype())?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         let y = linear_reference(x, weight, bias)?.transpose(1, 2)?.reshape(residual.dims())?;
         return Ok((y + residual)?);
     }
