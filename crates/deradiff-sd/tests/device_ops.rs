@@ -71,8 +71,8 @@ fn randn(shape: &[usize], dtype: DType) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
-/// Ops of one device-path forward of `config`'s UNet at batch 2 over 16×16 latents, in `dtype`.
-fn unet_ops(config: UnetConfig, dtype: DType) -> usize {
+/// Ops of one device-path forward of `config`'s UNet at batch 2 over `size`² latents, in `dtype`.
+fn unet_ops(config: UnetConfig, size: usize, dtype: DType) -> usize {
     let vb = VarBuilder::zeros(dtype, &Device::Cpu);
     let unet = Unet::from_var_builder(vb, config, "zeros", dtype, &Device::Cpu).unwrap();
     let x = randn(&[2, 4, size, size], dtype);
