@@ -1,18 +1,31 @@
-//! How many candle ops one UNet forward runs on the device path (what it runs on a GPU), counted
-//! on the CPU by forcing that path ([`deradiff_kernels::with_device_path`]).
+//! How many candle ops one UNet forward runs on the device path (what it runs on a GPU), and how
+//! many of them launch a kernel, counted on the CPU by forcing that path
+//! ([`deradiff_kernels::with_device_path`]) — without instrumenting anything:
 //!
-//! Every candle op that makes a tensor — a kernel launch on a GPU, or a view (reshape,
-//! transpose, narrow, broadcast) that launches nothing — takes the next value of candle's global
-//! tensor-id counter, so the difference of two fresh ids counts the ops in between, without
-//! instrumenting anything. The count does not depend on the weights (zeros here) nor, once every
-//! level is larger than 1×1, on the spatial size (no attention here is large enough to be split
-//! into chunks), so the UNets are small: SD 1.5's structure (4 levels, 2 resnets per level, 16 transformer blocks, 8 heads) with
-//! 32–64 channels, and SDXL's (3 levels, transformer depths 1 / 2 / 10, `text_time`) with 32–64.
+//! * ops: every candle op makes a tensor (a kernel launch on a GPU, or a view — reshape,
+//!   transpose, narrow, broadcast — that launches nothing) and takes the next value of candle's
+//!   global tensor-id counter; the difference of two fresh ids counts the ops in between;
+//! * launches: an op that computes something makes new storage, which candle allocates as one
+//!   `Arc<RwLock<Storage>>` (a view shares its source's); this binary's allocator counts the
+//!   allocations of exactly that size made on the counting thread (a kernel launch on a GPU, or a
+//!   host-to-device copy for tensors made from host data).
 //!
-//! This binary holds one test, so no other test creates tensors while it counts. `cargo test -p
+//! The counts do not depend on the weights (zeros here) nor, once every level is larger than
+//! 1×1, on the spatial size (no attention here is large enough to be split into chunks), so the
+//! UNets are small: SD 1.5's structure (4 levels, 2 resnets per level, 16 transformer blocks, 8
+//! heads) with 32–64 channels, and SDXL's (3 levels, 2 resnets per level, transformer depths 2
+//! and 10, `text_time`) with 32–64. The CPU run makes one copy per spatial transformer that a GPU
+//! does not (`proj_in` reads the image layout in place in cuBLAS; candle's CPU matmul cannot), so
+//! a GPU launches that many fewer (16 for SD 1.5, 9 for SDXL; not subtracted below).
+//!
+//! This binary holds one test, so no other test makes tensors while it counts. `cargo test -p
 //! deradiff-sd --test device_ops -- --nocapture` prints the table.
 
-use candle_core::{DType, Device, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use deradiff_kernels as kernels;
 use deradiff_sd::{AddedConditioning, Unet, UnetConfig};
@@ -22,17 +35,61 @@ use deradiff_sd::{AddedConditioning, Unet, UnetConfig};
 mod sd15;
 use sd15::SD15_UNET;
 
+/// The system allocator, counting the allocations of a tensor storage's `Arc` block made on a
+/// thread that counts.
+struct CountStorages;
+
+/// candle's `ArcInner<parking_lot::RwLock<Storage>>`: the two reference counts, the lock's one
+/// word, the storage (the probes at the start of the test check it).
+const STORAGE_BLOCK: usize = 3 * std::mem::size_of::<usize>() + std::mem::size_of::<Storage>();
+static STORAGES: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountStorages {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() == STORAGE_BLOCK && layout.align() == 8 && COUNTING.with(Cell::get) {
+            STORAGES.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountStorages = CountStorages;
+
 /// The next value of candle's tensor-id counter (the probe tensor takes one).
 fn next_id() -> usize {
     let id = format!("{:?}", Tensor::zeros((), DType::F32, &Device::Cpu).unwrap().id());
     id.trim_start_matches("TensorId(").trim_end_matches(')').parse().unwrap()
 }
 
-/// `f`'s value and the number of tensors candle made while it ran.
-fn count<R>(f: impl FnOnce() -> R) -> (R, usize) {
+/// What candle made while something ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Ops {
+    /// Tensors made: every op, views included.
+    tensors: usize,
+    /// New storages: the ops that compute (a kernel launch each on a GPU).
+    launches: usize,
+}
+
+/// `f`'s value and what candle made while it ran.
+fn count<R>(f: impl FnOnce() -> R) -> (R, Ops) {
     let before = next_id();
+    COUNTING.with(|c| c.set(true));
+    let storages = STORAGES.load(Ordering::Relaxed);
     let out = f();
-    (out, next_id() - before - 1)
+    let launches = STORAGES.load(Ordering::Relaxed) - storages;
+    COUNTING.with(|c| c.set(false));
+    (out, Ops { tensors: next_id() - before - 1, launches })
 }
 
 /// SD 1.5's UNet config with every width divided by 10 or 20 (same blocks, layers and heads).
@@ -72,7 +129,7 @@ fn randn(shape: &[usize], dtype: DType) -> Tensor {
 }
 
 /// Ops of one device-path forward of `config`'s UNet at batch 2 over `size`² latents, in `dtype`.
-fn unet_ops(config: UnetConfig, size: usize, dtype: DType) -> usize {
+fn unet_ops(config: UnetConfig, size: usize, dtype: DType) -> Ops {
     let vb = VarBuilder::zeros(dtype, &Device::Cpu);
     let unet = Unet::from_var_builder(vb, config, "zeros", dtype, &Device::Cpu).unwrap();
     let x = randn(&[2, 4, size, size], dtype);
@@ -91,7 +148,7 @@ fn unet_ops(config: UnetConfig, size: usize, dtype: DType) -> usize {
 
 /// Ops of the kernels' device path on one call each (batch 2, 8×8 tokens of 64 channels: the
 /// count does not depend on the sizes).
-fn kernel_ops(dtype: DType) -> Vec<(&'static str, usize)> {
+fn kernel_ops(dtype: DType) -> Vec<(&'static str, Ops)> {
     let (b, l, c) = (2, 64, 64);
     let (x, ctx) = (randn(&[b, l, c], dtype), randn(&[b, 77, c], dtype));
     let img = randn(&[b, c, 8, 8], dtype);
@@ -120,13 +177,17 @@ fn kernel_ops(dtype: DType) -> Vec<(&'static str, usize)> {
 
 #[test]
 fn device_path_op_counts() {
+    // The probe: one storage per computing op, none per view.
+    let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(count(|| t.reshape(6).unwrap().narrow(0, 1, 2).unwrap()).1, Ops { tensors: 2, launches: 0 });
+    assert_eq!(count(|| (t.affine(2.0, 1.0).unwrap() + &t).unwrap()).1, Ops { tensors: 2, launches: 2 });
     for dtype in [DType::F32, DType::F16] {
-        println!("{dtype:?}: candle ops of one device-path call");
-        for (name, n) in kernel_ops(dtype) {
-            println!("  {name:<42} {n:>5}");
+        println!("{dtype:?}: candle ops (launches) of one device-path call");
+        let row = |name: &str, o: Ops| println!("  {name:<42} {:>5} ({:>4})", o.tensors, o.launches);
+        for (name, ops) in kernel_ops(dtype) {
+            row(name, ops);
         }
-        let (sd15, sdxl) = (unet_ops(sd15_narrow(), 16, dtype), unet_ops(sdxl_narrow(), 8, dtype));
-        println!("  {:<42} {sd15:>5}", "UNet forward, SD 1.5-shaped");
-        println!("  {:<42} {sdxl:>5}", "UNet forward, SDXL-shaped");
+        row("UNet forward, SD 1.5-shaped", unet_ops(sd15_narrow(), 16, dtype));
+        row("UNet forward, SDXL-shaped", unet_ops(sdxl_narrow(), 8, dtype));
     }
 }
