@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{exp, exp_shifted_sum, madd, max};
 use super::device::{self, takes_device_path, ATTENTION_SCORE_BUDGET};
+use super::math::{exp, exp_shifted_sum, madd, max};
 use super::{f32_slice, Error, Isa, Result};
 
 /// The kernel's name in errors.

@@ -194,7 +194,10 @@ impl CustomOp1 for CpuSoftmax {
             CpuStorage::F16(s) => rows(s, layout),
             CpuStorage::BF16(s) => rows(s, layout),
             CpuStorage::F32(s) => rows(s, layout),
-            other => candle_core::bail!("softmax: unsupported dtype {:?}", candle_core::backend::BackendStorage::dtype(other)),
+            other => candle_core::bail!(
+                "softmax: unsupported dtype {:?}",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
         }
     }
 }

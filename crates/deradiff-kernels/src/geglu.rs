@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::math::madd;
 use super::device::takes_device_path;
+use super::math::madd;
 use super::{f32_slice, Error, Isa, Result};
 
 /// The kernel's name in errors.

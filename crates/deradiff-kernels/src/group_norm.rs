@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{exp, madd, sum_and_squares};
 use super::device::{self, takes_device_path};
+use super::math::{exp, madd, sum_and_squares};
 use super::{f32_slice, Error, Isa, Result};
 
 /// The kernel's name in errors.

@@ -86,11 +86,15 @@ fn attention_heads_matches_the_cpu_kernel() {
 #[test]
 fn attention_matches_the_cpu_kernel_on_any_layout() {
     for dtype in DTYPES {
-        let inputs = |dt| vec![tensor(1, &[6, 33, 16], 2.0, dt), tensor(2, &[6, 50, 16], 2.0, dt), tensor(3, &[6, 50, 16], 1.0, dt)];
+        let inputs = |dt| {
+            vec![tensor(1, &[6, 33, 16], 2.0, dt), tensor(2, &[6, 50, 16], 2.0, dt), tensor(3, &[6, 50, 16], 1.0, dt)]
+        };
         check("attention 6x33x50x16", dtype, inputs, |t| attention(&t[0], &t[1], &t[2], 0.25));
         // Transposed (non-contiguous) operands are made contiguous, never read with strides the
         // GPU's matmul refuses.
-        let inputs = |dt| vec![tensor(4, &[6, 16, 33], 2.0, dt), tensor(5, &[6, 16, 50], 2.0, dt), tensor(6, &[6, 16, 50], 1.0, dt)];
+        let inputs = |dt| {
+            vec![tensor(4, &[6, 16, 33], 2.0, dt), tensor(5, &[6, 16, 50], 2.0, dt), tensor(6, &[6, 16, 50], 1.0, dt)]
+        };
         check("attention transposed", dtype, inputs, |t| {
             let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
             attention(&tr(&t[0]), &tr(&t[1]), &tr(&t[2]), 0.25)
@@ -103,7 +107,11 @@ fn chunked_queries_give_the_unchunked_result() {
     let (b, heads, lq, lk, d) = (2, 3, 50, 40, 8);
     let c = heads * d;
     for dtype in [DType::F32, DType::F16] {
-        let (q, k, v) = (tensor(1, &[b, lq, c], 2.0, dtype), tensor(2, &[b, lk, c], 2.0, dtype), tensor(3, &[b, lk, c], 1.0, dtype));
+        let (q, k, v) = (
+            tensor(1, &[b, lq, c], 2.0, dtype),
+            tensor(2, &[b, lk, c], 2.0, dtype),
+            tensor(3, &[b, lk, c], 1.0, dtype),
+        );
         let whole = with_device_path(|| attention_heads(&q, &k, &v, heads, 0.3)).unwrap();
         let cpu = attention_heads(&f32(&q), &f32(&k), &f32(&v), heads, 0.3).unwrap();
         // One query's scores take b·heads·lk elements: budgets of 0 (one query a chunk), 7 and
@@ -155,8 +163,11 @@ fn group_norm_matches_the_cpu_kernel() {
     }
     // A non-contiguous input (a transposed view) is normalised as its values say.
     for dtype in DTYPES {
-        let inputs = |dt| vec![tensor(7, &[2, 8, 8, 64], 3.0, dt), tensor(8, &[64], 1.5, dt), tensor(9, &[64], 0.5, dt)];
-        check("group_norm transposed", dtype, inputs, |t| group_norm(&t[0].transpose(1, 3).unwrap(), 32, &t[1], &t[2], 1e-6, true));
+        let inputs =
+            |dt| vec![tensor(7, &[2, 8, 8, 64], 3.0, dt), tensor(8, &[64], 1.5, dt), tensor(9, &[64], 0.5, dt)];
+        check("group_norm transposed", dtype, inputs, |t| {
+            group_norm(&t[0].transpose(1, 3).unwrap(), 32, &t[1], &t[2], 1e-6, true)
+        });
     }
 }
 
@@ -192,7 +203,14 @@ fn linear_layers_and_convolutions_match_the_cpu_kernels() {
         tol("linear_add", got, want);
         let (got, want) = run(&|c| linear_from_channels(&c(&img), &c(&w), Some(&c(&bias))));
         tol("linear_from_channels", got, want);
-        let (got, want) = run(&|c| linear_to_channels(&c(&tokens), &c(&wsq), Some(&c(&bias)), &c(&img_res).reshape((b, n, 24)).unwrap().reshape((b, n, 4, 6)).unwrap()));
+        let (got, want) = run(&|c| {
+            linear_to_channels(
+                &c(&tokens),
+                &c(&wsq),
+                Some(&c(&bias)),
+                &c(&img_res).reshape((b, n, 24)).unwrap().reshape((b, n, 4, 6)).unwrap(),
+            )
+        });
         tol("linear_to_channels", got, want);
         let (got, want) = run(&|c| conv2d(&c(&img), &c(&kernel), Some(&c(&bias)), 1, 1));
         tol("conv2d", got, want);
