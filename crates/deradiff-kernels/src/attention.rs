@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::device::{self, takes_device_path, ATTENTION_SCORE_BUDGET};
 use super::math::{exp, exp_shifted_sum, madd, max};
 use super::{f32_slice, Error, Isa, Result};
 
@@ -27,13 +28,13 @@ const KEY_BLOCK: usize = 256;
 /// `softmax(q · kᵀ · scale) · v` for `q` `[N, Lq, D]` and `k`, `v` `[N, Lk, D]` (N = batch ×
 /// heads), returned as `[N, Lq, D]` in `q`'s dtype.
 ///
-/// On the CPU this is our fused kernel (see [`attention_heads`]); on other devices it is
-/// [`attention_reference`]. An [`Error::InvalidInput`] (never a panic) on mismatched ranks,
-/// shapes or dtypes.
+/// On the CPU this is our fused kernel (see [`attention_heads`]); on other devices the device
+/// path of [`attention_heads`] (without its head split). An [`Error::InvalidInput`] (never a
+/// panic) on mismatched ranks, shapes or dtypes.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     check(q, k, v)?;
-    if !q.device().is_cpu() {
-        return attention_reference(q, k, v, scale);
+    if takes_device_path(q.device()) {
+        return device::attention(q, k, v, scale, ATTENTION_SCORE_BUDGET);
     }
     fused(q, k, v, 1, scale)
 }
@@ -47,10 +48,31 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 /// head, the keys are streamed in blocks of up to 256 with an online softmax (the
 /// `Lq × Lk` scores are never stored), scores and the probability-weighted values are computed in
 /// 6-row register tiles (6 queries × 16 keys or channels with AVX2, × 32 with AVX-512);
-/// f16 / bf16 are computed in f32. On other devices it is candle's matmul + softmax + matmul. An
-/// [`Error::InvalidInput`] (never a panic) on mismatched ranks, shapes or dtypes, or channels not
-/// divisible by `heads`.
+/// f16 / bf16 are computed in f32.
+///
+/// On other devices it runs candle's ops in the tensors' own dtype: one copy per operand
+/// splitting the heads out (the scale applied in `q`'s), `q·kᵀ` and `p·v` as batched GEMMs
+/// (f16 / bf16 on tensor cores, accumulating in f32), candle's fused softmax, one copy merging the
+/// heads; the queries in chunks whose scores fit [`ATTENTION_SCORE_BUDGET`].
+///
+/// An [`Error::InvalidInput`] (never a panic) on mismatched ranks, shapes or dtypes, or channels
+/// not divisible by `heads`.
 pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    attention_heads_budget(q, k, v, heads, scale, ATTENTION_SCORE_BUDGET)
+}
+
+/// [`attention_heads`] with the device path's scores chunked to `budget` bytes instead of
+/// [`ATTENTION_SCORE_BUDGET`] (for tests of the chunking on small inputs; the CPU kernel, which
+/// never stores the scores, ignores it).
+#[doc(hidden)]
+pub fn attention_heads_budget(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    budget: usize,
+) -> Result<Tensor> {
     let bad_shapes = || {
         Error::invalid(
             OP,
@@ -64,23 +86,11 @@ pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     };
     let dims3 = |t: &Tensor| t.dims3().map_err(|_| bad_shapes());
     let heads_err = |c: usize| Error::invalid(OP, format!("{c} channels do not split into {heads} heads"));
-    let (b, lq, c) = dims3(q)?;
+    let (b, _lq, c) = dims3(q)?;
     if heads == 0 || c % heads != 0 {
         return Err(heads_err(c));
     }
-    let split = |t: &Tensor| -> Result<Tensor> {
-        let (b, l, c) = dims3(t)?;
-        if c % heads != 0 {
-            return Err(heads_err(c));
-        }
-        Ok(t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, l, c / heads))?)
-    };
-    if !q.device().is_cpu() {
-        let out = attention_reference(&split(q)?, &split(k)?, &split(v)?, scale)?;
-        return Ok(out.reshape((b, heads, lq, c / heads))?.transpose(1, 2)?.reshape((b, lq, c))?);
-    }
-    // The same checks as the split form, on the shapes it would have.
-    let d = c / heads;
+    // The same checks as the split form (`attention` on each head), on the shapes it would have.
     let (bk, lk, ck) = dims3(k)?;
     if bk != b || ck != c || dims3(v)? != (b, lk, c) || lk == 0 {
         return Err(bad_shapes());
@@ -88,7 +98,9 @@ pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         return Err(Error::invalid(OP, "q, k and v must have one dtype"));
     }
-    debug_assert_eq!(d * heads, c);
+    if takes_device_path(q.device()) {
+        return device::attention_heads(q, k, v, heads, scale, budget);
+    }
     fused(q, k, v, heads, scale)
 }
 

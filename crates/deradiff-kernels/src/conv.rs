@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::device::{self, takes_device_path};
 use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
 
 /// The kernel's name in errors.
@@ -31,13 +32,14 @@ const TILE_PIXELS_1X1: usize = 1024;
 /// On the CPU this is our kernel: each task (a batch item × a tile of output rows) unfolds its
 /// patches (im2col; none for a 1×1 stride-1 convolution, whose input already is the patch matrix)
 /// and multiplies them by the weight with one GEMM that writes straight into the NCHW output,
-/// bias included; f16 / bf16 are computed in f32. On other devices it is [`conv2d_reference`].
+/// bias included; f16 / bf16 are computed in f32. On other devices it is [`conv2d_reference`]'s
+/// ops: candle's convolution (cuDNN with candle's `cudnn` feature) and the bias broadcast.
 /// An [`Error::InvalidInput`] (never a panic) on mismatched ranks, channels, dtypes, a zero
 /// stride or a kernel larger than the padded input.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     let geom = check(x, weight, bias, stride, padding)?;
-    if !x.device().is_cpu() {
-        return conv2d_reference(x, weight, bias, stride, padding);
+    if takes_device_path(x.device()) {
+        return device::conv2d(x, weight, bias, stride, padding, None);
     }
     run(x, weight, bias, None, &geom)
 }
@@ -45,7 +47,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
 /// `residual + conv2d(x, weight, bias, stride, padding)`, `residual` shaped like the output:
 /// the convolution and the skip connection around it (a resnet's second convolution and its
 /// shortcut) in one pass, each GEMM accumulating into output rows filled with the residual plus
-/// the bias. Otherwise as [`conv2d`]; on other devices [`conv2d_reference`] plus `residual`.
+/// the bias. Otherwise as [`conv2d`]; on other devices [`conv2d_reference`]'s ops plus
+/// `residual`.
 pub fn conv2d_add(
     x: &Tensor,
     weight: &Tensor,
@@ -67,8 +70,8 @@ pub fn conv2d_add(
             ),
         ));
     }
-    if !x.device().is_cpu() {
-        return Ok((conv2d_reference(x, weight, bias, stride, padding)? + residual)?);
+    if takes_device_path(x.device()) {
+        return device::conv2d(x, weight, bias, stride, padding, Some(residual));
     }
     run(x, weight, bias, Some(residual), &g)
 }

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::device::takes_device_path;
 use super::math::madd;
 use super::{f32_slice, Error, Isa, Result};
 
@@ -22,7 +23,7 @@ const TASK_ELEMENTS: usize = 1 << 15;
 /// [`Error::InvalidInput`] (never a panic) when `x` is a scalar or its last dimension is odd.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
     check(x)?;
-    if !x.device().is_cpu() {
+    if takes_device_path(x.device()) {
         return geglu_reference(x);
     }
     let in_dtype = x.dtype();

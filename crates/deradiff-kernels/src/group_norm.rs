@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::device::{self, takes_device_path};
 use super::math::{exp, madd, sum_and_squares};
 use super::{f32_slice, Error, Isa, Result};
 
@@ -14,14 +15,16 @@ const OP: &str = "group_norm";
 /// every UNet resnet), in `x`'s dtype.
 ///
 /// On the CPU this is our fused kernel (statistics and the normalised, activated output in one
-/// kernel per (batch, group), in f32 with f64 sums); on other devices it is
-/// [`group_norm_reference`]. An [`Error::InvalidInput`] (never a panic) when `x` has fewer than
-/// two dimensions, `C` is not a multiple of `groups` or the affine parameters do not have `C`
+/// kernel per (batch, group), in f32 with f64 sums). On other devices it runs in `x`'s dtype:
+/// candle's fused layer-norm kernel over the `[B·G, C/G·spatial]` view (its statistics in f32,
+/// one pass of sums and sums of squares), then the per-channel affine and the SiLU — 4 launches
+/// (3 without SiLU). An [`Error::InvalidInput`] (never a panic) when `x` has fewer than two
+/// dimensions, `C` is not a multiple of `groups` or the affine parameters do not have `C`
 /// elements.
 pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64, silu: bool) -> Result<Tensor> {
     check(x, groups, weight, bias)?;
-    if !x.device().is_cpu() {
-        return group_norm_reference(x, groups, weight, bias, eps, silu);
+    if takes_device_path(x.device()) {
+        return device::group_norm(x, groups, weight, bias, eps, silu);
     }
     let in_dtype = x.dtype();
     let f32c = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };

@@ -54,14 +54,20 @@
 
 mod attention;
 mod conv;
+mod device;
 mod error;
 mod geglu;
 mod group_norm;
 mod linear;
 mod math;
 
+#[doc(hidden)]
+pub use attention::attention_heads_budget;
 pub use attention::{attention, attention_heads, attention_reference};
 pub use conv::{conv2d, conv2d_add, conv2d_reference};
+#[doc(hidden)]
+pub use device::with_device_path;
+pub use device::ATTENTION_SCORE_BUDGET;
 pub use error::{Error, Result};
 pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};

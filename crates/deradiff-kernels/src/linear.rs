@@ -4,6 +4,7 @@
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
+use super::device::{self, takes_device_path};
 use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
 
 /// The kernels' name in errors.
@@ -26,8 +27,8 @@ const FILL_CHUNK: usize = 1 << 14;
 /// an [`Error::TooLarge`] when the rows of `x` overflow `usize`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
-    if !x.device().is_cpu() {
-        return linear_reference(x, weight, bias);
+    if takes_device_path(x.device()) {
+        return device::linear(x, weight, bias);
     }
     run(&Plan::tokens(m, n, k), x, weight, bias, None, out_dims(x.dims(), n))
 }
@@ -35,13 +36,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `residual + x · weightᵀ + bias`, `residual` shaped like the output `[…, N]`: a linear layer
 /// and the skip connection around it (a transformer block's attention and feed-forward outputs)
 /// in one pass, the GEMM accumulating into the output filled with the residual plus the bias.
-/// Otherwise as [`linear`]; on other devices [`linear_reference`] plus `residual`.
+/// Otherwise as [`linear`]; on other devices the linear's GEMM and bias, then `residual` added.
 pub fn linear_add(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
     let (m, n, k) = check(x, weight, bias)?;
     let dims = out_dims(x.dims(), n);
     check_residual(residual, &dims, x.dtype())?;
-    if !x.device().is_cpu() {
-        return Ok((linear_reference(x, weight, bias)? + residual)?);
+    if takes_device_path(x.device()) {
+        return Ok((device::linear(x, weight, bias)? + residual)?);
     }
     run(&Plan::tokens(m, n, k), x, weight, bias, Some(residual), dims)
 }
@@ -63,9 +64,9 @@ pub fn linear_from_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) 
         }
     };
     let n = check_weight(k, x.dtype(), weight, bias)?;
-    if !x.device().is_cpu() {
-        let tokens = x.flatten_from(2)?.transpose(1, 2)?;
-        return linear_reference(&tokens, weight, bias);
+    if takes_device_path(x.device()) {
+        // The transposed view goes to the GEMM as it is (cuBLAS reads it transposed: no copy).
+        return device::linear(&x.flatten_from(2)?.transpose(1, 2)?, weight, bias);
     }
     run(&Plan::from_channels(b, l, n, k), x, weight, bias, None, vec![b, l, n])
 }
@@ -98,9 +99,10 @@ pub fn linear_to_channels(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, re
         ));
     }
     check_residual(residual, residual.dims(), x.dtype())?;
-    if !x.device().is_cpu() {
-        let y = linear_reference(x, weight, bias)?.transpose(1, 2)?.reshape(residual.dims())?;
-        return Ok((y + residual)?);
+    if takes_device_path(x.device()) {
+        // The residual addition reads the tokens transposed and writes the image layout: no copy.
+        let y = device::linear(x, weight, bias)?.transpose(1, 2)?;
+        return Ok((residual.reshape((b, n, l))? + y)?.reshape(residual.dims())?);
     }
     run(&Plan::to_channels(b, l, n, k), x, weight, bias, Some(residual), residual.dims().to_vec())
 }

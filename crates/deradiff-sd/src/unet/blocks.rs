@@ -30,6 +30,10 @@ pub(super) struct ResnetBlock2D {
     pub(super) norm2: GroupNorm,
     pub(super) conv2: Conv2d,
     pub(super) time_emb_proj: Option<Linear>,
+    /// `time_emb_proj`'s bias plus `conv1`'s: the projected timestep embedding, with this bias,
+    /// is conv1's whole bias per batch item (one addition fewer per forward). Both are biases,
+    /// which no adapter changes (the weights are what merges and LoRAs replace).
+    pub(super) temb_bias: Option<Tensor>,
     pub(super) conv_shortcut: Option<Conv2d>,
     pub(super) output_scale_factor: f64,
 }
@@ -48,28 +52,36 @@ impl ResnetBlock2D {
         } else {
             None
         };
-        let time_emb_proj = Some(linear(config.temb_channels, out, vs.pp("time_emb_proj"))?);
+        let time_emb_proj = linear(config.temb_channels, out, vs.pp("time_emb_proj"))?;
+        let temb_bias = match &time_emb_proj.bias {
+            Some(b) => Some((b + &conv1.bias)?),
+            None => Some(conv1.bias.clone()),
+        };
         Ok(Self {
             norm1,
             conv1,
             norm2,
             conv2,
-            time_emb_proj,
+            time_emb_proj: Some(time_emb_proj),
+            temb_bias,
             conv_shortcut,
             output_scale_factor: config.output_scale_factor,
         })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor, temb: Option<&Tensor>, rows: Rows) -> candle_core::Result<Tensor> {
+    /// The block on `xs` with `silu_temb`, the timestep embedding after its SiLU (computed once
+    /// per forward for every block).
+    pub(super) fn forward(&self, xs: &Tensor, silu_temb: Option<&Tensor>, rows: Rows) -> candle_core::Result<Tensor> {
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs, rows)?,
             None => xs.clone(),
         };
         let h = self.norm1.forward(xs, true)?;
-        // The projected timestep embedding `[B, Co]` joins conv1's bias (added in its pass).
-        let h = match (temb, &self.time_emb_proj) {
-            (Some(temb), Some(proj)) => {
-                self.conv1.forward_with_bias(&h, &proj.forward(&candle_nn::ops::silu(temb)?, rows)?, rows)?
+        // The projected timestep embedding `[B, Co]`, with both biases, is conv1's bias (added in
+        // its pass).
+        let h = match (silu_temb, &self.time_emb_proj, &self.temb_bias) {
+            (Some(temb), Some(proj), Some(bias)) => {
+                self.conv1.forward_with_bias(&h, &proj.forward_with_bias(temb, bias, rows)?, rows)?
             }
             _ => self.conv1.forward(&h, rows)?,
         };
@@ -228,14 +240,14 @@ impl Down {
     pub(super) fn forward(
         &self,
         xs: &Tensor,
-        temb: &Tensor,
+        silu_temb: &Tensor,
         context: &Tensor,
         rows: Rows,
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(&xs, Some(temb), rows)?;
+            xs = resnet.forward(&xs, Some(silu_temb), rows)?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context, rows)?;
             }
@@ -280,7 +292,7 @@ impl Up {
         &self,
         xs: &Tensor,
         skips: &[Tensor],
-        temb: &Tensor,
+        silu_temb: &Tensor,
         context: &Tensor,
         size: Option<(usize, usize)>,
         rows: Rows,
@@ -288,7 +300,7 @@ impl Up {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = Tensor::cat(&[&xs, &skips[skips.len() - i - 1]], 1)?.contiguous()?;
-            xs = resnet.forward(&xs, Some(temb), rows)?;
+            xs = resnet.forward(&xs, Some(silu_temb), rows)?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context, rows)?;
             }

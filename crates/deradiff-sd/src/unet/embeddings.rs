@@ -1,7 +1,7 @@
 //! The UNet's embeddings: diffusers' sinusoidal timestep projection (in f32) and
 //! `TimestepEmbedding` (also SDXL's `add_embedding`).
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{join, linear, LayerMut, Linear, Rows, Visitor};
@@ -31,12 +31,16 @@ impl TimestepEmbedding {
     }
 }
 
-/// diffusers' `get_timestep_embedding` in f32: `[B] → [B, dim]` (`flip_sin_to_cos`: cos first).
+/// diffusers' `get_timestep_embedding` in f32: `[B] → [B, dim]` (`flip_sin_to_cos`: cos first),
+/// as a `dtype` tensor on `device`. Computed on the host (a handful of values) and copied to the
+/// device once, rather than as seven small device ops; the same f32 arithmetic as candle's CPU
+/// ops.
 pub(super) fn sinusoidal(
     values: &[f64],
     dim: usize,
     flip_sin_to_cos: bool,
     shift: f64,
+    dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let half = dim / 2;
@@ -47,16 +51,18 @@ pub(super) fn sinusoidal(
             exponent.exp()
         })
         .collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), device)?;
-    let t: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    let t = Tensor::from_vec(t, (values.len(), 1), device)?;
-    let args = t.broadcast_mul(&freqs)?;
-    let (sin, cos) = (args.sin()?, args.cos()?);
-    let emb =
-        if flip_sin_to_cos { Tensor::cat(&[&cos, &sin], D::Minus1)? } else { Tensor::cat(&[&sin, &cos], D::Minus1)? };
-    if dim % 2 == 1 {
-        emb.pad_with_zeros(D::Minus1, 0, 1)
-    } else {
-        Ok(emb)
+    let mut emb = Vec::with_capacity(values.len() * dim);
+    for &v in values {
+        let args = freqs.iter().map(|&f| v as f32 * f);
+        let (sin, cos): (Vec<f32>, Vec<f32>) = args.map(|a| (a.sin(), a.cos())).unzip();
+        if flip_sin_to_cos {
+            emb.extend(cos.iter().chain(&sin));
+        } else {
+            emb.extend(sin.iter().chain(&cos));
+        }
+        if dim % 2 == 1 {
+            emb.push(0.0);
+        }
     }
+    Tensor::from_vec(emb, (values.len(), dim), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
 }

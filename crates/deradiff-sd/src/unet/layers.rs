@@ -106,11 +106,10 @@ impl Conv2d {
         self.deltas(xs, base, rows)
     }
 
-    /// The convolution with a bias per batch item (`[B, Co]`: the layer's bias plus `extra`)
-    /// in place of the layer's own.
-    pub(super) fn forward_with_bias(&self, xs: &Tensor, extra: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
-        let bias = extra.broadcast_add(&self.bias)?;
-        let base = kernels::conv2d(xs, &self.weight, Some(&bias), self.stride, self.padding)?;
+    /// The convolution with `bias` (`[B, Co]`: one per batch item, the layer's own included by
+    /// the caller) in place of the layer's bias.
+    pub(super) fn forward_with_bias(&self, xs: &Tensor, bias: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
+        let base = kernels::conv2d(xs, &self.weight, Some(bias), self.stride, self.padding)?;
         self.deltas(xs, base, rows)
     }
 
@@ -157,6 +156,12 @@ pub(super) struct Linear {
 impl Linear {
     pub(super) fn forward(&self, xs: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
         let base = kernels::linear(xs, &self.weight, self.bias.as_ref())?;
+        self.deltas(xs, base, rows)
+    }
+
+    /// `self.forward(xs)` with `bias` in place of the layer's own.
+    pub(super) fn forward_with_bias(&self, xs: &Tensor, bias: &Tensor, rows: Rows) -> candle_core::Result<Tensor> {
+        let base = kernels::linear(xs, &self.weight, Some(bias))?;
         self.deltas(xs, base, rows)
     }
 

@@ -10,7 +10,7 @@
 //! then the down / mid / up levels of [`super::blocks`], each with its own number of transformer
 //! layers (SDXL's `[1, 2, 10]`), and the output GroupNorm + SiLU and convolution.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::blocks::{Down, Mid, ResnetBlock2D, ResnetConfig, SpatialTransformer, Up};
@@ -158,13 +158,13 @@ impl UnetModel {
 
         // 1. time, with the added text_time embedding.
         let (flip, shift) = (self.config.flip_sin_to_cos, self.config.freq_shift);
-        let t_emb = sinusoidal(&vec![timestep; b], self.base_channels, flip, shift, device)?.to_dtype(dtype)?;
+        let t_emb = sinusoidal(&vec![timestep; b], self.base_channels, flip, shift, dtype, device)?;
         let mut emb = self.time_embedding.forward(&t_emb, rows)?;
         match (&self.add_embedding, self.config.text_time, added) {
             (Some(add_embedding), Some(tt), Some((text_embeds, time_ids))) => {
-                let ids: Vec<f64> = time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-                let time_emb =
-                    sinusoidal(&ids, tt.time_embed_dim, flip, shift, device)?.reshape((b, ()))?.to_dtype(dtype)?;
+                // The ids to the host (on a GPU, one copy: their embedding is computed there).
+                let ids = time_ids.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                let time_emb = sinusoidal(&ids, tt.time_embed_dim, flip, shift, dtype, device)?.reshape((b, ()))?;
                 let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_emb], D::Minus1)?;
                 emb = (emb + add_embedding.forward(&add, rows)?)?;
             }
@@ -173,7 +173,8 @@ impl UnetModel {
             _ => return Err(Error::Internal("added conditioning given to a UNet without text_time, or missing")),
         }
 
-        // 2. – 6. as diffusers' UNet2DConditionModel.
+        // 2. – 6. as diffusers' UNet2DConditionModel; every resnet takes SiLU(emb), made once.
+        let emb = candle_nn::ops::silu(&emb)?;
         let xs = self.conv_in.forward(&xs, rows)?;
         let mut res = vec![xs.clone()];
         let mut xs = xs;
