@@ -14,6 +14,10 @@ use deradiff_kernels::{
 };
 
 /// Relative tolerance of each dtype (of the largest absolute output).
+/// A kernel call whose inputs pass through a conversion (identity on the device path, to f32 for
+/// the CPU reference).
+type Layout<'a> = dyn Fn(&dyn Fn(&Tensor) -> Tensor) -> Result<Tensor> + 'a;
+
 fn tolerance(dtype: DType) -> f32 {
     match dtype {
         DType::F32 => 1e-5,
@@ -194,9 +198,7 @@ fn linear_layers_and_convolutions_match_the_cpu_kernels() {
         let wsq = tensor(8, &[n, n], 0.2, dtype);
         let kernel = tensor(9, &[n, k, 3, 3], 0.1, dtype);
         let bias_b = tensor(10, &[b, n], 0.5, dtype);
-        let run = |f: &dyn Fn(&dyn Fn(&Tensor) -> Tensor) -> Result<Tensor>| {
-            (with_device_path(|| f(&|t: &Tensor| t.clone())).unwrap(), f(&f32).unwrap())
-        };
+        let run = |f: &Layout<'_>| (with_device_path(|| f(&|t: &Tensor| t.clone())).unwrap(), f(&f32).unwrap());
         let (got, want) = run(&|c| linear(&c(&x), &c(&w), Some(&c(&bias))));
         tol("linear", got, want);
         let (got, want) = run(&|c| linear_add(&c(&x), &c(&w), Some(&c(&bias)), &c(&res)));

@@ -400,6 +400,7 @@ fn non_finite_and_overflowing_values_are_refused_naming_file_and_tensor() {
     let kq = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let diffusers = lora_dir().join("sd-diffusers.safetensors");
     let d_down = format!("unet.{Q}.lora.down.weight");
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, PathBuf, Vec<(String, Edit)>, Want)> = vec![
         (
             "kohya f16 down with -inf",

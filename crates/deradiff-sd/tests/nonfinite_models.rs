@@ -96,6 +96,7 @@ fn non_finite_weights_are_refused_at_load_naming_file_and_tensor() {
         None,
     );
     let o = LoadOptions::default();
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, PathBuf, Vec<PathBuf>, PathBuf, &str, &str)> = vec![
         (
             "aligned UNet NaN",

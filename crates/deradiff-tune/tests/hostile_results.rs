@@ -161,6 +161,7 @@ fn merge_refuses_headers_edited_under_their_spec_hash() {
         path
     };
     let a = write(0, &|_| {});
+    #[allow(clippy::type_complexity)]
     let edits: [(&str, &dyn Fn(&mut SweepHeader)); 4] = [
         ("samples", &|h| h.samples_per_prompt = 4),
         ("model", &|h| h.model = "another".into()),

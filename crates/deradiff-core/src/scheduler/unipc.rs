@@ -124,8 +124,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
         b.swap(col, pivot);
         for row in col + 1..k {
             let f = a[row][col] / a[col][col];
-            for c in col..k {
-                a[row][c] -= f * a[col][c];
+            let pivot_row = a[col].clone();
+            for (x, p) in a[row][col..k].iter_mut().zip(&pivot_row[col..k]) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }

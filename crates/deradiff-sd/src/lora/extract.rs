@@ -197,7 +197,8 @@ pub fn extract_lora_with_progress(
         let differs = match others.get(&name) {
             // NaN (a non-finite parameter) counts as a difference, never as none.
             Some(o) => {
-                !((o.to_dtype(DType::F32)? - t.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? <= 0.0)
+                let d = (o.to_dtype(DType::F32)? - t.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                d > 0.0 || d.is_nan()
             }
             None => true,
         };
