@@ -294,3 +294,13 @@ proptest! {
         check_group_norm(seed, bsz, g * cpg, h, w, g, offset, silu);
     }
 }
+
+/// One-element groups (variance 0) far from zero: the scale is ~1/√eps, where a folded affine
+/// cancelled two large f32 products (found by the property test above).
+#[test]
+fn group_norm_of_one_element_groups_far_from_zero() {
+    for seed in 0..32 {
+        check_group_norm(seed, 1, 8, 1, 1, 8, -5.8, true);
+        check_group_norm(seed, 1, 8, 1, 1, 8, 19.0, false);
+    }
+}
