@@ -49,11 +49,10 @@ fn values(seed: u64, shape: &[usize], amp: f32) -> Tensor {
 }
 
 type Kernel = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
-
-/// One case: its name, its inputs as (shape, amplitude), and the kernel.
+/// A kernel's name, its inputs as (shape, amplitude), the kernel.
 type Case = (&'static str, Vec<(Vec<usize>, f32)>, Kernel);
 
-/// (name, inputs as (shape, amplitude), kernel): SD 1.5's first level at 32×32 latents, batch 2.
+/// The kernels at SD 1.5's first level over 32×32 latents, batch 2.
 /// Queries and keys of amplitude 1.5 give scores within about ±3 (f16 stores them to 1e-3).
 fn cases() -> Vec<Case> {
     let (b, l, c) = (2, 1024, 320);

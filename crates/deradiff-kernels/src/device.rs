@@ -53,8 +53,9 @@ pub fn with_device_path<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether a tensor on `device` takes the device path: any device but the CPU, and the CPU
-/// inside [`with_device_path`].
-pub(crate) fn takes_device_path(device: &Device) -> bool {
+/// inside [`with_device_path`] (for model code that chooses between a CPU and a GPU way too).
+#[doc(hidden)]
+pub fn takes_device_path(device: &Device) -> bool {
     !device.is_cpu() || FORCED.with(Cell::get)
 }
 
@@ -93,7 +94,11 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: 
 /// least).
 fn scaled_scores_softmax_values(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
     let (n, lq, _) = q.dims3()?;
-    let lk = k.dim(1)?;
+    let (lk, d) = (k.dim(1)?, v.dim(2)?);
+    if n == 0 || lq == 0 {
+        // No rows for the GPU's softmax kernel to launch over (a zero-sized launch is an error).
+        return Ok(Tensor::zeros((n, lq, d), q.dtype(), q.device())?);
+    }
     let per_query = n.saturating_mul(lk).saturating_mul(q.dtype().size_in_bytes()).max(1);
     let chunk = (budget / per_query).clamp(1, lq.max(1));
     let kt = k.t()?;

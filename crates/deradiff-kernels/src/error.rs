@@ -7,7 +7,9 @@
 /// [`conv2d_reference`]), `"geglu"` ([`geglu`], [`geglu_reference`]), `"group_norm"`
 /// ([`group_norm`], [`group_norm_reference`]) or `"linear"` ([`linear`], [`linear_add`],
 /// [`linear_from_channels`], [`linear_to_channels`], [`linear_reference`]); `"gemm"` for the
-/// GEMM the convolution and linear kernels share.
+/// GEMM the convolution and linear kernels share; `"matmul"` for the device path's matrix
+/// products (an operand layout candle's CUDA matmul would refuse: a bug of this crate, caught on
+/// any device).
 ///
 /// Model code that works in `candle_core::Result` converts these with `?` (see the
 /// `From<Error> for candle_core::Error` impl).

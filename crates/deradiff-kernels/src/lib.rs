@@ -65,9 +65,9 @@ mod math;
 pub use attention::attention_heads_budget;
 pub use attention::{attention, attention_heads, attention_reference};
 pub use conv::{conv2d, conv2d_add, conv2d_reference};
-#[doc(hidden)]
-pub use device::with_device_path;
 pub use device::ATTENTION_SCORE_BUDGET;
+#[doc(hidden)]
+pub use device::{takes_device_path, with_device_path};
 pub use error::{Error, Result};
 pub use geglu::{geglu, geglu_reference};
 pub use group_norm::{group_norm, group_norm_reference};

@@ -1,8 +1,8 @@
 //! The device path (what the kernels run on a GPU: candle's ops in the tensors' own dtype), run
 //! on the CPU with `with_device_path`, against the fused CPU kernels on the same values in f32:
 //! attention (both layouts, chunked or not) and group norm (+ SiLU) within 1e-5 in f32, 2e-3 in
-//! f16 and 1e-2 in bf16 of the largest output (relative); linear layers and convolutions in f32
-//! and f16. The inputs are rounded to the dtype first, so the errors are the computation's own.
+//! f16 and 1e-2 in bf16 of the largest output (relative), and so linear layers, convolutions and
+//! GEGLU. The inputs are rounded to the dtype first, so the errors are the computation's own.
 
 mod common;
 
@@ -14,10 +14,6 @@ use deradiff_kernels::{
 };
 
 /// Relative tolerance of each dtype (of the largest absolute output).
-/// A kernel call whose inputs pass through a conversion (identity on the device path, to f32 for
-/// the CPU reference).
-type Layout<'a> = dyn Fn(&dyn Fn(&Tensor) -> Tensor) -> Result<Tensor> + 'a;
-
 fn tolerance(dtype: DType) -> f32 {
     match dtype {
         DType::F32 => 1e-5,
@@ -178,50 +174,33 @@ fn group_norm_matches_the_cpu_kernel() {
 #[test]
 fn linear_layers_and_convolutions_match_the_cpu_kernels() {
     let (b, l, k, n) = (2, 24, 32, 48);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = |name: &str, got: Tensor, want: Tensor| {
-            let err = relative_error(&got, &want, dtype);
-            // f16 / bf16 products of 32 to 288 terms, each rounded once.
-            let limit = match dtype {
-                DType::F32 => 1e-5,
-                DType::F16 => 2e-3,
-                _ => 1e-2,
-            };
-            assert!(err <= limit, "{name} {dtype:?}: {err:e}");
+    for dtype in DTYPES {
+        // Inputs by index: 0 tokens [b, l, k], 1 weight [n, k], 2 bias [n], 3 residual [b, l, n],
+        // 4 image [b, k, 4, 6], 5 image residual [b, n, 4, 6], 6 tokens [b, l, n], 7 square
+        // weight [n, n], 8 kernel [n, k, 3, 3], 9 bias per batch item [b, n].
+        let inputs = |dt| {
+            let shapes: [(&[usize], f32); 10] = [
+                (&[b, l, k], 1.0),
+                (&[n, k], 0.2),
+                (&[n], 0.5),
+                (&[b, l, n], 1.0),
+                (&[b, k, 4, 6], 1.0),
+                (&[b, n, 4, 6], 1.0),
+                (&[b, l, n], 1.0),
+                (&[n, n], 0.2),
+                (&[n, k, 3, 3], 0.1),
+                (&[b, n], 0.5),
+            ];
+            shapes.iter().enumerate().map(|(i, (shape, amp))| tensor(i as u64 + 1, shape, *amp, dt)).collect()
         };
-        let x = tensor(1, &[b, l, k], 1.0, dtype);
-        let (w, bias) = (tensor(2, &[n, k], 0.2, dtype), tensor(3, &[n], 0.5, dtype));
-        let res = tensor(4, &[b, l, n], 1.0, dtype);
-        let img = tensor(5, &[b, k, 4, 6], 1.0, dtype);
-        let img_res = tensor(6, &[b, n, 4, 6], 1.0, dtype);
-        let tokens = tensor(7, &[b, l, n], 1.0, dtype);
-        let wsq = tensor(8, &[n, n], 0.2, dtype);
-        let kernel = tensor(9, &[n, k, 3, 3], 0.1, dtype);
-        let bias_b = tensor(10, &[b, n], 0.5, dtype);
-        let run = |f: &Layout<'_>| (with_device_path(|| f(&|t: &Tensor| t.clone())).unwrap(), f(&f32).unwrap());
-        let (got, want) = run(&|c| linear(&c(&x), &c(&w), Some(&c(&bias))));
-        tol("linear", got, want);
-        let (got, want) = run(&|c| linear_add(&c(&x), &c(&w), Some(&c(&bias)), &c(&res)));
-        tol("linear_add", got, want);
-        let (got, want) = run(&|c| linear_from_channels(&c(&img), &c(&w), Some(&c(&bias))));
-        tol("linear_from_channels", got, want);
-        let (got, want) = run(&|c| {
-            linear_to_channels(
-                &c(&tokens),
-                &c(&wsq),
-                Some(&c(&bias)),
-                &c(&img_res).reshape((b, n, 24)).unwrap().reshape((b, n, 4, 6)).unwrap(),
-            )
-        });
-        tol("linear_to_channels", got, want);
-        let (got, want) = run(&|c| conv2d(&c(&img), &c(&kernel), Some(&c(&bias)), 1, 1));
-        tol("conv2d", got, want);
-        let (got, want) = run(&|c| conv2d(&c(&img), &c(&kernel), Some(&c(&bias_b)), 2, 1));
-        tol("conv2d stride 2, bias per batch item", got, want);
-        let (got, want) = run(&|c| conv2d_add(&c(&img), &c(&kernel), Some(&c(&bias)), 1, 1, &c(&img_res)));
-        tol("conv2d_add", got, want);
-        let (got, want) = run(&|c| geglu(&c(&x)));
-        tol("geglu", got, want);
+        check("linear", dtype, inputs, |t| linear(&t[0], &t[1], Some(&t[2])));
+        check("linear_add", dtype, inputs, |t| linear_add(&t[0], &t[1], Some(&t[2]), &t[3]));
+        check("linear_from_channels", dtype, inputs, |t| linear_from_channels(&t[4], &t[1], Some(&t[2])));
+        check("linear_to_channels", dtype, inputs, |t| linear_to_channels(&t[6], &t[7], Some(&t[2]), &t[5]));
+        check("conv2d", dtype, inputs, |t| conv2d(&t[4], &t[8], Some(&t[2]), 1, 1));
+        check("conv2d stride 2, a bias per batch item", dtype, inputs, |t| conv2d(&t[4], &t[8], Some(&t[9]), 2, 1));
+        check("conv2d_add", dtype, inputs, |t| conv2d_add(&t[4], &t[8], Some(&t[2]), 1, 1, &t[5]));
+        check("geglu", dtype, inputs, |t| geglu(&t[0]));
     }
 }
 
@@ -237,7 +216,10 @@ fn the_device_path_refuses_bad_inputs_with_typed_errors() {
         assert!(matches!(err, Error::InvalidInput { op: "attention", .. }), "{err}");
         let err = group_norm(&t(&[2, 6, 3]), 4, &t(&[6]), &t(&[6]), 1e-5, true).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { op: "group_norm", .. }), "{err}");
-        // An empty batch is normalised to an empty batch.
+        // Empty batches and queries give empty results.
+        assert_eq!(attention_heads(&t(&[0, 4, 8]), &t(&[0, 5, 8]), &t(&[0, 5, 8]), 2, 1.0).unwrap().dims(), &[0, 4, 8]);
+        assert_eq!(attention_heads(&t(&[2, 0, 8]), &t(&[2, 5, 8]), &t(&[2, 5, 8]), 2, 1.0).unwrap().dims(), &[2, 0, 8]);
+        assert_eq!(attention(&t(&[3, 0, 8]), &t(&[3, 5, 8]), &t(&[3, 5, 8]), 1.0).unwrap().dims(), &[3, 0, 8]);
         assert_eq!(group_norm(&t(&[0, 8, 3]), 4, &t(&[8]), &t(&[8]), 1e-5, true).unwrap().dims(), &[0, 8, 3]);
     });
 }

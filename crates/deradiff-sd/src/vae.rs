@@ -124,10 +124,21 @@ impl Vae {
     /// [`crate::StableDiffusion::MAX_LATENT_ELEMENTS`] elements, or that would decode to an image
     /// side of more than [`crate::StableDiffusion::MAX_IMAGE_SIDE`] pixels, are an
     /// [`Error::ShapeMismatch`].
+    ///
+    /// On a GPU (the kernels' device path) the latents are decoded one image at a time: the decoder's mid-block attention
+    /// (candle-transformers' VAE) holds an f32 score matrix of (pixels / 64)² per image — 1 GiB
+    /// at 1024 px, 16 GiB at 2048 px — and a batch would hold one per image at once.
     pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
         self.check_latents(z)?;
         let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
-        Ok(self.model.decode(&z)?.to_dtype(DType::F32)?)
+        let batch = z.dim(0)?;
+        if !deradiff_kernels::takes_device_path(&self.device) || batch == 1 {
+            return Ok(self.model.decode(&z)?.to_dtype(DType::F32)?);
+        }
+        let images = (0..batch)
+            .map(|i| Ok(self.model.decode(&z.narrow(0, i, 1)?)?.to_dtype(DType::F32)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&images, 0)?)
     }
 
     /// Images `[B, 3, H·f, W·f]` as f32 in `[0, 1]` from latents as the sampler produces them:
