@@ -81,7 +81,7 @@ impl ExactDenoiser {
     /// timestep (for tests and for other schedules). At `ᾱ = 0` (zero terminal SNR) `x_t` is
     /// pure noise: ε̂ = x_t and x̂₀ is the data mean.
     pub fn predict_at_alpha_bar(&self, x: &Tensor, alpha_bar: f64) -> Result<Tensor> {
-        if !(alpha_bar >= 0.0 && alpha_bar < 1.0) {
+        if !(0.0..1.0).contains(&alpha_bar) {
             return Err(Error::InvalidArgument(format!("ᾱ must lie in [0, 1), got {alpha_bar}")));
         }
         let d = self.mixture.dim();

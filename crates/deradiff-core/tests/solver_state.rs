@@ -28,7 +28,7 @@ fn solver_state_must_be_driven_in_order() {
     let (x, o) = (t(&[0.5, -1.0]), t(&[0.1, 0.2]));
     assert!(matches!(state.advance(&[0.5, 0.5]), Err(Error::StepOrder { expected: 0, .. })));
     assert!(matches!(state.posteriors(&x, &[o.clone(), o.clone()], 1), Err(Error::StepOrder { expected: 0, .. })));
-    assert!(matches!(state.posteriors(&x, &[o.clone()], 0), Err(Error::WeightCountMismatch { .. })));
+    assert!(matches!(state.posteriors(&x, std::slice::from_ref(&o), 0), Err(Error::WeightCountMismatch { .. })));
     state.posteriors(&x, &[o.clone(), o.clone()], 0).unwrap();
     let e = state.posteriors(&x, &[o.clone(), o.clone()], 0).unwrap_err();
     assert!(matches!(e, Error::StepOrder { expected: 0, .. }), "{e}");
@@ -50,7 +50,7 @@ fn posterior_alone_is_exact_at_step_zero_and_an_error_where_history_is_needed() 
     let s = dpm("{}", 5);
     let at0 = s.posterior(&x, &o, 0).unwrap();
     let mut state = SolverState::new(s.as_ref(), 1).unwrap();
-    assert_eq!(values(&state.posteriors(&x, &[o.clone()], 0).unwrap()[0].mean), values(&at0.mean));
+    assert_eq!(values(&state.posteriors(&x, std::slice::from_ref(&o), 0).unwrap()[0].mean), values(&at0.mean));
     let e = s.posterior(&x, &o, 1).unwrap_err();
     assert!(matches!(e, Error::MissingHistory { scheduler: "DPMSolverMultistepScheduler", step: 1, .. }), "{e}");
     assert!(e.to_string().contains("SolverState"), "{e}");

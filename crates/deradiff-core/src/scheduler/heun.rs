@@ -106,7 +106,7 @@ impl Heun {
 
     /// Whether `step` is the first (Euler) evaluation of a Heun step.
     pub fn is_first_order(step: usize) -> bool {
-        step % 2 == 0
+        step.is_multiple_of(2)
     }
 
     /// `x̂₀` of the model output at noise level σ (clipped if configured).
