@@ -87,14 +87,13 @@ struct Pending {
 /// // DPM-Solver++ (2M) with Karras sigmas, realigned by hand: two models, λ = 0.5.
 /// let config = DpmSolverConfig { sigma_spacing: SigmaSpacing::Karras, ..Default::default() };
 /// let scheduler = DpmSolverMultistep::new(config, 10)?;
-/// let models = [
-///     FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.1, 0.0)?)),
-///     FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.2, 0.1)?)),
-/// ];
+/// let reference = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.1, 0.0)?));
+/// let aligned = FnDenoiser(|x: &Tensor, _t: f64| Ok(x.affine(0.2, 0.1)?));
+/// let models: [&dyn Denoiser; 2] = [&reference, &aligned];
 /// let realigner = Realigner::two_model(0.5)?;
 /// let mut noise = SeededNoise::new(3);
 /// let mut state = SolverState::new(&scheduler, models.len())?;
-/// let mut x = noise.standard_normal(&[1, 4].into(), DType::F64, &Device::Cpu)?
+/// let mut x = noise.standard_normal(&(1, 4).into(), DType::F64, &Device::Cpu)?
 ///     .affine(scheduler.init_noise_sigma(), 0.0)?;
 /// for step in 0..scheduler.num_steps() {
 ///     let x_in = scheduler.scale_model_input(&x, step)?;
