@@ -29,7 +29,8 @@
 //! **Euler ancestral** reproduces diffusers' float32 timesteps and sigmas (see
 //! `deradiff_core::EulerAncestral`), so the roles swap: it is held to diffusers *as shipped*
 //! tightly — timesteps bit for bit as float32, sigmas within `EULER_SIGMA_ULPS = 1` float32 ulp
-//! (torch's float32 square root), variance, `scale_model_input` and `init_noise_sigma` within
+//! (torch's float32 square root; one more with zero-SNR rescaling, whose square roots feed the
+//! betas too), variance, `scale_model_input` and `init_noise_sigma` within
 //! `EULER_REL_TOL = 4e-6`, means within `EULER_MEAN_REL_TOL = 1e-5` — and to the float64 twin
 //! within `REL_TOL` wherever diffusers' own float32 answer is within `REL_TOL` of it. The test also
 //! recomputes every Euler variance the old way (exact f64 timesteps and σ) and asserts that

@@ -96,7 +96,7 @@ impl EulerConfig {
 /// `μ = x + (x − x̂₀)/σ · (σ' − σ)`, variance 0 (a deterministic step).
 ///
 /// The latent lives in σ-space (`x = x_VP √(σ² + 1)`). The timesteps and σ are diffusers'
-/// float32 values (the sigma tables of diffusers, in float32); the step's arithmetic is exact f64 from them.
+/// float32 values (`docs/math.md` §6); the step's arithmetic is exact f64 from them.
 #[derive(Debug, Clone)]
 pub struct Euler {
     config: EulerConfig,
