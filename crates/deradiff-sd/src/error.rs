@@ -66,6 +66,77 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A Hugging Face repo id (`org/name`) whose repo is not in the local Hugging Face cache
+    /// ([`crate::HubCache`]): nothing is downloaded; the command that fetches it is named.
+    #[error(
+        "{repo} is not in the Hugging Face cache{}: {looked_in} does not exist; fetch it with `{download}` \
+         (`{}` with huggingface_hub 1.x), or give the model's folder",
+        if *not_a_path { ", nor a file or folder" } else { "" },
+        hf_command(download)
+    )]
+    NotCached {
+        /// The repo id as given.
+        repo: String,
+        /// The repo's folder in the cache that was looked for.
+        looked_in: PathBuf,
+        /// The `huggingface-cli download …` command that fetches it.
+        download: String,
+        /// Whether it was also looked for as a path (and is not one).
+        not_a_path: bool,
+    },
+
+    /// A revision (branch, tag) of a cached Hugging Face repo that is not in the cache: its
+    /// `refs/` file does not exist.
+    #[error(
+        "{repo}: the revision is not in the Hugging Face cache: {looked_in} does not exist (cached: {cached}); \
+         fetch it with `{download}` (`{}` with huggingface_hub 1.x)",
+        hf_command(download)
+    )]
+    RevisionNotCached {
+        /// The repo id and revision as given.
+        repo: String,
+        /// The ref file that was looked for (`refs/{revision}`).
+        looked_in: PathBuf,
+        /// The revisions that are cached (refs, then commits).
+        cached: String,
+        /// The `huggingface-cli download …` command that fetches it.
+        download: String,
+    },
+
+    /// A commit's snapshot, or a file or folder of it, that is not in the Hugging Face cache.
+    #[error(
+        "{repo}: {file} is not in the Hugging Face cache ({note}); fetch it with `{download}` (`{}` with \
+         huggingface_hub 1.x)",
+        hf_command(download)
+    )]
+    NotInSnapshot {
+        /// The repo id, revision and path as given.
+        repo: String,
+        /// The snapshot folder or file looked for.
+        file: PathBuf,
+        /// Why it is not there.
+        note: String,
+        /// The `huggingface-cli download …` command that fetches it.
+        download: String,
+    },
+
+    /// A file of a cached snapshot that is a symbolic link to a blob that is gone (the cache was
+    /// cleaned or a download interrupted).
+    #[error(
+        "broken link in the Hugging Face cache: {file} points to {blob}, which cannot be opened ({reason}); \
+         download it again with `{download}`"
+    )]
+    BrokenCacheLink {
+        /// The file in `snapshots/`.
+        file: PathBuf,
+        /// The blob it points to.
+        blob: PathBuf,
+        /// What opening it said.
+        reason: String,
+        /// The command that downloads it again.
+        download: String,
+    },
+
     /// A `config.json` (or tokenizer config, or weight index) that cannot be parsed as a whole:
     /// not JSON, or not the expected kind of document. A field with a bad value is
     /// [`Error::ConfigField`].
@@ -304,6 +375,14 @@ pub enum Error {
     /// A broken invariant of this crate (a bug, never the user's input): please report it.
     #[error("internal error in deradiff-sd (please report it): {0}")]
     Internal(&'static str),
+}
+
+/// `huggingface-cli download …` as huggingface_hub 1.x spells it (`hf download …`).
+fn hf_command(download: &str) -> String {
+    match download.strip_prefix("huggingface-cli ") {
+        Some(rest) => format!("hf {rest}"),
+        None => download.to_string(),
+    }
 }
 
 /// Result alias of this crate.

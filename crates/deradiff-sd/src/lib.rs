@@ -44,7 +44,8 @@
 //! checks it):
 //!
 //! 1. utilities: `error`, `device`, `image` ([`RgbImage`]), [`fs`] (paths, probing, reading
-//!    text and JSON files), `limits` (the size limits and the latent-size check), `conditioning`
+//!    text and JSON files), `hub` (Hugging Face repo ids in the local cache: [`HubCache`],
+//!    [`resolve_model_path`]), `limits` (the size limits and the latent-size check), `conditioning`
 //!    ([`ConditionalModel`], [`AddedConditioning`]);
 //! 2. weights and configs: `weights` ([`load_checked`]), `config` ([`UnetConfig`], [`VaeConfig`]);
 //! 3. models: `unet` (`load`, `adapters`, `model`, `blocks`, `layers`, `embeddings`), `vae`,
@@ -93,6 +94,7 @@ mod config;
 mod device;
 mod error;
 mod guidance;
+mod hub;
 mod image;
 mod limits;
 mod pipeline;
@@ -107,6 +109,7 @@ pub use config::{TextTimeArch, UnetArch, UnetBlock, UnetConfig, VaeConfig};
 pub use device::{check_dtype_supported, describe_device, parse_device, parse_dtype};
 pub use error::{Error, Result};
 pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
+pub use hub::{resolve_model_path, resolve_model_path_with, HubCache, RepoRef};
 pub use image::RgbImage;
 pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// `src/x/`; every file in a folder is in its folder's layer). `lib.rs`, which declares and
 /// re-exports them all, is above every layer.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("utilities", &["error", "device", "image", "fs", "limits", "conditioning"]),
+    ("utilities", &["error", "device", "image", "fs", "hub", "limits", "conditioning"]),
     ("weights and configs", &["weights", "config"]),
     ("models", &["unet", "vae", "clip"]),
     ("adapters", &["lora"]),
