@@ -388,3 +388,55 @@ fn a_reference_given_as_a_component_folder_is_explained() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("looks like its unet/ folder"), "{}", stderr(&out));
 }
+
+#[test]
+fn every_model_option_takes_a_hugging_face_repo_id() {
+    // An empty cache: each option reads its value as a repo id, and refuses it before anything
+    // runs, naming the option, the folder looked in and the download command.
+    let dir = scratch("hub");
+    let hub = dir.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let sd = fixture("tiny-sd");
+    let cases: &[(&str, &[&str])] = &[
+        ("--reference <REFERENCE>", &["sample", "--reference", "org/missing", "--prompt", "x"]),
+        ("--aligned <ALIGNED>", &["sample", "--reference", &sd, "--aligned", "org/missing", "--prompt", "x"]),
+        ("--reference <REFERENCE>", &["sweep", "--reference", "org/missing", "--aligned", &sd]),
+        ("--aligned <ALIGNED>", &["tune", "--reference", &sd, "--aligned", "org/missing"]),
+        ("--aligned <ALIGNED>", &["extract-lora", "--reference", &sd, "--aligned", "org/missing"]),
+        ("--clip <CLIP>", &["score", "--images", ".", "--clip", "org/missing"]),
+        ("--pickscore <PICKSCORE>", &["score", "--images", ".", "--pickscore", "org/missing"]),
+        (
+            "--pickscore-processor",
+            &["score", "--images", ".", "--pickscore", &sd, "--pickscore-processor", "org/missing"],
+        ),
+        (
+            "--hps <HPS>",
+            &["score", "--images", ".", "--hps", "org/missing", "--hps-config", &sd, "--hps-tokenizer", &sd],
+        ),
+        (
+            "--hps-config",
+            &["score", "--images", ".", "--hps", &sd, "--hps-config", "org/missing", "--hps-tokenizer", &sd],
+        ),
+        (
+            "--hps-tokenizer",
+            &["score", "--images", ".", "--hps", &sd, "--hps-config", &sd, "--hps-tokenizer", "org/missing"],
+        ),
+        ("--aesthetic <AESTHETIC>", &["score", "--images", ".", "--aesthetic", "org/missing", "--aesthetic-mlp", &sd]),
+        ("--aesthetic-mlp", &["score", "--images", ".", "--aesthetic", &sd, "--aesthetic-mlp", "org/missing"]),
+        ("--image-reward", &["score", "--images", ".", "--image-reward", "org/missing"]),
+    ];
+    let folder = hub.join("models--org--missing").display().to_string();
+    for (option, args) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_deradiff"))
+            .args(*args)
+            .current_dir(&dir)
+            .env("HF_HUB_CACHE", &hub)
+            .output()
+            .expect("the deradiff binary runs");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for needle in [*option, folder.as_str(), "`huggingface-cli download org/missing`"] {
+            assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
+        }
+    }
+}

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[cfg(unix)]
+#[path = "../../deradiff-sd/tests/common/hf_cache.rs"]
+mod hf_cache;
+
 fn deradiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
 }
@@ -227,4 +231,63 @@ fn the_checkpoints_own_scheduler_is_the_default_and_every_sampler_runs() {
     assert!(deradiff(&args).status.success());
     assert_eq!(decode_png(&out).2, decode_png(&explicit).2, "SDXL's default is its own Euler");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `deradiff` with the Hugging Face cache environment set to `env` (and nothing else of it).
+#[cfg(unix)]
+fn deradiff_with_cache(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deradiff"));
+    for var in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied()).args(args).output().expect("the deradiff binary runs")
+}
+
+#[cfg(unix)]
+#[test]
+fn hugging_face_repo_ids_give_the_images_of_their_paths() {
+    let dir = out_dir("hub");
+    // The cache huggingface_hub laid out (scripts/gen_hf_cache_fixture.py), as HF_HOME/hub.
+    let home = dir.join("hf-home");
+    let hub = home.join("hub");
+    hf_cache::build(&hf_cache::workspace_root(env!("CARGO_MANIFEST_DIR")), &hub);
+    let run = |reference: &str, aligned: &str, name: &str, env: &[(&str, &Path)]| {
+        let out = dir.join(format!("{name}.png"));
+        let args = ["sample", "--reference", reference, "--aligned", aligned, "--prompt", "a red cube"];
+        let mut args = args.to_vec();
+        args.extend(["--steps", "2", "--lambda", "0.5", "--seed", "3", "--quiet", "--out", out.to_str().unwrap()]);
+        let result = deradiff_with_cache(&args, env);
+        assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    let by_path = run(&fixture("tiny-sd"), &fixture("tiny-aligned-unet"), "path", &[]);
+    // Repo ids in HF_HUB_CACHE: the pipeline's main branch, the aligned UNet repo (unet/ only).
+    let by_id =
+        run("deradiff-test/tiny-sd", "deradiff-test/tiny-aligned-unet", "id", &[("HF_HUB_CACHE", hub.as_path())]);
+    assert_eq!(by_id, by_path, "repo ids give the image of their paths");
+    // Found through HF_HOME; the fp16-variant branch's file names (the same weights), the aligned
+    // UNet pinned by its commit hash.
+    let commit = hf_cache::manifest(&hf_cache::workspace_root(env!("CARGO_MANIFEST_DIR")))["commits"]["aligned main"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let aligned = format!("deradiff-test/tiny-aligned-unet@{commit}/unet");
+    let variant = run("deradiff-test/tiny-sd@fp16", &aligned, "variant", &[("HF_HOME", home.as_path())]);
+    assert_eq!(variant, by_path, "the fp16-variant names and a commit hash resolve to the same models");
+    // Not cached: a usage error naming the folder looked in and the command that fetches it.
+    let out = dir.join("never.png");
+    let aligned = fixture("tiny-aligned-unet");
+    let args = base_args("deradiff-test/not-cached@v2", &aligned, out.to_str().unwrap());
+    let result = deradiff_with_cache(&args, &[("HF_HUB_CACHE", hub.as_path())]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "--reference <REFERENCE>",
+        &hub.join("models--deradiff-test--not-cached").display().to_string(),
+        "`huggingface-cli download deradiff-test/not-cached --revision v2`",
+        "nor a file or folder",
+    ] {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+    assert!(!out.exists());
 }

@@ -3,6 +3,7 @@
 //! objects.
 
 mod model;
+mod model_path;
 mod prompts;
 mod realign;
 mod rewards;
@@ -12,6 +13,7 @@ mod sweep_model;
 mod testbed;
 
 pub(crate) use model::{device_option, ModelArgs};
+pub(crate) use model_path::ModelPath;
 pub(crate) use prompts::read_prompts_file;
 pub(crate) use realign::{RealignArg, RealignArgs, Setting};
 pub(crate) use rewards::RewardArgs;

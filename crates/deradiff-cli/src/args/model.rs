@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions, StableDiffusion};
 
+use crate::args::ModelPath;
 use crate::checkpoint::check_models;
 use crate::error::{CliError, Context, Result};
 
@@ -26,16 +27,19 @@ pub(crate) struct ModelArgs {
     /// The reference checkpoint: the diffusers pipeline directory (model_index.json, unet/,
     /// text_encoder/, tokenizer/, vae/, scheduler/scheduler_config.json; SDXL also
     /// text_encoder_2/ and tokenizer_2/, and is detected from unet/config.json), not one of its
-    /// component folders.
-    #[arg(long)]
+    /// component folders. Or a Hugging Face repo id, `org/name[@revision]`, found in the local
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub; never
+    /// downloaded); an existing path wins.
+    #[arg(long, value_parser = ModelPath)]
     pub(crate) reference: PathBuf,
     /// An aligned UNet of the reference's architecture: a pipeline directory, a unet/ directory
     /// or one .safetensors file; or a LoRA adapter of the reference UNet (a .safetensors file in
     /// the diffusers, peft or kohya layout, or a folder with pytorch_lora_weights.safetensors or
     /// adapter_model.safetensors + adapter_config.json), which runs with the reference in one
     /// batched UNet pass. Repeat for several aligned models (one per reward). Without it the
-    /// reference alone is sampled (one UNet per step: the baseline image and time).
-    #[arg(long)]
+    /// reference alone is sampled (one UNet per step: the baseline image and time). Each may be
+    /// a Hugging Face repo id in the local cache, as --reference (`org/name[@revision][/path]`).
+    #[arg(long, value_parser = ModelPath)]
     pub(crate) aligned: Vec<PathBuf>,
     /// Where and how they are loaded.
     #[command(flatten)]

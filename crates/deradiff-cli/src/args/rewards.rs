@@ -8,6 +8,7 @@ use deradiff_rewards::{
     AestheticScore, ClipScore, ClipScorer, HpsScore, ImageBackend, ImageRewardScore, ImageScorer, PickScore,
 };
 
+use crate::args::ModelPath;
 use crate::error::{CliError, Context, Result};
 
 /// What to say when no reward is given.
@@ -15,21 +16,24 @@ const GIVE_A_REWARD: &str = "--clip DIR, --pickscore DIR, --hps FILE (with --hps
      --hps-tokenizer), --aesthetic DIR --aesthetic-mlp FILE and/or --image-reward DIR";
 
 /// Image rewards, each from its published checkpoint (converted to safetensors where it ships as
-/// a pickle: scripts/convert_to_safetensors.py).
+/// a pickle: scripts/convert_to_safetensors.py). Every path may also be a Hugging Face repo id in
+/// the local cache (`openai/clip-vit-large-patch14`, `org/name[@revision][/file]`), as
+/// [`ModelPath`] resolves it.
 ///
 /// The help heading is set where the group is flattened (clap keeps a group's heading for the
 /// options that follow it: flatten it last).
 #[derive(Debug, clap::Args)]
 pub(crate) struct RewardArgs {
-    /// CLIP score from a Hugging Face CLIPModel directory.
-    #[arg(long)]
+    /// CLIP score from a Hugging Face CLIPModel directory, or its repo id in the local Hugging Face
+    /// cache (e.g. openai/clip-vit-large-patch14; `org/name[@revision][/path]`).
+    #[arg(long, value_parser = ModelPath)]
     clip: Option<PathBuf>,
-    /// PickScore from a CLIPModel directory (e.g. PickScore_v1).
-    #[arg(long)]
+    /// PickScore from a CLIPModel directory or cached repo id (e.g. yuvalkirstain/PickScore_v1).
+    #[arg(long, value_parser = ModelPath)]
     pickscore: Option<PathBuf>,
     /// The tokenizer/preprocessor directory of --pickscore, if it is not in the model directory
     /// (PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K's).
-    #[arg(long, requires = "pickscore")]
+    #[arg(long, value_parser = ModelPath, requires = "pickscore")]
     pickscore_processor: Option<PathBuf>,
     /// The transformers image-processor backend --clip and --pickscore preprocess with: pil
     /// (`CLIPImageProcessorPil`) or torchvision (`CLIPImageProcessor`, transformers 5's default;
@@ -38,28 +42,28 @@ pub(crate) struct RewardArgs {
     clip_image_backend: String,
     /// HPS v2 / v2.1 from its open_clip checkpoint as safetensors (scripts/convert_to_safetensors.py
     /// hps); with --hps-config and --hps-tokenizer.
-    #[arg(long, requires_all = ["hps_config", "hps_tokenizer"])]
+    #[arg(long, value_parser = ModelPath, requires_all = ["hps_config", "hps_tokenizer"])]
     hps: Option<PathBuf>,
     /// The open_clip_config.json of --hps (ViT-H-14's).
-    #[arg(long, requires = "hps")]
+    #[arg(long, value_parser = ModelPath, requires = "hps")]
     hps_config: Option<PathBuf>,
     /// CLIP's BPE merges for --hps: a tokenizer folder holding merges.txt (e.g.
     /// laion/CLIP-ViT-H-14-laion2B-s32B-b79K) or open_clip's bpe_simple_vocab_16e6.txt; prompts
     /// are tokenized as open_clip does (ftfy, HTML unescaping), as hpsv2 does.
-    #[arg(long, requires = "hps")]
+    #[arg(long, value_parser = ModelPath, requires = "hps")]
     hps_tokenizer: Option<PathBuf>,
     /// The LAION aesthetic predictor's CLIP model (openai/clip-vit-large-patch14, a CLIPModel
     /// directory); give its MLP with --aesthetic-mlp.
-    #[arg(long, requires = "aesthetic_mlp")]
+    #[arg(long, value_parser = ModelPath, requires = "aesthetic_mlp")]
     aesthetic: Option<PathBuf>,
     /// The aesthetic predictor's MLP as safetensors (convert the published
     /// sac+logos+ava1-l14-linearMSE.pth with scripts/convert_to_safetensors.py aesthetic).
-    #[arg(long, requires = "aesthetic")]
+    #[arg(long, value_parser = ModelPath, requires = "aesthetic")]
     aesthetic_mlp: Option<PathBuf>,
     /// ImageReward from a folder: model.safetensors (ImageReward.pt converted with
     /// scripts/convert_to_safetensors.py image-reward), the Hub's med_config.json and
     /// bert-base-uncased's vocab.txt or tokenizer.json.
-    #[arg(long)]
+    #[arg(long, value_parser = ModelPath)]
     image_reward: Option<PathBuf>,
 }
 

@@ -10,6 +10,7 @@ use deradiff_tune::{Prompt, SdModel, SdSetup};
 use crate::args::model::{load_failure, LoadArgs};
 use crate::args::prompts::read_prompts_file;
 use crate::args::realign::RealignArg;
+use crate::args::ModelPath;
 use crate::error::{CliError, Context, Result};
 
 /// Stable Diffusion instead of the analytic testbed: a reference and one aligned model, sampled
@@ -17,12 +18,14 @@ use crate::error::{CliError, Context, Result};
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Stable Diffusion")]
 pub(crate) struct SdArgs {
-    /// The reference checkpoint (diffusers layout). Without it the analytic testbed is used.
-    #[arg(long, requires = "aligned")]
+    /// The reference checkpoint (diffusers layout), or a Hugging Face repo id
+    /// (`org/name[@revision]`) in the local cache. Without it the analytic testbed is used.
+    #[arg(long, requires = "aligned", value_parser = ModelPath)]
     pub(crate) reference: Option<PathBuf>,
     /// The aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file) or a LoRA
-    /// adapter (file or folder; diffusers, peft or kohya layout).
-    #[arg(long, requires = "reference")]
+    /// adapter (file or folder; diffusers, peft or kohya layout); or a Hugging Face repo id in
+    /// the local cache (`org/name[@revision][/path]`).
+    #[arg(long, requires = "reference", value_parser = ModelPath)]
     pub(crate) aligned: Option<PathBuf>,
     /// A prompt (repeatable).
     #[arg(long)]

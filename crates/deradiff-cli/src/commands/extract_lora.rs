@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use deradiff_sd::lora::{extract_lora_with_progress, ExtractOptions, ExtractReport, LoraAdapter, SvdMethod};
 use deradiff_sd::{parse_dtype, Unet};
 
-use crate::args::device_option;
+use crate::args::{device_option, ModelPath};
 use crate::error::{CliError, Context, Result};
 use crate::guard::{check_out_file, check_outputs};
 use crate::output::{print_stdout, progress_bar};
@@ -18,12 +18,14 @@ const MAX_RANK: usize = 4096;
 /// Options of `deradiff extract-lora`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExtractLoraArgs {
-    /// The reference model: a diffusers pipeline folder (its unet/ is used) or a UNet folder.
-    #[arg(long)]
+    /// The reference model: a diffusers pipeline folder (its unet/ is used) or a UNet folder; or
+    /// a Hugging Face repo id (`org/name[@revision][/path]`) in the local cache.
+    #[arg(long, value_parser = ModelPath)]
     reference: PathBuf,
     /// The aligned model of the same architecture: a pipeline folder, a UNet folder, or a bare
-    /// UNet safetensors file (read with the reference's config).
-    #[arg(long)]
+    /// UNet safetensors file (read with the reference's config); or a Hugging Face repo id in the
+    /// local cache.
+    #[arg(long, value_parser = ModelPath)]
     aligned: PathBuf,
     /// The rank of every layer's adapter (clipped to the layer's smaller side).
     #[arg(long, default_value_t = 16)]
