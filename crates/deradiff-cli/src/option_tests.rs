@@ -15,8 +15,9 @@ const ALL: [&str; 9] = ["demo", "sample", "sweep", "tune", "compare", "merge", "
 /// The mark of a mention in advice that names its command (`deradiff sweep … --overwrite`).
 const OTHER: &str = "deradiff ";
 
-/// Options of other programs that messages mention (cargo's, when a feature is missing).
-const FOREIGN: [&str; 1] = ["--features"];
+/// Options of other programs that messages mention (cargo's, when a feature is missing;
+/// `huggingface-cli download`'s, when a model is not in the Hugging Face cache).
+const FOREIGN: [&str; 3] = ["--features", "--revision", "--force-download"];
 
 #[test]
 fn every_option_that_takes_a_value_names_itself_for_a_negative_number() {
