@@ -149,6 +149,26 @@ impl RepoRef {
         command
     }
 
+    /// Errors ([`Error::InvalidArgument`]) unless the fields are what [`RepoRef::parse`] gives: a
+    /// valid repo id, a revision and a path of plain `/`-separated components (nothing that
+    /// would leave the cache folder).
+    pub fn check(&self) -> Result<()> {
+        let (namespace, name) = match self.repo_id.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, self.repo_id.as_str()),
+        };
+        let id_ok = namespace.is_none_or(valid_part) && valid_part(name) && !name.ends_with(".git");
+        let revision_ok = self.revision.as_deref().is_none_or(plain_relative);
+        let path_ok = self.path.as_deref().is_none_or(plain_relative);
+        if id_ok && revision_ok && path_ok {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{self:?} is not a Hugging Face repo reference: the repo id `namespace/name` (letters, digits, `-`, `_`, \
+             `.`), a revision and a path of plain `/`-separated names"
+        )))
+    }
+
     /// The revision looked up: the one given, else `main`.
     pub fn revision_or_main(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
@@ -277,6 +297,7 @@ impl HubCache {
     /// The commit `repo`'s revision is cached at: a commit hash as it is, a branch or tag read
     /// from `refs/{revision}` (huggingface_hub's `snapshot_download(local_files_only=True)`).
     pub fn commit(&self, repo: &RepoRef) -> Result<String> {
+        repo.check()?;
         let repo_dir = self.repo_dir(&repo.repo_id);
         if !repo_dir.is_dir() {
             return Err(Error::NotCached {

@@ -179,6 +179,11 @@ fn repo_ids_parse_as_the_hub_spells_them() {
     for s in ["org/name@", "org/name@..", "org/name@a%2F..%2Fb", "org/name@%zz"] {
         assert!(matches!(RepoRef::parse(s), Err(Error::InvalidArgument(_))), "{s}");
     }
+    // A reference built by hand is checked before the cache is read: nothing outside it.
+    let hub = HubCache::new("/nonexistent-cache");
+    for bad in [repo("a/../b", None, None), repo("a/b", Some("../../etc"), None), repo("a/b", None, Some("../x"))] {
+        assert!(matches!(hub.resolve(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+    }
     assert_eq!(
         repo("a/b", Some("refs/pr/1"), Some("unet")).download_command(),
         "huggingface-cli download a/b unet --revision refs/pr/1"
