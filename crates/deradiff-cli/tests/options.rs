@@ -153,13 +153,15 @@ fn size_is_checked_first_and_blamed_on_size() {
         let out = run_sample(&dir, "x.png", &["--size", size, "--lambda", "0,1"]);
         assert_fails(&out, 2, &all, &dir, size);
         assert!(!stderr(&out).contains('λ'), "{size}: the size is blamed on λ: {}", stderr(&out));
-        // Before any model is loaded: the same message with a reference that does not exist.
+        // Before any model is loaded: the same message with a reference that does not exist
+        // (spelled as a path: a bare `no-such-checkpoint` is a Hugging Face repo id, refused as
+        // the option is read).
         let args = [
             "sample",
             "--reference",
-            "no-such-checkpoint",
+            "./no-such-checkpoint",
             "--aligned",
-            "no-such-unet",
+            "./no-such-unet",
             "--prompt",
             "x",
             "--size",
