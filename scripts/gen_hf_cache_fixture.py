@@ -277,7 +277,8 @@ def scan(hub: Path) -> dict:
         repos[r.repo_id] = {
             rev.commit_hash: sorted(rev.refs) for rev in sorted(r.revisions, key=lambda rev: rev.commit_hash)
         }
-    return {"repos": repos, "warnings": sorted(str(w) for w in info.warnings)}
+    # The cache's own folder (a temporary one) written as <hub>.
+    return {"repos": repos, "warnings": sorted(str(w).replace(str(hub), "<hub>") for w in info.warnings)}
 
 
 def env_cases() -> list:

@@ -90,11 +90,23 @@ fn snapshots_resolve_as_huggingface_hub_resolves_them() {
             assert_eq!(hub.resolve(&repo(id, Some(commit), None)).unwrap(), snapshot, "{id}@{commit}");
         }
     }
-    // scan_cache_dir's warnings: the missing blob is the one deradiff names, the interrupted
-    // download is the ref deradiff reports.
-    let warnings = manifest["scan_cache_dir"]["warnings"].as_array().unwrap();
-    assert!(warnings.iter().any(|w| w.as_str().unwrap().starts_with("Blob missing (broken symlink)")));
-    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("missing commit hashes")));
+    // scan_cache_dir's warnings are the two problems deradiff reports: the missing blob (the very
+    // path it names) and the ref to a commit without a snapshot.
+    let warnings: Vec<String> = manifest["scan_cache_dir"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().replace("<hub>", hub.dir().to_str().unwrap()))
+        .collect();
+    assert_eq!(warnings.len(), 2);
+    match hub.resolve(&repo("deradiff-test/broken", None, None)) {
+        Err(Error::BrokenCacheLink { blob, .. }) => {
+            assert_eq!(warnings[0], format!("Blob missing (broken symlink): {}", blob.display()))
+        }
+        other => panic!("{other:?}"),
+    }
+    let interrupted = commit("interrupted main");
+    assert!(warnings[1].contains(&format!("{{'{interrupted}': {{'main'}}}}")), "{}", warnings[1]);
 }
 
 #[test]
