@@ -199,13 +199,23 @@ fn nan_and_infinity_are_never_written() {
         rows[1].rewards[0].mean = bad;
         let err = write_results(d.join("r.jsonl"), &s.header, &rows).unwrap_err();
         assert!(matches!(err, Error::NonFiniteReward { .. }), "{err:?}");
+        assert_empty(&d, "a JSON lines file with a non-finite mean");
         let err = write_results_csv(d.join("r.csv"), &s.header.rewards, &rows).unwrap_err();
         assert!(err.to_string().contains("must be finite"), "{err}");
+        assert_empty(&d, "a CSV file with a non-finite mean");
         rows[1].rewards[0].mean = 0.0;
         rows[0].rewards[1].std = bad;
-        assert!(write_results_csv(d.join("r.csv"), &s.header.rewards, &rows).is_err());
+        let err = write_results_csv(d.join("r.csv"), &s.header.rewards, &rows).unwrap_err();
+        assert!(err.to_string().contains("must be finite"), "{err}");
+        assert_empty(&d, "a CSV file with a non-finite std");
     }
-    assert!(!d.join("r.jsonl").exists() && !d.join("r.csv").exists());
+}
+
+/// Panics naming `case` unless the folder `d` holds no file or folder at all (no output, no
+/// temporary file, no lock left behind).
+fn assert_empty(d: &std::path::Path, case: &str) {
+    let left: Vec<_> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "{case}: left {left:?}");
 }
 
 #[test]
@@ -227,6 +237,7 @@ fn products_of_counts_and_batches_are_bounded_before_anything_runs() {
     let reward = AnalyticReward::new("proxy", demo_linear_reward());
     let err = run_sweep(&model, &[&reward], &config, &mut NoSweepObserver).unwrap_err().to_string();
     assert!(err.contains("MAX_WORK_ITEMS"), "{err}");
+    assert_empty(&d, "a sweep of too many work items");
     // A batch too large: refused before the file exists, naming the knobs to turn.
     let lambdas: Vec<f64> = (0..300).map(|l| l as f64 / 100.0).collect();
     let mut config = SweepConfig::new(lambdas, Prompt::seeds([0, 1]), MAX_SAMPLES_PER_PROMPT);
@@ -236,7 +247,7 @@ fn products_of_counts_and_batches_are_bounded_before_anything_runs() {
     let err = run_sweep(&model, &[&reward], &config, &mut NoSweepObserver).unwrap_err().to_string();
     assert!(err.contains("MAX_BATCH_ELEMENTS") && err.contains("max_lambdas_per_batch"), "{err}");
     assert!(!err.contains("--max-batch"), "{err}");
-    assert!(!d.join("sweep.jsonl").exists());
+    assert_empty(&d, "a sweep whose largest batch is too large");
     config.max_lambdas_per_batch = 1;
     assert_eq!(config.largest_batch(), 1);
     assert!(config.check_batch(&[MAX_SAMPLES_PER_PROMPT, 2]).is_ok());

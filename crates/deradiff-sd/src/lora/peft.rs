@@ -28,6 +28,11 @@ use crate::error::{Error, Result};
 /// peft's default `r` and `lora_alpha`.
 const PEFT_DEFAULT: usize = 8;
 
+/// The most entries a `rank_pattern` or `alpha_pattern` may have: each is a regular expression
+/// tried on every adapted layer, and an adapter has at most one entry per layer (SDXL's UNet has
+/// about 2,300 linear and convolution layers).
+const MAX_PATTERN_ENTRIES: usize = 10_000;
+
 /// Where a config was read from, for messages.
 #[derive(Debug, Clone)]
 pub(super) enum ConfigSource {
@@ -188,6 +193,15 @@ impl PeftConfig {
             None => (PEFT_DEFAULT as f64, false),
         };
         let ordered = |k: &str| top.patterns.iter().find(|(key, _)| *key == format!("{prefix}{k}")).map(|(_, o)| o);
+        for field in ["rank_pattern", "alpha_pattern"] {
+            if let Some(o) = ordered(field).filter(|o| o.0.len() > MAX_PATTERN_ENTRIES) {
+                return Err(err(format!(
+                    "`{field}` has {} entries; at most {MAX_PATTERN_ENTRIES} are read (one per adapted layer is the \
+                     most an adapter needs)",
+                    o.0.len()
+                )));
+            }
+        }
         let mut rank_pattern = Vec::new();
         for (key, v) in ordered("rank_pattern").map_or(&[][..], |o| &o.0[..]) {
             let value = rank(&format!("`rank_pattern` entry `{key}`"), v)?;
@@ -300,6 +314,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors_naming_them() {
+        let entries: Vec<String> = (0..10_001).map(|i| format!("\"m{i}\": 4")).collect();
+        let huge = format!("{{\"rank_pattern\": {{{}}}}}", entries.join(", "));
         for (text, prefix, want) in [
             (r#"{"r": 0}"#, "", "`r` is 0"),
             (r#"{"r": 4.5}"#, "", "`r` is 4.5"),
@@ -312,6 +328,7 @@ mod tests {
             (r#"{"use_rslora": "yes"}"#, "", "`use_rslora` is \"yes\""),
             (r#"{"peft_type": "LOHA"}"#, "", "peft_type is \"LOHA\""),
             (r#"{"r": 4, "lora_alpha": 4}"#, "unet.", "no `unet.` entries"),
+            (huge.as_str(), "", "`rank_pattern` has 10001 entries; at most 10000"),
             ("[1, 2]", "", "not a JSON object"),
         ] {
             let e = parse(text, prefix).unwrap_err().to_string();

@@ -200,6 +200,11 @@ impl Snapshot {
         }
     }
 
+    /// The same files less those under `prefix` (what a case was allowed to write).
+    pub fn without(&self, prefix: &Path) -> Self {
+        Self(self.0.iter().filter(|(p, _)| !p.starts_with(prefix)).map(|(p, v)| (p.clone(), *v)).collect())
+    }
+
     /// The number of files.
     pub fn len(&self) -> usize {
         self.0.len()
