@@ -51,6 +51,7 @@ mod batch;
 mod bo;
 mod error;
 mod gp;
+mod images;
 mod merge;
 mod model;
 mod objective;
@@ -70,6 +71,7 @@ pub use bo::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
+pub use images::{lambda_tag, rebase_image_paths, sweep_image_name, IMAGES_DIR};
 pub use merge::{merge_results, sweep_status, FolderStatus, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;

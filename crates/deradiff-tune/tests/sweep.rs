@@ -517,6 +517,7 @@ fn negative_zero_and_zero_are_one_lambda() {
         samples: 1,
         rewards: vec![RewardSummary { name: "r".into(), mean: v, std: 0.0, scores: None }],
         saturation: None,
+        images: Vec::new(),
     };
     let pairs =
         pair_rows(&[row(-0.0, 1.0), row(1.0, 2.0)], &[row(0.0, 1.5), row(1.0, 2.5)], "r", PairBy::LambdaAndPrompt)
