@@ -54,6 +54,7 @@ mod gp;
 mod images;
 mod merge;
 mod model;
+mod report;
 mod objective;
 pub mod plot;
 mod results;
@@ -79,6 +80,7 @@ pub use results::{
     read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
     SweepRow, MAX_RESULTS_FILE_BYTES, RESULTS_FORMAT, RESULTS_VERSION,
 };
+pub use report::{write_report, ReportSummary, REPORT_ASSETS_DIR, REPORT_FILE};
 pub use reward::{AnalyticReward, ManifoldPenalty, TrueReward};
 #[cfg(feature = "sd")]
 pub use sd_model::{Realignment, SdModel, SdSetup};
@@ -86,7 +88,7 @@ pub use spec::{
     prompts_hash, results_file_name, shard_of_file_name, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS,
 };
 pub use stats::{
-    agreement, bootstrap_maes, median, pair_rows, quantile_sorted, AgreementConfig, AgreementStats, PairBy, Pairs,
+    agreement, bootstrap_maes, bootstrap_mean_interval, median, pair_rows, quantile_sorted, AgreementConfig, AgreementStats, PairBy, Pairs,
     Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
