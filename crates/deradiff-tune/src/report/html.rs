@@ -204,9 +204,9 @@ fn sweep_section(h: &mut String, dir: &Path, s: &SweepData) {
         }
         let _ = write!(
             h,
-            "><th class=\"prompt\"><div class=\"ptext\">{}</div><div class=\"meta\">id {} · seed {}{}</div></th>",
+            "><th class=\"prompt\"><div class=\"ptext\">{}</div><div class=\"meta\">{}seed {}{}</div></th>",
             escape(text),
-            escape(e.id),
+            if e.text.is_some_and(|t| t != e.id) { format!("id {} · ", escape(e.id)) } else { String::new() },
             e.seed,
             if gains.is_empty() { String::new() } else { format!(" · gain: {}", gains.join(", ")) }
         );
