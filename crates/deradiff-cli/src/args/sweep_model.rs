@@ -87,6 +87,11 @@ impl SweepModelArgs {
         self.sd.reference.is_some() && self.sd.aligned.is_some()
     }
 
+    /// Whether a reward option is given.
+    pub(crate) fn has_rewards(&self) -> bool {
+        !self.rewards.given().is_empty()
+    }
+
     /// The analytic testbed or Stable Diffusion, by the options given: the products of prompts ×
     /// seeds × `lambdas` × samples are checked before the model is loaded. With `save_images`
     /// (a sweep's `--save-images`) a Stable Diffusion run may have no reward.
@@ -196,10 +201,7 @@ impl SweepModelArgs {
         let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
         if !save_images {
-            self.rewards.require(
-                "a Stable Diffusion sweep with neither a reward nor --save-images produces nothing: give --save-images \
-                 to keep its images (and score them later with deradiff score), and/or a reward",
-            )?;
+            self.rewards.require("give a reward for a Stable Diffusion sweep")?;
         }
         self.sampler.check()?;
         check_models(reference, &[aligned.to_path_buf()])?;

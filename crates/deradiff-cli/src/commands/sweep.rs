@@ -105,6 +105,13 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let shard = shard_of(args.shard.as_deref(), args.shards)?;
     check_at_least_one("--prompts-per-batch", args.prompts_per_batch)?;
+    if args.model.makes_images() && !args.save_images && !args.model.has_rewards() {
+        return Err(CliError::usage(
+            "a Stable Diffusion sweep with neither a reward (--clip, --pickscore, --hps, --aesthetic, \
+             --image-reward) nor --save-images produces nothing: give a reward to score its images, --save-images \
+             to keep them (and score them later with deradiff score), or both",
+        ));
+    }
     if args.save_images && !args.model.makes_images() {
         return Err(CliError::usage(
             "--save-images applies to Stable Diffusion sweeps (the testbed makes no images): give --reference and \

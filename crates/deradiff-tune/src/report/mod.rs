@@ -220,7 +220,8 @@ pub fn write_report(dir: impl AsRef<Path>) -> Result<ReportSummary> {
         }
         if s.rows.iter().all(|r| r.images.is_empty()) {
             notes.push(
-                "this sweep saved no images (run it with --save-images to see them here): the table shows its numbers"
+                "this sweep saved no images (rerun it as deradiff sweep … --save-images to see them here): the table \
+                 shows its numbers"
                     .into(),
             );
         }
