@@ -200,7 +200,10 @@ fn image_only_sweeps_shard_resume_and_merge_with_their_images() {
     let o = deradiff(&["merge", out.to_str().unwrap(), "--out", merged.to_str().unwrap(), "-q"]);
     assert!(o.status.success(), "{}", text(&o));
     let rows = rows(&merged);
-    assert_eq!(images_of(&rows[1]), ["../sweep/images/p0000-s0-l1.000-n0.png", "../sweep/images/p0000-s0-l1.000-n1.png"]);
+    assert_eq!(
+        images_of(&rows[1]),
+        ["../sweep/images/p0000-s0-l1.000-n0.png", "../sweep/images/p0000-s0-l1.000-n1.png"]
+    );
     for row in &rows {
         for image in images_of(row).iter().filter(|i| !i.ends_with(&listed[0][7..])) {
             assert!(dir.join("merged").join(image).is_file(), "{image}");
@@ -214,7 +217,17 @@ fn reports_say_where_no_images_were_saved_and_show_tune_and_compare() {
     // A testbed sweep (no images), compared with itself, and a tuning run.
     let sweep_dir = dir.join("sweep");
     let o = deradiff(&[
-        "sweep", "--lambda-range", "0:1:3", "--prompts", "2", "--steps", "3", "--samples", "16", "-q", "--out",
+        "sweep",
+        "--lambda-range",
+        "0:1:3",
+        "--prompts",
+        "2",
+        "--steps",
+        "3",
+        "--samples",
+        "16",
+        "-q",
+        "--out",
         sweep_dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
@@ -233,7 +246,8 @@ fn reports_say_where_no_images_were_saved_and_show_tune_and_compare() {
     let html = std::fs::read_to_string(compare.join("report.html")).unwrap();
     assert!(html.contains("Bland–Altman bias") && html.contains("src=\"bland_altman.png\""), "{html}");
     let tune = dir.join("tune");
-    let o = deradiff(&["tune", "--budget", "4", "--steps", "3", "--samples", "16", "-q", "--out", tune.to_str().unwrap()]);
+    let o =
+        deradiff(&["tune", "--budget", "4", "--steps", "3", "--samples", "16", "-q", "--out", tune.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let o = deradiff(&["report", tune.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));

@@ -64,11 +64,8 @@ pub fn sweep_image_name(
 /// `path` as seen from the process (absolute, `..` and `.` resolved through the folders that
 /// exist, lexically beyond them).
 fn absolute(path: &Path) -> PathBuf {
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    };
+    let path =
+        if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
     // The longest existing ancestor, canonicalised (symbolic links resolved), then the rest.
     let mut existing = path.as_path();
     let mut rest = Vec::new();

@@ -197,7 +197,9 @@ pub fn reward_interval_png(points: &[IntervalPoint], reward: &str, interval: &st
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart
             .draw_series(
-                points.iter().map(|s| ErrorBar::new_vertical(s.lambda, s.low, s.mean, s.high, BLUE.stroke_width(2), 10)),
+                points
+                    .iter()
+                    .map(|s| ErrorBar::new_vertical(s.lambda, s.low, s.mean, s.high, BLUE.stroke_width(2), 10)),
             )
             .map_err(plot_err(what))?
             .label(interval)

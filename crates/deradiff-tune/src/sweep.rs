@@ -465,7 +465,9 @@ pub(crate) fn compute_rows(
             let (decoded, saturation) = model.decode_with_saturation(latent)?;
             let saturation = saturation.and_then(|s| s.into_iter().reduce(f64::max));
             let images = match images {
-                Some(folder) => save_row_images(model, &decoded, folder, (distinct.0[pi], distinct.1), prompt.seed, lambda)?,
+                Some(folder) => {
+                    save_row_images(model, &decoded, folder, (distinct.0[pi], distinct.1), prompt.seed, lambda)?
+                }
                 None => Vec::new(),
             };
             let mut summaries = Vec::with_capacity(rewards.len());

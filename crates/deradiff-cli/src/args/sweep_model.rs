@@ -194,7 +194,13 @@ impl SweepModelArgs {
     }
 
     /// Stable Diffusion: `reference` and `aligned` on the prompts, with the image rewards.
-    fn build_sd(&self, reference: &Path, aligned: &Path, lambdas: &LambdaCount<'_>, save_images: bool) -> Result<Built> {
+    fn build_sd(
+        &self,
+        reference: &Path,
+        aligned: &Path,
+        lambdas: &LambdaCount<'_>,
+        save_images: bool,
+    ) -> Result<Built> {
         let samples = self.samples.unwrap_or(2);
         let prompts = self.sd.prompts()?;
         let seeds = self.seeds_for(prompts.len(), "--prompt / --prompts-file", lambdas, samples)?;

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use deradiff_core::io::{path_kind, PathKind};
-use deradiff_tune::{lambda_summaries, merge_results, rebase_image_paths, shard_of_file_name, write_results, write_results_csv, Merged};
+use deradiff_tune::{
+    lambda_summaries, merge_results, rebase_image_paths, shard_of_file_name, write_results, write_results_csv, Merged,
+};
 
 use crate::error::{CliError, Result};
 use crate::guard::{check_out_file, check_outputs, lock_dir};

@@ -338,7 +338,11 @@ fn compare_section(h: &mut String, c: &CompareData) {
     ];
     for (name, stat) in rows {
         let pct = stat.percent.map_or("—".into(), |p| format!("{p:.3} %"));
-        let _ = writeln!(h, "<tr><th>{name}</th><td class=\"num\">{}</td><td class=\"num\">{pct}</td></tr>", num(stat.value));
+        let _ = writeln!(
+            h,
+            "<tr><th>{name}</th><td class=\"num\">{}</td><td class=\"num\">{pct}</td></tr>",
+            num(stat.value)
+        );
     }
     h.push_str("</tbody>\n</table>\n<div class=\"curves\">\n");
     for f in &c.figures {
@@ -353,7 +357,10 @@ mod tests {
 
     #[test]
     fn escapes_markup_and_quotes_and_encodes_paths() {
-        assert_eq!(escape("<script>alert('x')</script> & \"q\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;");
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
         assert_eq!(escape("ünï 🙂"), "ünï 🙂");
         assert_eq!(src("images/p0000-s1-l0.500.png"), "images/p0000-s1-l0.500.png");
         assert_eq!(src("../a b/#x?.png"), "../a%20b/%23x%3F.png");
