@@ -7,27 +7,36 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Runs the binary under test.
 fn deradiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deradiff")).args(args).output().expect("the deradiff binary runs")
 }
 
+/// Its stdout and stderr.
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    [&o.stdout, &o.stderr].map(|b| String::from_utf8_lossy(b).into_owned()).concat()
+}
+
+/// A test fixture of another crate of the workspace (`deradiff-sd`, `deradiff-tune`).
+fn fixture_of(krate: &str, name: &str) -> String {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    crates.join(krate).join("tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
 fn fixture(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-sd/tests/fixtures").join(name);
-    p.to_str().unwrap().to_string()
+    fixture_of("deradiff-sd", name)
 }
 
 fn tune_fixture(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deradiff-tune/tests/fixtures").join(name);
-    p.to_str().unwrap().to_string()
+    fixture_of("deradiff-tune", name)
 }
 
+/// A new, empty folder for one test.
 fn out_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
