@@ -218,6 +218,11 @@ fn image_only_sweeps_shard_resume_and_merge_with_their_images() {
             assert!(dir.join("merged").join(image).is_file(), "{image}");
         }
     }
+    // Its report, beside it, finds the images by those paths.
+    let o = deradiff(&["report", merged.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("4 sweep rows, 7 images"), "{}", text(&o));
+    let html = std::fs::read_to_string(dir.join("merged/report.html")).unwrap();
+    assert!(html.contains("src=\"../sweep/images/p0001-s1-l1.000-n1.png\""));
 }
 
 #[test]

@@ -25,7 +25,7 @@ mod html;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::images::rebase_image_paths;
+use crate::images::{folder_of, rebase_image_paths};
 use crate::merge::merge_results;
 use crate::plot::{reward_interval_png, IntervalPoint};
 use crate::results::{read_results, SweepHeader, SweepRow};
@@ -157,28 +157,39 @@ fn write_curves(sweep: &mut SweepData, assets: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the report of the results folder `dir` (see the module docs): `dir/report.html` and
-/// its figures in `dir/report_files/`, each written atomically. An error when `dir` holds none of
-/// a sweep's results (`sweep.jsonl` or shard files), `bo.json` or `agreement.json`.
-pub fn write_report(dir: impl AsRef<Path>) -> Result<ReportSummary> {
-    let dir = dir.as_ref();
+/// Writes the report of the results folder `path` (see the module docs): `path/report.html` and
+/// its figures in `path/report_files/`, each written atomically. An error when the folder holds
+/// none of a sweep's results (`sweep.jsonl` or shard files), `bo.json` or `agreement.json`.
+///
+/// `path` may also be one results file (a merged file written under another name, `merge --out
+/// all.jsonl`): its sweep alone is reported, in `report.html` beside it.
+pub fn write_report(path: impl AsRef<Path>) -> Result<ReportSummary> {
+    let path = path.as_ref();
+    let (dir, file) = if path.is_file() { (folder_of(path), Some(path)) } else { (path, None) };
     if !dir.is_dir() {
         return Err(Error::InvalidArgument(format!(
-            "{} is not a folder: give the output folder of a sweep, merge, tune or compare",
+            "{} is not a folder: give the output folder of a sweep, merge, tune or compare (or a results file)",
             dir.display()
         )));
     }
     let mut notes = Vec::new();
-    let mut sweep = load_sweep(dir, &mut notes)?;
+    let mut sweep = match file {
+        Some(f) => {
+            let results = read_results(f)?;
+            let source = f.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            Some(SweepData { header: results.header, rows: results.rows, source, curves: Vec::new() })
+        }
+        None => load_sweep(dir, &mut notes)?,
+    };
     let tune = match dir.join("bo.json") {
-        p if p.exists() => {
+        p if file.is_none() && p.exists() => {
             let trace = dir.join("bo_trace.png").is_file().then(|| "bo_trace.png".to_string());
             Some(TuneData { bo: read_json(&p)?, trace })
         }
         _ => None,
     };
     let compare = match dir.join("agreement.json") {
-        p if p.exists() => {
+        p if file.is_none() && p.exists() => {
             let stats: AgreementStats = serde_json::from_value(read_json(&p)?).map_err(|e| {
                 Error::InvalidArgument(format!("{} is not the agreement.json compare writes: {e}", p.display()))
             })?;
