@@ -103,7 +103,7 @@ fn saved_images_are_the_scored_ones_and_the_report_escapes_prompts() {
     assert_eq!(names[0], ["images/p0000-s0-l-0.500-n0.png", "images/p0000-s0-l-0.500-n1.png"]);
     assert_eq!(names[3], ["images/p0001-s1-l1.000-n0.png", "images/p0001-s1-l1.000-n1.png"]);
     // `deradiff score` on the saved files, in file-name order (prompt, then λ, then sample): each
-    // row's pair of scores has the row's mean and SD.
+    // row's pair of scores has the row's mean and SD, exactly.
     let mut files: Vec<(String, usize)> = Vec::new();
     for (r, row) in rows.iter().enumerate() {
         files.extend(images_of(row).into_iter().map(|f| (f, r)));
@@ -137,11 +137,12 @@ fn saved_images_are_the_scored_ones_and_the_report_escapes_prompts() {
             .filter(|((_, fr), _)| *fr == r)
             .map(|(_, v)| v["pickscore"].as_f64().unwrap())
             .collect();
-        let (mean, sd) = ((s[0] + s[1]) / 2.0, (s[0] - s[1]).abs() / 2f64.sqrt());
+        // Mean and sample SD as a sweep computes them: bit for bit the row's.
+        let mean = s.iter().sum::<f64>() / 2.0;
+        let sd = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>().sqrt(); // n − 1 = 1
         let reward = &row["rewards"][0];
-        let tolerance = 1e-9 * mean.abs().max(1.0);
-        assert!((reward["mean"].as_f64().unwrap() - mean).abs() <= tolerance, "row {r}: {reward} vs {s:?}");
-        assert!((reward["std"].as_f64().unwrap() - sd).abs() <= tolerance, "row {r}: {reward} vs {s:?}");
+        assert_eq!(reward["mean"].as_f64(), Some(mean), "row {r}: {reward} vs {s:?}");
+        assert_eq!(reward["std"].as_f64(), Some(sd), "row {r}: {reward} vs {s:?}");
     }
     // The report: every prompt escaped, the images referenced relatively, the curves drawn.
     let o = deradiff(&["report", out.to_str().unwrap()]);
