@@ -364,5 +364,8 @@ mod tests {
         assert_eq!(escape("ünï 🙂"), "ünï 🙂");
         assert_eq!(src("images/p0000-s1-l0.500.png"), "images/p0000-s1-l0.500.png");
         assert_eq!(src("../a b/#x?.png"), "../a%20b/%23x%3F.png");
+        // A hostile path in a results file stays a path: no scheme, no attribute break-out.
+        assert_eq!(src("javascript:alert(1)"), "javascript%3Aalert%281%29");
+        assert_eq!(src("x\" onerror=\"alert(1)"), "x%22%20onerror%3D%22alert%281%29");
     }
 }
