@@ -608,6 +608,7 @@ fn a_report_of_a_sweep_without_images_escapes_its_prompts_and_shows_its_numbers(
     // Exactly one script (the page's own) and no address outside the folder.
     assert_eq!(html.matches("<script").count(), 1);
     assert!(!html.contains("http:") && !html.contains("https:") && !html.contains("src=\"/"));
+    assert!(html.contains("content=\"default-src 'none'; img-src 'self' file:;"), "a policy that fetches nothing");
     assert!(dir.join(REPORT_ASSETS_DIR).join("reward_0.png").is_file());
     // The prompt-length reward's gain per prompt: the same at every λ, 0.
     assert!(html.contains("data-gain-0=\"0e0\""), "gains are written");

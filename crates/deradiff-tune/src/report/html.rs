@@ -64,7 +64,9 @@ pub(crate) fn page(
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" \
-         content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n\
+         content=\"width=device-width, initial-scale=1\">\n<meta http-equiv=\"Content-Security-Policy\" \
+         content=\"default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src \
+         'unsafe-inline'\">\n<title>{}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n\
          <h1>deradiff report</h1>\n<p class=\"source\">{}</p>\n",
         escape(&title),
         escape(&dir.display().to_string())

@@ -4,7 +4,8 @@
 //! [`write_report`] writes `report.html` into the folder, with its figures in `report_files/`
 //! beside it; it references the sweep's saved images ([`SweepRow::images`]) and the figures the
 //! commands wrote (`bo_trace.png`, `bland_altman.png`, `abs_error_ecdf.png`) by relative paths, so
-//! the page opens from disk with no server and no network (no script or style from elsewhere).
+//! the page opens from disk with no server and no network (no script or style from elsewhere; its
+//! Content-Security-Policy allows nothing but its inline style and script and local images).
 //!
 //! * A sweep: its prompts as rows and its λ values as columns, each cell the row's images (or its
 //!   numbers where the sweep saved none) with its rewards; a reward-vs-λ curve per reward with a
