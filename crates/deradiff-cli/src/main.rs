@@ -3,7 +3,8 @@
 //! `deradiff demo` runs the realignment study on the exact analytic testbed (a built-in 2-D
 //! Gaussian mixture) and writes its table (CSV, JSON) and figures (PNG); `deradiff sample`
 //! realigns Stable Diffusion checkpoints and writes PNGs; `sweep`, `tune`, `compare`, `merge`,
-//! `status`, `score` and `extract-lora` find and evaluate λ.
+//! `status`, `score` and `extract-lora` find and evaluate λ; `report` shows a results folder as a
+//! web page.
 //!
 //! This file parses the command line and dispatches: each subcommand lives in
 //! `commands/<name>.rs` (its options and its `run`), the option groups they share in `args/`.
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{compare, demo, extract_lora, merge, sample, score, status, sweep, tune};
+use crate::commands::{compare, demo, extract_lora, merge, report, sample, score, status, sweep, tune};
 use crate::error::Result;
 
 /// Denoising-time realignment of diffusion models (DeRaDiff).
@@ -80,6 +81,11 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Progress of the sweeps in an output folder, across their shards.
     Status(status::StatusArgs),
+    /// A static HTML report of an output folder (report.html, opening from disk, no network): a
+    /// sweep's prompts × λ as images (--save-images) with their rewards, reward-vs-λ curves with
+    /// bootstrap intervals, filter and sort; a tune run's evaluations and posterior; a compare's
+    /// agreement statistics and Bland–Altman plot.
+    Report(report::ReportArgs),
     /// Extract a LoRA from a full aligned UNet: per layer, the truncated SVD of the weight
     /// difference to the reference at --rank, written as a diffusers-layout LoRA that
     /// `--aligned` (and diffusers' load_lora_weights) loads; prints each layer's relative
@@ -101,6 +107,7 @@ fn run(command: Command) -> Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Status(args) => status::run(args),
+        Command::Report(args) => report::run(args),
         Command::ExtractLora(args) => extract_lora::run(args),
         Command::Score(args) => score::run(args),
     }

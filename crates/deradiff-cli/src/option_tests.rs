@@ -10,7 +10,8 @@ use clap::error::ErrorKind;
 use super::command;
 
 /// The subcommands, as the command line spells them.
-const ALL: [&str; 9] = ["demo", "sample", "sweep", "tune", "compare", "merge", "status", "extract-lora", "score"];
+const ALL: [&str; 10] =
+    ["demo", "sample", "sweep", "tune", "compare", "merge", "status", "report", "extract-lora", "score"];
 
 /// The mark of a mention in advice that names its command (`deradiff sweep … --overwrite`).
 const OTHER: &str = "deradiff ";
@@ -70,7 +71,7 @@ fn printed_by(file: &str, function: &str) -> Option<Vec<&'static str>> {
         ("grid.rs", "sweep_lambdas" | "parse_range") => vec!["sweep"],
         ("grid.rs", "target_betas") => vec!["demo"],
         ("grid.rs", "parse_seeds") => sweeps,
-        ("output.rs" | "guard.rs", _) => ALL.iter().copied().filter(|c| *c != "status").collect(),
+        ("output.rs" | "guard.rs", _) => ALL.iter().copied().filter(|c| !matches!(*c, "status" | "report")).collect(),
         ("shards.rs", _) => vec!["sweep"],
         ("deradiff-rewards/src/prompts/mod.rs" | "deradiff-rewards/src/prompts/tree.rs", _) => with_rewards,
         ("deradiff-tune/src/spec.rs", _) => vec!["sweep"],

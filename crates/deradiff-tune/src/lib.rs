@@ -51,10 +51,12 @@ mod batch;
 mod bo;
 mod error;
 mod gp;
+mod images;
 mod merge;
 mod model;
 mod objective;
 pub mod plot;
+mod report;
 mod results;
 mod reward;
 #[cfg(feature = "sd")]
@@ -70,9 +72,11 @@ pub use bo::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
+pub use images::{lambda_tag, rebase_image_paths, sweep_image_name, IMAGES_DIR};
 pub use merge::{merge_results, sweep_status, FolderStatus, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
+pub use report::{write_report, ReportSummary, REPORT_ASSETS_DIR, REPORT_FILE};
 pub use results::{
     read_results, write_results, write_results_csv, IfExists, ResultsFile, RewardSummary, SweepHeader, SweepOutput,
     SweepRow, MAX_RESULTS_FILE_BYTES, RESULTS_FORMAT, RESULTS_VERSION,
@@ -84,8 +88,8 @@ pub use spec::{
     prompts_hash, results_file_name, shard_of_file_name, spec_hash, Shard, SweepSpec, WorkItem, MAX_SHARDS,
 };
 pub use stats::{
-    agreement, bootstrap_maes, median, pair_rows, quantile_sorted, AgreementConfig, AgreementStats, PairBy, Pairs,
-    Stat, MAX_BOOTSTRAP,
+    agreement, bootstrap_maes, bootstrap_mean_interval, median, pair_rows, quantile_sorted, AgreementConfig,
+    AgreementStats, PairBy, Pairs, Stat, MAX_BOOTSTRAP,
 };
 pub use sweep::{
     check_lambdas, check_sweep_size, lambda_summaries, run_sweep, LambdaSummary, NoSweepObserver, SweepConfig,

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::images::{folder_of, rebase_image_paths};
 use crate::results::{is_results_file, read_results, ResultsFile, SweepHeader, SweepRow};
 use crate::spec::{shard_of_file_name, Shard, SweepSpec};
 
@@ -18,8 +19,12 @@ use crate::spec::{shard_of_file_name, Shard, SweepSpec};
 pub struct Merged {
     /// The merged header: the shards' own, without a shard.
     pub header: SweepHeader,
-    /// Every row, in work-item order (an unsharded run's order).
+    /// Every row, in work-item order (an unsharded run's order). Their image paths
+    /// ([`SweepRow::images`]) are relative to [`Merged::folder`].
     pub rows: Vec<SweepRow>,
+    /// The folder the rows' image paths are relative to: the first file's. Writing the rows
+    /// into another folder, rebase them first ([`rebase_image_paths`](crate::rebase_image_paths)).
+    pub folder: PathBuf,
     /// The items no file has a row for (empty unless partial merges are allowed).
     pub missing: Vec<MissingItem>,
 }
@@ -153,11 +158,18 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
             }
         }
     }
+    let folder = folder_of(first_path);
     let mut rows = Vec::with_capacity(by_item.len());
     let mut missing = Vec::new();
     for item in spec.items() {
         match by_item.remove(&item.index) {
-            Some((row, _)) => rows.push(row),
+            Some((mut row, path)) => {
+                let from = folder_of(&path);
+                if from != folder {
+                    rebase_image_paths(std::slice::from_mut(&mut row), from, folder);
+                }
+                rows.push(row)
+            }
             None => {
                 let p = &spec.prompts[item.prompt];
                 missing.push(MissingItem {
@@ -176,7 +188,7 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
     }
     let mut header = first.header.clone();
     header.shard = None;
-    Ok(Merged { header, rows, missing })
+    Ok(Merged { header, rows, missing, folder: folder.to_path_buf() })
 }
 
 /// Progress of one sweep over the shard files found for it.

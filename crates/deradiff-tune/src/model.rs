@@ -153,6 +153,14 @@ pub trait SweepModel {
         Ok((self.decode(latents)?, None))
     }
 
+    /// The samples of [`SweepModel::decode`] as PNG files (8-bit RGB, one per sample): exactly
+    /// the images the image rewards score (they make decoded samples 8-bit first). `None`, the
+    /// default, where samples are not images (the analytic testbed).
+    fn png_images(&self, decoded: &Tensor) -> Result<Option<Vec<Vec<u8>>>> {
+        let _ = decoded;
+        Ok(None)
+    }
+
     /// Denoiser `index` (of [`SweepModel::denoisers`], or the one of
     /// [`SweepModel::weight_space_denoiser`] when `weight_space`) in words, with its file, for
     /// an error about its output; `None` (the default) leaves the index in the error.

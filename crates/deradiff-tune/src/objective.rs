@@ -85,6 +85,7 @@ impl<'a> SweepObjective<'a> {
             false,
             None,
             &HashSet::new(),
+            None,
             &mut NoSweepObserver,
             &mut on_row,
         )?;

@@ -147,45 +147,65 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition, 
 /// Mean reward against λ with error bars (± `z` standard errors, e.g. 1.96 for 95 %), the best
 /// λ marked. `reward` names the y axis.
 pub fn reward_vs_lambda_png(summaries: &[LambdaSummary], reward: &str, z: f64, title: &str) -> Result<Vec<u8>> {
+    if !(z.is_finite() && z >= 0.0) {
+        return Err(Error::Plot {
+            what: "reward_vs_lambda.png".into(),
+            detail: format!("the error-bar multiplier {z} is not ≥ 0"),
+        });
+    }
+    let points: Vec<IntervalPoint> = summaries
+        .iter()
+        .map(|s| IntervalPoint { lambda: s.lambda, mean: s.mean, low: s.mean - z * s.sem, high: s.mean + z * s.sem })
+        .collect();
+    reward_interval_png(&points, reward, &format!("± {z} standard errors"), title)
+}
+
+/// A mean and an interval around it at one λ (see [`reward_interval_png`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntervalPoint {
+    /// λ.
+    pub lambda: f64,
+    /// The mean reward.
+    pub mean: f64,
+    /// The interval's lower end.
+    pub low: f64,
+    /// The interval's upper end.
+    pub high: f64,
+}
+
+/// Mean reward against λ with an interval at each λ (`interval` says what it is: "± 1.96
+/// standard errors", "95 % bootstrap interval"), the best λ marked. `reward` names the y axis.
+pub fn reward_interval_png(points: &[IntervalPoint], reward: &str, interval: &str, title: &str) -> Result<Vec<u8>> {
     let what = "reward_vs_lambda.png";
     ensure_font()?;
-    if summaries.is_empty() {
+    if points.is_empty() {
         return Err(Error::Plot { what: what.into(), detail: "no λ to plot".into() });
     }
-    if !(z.is_finite() && z >= 0.0) {
-        return Err(Error::Plot { what: what.into(), detail: format!("the error-bar multiplier {z} is not ≥ 0") });
-    }
-    finite_all(what, summaries.iter().flat_map(|s| [s.lambda, s.mean, s.sem]))?;
-    let x = padded(summaries.iter().map(|s| s.lambda), 0.05, 0.05)?;
-    let y =
-        room(padded(summaries.iter().flat_map(|s| [s.mean - z * s.sem, s.mean + z * s.sem]), 0.08, 1e-6)?, 0.3, 0.0)?;
-    let best = summaries.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map(|s| (s.lambda, s.mean));
+    finite_all(what, points.iter().flat_map(|s| [s.lambda, s.mean, s.low, s.high]))?;
+    let x = padded(points.iter().map(|s| s.lambda), 0.05, 0.05)?;
+    let y = room(padded(points.iter().flat_map(|s| [s.low, s.high, s.mean]), 0.08, 1e-6)?, 0.3, 0.0)?;
+    let best = points.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map(|s| (s.lambda, s.mean));
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(what))?;
         let mut chart = new_chart(&root, title, x, y, "λ", &format!("mean {reward}"), what)?;
         chart
-            .draw_series(LineSeries::new(summaries.iter().map(|s| (s.lambda, s.mean)), BLUE.stroke_width(2)))
+            .draw_series(LineSeries::new(points.iter().map(|s| (s.lambda, s.mean)), BLUE.stroke_width(2)))
             .map_err(plot_err(what))?
             .label(format!("mean {reward} over prompts"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart
-            .draw_series(summaries.iter().map(|s| {
-                ErrorBar::new_vertical(
-                    s.lambda,
-                    s.mean - z * s.sem,
-                    s.mean,
-                    s.mean + z * s.sem,
-                    BLUE.stroke_width(2),
-                    10,
-                )
-            }))
+            .draw_series(
+                points
+                    .iter()
+                    .map(|s| ErrorBar::new_vertical(s.lambda, s.low, s.mean, s.high, BLUE.stroke_width(2), 10)),
+            )
             .map_err(plot_err(what))?
-            .label(format!("± {z} standard errors"))
+            .label(interval)
             .legend(|(x, y)| PathElement::new(vec![(x + 10, y - 6), (x + 10, y + 6)], BLUE.stroke_width(2)));
         chart
-            .draw_series(summaries.iter().map(|s| Circle::new((s.lambda, s.mean), 4, BLUE.filled())))
+            .draw_series(points.iter().map(|s| Circle::new((s.lambda, s.mean), 4, BLUE.filled())))
             .map_err(plot_err(what))?;
         if let Some((bl, bm)) = best {
             chart

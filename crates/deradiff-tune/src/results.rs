@@ -111,6 +111,13 @@ pub struct SweepRow {
     /// in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saturation: Option<f64>,
+    /// The row's images as PNG files (one per sample, in sample order), where the sweep saved
+    /// them ([`SweepConfig::save_images`](crate::SweepConfig::save_images)): paths relative to
+    /// the results file's folder (`images/p0003-s42-l0.500.png`, see
+    /// [`sweep_image_name`](crate::sweep_image_name)). Empty, and absent from the JSON, where no
+    /// images were saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 impl SweepRow {

@@ -371,6 +371,13 @@ impl SweepModel for SdModel {
         Ok((raw.clamp(-1.0, 1.0)?, Some(saturation)))
     }
 
+    /// Each decoded image rounded to 8 bits as diffusers' post-processing does
+    /// ([`deradiff_sd::RgbImage::from_tensor`], what the image rewards score), as PNG.
+    fn png_images(&self, decoded: &Tensor) -> Result<Option<Vec<Vec<u8>>>> {
+        let images = deradiff_sd::RgbImage::from_tensor(decoded)?;
+        Ok(Some(images.iter().map(|i| i.encode_png()).collect::<std::result::Result<_, _>>()?))
+    }
+
     fn describe_model(&self, index: usize, weight_space: bool) -> Option<String> {
         Some(match (weight_space, self.sd.lora_adapters().first()) {
             (true, Some(adapter)) => format!(

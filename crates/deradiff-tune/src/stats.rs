@@ -55,6 +55,27 @@ impl SplitMix64 {
     }
 }
 
+/// A percentile bootstrap interval of the mean of `values` (`confidence`, e.g. 0.95: the 2.5th
+/// and 97.5th percentiles of `resamples` resampled means), seeded for reproducibility. One value
+/// (or none resampled) gives the mean at both ends; no values give `None`.
+pub fn bootstrap_mean_interval(values: &[f64], resamples: usize, seed: u64, confidence: f64) -> Option<(f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n == 1 || resamples == 0 {
+        return Some((mean, mean));
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut means: Vec<f64> = (0..resamples.min(MAX_BOOTSTRAP))
+        .map(|_| (0..n).map(|_| values[rng.index(n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let tail = ((1.0 - confidence.clamp(0.0, 1.0)) / 2.0).max(0.0);
+    Some((quantile_sorted(&means, tail), quantile_sorted(&means, 1.0 - tail)))
+}
+
 /// Settings of [`agreement`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AgreementConfig {

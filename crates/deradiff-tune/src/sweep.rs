@@ -23,13 +23,16 @@
 //! starts, then appended to.
 
 use std::collections::HashSet;
+use std::path::Path;
 
+use candle_core::Tensor;
 use deradiff_core::{Realigner, SeededNoise};
 use deradiff_rewards::{score_checked, Reward};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchStep, BatchedSampler};
 use crate::error::{Error, Result};
+use crate::images::{sweep_image_name, IMAGES_DIR};
 use crate::model::{check_prompts, Prompt, SweepModel};
 use crate::results::{
     ResultsWriter, RewardSummary, SweepHeader, SweepOutput, SweepRow, RESULTS_FORMAT, RESULTS_VERSION,
@@ -57,6 +60,12 @@ pub struct SweepConfig {
     pub output: Option<SweepOutput>,
     /// Compute only this shard's work items (`None`: all of them); see [`Shard`].
     pub shard: Option<Shard>,
+    /// Save each row's images as PNG files in the folder [`IMAGES_DIR`](crate::IMAGES_DIR)
+    /// beside the results file, named by [`sweep_image_name`](crate::sweep_image_name) and
+    /// listed in [`SweepRow::images`]: the very 8-bit images the rewards score. Needs an
+    /// [`output`](Self::output) and a model that makes images
+    /// ([`SweepModel::png_images`]); with it the sweep may have no reward at all.
+    pub save_images: bool,
 }
 
 impl SweepConfig {
@@ -72,6 +81,7 @@ impl SweepConfig {
             keep_scores: false,
             output: None,
             shard: None,
+            save_images: false,
         }
     }
 
@@ -86,6 +96,11 @@ impl SweepConfig {
         check_prompts(&self.prompts)?;
         if self.samples_per_prompt == 0 {
             return Err(Error::InvalidArgument("samples per prompt must be at least 1".into()));
+        }
+        if self.save_images && self.output.is_none() {
+            return Err(Error::InvalidArgument(
+                "save_images writes the images beside the results file: give the sweep an output".into(),
+            ));
         }
         if self.samples_per_prompt > MAX_SAMPLES_PER_PROMPT {
             return Err(Error::InvalidArgument(format!(
@@ -308,9 +323,13 @@ pub fn lambda_summaries(rows: &[SweepRow], reward: &str) -> Result<Vec<LambdaSum
     Ok(out)
 }
 
-fn check_rewards(rewards: &[&dyn Reward]) -> Result<Vec<String>> {
-    if rewards.is_empty() {
-        return Err(Error::InvalidArgument("no rewards: give at least one reward to score the samples".into()));
+fn check_rewards(rewards: &[&dyn Reward], save_images: bool) -> Result<Vec<String>> {
+    if rewards.is_empty() && !save_images {
+        return Err(Error::InvalidArgument(
+            "no rewards and no images saved: a sweep with neither produces nothing; give at least one reward to \
+             score the samples, or set save_images"
+                .into(),
+        ));
     }
     let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
     for (i, n) in names.iter().enumerate() {
@@ -330,7 +349,9 @@ fn check_rewards(rewards: &[&dyn Reward]) -> Result<Vec<String>> {
 /// finishes. Prompts are taken `prompts_per_batch` at a time (at least one): their missing λ
 /// values form the groups of one batch (each prompt with its own noise stream, see
 /// [`BatchedSampler::run_streams`]), split into batches of at most `max_batch` groups when
-/// `max_batch` is not 0. Rows come out prompt-major, λ in grid order.
+/// `max_batch` is not 0. Rows come out prompt-major, λ in grid order. With `images` (a folder
+/// and the path the rows name it by), each row's images are written there as PNG files before
+/// the row is reported.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn compute_rows(
     model: &dyn SweepModel,
@@ -342,10 +363,12 @@ pub(crate) fn compute_rows(
     keep_scores: bool,
     shard: Option<Shard>,
     done: &HashSet<(u64, String, u64)>,
+    images: Option<(&Path, &str)>,
     observer: &mut dyn SweepObserver,
     on_row: &mut dyn FnMut(SweepRow, &mut dyn SweepObserver) -> Result<()>,
 ) -> Result<()> {
     let scheduler = model.scheduler();
+    let distinct = distinct_prompt_indices(prompts);
     let shape = model.latent_shape(samples)?;
     let (dtype, device) = (model.dtype(), model.device());
     // Every missing (prompt index, λ) in order.
@@ -441,6 +464,12 @@ pub(crate) fn compute_rows(
             let prompt_texts = prompt.text.as_ref().map(|_| text.as_slice());
             let (decoded, saturation) = model.decode_with_saturation(latent)?;
             let saturation = saturation.and_then(|s| s.into_iter().reduce(f64::max));
+            let images = match images {
+                Some(folder) => {
+                    save_row_images(model, &decoded, folder, (distinct.0[pi], distinct.1), prompt.seed, lambda)?
+                }
+                None => Vec::new(),
+            };
             let mut summaries = Vec::with_capacity(rewards.len());
             for reward in rewards {
                 let context = format!("λ = {lambda}, prompt {:?}", prompt.id);
@@ -455,11 +484,54 @@ pub(crate) fn compute_rows(
                 samples,
                 rewards: summaries,
                 saturation,
+                images,
             };
             on_row(row, observer)?;
         }
     }
     Ok(())
+}
+
+/// Per prompt entry, the index of its prompt among the distinct prompt ids (entries of one
+/// prompt with several seeds share it), and the number of distinct prompts.
+fn distinct_prompt_indices(prompts: &[Prompt]) -> (Vec<usize>, usize) {
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let indices = prompts
+        .iter()
+        .map(|p| {
+            let next = ids.len();
+            *ids.entry(p.id.as_str()).or_insert(next)
+        })
+        .collect();
+    (indices, ids.len())
+}
+
+/// Writes the images of one row (`decoded`, one per sample) as PNG files into `folder.0`, named
+/// by [`sweep_image_name`]; their paths as the row lists them (under `folder.1`).
+fn save_row_images(
+    model: &dyn SweepModel,
+    decoded: &Tensor,
+    (dir, name): (&Path, &str),
+    (prompt_index, prompts): (usize, usize),
+    seed: u64,
+    lambda: f64,
+) -> Result<Vec<String>> {
+    let pngs = model.png_images(decoded)?.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{} makes no images: saving images applies to image models (Stable Diffusion)",
+            model.describe()
+        ))
+    })?;
+    let samples = pngs.len();
+    pngs.iter()
+        .enumerate()
+        .map(|(k, png)| {
+            let file = sweep_image_name(prompt_index, prompts, seed, &[lambda], k, samples);
+            let path = dir.join(&file);
+            deradiff_core::io::write_atomic(&path, png).map_err(Error::io(&path))?;
+            Ok(format!("{name}/{file}"))
+        })
+        .collect()
 }
 
 /// A model's non-finite output as [`Error::NonFiniteOutput`] when `model` can name it.
@@ -504,7 +576,7 @@ pub fn run_sweep(
     observer: &mut dyn SweepObserver,
 ) -> Result<SweepResult> {
     config.validate()?;
-    let names = check_rewards(rewards)?;
+    let names = check_rewards(rewards, config.save_images)?;
     // The batch size is known from the model: refused before the results file is touched.
     config.check_batch(&model.latent_shape(config.samples_per_prompt)?)?;
     let header = SweepHeader {
@@ -521,6 +593,10 @@ pub fn run_sweep(
     let mut writer = match &config.output {
         Some(out) => Some(ResultsWriter::open(out, &header, &config.prompts)?),
         None => None,
+    };
+    let images = match (&config.output, config.save_images) {
+        (Some(out), true) => Some((crate::images::folder_of(&out.jsonl).join(IMAGES_DIR), IMAGES_DIR.to_string())),
+        _ => None,
     };
     let mut rows = writer.as_ref().map(|w| w.existing.clone()).unwrap_or_default();
     let resumed = rows.len();
@@ -550,6 +626,7 @@ pub fn run_sweep(
         config.keep_scores,
         config.shard,
         &done_keys,
+        images.as_ref().map(|(dir, name)| (dir.as_path(), name.as_str())),
         observer,
         &mut on_row,
     )?;

@@ -63,6 +63,7 @@ fn synthetic(prompts: usize, lambdas: usize, seeds: u64) -> Synthetic {
                     RewardSummary { name: "s".into(), mean: -v * 1e3, std: 0.5, scores: None },
                 ],
                 saturation: None,
+                images: Vec::new(),
             }
         })
         .collect();

@@ -517,6 +517,7 @@ fn negative_zero_and_zero_are_one_lambda() {
         samples: 1,
         rewards: vec![RewardSummary { name: "r".into(), mean: v, std: 0.0, scores: None }],
         saturation: None,
+        images: Vec::new(),
     };
     let pairs =
         pair_rows(&[row(-0.0, 1.0), row(1.0, 2.0)], &[row(0.0, 1.5), row(1.0, 2.5)], "r", PairBy::LambdaAndPrompt)
@@ -560,4 +561,59 @@ fn statistics_and_plots_of_huge_values_are_typed_errors() {
     ];
     let err = deradiff_tune::plot::reward_vs_lambda_png(&summaries, "r", 1.96, "t").unwrap_err();
     assert!(matches!(err, Error::Plot { .. }), "{err:?}");
+}
+
+#[test]
+fn saving_images_needs_an_image_model_and_an_output_and_stands_in_for_rewards() {
+    let m = model(SchedulerKind::Ddpm, 2);
+    let reward = AnalyticReward::new("proxy", demo_linear_reward());
+    // Neither a reward nor images: nothing would come of it.
+    let e = run_sweep(&m, &[], &SweepConfig::new(vec![0.5], Prompt::seeds([1]), 4), &mut NoSweepObserver);
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("no rewards and no images") && e.contains("save_images"), "{e}");
+    // Images need the results file's folder.
+    let mut config = SweepConfig::new(vec![0.5], Prompt::seeds([1]), 4);
+    config.save_images = true;
+    let e = run_sweep(&m, &[&reward], &config, &mut NoSweepObserver).unwrap_err().to_string();
+    assert!(e.contains("give the sweep an output"), "{e}");
+    // The testbed's samples are points, not images: refused before a row is written.
+    let path = tmp("images.jsonl");
+    config.output = Some(SweepOutput::jsonl(&path));
+    let e = run_sweep(&m, &[], &config, &mut NoSweepObserver).unwrap_err().to_string();
+    assert!(e.contains("makes no images"), "{e}");
+    assert_eq!(read_results(&path).unwrap().rows.len(), 0);
+}
+
+#[test]
+fn a_report_of_a_sweep_without_images_escapes_its_prompts_and_shows_its_numbers() {
+    let m = model(SchedulerKind::Ddpm, 2);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("deradiff-tune-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let huge = "ü<i>".repeat(20_000);
+    let prompts = vec![
+        Prompt::text("p1", "<script>alert(1)</script>", 1),
+        Prompt::text("p\"2'", "\"quoted\" & 'single' 🙂", 2),
+        Prompt::text("p3", huge.clone(), 3),
+    ];
+    let mut config = SweepConfig::new(vec![-0.5, 0.0, 1.0], prompts, 8);
+    config.output = Some(SweepOutput::jsonl(dir.join("sweep.jsonl")));
+    run_sweep(&m, &[&PromptLength], &config, &mut NoSweepObserver).unwrap();
+    let summary = write_report(&dir).unwrap();
+    assert_eq!((summary.sections.clone(), summary.rows, summary.images), (vec!["sweep"], 9, 0));
+    assert!(summary.notes.iter().any(|n| n.contains("saved no images")), "{:?}", summary.notes);
+    let html = std::fs::read_to_string(&summary.html).unwrap();
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>alert"));
+    assert!(html.contains("&quot;quoted&quot; &amp; &#39;single&#39; 🙂") && html.contains("id p&quot;2&#39;"));
+    assert!(html.contains(&"ü&lt;i&gt;".repeat(20_000)) && !html.contains("<i>"));
+    // Exactly one script (the page's own) and no address outside the folder.
+    assert_eq!(html.matches("<script").count(), 1);
+    assert!(!html.contains("http:") && !html.contains("https:") && !html.contains("src=\"/"));
+    assert!(html.contains("content=\"default-src 'none'; img-src 'self' file:;"), "a policy that fetches nothing");
+    assert!(dir.join(REPORT_ASSETS_DIR).join("reward_0.png").is_file());
+    // The prompt-length reward's gain per prompt: the same at every λ, 0.
+    assert!(html.contains("data-gain-0=\"0e0\""), "gains are written");
+    // Nothing to report in an empty folder.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(write_report(&empty).unwrap_err().to_string().contains("holds no results to report"));
 }

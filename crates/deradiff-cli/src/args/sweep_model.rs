@@ -82,15 +82,26 @@ pub(crate) struct LambdaCount<'a> {
 }
 
 impl SweepModelArgs {
+    /// Whether the run samples images (Stable Diffusion: `--reference` and `--aligned`).
+    pub(crate) fn makes_images(&self) -> bool {
+        self.sd.reference.is_some() && self.sd.aligned.is_some()
+    }
+
+    /// Whether a reward option is given.
+    pub(crate) fn has_rewards(&self) -> bool {
+        !self.rewards.given().is_empty()
+    }
+
     /// The analytic testbed or Stable Diffusion, by the options given: the products of prompts ×
-    /// seeds × `lambdas` × samples are checked before the model is loaded.
-    pub(crate) fn build(&self, lambdas: LambdaCount<'_>) -> Result<Built> {
+    /// seeds × `lambdas` × samples are checked before the model is loaded. With `save_images`
+    /// (a sweep's `--save-images`) a Stable Diffusion run may have no reward.
+    pub(crate) fn build(&self, lambdas: LambdaCount<'_>, save_images: bool) -> Result<Built> {
         check_steps(self.steps)?;
         if let Some(samples) = self.samples {
             check_at_least_one("--samples", samples)?;
         }
         match (&self.sd.reference, &self.sd.aligned) {
-            (Some(reference), Some(aligned)) => self.build_sd(reference, aligned, &lambdas),
+            (Some(reference), Some(aligned)) => self.build_sd(reference, aligned, &lambdas, save_images),
             _ => self.build_analytic(&lambdas),
         }
     }
@@ -183,13 +194,21 @@ impl SweepModelArgs {
     }
 
     /// Stable Diffusion: `reference` and `aligned` on the prompts, with the image rewards.
-    fn build_sd(&self, reference: &Path, aligned: &Path, lambdas: &LambdaCount<'_>) -> Result<Built> {
+    fn build_sd(
+        &self,
+        reference: &Path,
+        aligned: &Path,
+        lambdas: &LambdaCount<'_>,
+        save_images: bool,
+    ) -> Result<Built> {
         let samples = self.samples.unwrap_or(2);
         let prompts = self.sd.prompts()?;
         let seeds = self.seeds_for(prompts.len(), "--prompt / --prompts-file", lambdas, samples)?;
         let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
-        self.rewards.require("give a reward for a Stable Diffusion sweep")?;
+        if !save_images {
+            self.rewards.require("give a reward for a Stable Diffusion sweep")?;
+        }
         self.sampler.check()?;
         check_models(reference, &[aligned.to_path_buf()])?;
         // Unreadable, the loader reports it below; the sampler is then moot.

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use deradiff_core::io::{path_kind, PathKind};
-use deradiff_tune::{lambda_summaries, merge_results, shard_of_file_name, write_results, write_results_csv, Merged};
+use deradiff_tune::{
+    lambda_summaries, merge_results, rebase_image_paths, shard_of_file_name, write_results, write_results_csv, Merged,
+};
 
 use crate::error::{CliError, Result};
 use crate::guard::{check_out_file, check_outputs, lock_dir};
@@ -95,9 +97,13 @@ fn outputs(out: Option<PathBuf>, default_out: PathBuf, files: &[PathBuf]) -> Res
 pub(crate) fn run(args: MergeArgs) -> Result<()> {
     let (files, default_out) = inputs(&args.inputs)?;
     let (out, csv, figure) = outputs(args.out, default_out, &files)?;
-    let merged = merge_results(&files, args.allow_partial)?;
+    let mut merged = merge_results(&files, args.allow_partial)?;
+    let out_folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Saved images stay where the shards wrote them; the merged rows name them from its folder.
+    let from = merged.folder.clone();
+    rebase_image_paths(&mut merged.rows, &from, out_folder);
     // The folder's lock is held while the three files are written.
-    let _lock = lock_dir(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")));
+    let _lock = lock_dir(out_folder);
     write_results(&out, &merged.header, &merged.rows)?;
     write_results_csv(&csv, &merged.header.rewards, &merged.rows)?;
     let mut text = format!(

@@ -5,6 +5,7 @@ pub(crate) mod compare;
 pub(crate) mod demo;
 pub(crate) mod extract_lora;
 pub(crate) mod merge;
+pub(crate) mod report;
 pub(crate) mod sample;
 pub(crate) mod score;
 pub(crate) mod status;

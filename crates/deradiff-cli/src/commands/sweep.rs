@@ -10,7 +10,7 @@ use deradiff_tune::{
 
 use crate::args::{Built, LambdaCount, SweepModelArgs};
 use crate::checks::check_at_least_one;
-use crate::error::{Context, Result};
+use crate::error::{CliError, Context, Result};
 use crate::grid::sweep_lambdas;
 use crate::guard::{check_out_dir, check_outputs};
 use crate::output::{create_out_dir, print_stdout, progress_bar, write_reward_vs_lambda};
@@ -44,6 +44,12 @@ pub(crate) struct SweepArgs {
     /// rows.
     #[arg(long, default_value_t = 1)]
     prompts_per_batch: usize,
+    /// Save each row's images as PNG files in `images/` beside the results file
+    /// (`p0003-s42-l0.500.png`: prompt, seed, λ; `-n1` … per sample when --samples > 1), listed
+    /// in the row: the very images its rewards score, for `deradiff score` and `deradiff report`.
+    /// With it a Stable Diffusion sweep may have no reward (images and seeds only).
+    #[arg(long)]
+    save_images: bool,
     /// No progress bar and no "wrote …" line after the table.
     #[arg(long, short)]
     quiet: bool,
@@ -64,6 +70,7 @@ fn config(args: &SweepArgs, lambdas: Vec<f64>, built: &Built, shard: Option<Shar
     config.shard = shard;
     config.prompts_per_batch = args.prompts_per_batch;
     config.max_lambdas_per_batch = args.model.max_lambdas_per_batch;
+    config.save_images = args.save_images;
     config.validate().usage_context("the sweep's options do not fit together")?;
     Ok(config)
 }
@@ -98,6 +105,19 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let shard = shard_of(args.shard.as_deref(), args.shards)?;
     check_at_least_one("--prompts-per-batch", args.prompts_per_batch)?;
+    if args.model.makes_images() && !args.save_images && !args.model.has_rewards() {
+        return Err(CliError::usage(
+            "a Stable Diffusion sweep with neither a reward (--clip, --pickscore, --hps, --aesthetic, \
+             --image-reward) nor --save-images produces nothing: give a reward to score its images, --save-images \
+             to keep them (and score them later with deradiff score), or both",
+        ));
+    }
+    if args.save_images && !args.model.makes_images() {
+        return Err(CliError::usage(
+            "--save-images applies to Stable Diffusion sweeps (the testbed makes no images): give --reference and \
+             --aligned",
+        ));
+    }
     let (jsonl, csv) = shard_files(&args.out, shard);
     let figure = args.out.join("reward_vs_lambda.png");
     let mut outputs = vec![("--out", jsonl.as_path()), ("--out", csv.as_path())];
@@ -106,7 +126,7 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     }
     check_outputs(&outputs, &args.model.inputs())?;
     let count = LambdaCount { count: lambdas.len(), options: "--lambdas / --lambda-range" };
-    let built = args.model.build(count)?;
+    let built = args.model.build(count, args.save_images)?;
     let config = config(&args, lambdas, &built, shard)?;
     let groups = if args.model.max_lambdas_per_batch > 0 {
         "--max-lambdas-per-batch"
@@ -119,6 +139,7 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     let result = sweep(args.quiet, &built, &rewards, &config)?;
     let text = match shard {
         Some(s) => shard_report(&args, &config, &result, s),
+        None if rewards.is_empty() => images_report(&args, &config, &result),
         None => {
             let names: Vec<String> = rewards.iter().map(|r| r.name()).collect();
             let curves = names.iter().map(|n| result.summaries(n)).collect::<Result<Vec<_>, _>>()?;
@@ -144,6 +165,27 @@ fn shard_report(args: &SweepArgs, config: &SweepConfig, result: &SweepResult, sh
         text.push_str(&format!(
             "wrote {}\nwhen every shard is done: deradiff merge {}\n",
             jsonl.display(),
+            args.out.display()
+        ));
+    }
+    text
+}
+
+/// What a sweep without rewards prints: its rows and where their images are.
+fn images_report(args: &SweepArgs, config: &SweepConfig, result: &SweepResult) -> String {
+    let images: usize = result.rows.iter().map(|r| r.images.len()).sum();
+    let mut text = format!(
+        "sweep of {} λ × {} prompts × {} samples ({} rows computed, {} resumed): {images} images, no rewards\n",
+        config.lambdas.len(),
+        config.prompts.len(),
+        config.samples_per_prompt,
+        result.computed,
+        result.resumed
+    );
+    if !args.quiet {
+        text.push_str(&format!(
+            "wrote {0}/{{sweep.jsonl, sweep.csv}} and {0}/images/ (score them with deradiff score; view them with \
+             deradiff report {0})\n",
             args.out.display()
         ));
     }
@@ -199,6 +241,9 @@ fn table(
     }
     if !args.quiet {
         text.push_str(&format!("wrote {}/{{sweep.jsonl, sweep.csv, reward_vs_lambda.png}}\n", args.out.display()));
+        if args.save_images {
+            text.push_str(&format!("and {}/images/ (deradiff report {0} shows them)\n", args.out.display()));
+        }
     }
     text
 }

@@ -81,7 +81,7 @@ pub(crate) fn run(args: TuneArgs) -> Result<()> {
     check_out_dir("--out", &args.out)?;
     let (json, trace) = (args.out.join("bo.json"), args.out.join("bo_trace.png"));
     check_outputs(&[("--out", &json), ("--out", &trace)], &args.model.inputs())?;
-    let built = args.model.build(LambdaCount { count: args.budget, options: "--budget" })?;
+    let built = args.model.build(LambdaCount { count: args.budget, options: "--budget" }, false)?;
     if built.anchor_beta.is_some() && args.aligned_beta.is_some() {
         return Err(CliError::usage(
             "--aligned-beta applies to Stable Diffusion (--reference and --aligned): the analytic testbed's anchor \
