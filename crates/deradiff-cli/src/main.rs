@@ -35,7 +35,7 @@ use crate::error::Result;
     about,
     long_about = None,
     after_help = "Exit status: 0 on success, 1 when a run fails (the error and each of its causes are \
-                  printed), 2 for bad options."
+                  printed), 2 for bad options; `status` exits with 3 while a sweep has work items missing."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,7 +78,8 @@ enum Command {
     /// into the file an unsharded run writes: same spec or an error, no duplicate or missing item
     /// (missing ones listed; --allow-partial to merge anyway).
     Merge(merge::MergeArgs),
-    /// Progress of the sweeps in an output folder, across their shards.
+    /// Progress of the sweeps in an output folder, across their shards: each shard done, running,
+    /// dead (its process killed), stopped or not started; exit status 3 while items are missing.
     Status(status::StatusArgs),
     /// Extract a LoRA from a full aligned UNet: per layer, the truncated SVD of the weight
     /// difference to the reference at --rank, written as a diffusers-layout LoRA that

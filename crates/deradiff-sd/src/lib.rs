@@ -108,7 +108,7 @@ pub use device::{check_dtype_supported, describe_device, parse_device, parse_dty
 pub use error::{Error, Result};
 pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
 pub use image::RgbImage;
-pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
+pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion, DEFAULT_STEPS};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};

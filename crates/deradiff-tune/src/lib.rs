@@ -49,8 +49,10 @@
 
 mod batch;
 mod bo;
+mod difference;
 mod error;
 mod gp;
+mod lock;
 mod merge;
 mod model;
 mod objective;
@@ -70,7 +72,8 @@ pub use bo::{
 };
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
-pub use merge::{merge_results, sweep_status, FolderStatus, Merged, MissingItem, SweepProgress};
+pub use lock::{lock_record_path, writer_state, LockRecord, WriterState};
+pub use merge::{merge_results, sweep_status, FileProgress, FolderStatus, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use results::{

@@ -20,7 +20,7 @@ fn batched_sd_sweep_matches_the_pipeline_per_lambda() {
     let mut setup = SdSetup::new(sd_fixture("tiny-sd"), sd_fixture("tiny-aligned-unet"));
     setup.scheduler = SchedulerKind::Ddim { eta: 0.0 };
     setup.steps = 3;
-    setup.guidance_scale = 5.0;
+    setup.guidance_scale = Some(5.0);
     let model = SdModel::load(setup).unwrap();
     let clip_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip/clip-gelu");
     let scorer = Arc::new(ClipScorer::load(clip_dir, DType::F32, &Device::Cpu).unwrap());
@@ -81,7 +81,7 @@ fn sd_setup_errors_are_reported() {
     setup.size = Some((17, 16));
     assert!(SdModel::load(setup.clone()).is_err());
     setup.size = None;
-    setup.guidance_scale = -1.0;
+    setup.guidance_scale = Some(-1.0);
     assert!(SdModel::load(setup).is_err());
     // A prompt without text cannot condition Stable Diffusion.
     let model = SdModel::load(SdSetup::new(sd_fixture("tiny-sd"), sd_fixture("tiny-aligned-unet"))).unwrap();
