@@ -74,7 +74,7 @@ enum Command {
     /// Agreement statistics (paper Table 5) between two sweep result files, with a
     /// Bland–Altman plot and the ECDF of |Δ|.
     Compare(compare::CompareArgs),
-    /// Join the results files of a sharded sweep (sweep.shard-K-of-N.jsonl in its output folder)
+    /// Join the results files of a sharded sweep (sweep.shard-00003-of-00008.jsonl … in its output folder)
     /// into the file an unsharded run writes: same spec or an error, no duplicate or missing item
     /// (missing ones listed; --allow-partial to merge anyway).
     Merge(merge::MergeArgs),

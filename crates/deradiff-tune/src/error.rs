@@ -138,10 +138,9 @@ pub enum Error {
 
     /// A merge found work items no file has a row for.
     #[error(
-        "{missing} of {total} work items have no row{}{}(first: {first}); finish or resume the shards that \
-         own them, or merge with --allow-partial",
-        if shards.is_empty() { " " } else { ", missing from shards " },
-        if shards.is_empty() { String::new() } else { format!("{shards} ") }
+        "{missing} of {total} work items have no row{}{shards}. The first: {first}. Finish or resume the \
+         shards that own them, or merge with --allow-partial",
+        if shards.is_empty() { "" } else { ", missing from shards " }
     )]
     MissingItems {
         /// How many are missing.

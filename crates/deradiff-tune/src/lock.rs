@@ -1,8 +1,8 @@
 //! Who is writing a results file: the lock record a sweep keeps beside it while it runs.
 //!
 //! A sweep holds an exclusive lock on its results file (a second process on the same file fails at
-//! once), and writes beside it a small record (`sweep.shard-K-of-N.lock` next to
-//! `sweep.shard-K-of-N.jsonl`) of its process id, its host and when the process started. The
+//! once), and writes beside it a small record (`sweep.shard-00003-of-00008.lock` next
+//! to `sweep.shard-00003-of-00008.jsonl`) of its process id, its host and when the process started. The
 //! record is removed when the sweep ends — finished or stopped by an error —, and stays behind
 //! when the process is killed. [`writer_state`] reads it: a process on this host that still runs
 //! is [`WriterState::Running`], one that is gone is [`WriterState::Dead`]; a process on another

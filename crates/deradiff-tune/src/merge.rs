@@ -285,7 +285,7 @@ pub struct FolderStatus {
     /// The progress of every sweep with a results file there, one entry per spec.
     pub sweeps: Vec<SweepProgress>,
     /// The files there that a sweep would have written (named `sweep.jsonl` or
-    /// `sweep.shard-K-of-N.jsonl`, or starting with a deradiff-sweep header) but that cannot be
+    /// `sweep.shard-00003-of-00008.jsonl`, or starting with a deradiff-sweep header) but that cannot be
     /// read as its results file, each with the reason: a FIFO or a device (never opened), no
     /// permission, another format, a malformed line, a header whose shard is not the one its
     /// name says. Their shards are not counted as "not started": they are listed here.

@@ -29,7 +29,8 @@ pub(crate) struct SweepArgs {
     #[arg(long)]
     overwrite: bool,
     /// Output directory (sweep.jsonl, sweep.csv, reward_vs_lambda.png; a shard writes
-    /// sweep.shard-K-of-N.jsonl / .csv, joined by `deradiff merge`).
+    /// sweep.shard-KKKKK-of-NNNNN.jsonl / .csv, zero-padded: sweep.shard-00003-of-00008.jsonl; joined by
+    /// `deradiff merge`).
     #[arg(long, default_value = "deradiff-out/sweep")]
     out: PathBuf,
     /// Compute only shard K (work items i with i mod N = K; see docs/cluster.md): `K` with
