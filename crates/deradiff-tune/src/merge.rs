@@ -42,7 +42,7 @@ pub struct MissingItem {
 
 impl std::fmt::Display for MissingItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "item {} (prompt {:?}, seed {}, λ = {})", self.index, self.prompt, self.seed, self.lambda)?;
+        write!(f, "item {} (prompt \"{}\", seed {}, λ = {})", self.index, self.prompt, self.seed, self.lambda)?;
         if let Some(s) = self.shard {
             write!(f, " of shard {s}")?;
         }

@@ -278,7 +278,9 @@ fn shards_come_from_arguments_and_the_schedulers_environment() {
     ];
     assert_eq!(Shard::from_env(Some(8), env(&full)).unwrap(), Some(Shard::new(3, 8).unwrap()));
     // Each inconsistency is an error naming its variable; the count never comes from the array.
-    let cases: [(Option<usize>, &[(&str, &str)], &str, &str); 8] = [
+    // (--shards, the environment, the variable named, the advice given)
+    type Case<'a> = (Option<usize>, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case<'_>; 8] = [
         // sbatch --array=3 (a re-run of one index): count 1, min 3 — never shard 0 of 1.
         (
             None,
