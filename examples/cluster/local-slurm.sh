@@ -21,7 +21,9 @@
 #   4. re-runs that index alone: `sbatch --array=K examples/cluster/sweep.slurm` (Slurm then reports
 #      SLURM_ARRAY_TASK_COUNT=1; the task still computes shard K of 4, resuming its file);
 #   5. `deradiff status` (exit 0) and `deradiff merge`;
-#   6. the same sweep unsharded, and `cmp` of the merged sweep.jsonl and sweep.csv with its own.
+#   6. the same sweep unsharded, and `cmp` of the merged sweep.jsonl and sweep.csv with its own
+#      (on a mismatch: how many rows differ, and the comparison with an unsharded run batched as
+#      the shards are, which tells batching from sharding; the exit status is then 1).
 # DERADIFF names the binary (default: target/release/deradiff, else deradiff on the PATH).
 # This script is not run in CI.
 set -euo pipefail
@@ -170,13 +172,33 @@ demo() {
     "$DERADIFF" merge "$OUT"
 
     echo "== 6. the same sweep unsharded, compared byte for byte"
+    unsharded "$work/whole"
+    if cmp "$OUT/sweep.jsonl" "$work/whole/sweep.jsonl" && cmp "$OUT/sweep.csv" "$work/whole/sweep.csv"; then
+        echo "the merged sweep.jsonl and sweep.csv are byte-identical to the unsharded run's ($(rows "$OUT/sweep.jsonl") rows)"
+        return 0
+    fi
+    echo "NOT byte-identical: $(diff "$OUT/sweep.jsonl" "$work/whole/sweep.jsonl" | grep -c '^<') of" \
+        "$(rows "$OUT/sweep.jsonl") rows differ; the first:"
+    { diff "$OUT/sweep.jsonl" "$work/whole/sweep.jsonl" || true; } | head -n 4
+    # Each shard here batches one λ per prompt entry (4 λ, 4 shards); the unsharded run batches all
+    # four. The same sweep unsharded with one λ per batch separates the cluster flow from batching.
+    echo "-- the unsharded run again with --max-lambdas-per-batch 1 (the shards' batches)"
+    unsharded "$work/whole-1" --max-lambdas-per-batch 1
+    if cmp "$OUT/sweep.jsonl" "$work/whole-1/sweep.jsonl" && cmp "$OUT/sweep.csv" "$work/whole-1/sweep.csv"; then
+        echo "byte-identical with the same batches: the rows depend on how λ values are batched" \
+            "(the kernels' batch invariance), not on the shards, the kill or the re-run"
+    fi
+    return 1
+}
+
+# The sweep of the demo, unsharded, into folder $1 (more options after it).
+unsharded() {
+    local out=$1
+    shift
     # shellcheck disable=SC2086 # the option lists are word-split on purpose
     "$DERADIFF" sweep --reference "$REF" --aligned "$ALIGNED" --prompts-file "$PROMPTS" --seeds "$SEEDS" \
-        --lambdas "$LAMBDAS" $REWARDS $DEVICE $EXTRA --out "$work/whole" --quiet > "$work/whole.txt" 2>&1
-    head -n 1 "$work/whole.txt"
-    cmp "$OUT/sweep.jsonl" "$work/whole/sweep.jsonl"
-    cmp "$OUT/sweep.csv" "$work/whole/sweep.csv"
-    echo "the merged sweep.jsonl and sweep.csv are byte-identical to the unsharded run's ($(rows "$OUT/sweep.jsonl") rows)"
+        --lambdas "$LAMBDAS" $REWARDS $DEVICE $EXTRA "$@" --out "$out" --quiet > "$out.txt" 2>&1
+    head -n 1 "$out.txt"
 }
 
 case "${1:-}" in
