@@ -87,11 +87,12 @@ EOF
 }
 
 stop() {
-    local name pid
-    for name in slurmd slurmctld munged; do
-        for pid in $(pgrep -x "$name" || true); do
-            kill "$pid"
-        done
+    # By the pid files the daemons write (slurm.conf above; munged's default), not by name.
+    local file
+    for file in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do
+        if [ -s "$file" ]; then
+            kill "$(cat "$file")" 2>/dev/null || true
+        fi
     done
     echo "stopped slurmd, slurmctld and munged"
 }
