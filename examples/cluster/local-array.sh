@@ -9,12 +9,13 @@ OUT=${2:-deradiff-out/local-array}
 DERADIFF=${DERADIFF:-deradiff}
 rm -rf "$OUT"
 for k in $(seq 0 $((N - 1))); do
-    # What a Slurm array task sees; the loop stands in for the scheduler.
+    # What a Slurm array task sees; the loop stands in for the scheduler. The count is given
+    # (--shards), the index read from SLURM_ARRAY_TASK_ID.
     SLURM_ARRAY_TASK_ID=$k SLURM_ARRAY_TASK_COUNT=$N \
-        $DERADIFF sweep --lambda-range 0:2:9 --prompts 6 --seeds 0..2 --out "$OUT" --quiet &
+        $DERADIFF sweep --lambda-range 0:2:9 --prompts 6 --seeds 0..2 --shards "$N" --out "$OUT" --quiet &
 done
 wait
-$DERADIFF status "$OUT"
+$DERADIFF status "$OUT"   # exit status 0: every item is done
 $DERADIFF merge "$OUT"
 # The same sweep unsharded, for comparison: identical rows.
 $DERADIFF sweep --lambda-range 0:2:9 --prompts 6 --seeds 0..2 --out "$OUT/unsharded" --quiet

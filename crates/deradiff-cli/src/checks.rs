@@ -17,6 +17,15 @@ pub(crate) fn check_steps(steps: usize) -> Result<()> {
     check_at_least_one("--steps", steps)
 }
 
+/// `--guidance` of `sample` and Stable Diffusion sweeps: a finite number ≥ 0 where given (without
+/// it, the checkpoint's scale is used).
+pub(crate) fn check_guidance(guidance: Option<f64>) -> Result<()> {
+    if let Some(g) = guidance.filter(|g| !(*g >= 0.0 && g.is_finite())) {
+        return Err(CliError::usage(format!("--guidance is {g}; it must be a finite number ≥ 0")));
+    }
+    Ok(())
+}
+
 /// `--anchor-beta`: the anchor's KL strength β is a positive finite number.
 pub(crate) fn check_anchor_beta(anchor_beta: f64) -> Result<()> {
     if !(anchor_beta > 0.0 && anchor_beta.is_finite()) {

@@ -19,6 +19,9 @@ enum Kind {
     Usage,
     /// A failure while running: a checkpoint that does not load, a file that cannot be written.
     Runtime,
+    /// Not a failure: a state the command reports with its own exit status (`status` while
+    /// work items are missing).
+    Status(u8),
 }
 
 /// An error of the command: a message (absent when the cause speaks for itself), the typed cause
@@ -46,6 +49,12 @@ impl CliError {
         Self { message: None, source: Some(source.into()), kind: Kind::Usage }
     }
 
+    /// A state reported with its own exit status `code` (`deradiff status` while a sweep is not
+    /// complete), its message on stderr.
+    pub(crate) fn incomplete(message: impl Into<String>, code: u8) -> Self {
+        Self { message: Some(message.into()), source: None, kind: Kind::Status(code) }
+    }
+
     /// A failure while running (exit status 1).
     pub(crate) fn runtime(message: impl Into<String>) -> Self {
         Self { message: Some(message.into()), source: None, kind: Kind::Runtime }
@@ -61,11 +70,12 @@ impl CliError {
         Self { message: None, source: Some(source.into()), kind: Kind::Runtime }
     }
 
-    /// The process exit status: 2 for a bad option, 1 for a failed run.
+    /// The process exit status: 2 for a bad option, 1 for a failed run, a state's own.
     pub(crate) fn exit_code(&self) -> u8 {
         match self.kind {
             Kind::Usage => 2,
             Kind::Runtime => 1,
+            Kind::Status(code) => code,
         }
     }
 
@@ -73,7 +83,9 @@ impl CliError {
     /// whose text the line above already ends with (libraries often print their source inline)
     /// is not repeated.
     pub(crate) fn report(&self) -> String {
-        let mut text = format!("error: {self}");
+        // A reported state is no error: its message alone.
+        let prefix = if matches!(self.kind, Kind::Status(_)) { "" } else { "error: " };
+        let mut text = format!("{prefix}{self}");
         let mut last = self.to_string();
         let mut cause = StdError::source(self);
         while let Some(c) = cause {

@@ -36,7 +36,7 @@ use crate::error::Result;
     about,
     long_about = None,
     after_help = "Exit status: 0 on success, 1 when a run fails (the error and each of its causes are \
-                  printed), 2 for bad options."
+                  printed), 2 for bad options; `status` exits with 3 while a sweep has work items missing."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,11 +75,12 @@ enum Command {
     /// Agreement statistics (paper Table 5) between two sweep result files, with a
     /// Bland–Altman plot and the ECDF of |Δ|.
     Compare(compare::CompareArgs),
-    /// Join the results files of a sharded sweep (sweep.shard-K-of-N.jsonl in its output folder)
+    /// Join the results files of a sharded sweep (sweep.shard-00003-of-00008.jsonl … in its output folder)
     /// into the file an unsharded run writes: same spec or an error, no duplicate or missing item
     /// (missing ones listed; --allow-partial to merge anyway).
     Merge(merge::MergeArgs),
-    /// Progress of the sweeps in an output folder, across their shards.
+    /// Progress of the sweeps in an output folder, across their shards: each shard done, running,
+    /// dead (its process killed), stopped or not started; exit status 3 while items are missing.
     Status(status::StatusArgs),
     /// A static HTML report of an output folder (report.html, opening from disk, no network): a
     /// sweep's prompts × λ as images (--save-images) with their rewards, reward-vs-λ curves with

@@ -17,8 +17,9 @@ const ALL: [&str; 10] =
 const OTHER: &str = "deradiff ";
 
 /// Options of other programs that messages mention (cargo's, when a feature is missing;
-/// `huggingface-cli download`'s, when a model is not in the Hugging Face cache).
-const FOREIGN: [&str; 3] = ["--features", "--revision", "--force-download"];
+/// `huggingface-cli download`'s, when a model is not in the Hugging Face cache; sbatch's, in the
+/// advice of a Slurm array whose environment does not give a shard).
+const FOREIGN: [&str; 4] = ["--features", "--revision", "--force-download", "--array"];
 
 #[test]
 fn every_option_that_takes_a_value_names_itself_for_a_negative_number() {
@@ -66,6 +67,7 @@ fn printed_by(file: &str, function: &str) -> Option<Vec<&'static str>> {
         ("args/sampler.rs", _) => vec!["demo", "sample", "sweep", "tune"],
         ("args/sd.rs" | "args/sweep_model.rs" | "args/testbed.rs", _) => sweeps,
         ("checks.rs", "check_steps") => vec!["demo", "sample", "sweep", "tune"],
+        ("checks.rs", "check_guidance") => vec!["sample", "sweep", "tune"],
         ("checks.rs", "check_anchor_beta") => vec!["demo", "sweep", "tune"],
         ("checkpoint.rs", _) => sd_models,
         ("grid.rs", "sweep_lambdas" | "parse_range") => vec!["sweep"],

@@ -15,29 +15,73 @@ pub(crate) fn shard_files(out: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf
     (jsonl, csv)
 }
 
-/// The shard this process computes: `--shard k/n`, else the cluster scheduler's environment
-/// (Slurm job arrays; Kubernetes Indexed Jobs with `--shards n`), else none. Every error is a bad
-/// option.
-pub(crate) fn shard_of(shard: Option<&str>, shards: Option<usize>) -> Result<Option<Shard>> {
-    if let Some(s) = shard {
-        let s: Shard = s.parse().map_err(|e| CliError::usage_because(format!("--shard: {e}"), e))?;
-        if shards.is_some_and(|n| n != s.count) {
-            return Err(CliError::usage(format!(
-                "--shard {s} and --shards {} disagree on the number of shards",
-                shards.unwrap_or(0)
-            )));
+/// `--shard`, given as `K/N` or as `K` with `--shards N`.
+fn explicit_shard(shard: &str, shards: Option<usize>) -> Result<Shard> {
+    if shard.contains('/') {
+        let s: Shard = shard.parse().map_err(|e| CliError::usage_because(format!("--shard {shard}"), e))?;
+        if let Some(n) = shards.filter(|&n| n != s.count) {
+            return Err(CliError::usage(format!("--shard {s} and --shards {n} disagree on the number of shards")));
         }
-        return Ok(Some(s));
+        return Ok(s);
     }
-    if shards.is_some_and(|n| n == 0 || n > MAX_SHARDS) {
-        return Err(CliError::usage(format!("--shards {}: give 1 to {MAX_SHARDS}", shards.unwrap_or(0))));
+    let k: usize = shard.trim().parse().map_err(|_| {
+        CliError::usage(format!("--shard {shard:?}: give the shard's index K with --shards N, or K/N (e.g. 0/4)"))
+    })?;
+    let Some(n) = shards else {
+        return Err(CliError::usage(format!(
+            "--shard {k} needs the number of shards: give --shards N too, or write --shard {k}/N"
+        )));
+    };
+    Shard::new(k, n).map_err(|_| {
+        CliError::usage(format!(
+            "--shard {k} with --shards {n}: shard {k} does not exist (shards are 0 to {}; a Slurm array for them is \
+             --array=0-{})",
+            n - 1,
+            n - 1
+        ))
+    })
+}
+
+/// The shard this process computes: `--shard K/N` or `--shard K --shards N`, else the index a
+/// cluster scheduler gives (Slurm job arrays, Kubernetes Indexed Jobs) of `--shards N`, else
+/// none. The shard count is never read from the environment ([`Shard::from_env`]). Every error
+/// is a bad option.
+pub(crate) fn shard_of(shard: Option<&str>, shards: Option<usize>) -> Result<Option<Shard>> {
+    if let Some(n) = shards.filter(|&n| n == 0 || n > MAX_SHARDS) {
+        return Err(CliError::usage(format!("--shards {n}: give 1 to {MAX_SHARDS}")));
+    }
+    if let Some(s) = shard {
+        return explicit_shard(s, shards).map(Some);
     }
     match Shard::from_env(shards, |k| std::env::var(k).ok()).map_err(CliError::usage_from)? {
         Some(s) => Ok(Some(s)),
         None if shards.is_some() => Err(CliError::usage(
-            "--shards n needs the shard index: give --shard k/n, or run as a Slurm array task or a Kubernetes \
-             Indexed Job (SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)",
+            "--shards N needs the shard's index: give --shard K (K from 0 to N − 1), or run as a Slurm array task \
+             or a Kubernetes Indexed Job (SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)",
         )),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_shard_is_k_of_n_or_k_with_shards() {
+        assert_eq!(explicit_shard("3", Some(8)).unwrap(), Shard::new(3, 8).unwrap());
+        assert_eq!(explicit_shard("3/8", Some(8)).unwrap(), Shard::new(3, 8).unwrap());
+        assert_eq!(explicit_shard("3/8", None).unwrap(), Shard::new(3, 8).unwrap());
+        for (shard, shards, needle) in [
+            ("3", None, "--shards N"),
+            ("8", Some(8), "--array=0-7"),
+            ("3/8", Some(4), "disagree"),
+            ("x", Some(4), "--shard \"x\""),
+            ("8/8", None, "--shard 8/8"),
+        ] {
+            let err = explicit_shard(shard, shards).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.report().contains(needle), "{shard} {shards:?}: {}", err.report());
+        }
     }
 }

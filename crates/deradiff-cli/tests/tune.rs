@@ -171,3 +171,28 @@ fn stable_diffusion_sweep_and_tune_with_clip_rewards() {
         assert!(!result.status.success() && stderr.contains(needle), "{extra:?}: {stderr}");
     }
 }
+
+/// A Stable Diffusion sweep without --scheduler, --guidance or --steps samples as `sample` does:
+/// the checkpoint's scheduler (tiny SDXL: EulerDiscreteScheduler) and guidance (SDXL: 5.0), and
+/// 50 steps — the results file's header records them.
+#[test]
+fn stable_diffusion_sweeps_take_their_defaults_from_the_checkpoint() {
+    let dir = out_dir("sd-defaults");
+    let (reference, aligned) =
+        (fixture("deradiff-sd/tests/fixtures/tiny-sdxl"), fixture("deradiff-sd/tests/fixtures/tiny-sdxl-aligned-unet"));
+    let clip = fixture("deradiff-tune/tests/fixtures/clip/clip-gelu");
+    let out = dir.join("sweep");
+    let mut args = vec!["sweep", "--reference", &reference, "--aligned", &aligned, "--prompt", "a red cube"];
+    args.extend(["--lambdas", "1", "--samples", "1", "--clip", &clip, "--quiet", "--out", out.to_str().unwrap()]);
+    // One step keeps the test fast; without --steps the header would say 50 (below).
+    let mut one_step = args.clone();
+    one_step.extend(["--steps", "1"]);
+    ok(&deradiff(&one_step));
+    let header = std::fs::read_to_string(out.join("sweep.jsonl")).unwrap();
+    let header = header.lines().next().unwrap();
+    assert!(header.contains(", Euler, 1 steps, guidance 5,"), "{header}");
+    // Without --steps: 50, as `sample`; refused here only for the other step count (no sampling).
+    let result = deradiff(&args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("1 steps") && stderr.contains("50 steps"), "{stderr}");
+}

@@ -132,7 +132,7 @@ fn prompt_setup() -> PromptSetup {
     let mut setup = SdSetup::new(fixtures.join("tiny-sd"), fixtures.join("tiny-aligned-unet"));
     setup.scheduler = SchedulerKind::EulerAncestral;
     setup.steps = STEPS;
-    setup.guidance_scale = 7.5;
+    setup.guidance_scale = Some(7.5);
     setup.load.device = bench_device();
     let model = SdModel::load(setup).expect("deradiff-sd's tiny checkpoint");
     let prompts = PROMPTS.iter().enumerate().map(|(i, t)| Prompt::text(format!("p{i}"), *t, i as u64)).collect();

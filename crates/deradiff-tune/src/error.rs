@@ -138,16 +138,36 @@ pub enum Error {
 
     /// A merge found work items no file has a row for.
     #[error(
-        "{missing} of {total} work items have no row (first: {first}); finish or resume the shards that \
-         own them, or merge with --allow-partial"
+        "{missing} of {total} work items have no row{}{shards}. The first: {first}. Finish or resume the \
+         shards that own them, or merge with --allow-partial",
+        if shards.is_empty() { "" } else { ", missing from shards " }
     )]
     MissingItems {
         /// How many are missing.
         missing: usize,
         /// Items in the sweep.
         total: usize,
+        /// The shards that own them, each with its count (`3/8 (15 items), 5/8 (2 items)`);
+        /// empty for unsharded files.
+        shards: String,
         /// The first few, described.
         first: String,
+    },
+
+    /// The cluster scheduler's environment does not give this process one consistent shard: a
+    /// variable that is not a number, an array task index outside the shard count, an array
+    /// whose size, first index or step does not match the shards, or a job array without the
+    /// shard count (which is never taken from the environment). `variable` names it; the
+    /// message says which option or array to change.
+    #[error("{variable} = {value}: {detail}")]
+    ShardEnvironment {
+        /// The environment variable (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`,
+        /// `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_STEP`, `JOB_COMPLETION_INDEX`).
+        variable: String,
+        /// Its value.
+        value: String,
+        /// What is inconsistent, and what to do.
+        detail: String,
     },
 
     /// Another process is writing the same results file (it holds the file's lock).

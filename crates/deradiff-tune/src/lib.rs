@@ -49,9 +49,11 @@
 
 mod batch;
 mod bo;
+mod difference;
 mod error;
 mod gp;
 mod images;
+mod lock;
 mod merge;
 mod model;
 mod objective;
@@ -73,7 +75,8 @@ pub use bo::{
 pub use error::{Error, Result};
 pub use gp::{GaussianProcess, GpBounds, GpHyper};
 pub use images::{lambda_tag, rebase_image_paths, sweep_image_name, IMAGES_DIR};
-pub use merge::{merge_results, sweep_status, FolderStatus, Merged, MissingItem, SweepProgress};
+pub use lock::{lock_record_path, writer_state, LockRecord, WriterState};
+pub use merge::{merge_results, sweep_status, FileProgress, FolderStatus, Merged, MissingItem, SweepProgress};
 pub use model::{AnalyticModel, AnalyticSetup, Prompt, SweepModel};
 pub use objective::SweepObjective;
 pub use report::{write_report, ReportSummary, REPORT_ASSETS_DIR, REPORT_FILE};

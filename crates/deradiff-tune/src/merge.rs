@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::images::{folder_of, rebase_image_paths};
+use crate::lock::{writer_state, WriterState};
 use crate::results::{is_results_file, read_results, ResultsFile, SweepHeader, SweepRow};
 use crate::spec::{shard_of_file_name, Shard, SweepSpec};
 
@@ -46,12 +47,30 @@ pub struct MissingItem {
 
 impl std::fmt::Display for MissingItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "item {} (prompt {:?}, seed {}, λ = {})", self.index, self.prompt, self.seed, self.lambda)?;
+        write!(f, "item {} (prompt \"{}\", seed {}, λ = {})", self.index, self.prompt, self.seed, self.lambda)?;
         if let Some(s) = self.shard {
             write!(f, " of shard {s}")?;
         }
         Ok(())
     }
+}
+
+/// The shards that own `missing` items (of `count` shards), each with how many it misses:
+/// `"3/8 (15 items), 5/8 (2 items)"`; empty for unsharded files.
+fn missing_by_shard(missing: &[MissingItem], count: Option<usize>) -> String {
+    let Some(n) = count else { return String::new() };
+    let mut per = std::collections::BTreeMap::new();
+    for m in missing {
+        *per.entry(m.index % n).or_insert(0usize) += 1;
+    }
+    let parts: Vec<String> =
+        per.iter().map(|(k, c)| format!("{k}/{n} ({c} item{})", if *c == 1 { "" } else { "s" })).collect();
+    parts.join(", ")
+}
+
+/// The spec hash a header records ("" without one).
+fn this_hash(h: &SweepHeader) -> &str {
+    h.spec_hash.as_deref().unwrap_or("")
 }
 
 fn merge_error(detail: String) -> Error {
@@ -88,32 +107,28 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
     let mut by_item: HashMap<usize, (SweepRow, PathBuf)> = HashMap::new();
     for (path, file) in &files {
         let h = &file.header;
-        let (_, this_hash) = spec_of(path, h)?;
-        // The whole header but the shard: a spec edited under its old hash is another sweep too.
-        let unsharded = |h: &SweepHeader| SweepHeader { shard: None, ..h.clone() };
-        if this_hash != hash {
+        spec_of(path, h)?;
+        if let Some(d) = crate::difference::header_difference(&first.header, h, true) {
+            let edited = if this_hash(h) == hash { " (both record the same spec hash: was one edited?)" } else { "" };
             return Err(merge_error(format!(
-                "{} is a shard of another sweep (spec {this_hash}) than {} (spec {hash}): merge the files of \
+                "{} is a shard of another sweep than {}{edited}: {} is {} in {} but {} in {}; merge the files of \
                  one sweep only",
                 path.display(),
-                first_path.display()
-            )));
-        }
-        if unsharded(h) != unsharded(&first.header) {
-            return Err(merge_error(format!(
-                "{} and {} record the same spec hash {hash} but headers that differ in more than their shard \
-                 (the model, samples, rewards, prompts or λ grid): was one edited? Merge the files of one sweep only",
-                path.display(),
-                first_path.display()
+                first_path.display(),
+                d.field,
+                d.first,
+                first_path.display(),
+                d.second,
+                path.display()
             )));
         }
         if h.shard.map(|s| s.count) != count {
             return Err(merge_error(format!(
                 "{} was written as shard {} but {} as shard {}: the files must split the sweep the same way",
                 path.display(),
-                h.shard.map_or("none (unsharded)".to_string(), |s| s.to_string()),
+                h.shard.map_or("none (the whole sweep)".to_string(), |s| s.to_string()),
                 first_path.display(),
-                first.header.shard.map_or("none (unsharded)".to_string(), |s| s.to_string()),
+                first.header.shard.map_or("none (the whole sweep)".to_string(), |s| s.to_string()),
             )));
         }
         if let Some(s) = h.shard {
@@ -184,7 +199,12 @@ pub fn merge_results(paths: &[PathBuf], allow_partial: bool) -> Result<Merged> {
     }
     if !missing.is_empty() && !allow_partial {
         let shown: Vec<String> = missing.iter().take(10).map(|m| m.to_string()).collect();
-        return Err(Error::MissingItems { missing: missing.len(), total: spec.len(), first: shown.join("; ") });
+        return Err(Error::MissingItems {
+            missing: missing.len(),
+            total: spec.len(),
+            shards: missing_by_shard(&missing, count),
+            first: shown.join("; "),
+        });
     }
     let mut header = first.header.clone();
     header.shard = None;
@@ -198,28 +218,72 @@ pub struct SweepProgress {
     pub spec_hash: String,
     /// The model the sweep samples.
     pub model: String,
+    /// The sweep's spec (`None` for a file written before sweeps recorded one).
+    pub spec: Option<SweepSpec>,
     /// Work items in the whole sweep.
     pub total: usize,
-    /// Rows found (over all its files).
+    /// Work items with a row in at least one of its files.
     pub done: usize,
-    /// The shard count (`None`: unsharded or merged files).
+    /// The shard count (`None`: only unsharded or merged files).
     pub shards: Option<usize>,
-    /// Per file: its path, its shard, rows found and rows it will hold when finished.
-    pub files: Vec<(PathBuf, Option<Shard>, usize, usize)>,
+    /// Its files, in name order.
+    pub files: Vec<FileProgress>,
     /// Shards of the count without a file yet.
     pub shards_without_file: Vec<usize>,
+}
+
+/// One results file of a sweep in [`SweepProgress`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileProgress {
+    /// The file.
+    pub path: PathBuf,
+    /// The shard it holds (`None`: the whole sweep — an unsharded run's or a merge's file).
+    pub shard: Option<Shard>,
+    /// Rows it has.
+    pub done: usize,
+    /// Rows it holds when finished.
+    pub expected: usize,
+    /// Whether a process is writing it, by its lock record.
+    pub writer: WriterState,
+}
+
+impl SweepProgress {
+    /// Work items without a row in any file (0 when the sweep is complete).
+    pub fn missing(&self) -> usize {
+        self.total - self.done.min(self.total)
+    }
 }
 
 impl std::fmt::Display for SweepProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pct = if self.total == 0 { 100.0 } else { 100.0 * self.done as f64 / self.total as f64 };
-        writeln!(f, "sweep {} ({}): {}/{} items ({pct:.1} %)", self.spec_hash, self.model, self.done, self.total)?;
-        for (path, shard, done, expected) in &self.files {
-            let state = if done >= expected { "done" } else { "running or stopped" };
-            let shard = shard.map_or("unsharded".to_string(), |s| format!("shard {s}"));
-            writeln!(f, "  {shard:>14}: {done}/{expected} {state}  {}", path.display())?;
+        write!(f, "sweep {}: {}/{} items ({pct:.1} %)", self.spec_hash, self.done, self.total)?;
+        if let Some(spec) = &self.spec {
+            write!(f, " = {} prompt entries × {} λ", spec.prompts.len(), spec.lambdas.len())?;
         }
-        if !self.shards_without_file.is_empty() {
+        match self.shards {
+            Some(n) => writeln!(f, ", in {n} shards")?,
+            None => writeln!(f)?,
+        }
+        for file in &self.files {
+            let what = match file.shard {
+                Some(s) => format!("shard {s}"),
+                None if self.shards.is_some() => "merged".to_string(),
+                None => "whole sweep".to_string(),
+            };
+            let state = if file.done >= file.expected {
+                "done".to_string()
+            } else {
+                match &file.writer {
+                    WriterState::Idle => "stopped: no process is writing it; rerun it to resume".to_string(),
+                    WriterState::Dead { .. } => format!("{}; rerun it to resume", file.writer),
+                    w => w.to_string(),
+                }
+            };
+            let name = file.path.file_name().map_or(file.path.display(), |n| Path::new(n).display());
+            writeln!(f, "  {what:>14}: {:>6}/{:<6} {name}  {state}", file.done, file.expected)?;
+        }
+        if !self.shards_without_file.is_empty() && self.missing() > 0 {
             let list: Vec<String> = self.shards_without_file.iter().map(|k| k.to_string()).collect();
             writeln!(f, "  not started: shards {}", list.join(", "))?;
         }
@@ -233,11 +297,18 @@ pub struct FolderStatus {
     /// The progress of every sweep with a results file there, one entry per spec.
     pub sweeps: Vec<SweepProgress>,
     /// The files there that a sweep would have written (named `sweep.jsonl` or
-    /// `sweep.shard-K-of-N.jsonl`, or starting with a deradiff-sweep header) but that cannot be
+    /// `sweep.shard-00003-of-00008.jsonl`, or starting with a deradiff-sweep header) but that cannot be
     /// read as its results file, each with the reason: a FIFO or a device (never opened), no
     /// permission, another format, a malformed line, a header whose shard is not the one its
     /// name says. Their shards are not counted as "not started": they are listed here.
     pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl FolderStatus {
+    /// Work items of its sweeps that no file has a row for yet (0: every sweep is complete).
+    pub fn missing(&self) -> usize {
+        self.sweeps.iter().map(SweepProgress::missing).sum()
+    }
 }
 
 /// Why `path`, named `name`, is not the results file it should be; `Ok` with the file if it is.
@@ -282,6 +353,8 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<FolderStatus> {
     }
     paths.sort();
     let mut status = FolderStatus::default();
+    // Per sweep, the items some file has a row for.
+    let mut items: Vec<HashSet<usize>> = Vec::new();
     for (path, name) in paths {
         if shard_of_file_name(&name).is_none() && !is_results_file(&path) {
             continue;
@@ -300,23 +373,32 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<FolderStatus> {
         };
         let total = spec.map_or(file.rows.len(), |s| s.len());
         let expected = spec.map_or(file.rows.len(), |s| s.shard_items(h.shard).count());
-        let group = match status.sweeps.iter_mut().position(|g| g.spec_hash == hash) {
-            Some(i) => &mut status.sweeps[i],
+        let i = match status.sweeps.iter().position(|g| g.spec_hash == hash) {
+            Some(i) => i,
             None => {
                 status.sweeps.push(SweepProgress {
                     spec_hash: hash.clone(),
                     model: h.model.clone(),
+                    spec: spec.cloned(),
                     total,
                     done: 0,
-                    shards: h.shard.map(|s| s.count),
+                    shards: None,
                     files: Vec::new(),
                     shards_without_file: Vec::new(),
                 });
-                status.sweeps.last_mut().expect("just pushed")
+                items.push(HashSet::new());
+                status.sweeps.len() - 1
             }
         };
-        group.done += file.rows.len();
-        group.files.push((path.clone(), h.shard, file.rows.len(), expected));
+        let group = &mut status.sweeps[i];
+        group.shards = group.shards.or(h.shard.map(|s| s.count));
+        // Rows counted once per item: a merged file and the shard files hold the same ones.
+        match spec {
+            Some(spec) => items[i].extend(file.rows.iter().filter_map(|r| spec.item_of(r)).map(|it| it.index)),
+            None => items[i].extend(0..file.rows.len()),
+        }
+        let writer = writer_state(&path);
+        group.files.push(FileProgress { path, shard: h.shard, done: file.rows.len(), expected, writer });
     }
     // A shard whose file is unreadable is not "not started": it is listed as unreadable.
     let unreadable_shards: HashSet<Shard> = status
@@ -324,15 +406,14 @@ pub fn sweep_status(dir: impl AsRef<Path>) -> Result<FolderStatus> {
         .iter()
         .filter_map(|(p, _)| p.file_name().and_then(|n| n.to_str()).and_then(shard_of_file_name).flatten())
         .collect();
-    for g in &mut status.sweeps {
+    for (g, items) in status.sweeps.iter_mut().zip(&items) {
+        g.done = items.len().min(g.total);
         if let Some(n) = g.shards {
-            let have: HashSet<usize> = g.files.iter().filter_map(|f| f.1.map(|s| s.index)).collect();
+            let have: HashSet<usize> = g.files.iter().filter_map(|f| f.shard.map(|s| s.index)).collect();
             g.shards_without_file = (0..n)
                 .filter(|&k| !have.contains(&k) && !unreadable_shards.contains(&Shard { index: k, count: n }))
                 .collect();
         }
-        // Merged and shard files of one spec both count their rows: report the larger view.
-        g.done = g.done.min(g.total);
     }
     Ok(status)
 }

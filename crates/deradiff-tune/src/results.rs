@@ -307,6 +307,28 @@ pub(crate) struct ResultsWriter {
     csv: Option<(PathBuf, File)>,
     /// The rows found in the file when resuming.
     pub(crate) existing: Vec<SweepRow>,
+    /// The lock record beside the file ([`crate::lock`]), removed when the writer is dropped.
+    lock_record: Option<PathBuf>,
+}
+
+impl Drop for ResultsWriter {
+    fn drop(&mut self) {
+        // Before the file's lock is released (the fields are dropped after this).
+        if let Some(path) = &self.lock_record {
+            crate::lock::remove_record(path);
+        }
+    }
+}
+
+/// Removes a lock record when opening a results file fails after it was written.
+struct RecordGuard(Option<PathBuf>);
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            crate::lock::remove_record(path);
+        }
+    }
 }
 
 fn csv_field(s: &str) -> String {
@@ -387,6 +409,9 @@ impl ResultsWriter {
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::ResultsLocked(path.clone())),
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path)(e)),
         }
+        // Who holds the lock, for `status`: kept until this writer is dropped, left behind by a kill.
+        let lock_record = crate::lock::write_record(path);
+        let mut guard = RecordGuard(lock_record.clone());
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut jsonl, &mut bytes).map_err(Error::io(path))?;
         let has_content = bytes.iter().any(|b| !b.is_ascii_whitespace());
@@ -433,7 +458,8 @@ impl ResultsWriter {
                 Some((csv_path.clone(), f))
             }
         };
-        Ok(Self { jsonl_path: path.clone(), jsonl, csv, existing })
+        guard.0 = None;
+        Ok(Self { jsonl_path: path.clone(), jsonl, csv, existing, lock_record })
     }
 
     pub(crate) fn append(&mut self, row: &SweepRow) -> Result<()> {
@@ -449,6 +475,10 @@ impl ResultsWriter {
     }
 }
 
+/// Errors unless the file's header `file` may be resumed by the sweep of header `config`: the
+/// same model, samples and rewards, prompt entries and, for a shard, the same shard of the same
+/// spec (an unsharded file may be resumed with more λ). The error names the setting that differs,
+/// with both values.
 fn check_header(path: &Path, file: &SweepHeader, config: &SweepHeader) -> Result<()> {
     let mismatch = |field: &str, a: String, b: String| Error::ResumeMismatch {
         path: path.to_path_buf(),
@@ -456,43 +486,16 @@ fn check_header(path: &Path, file: &SweepHeader, config: &SweepHeader) -> Result
         in_file: a,
         in_config: b,
     };
-    if file.model != config.model {
-        return Err(mismatch("model", format!("{:?}", file.model), format!("{:?}", config.model)));
+    let sharded = file.shard.is_some() || config.shard.is_some();
+    // A shard resumes only as the same shard of the same sweep: its items depend on both.
+    if sharded && file.shard != config.shard {
+        let show = |s: Option<Shard>| s.map_or("none (the whole sweep)".to_string(), |s| s.to_string());
+        return Err(mismatch("shard", show(file.shard), show(config.shard)));
     }
-    if file.samples_per_prompt != config.samples_per_prompt {
-        return Err(mismatch(
-            "samples_per_prompt",
-            file.samples_per_prompt.to_string(),
-            config.samples_per_prompt.to_string(),
-        ));
+    match crate::difference::header_difference(file, config, sharded) {
+        Some(d) => Err(mismatch(&d.field, d.first, d.second)),
+        None => Ok(()),
     }
-    if file.rewards != config.rewards {
-        return Err(mismatch("rewards", format!("{:?}", file.rewards), format!("{:?}", config.rewards)));
-    }
-    if file.shard.is_some() || config.shard.is_some() {
-        // A shard resumes only as the same shard of the same sweep: its items depend on both.
-        if file.shard != config.shard {
-            let show = |s: Option<Shard>| s.map_or("none (unsharded)".to_string(), |s| s.to_string());
-            return Err(mismatch("shard", show(file.shard), show(config.shard)));
-        }
-        if file.spec_hash != config.spec_hash {
-            return Err(mismatch(
-                "spec (hash of the λ grid, prompts, seeds, model, samples and rewards)",
-                format!("{:?}", file.spec_hash),
-                format!("{:?}", config.spec_hash),
-            ));
-        }
-    }
-    if let (Some(a), Some(b)) = (&file.prompts, &config.prompts) {
-        if a != b {
-            return Err(mismatch(
-                "prompts (hash of the prompt set: ids, texts, seeds)",
-                a.clone(),
-                format!("{b} (another prompt set)"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Every row of a file being resumed belongs to this sweep's prompt set, with the prompt's seed

@@ -34,8 +34,10 @@ pub struct SdSetup {
     pub scheduler_config: Option<SchedulerConfig>,
     /// Inference steps.
     pub steps: usize,
-    /// Classifier-free guidance scale.
-    pub guidance_scale: f64,
+    /// Classifier-free guidance scale; `None`: the checkpoint's, as a [`Request`] without one
+    /// samples with ([`StableDiffusion::default_guidance_scale`]: 7.5 for SD 1.x / 2.x, 5.0 for
+    /// SDXL).
+    pub guidance_scale: Option<f64>,
     /// Negative prompt (None: the empty prompt).
     pub negative_prompt: Option<String>,
     /// Image size (height, width) in pixels (None: the checkpoint's).
@@ -56,7 +58,8 @@ pub enum Realignment {
 }
 
 impl SdSetup {
-    /// The paper's SD 1.5 setting: Euler ancestral, 50 steps, guidance 7.5, f32 on CPU.
+    /// Euler ancestral (the paper's SD 1.5 sampler), [`deradiff_sd::DEFAULT_STEPS`] steps (50) and
+    /// the checkpoint's guidance scale (7.5 for SD 1.x / 2.x, 5.0 for SDXL), f32 on CPU.
     pub fn new(reference: impl Into<PathBuf>, aligned: impl Into<PathBuf>) -> Self {
         Self {
             reference: reference.into(),
@@ -64,8 +67,8 @@ impl SdSetup {
             load: LoadOptions::default(),
             scheduler: SchedulerKind::EulerAncestral,
             scheduler_config: None,
-            steps: 50,
-            guidance_scale: 7.5,
+            steps: deradiff_sd::DEFAULT_STEPS,
+            guidance_scale: None,
             negative_prompt: None,
             size: None,
             realign: Realignment::Posterior,
@@ -88,6 +91,8 @@ pub struct SdModel {
     sd: StableDiffusion,
     scheduler: Box<dyn Scheduler>,
     request: Request,
+    /// The guidance scale sampled with: the setup's, else the checkpoint's.
+    guidance: f64,
 }
 
 impl std::fmt::Debug for SdModel {
@@ -108,7 +113,7 @@ impl SdModel {
             scheduler: setup.scheduler,
             scheduler_config: setup.scheduler_config.clone(),
             steps: setup.steps,
-            guidance_scale: Some(setup.guidance_scale),
+            guidance_scale: setup.guidance_scale,
             height: setup.size.map(|s| s.0),
             width: setup.size.map(|s| s.1),
             ..Default::default()
@@ -119,8 +124,9 @@ impl SdModel {
             // A full aligned UNet has no low-rank delta to scale: say so before sampling.
             sd.weight_space_unet(&[0.0])?;
         }
-        deradiff_sd::GuidanceScale::new(setup.guidance_scale)?;
-        Ok(Self { setup, sd, scheduler, request })
+        // The one rule of `sample` and sweeps: the request's scale, else the checkpoint's.
+        let guidance = sd.guidance_scale(&request)?;
+        Ok(Self { setup, sd, scheduler, request, guidance })
     }
 
     /// The loaded pipeline.
@@ -257,7 +263,7 @@ impl SdModel {
                 Box::new(PromptDenoiser {
                     model,
                     base: base.clone(),
-                    scale: self.setup.guidance_scale,
+                    scale: self.guidance,
                     cache: cache.clone(),
                     joint: joint.clone().zip(slot),
                 }) as Box<dyn Denoiser + '_>
@@ -342,7 +348,7 @@ impl SweepModel for SdModel {
         let unet = self.sd.models()[0].unet().with_adapters(&attached)?;
         let embeddings = self.group_embeddings(prompts, group_prompts)?.repeat_each(rows_per_group)?;
         let groups = (0..group_lambdas.len()).map(|g| RowGroup { adapter: Some(g), rows: rows_per_group }).collect();
-        Ok(Some(Box::new(WeightSpaceDenoiser { unet, groups, embeddings, scale: self.setup.guidance_scale })))
+        Ok(Some(Box::new(WeightSpaceDenoiser { unet, groups, embeddings, scale: self.guidance })))
     }
 
     fn latent_shape(&self, samples: usize) -> Result<Vec<usize>> {
@@ -396,7 +402,7 @@ impl SweepModel for SdModel {
             s.aligned.display(),
             s.scheduler,
             s.steps,
-            s.guidance_scale,
+            self.guidance,
             s.negative_prompt,
             s.size,
             s.load.dtype,

@@ -11,9 +11,9 @@
 //! ([`SweepSpec`]: the λ grid and the prompt entries), its hash and the shard; a killed shard
 //! resumes on its own, and [`merge_results`](crate::merge_results) joins the shards' files.
 //!
-//! Schedulers give each task its shard through the environment: Slurm job arrays
-//! (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`) and Kubernetes
-//! Indexed Jobs (`JOB_COMPLETION_INDEX`, with the shard count given); see [`Shard::from_env`].
+//! Schedulers give each task its shard index through the environment (Slurm job arrays:
+//! `SLURM_ARRAY_TASK_ID`; Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX`); the shard count is
+//! always given, never read from there; see [`Shard::from_env`].
 
 use serde::{Deserialize, Serialize};
 
@@ -55,55 +55,106 @@ impl Shard {
     }
 
     /// The shard a cluster scheduler gives this process, from the environment `env` (a lookup such
-    /// as `|k| std::env::var(k).ok()`), or `None` outside a job array:
+    /// as `|k| std::env::var(k).ok()`) and the shard count `shards`, or `None` outside a job array.
     ///
-    /// * Slurm job arrays: `SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN` (0 if unset) of
-    ///   `SLURM_ARRAY_TASK_COUNT` (or `shards` when given: they must agree);
-    /// * Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` of `shards` (which must be given: the
-    ///   Job's `completions`).
+    /// The environment gives the index only, never the count: a Slurm array re-run for one failed
+    /// index (`sbatch --array=3`) reports `SLURM_ARRAY_TASK_COUNT=1`, and a count taken from there
+    /// would silently turn shard 3 of 8 into the whole sweep. So:
     ///
-    /// A malformed or inconsistent variable is an error naming it.
+    /// * Slurm job arrays: the shard is `SLURM_ARRAY_TASK_ID` of `shards`, for an array numbered
+    ///   exactly like the shards (`--array=0-(N-1)`): `SLURM_ARRAY_TASK_COUNT` must equal `shards`,
+    ///   `SLURM_ARRAY_TASK_MIN` be 0 and `SLURM_ARRAY_TASK_STEP` 1 where they are set. To re-run
+    ///   some indices, or with any other array, pass the index itself (`--shard
+    ///   $SLURM_ARRAY_TASK_ID` with `--shards N`), which does not read the environment.
+    /// * Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` of `shards` (the Job's `completions`).
+    ///
+    /// Every inconsistency — a variable that is not a number, no `shards`, an index at or past
+    /// `shards`, a count, first index or step that does not match — is an
+    /// [`Error::ShardEnvironment`] naming the variable and saying what to pass instead.
     pub fn from_env(shards: Option<usize>, env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
-        let number = |name: &str| -> Result<Option<usize>> {
-            match env(name) {
+        let var = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let bad = |name: &str, value: &str, detail: String| Error::ShardEnvironment {
+            variable: name.into(),
+            value: value.into(),
+            detail,
+        };
+        let number = |name: &str| -> Result<Option<(usize, String)>> {
+            match var(name) {
                 None => Ok(None),
-                Some(v) if v.trim().is_empty() => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<usize>()
-                    .map(Some)
-                    .map_err(|_| Error::InvalidArgument(format!("{name} = {v:?} is not a non-negative integer"))),
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) => Ok(Some((n, v))),
+                    Err(_) => Err(bad(name, &v, "not a non-negative integer".into())),
+                },
             }
         };
-        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
-            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let index = id.checked_sub(min).ok_or_else(|| {
-                Error::InvalidArgument(format!("SLURM_ARRAY_TASK_ID = {id} is below SLURM_ARRAY_TASK_MIN = {min}"))
-            })?;
-            let count = match (number("SLURM_ARRAY_TASK_COUNT")?, shards) {
-                (Some(c), Some(s)) if c != s => {
-                    return Err(Error::InvalidArgument(format!(
-                        "SLURM_ARRAY_TASK_COUNT = {c} but --shards {s}: they must agree (or leave --shards out)"
-                    )))
-                }
-                (Some(c), _) => c,
-                (None, Some(s)) => s,
-                (None, None) => {
-                    return Err(Error::InvalidArgument(
-                        "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: give --shards n".into(),
-                    ))
-                }
-            };
-            return Self::new(index, count).map(Some);
-        }
-        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
-            let count = shards.ok_or_else(|| {
-                Error::InvalidArgument(
-                    "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job): give --shards n, the Job's completions"
+        if let Some((id, id_text)) = number("SLURM_ARRAY_TASK_ID")? {
+            let Some(n) = shards else {
+                return Err(bad(
+                    "SLURM_ARRAY_TASK_ID",
+                    &id_text,
+                    "this is a Slurm array task but the shard count is not given, and it is never taken from the \
+                     array (a re-run of one index reports SLURM_ARRAY_TASK_COUNT=1): pass --shards N --shard \
+                     $SLURM_ARRAY_TASK_ID, N the number of shards; to run the whole sweep in this task instead, \
+                     unset SLURM_ARRAY_TASK_ID"
                         .into(),
-                )
-            })?;
-            return Self::new(index, count).map(Some);
+                ));
+            };
+            let explicit = format!(
+                "submit the array as --array=0-{last} (one task per shard), or pass the index itself: --shards {n} \
+                 --shard $SLURM_ARRAY_TASK_ID (it also re-runs single indices: sbatch --array=K)",
+                last = n.saturating_sub(1)
+            );
+            if let Some((count, text)) = number("SLURM_ARRAY_TASK_COUNT")? {
+                if count != n {
+                    return Err(bad(
+                        "SLURM_ARRAY_TASK_COUNT",
+                        &text,
+                        format!(
+                            "the array has {count} task{} but --shards is {n}: {explicit}",
+                            if count == 1 { "" } else { "s" }
+                        ),
+                    ));
+                }
+            }
+            if let Some((min, text)) = number("SLURM_ARRAY_TASK_MIN")?.filter(|m| m.0 != 0) {
+                return Err(bad(
+                    "SLURM_ARRAY_TASK_MIN",
+                    &text,
+                    format!("the array starts at {min} but shards are numbered from 0: {explicit}"),
+                ));
+            }
+            if let Some((step, text)) = number("SLURM_ARRAY_TASK_STEP")?.filter(|s| s.0 != 1) {
+                return Err(bad(
+                    "SLURM_ARRAY_TASK_STEP",
+                    &text,
+                    format!("a stepped array (step {step}) skips shards: {explicit}"),
+                ));
+            }
+            if id >= n {
+                return Err(bad(
+                    "SLURM_ARRAY_TASK_ID",
+                    &id_text,
+                    format!("shard {id} of --shards {n} does not exist (shards are 0 to {}): {explicit}", n - 1),
+                ));
+            }
+            return Self::new(id, n).map(Some);
+        }
+        if let Some((index, text)) = number("JOB_COMPLETION_INDEX")? {
+            let Some(n) = shards else {
+                return Err(bad(
+                    "JOB_COMPLETION_INDEX",
+                    &text,
+                    "a Kubernetes Indexed Job: pass --shards N, N the Job's completions".into(),
+                ));
+            };
+            if index >= n {
+                return Err(bad(
+                    "JOB_COMPLETION_INDEX",
+                    &text,
+                    format!("shard {index} of --shards {n} does not exist: --shards must equal the Job's completions"),
+                ));
+            }
+            return Self::new(index, n).map(Some);
         }
         Ok(None)
     }

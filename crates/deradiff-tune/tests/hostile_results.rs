@@ -163,16 +163,17 @@ fn merge_refuses_headers_edited_under_their_spec_hash() {
     };
     let a = write(0, &|_| {});
     #[allow(clippy::type_complexity)]
+    // Each named, with both values, and the edit suspected.
     let edits: [(&str, &dyn Fn(&mut SweepHeader)); 4] = [
-        ("samples", &|h| h.samples_per_prompt = 4),
-        ("model", &|h| h.model = "another".into()),
-        ("prompts hash", &|h| h.prompts = Some("0".into())),
-        ("λ grid", &|h| h.spec.as_mut().unwrap().lambdas[1] = 9.0),
+        ("samples per prompt is 3 in", &|h| h.samples_per_prompt = 4),
+        ("but another in", &|h| h.model = "another".into()),
+        ("the prompt set's hash", &|h| h.prompts = Some("0".into())),
+        ("the λ grid is", &|h| h.spec.as_mut().unwrap().lambdas[1] = 9.0),
     ];
     for (what, edit) in edits {
         let b = write(1, edit);
         let err = merge_results(&[a.clone(), b], false).unwrap_err().to_string();
-        assert!(err.contains("headers that differ in more than their shard"), "{what}: {err}");
+        assert!(err.contains("was one edited?") && err.contains(what), "{what}: {err}");
     }
     let b = write(1, &|_| {});
     assert_eq!(merge_results(&[b, a], false).unwrap().rows, s.rows);

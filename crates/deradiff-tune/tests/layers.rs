@@ -4,7 +4,10 @@
 //!   `sweep`;
 //! * `results` (the results-file format: header, rows, reader, writer, CSV) imports `spec` only;
 //! * `merge` (merging shard files, progress) and `sweep` (the run loop) import `results` and
-//!   `spec`, never each other: what they share goes down into `results` or `spec`.
+//!   `spec`, never each other: what they share goes down into `results` or `spec`;
+//! * `difference` (the setting in which two headers differ) is part of the results layer: it
+//!   imports `results` and `spec`, never `merge` or `sweep`; `lock` (a writer's lock record)
+//!   imports none of them.
 //!
 //! This test reads the crate's sources and fails naming the file, the line and the import that
 //! breaks the order: a path through the module (`crate::results::…`) or through a root
@@ -19,6 +22,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("results", &["merge", "sweep"]),
     ("merge", &["sweep"]),
     ("sweep", &["merge"]),
+    ("difference", &["merge", "sweep"]),
+    ("lock", &["spec", "results", "merge", "sweep", "difference"]),
 ];
 
 /// The names of the items a module file declares at its top level (`pub`, `pub(crate)` or

@@ -33,7 +33,7 @@ fn model(reference: &str, aligned: &str, negative: Option<&str>) -> SdModel {
     let mut setup = SdSetup::new(sd_fixture(reference), sd_fixture(aligned));
     setup.scheduler = SchedulerKind::EulerAncestral;
     setup.steps = 2;
-    setup.guidance_scale = 5.0;
+    setup.guidance_scale = Some(5.0);
     setup.negative_prompt = negative.map(str::to_string);
     setup.size = Some((8, 8));
     SdModel::load(setup).unwrap()

@@ -20,7 +20,7 @@ fn batched_sd_sweep_matches_the_pipeline_per_lambda() {
     let mut setup = SdSetup::new(sd_fixture("tiny-sd"), sd_fixture("tiny-aligned-unet"));
     setup.scheduler = SchedulerKind::Ddim { eta: 0.0 };
     setup.steps = 3;
-    setup.guidance_scale = 5.0;
+    setup.guidance_scale = Some(5.0);
     let model = SdModel::load(setup).unwrap();
     let clip_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip/clip-gelu");
     let scorer = Arc::new(ClipScorer::load(clip_dir, DType::F32, &Device::Cpu).unwrap());
@@ -81,9 +81,30 @@ fn sd_setup_errors_are_reported() {
     setup.size = Some((17, 16));
     assert!(SdModel::load(setup.clone()).is_err());
     setup.size = None;
-    setup.guidance_scale = -1.0;
+    setup.guidance_scale = Some(-1.0);
     assert!(SdModel::load(setup).is_err());
     // A prompt without text cannot condition Stable Diffusion.
     let model = SdModel::load(SdSetup::new(sd_fixture("tiny-sd"), sd_fixture("tiny-aligned-unet"))).unwrap();
     assert!(deradiff_tune::SweepModel::denoisers(&model, &Prompt::seeded(1)).is_err());
+}
+
+/// Without a guidance scale, a Stable Diffusion sweep samples with the checkpoint's, as a
+/// `Request` without one does (the one rule of `sample` and sweeps): 5.0 for SDXL, 7.5 for
+/// SD 1.x / 2.x; and with diffusers' 50 steps.
+#[test]
+fn an_sd_setup_defaults_to_the_checkpoints_guidance_and_50_steps() {
+    use deradiff_tune::SweepModel;
+    for (reference, aligned, guidance) in
+        [("tiny-sdxl", "tiny-sdxl-aligned-unet", 5.0), ("tiny-sd", "tiny-aligned-unet", 7.5)]
+    {
+        let setup = SdSetup::new(sd_fixture(reference), sd_fixture(aligned));
+        assert_eq!((setup.steps, setup.guidance_scale), (deradiff_sd::DEFAULT_STEPS, None));
+        let model = SdModel::load(setup.clone()).unwrap();
+        let request = Request { prompts: vec!["x".into()], ..Default::default() };
+        assert_eq!(model.pipeline().guidance_scale(&request).unwrap(), guidance);
+        let describe = model.describe();
+        assert!(describe.contains(&format!("50 steps, guidance {guidance},")), "{describe}");
+        let given = SdModel::load(SdSetup { guidance_scale: Some(3.0), ..setup }).unwrap().describe();
+        assert!(given.contains("guidance 3,"), "{given}");
+    }
 }

@@ -20,7 +20,7 @@ fn setup(aligned: &str, realign: Realignment) -> SdSetup {
     let mut setup = SdSetup::new(sd_fixture("tiny-sd"), sd_fixture(aligned));
     setup.scheduler = SchedulerKind::EulerAncestral;
     setup.steps = 3;
-    setup.guidance_scale = 5.0;
+    setup.guidance_scale = Some(5.0);
     setup.size = Some((16, 16));
     setup.realign = realign;
     setup

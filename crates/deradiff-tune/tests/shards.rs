@@ -116,6 +116,7 @@ fn merge_refuses_mixed_specs_duplicates_missing_items_and_foreign_files() {
     // Missing items: only shard 0 of 2.
     let err = merge_results(std::slice::from_ref(&a0), false).unwrap_err();
     assert!(matches!(err, Error::MissingItems { missing: 15, total: 30, .. }), "{err:?}");
+    assert!(err.to_string().contains("missing from shards 1/2 (15 items)"), "{err}");
     assert!(err.to_string().contains("shard 1/2") && err.to_string().contains("--allow-partial"), "{err}");
     let partial = merge_results(std::slice::from_ref(&a0), true).unwrap();
     assert_eq!((partial.rows.len(), partial.missing.len()), (15, 15));
@@ -127,7 +128,10 @@ fn merge_refuses_mixed_specs_duplicates_missing_items_and_foreign_files() {
     other.lambdas.push(2.0);
     let b1 = shard_file(1, 2, &other, "b1.jsonl");
     let err = merge_results(&[a0.clone(), b1], false).unwrap_err();
-    assert!(err.to_string().contains("another sweep"), "{err}");
+    // The setting that differs, with both values — not two hashes.
+    let text = err.to_string();
+    assert!(text.contains("another sweep") && text.contains("the λ grid is 0, 0.25, 0.5, 1, 1.5 in"), "{text}");
+    assert!(text.contains("but 0, 0.25, 0.5, 1, 1.5, 2 in"), "{text}");
     // Another split (3 shards) of the same sweep.
     let c1 = shard_file(1, 3, &config(), "c1.jsonl");
     let err = merge_results(&[a0.clone(), c1], false).unwrap_err();
@@ -171,10 +175,70 @@ fn status_reports_progress_across_shards() {
     let s = &status.sweeps[0];
     // Shard 0 finished its 8 items; shard 2 was killed as it reported its 4th row (written).
     assert_eq!((s.total, s.done, s.shards), (30, 8 + 4, Some(4)));
+    assert_eq!((s.missing(), status.missing()), (18, 18));
     assert_eq!(s.shards_without_file, vec![1, 3]);
+    // The killed shard's writer ended with an error: its lock record is gone, it is "stopped".
+    assert!(s.files.iter().all(|f| f.writer == WriterState::Idle), "{:?}", s.files);
     let text = s.to_string();
     assert!(text.contains("12/30") && text.contains("not started: shards 1, 3"), "{text}");
+    assert!(text.contains("stopped") && !text.contains("Some(") && !text.contains("unsharded"), "{text}");
     assert!(sweep_status(root.join("shard0.jsonl")).is_err());
+    // A merged file beside the shards is "merged", and its rows are not counted twice.
+    let files = [root.join("shard0.jsonl"), root.join("shard2.jsonl")];
+    let merged = merge_results(&files, true).unwrap();
+    write_results(root.join("sweep.jsonl"), &merged.header, &merged.rows).unwrap();
+    let status = sweep_status(&root).unwrap();
+    let s = &status.sweeps[0];
+    assert_eq!((s.done, s.missing()), (12, 18));
+    assert!(s.to_string().contains("merged"), "{s}");
+}
+
+/// A lock record beside a results file tells a running writer from a dead one (on this host) and
+/// from one on another host.
+#[cfg(target_os = "linux")]
+#[test]
+fn status_tells_running_shards_from_dead_ones_by_their_lock_record() {
+    let (m, t) = (model(), truth());
+    let root = dir("locks");
+    let path = root.join(results_file_name(Some(Shard::new(0, 2).unwrap())));
+    let mut c = config();
+    c.shard = Some(Shard::new(0, 2).unwrap());
+    c.output = Some(SweepOutput::jsonl(&path));
+    // While the sweep runs, its record names this process; it is removed when the sweep stops.
+    let mut seen = None;
+    let mut observe = |e: &SweepEvent<'_>| {
+        if matches!(e, SweepEvent::Row { done: 2, .. }) {
+            seen = Some(writer_state(&path));
+            return Err(Error::user("stopped"));
+        }
+        Ok(())
+    };
+    run_sweep(&m, &[&t], &c, &mut observe).unwrap_err();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(seen, Some(WriterState::Running { pid: std::process::id(), host: host.clone() }));
+    assert_eq!(writer_state(&path), WriterState::Idle);
+    assert!(!lock_record_path(&path).exists());
+    // A record left by a killed process (a pid that has exited) is dead; another host's is unknown.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let record = |pid: u32, host: &str| {
+        let r = LockRecord { pid, host: host.into(), process_start: None };
+        std::fs::write(lock_record_path(&path), serde_json::to_string(&r).unwrap()).unwrap();
+    };
+    record(gone, &host);
+    assert_eq!(writer_state(&path), WriterState::Dead { pid: gone, host: host.clone() });
+    let s = sweep_status(&root).unwrap().sweeps[0].to_string();
+    assert!(s.contains(&format!("dead: pid {gone} on {host} is gone; rerun it to resume")), "{s}");
+    record(gone, "elsewhere");
+    assert!(matches!(writer_state(&path), WriterState::Unknown { .. }));
+    // A pid that now belongs to a process started at another time is dead too.
+    let me = LockRecord { pid: std::process::id(), host: host.clone(), process_start: Some(1) };
+    std::fs::write(lock_record_path(&path), serde_json::to_string(&me).unwrap()).unwrap();
+    assert!(matches!(writer_state(&path), WriterState::Dead { .. }));
+    // Resuming replaces the record, and removes it when done.
+    run_sweep(&m, &[&t], &c, &mut NoSweepObserver).unwrap();
+    assert_eq!(writer_state(&path), WriterState::Idle);
 }
 
 #[test]
@@ -199,19 +263,70 @@ fn shards_come_from_arguments_and_the_schedulers_environment() {
     for bad in ["4/4", "1", "a/b", "1/0", "-1/4"] {
         assert!(bad.parse::<Shard>().is_err(), "{bad}");
     }
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
+    fn env<'a>(pairs: &'a [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-    };
+    }
     assert_eq!(Shard::from_env(None, env(&[])).unwrap(), None);
-    // Slurm: --array=1-8 gives ids 1..8 with TASK_MIN = 1.
-    let slurm = env(&[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")]);
-    assert_eq!(Shard::from_env(None, slurm).unwrap(), Some(Shard::new(2, 8).unwrap()));
-    let slurm0 = env(&[("SLURM_ARRAY_TASK_ID", "0"), ("SLURM_ARRAY_TASK_COUNT", "4")]);
-    assert!(Shard::from_env(Some(5), slurm0).is_err(), "count and --shards disagree");
+    assert_eq!(Shard::from_env(Some(4), env(&[])).unwrap(), None);
+    // Slurm, --array=0-7 with --shards 8: the index of the count given.
+    let full = [
+        ("SLURM_ARRAY_TASK_ID", "3"),
+        ("SLURM_ARRAY_TASK_MIN", "0"),
+        ("SLURM_ARRAY_TASK_MAX", "7"),
+        ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ("SLURM_ARRAY_TASK_STEP", "1"),
+    ];
+    assert_eq!(Shard::from_env(Some(8), env(&full)).unwrap(), Some(Shard::new(3, 8).unwrap()));
+    // Each inconsistency is an error naming its variable; the count never comes from the array.
+    // (--shards, the environment, the variable named, the advice given)
+    type Case<'a> = (Option<usize>, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case<'_>; 8] = [
+        // sbatch --array=3 (a re-run of one index): count 1, min 3 — never shard 0 of 1.
+        (
+            None,
+            &[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_MIN", "3"), ("SLURM_ARRAY_TASK_COUNT", "1")],
+            "SLURM_ARRAY_TASK_ID",
+            "--shards N --shard $SLURM_ARRAY_TASK_ID",
+        ),
+        (
+            Some(8),
+            &[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_MIN", "3"), ("SLURM_ARRAY_TASK_COUNT", "1")],
+            "SLURM_ARRAY_TASK_COUNT",
+            "--shards 8 --shard $SLURM_ARRAY_TASK_ID",
+        ),
+        // sbatch --array=0 re-run alone: count 1 for 8 shards, refused too.
+        (Some(8), &[("SLURM_ARRAY_TASK_ID", "0"), ("SLURM_ARRAY_TASK_COUNT", "1")], "SLURM_ARRAY_TASK_COUNT", "0-7"),
+        // --array=1-8.
+        (
+            Some(8),
+            &[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")],
+            "SLURM_ARRAY_TASK_MIN",
+            "numbered from 0",
+        ),
+        // --array=0-6:2 with --shards 4.
+        (
+            Some(4),
+            &[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_STEP", "2"), ("SLURM_ARRAY_TASK_COUNT", "4")],
+            "SLURM_ARRAY_TASK_STEP",
+            "stepped",
+        ),
+        (Some(4), &[("SLURM_ARRAY_TASK_ID", "4")], "SLURM_ARRAY_TASK_ID", "does not exist"),
+        (Some(4), &[("SLURM_ARRAY_TASK_ID", "x")], "SLURM_ARRAY_TASK_ID", "not a non-negative integer"),
+        (Some(6), &[("JOB_COMPLETION_INDEX", "6")], "JOB_COMPLETION_INDEX", "completions"),
+    ];
+    for (shards, vars, variable, advice) in cases {
+        let err = Shard::from_env(shards, env(vars)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::ShardEnvironment { variable: v, .. } if v == variable) && text.contains(advice),
+            "{vars:?} with --shards {shards:?}: {text}"
+        );
+    }
     // Kubernetes Indexed Job: the index, and the count from --shards.
     let k8s = env(&[("JOB_COMPLETION_INDEX", "5")]);
     assert_eq!(Shard::from_env(Some(6), k8s).unwrap(), Some(Shard::new(5, 6).unwrap()));
-    assert!(Shard::from_env(None, env(&[("JOB_COMPLETION_INDEX", "5")])).is_err());
+    let err = Shard::from_env(None, env(&[("JOB_COMPLETION_INDEX", "5")])).unwrap_err();
+    assert!(err.to_string().contains("--shards N"), "{err}");
     assert!(Shard::from_env(Some(6), env(&[("JOB_COMPLETION_INDEX", "x")])).is_err());
 }
 
@@ -231,7 +346,15 @@ fn a_shard_resumes_only_as_itself() {
     let mut grid = c.clone();
     grid.lambdas.push(3.0);
     let err = run_sweep(&m, &[&t], &grid, &mut NoSweepObserver).unwrap_err();
-    assert!(matches!(err, Error::ResumeMismatch { ref field, .. } if field.starts_with("spec")), "{err:?}");
+    assert!(
+        matches!(&err, Error::ResumeMismatch { field, in_file, in_config, .. }
+            if field == "the λ grid" && in_file == "0, 0.25, 0.5, 1, 1.5" && in_config == "0, 0.25, 0.5, 1, 1.5, 3"),
+        "{err:?}"
+    );
+    let mut seeds = c.clone();
+    seeds.prompts = Prompt::with_seeds(&[Prompt::seeded(10), Prompt::seeded(20), Prompt::seeded(30)], &[0, 8]);
+    let err = run_sweep(&m, &[&t], &seeds, &mut NoSweepObserver).unwrap_err().to_string();
+    assert!(err.contains("prompt entry #2") && err.contains("seed 7") && err.contains("seed 8"), "{err}");
 }
 
 #[test]

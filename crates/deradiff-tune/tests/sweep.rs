@@ -303,7 +303,9 @@ fn results_files_are_checked() {
     let mut other = SweepConfig::new(vec![0.0, 1.0], Prompt::seeds([0]), 5);
     other.output = config.output.clone();
     match run_sweep(&m, &[&proxy], &other, &mut NoSweepObserver) {
-        Err(Error::ResumeMismatch { field, .. }) => assert_eq!(field, "samples_per_prompt"),
+        Err(Error::ResumeMismatch { field, in_file, in_config, .. }) => {
+            assert_eq!((field.as_str(), in_file.as_str(), in_config.as_str()), ("samples per prompt", "4", "5"))
+        }
         other => panic!("expected ResumeMismatch, got {other:?}"),
     }
     let renamed = AnalyticReward::new("proxy2", demo_linear_reward());
@@ -497,12 +499,18 @@ fn resuming_with_another_prompt_set_is_an_error() {
     let before = std::fs::read(&path).unwrap();
     config.prompts = Prompt::seeds(0..2);
     let err = run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap_err();
-    assert!(matches!(err, Error::ResumeMismatch { ref field, .. } if field.starts_with("prompts")), "{err:?}");
+    // The setting that differs is named, with both values.
+    let text = err.to_string();
+    assert!(text.contains("the prompt entries") && text.contains("4 entries") && text.contains("2 entries"), "{text}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
     // A file from before headers recorded the prompt set: the rows are checked instead.
     let text = String::from_utf8(before.clone()).unwrap();
-    let old = text.replacen(&format!(",\"prompts\":\"{}\"", header.prompts.unwrap()), "", 1);
-    std::fs::write(&path, old).unwrap();
+    let (head, rows) = text.split_once('\n').unwrap();
+    let mut head: serde_json::Value = serde_json::from_str(head).unwrap();
+    for key in ["prompts", "spec", "spec_hash"] {
+        head.as_object_mut().unwrap().remove(key);
+    }
+    std::fs::write(&path, format!("{head}\n{rows}")).unwrap();
     let err = run_sweep(&m, &[&truth], &config, &mut NoSweepObserver).unwrap_err();
     assert!(matches!(err, Error::ResumeMismatch { ref in_config, .. } if in_config.contains("no prompt")), "{err:?}");
 }

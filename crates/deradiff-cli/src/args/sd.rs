@@ -42,9 +42,10 @@ pub(crate) struct SdArgs {
     /// which must be unique). Ignored with --seeds.
     #[arg(long = "prompt-seed", default_value_t = 0)]
     pub(crate) prompt_seed: u64,
-    /// Guidance scale.
-    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    pub(crate) guidance: f64,
+    /// Classifier-free guidance scale (≤ 1 turns guidance off). Default: the checkpoint's, 7.5
+    /// for SD 1.x / 2.x and 5.0 for SDXL, as `sample`.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) guidance: Option<f64>,
     /// How λ realigns: `posterior` (DeRaDiff's posterior fusion) or `weights` (the weight-space
     /// baseline: the aligned LoRA merged at λ; needs a LoRA --aligned).
     #[arg(long, value_enum, default_value = "posterior")]

@@ -9,9 +9,12 @@ use deradiff_tune::{check_sweep_size, Prompt, SweepModel, MAX_BATCH_ELEMENTS};
 
 use crate::args::{RealignArg, RewardArgs, SamplerArgs, SdArgs, TestbedArgs};
 use crate::checkpoint::{check_models, reference_scheduler_config};
-use crate::checks::{check_at_least_one, check_steps};
+use crate::checks::{check_at_least_one, check_guidance, check_steps};
 use crate::error::{CliError, Context, Result};
 use crate::grid::parse_seeds;
+
+/// The inference steps of the analytic testbed without `--steps`.
+const TESTBED_STEPS: usize = 25;
 
 /// The model and rewards shared by `sweep` and `tune`: the analytic testbed by default, Stable
 /// Diffusion when `--reference` is given.
@@ -24,9 +27,10 @@ pub(crate) struct SweepModelArgs {
     /// and its options.
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// Inference steps.
-    #[arg(long, default_value_t = 25)]
-    steps: usize,
+    /// Inference steps (default: 50 with Stable Diffusion, as `sample` and diffusers; 25 on the
+    /// testbed).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Samples per prompt and λ (default: 256 on the testbed, 2 images with Stable Diffusion).
     #[arg(long)]
     samples: Option<usize>,
@@ -96,7 +100,9 @@ impl SweepModelArgs {
     /// seeds × `lambdas` × samples are checked before the model is loaded. With `save_images`
     /// (a sweep's `--save-images`) a Stable Diffusion run may have no reward.
     pub(crate) fn build(&self, lambdas: LambdaCount<'_>, save_images: bool) -> Result<Built> {
-        check_steps(self.steps)?;
+        if let Some(steps) = self.steps {
+            check_steps(steps)?;
+        }
         if let Some(samples) = self.samples {
             check_at_least_one("--samples", samples)?;
         }
@@ -158,7 +164,7 @@ impl SweepModelArgs {
     /// The analytic testbed, its true reward first, then the proxy.
     fn build_analytic(&self, lambdas: &LambdaCount<'_>) -> Result<Built> {
         self.refuse_sd_options()?;
-        let (model, proxy, truth) = self.testbed.build(&self.sampler, self.steps)?;
+        let (model, proxy, truth) = self.testbed.build(&self.sampler, self.steps.unwrap_or(TESTBED_STEPS))?;
         let samples = self.samples.unwrap_or(256);
         let seeds = self.seeds_for(self.testbed.prompts as usize, "--prompts", lambdas, samples)?;
         let prompts = with_seeds(Prompt::seeds(0..self.testbed.prompts), seeds);
@@ -178,7 +184,7 @@ impl SweepModelArgs {
             ("--prompt", !self.sd.prompt.is_empty()),
             ("--prompts-file", self.sd.prompts_file.is_some()),
             ("--prompt-seed", self.sd.prompt_seed != 0),
-            ("--guidance", self.sd.guidance != 7.5),
+            ("--guidance", self.sd.guidance.is_some()),
             (reward_flag.unwrap_or_default(), reward_flag.is_some()),
             ("--realign weights", self.sd.realign == RealignArg::Weights),
             ("--lora-scale", self.sd.load.lora_scale != 1.0),
@@ -206,6 +212,7 @@ impl SweepModelArgs {
         let seeds = self.seeds_for(prompts.len(), "--prompt / --prompts-file", lambdas, samples)?;
         let prompts = with_seeds(prompts, seeds);
         let (dtype, device) = self.sd.load.dtype_and_device()?;
+        check_guidance(self.sd.guidance)?;
         if !save_images {
             self.rewards.require("give a reward for a Stable Diffusion sweep")?;
         }
@@ -220,7 +227,9 @@ impl SweepModelArgs {
         let rewards: Vec<Box<dyn Reward>> =
             self.rewards.load(DType::F32, &device)?.into_iter().map(|r| -> Box<dyn Reward> { r }).collect();
         let load = self.sd.load.options(dtype, device)?;
-        let model = self.sd.model(reference, aligned, load, (scheduler, config), self.steps)?;
+        // The defaults of `sample`: the checkpoint's scheduler (above) and guidance, 50 steps.
+        let steps = self.steps.unwrap_or(deradiff_sd::DEFAULT_STEPS);
+        let model = self.sd.model(reference, aligned, load, (scheduler, config), steps)?;
         Ok(Built { model: Box::new(model), rewards, prompts, samples, anchor_beta: None })
     }
 }

@@ -31,7 +31,7 @@ pub(crate) struct MergeArgs {
     quiet: bool,
 }
 
-/// The shard files in `dir` (by name: `sweep.shard-K-of-N.jsonl`), sorted. Whatever they are
+/// The shard files in `dir` (by name: `sweep.shard-00003-of-00008.jsonl`), sorted. Whatever they are
 /// is checked when they are read: a FIFO or a folder so named is refused, never opened for a
 /// blocking read.
 fn shard_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -43,7 +43,7 @@ fn shard_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     if files.is_empty() {
         return Err(CliError::runtime(format!(
-            "{} has no shard files (sweep.shard-K-of-N.jsonl): give the output folder of a sharded sweep, or the \
+            "{} has no shard files (sweep.shard-KKKKK-of-NNNNN.jsonl, e.g. sweep.shard-00003-of-00008.jsonl): give the output folder of a sharded sweep, or the \
              files to merge",
             dir.display()
         )));

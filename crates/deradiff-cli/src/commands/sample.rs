@@ -17,7 +17,7 @@ use self::output::{check_grid, check_image_count, check_writable, image_paths, r
 use self::size::{parse_image_size, Micro, MicroArgs};
 use crate::args::{ModelArgs, RealignArg, RealignArgs, SamplerArgs, Setting};
 use crate::checkpoint::{reference_family, Family};
-use crate::checks::check_steps;
+use crate::checks::{check_guidance, check_steps};
 use crate::error::{CliError, Context, Result};
 use crate::guard::{check_out_file, check_outputs};
 use crate::output::progress_bar;
@@ -42,7 +42,7 @@ pub(crate) struct SampleArgs {
     #[command(flatten)]
     sampler: SamplerArgs,
     /// Inference steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = deradiff_sd::DEFAULT_STEPS)]
     steps: usize,
     /// Classifier-free guidance scale (≤ 1 turns guidance off). Default: the checkpoint's, 7.5
     /// for SD 1.x / 2.x and 5.0 for SDXL.
@@ -101,9 +101,7 @@ fn check(args: &SampleArgs) -> Result<Plan> {
     let settings = args.realign.settings(args.models.aligned.len())?;
     args.sampler.check()?;
     check_steps(args.steps)?;
-    if let Some(g) = args.guidance.filter(|g| !(*g >= 0.0 && g.is_finite())) {
-        return Err(CliError::usage(format!("--guidance is {g}; it must be a finite number ≥ 0")));
-    }
+    check_guidance(args.guidance)?;
     if args.prompt.is_empty() {
         return Err(CliError::usage("give at least one --prompt"));
     }

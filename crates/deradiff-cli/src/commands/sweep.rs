@@ -29,15 +29,18 @@ pub(crate) struct SweepArgs {
     #[arg(long)]
     overwrite: bool,
     /// Output directory (sweep.jsonl, sweep.csv, reward_vs_lambda.png; a shard writes
-    /// sweep.shard-K-of-N.jsonl / .csv, joined by `deradiff merge`).
+    /// sweep.shard-KKKKK-of-NNNNN.jsonl / .csv, zero-padded: sweep.shard-00003-of-00008.jsonl; joined by
+    /// `deradiff merge`).
     #[arg(long, default_value = "deradiff-out/sweep")]
     out: PathBuf,
-    /// Compute only shard K of N (work items i with i mod N = K; see docs/cluster.md). Without
-    /// it, Slurm job arrays (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) and Kubernetes Indexed
-    /// Jobs (JOB_COMPLETION_INDEX with --shards) give the shard.
-    #[arg(long, value_name = "K/N")]
+    /// Compute only shard K (work items i with i mod N = K; see docs/cluster.md): `K` with
+    /// --shards N (in a Slurm array: --shard $SLURM_ARRAY_TASK_ID), or `K/N`. Without it, the
+    /// index of a Slurm array task (SLURM_ARRAY_TASK_ID, for an array 0-(N-1)) or a Kubernetes
+    /// Indexed Job (JOB_COMPLETION_INDEX) is used, with --shards N.
+    #[arg(long, value_name = "K|K/N")]
     shard: Option<String>,
-    /// The number of shards, for a Kubernetes Indexed Job (JOB_COMPLETION_INDEX gives K).
+    /// The number of shards N. Never taken from the environment: a Slurm array re-run for one
+    /// index reports a task count of 1.
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
     /// Prompts whose λ values share one batch (default 1): fewer, larger model calls, the same

@@ -28,7 +28,7 @@ use crate::limits;
 use crate::text::TextEncoder;
 use crate::unet::Unet;
 use crate::vae::Vae;
-pub use request::{EncodedRequest, Generation, LoadOptions, Request};
+pub use request::{EncodedRequest, Generation, LoadOptions, Request, DEFAULT_STEPS};
 
 /// Where one model of a pipeline lives: a loaded UNet, with one of its attached LoRA adapters
 /// or its own weights.

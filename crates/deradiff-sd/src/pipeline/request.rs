@@ -36,6 +36,11 @@ impl Default for LoadOptions {
     }
 }
 
+/// The inference steps of a [`Request`] by default: 50, diffusers' default `num_inference_steps`
+/// for SD 1.x / 2.x and SDXL pipelines alike. `deradiff sample` and Stable Diffusion sweeps use
+/// it too.
+pub const DEFAULT_STEPS: usize = 50;
+
 /// What to generate: prompts and sampling settings (the models and the realigner are given
 /// separately).
 ///
@@ -72,7 +77,7 @@ pub struct Request {
     /// ([`StableDiffusion::scheduler_config`]). [`Request::use_scheduler_config`] sets it and
     /// [`Request::scheduler`] from one `scheduler_config.json` in one call.
     pub scheduler_config: Option<SchedulerConfig>,
-    /// Inference steps, default 50.
+    /// Inference steps, default [`DEFAULT_STEPS`] (50).
     pub steps: usize,
     /// Classifier-free guidance scale (`<= 1` turns guidance off, as in diffusers); `None`
     /// (the default): the checkpoint's, diffusers' default for its pipeline — 7.5 for SD 1.x /
@@ -107,7 +112,7 @@ impl Default for Request {
             images_per_prompt: 1,
             scheduler: SchedulerKind::EulerAncestral,
             scheduler_config: None,
-            steps: 50,
+            steps: DEFAULT_STEPS,
             guidance_scale: None,
             seed: 0,
             height: None,
