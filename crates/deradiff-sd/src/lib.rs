@@ -96,6 +96,7 @@ mod guidance;
 mod image;
 mod limits;
 mod pipeline;
+mod single_file;
 mod text;
 mod tokenizer;
 mod unet;
@@ -108,7 +109,8 @@ pub use device::{check_dtype_supported, describe_device, parse_device, parse_dty
 pub use error::{Error, Result};
 pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
 pub use image::RgbImage;
-pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion};
+pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, SingleFileOptions, StableDiffusion};
+pub use single_file::{is_original_layout, SingleFile, SingleFileFamily};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};
