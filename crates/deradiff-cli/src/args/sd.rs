@@ -17,10 +17,12 @@ use crate::error::{CliError, Context, Result};
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Stable Diffusion")]
 pub(crate) struct SdArgs {
-    /// The reference checkpoint (diffusers layout). Without it the analytic testbed is used.
+    /// The reference checkpoint: a diffusers pipeline folder, or one original-layout single-file
+    /// checkpoint (with --tokenizer DIR). Without it the analytic testbed is used.
     #[arg(long, requires = "aligned")]
     pub(crate) reference: Option<PathBuf>,
-    /// The aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file) or a LoRA
+    /// The aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file, diffusers' or
+    /// the original single-file layout) or a LoRA
     /// adapter (file or folder; diffusers, peft or kohya layout).
     #[arg(long, requires = "reference")]
     pub(crate) aligned: Option<PathBuf>,

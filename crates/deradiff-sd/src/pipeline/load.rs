@@ -26,7 +26,7 @@ fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
 
 /// What the reference must be.
 const PIPELINE_FOLDER: &str = "the pipeline folder (with model_index.json, unet/, text_encoder/, tokenizer/, vae/, \
-                               scheduler/)";
+                               scheduler/), or one single-file checkpoint in the original layout (.safetensors)";
 
 /// The component folders of a diffusers pipeline.
 const COMPONENTS: [&str; 7] =
@@ -106,9 +106,10 @@ pub(super) struct ReferenceParts {
 
 impl StableDiffusion {
     /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
-    /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
-    /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
-    /// config), or a LoRA adapter of the reference UNet (a file or folder in the diffusers, peft
+    /// `vae/`, `scheduler/scheduler_config.json`) — or one single-file checkpoint in the original
+    /// layout ([`crate::SingleFile`], completed by [`LoadOptions::single_file`]) — and aligned
+    /// UNets, each a pipeline directory, a UNet directory, a single UNet `.safetensors` file
+    /// (which takes the reference's config), an original-layout single file (its UNet only), or a LoRA adapter of the reference UNet (a file or folder in the diffusers, peft
     /// or kohya layout, see [`crate::lora`]; scaled by [`LoadOptions::lora_multiplier`]). Every
     /// aligned UNet must have the reference's architecture. LoRA-aligned models share the
     /// reference's weights and run with it in one batched UNet pass per step
@@ -121,7 +122,7 @@ impl StableDiffusion {
     /// used.
     pub fn load<P: AsRef<Path>>(reference: impl AsRef<Path>, aligned: &[P], options: &LoadOptions) -> Result<Self> {
         let root = reference.as_ref();
-        let parts = if root.is_file() {
+        let parts = if crate::single_file::is_original_layout(root) {
             super::single::load_reference(root, options)?
         } else {
             Self::load_reference_folder(root, options)?

@@ -38,6 +38,31 @@ pub struct SingleFileOptions {
     pub prediction_type: Option<String>,
 }
 
+impl SingleFileOptions {
+    /// The scheduler config of the single-file checkpoint `file`: the override folder's
+    /// `scheduler/scheduler_config.json` where [`Self::config`] has one, else the family's
+    /// ([`SingleFile::scheduler_config`]), with [`Self::prediction_type`] applied.
+    pub fn scheduler_config(&self, file: &SingleFile) -> Result<SchedulerConfig> {
+        let mut config = match override_file(self, "scheduler/scheduler_config.json")? {
+            Some(p) => {
+                let text = read_text(&p, "scheduler config")?;
+                serde_json::from_str::<SchedulerConfig>(&text)
+                    .map_err(|source| Error::Core(deradiff_core::Error::ConfigFileParse { path: p.clone(), source }))?
+            }
+            None => file.scheduler_config(),
+        };
+        if let Some(prediction) = &self.prediction_type {
+            if prediction != "epsilon" && prediction != "v_prediction" {
+                return Err(Error::InvalidArgument(format!(
+                    "SingleFileOptions::prediction_type is {prediction:?}; it must be \"epsilon\" or \"v_prediction\""
+                )));
+            }
+            config.prediction_type = Some(prediction.clone());
+        }
+        Ok(config)
+    }
+}
+
 /// `dir` if it is a folder.
 fn folder(dir: PathBuf) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
@@ -148,22 +173,7 @@ pub(super) fn load_reference(path: &Path, options: &LoadOptions) -> Result<Refer
         _ => None,
     };
 
-    let mut scheduler_config = match override_file(opts, "scheduler/scheduler_config.json")? {
-        Some(p) => {
-            let text = read_text(&p, "scheduler config")?;
-            serde_json::from_str::<SchedulerConfig>(&text)
-                .map_err(|source| Error::Core(deradiff_core::Error::ConfigFileParse { path: p.clone(), source }))?
-        }
-        None => file.scheduler_config(),
-    };
-    if let Some(prediction) = &opts.prediction_type {
-        if prediction != "epsilon" && prediction != "v_prediction" {
-            return Err(Error::InvalidArgument(format!(
-                "SingleFileOptions::prediction_type is {prediction:?}; it must be \"epsilon\" or \"v_prediction\""
-            )));
-        }
-        scheduler_config.prediction_type = Some(prediction.clone());
-    }
+    let scheduler_config = opts.scheduler_config(&file)?;
     let force_zeros = match &opts.config {
         Some(root) => read_force_zeros(root)?,
         None => true,
