@@ -393,3 +393,67 @@ pub(crate) fn scheduler_config(family: SingleFileFamily) -> SchedulerConfig {
         SingleFileFamily::Sdxl => SchedulerConfig::stable_diffusion_xl(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The templates against the configs of the real pipelines: the names and shapes of
+    //! full-size SD 1.5, SD 2.1 and SDXL base single files (diffusers' models on PyTorch's meta
+    //! device, renamed by diffusers' conversion scripts: `scripts/gen_single_file_shapes.py`)
+    //! must be read as those pipelines' diffusers configs.
+
+    use super::*;
+
+    fn fixture() -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single-file/full-size-shapes.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn full_size_checkpoints_read_as_diffusers_configs() {
+        let all = fixture();
+        let path = Path::new("full-size.safetensors");
+        for (name, family) in
+            [("sd1", SingleFileFamily::Sd1), ("sd2", SingleFileFamily::Sd2), ("sdxl", SingleFileFamily::Sdxl)]
+        {
+            let f = &all[name];
+            let shapes: Shapes = serde_json::from_value(f["shapes"].clone()).unwrap();
+            assert_eq!(super::family(&shapes, path).unwrap(), family, "{name}");
+            let theirs: UnetConfig = serde_json::from_value(f["unet"].clone()).unwrap();
+            let ours = unet_config(&shapes, family, path).unwrap();
+            assert_eq!(ours.arch(path).unwrap(), theirs.arch(path).unwrap(), "{name} UNet");
+            assert_eq!(ours.sample_size, theirs.sample_size, "{name}");
+            let vae: VaeConfig = serde_json::from_value(f["vae"].clone()).unwrap();
+            assert_eq!(vae_config(&shapes, family, path).unwrap().0, vae, "{name} VAE");
+            let te: ClipTextConfig = serde_json::from_value(f["text_encoder"].clone()).unwrap();
+            let ours = match family {
+                SingleFileFamily::Sd1 => clip_config(&shapes, SD1_CLIP, path).unwrap(),
+                SingleFileFamily::Sd2 => open_clip_config(&shapes, SD2_OPEN_CLIP, family, path).unwrap(),
+                SingleFileFamily::Sdxl => clip_config(&shapes, SDXL_CLIP, path).unwrap(),
+            };
+            assert_eq!(ours, te, "{name} text encoder");
+            if family == SingleFileFamily::Sdxl {
+                let te2: ClipTextConfig = serde_json::from_value(f["text_encoder_2"].clone()).unwrap();
+                assert_eq!(
+                    open_clip_config(&shapes, SDXL_OPEN_CLIP, family, path).unwrap(),
+                    te2,
+                    "SDXL text encoder 2"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_models_are_refused_by_name() {
+        let path = Path::new("x.safetensors");
+        let mut shapes: Shapes = serde_json::from_value(fixture()["sd1"]["shapes"].clone()).unwrap();
+        shapes.insert(format!("{UNET}input_blocks.0.0.weight"), vec![320, 9, 3, 3]);
+        assert!(super::family(&shapes, path).unwrap_err().to_string().contains("inpainting"));
+        let mut shapes: Shapes = serde_json::from_value(fixture()["sdxl"]["shapes"].clone()).unwrap();
+        shapes.insert("conditioner.embedders.0.model.text_projection".into(), vec![1280, 1280]);
+        assert!(super::family(&shapes, path).unwrap_err().to_string().contains("refiner"));
+        let err = super::family(&Shapes::new(), path).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingTensor { ref tensor, .. } if tensor == "model.diffusion_model.input_blocks.0.0.weight")
+        );
+    }
+}
