@@ -235,7 +235,7 @@ fn single_file_checkpoints_sample_as_their_folders() {
     let run = |name: &str, reference: &str, aligned: &str, extra: &[&str]| -> Output {
         let out = dir.join(name);
         let mut args = base_args(reference, aligned, out.to_str().unwrap());
-        args.extend(["--size", "32x32", "--steps", "2", "--lambda", "0.5"]);
+        args.extend(["--size", "32x32", "--lambda", "0.5"]);
         args.extend(extra.iter().copied());
         deradiff(&args)
     };
