@@ -157,7 +157,7 @@ pub(crate) fn unet_layout(shapes: &Shapes, path: &Path) -> Result<UnetLayout> {
     let first_op = (1..=last).find(|i| shapes.contains_key(&format!("{UNET}input_blocks.{i}.0.op.weight")));
     let layers = first_op.map_or(last, |i| i - 1);
     let bad = |why: String| Error::unsupported(path, format!("its UNet's blocks do not form SD's levels: {why}"));
-    if layers == 0 || (last + 1) % (layers + 1) != 0 {
+    if layers == 0 || !(last + 1).is_multiple_of(layers + 1) {
         return Err(bad(format!("input_blocks.0..={last} with a first downsampler at {first_op:?}")));
     }
     let levels = (last + 1) / (layers + 1);
@@ -182,7 +182,7 @@ fn heads(family: SingleFileFamily, channels: &[usize], attention: &[bool], path:
     }
     let mut out = Vec::with_capacity(channels.len());
     for (&c, &att) in channels.iter().zip(attention) {
-        if att && c % 64 != 0 {
+        if att && !c.is_multiple_of(64) {
             return Err(Error::unsupported(
                 path,
                 format!(
@@ -328,7 +328,7 @@ pub(crate) fn clip_config(shapes: &Shapes, prefix: &str, path: &Path) -> Result<
 
 /// CLIP's heads: one per 64 channels (ViT-L 12, ViT-H 16, ViT-bigG 20).
 fn clip_heads(hidden: usize, path: &Path) -> Result<usize> {
-    if hidden % 64 != 0 {
+    if !hidden.is_multiple_of(64) {
         return Err(Error::unsupported(
             path,
             format!(
