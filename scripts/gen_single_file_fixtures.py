@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_sd_fixtures as sd  # noqa: E402
 
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTokenizer  # noqa: E402
 
 OUT = os.path.join(sd.OUT, "single-file")
 TINY_SD = os.path.join(sd.OUT, "tiny-sd")
@@ -134,19 +134,7 @@ def sd15_text_encoder(seed: int) -> CLIPTextModel:
         eos_token_id=2,
         pad_token_id=1,
     )
-    torch.manual_seed(seed)
-    model = CLIPTextModel(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.in_features**0.5)
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
-            elif isinstance(module, torch.nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
-    sd.perturb_norms(model, gen)
-    sd.round_to_f16(model)
-    return model
+    return sd.random_text_encoder(config, seed)
 
 
 def convert(script: str, folder: str, out: str, unet_only: bool) -> None:

@@ -80,6 +80,15 @@ def meta_state(cls, config):
     return model.state_dict()
 
 
+def unet_and_vae(module, unet: dict, vae: dict) -> dict:
+    """The UNet and VAE of `unet` / `vae` in the original layout, renamed by the script `module`."""
+    state = {"model.diffusion_model." + k: v for k, v in
+             module.convert_unet_state_dict(meta_state(UNet2DConditionModel, unet)).items()}
+    state.update({"first_stage_model." + k: v for k, v in
+                  module.convert_vae_state_dict(meta_state(AutoencoderKL, vae)).items()})
+    return state
+
+
 def shapes(state: dict) -> dict:
     return {k: list(v.shape) for k, v in state.items()}
 
@@ -94,10 +103,7 @@ def main() -> None:
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:
         for family, unet, te, module in (("sd1", SD_UNET, CLIP_L, sd), ("sd2", SD2_UNET, CLIP_H, sd)):
-            state = {"model.diffusion_model." + k: v for k, v in
-                     module.convert_unet_state_dict(meta_state(UNet2DConditionModel, unet)).items()}
-            state.update({"first_stage_model." + k: v for k, v in
-                          module.convert_vae_state_dict(meta_state(AutoencoderKL, VAE)).items()})
+            state = unet_and_vae(module, unet, VAE)
             text = meta_state(CLIPTextModel, CLIPTextConfig(**te))
             text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
             if family == "sd1":
@@ -110,10 +116,7 @@ def main() -> None:
                     state[k.replace(".resblocks.22.", ".resblocks.23.")] = state[k]
                 state["cond_stage_model.model.text_projection"] = torch.empty(1024, 1024, device="meta")
             out[family] = dict(shapes=shapes(state), unet=unet, vae=VAE, text_encoder=te)
-        state = {"model.diffusion_model." + k: v for k, v in
-                 xl.convert_unet_state_dict(meta_state(UNet2DConditionModel, XL_UNET)).items()}
-        state.update({"first_stage_model." + k: v for k, v in
-                      xl.convert_vae_state_dict(meta_state(AutoencoderKL, XL_VAE)).items()})
+        state = unet_and_vae(xl, XL_UNET, XL_VAE)
         text = meta_state(CLIPTextModel, CLIPTextConfig(**CLIP_L))
         text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
         state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text.items()})

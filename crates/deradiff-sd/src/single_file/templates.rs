@@ -310,23 +310,47 @@ pub(crate) fn clip_config(shapes: &Shapes, prefix: &str, path: &Path) -> Result<
     let get = |name: &str, i: usize| {
         dim(shapes, &format!("{p}{name}"), i).ok_or_else(|| need(path, &format!("{p}{name}"), "the CLIP text model"))
     };
-    let hidden = get("embeddings.token_embedding.weight", 1)?;
     let layers = (0..).take_while(|n| shapes.contains_key(&format!("{p}encoder.layers.{n}.mlp.fc1.weight"))).count();
+    let dims = TextDims {
+        vocab: get("embeddings.token_embedding.weight", 0)?,
+        hidden: get("embeddings.token_embedding.weight", 1)?,
+        mlp: get("encoder.layers.0.mlp.fc1.weight", 0)?,
+        layers,
+        positions: get("embeddings.position_embedding.weight", 0)?,
+        projection: 768,
+    };
+    text_config(dims, "quick_gelu", path)
+}
+
+/// What the tensors say of a text encoder.
+struct TextDims {
+    vocab: usize,
+    hidden: usize,
+    mlp: usize,
+    layers: usize,
+    positions: usize,
+    projection: usize,
+}
+
+/// A text encoder's config: `dims` from the tensors; one head per 64 channels (ViT-L 12, ViT-H
+/// 16, ViT-bigG 20), layer-norm ε 1e-5 and transformers' `eos_token_id` 2 (pooled at the argmax
+/// of the ids) from the templates.
+fn text_config(dims: TextDims, act: &str, path: &Path) -> Result<ClipTextConfig> {
     Ok(ClipTextConfig {
-        vocab_size: get("embeddings.token_embedding.weight", 0)?,
-        hidden_size: hidden,
-        intermediate_size: get("encoder.layers.0.mlp.fc1.weight", 0)?,
-        num_hidden_layers: layers,
-        num_attention_heads: clip_heads(hidden, path)?,
-        max_position_embeddings: get("embeddings.position_embedding.weight", 0)?,
-        hidden_act: "quick_gelu".into(),
+        vocab_size: dims.vocab,
+        hidden_size: dims.hidden,
+        intermediate_size: dims.mlp,
+        num_hidden_layers: dims.layers,
+        num_attention_heads: clip_heads(dims.hidden, path)?,
+        max_position_embeddings: dims.positions,
+        hidden_act: act.into(),
         layer_norm_eps: 1e-5,
         eos_token_id: 2,
-        projection_dim: 768,
+        projection_dim: dims.projection,
     })
 }
 
-/// CLIP's heads: one per 64 channels (ViT-L 12, ViT-H 16, ViT-bigG 20).
+/// CLIP's heads: one per 64 channels.
 fn clip_heads(hidden: usize, path: &Path) -> Result<usize> {
     if !hidden.is_multiple_of(64) {
         return Err(Error::unsupported(
@@ -367,18 +391,15 @@ pub(crate) fn open_clip_config(
             (blocks, proj)
         }
     };
-    Ok(ClipTextConfig {
-        vocab_size: get("token_embedding.weight", 0)?,
-        hidden_size: hidden,
-        intermediate_size: get("transformer.resblocks.0.mlp.c_fc.weight", 0)?,
-        num_hidden_layers: layers,
-        num_attention_heads: clip_heads(hidden, path)?,
-        max_position_embeddings: get("positional_embedding", 0)?,
-        hidden_act: "gelu".into(),
-        layer_norm_eps: 1e-5,
-        eos_token_id: 2,
-        projection_dim: projection,
-    })
+    let dims = TextDims {
+        vocab: get("token_embedding.weight", 0)?,
+        hidden,
+        mlp: get("transformer.resblocks.0.mlp.c_fc.weight", 0)?,
+        layers,
+        positions: get("positional_embedding", 0)?,
+        projection,
+    };
+    text_config(dims, "gelu", path)
 }
 
 /// The scheduler of `family`'s diffusers pipeline. SD 2.x is v-prediction, as diffusers'
