@@ -14,8 +14,9 @@ files carry all 24 open_clip blocks and the text projection (diffusers' text enc
 so the last block and the projection are added as open_clip stores them.
 
 Writes `crates/deradiff-sd/tests/fixtures/single-file/full-size-shapes.json`:
-`{family: {"shapes": {name: shape}, "unet": config, "vae": config, "text_encoder": config,
-"text_encoder_2": config}}`, the configs being those of the diffusers pipelines
+`{family: {"shapes": {name: shape}, "names": {"component/diffusers name": [original name, q/k/v
+row block or null]}, "unet": config, "vae": config, "text_encoder": config, "text_encoder_2":
+config}}` (the names traced through the scripts by tagging each tensor with its index), the configs being those of the diffusers pipelines
 `stable-diffusion-v1-5/stable-diffusion-v1-5`, `stabilityai/stable-diffusion-2-1` and
 `stabilityai/stable-diffusion-xl-base-1.0` (the fields that shape or run the models).
 """
@@ -80,58 +81,103 @@ def meta_state(cls, config):
     return model.state_dict()
 
 
-def unet_and_vae(module, unet: dict, vae: dict) -> dict:
-    """The UNet and VAE of `unet` / `vae` in the original layout, renamed by the script `module`."""
-    state = {"model.diffusion_model." + k: v for k, v in
-             module.convert_unet_state_dict(meta_state(UNet2DConditionModel, unet)).items()}
-    state.update({"first_stage_model." + k: v for k, v in
-                  module.convert_vae_state_dict(meta_state(AutoencoderKL, vae)).items()})
-    return state
-
-
 def shapes(state: dict) -> dict:
     return {k: list(v.shape) for k, v in state.items()}
+
+
+class Source:
+    """Makes the diffusers state dicts: on the meta device (for shapes), or tagged (for names):
+    each tensor `[i, i]`, i its index in `names`, which the conversion scripts carry through
+    their renaming (and concatenate, for open_clip's fused q/k/v)."""
+
+    def __init__(self, tagged: bool):
+        self.tagged = tagged
+        self.names: list[str] = []
+
+    def state(self, cls, config, component: str) -> dict:
+        state = meta_state(cls, config)
+        if cls in (CLIPTextModel, CLIPTextModelWithProjection):
+            state = {k if k.startswith("text_") else "text_model." + k: v for k, v in state.items()}
+        if not self.tagged:
+            return state
+        out = {}
+        for k in state:
+            out[k] = torch.tensor([float(len(self.names))] * 2)
+            self.names.append(f"{component}/{k}")
+        return out
+
+
+def convert(source: Source, sd, xl) -> dict:
+    """The three families' original-layout state dicts, renamed by diffusers' scripts."""
+    out = {}
+    for family, unet, te, module in (("sd1", SD_UNET, CLIP_L, sd), ("sd2", SD2_UNET, CLIP_H, sd)):
+        state = {"model.diffusion_model." + k: v for k, v in
+                 module.convert_unet_state_dict(source.state(UNet2DConditionModel, unet, "unet")).items()}
+        state.update({"first_stage_model." + k: v for k, v in
+                      module.convert_vae_state_dict(source.state(AutoencoderKL, VAE, "vae")).items()})
+        text = source.state(CLIPTextModel, CLIPTextConfig(**te), "text_encoder")
+        if family == "sd1":
+            state.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
+        else:
+            text = module.convert_text_enc_state_dict_v20({"transformer." + k: v for k, v in text.items()})
+            state.update({"cond_stage_model.model." + k: v for k, v in text.items()})
+            # open_clip's 24th block and projection, which diffusers' 23-layer encoder drops.
+            for k in [k for k in state if ".resblocks.22." in k]:
+                state[k.replace(".resblocks.22.", ".resblocks.23.")] = state[k].clone()
+            state["cond_stage_model.model.text_projection"] = torch.empty(1024, 1024, device="meta")
+        out[family] = state
+    state = {"model.diffusion_model." + k: v for k, v in
+             xl.convert_unet_state_dict(source.state(UNet2DConditionModel, XL_UNET, "unet")).items()}
+    state.update({"first_stage_model." + k: v for k, v in
+                  xl.convert_vae_state_dict(source.state(AutoencoderKL, XL_VAE, "vae")).items()})
+    text = source.state(CLIPTextModel, CLIPTextConfig(**CLIP_L), "text_encoder")
+    state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text.items()})
+    text2 = source.state(CLIPTextModelWithProjection, CLIPTextConfig(**CLIP_G), "text_encoder_2")
+    text2 = {"conditioner.embedders.1.model." + k: v for k, v in xl.convert_openclip_text_enc_state_dict(text2).items()}
+    # As the script's main does: open_clip's own `text_projection`, transposed.
+    proj = text2.pop("conditioner.embedders.1.model.text_projection.weight")
+    text2["conditioner.embedders.1.model.text_projection"] = proj if source.tagged else proj.T
+    state.update(text2)
+    out["sdxl"] = state
+    return out
+
+
+def names(tagged: dict, source: Source) -> dict:
+    """diffusers name (`component/name`) -> [original name, row block of a fused q/k/v or null]."""
+    out = {}
+    for original, v in tagged.items():
+        if v.device.type == "meta":
+            continue
+        tags = [int(x) for x in v.tolist()[::2]]
+        for row, tag in enumerate(tags):
+            if ".resblocks.23." in original:
+                continue
+            out[source.names[tag]] = [original, row if len(tags) == 3 else None]
+    return out
 
 
 def main() -> None:
     sd = script("convert_diffusers_to_original_stable_diffusion.py")
     xl = script("convert_diffusers_to_original_sdxl.py")
-    out = {}
     import contextlib
     import io
 
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        for family, unet, te, module in (("sd1", SD_UNET, CLIP_L, sd), ("sd2", SD2_UNET, CLIP_H, sd)):
-            state = unet_and_vae(module, unet, VAE)
-            text = meta_state(CLIPTextModel, CLIPTextConfig(**te))
-            text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
-            if family == "sd1":
-                state.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
-            else:
-                text = module.convert_text_enc_state_dict_v20({"transformer." + k: v for k, v in text.items()})
-                state.update({"cond_stage_model.model." + k: v for k, v in text.items()})
-                # open_clip's 24th block and projection, which diffusers' 23-layer encoder drops.
-                for k in [k for k in state if ".resblocks.22." in k]:
-                    state[k.replace(".resblocks.22.", ".resblocks.23.")] = state[k]
-                state["cond_stage_model.model.text_projection"] = torch.empty(1024, 1024, device="meta")
-            out[family] = dict(shapes=shapes(state), unet=unet, vae=VAE, text_encoder=te)
-        state = unet_and_vae(xl, XL_UNET, XL_VAE)
-        text = meta_state(CLIPTextModel, CLIPTextConfig(**CLIP_L))
-        text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
-        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text.items()})
-        text2 = meta_state(CLIPTextModelWithProjection, CLIPTextConfig(**CLIP_G))
-        text2 = {"conditioner.embedders.1.model." + k: v for k, v in
-                 xl.convert_openclip_text_enc_state_dict(text2).items()}
-        # As the script's main does: open_clip's own `text_projection`, transposed.
-        text2["conditioner.embedders.1.model.text_projection"] = \
-            text2.pop("conditioner.embedders.1.model.text_projection.weight").T
-        state.update(text2)
-        out["sdxl"] = dict(shapes=shapes(state), unet=XL_UNET, vae=XL_VAE, text_encoder=CLIP_L, text_encoder_2=CLIP_G)
+    with contextlib.redirect_stdout(io.StringIO()):
+        meta = convert(Source(tagged=False), sd, xl)
+        tagged_source = Source(tagged=True)
+        tagged = convert(tagged_source, sd, xl)
+    configs = {
+        "sd1": dict(unet=SD_UNET, vae=VAE, text_encoder=CLIP_L),
+        "sd2": dict(unet=SD2_UNET, vae=VAE, text_encoder=CLIP_H),
+        "sdxl": dict(unet=XL_UNET, vae=XL_VAE, text_encoder=CLIP_L, text_encoder_2=CLIP_G),
+    }
+    out = {}
+    for family, state in meta.items():
+        out[family] = dict(configs[family], shapes=shapes(state), names=names(tagged[family], tagged_source))
     with open(OUT, "w") as f:
         json.dump(out, f, separators=(",", ":"), sort_keys=True)
     for k, v in out.items():
-        print(k, len(v["shapes"]), "tensors")
+        print(k, len(v["shapes"]), "tensors,", len(v["names"]), "diffusers names")
     print(OUT, os.path.getsize(OUT), "bytes")
 
 

@@ -464,6 +464,49 @@ mod tests {
     }
 
     #[test]
+    fn full_size_names_map_as_diffusers_scripts_rename_them() {
+        use super::super::keys::{self, Projection};
+        use crate::weights::Part;
+        let all = fixture();
+        let path = Path::new("full-size.safetensors");
+        for name in ["sd1", "sd2", "sdxl"] {
+            let f = &all[name];
+            let shapes: Shapes = serde_json::from_value(f["shapes"].clone()).unwrap();
+            let family = super::family(&shapes, path).unwrap();
+            let layout = unet_layout(&shapes, path).unwrap();
+            let (_, levels) = vae_config(&shapes, family, path).unwrap();
+            let names: HashMap<String, (String, Option<usize>)> = serde_json::from_value(f["names"].clone()).unwrap();
+            let mut checked = 0;
+            for (diffusers, (original, row)) in &names {
+                let (component, tensor) = diffusers.split_once('/').unwrap();
+                if tensor.ends_with("position_ids") {
+                    continue;
+                }
+                let open_clip = |prefix: &str| {
+                    let hidden = shapes[&format!("{prefix}token_embedding.weight")][1];
+                    let (k, part) = keys::open_clip_original(tensor, hidden, Projection::OpenClip).unwrap();
+                    if let Some(r) = row {
+                        assert_eq!(part, Part::Rows { start: r * hidden, len: hidden }, "{diffusers}");
+                    }
+                    format!("{prefix}{k}")
+                };
+                let ours = match (component, family) {
+                    ("unet", _) => keys::unet_original(tensor, &layout).map(|(k, _)| format!("{UNET}{k}")),
+                    ("vae", _) => keys::vae_original(tensor, levels).map(|(k, _)| format!("{VAE}{k}")),
+                    ("text_encoder", SingleFileFamily::Sd1) => Some(format!("{SD1_CLIP}{tensor}")),
+                    ("text_encoder", SingleFileFamily::Sd2) => Some(open_clip(SD2_OPEN_CLIP)),
+                    ("text_encoder", SingleFileFamily::Sdxl) => Some(format!("{SDXL_CLIP}{tensor}")),
+                    ("text_encoder_2", SingleFileFamily::Sdxl) => Some(open_clip(SDXL_OPEN_CLIP)),
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(ours.as_deref(), Some(original.as_str()), "{name}: {diffusers}");
+                checked += 1;
+            }
+            assert!(checked > 1000, "{name}: {checked}");
+        }
+    }
+
+    #[test]
     fn other_models_are_refused_by_name() {
         let path = Path::new("x.safetensors");
         let mut shapes: Shapes = serde_json::from_value(fixture()["sd1"]["shapes"].clone()).unwrap();
