@@ -519,8 +519,8 @@ impl CheckedWeights {
     /// Explains a missing tensor when the file's names look like another layout.
     fn hint_for_missing(&self, tensor: &str) -> String {
         if self.names().any(|n| n.starts_with("model.diffusion_model.") || n.starts_with("first_stage_model.")) {
-            return "; this is an original-layout (CompVis LDM / SGM) single-file checkpoint: give the file itself \
-                    as the model (--reference or --aligned), which loads it whole, not as one component's weights"
+            return "; this is an original-layout (CompVis LDM / SGM) single-file checkpoint: give the file itself as the \
+                    reference or aligned model, which loads it whole, not as one component's weights"
                 .into();
         }
         let mut with_prefix: Vec<&str> = self.names().filter(|n| n.ends_with(&format!(".{tensor}"))).collect();
