@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn full_size_names_map_as_diffusers_scripts_rename_them() {
-        use super::super::keys::{self, Projection};
+        use crate::single_file::keys::{self, Projection};
         use crate::weights::Part;
         let all = fixture();
         let path = Path::new("full-size.safetensors");
