@@ -264,6 +264,15 @@ fn single_file_checkpoints_sample_as_their_folders() {
     assert!(!result.status.success());
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("--tokenizer") && stderr.contains("tokenizer/"), "{stderr}");
+    // The single-file options with a pipeline folder would be ignored: an error.
+    let result = run(
+        "ignored.png",
+        &fixture("single-file/sdxl"),
+        &fixture("single-file/sdxl-aligned-unet"),
+        &["--tokenizer", &config],
+    );
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("drop --tokenizer"));
     // --prediction-type takes epsilon or v_prediction only.
     let result = run(
         "bad.png",

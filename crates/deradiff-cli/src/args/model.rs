@@ -48,7 +48,8 @@ impl ModelArgs {
     /// Checks the layout of `--reference` and the architecture of each `--aligned` against it,
     /// before anything is loaded.
     pub(crate) fn check(&self) -> Result<()> {
-        check_models(&self.reference, &self.aligned)
+        check_models(&self.reference, &self.aligned)?;
+        self.load.check_single_file(&self.reference)
     }
 
     /// Loads the reference and the aligned models.
@@ -116,6 +117,34 @@ impl LoadArgs {
             joint_pass: !self.separate_passes,
             single_file: self.single_file(),
         })
+    }
+
+    /// The folders of `--tokenizer` and `--model-config`, each with its option (inputs a run
+    /// must not overwrite).
+    pub(crate) fn single_file_inputs(&self) -> Vec<(&'static str, &Path)> {
+        [("--tokenizer", &self.tokenizer), ("--model-config", &self.model_config)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect()
+    }
+
+    /// `--tokenizer`, `--model-config` and `--prediction-type` complete a single-file
+    /// `reference`: given with a pipeline folder they would be ignored, so they are an error.
+    pub(crate) fn check_single_file(&self, reference: &Path) -> Result<()> {
+        let given = [
+            ("--tokenizer", self.tokenizer.is_some()),
+            ("--model-config", self.model_config.is_some()),
+            ("--prediction-type", self.prediction_type.is_some()),
+        ];
+        let Some((flag, _)) = given.iter().find(|(_, g)| *g) else { return Ok(()) };
+        if deradiff_sd::is_original_layout(reference) || !reference.is_dir() {
+            return Ok(());
+        }
+        Err(CliError::usage(format!(
+            "{flag} applies to a single-file --reference (one original-layout .safetensors file); {} is a \
+             pipeline folder, whose own tokenizers, configs and scheduler are used: drop {flag}",
+            reference.display()
+        )))
     }
 
     /// How a single-file --reference is completed (`--tokenizer`, `--model-config`,

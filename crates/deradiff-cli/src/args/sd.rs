@@ -77,10 +77,13 @@ impl SdArgs {
 
     /// The files and folders read: the models and the prompt file, each with its option.
     pub(crate) fn inputs(&self) -> Vec<(&'static str, &Path)> {
-        [("--reference", &self.reference), ("--aligned", &self.aligned), ("--prompts-file", &self.prompts_file)]
-            .into_iter()
-            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
-            .collect()
+        let mut inputs: Vec<(&'static str, &Path)> =
+            [("--reference", &self.reference), ("--aligned", &self.aligned), ("--prompts-file", &self.prompts_file)]
+                .into_iter()
+                .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+                .collect();
+        inputs.extend(self.load.single_file_inputs());
+        inputs
     }
 
     /// Loads `reference` and `aligned` with `load`, sampled with `scheduler` (a class and the

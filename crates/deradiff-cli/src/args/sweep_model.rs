@@ -192,6 +192,7 @@ impl SweepModelArgs {
         self.rewards.require("give a reward for a Stable Diffusion sweep")?;
         self.sampler.check()?;
         check_models(reference, &[aligned.to_path_buf()])?;
+        self.sd.load.check_single_file(reference)?;
         // Unreadable, the loader reports it below; the sampler is then moot.
         let checkpoint = reference_scheduler_config(reference, &self.sd.load.single_file()).unwrap_or_default();
         let (scheduler, config, note) = self.sampler.for_checkpoint(&checkpoint)?;
