@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
@@ -455,7 +454,7 @@ impl CheckedWeights {
 
     /// A `VarBuilder` over these weights, converting to `dtype` on `device`.
     pub(crate) fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(Shared(self.clone())), dtype, device.clone())
+        renamed::backend(self, None, dtype, device).0
     }
 
     /// Builds a model with `build`; if candle fails, reports the last tensor problem seen (with
@@ -641,30 +640,6 @@ impl CheckedWeights {
             *f = None;
         }
         Ok(t)
-    }
-}
-
-/// The backend handed to candle: a shared handle, so the loader can read the failure afterwards.
-struct Shared(Arc<CheckedWeights>);
-
-impl SimpleBackend for Shared {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.load_checked(name, Some(&s), dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.load_checked(name, None, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains(name)
     }
 }
 

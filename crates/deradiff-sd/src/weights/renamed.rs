@@ -1,6 +1,8 @@
-//! A [`SimpleBackend`] that serves a model's tensors under other names: a single-file
-//! checkpoint's tensors (original LDM / SGM names) to a model that asks for diffusers' names,
-//! each taken from the memory map as it is requested (no converted copy of the checkpoint).
+//! The [`SimpleBackend`] handed to candle: a shared handle on the [`CheckedWeights`] (so that the
+//! loader can read what went wrong afterwards), serving each tensor under its stored name or —
+//! for a single-file checkpoint — under another: its original LDM / SGM tensors to a model that
+//! asks for diffusers' names, each taken from the memory map as it is requested (no converted
+//! copy of the checkpoint).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +17,12 @@ use crate::error::Result;
 /// Where a diffusers name is stored: the stored name and the part of it.
 pub(crate) type Rename = dyn Fn(&str) -> Option<(String, Part)> + Send + Sync;
 
-/// The renaming backend: `rename` maps a requested (diffusers) name to the stored name and part;
-/// `None` is a name the checkpoint's layout has no place for.
+/// The backend: `rename` maps a requested (diffusers) name to the stored name and part (its
+/// `None`: a name the checkpoint's layout has no place for); without `rename` names are served as
+/// stored.
 struct Renamed {
     weights: Arc<CheckedWeights>,
-    rename: Arc<Rename>,
+    rename: Option<Arc<Rename>>,
     /// The tensors served, by diffusers name, with their shapes as served.
     used: Arc<Mutex<HashMap<String, Shape>>>,
 }
@@ -32,7 +35,10 @@ impl Renamed {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        match (self.rename)(name) {
+        let Some(rename) = &self.rename else {
+            return self.weights.load_checked(name, expected, dtype, dev);
+        };
+        match rename(name) {
             Some((stored, part)) => {
                 if !self.weights.contains(&stored) {
                     self.weights.record_missing(&stored, format!(" (diffusers' `{name}`)"));
@@ -74,8 +80,24 @@ impl SimpleBackend for Renamed {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        (self.rename)(name).is_some_and(|(stored, _)| self.weights.contains(&stored))
+        match &self.rename {
+            Some(rename) => rename(name).is_some_and(|(stored, _)| self.weights.contains(&stored)),
+            None => self.weights.contains(name),
+        }
     }
+}
+
+/// A `VarBuilder` over `weights` (renamed by `rename`, if given) converting to `dtype` on
+/// `device`, and the map it fills with the tensors served by requested name and shape.
+pub(super) fn backend(
+    weights: &Arc<CheckedWeights>,
+    rename: Option<Arc<Rename>>,
+    dtype: DType,
+    device: &Device,
+) -> (VarBuilder<'static>, Arc<Mutex<HashMap<String, Shape>>>) {
+    let used = Arc::new(Mutex::new(HashMap::new()));
+    let backend = Renamed { weights: weights.clone(), rename, used: used.clone() };
+    (VarBuilder::from_backend(Box::new(backend), dtype, device.clone()), used)
 }
 
 impl CheckedWeights {
@@ -90,9 +112,7 @@ impl CheckedWeights {
         prefix: Option<&str>,
         build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<(T, HashMap<String, Shape>)> {
-        let used = Arc::new(Mutex::new(HashMap::new()));
-        let backend = Renamed { weights: self.clone(), rename, used: used.clone() };
-        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        let (vb, used) = backend(self, Some(rename), dtype, device);
         let model = self.build_with(vb, prefix, build)?;
         let shapes = used.lock().map(|u| u.clone()).unwrap_or_default();
         Ok((model, shapes))
