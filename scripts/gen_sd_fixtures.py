@@ -349,6 +349,11 @@ def make_text_encoder(vocab_size: int, tokenizer: CLIPTokenizer, seed: int, act:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=1,
     )
+    return random_text_encoder(config, seed)
+
+
+def random_text_encoder(config: CLIPTextConfig, seed: int) -> CLIPTextModel:
+    """A `CLIPTextModel` of `config` with seeded weights large enough to matter, rounded to f16."""
     torch.manual_seed(seed)
     model = CLIPTextModel(config).eval()
     gen = torch.Generator().manual_seed(seed)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use deradiff_core::SchedulerConfig;
-use deradiff_sd::{UnetConfig, UnetLocation};
+use deradiff_sd::{is_original_layout, SingleFile, SingleFileFamily, SingleFileOptions, UnetConfig, UnetLocation};
 
 use crate::error::{CliError, Result};
 
@@ -34,15 +34,30 @@ fn family_of_config(path: &Path) -> Option<Family> {
     Some(if arch.text_time.is_some() { Family::Sdxl } else { Family::Sd })
 }
 
-/// The family of the reference's UNet (`REFERENCE/unet/config.json`), if it can be read.
+/// The family of a single-file checkpoint in the original layout, inferred from its tensors.
+fn family_of_single_file(path: &Path) -> Option<Family> {
+    if !is_original_layout(path) {
+        return None;
+    }
+    Some(match SingleFile::open(path).ok()?.family() {
+        SingleFileFamily::Sdxl => Family::Sdxl,
+        _ => Family::Sd,
+    })
+}
+
+/// The family of the reference's UNet (`REFERENCE/unet/config.json`, or a single file's
+/// tensors), if it can be read.
 pub(crate) fn reference_family(reference: &Path) -> Option<Family> {
-    family_of_config(&reference.join("unet").join("config.json"))
+    family_of_single_file(reference).or_else(|| family_of_config(&reference.join("unet").join("config.json")))
 }
 
 /// The reference's `scheduler/scheduler_config.json` (SDXL's own without one, as the pipeline
 /// loader does), read before the weights to choose a sweep's sampler; `None` where it cannot be
 /// read (the loader then says why).
-pub(crate) fn reference_scheduler_config(reference: &Path) -> Option<SchedulerConfig> {
+pub(crate) fn reference_scheduler_config(reference: &Path, single: &SingleFileOptions) -> Option<SchedulerConfig> {
+    if is_original_layout(reference) {
+        return single.scheduler_config(&SingleFile::open(reference).ok()?).ok();
+    }
     let path = reference.join("scheduler").join("scheduler_config.json");
     if path.is_file() {
         return SchedulerConfig::from_file(&path).ok();
@@ -53,6 +68,9 @@ pub(crate) fn reference_scheduler_config(reference: &Path) -> Option<SchedulerCo
 /// The family of an aligned UNet as `--aligned` gives it (pipeline directory or UNet directory;
 /// a bare `.safetensors` file has no config of its own), if it can be read.
 fn aligned_family(aligned: &Path) -> Option<Family> {
+    if let Some(family) = family_of_single_file(aligned) {
+        return Some(family);
+    }
     let location = UnetLocation::resolve(aligned).ok()?;
     family_of_config(location.config.as_deref()?)
 }

@@ -77,6 +77,11 @@ fn printed_by(file: &str, function: &str) -> Option<Vec<&'static str>> {
         ("shards.rs", _) => vec!["sweep"],
         ("deradiff-rewards/src/prompts/mod.rs" | "deradiff-rewards/src/prompts/tree.rs", _) => with_rewards,
         ("deradiff-tune/src/spec.rs", _) => vec!["sweep"],
+        // Single-file references: `--tokenizer`, `--model-config` and `--aligned` are options of
+        // the commands that load Stable Diffusion models.
+        ("deradiff-sd/src/error.rs", "")
+        | ("deradiff-sd/src/pipeline/single.rs", _)
+        | ("deradiff-sd/src/single_file/templates.rs", _) => sd_models,
         ("deradiff-tune/src/error.rs", "") => vec!["merge"],
         _ => return None,
     })

@@ -291,3 +291,57 @@ fn hugging_face_repo_ids_give_the_images_of_their_paths() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn single_file_checkpoints_sample_as_their_folders() {
+    let dir = out_dir("single-file");
+    let run = |name: &str, reference: &str, aligned: &str, extra: &[&str]| -> Output {
+        let out = dir.join(name);
+        let mut args = base_args(reference, aligned, out.to_str().unwrap());
+        args.extend(["--size", "32x32", "--lambda", "0.5"]);
+        args.extend(extra.iter().copied());
+        deradiff(&args)
+    };
+    let png = |name: &str, result: &Output| {
+        assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+        decode_png(&dir.join(name)).2
+    };
+    let folder = run("folder.png", &fixture("single-file/sdxl"), &fixture("single-file/sdxl-aligned-unet"), &[]);
+    let folder = png("folder.png", &folder);
+    // The SDXL single file (its tiny heads need the folder's configs) with a single-file aligned UNet.
+    let config = fixture("single-file/sdxl");
+    let single = run(
+        "single.png",
+        &fixture("single-file/sdxl.safetensors"),
+        &fixture("single-file/sdxl-aligned.safetensors"),
+        &["--model-config", &config],
+    );
+    assert_eq!(png("single.png", &single), folder);
+    // Without tokenizers: a usage-level message naming --tokenizer and the folders it needs.
+    let result = run(
+        "none.png",
+        &fixture("single-file/sd15.safetensors"),
+        &fixture("single-file/sd15-aligned.safetensors"),
+        &[],
+    );
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("--tokenizer") && stderr.contains("tokenizer/"), "{stderr}");
+    // The single-file options with a pipeline folder would be ignored: an error.
+    let result = run(
+        "ignored.png",
+        &fixture("single-file/sdxl"),
+        &fixture("single-file/sdxl-aligned-unet"),
+        &["--tokenizer", &config],
+    );
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("drop --tokenizer"));
+    // --prediction-type takes epsilon or v_prediction only.
+    let result = run(
+        "bad.png",
+        &fixture("single-file/sd15.safetensors"),
+        &fixture("single-file/sd15-aligned.safetensors"),
+        &["--prediction-type", "sample"],
+    );
+    assert_eq!(result.status.code(), Some(2));
+}

@@ -224,6 +224,38 @@ pub enum Error {
         hint: String,
     },
 
+    /// Tensors of a single-file checkpoint that no model loaded and that diffusers' conversion
+    /// does not drop either (a layout other than the one inferred, or a component deradiff does
+    /// not load).
+    #[error("{file}: {count} tensor(s) {what} that no model loads: {names}")]
+    UnknownTensors {
+        /// The checkpoint.
+        file: PathBuf,
+        /// What was loaded from it (for example "under `model.diffusion_model.`").
+        what: String,
+        /// How many.
+        count: usize,
+        /// The first few names, backquoted and comma-separated.
+        names: String,
+    },
+
+    /// A single-file reference needs tokenizers, which no single file holds.
+    #[error(
+        "{file} is a single-file {family} checkpoint, which holds no tokenizer: give {needs} \
+         (deradiff --tokenizer DIR; LoadOptions::single_file.tokenizer), for example those of the diffusers \
+         pipeline {repo}"
+    )]
+    TokenizerNeeded {
+        /// The checkpoint.
+        file: PathBuf,
+        /// Its family ("SD 1.x", "SD 2.x", "SDXL").
+        family: String,
+        /// The folders needed.
+        needs: String,
+        /// The diffusers pipeline whose tokenizers fit (diffusers' default for the family).
+        repo: String,
+    },
+
     /// A tensor whose shape is not the one the model's config implies.
     #[error("{file}: tensor `{tensor}` has shape {got:?} but the model config expects {expected:?}")]
     TensorShape {

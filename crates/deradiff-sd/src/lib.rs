@@ -21,6 +21,12 @@
 //!   concatenated, the pooled embedding from encoder 2, zero negative embeddings under
 //!   `force_zeros_for_empty_prompt`, the micro-conditioning of [`Request`] (original size, crop,
 //!   target size; diffusers' defaults), the VAE's own `scaling_factor` (0.13025).
+//! * [`SingleFile`] — single-file checkpoints in the original (CompVis LDM / Stability SGM)
+//!   layout, as the web UIs ship them, loaded natively by [`StableDiffusion::load`] and
+//!   [`Unet::load`]: family ([`SingleFileFamily`]) and architecture inferred from the tensors,
+//!   the rest from templates equal to diffusers' configs for SD 1.5 / 2.1 / SDXL, tensors served
+//!   from the memory map under their original names; tokenizers and overrides from
+//!   [`LoadOptions::single_file`] ([`SingleFileOptions`]).
 //! * [`Guided`] — classifier-free guidance as a [`deradiff_core::Denoiser`] wrapper: conditional
 //!   and unconditional in one batched pass; wraps any [`ConditionalModel`].
 //! * [`TextEncoder`] — the checkpoint's CLIP tokenizer ([`ClipTokenizer`]) and text model
@@ -49,7 +55,7 @@
 //!    ([`ConditionalModel`], [`AddedConditioning`]);
 //! 2. weights and configs: `weights` ([`load_checked`]), `config` ([`UnetConfig`], [`VaeConfig`]);
 //! 3. models: `unet` (`load`, `adapters`, `model`, `blocks`, `layers`, `embeddings`), `vae`,
-//!    [`clip`];
+//!    [`clip`], `single_file` (the original layout's names and templates);
 //! 4. [`lora`], above the UNet it reads, merges into and extracts from (the UNet knows nothing of
 //!    LoRA);
 //! 5. guidance and text: `guidance` ([`Guided`], [`JointGuided`], [`PromptEmbeddings`]), `text`
@@ -98,6 +104,7 @@ mod hub;
 mod image;
 mod limits;
 mod pipeline;
+mod single_file;
 mod text;
 mod tokenizer;
 mod unet;
@@ -111,7 +118,8 @@ pub use error::{Error, Result};
 pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
 pub use hub::{resolve_model_path, resolve_model_path_with, HubCache, RepoRef};
 pub use image::RgbImage;
-pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, StableDiffusion, DEFAULT_STEPS};
+pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, SingleFileOptions, StableDiffusion, DEFAULT_STEPS};
+pub use single_file::{is_original_layout, SingleFile, SingleFileFamily};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};
 pub use unet::{AdapterView, GroupedView, RowGroup, Unet, UnetLocation};

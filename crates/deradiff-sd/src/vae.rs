@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::fs::{check_path, config_path, Kind};
 use crate::image::RgbImage;
 use crate::limits::{check_latent_size, MAX_IMAGE_SIDE};
-use crate::weights::{find_weight_files, CheckedWeights};
+use crate::weights::{find_weight_files, CheckedWeights, Rename};
 
 /// A loaded VAE.
 pub struct Vae {
@@ -48,6 +48,24 @@ impl Vae {
         let (in_c, out_c) = (config.in_channels, config.out_channels);
         let model = weights.build(dtype, device, None, |vb| AutoEncoderKL::new(vb, in_c, out_c, arch))?;
         Ok(Self { model, config, dtype, device: device.clone(), source: dir.to_path_buf() })
+    }
+
+    /// Builds the VAE with `config` over `weights` stored under other names than diffusers'
+    /// (`rename`: a single-file checkpoint); `config_path` names the config in errors.
+    pub(crate) fn from_renamed(
+        weights: &std::sync::Arc<CheckedWeights>,
+        rename: std::sync::Arc<Rename>,
+        config: VaeConfig,
+        config_path: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let arch = config.arch(config_path)?;
+        let dtype = if dtype == DType::F16 && config.force_upcast { DType::F32 } else { dtype };
+        let (in_c, out_c) = (config.in_channels, config.out_channels);
+        let (model, _) =
+            weights.build_renamed(rename, dtype, device, None, |vb| AutoEncoderKL::new(vb, in_c, out_c, arch))?;
+        Ok(Self { model, config, dtype, device: device.clone(), source: weights.primary().to_path_buf() })
     }
 
     /// The config.

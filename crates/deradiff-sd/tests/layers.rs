@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("utilities", &["error", "device", "image", "fs", "hub", "limits", "conditioning"]),
     ("weights and configs", &["weights", "config"]),
-    ("models", &["unet", "vae", "clip"]),
+    ("models", &["unet", "vae", "clip", "single_file"]),
     ("adapters", &["lora"]),
     ("guidance and text", &["guidance", "text", "tokenizer"]),
     ("pipeline", &["pipeline"]),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions, StableDiffusion};
+use deradiff_sd::{check_dtype_supported, parse_device, parse_dtype, LoadOptions, SingleFileOptions, StableDiffusion};
 
 use crate::args::ModelPath;
 use crate::checkpoint::check_models;
@@ -27,13 +27,15 @@ pub(crate) struct ModelArgs {
     /// The reference checkpoint: the diffusers pipeline directory (model_index.json, unet/,
     /// text_encoder/, tokenizer/, vae/, scheduler/scheduler_config.json; SDXL also
     /// text_encoder_2/ and tokenizer_2/, and is detected from unet/config.json), not one of its
-    /// component folders. Or a Hugging Face repo id, `org/name[@revision]`, found in the local
-    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub; never
-    /// downloaded); an existing path wins.
+    /// component folders; or one single-file checkpoint in the original layout (an SD 1.x, 2.x
+    /// or SDXL .safetensors file as the web UIs use; with --tokenizer DIR). Or a Hugging Face
+    /// repo id, `org/name[@revision][/path]`, found in the local Hugging Face cache (HF_HUB_CACHE,
+    /// HF_HOME/hub or ~/.cache/huggingface/hub; never downloaded); an existing path wins.
     #[arg(long, value_parser = ModelPath)]
     pub(crate) reference: PathBuf,
     /// An aligned UNet of the reference's architecture: a pipeline directory, a unet/ directory
-    /// or one .safetensors file; or a LoRA adapter of the reference UNet (a .safetensors file in
+    /// or one .safetensors file (diffusers' UNet names, or an original-layout single-file
+    /// checkpoint, of which only the UNet is read); or a LoRA adapter of the reference UNet (a .safetensors file in
     /// the diffusers, peft or kohya layout, or a folder with pytorch_lora_weights.safetensors or
     /// adapter_model.safetensors + adapter_config.json), which runs with the reference in one
     /// batched UNet pass. Repeat for several aligned models (one per reward). Without it the
@@ -50,7 +52,8 @@ impl ModelArgs {
     /// Checks the layout of `--reference` and the architecture of each `--aligned` against it,
     /// before anything is loaded.
     pub(crate) fn check(&self) -> Result<()> {
-        check_models(&self.reference, &self.aligned)
+        check_models(&self.reference, &self.aligned)?;
+        self.load.check_single_file(&self.reference)
     }
 
     /// Loads the reference and the aligned models.
@@ -78,6 +81,22 @@ pub(crate) struct LoadArgs {
     /// Device: cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The tokenizers of a single-file --reference (one original-layout .safetensors file, which
+    /// holds none): a diffusers pipeline folder with tokenizer/ (SDXL: and tokenizer_2/), or for
+    /// SD 1.x / 2.x a tokenizer folder.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// A diffusers pipeline folder whose configs (unet/, vae/, text_encoder*/config.json,
+    /// scheduler/) replace the built-in templates of a single-file --reference, where it has them
+    /// (as diffusers' from_single_file(config=...)); its tokenizers serve when --tokenizer is not
+    /// given.
+    #[arg(long, value_name = "DIR")]
+    model_config: Option<PathBuf>,
+    /// The prediction type of a single-file --reference (not recorded in its weights): epsilon,
+    /// or v_prediction. Default: the family's, as diffusers takes it (SD 2.x v_prediction, for the
+    /// 768-px models: an SD 2.x base checkpoint needs epsilon; SD 1.x and SDXL epsilon).
+    #[arg(long, value_parser = ["epsilon", "v_prediction"])]
+    prediction_type: Option<String>,
 }
 
 impl LoadArgs {
@@ -95,6 +114,56 @@ impl LoadArgs {
         if !self.lora_scale.is_finite() {
             return Err(CliError::usage(format!("--lora-scale is {}; it must be a finite number", self.lora_scale)));
         }
-        Ok(LoadOptions { dtype, device, lora_multiplier: self.lora_scale, joint_pass: !self.separate_passes })
+        Ok(LoadOptions {
+            dtype,
+            device,
+            lora_multiplier: self.lora_scale,
+            joint_pass: !self.separate_passes,
+            single_file: self.single_file(),
+        })
+    }
+
+    /// The folders of `--tokenizer` and `--model-config`, each with its option (inputs a run
+    /// must not overwrite).
+    pub(crate) fn single_file_inputs(&self) -> Vec<(&'static str, &Path)> {
+        [("--tokenizer", &self.tokenizer), ("--model-config", &self.model_config)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect()
+    }
+
+    /// `--tokenizer`, `--model-config` and `--prediction-type` complete a single-file
+    /// `reference`: given with a pipeline folder they would be ignored, so they are an error.
+    pub(crate) fn check_single_file(&self, reference: &Path) -> Result<()> {
+        let given = [
+            ("--tokenizer", self.tokenizer.is_some()),
+            ("--model-config", self.model_config.is_some()),
+            ("--prediction-type", self.prediction_type.is_some()),
+        ];
+        let Some((flag, _)) = given.iter().find(|(_, g)| *g) else { return Ok(()) };
+        if deradiff_sd::is_original_layout(reference) || !reference.is_dir() {
+            return Ok(());
+        }
+        Err(CliError::usage(format!(
+            "{flag} applies to a single-file --reference (one original-layout .safetensors file); {} is a \
+             pipeline folder, whose own tokenizers, configs and scheduler are used: drop {flag}",
+            reference.display()
+        )))
+    }
+
+    /// How a single-file --reference is completed (`--tokenizer`, `--model-config`,
+    /// `--prediction-type`).
+    ///
+    /// Hook for Hugging Face cache ids: without `--tokenizer` (and without a `--model-config`
+    /// folder holding tokenizers), a single file's tokenizers are those of the diffusers
+    /// pipeline `deradiff_sd::SingleFile::open(reference)?.family().diffusers_repo()`; once the
+    /// HF cache resolver lands, resolve that repo id here (offline) and use its snapshot as
+    /// `tokenizer`. Until then the loader's `Error::TokenizerNeeded` names the repo.
+    pub(crate) fn single_file(&self) -> SingleFileOptions {
+        SingleFileOptions {
+            tokenizer: self.tokenizer.clone(),
+            config: self.model_config.clone(),
+            prediction_type: self.prediction_type.clone(),
+        }
     }
 }

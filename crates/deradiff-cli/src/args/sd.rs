@@ -18,13 +18,14 @@ use crate::error::{CliError, Context, Result};
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Stable Diffusion")]
 pub(crate) struct SdArgs {
-    /// The reference checkpoint (diffusers layout), or a Hugging Face repo id
-    /// (`org/name[@revision]`) in the local cache. Without it the analytic testbed is used.
+    /// The reference checkpoint: a diffusers pipeline folder, or one original-layout single-file
+    /// checkpoint (with --tokenizer DIR), or a Hugging Face repo id (`org/name[@revision]`) in the
+    /// local cache. Without it the analytic testbed is used.
     #[arg(long, requires = "aligned", value_parser = ModelPath)]
     pub(crate) reference: Option<PathBuf>,
-    /// The aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file) or a LoRA
-    /// adapter (file or folder; diffusers, peft or kohya layout); or a Hugging Face repo id in
-    /// the local cache (`org/name[@revision][/path]`).
+    /// The aligned model: a UNet (pipeline dir, unet/ dir or .safetensors file, diffusers' or
+    /// the original single-file layout) or a LoRA adapter (file or folder; diffusers, peft or
+    /// kohya layout); or a Hugging Face repo id in the local cache (`org/name[@revision][/path]`).
     #[arg(long, requires = "reference", value_parser = ModelPath)]
     pub(crate) aligned: Option<PathBuf>,
     /// A prompt (repeatable).
@@ -79,10 +80,13 @@ impl SdArgs {
 
     /// The files and folders read: the models and the prompt file, each with its option.
     pub(crate) fn inputs(&self) -> Vec<(&'static str, &Path)> {
-        [("--reference", &self.reference), ("--aligned", &self.aligned), ("--prompts-file", &self.prompts_file)]
-            .into_iter()
-            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
-            .collect()
+        let mut inputs: Vec<(&'static str, &Path)> =
+            [("--reference", &self.reference), ("--aligned", &self.aligned), ("--prompts-file", &self.prompts_file)]
+                .into_iter()
+                .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+                .collect();
+        inputs.extend(self.load.single_file_inputs());
+        inputs
     }
 
     /// Loads `reference` and `aligned` with `load`, sampled with `scheduler` (a class and the

@@ -218,8 +218,9 @@ impl SweepModelArgs {
         }
         self.sampler.check()?;
         check_models(reference, &[aligned.to_path_buf()])?;
+        self.sd.load.check_single_file(reference)?;
         // Unreadable, the loader reports it below; the sampler is then moot.
-        let checkpoint = reference_scheduler_config(reference).unwrap_or_default();
+        let checkpoint = reference_scheduler_config(reference, &self.sd.load.single_file()).unwrap_or_default();
         let (scheduler, config, note) = self.sampler.for_checkpoint(&checkpoint)?;
         if let Some(note) = note {
             eprintln!("note: {note}");

@@ -115,6 +115,7 @@ fn check(args: &SampleArgs) -> Result<Plan> {
     let outputs = image_paths(&out, &settings, args.prompt.len());
     let mut inputs = vec![("--reference", args.models.reference.as_path())];
     inputs.extend(args.models.aligned.iter().map(|a| ("--aligned", a.as_path())));
+    inputs.extend(args.models.load.single_file_inputs());
     check_outputs(&outputs.iter().map(|p| ("--out", p.as_path())).collect::<Vec<_>>(), &inputs)?;
     args.models.check()?;
     if micro.given && reference_family(&args.models.reference) == Some(Family::Sd) {

@@ -26,7 +26,7 @@ fn require_dir(dir: PathBuf, what: &str) -> Result<PathBuf> {
 
 /// What the reference must be.
 const PIPELINE_FOLDER: &str = "the pipeline folder (with model_index.json, unet/, text_encoder/, tokenizer/, vae/, \
-                               scheduler/)";
+                               scheduler/), or one single-file checkpoint in the original layout (.safetensors)";
 
 /// The component folders of a diffusers pipeline.
 const COMPONENTS: [&str; 7] =
@@ -73,7 +73,7 @@ fn explain_component_folder(root: &Path) -> Result<()> {
 
 /// `force_zeros_for_empty_prompt` from a pipeline's `model_index.json` (diffusers' SDXL default,
 /// true, when the file or the field is absent).
-fn read_force_zeros(root: &Path) -> Result<bool> {
+pub(super) fn read_force_zeros(root: &Path) -> Result<bool> {
     let path = root.join("model_index.json");
     if !probe_path(&path, Kind::File, "pipeline index", None)? {
         return Ok(true);
@@ -91,11 +91,25 @@ fn read_force_zeros(root: &Path) -> Result<bool> {
     }
 }
 
+/// The reference's parts, loaded from a folder or a single file, before the aligned models.
+pub(super) struct ReferenceParts {
+    pub(super) unet: Unet,
+    /// The UNet's config file (the single file itself where its config is a template), which
+    /// an aligned bare weight file takes.
+    pub(super) unet_config_path: PathBuf,
+    pub(super) text_encoder: TextEncoder,
+    pub(super) text_encoder_2: Option<TextEncoder>,
+    pub(super) vae: Vae,
+    pub(super) scheduler_config: SchedulerConfig,
+    pub(super) force_zeros: bool,
+}
+
 impl StableDiffusion {
     /// Loads a diffusers-layout reference directory (`unet/`, `text_encoder/`, `tokenizer/`,
-    /// `vae/`, `scheduler/scheduler_config.json`) and aligned UNets, each a pipeline directory,
-    /// a UNet directory or a single UNet `.safetensors` file (which takes the reference's
-    /// config), or a LoRA adapter of the reference UNet (a file or folder in the diffusers, peft
+    /// `vae/`, `scheduler/scheduler_config.json`) — or one single-file checkpoint in the original
+    /// layout ([`crate::SingleFile`], completed by [`LoadOptions::single_file`]) — and aligned
+    /// UNets, each a pipeline directory, a UNet directory, a single UNet `.safetensors` file
+    /// (which takes the reference's config), an original-layout single file (its UNet only), or a LoRA adapter of the reference UNet (a file or folder in the diffusers, peft
     /// or kohya layout, see [`crate::lora`]; scaled by [`LoadOptions::lora_multiplier`]). Every
     /// aligned UNet must have the reference's architecture. LoRA-aligned models share the
     /// reference's weights and run with it in one batched UNet pass per step
@@ -108,6 +122,16 @@ impl StableDiffusion {
     /// used.
     pub fn load<P: AsRef<Path>>(reference: impl AsRef<Path>, aligned: &[P], options: &LoadOptions) -> Result<Self> {
         let root = reference.as_ref();
+        let parts = if crate::single_file::is_original_layout(root) {
+            super::single::load_reference(root, options)?
+        } else {
+            Self::load_reference_folder(root, options)?
+        };
+        Self::with_aligned(parts, aligned, options)
+    }
+
+    /// The parts of a diffusers-layout reference folder.
+    fn load_reference_folder(root: &Path, options: &LoadOptions) -> Result<ReferenceParts> {
         check_path(root, Kind::Dir, "reference model", Some(PIPELINE_FOLDER))?;
         explain_component_folder(root)?;
         let unet_dir = require_dir(root.join("unet"), "reference UNet directory")?;
@@ -142,8 +166,39 @@ impl StableDiffusion {
         let (dtype, device) = (options.dtype, &options.device);
         check_dtype_supported(dtype, device)?;
 
-        let reference_unet = Unet::load(&unet_dir, None, dtype, device)?;
-        let ref_cfg_path = unet_dir.join("config.json");
+        let unet = Unet::load(&unet_dir, None, dtype, device)?;
+        let text_encoder = TextEncoder::load(&te_dir, &tok_dir, dtype, device)?;
+        let vae = Vae::load(&vae_dir, dtype, device)?;
+        let (text_encoder_2, force_zeros) = match sdxl_dirs {
+            Some((te2_dir, tok2_dir)) => {
+                (Some(TextEncoder::load_with_projection(&te2_dir, &tok2_dir, dtype, device)?), read_force_zeros(root)?)
+            }
+            None => (None, true),
+        };
+        Ok(ReferenceParts {
+            unet,
+            unet_config_path: unet_dir.join("config.json"),
+            text_encoder,
+            text_encoder_2,
+            vae,
+            scheduler_config,
+            force_zeros,
+        })
+    }
+
+    /// The pipeline of the reference's `parts` and the `aligned` models (UNets or LoRA
+    /// adapters of the reference UNet).
+    fn with_aligned<P: AsRef<Path>>(parts: ReferenceParts, aligned: &[P], options: &LoadOptions) -> Result<Self> {
+        let (dtype, device) = (options.dtype, &options.device);
+        let ReferenceParts {
+            unet: reference_unet,
+            unet_config_path: ref_cfg_path,
+            text_encoder,
+            text_encoder_2,
+            vae,
+            scheduler_config,
+            force_zeros,
+        } = parts;
         let mut aligned_unets = Vec::with_capacity(aligned.len());
         let mut adapters = Vec::new();
         let mut models = vec![ModelSlot { unet: 0, adapter: None }];
@@ -173,24 +228,8 @@ impl StableDiffusion {
         };
         let mut unets = vec![reference_unet];
         unets.extend(aligned_unets);
-        let text_encoder = TextEncoder::load(&te_dir, &tok_dir, dtype, device)?;
-        let vae = Vae::load(&vae_dir, dtype, device)?;
-        let mut sd = match sdxl_dirs {
-            Some((te2_dir, tok2_dir)) => {
-                let text_encoder_2 = TextEncoder::load_with_projection(&te2_dir, &tok2_dir, dtype, device)?;
-                let force_zeros = read_force_zeros(root)?;
-                Self::assemble(
-                    text_encoder,
-                    Some(text_encoder_2),
-                    vae,
-                    unets,
-                    Some(models),
-                    scheduler_config,
-                    force_zeros,
-                )
-            }
-            None => Self::assemble(text_encoder, None, vae, unets, Some(models), scheduler_config, true),
-        }?;
+        let mut sd =
+            Self::assemble(text_encoder, text_encoder_2, vae, unets, Some(models), scheduler_config, force_zeros)?;
         sd.adapters = adapters.into_iter().map(|a| a.scaled(lora_multiplier)).collect::<Result<_>>()?;
         sd.joint_pass = options.joint_pass;
         Ok(sd)

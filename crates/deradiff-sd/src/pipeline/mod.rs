@@ -18,6 +18,7 @@ mod encode;
 mod load;
 mod request;
 mod sample;
+mod single;
 
 use candle_core::{DType, Device};
 use deradiff_core::SchedulerConfig;
@@ -29,6 +30,7 @@ use crate::text::TextEncoder;
 use crate::unet::Unet;
 use crate::vae::Vae;
 pub use request::{EncodedRequest, Generation, LoadOptions, Request, DEFAULT_STEPS};
+pub use single::SingleFileOptions;
 
 /// Where one model of a pipeline lives: a loaded UNet, with one of its attached LoRA adapters
 /// or its own weights.

@@ -28,11 +28,20 @@ pub struct LoadOptions {
     /// calls hold one model's activations at a time, a lower peak memory for large images
     /// (`docs/lora.md` has the measurements).
     pub joint_pass: bool,
+    /// How a reference given as one original-layout `.safetensors` file is completed: its
+    /// tokenizers, configs instead of the built-in templates, the prediction type.
+    pub single_file: super::SingleFileOptions,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, lora_multiplier: 1.0, joint_pass: true }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            lora_multiplier: 1.0,
+            joint_pass: true,
+            single_file: super::SingleFileOptions::default(),
+        }
     }
 }
 

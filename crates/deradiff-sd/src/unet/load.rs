@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape};
 
@@ -14,7 +15,7 @@ use super::Unet;
 use crate::config::{UnetArch, UnetConfig};
 use crate::error::{Error, Result};
 use crate::fs::{check_path, config_path, probe_any, probe_path, Kind};
-use crate::weights::{find_weight_files, CheckedWeights};
+use crate::weights::{find_weight_files, CheckedWeights, Rename};
 
 /// Where a UNet's weights and config are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +47,9 @@ impl UnetLocation {
                 if ext != "safetensors" {
                     return Err(Error::unsupported(
                         path,
-                        "a single-file UNet must be a .safetensors file in the diffusers layout (pickle \
-                         .bin / .ckpt files are not loaded)",
+                        "a single-file model must be a .safetensors file, in the diffusers layout or the \
+                         original one (pickle .bin / .ckpt files are not loaded: convert them with \
+                         `safetensors.torch.save_file`)",
                     ));
                 }
                 Ok(Self { weights: vec![path.to_path_buf()], config: None })
@@ -83,6 +85,9 @@ impl Unet {
         device: &Device,
     ) -> Result<Self> {
         let path = path.as_ref();
+        if crate::single_file::is_original_layout(path) {
+            return crate::single_file::SingleFile::open(path)?.load_unet(fallback, dtype, device);
+        }
         let loc = UnetLocation::resolve(path)?;
         let (config, cfg_path) = match (&loc.config, fallback) {
             (Some(p), _) => (UnetConfig::from_file(p)?, p.clone()),
@@ -116,6 +121,24 @@ impl Unet {
         let model = weights.build(dtype, device, None, |vb| UnetModel::new(vb, arch.clone()))?;
         let (source, shapes) = (weights.primary().to_path_buf(), weights.used());
         let mut unet = Self::assemble(model, config, arch, source, shapes, dtype, device);
+        unet.config_path = config_path.to_path_buf();
+        Ok(unet)
+    }
+
+    /// Builds a UNet with `config` over `weights` stored under other names than diffusers'
+    /// (`rename`: a single-file checkpoint); `config_path` names the config in errors.
+    pub(crate) fn from_renamed(
+        weights: &Arc<CheckedWeights>,
+        rename: Arc<Rename>,
+        config: UnetConfig,
+        config_path: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let arch = config.arch(config_path)?;
+        let (model, shapes) =
+            weights.build_renamed(rename, dtype, device, None, |vb| UnetModel::new(vb, arch.clone()))?;
+        let mut unet = Self::assemble(model, config, arch, weights.primary().to_path_buf(), shapes, dtype, device);
         unet.config_path = config_path.to_path_buf();
         Ok(unet)
     }

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use crate::fs::{check_path, probe_path, read_text, Kind};
 
 mod header;
+mod renamed;
 mod values;
 
 pub(crate) use header::header_problem;
+pub(crate) use renamed::Rename;
 pub(crate) use values::check_values;
 
 /// The safetensors file(s) of one model component, in the order they are read.
@@ -319,6 +320,8 @@ fn open_error(file: &Path, mut e: candle_core::Error) -> Error {
 enum Failure {
     Missing {
         tensor: String,
+        /// What the renaming backend of a single-file checkpoint adds (the diffusers name).
+        hint: Option<String>,
     },
     Shape {
         tensor: String,
@@ -335,6 +338,44 @@ enum Failure {
         tensor: String,
         problem: String,
     },
+}
+
+/// Which part of a stored tensor a model takes (single-file checkpoints store some of diffusers'
+/// tensors fused, as convolutions, or transposed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The tensor as stored.
+    Whole,
+    /// Rows `start..start + len` of its first dimension (one of open_clip's fused q, k, v).
+    Rows { start: usize, len: usize },
+    /// Its trailing unit dimensions dropped (a 1×1 convolution read as a linear layer).
+    Squeeze,
+    /// The transpose of a matrix (open_clip's `text_projection`, applied as `x @ P`).
+    Transpose,
+}
+
+impl Part {
+    /// The shape of this part of a stored tensor of shape `stored`.
+    pub(crate) fn shape(self, stored: &[usize]) -> Vec<usize> {
+        match self {
+            Part::Whole => stored.to_vec(),
+            Part::Rows { len, .. } => {
+                let mut s = stored.to_vec();
+                if let Some(first) = s.first_mut() {
+                    *first = len;
+                }
+                s
+            }
+            Part::Squeeze => {
+                let mut s = stored.to_vec();
+                while s.len() > 2 && s.last() == Some(&1) {
+                    s.pop();
+                }
+                s
+            }
+            Part::Transpose => stored.iter().rev().copied().collect(),
+        }
+    }
 }
 
 /// Memory-mapped safetensors that check every requested tensor's name, shape and dtype before
@@ -413,7 +454,7 @@ impl CheckedWeights {
 
     /// A `VarBuilder` over these weights, converting to `dtype` on `device`.
     pub(crate) fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(Shared(self.clone())), dtype, device.clone())
+        renamed::backend(self, None, dtype, device).0
     }
 
     /// Builds a model with `build`; if candle fails, reports the last tensor problem seen (with
@@ -425,10 +466,19 @@ impl CheckedWeights {
         prefix: Option<&str>,
         build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<T> {
+        self.build_with(self.var_builder(dtype, device), prefix, build)
+    }
+
+    /// [`Self::build`] over the given `VarBuilder` (of this backend or one wrapping it).
+    fn build_with<T>(
+        self: &Arc<Self>,
+        vb: VarBuilder<'static>,
+        prefix: Option<&str>,
+        build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T> {
         if let Ok(mut f) = self.failure.lock() {
             *f = None;
         }
-        let vb = self.var_builder(dtype, device);
         let vb = match prefix {
             Some(p) => vb.pp(p),
             None => vb,
@@ -451,8 +501,8 @@ impl CheckedWeights {
 
     fn describe(&self, failure: Failure) -> Error {
         match failure {
-            Failure::Missing { tensor } => {
-                let hint = self.hint_for_missing(&tensor);
+            Failure::Missing { tensor, hint } => {
+                let hint = hint.unwrap_or_else(|| self.hint_for_missing(&tensor));
                 Error::MissingTensor { file: self.primary().to_path_buf(), tensor, hint }
             }
             Failure::Shape { tensor, expected, got } => {
@@ -468,8 +518,8 @@ impl CheckedWeights {
     /// Explains a missing tensor when the file's names look like another layout.
     fn hint_for_missing(&self, tensor: &str) -> String {
         if self.names().any(|n| n.starts_with("model.diffusion_model.") || n.starts_with("first_stage_model.")) {
-            return "; this looks like an original (CompVis / LDM) single-file checkpoint: deradiff loads the \
-                    diffusers layout (convert it with diffusers' `from_single_file(...).save_pretrained(...)`)"
+            return "; this is an original-layout (CompVis LDM / SGM) single-file checkpoint: give the file itself as the \
+                    reference or aligned model, which loads it whole, not as one component's weights"
                 .into();
         }
         let mut with_prefix: Vec<&str> = self.names().filter(|n| n.ends_with(&format!(".{tensor}"))).collect();
@@ -495,14 +545,40 @@ impl CheckedWeights {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        self.load_part(name, Part::Whole, expected, dtype, dev)
+    }
+
+    /// The shape of the stored tensor `name`, if the files hold it.
+    pub(crate) fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.st.get(name).ok().map(|v| v.shape().to_vec())
+    }
+
+    /// Records that the model asked for `shown` (a diffusers name) and the files have no tensor
+    /// for it; `original` is the stored name looked for, if there is one.
+    pub(crate) fn record_missing(&self, original: &str, hint: String) {
+        self.record(Failure::Missing { tensor: original.to_string(), hint: Some(hint) });
+    }
+
+    /// [`Self::load_checked`] of `part` of the stored tensor `name` (the whole of it, rows of its
+    /// first dimension taken from the mapped bytes without reading the rest, its trailing unit
+    /// dimensions dropped, or its transpose): the checks are those of the stored tensor, the
+    /// shape compared is the part's.
+    pub(crate) fn load_part(
+        &self,
+        name: &str,
+        part: Part,
+        expected: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let view = match self.st.get(name) {
             Ok(v) => v,
             Err(_) => {
-                self.record(Failure::Missing { tensor: name.to_string() });
+                self.record(Failure::Missing { tensor: name.to_string(), hint: None });
                 return Err(candle_core::Error::CannotFindTensor { path: name.to_string() });
             }
         };
-        let got = Shape::from(view.shape().to_vec());
+        let got = Shape::from(part.shape(view.shape()));
         if let Some(expected) = expected {
             if &got != expected {
                 self.record(Failure::Shape { tensor: name.to_string(), expected: expected.clone(), got: got.clone() });
@@ -538,39 +614,32 @@ impl CheckedWeights {
             }
             return Err(candle_core::Error::Msg(format!("tensor {name} {problem}")));
         }
-        let t = self.st.load(name, dev)?.to_dtype(dtype)?;
+        let t = match part {
+            Part::Whole => self.st.load(name, dev)?,
+            Part::Rows { start, len } => {
+                let dims = view.shape();
+                let row = dims[1..].iter().product::<usize>() * (view.dtype().bitsize() / 8);
+                let bytes = view.data().get(start * row..(start + len) * row).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("rows {start}..{} of {name} are outside it", start + len))
+                })?;
+                let mut shape = dims.to_vec();
+                shape[0] = len;
+                let rows = safetensors::tensor::TensorView::new(view.dtype(), shape, bytes)
+                    .map_err(|e| candle_core::Error::Msg(format!("rows of {name}: {e}")))?;
+                candle_core::safetensors::Load::load(&rows, dev)?
+            }
+            Part::Squeeze => self.st.load(name, dev)?.reshape(got.clone())?,
+            Part::Transpose => self.st.load(name, dev)?.t()?.contiguous()?,
+        }
+        .to_dtype(dtype)?;
         if let Ok(mut u) = self.used.lock() {
-            u.insert(name.to_string(), got);
+            u.insert(name.to_string(), Shape::from(view.shape().to_vec()));
         }
         // A failed probe that candle recovered from (e.g. a second shape tried) is forgotten.
         if let Ok(mut f) = self.failure.lock() {
             *f = None;
         }
         Ok(t)
-    }
-}
-
-/// The backend handed to candle: a shared handle, so the loader can read the failure afterwards.
-struct Shared(Arc<CheckedWeights>);
-
-impl SimpleBackend for Shared {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.load_checked(name, Some(&s), dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.load_checked(name, None, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains(name)
     }
 }
 
