@@ -19,7 +19,7 @@ const OTHER: &str = "deradiff ";
 /// Options of other programs that messages mention (cargo's, when a feature is missing;
 /// `huggingface-cli download`'s, when a model is not in the Hugging Face cache; sbatch's, in the
 /// advice of a Slurm array whose environment does not give a shard).
-const FOREIGN: [&str; 4] = ["--features", "--revision", "--force-download", "--array"];
+const FOREIGN: [&str; 5] = ["--features", "--revision", "--force-download", "--include", "--array"];
 
 #[test]
 fn every_option_that_takes_a_value_names_itself_for_a_negative_number() {

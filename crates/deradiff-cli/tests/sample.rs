@@ -345,3 +345,52 @@ fn single_file_checkpoints_sample_as_their_folders() {
     );
     assert_eq!(result.status.code(), Some(2));
 }
+
+/// A single-file SD 1.x reference without `--tokenizer` takes the tokenizer of its family's
+/// diffusers pipeline (`stable-diffusion-v1-5/stable-diffusion-v1-5`) from the Hugging Face cache,
+/// as diffusers' `from_single_file` does: the same image as with `--tokenizer`.
+#[cfg(unix)]
+#[test]
+fn a_single_file_takes_its_tokenizers_from_the_hugging_face_cache() {
+    let dir = out_dir("single-file-hub");
+    // The cache layout of huggingface_hub: refs/main naming a commit, its snapshot holding the
+    // pipeline's tokenizer/ (the tiny SD 1.5 fixture's).
+    let hub = dir.join("hub");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = hub.join("models--stable-diffusion-v1-5--stable-diffusion-v1-5");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let tokenizer = repo.join("snapshots").join(commit).join("tokenizer");
+    std::fs::create_dir_all(&tokenizer).unwrap();
+    let fixture_tokenizer = PathBuf::from(fixture("single-file/sd15")).join("tokenizer");
+    for entry in std::fs::read_dir(&fixture_tokenizer).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tokenizer.join(entry.file_name())).unwrap();
+    }
+    let (reference, aligned) =
+        (fixture("single-file/sd15.safetensors"), fixture("single-file/sd15-aligned.safetensors"));
+    let run = |name: &str, extra: &[&str], env: &[(&str, &Path)]| {
+        let out = dir.join(name);
+        let mut args = base_args(&reference, &aligned, out.to_str().unwrap());
+        args.extend(["--size", "32x32", "--lambda", "0.5"]);
+        args.extend(extra.iter().copied());
+        let result = deradiff_with_cache(&args, env);
+        (result, out)
+    };
+    let folder = fixture("single-file/sd15");
+    let (given, out) = run("given.png", &["--tokenizer", &folder], &[]);
+    assert!(given.status.success(), "{}", String::from_utf8_lossy(&given.stderr));
+    let given = decode_png(&out).2;
+    let (cached, out) = run("cached.png", &[], &[("HF_HUB_CACHE", hub.as_path())]);
+    assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
+    assert_eq!(decode_png(&out).2, given, "the cached pipeline's tokenizer is the one given");
+    // An empty cache: the error names --tokenizer, the pipeline and the command that fetches it.
+    let empty = dir.join("empty-hub");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (none, _) = run("none.png", &[], &[("HF_HUB_CACHE", empty.as_path())]);
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success(), "{stderr}");
+    for needle in ["--tokenizer", "stable-diffusion-v1-5/stable-diffusion-v1-5", "huggingface-cli download"] {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+}

@@ -243,7 +243,8 @@ pub enum Error {
     #[error(
         "{file} is a single-file {family} checkpoint, which holds no tokenizer: give {needs} \
          (deradiff --tokenizer DIR; LoadOptions::single_file.tokenizer), for example those of the diffusers \
-         pipeline {repo}"
+         pipeline {repo}, which are read from the local Hugging Face cache when it is there \
+         (`huggingface-cli download {repo} --include 'tokenizer*/*'` fetches them)"
     )]
     TokenizerNeeded {
         /// The checkpoint.

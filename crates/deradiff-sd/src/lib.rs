@@ -118,7 +118,9 @@ pub use error::{Error, Result};
 pub use guidance::{GuidanceScale, Guided, JointDenoiser, JointGuided, PromptEmbeddings};
 pub use hub::{resolve_model_path, resolve_model_path_with, HubCache, RepoRef};
 pub use image::RgbImage;
-pub use pipeline::{EncodedRequest, Generation, LoadOptions, Request, SingleFileOptions, StableDiffusion, DEFAULT_STEPS};
+pub use pipeline::{
+    EncodedRequest, Generation, LoadOptions, Request, SingleFileOptions, StableDiffusion, DEFAULT_STEPS,
+};
 pub use single_file::{is_original_layout, SingleFile, SingleFileFamily};
 pub use text::{load_clip, load_clip_with_projection, TextEncoder};
 pub use tokenizer::{parse_tokenizer_json, plain_ids, ClipTokenizer};

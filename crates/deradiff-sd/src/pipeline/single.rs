@@ -14,6 +14,7 @@ use crate::config::{UnetConfig, VaeConfig};
 use crate::device::check_dtype_supported;
 use crate::error::{Error, Result};
 use crate::fs::{probe_path, read_text, Kind};
+use crate::hub::{HubCache, RepoRef};
 use crate::single_file::{SingleFile, SingleFileFamily};
 use crate::text::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
@@ -24,7 +25,10 @@ pub struct SingleFileOptions {
     /// Where its tokenizers are: a diffusers pipeline folder with `tokenizer/` (and, for SDXL,
     /// `tokenizer_2/`), or for SD 1.x / 2.x a tokenizer folder itself (`vocab.json` +
     /// `merges.txt`, or `tokenizer.json`). Without it, the tokenizers of [`Self::config`], if
-    /// that folder has them; without either, loading says which folders are needed.
+    /// that folder has them; else those of the family's diffusers pipeline
+    /// ([`crate::SingleFileFamily::diffusers_repo`]) in the local Hugging Face cache, as
+    /// diffusers' `from_single_file` takes them; without any, loading says which folders are
+    /// needed.
     pub tokenizer: Option<PathBuf>,
     /// A diffusers pipeline folder whose configs replace the built-in templates, each where the
     /// folder has it (`unet/config.json`, `vae/config.json`, `text_encoder/config.json`,
@@ -75,13 +79,28 @@ fn override_file(options: &SingleFileOptions, name: &str) -> Result<Option<PathB
     Ok(probe_path(&path, Kind::File, "model config", None)?.then_some(path))
 }
 
-/// The tokenizer folder(s) of a single file of `family`.
+/// The snapshot of `family`'s diffusers pipeline ([`SingleFileFamily::diffusers_repo`], at
+/// `refs/main`) in the local Hugging Face cache ([`HubCache::from_env`]), if it is there with its
+/// `tokenizer/` folder: where diffusers' `from_single_file` takes a single file's tokenizers from.
+/// Offline; anything missing is `None` (the caller then names what is needed).
+fn cached_pipeline(family: SingleFileFamily) -> Option<PathBuf> {
+    let repo = RepoRef::parse(family.diffusers_repo()).ok()??;
+    let snapshot = HubCache::from_env().ok()?.resolve(&repo).ok()?;
+    snapshot.join("tokenizer").is_dir().then_some(snapshot)
+}
+
+/// The tokenizer folder(s) of a single file of `family`: `--tokenizer`, else the `--model-config`
+/// folder's, else those of the family's diffusers pipeline in the Hugging Face cache.
 fn tokenizer_dirs(
     file: &Path,
     family: SingleFileFamily,
     options: &SingleFileOptions,
 ) -> Result<(PathBuf, Option<PathBuf>)> {
-    let source = options.tokenizer.clone().or_else(|| options.config.clone().filter(|c| c.join("tokenizer").is_dir()));
+    let source = options
+        .tokenizer
+        .clone()
+        .or_else(|| options.config.clone().filter(|c| c.join("tokenizer").is_dir()))
+        .or_else(|| cached_pipeline(family));
     let needs = if family.has_second_encoder() {
         "a folder with tokenizer/ and tokenizer_2/"
     } else {
