@@ -235,9 +235,29 @@ impl<P> Operand<P> {
     }
 }
 
+/// Most depth (`k`) per call of the `gemm` crate: within one call of depth ≤ 512 every path of
+/// its blocked algorithm reduces each output element over the whole depth in one sequential
+/// chain of FMAs (its cache blocking of `k` only starts above 512).
+const GEMM_DEPTH: usize = 512;
+
+/// Fewest rows and columns of the problem handed to the `gemm` crate: below 2 of either it
+/// takes its matrix-vector paths, and at `m · n ≤ 256` its "horizontal" dot-product kernels,
+/// whose reductions run in a different order from its blocked kernels. `17 · 17 > 256`.
+const GEMM_MIN_SIDE: usize = 17;
+
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
 /// into `dst` when `accumulate`. Checks first that each operand's extent lies inside its `len`
 /// (an [`Error::Internal`] of `"gemm"` otherwise, never an out-of-bounds access).
+///
+/// Batch-invariant: each output element is computed by the same sequence of floating-point
+/// operations whatever `m`, `n`, the strides and `parallelism` are — its initial value (or 0),
+/// then, for each block of [`GEMM_DEPTH`] or fewer depths (the blocks chosen from `k` alone), a
+/// sequential FMA chain over the block added to it. So a row of `lhs` gives bit-identical output
+/// in a batch of any size, and any thread count. The `gemm` crate alone does not promise this: it
+/// picks its depth blocking from `m` and `n` too, and other kernels for small or thin problems;
+/// here every call has a depth of at most [`GEMM_DEPTH`] and both sides of at least
+/// [`GEMM_MIN_SIDE`] with `m · n > 256` (smaller problems run on zero-padded copies), where its
+/// blocked kernels do exactly the above (its threads split rows and columns, never the depth).
 ///
 /// # Safety
 /// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
@@ -262,32 +282,145 @@ unsafe fn gemm_f32(
             ),
         ));
     }
-    // SAFETY: the caller's contract (each pointer valid for its `len` floats, `dst`'s extent ours
-    // alone) and the check above (every element gemm touches lies inside those `len` floats).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.ptr,
-            dst.col as isize,
-            dst.row as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.ptr,
-            rhs.col as isize,
-            rhs.row as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if m < GEMM_MIN_SIDE || n < GEMM_MIN_SIDE {
+        // SAFETY: the caller's contract, and the extents checked above.
+        return unsafe { gemm_padded(m, n, k, dst, lhs, rhs, accumulate, parallelism) };
+    }
+    // SAFETY: as above; `gemm_blocks` reads and writes only inside the checked extents.
+    unsafe { gemm_blocks(m, n, k, dst, lhs, rhs, accumulate, parallelism) };
+    Ok(())
+}
+
+/// [`gemm_f32`] for a problem with fewer than [`GEMM_MIN_SIDE`] rows or columns: on a copy of
+/// `lhs` padded with zero rows and of `rhs` padded with zero columns to [`GEMM_MIN_SIDE`] (each
+/// only where short), into a scratch `dst`, whose `[m, n]` part is then copied out. The padding
+/// adds exact zeros to nothing: each real element sees the operations it would see unpadded.
+///
+/// # Safety
+/// As [`gemm_f32`]'s, with the extents already checked.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_padded(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) -> Result<()> {
+    let (pm, pn) = (m.max(GEMM_MIN_SIDE), n.max(GEMM_MIN_SIDE));
+    let too_large = || Error::TooLarge { op: "gemm", dims: vec![pm, pn, k] };
+    let (lhs_len, rhs_len) = (pm.checked_mul(k).ok_or_else(too_large)?, k.checked_mul(pn).ok_or_else(too_large)?);
+    // SAFETY (reads and writes of element (i, j) of an operand below): i and j lie inside the
+    // `[m, k]`, `[k, n]` or `[m, n]` extent the caller checked against the operand's `len`.
+    let at = |o: &Operand<*const f32>, i: usize, j: usize| unsafe { *o.ptr.add(i * o.row + j * o.col) };
+    let padded_lhs: Option<Vec<f32>> = (pm > m).then(|| {
+        let mut a = vec![0f32; lhs_len];
+        for i in 0..m {
+            for (p, v) in a[i * k..][..k].iter_mut().enumerate() {
+                *v = at(&lhs, i, p);
+            }
+        }
+        a
+    });
+    let padded_rhs: Option<Vec<f32>> = (pn > n).then(|| {
+        let mut b = vec![0f32; rhs_len];
+        for p in 0..k {
+            for (j, v) in b[p * pn..][..n].iter_mut().enumerate() {
+                *v = at(&rhs, p, j);
+            }
+        }
+        b
+    });
+    let mut out = vec![0f32; pm * pn];
+    let dst_at = |i: usize, j: usize| dst.ptr.wrapping_add(i * dst.row + j * dst.col);
+    if accumulate {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: see above.
+                out[i * pn + j] = unsafe { *dst_at(i, j) };
+            }
+        }
+    }
+    let lhs = match &padded_lhs {
+        Some(a) => Operand { ptr: a.as_ptr(), row: k, col: 1, len: a.len() },
+        None => lhs,
+    };
+    let rhs = match &padded_rhs {
+        Some(b) => Operand { ptr: b.as_ptr(), row: pn, col: 1, len: b.len() },
+        None => rhs,
+    };
+    let scratch = Operand { ptr: out.as_mut_ptr(), row: pn, col: 1, len: out.len() };
+    // SAFETY: the padded operands are owned here and hold `[pm, k]`, `[k, pn]` and `[pm, pn]`;
+    // an operand not padded keeps the caller's pointer and its checked extent (`pm == m` or
+    // `pn == n` then).
+    unsafe { gemm_blocks(pm, pn, k, scratch, lhs, rhs, accumulate, parallelism) };
+    for i in 0..m {
+        for j in 0..n {
+            // SAFETY: see above; `dst`'s extent is the caller's alone.
+            unsafe { *dst_at(i, j) = out[i * pn + j] };
+        }
     }
     Ok(())
+}
+
+/// The `gemm` crate's call, in depth blocks of at most [`GEMM_DEPTH`] (`k` split into equal
+/// blocks, from `k` alone), each accumulating into `dst` after the first (which accumulates only
+/// when `accumulate`).
+///
+/// # Safety
+/// The operands' `[m, n]`, `[m, k]` and `[k, n]` extents lie inside valid memory (`dst`
+/// writable, its extent accessed by no other thread).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_blocks(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let blocks = k.div_ceil(GEMM_DEPTH).max(1);
+    let depth = k.div_ceil(blocks);
+    let mut start = 0;
+    loop {
+        let kb = depth.min(k - start);
+        // SAFETY: the caller's contract; block `start .. start + kb` of the depth lies inside the
+        // `[m, k]` and `[k, n]` extents.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kb,
+                dst.ptr,
+                dst.col as isize,
+                dst.row as isize,
+                accumulate || start > 0,
+                lhs.ptr.wrapping_add(start * lhs.col),
+                lhs.col as isize,
+                lhs.row as isize,
+                rhs.ptr.wrapping_add(start * rhs.row),
+                rhs.col as isize,
+                rhs.row as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        start += kb;
+        if start >= k {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
