@@ -240,10 +240,22 @@ impl<P> Operand<P> {
 /// chain of FMAs (its cache blocking of `k` only starts above 512).
 const GEMM_DEPTH: usize = 512;
 
-/// Fewest rows and columns of the problem handed to the `gemm` crate: below 2 of either it
-/// takes its matrix-vector paths, and at `m · n ≤ 256` its "horizontal" dot-product kernels,
-/// whose reductions run in a different order from its blocked kernels. `17 · 17 > 256`.
-const GEMM_MIN_SIDE: usize = 17;
+/// The largest `m · n` for which the `gemm` crate takes its "horizontal" dot-product kernels
+/// (whose reductions run in a different order from its blocked kernels); with fewer than 2 rows
+/// or columns it takes its matrix-vector paths (another order again).
+const GEMM_SMALL: usize = 256;
+
+/// The rows and columns a problem of `m × n` is padded to so that the `gemm` crate runs its
+/// blocked kernels: at least 2 of each, and, where that is still at most [`GEMM_SMALL`]
+/// elements, at least 17 of each (`17 · 17 > 256`). `(m, n)` itself when no padding is needed.
+fn gemm_padded_sides(m: usize, n: usize) -> (usize, usize) {
+    let (pm, pn) = (m.max(2), n.max(2));
+    if pm.saturating_mul(pn) <= GEMM_SMALL {
+        (pm.max(17), pn.max(17))
+    } else {
+        (pm, pn)
+    }
+}
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
 /// into `dst` when `accumulate`. Checks first that each operand's extent lies inside its `len`
@@ -255,9 +267,10 @@ const GEMM_MIN_SIDE: usize = 17;
 /// sequential FMA chain over the block added to it. So a row of `lhs` gives bit-identical output
 /// in a batch of any size, and any thread count. The `gemm` crate alone does not promise this: it
 /// picks its depth blocking from `m` and `n` too, and other kernels for small or thin problems;
-/// here every call has a depth of at most [`GEMM_DEPTH`] and both sides of at least
-/// [`GEMM_MIN_SIDE`] with `m · n > 256` (smaller problems run on zero-padded copies), where its
-/// blocked kernels do exactly the above (its threads split rows and columns, never the depth).
+/// here every call has a depth of at most [`GEMM_DEPTH`], at least 2 rows and columns and more
+/// than [`GEMM_SMALL`] elements (smaller problems run on zero-padded copies,
+/// [`gemm_padded_sides`]), where its blocked kernels do exactly the above (its threads split rows
+/// and columns, never the depth).
 ///
 /// # Safety
 /// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
@@ -285,7 +298,7 @@ unsafe fn gemm_f32(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    if m < GEMM_MIN_SIDE || n < GEMM_MIN_SIDE {
+    if gemm_padded_sides(m, n) != (m, n) {
         // SAFETY: the caller's contract, and the extents checked above.
         return unsafe { gemm_padded(m, n, k, dst, lhs, rhs, accumulate, parallelism) };
     }
@@ -294,10 +307,11 @@ unsafe fn gemm_f32(
     Ok(())
 }
 
-/// [`gemm_f32`] for a problem with fewer than [`GEMM_MIN_SIDE`] rows or columns: on a copy of
-/// `lhs` padded with zero rows and of `rhs` padded with zero columns to [`GEMM_MIN_SIDE`] (each
-/// only where short), into a scratch `dst`, whose `[m, n]` part is then copied out. The padding
-/// adds exact zeros to nothing: each real element sees the operations it would see unpadded.
+/// [`gemm_f32`] for a problem too small or thin for the `gemm` crate's blocked kernels: on a copy
+/// of `lhs` padded with zero rows and of `rhs` padded with zero columns to
+/// [`gemm_padded_sides`] (each only where short), into a scratch `dst`, whose `[m, n]` part is
+/// then copied out. The padding never meets a real element: each one sees the operations it
+/// would see in any larger problem.
 ///
 /// # Safety
 /// As [`gemm_f32`]'s, with the extents already checked.
@@ -312,7 +326,7 @@ unsafe fn gemm_padded(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) -> Result<()> {
-    let (pm, pn) = (m.max(GEMM_MIN_SIDE), n.max(GEMM_MIN_SIDE));
+    let (pm, pn) = gemm_padded_sides(m, n);
     let too_large = || Error::TooLarge { op: "gemm", dims: vec![pm, pn, k] };
     let (lhs_len, rhs_len) = (pm.checked_mul(k).ok_or_else(too_large)?, k.checked_mul(pn).ok_or_else(too_large)?);
     // SAFETY (reads and writes of element (i, j) of an operand below): i and j lie inside the

@@ -1,7 +1,7 @@
 //! Batch invariance, bit for bit: every kernel gives each batch item (each row of a GEMM) the
 //! same bits whether it runs alone, in a batch of any size, or split into other batches, on 1 or
 //! 2 threads — for random shapes, including those where the `gemm` crate alone changes its
-//! reduction order (1 row, fewer than 17 rows or columns, depths above 512, the convolution's
+//! reduction order (1 row or column, at most 256 outputs, depths above 512, the convolution's
 //! several-images-per-GEMM path against its tiled one).
 
 use candle_core::{Device, Tensor};
@@ -167,6 +167,10 @@ fn larger_shapes_are_batch_invariant() {
     check_conv(7, 3, 4, 40, (48, 40), 3, 1, 1);
     check_conv(8, 2, 80, 24, (9, 7), 3, 1, 1);
     check_conv(9, 3, 600, 20, (3, 5), 1, 1, 0);
+    // 4 output channels (SD's `conv_out`): 4 × (pixels of a tile) outputs per GEMM, above and
+    // below 256 as the images are grouped or tiled.
+    check_conv(12, 3, 32, 4, (40, 36), 3, 1, 1);
+    check_conv(13, 4, 8, 4, (8, 8), 3, 1, 1);
     check_linears(10, 3, 77, 768, 40, 2);
     check_linears(11, 4, 1, 1280, 33, 3);
 }
