@@ -29,6 +29,15 @@
 //! every call: f32 is the faster CPU dtype (a full-size SD 1.5 UNet forward took 1.7× as long in
 //! f16).
 //!
+//! Batch invariance: on the CPU every kernel gives each batch item (each row of a linear) the
+//! same bits whatever else is in its batch and whatever the number of threads. The GEMMs hand the
+//! `gemm` crate depth blocks of at most 512 chosen from the depth alone, and problems too small or
+//! thin for its blocked kernels as zero-padded copies, so that each output is summed in one fixed
+//! order (the crate alone picks its depth blocking and its small-problem kernels from the whole
+//! GEMM's size); its threads split rows and columns, never the depth. Attention, group norm and
+//! GEGLU never mix batch items. `tests/invariance` checks all of them on random shapes at 1 and 2
+//! threads. On other devices candle's ops (cuBLAS, cuDNN) make no such promise.
+//!
 //! The residual and bias additions are fused into the GEMMs for a second reason: candle runs an
 //! elementwise op over 64K elements or more on its barrier-pool thread, which then spins 25,000
 //! iterations before parking, taking a core from rayon's threads (20% of the samples of a tiny-UNet
