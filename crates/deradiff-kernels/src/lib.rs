@@ -307,13 +307,27 @@ unsafe fn gemm_f32(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let p = Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism };
     if gemm_padded_sides(m, n) != (m, n) {
         // SAFETY: the caller's contract, and the extents checked above.
-        return unsafe { gemm_padded(m, n, k, dst, lhs, rhs, accumulate, parallelism) };
+        return unsafe { gemm_padded(&p) };
     }
     // SAFETY: as above; `gemm_blocks` reads and writes only inside the checked extents.
-    unsafe { gemm_blocks(m, n, k, dst, lhs, rhs, accumulate, parallelism) };
+    unsafe { gemm_blocks(&p) };
     Ok(())
+}
+
+/// One call of [`gemm_f32`]: `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, accumulating when
+/// `accumulate`, threaded as `parallelism` says.
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
 }
 
 /// [`gemm_f32`] for a problem too small or thin for the `gemm` crate's blocked kernels: on a copy
@@ -324,17 +338,8 @@ unsafe fn gemm_f32(
 ///
 /// # Safety
 /// As [`gemm_f32`]'s, with the extents already checked.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_padded(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Operand<*mut f32>,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) -> Result<()> {
+unsafe fn gemm_padded(p: &Gemm) -> Result<()> {
+    let &Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism } = p;
     let (pm, pn) = gemm_padded_sides(m, n);
     let too_large = || Error::TooLarge { op: "gemm", dims: vec![pm, pn, k] };
     let (lhs_len, rhs_len) = (pm.checked_mul(k).ok_or_else(too_large)?, k.checked_mul(pn).ok_or_else(too_large)?);
@@ -381,7 +386,7 @@ unsafe fn gemm_padded(
     // SAFETY: the padded operands are owned here and hold `[pm, k]`, `[k, pn]` and `[pm, pn]`;
     // an operand not padded keeps the caller's pointer and its checked extent (`pm == m` or
     // `pn == n` then).
-    unsafe { gemm_blocks(pm, pn, k, scratch, lhs, rhs, accumulate, parallelism) };
+    unsafe { gemm_blocks(&Gemm { m: pm, n: pn, k, dst: scratch, lhs, rhs, accumulate, parallelism }) };
     for i in 0..m {
         for j in 0..n {
             // SAFETY: see above; `dst`'s extent is the caller's alone.
@@ -398,17 +403,8 @@ unsafe fn gemm_padded(
 /// # Safety
 /// The operands' `[m, n]`, `[m, k]` and `[k, n]` extents lie inside valid memory (`dst`
 /// writable, its extent accessed by no other thread).
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_blocks(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Operand<*mut f32>,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
+unsafe fn gemm_blocks(p: &Gemm) {
+    let &Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism } = p;
     let blocks = k.div_ceil(GEMM_DEPTH).max(1);
     let depth = k.div_ceil(blocks);
     let mut start = 0;
