@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::device::{self, takes_device_path};
-use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Gemm, Operand, Result};
 
 /// The kernel's name in errors.
 const OP: &str = "conv2d";
@@ -388,16 +388,16 @@ unsafe fn gemm_into(
     // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands
     // (`lhs` is a slice: valid for its length).
     unsafe {
-        gemm_f32(
+        gemm_f32(&Gemm {
             m,
             n,
             k,
-            Operand { ptr: dst.0, row: dst_rs, col: 1, len: dst.1 },
-            Operand { ptr: lhs.as_ptr(), row: k, col: 1, len: lhs.len() },
-            Operand { ptr: rhs.0, row: rhs_rs, col: 1, len: rhs.1 },
+            dst: Operand { ptr: dst.0, row: dst_rs, col: 1, len: dst.1 },
+            lhs: Operand { ptr: lhs.as_ptr(), row: k, col: 1, len: lhs.len() },
+            rhs: Operand { ptr: rhs.0, row: rhs_rs, col: 1, len: rhs.1 },
             accumulate,
             parallelism,
-        )
+        })
     }
 }
 

@@ -284,17 +284,8 @@ fn gemm_padded_sides(m: usize, n: usize) -> (usize, usize) {
 /// # Safety
 /// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
 /// floats, and no other thread may access the elements of `dst` in its extent during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Operand<*mut f32>,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) -> Result<()> {
+unsafe fn gemm_f32(p: &Gemm) -> Result<()> {
+    let &Gemm { m, n, k, dst, lhs, rhs, .. } = p;
     if !(dst.holds(m, n) && lhs.holds(m, k) && rhs.holds(k, n)) {
         return Err(Error::internal(
             "gemm",
@@ -307,18 +298,17 @@ unsafe fn gemm_f32(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let p = Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism };
     if gemm_padded_sides(m, n) != (m, n) {
         // SAFETY: the caller's contract, and the extents checked above.
-        return unsafe { gemm_padded(&p) };
+        return unsafe { gemm_padded(p) };
     }
     // SAFETY: as above; `gemm_blocks` reads and writes only inside the checked extents.
-    unsafe { gemm_blocks(&p) };
+    unsafe { gemm_blocks(p) };
     Ok(())
 }
 
-/// One call of [`gemm_f32`]: `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, accumulating when
-/// `accumulate`, threaded as `parallelism` says.
+/// One GEMM for [`gemm_f32`]: `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, accumulating into `dst`
+/// when `accumulate`, threaded as `parallelism` says.
 struct Gemm {
     m: usize,
     n: usize,
@@ -461,36 +451,24 @@ mod tests {
         let (a, b) = (vec![1f32; 6], vec![1f32; 6]);
         let mut c = vec![0f32; 4];
         let op = |p: *const f32, row, len| Operand { ptr: p, row, col: 1, len };
+        // `[m, 3] · [3, 2]` into `c`.
+        let problem = |m, c: &mut Vec<f32>| Gemm {
+            m,
+            n: 2,
+            k: 3,
+            dst: Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
+            lhs: op(a.as_ptr(), 3, 6),
+            rhs: op(b.as_ptr(), 2, 6),
+            accumulate: false,
+            parallelism: gemm::Parallelism::None,
+        };
         // [2, 3] · [3, 2] fits.
         // SAFETY: each pointer is valid for the `len` given (its whole vector).
-        unsafe {
-            gemm_f32(
-                2,
-                2,
-                3,
-                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
-                op(a.as_ptr(), 3, 6),
-                op(b.as_ptr(), 2, 6),
-                false,
-                gemm::Parallelism::None,
-            )
-            .unwrap();
-        }
+        unsafe { gemm_f32(&problem(2, &mut c)).unwrap() };
         assert_eq!(c, vec![3.0; 4]);
         // The same call claiming 4 rows of lhs (12 floats) over a 6-float buffer is refused.
         // SAFETY: as above; the check refuses before any access.
-        let err = unsafe {
-            gemm_f32(
-                4,
-                2,
-                3,
-                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
-                op(a.as_ptr(), 3, 6),
-                op(b.as_ptr(), 2, 6),
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        let err = unsafe { gemm_f32(&problem(4, &mut c)) };
         assert!(matches!(err, Err(Error::Internal { op: "gemm", .. })), "{err:?}");
         // Extents whose last index overflows are refused too.
         assert!(!Operand { ptr: (), row: usize::MAX / 2, col: 1, len: 8 }.holds(3, 1));
