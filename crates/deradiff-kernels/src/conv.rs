@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::device::{self, takes_device_path};
-use super::{gemm_f32, gemm_parallelism, run_f32, Error, Gemm, Operand, Result};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Gemm, Operand, Result, GEMM_SMALL};
 
 /// The kernel's name in errors.
 const OP: &str = "conv2d";
@@ -231,7 +231,10 @@ fn conv2d_f32(
         (true, _) => TILE_PIXELS_1X1,
         (false, true) => (PATCH_FLOATS / k).max(MIN_TILE_COLS),
         (false, false) => PATCH_FLOATS / k,
-    };
+    }
+    // Enough columns that a GEMM of `Co` rows is not one the `gemm` crate runs in its small-problem
+    // kernels, which `gemm_f32` would run zero-padded (SD's 4-channel `conv_out`: 4 × 64 pixels).
+    .max(GEMM_SMALL / g.co + 1);
     if out_plane < target && g.b > 1 {
         // Small images: several whole batch items per GEMM (their patches side by side), into a
         // scratch `[Co, images·plane]` then copied out, so the weight is packed once per group.

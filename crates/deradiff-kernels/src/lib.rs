@@ -252,7 +252,7 @@ const GEMM_DEPTH: usize = 512;
 /// The largest `m · n` for which the `gemm` crate takes its "horizontal" dot-product kernels
 /// (whose reductions run in a different order from its blocked kernels); with fewer than 2 rows
 /// or columns it takes its matrix-vector paths (another order again).
-const GEMM_SMALL: usize = 256;
+pub(crate) const GEMM_SMALL: usize = 256;
 
 /// The rows and columns a problem of `m × n` is padded to so that the `gemm` crate runs its
 /// blocked kernels: at least 2 of each, and, where that is still at most [`GEMM_SMALL`]
