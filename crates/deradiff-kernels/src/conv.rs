@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::device::{self, takes_device_path};
-use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Gemm, Operand, Result, GEMM_SMALL};
 
 /// The kernel's name in errors.
 const OP: &str = "conv2d";
@@ -231,7 +231,10 @@ fn conv2d_f32(
         (true, _) => TILE_PIXELS_1X1,
         (false, true) => (PATCH_FLOATS / k).max(MIN_TILE_COLS),
         (false, false) => PATCH_FLOATS / k,
-    };
+    }
+    // Enough columns that a GEMM of `Co` rows is not one the `gemm` crate runs in its small-problem
+    // kernels, which `gemm_f32` would run zero-padded (SD's 4-channel `conv_out`: 4 × 64 pixels).
+    .max(GEMM_SMALL / g.co + 1);
     if out_plane < target && g.b > 1 {
         // Small images: several whole batch items per GEMM (their patches side by side), into a
         // scratch `[Co, images·plane]` then copied out, so the weight is packed once per group.
@@ -388,16 +391,16 @@ unsafe fn gemm_into(
     // SAFETY: the caller's contract, which is `gemm_f32`'s for these unit-column-stride operands
     // (`lhs` is a slice: valid for its length).
     unsafe {
-        gemm_f32(
+        gemm_f32(&Gemm {
             m,
             n,
             k,
-            Operand { ptr: dst.0, row: dst_rs, col: 1, len: dst.1 },
-            Operand { ptr: lhs.as_ptr(), row: k, col: 1, len: lhs.len() },
-            Operand { ptr: rhs.0, row: rhs_rs, col: 1, len: rhs.1 },
+            dst: Operand { ptr: dst.0, row: dst_rs, col: 1, len: dst.1 },
+            lhs: Operand { ptr: lhs.as_ptr(), row: k, col: 1, len: lhs.len() },
+            rhs: Operand { ptr: rhs.0, row: rhs_rs, col: 1, len: rhs.1 },
             accumulate,
             parallelism,
-        )
+        })
     }
 }
 

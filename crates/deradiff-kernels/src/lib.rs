@@ -29,6 +29,15 @@
 //! every call: f32 is the faster CPU dtype (a full-size SD 1.5 UNet forward took 1.7× as long in
 //! f16).
 //!
+//! Batch invariance: on the CPU every kernel gives each batch item (each row of a linear) the
+//! same bits whatever else is in its batch and whatever the number of threads. The GEMMs hand the
+//! `gemm` crate depth blocks of at most 512 chosen from the depth alone, and problems too small or
+//! thin for its blocked kernels as zero-padded copies, so that each output is summed in one fixed
+//! order (the crate alone picks its depth blocking and its small-problem kernels from the whole
+//! GEMM's size); its threads split rows and columns, never the depth. Attention, group norm and
+//! GEGLU never mix batch items. `tests/invariance` checks all of them on random shapes at 1 and 2
+//! threads. On other devices candle's ops (cuBLAS, cuDNN) make no such promise.
+//!
 //! The residual and bias additions are fused into the GEMMs for a second reason: candle runs an
 //! elementwise op over 64K elements or more on its barrier-pool thread, which then spins 25,000
 //! iterations before parking, taking a core from rayon's threads (20% of the samples of a tiny-UNet
@@ -235,24 +244,48 @@ impl<P> Operand<P> {
     }
 }
 
+/// Most depth (`k`) per call of the `gemm` crate: within one call of depth ≤ 512 every path of
+/// its blocked algorithm reduces each output element over the whole depth in one sequential
+/// chain of FMAs (its cache blocking of `k` only starts above 512).
+const GEMM_DEPTH: usize = 512;
+
+/// The largest `m · n` for which the `gemm` crate takes its "horizontal" dot-product kernels
+/// (whose reductions run in a different order from its blocked kernels); with fewer than 2 rows
+/// or columns it takes its matrix-vector paths (another order again).
+pub(crate) const GEMM_SMALL: usize = 256;
+
+/// The rows and columns a problem of `m × n` is padded to so that the `gemm` crate runs its
+/// blocked kernels: at least 2 of each, and, where that is still at most [`GEMM_SMALL`]
+/// elements, at least 17 of each (`17 · 17 > 256`). `(m, n)` itself when no padding is needed.
+fn gemm_padded_sides(m: usize, n: usize) -> (usize, usize) {
+    let (pm, pn) = (m.max(2), n.max(2));
+    if pm.saturating_mul(pn) <= GEMM_SMALL {
+        (pm.max(17), pn.max(17))
+    } else {
+        (pm, pn)
+    }
+}
+
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` through the `gemm` crate, any strides; accumulates
 /// into `dst` when `accumulate`. Checks first that each operand's extent lies inside its `len`
 /// (an [`Error::Internal`] of `"gemm"` otherwise, never an out-of-bounds access).
 ///
+/// Batch-invariant: each output element is computed by the same sequence of floating-point
+/// operations whatever `m`, `n`, the strides and `parallelism` are — its initial value (or 0),
+/// then, for each block of [`GEMM_DEPTH`] or fewer depths (the blocks chosen from `k` alone), a
+/// sequential FMA chain over the block added to it. So a row of `lhs` gives bit-identical output
+/// in a batch of any size, and any thread count. The `gemm` crate alone does not promise this: it
+/// picks its depth blocking from `m` and `n` too, and other kernels for small or thin problems;
+/// here every call has a depth of at most [`GEMM_DEPTH`], at least 2 rows and columns and more
+/// than [`GEMM_SMALL`] elements (smaller problems run on zero-padded copies,
+/// [`gemm_padded_sides`]), where its blocked kernels do exactly the above (its threads split rows
+/// and columns, never the depth).
+///
 /// # Safety
 /// Each operand's `ptr` must be valid (`dst` for writes, the others for reads) for its `len`
 /// floats, and no other thread may access the elements of `dst` in its extent during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: Operand<*mut f32>,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) -> Result<()> {
+unsafe fn gemm_f32(p: &Gemm) -> Result<()> {
+    let &Gemm { m, n, k, dst, lhs, rhs, .. } = p;
     if !(dst.holds(m, n) && lhs.holds(m, k) && rhs.holds(k, n)) {
         return Err(Error::internal(
             "gemm",
@@ -262,32 +295,141 @@ unsafe fn gemm_f32(
             ),
         ));
     }
-    // SAFETY: the caller's contract (each pointer valid for its `len` floats, `dst`'s extent ours
-    // alone) and the check above (every element gemm touches lies inside those `len` floats).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.ptr,
-            dst.col as isize,
-            dst.row as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.ptr,
-            rhs.col as isize,
-            rhs.row as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if gemm_padded_sides(m, n) != (m, n) {
+        // SAFETY: the caller's contract, and the extents checked above.
+        return unsafe { gemm_padded(p) };
+    }
+    // SAFETY: as above; `gemm_blocks` reads and writes only inside the checked extents.
+    unsafe { gemm_blocks(p) };
+    Ok(())
+}
+
+/// One GEMM for [`gemm_f32`]: `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, accumulating into `dst`
+/// when `accumulate`, threaded as `parallelism` says.
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+}
+
+/// [`gemm_f32`] for a problem too small or thin for the `gemm` crate's blocked kernels: on a copy
+/// of `lhs` padded with zero rows and of `rhs` padded with zero columns to
+/// [`gemm_padded_sides`] (each only where short), into a scratch `dst`, whose `[m, n]` part is
+/// then copied out. The padding never meets a real element: each one sees the operations it
+/// would see in any larger problem.
+///
+/// # Safety
+/// As [`gemm_f32`]'s, with the extents already checked.
+unsafe fn gemm_padded(p: &Gemm) -> Result<()> {
+    let &Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism } = p;
+    let (pm, pn) = gemm_padded_sides(m, n);
+    let too_large = || Error::TooLarge { op: "gemm", dims: vec![pm, pn, k] };
+    let (lhs_len, rhs_len) = (pm.checked_mul(k).ok_or_else(too_large)?, k.checked_mul(pn).ok_or_else(too_large)?);
+    // SAFETY (reads and writes of element (i, j) of an operand below): i and j lie inside the
+    // `[m, k]`, `[k, n]` or `[m, n]` extent the caller checked against the operand's `len`.
+    let at = |o: &Operand<*const f32>, i: usize, j: usize| unsafe { *o.ptr.add(i * o.row + j * o.col) };
+    let padded_lhs: Option<Vec<f32>> = (pm > m).then(|| {
+        let mut a = vec![0f32; lhs_len];
+        for i in 0..m {
+            for (p, v) in a[i * k..][..k].iter_mut().enumerate() {
+                *v = at(&lhs, i, p);
+            }
+        }
+        a
+    });
+    let padded_rhs: Option<Vec<f32>> = (pn > n).then(|| {
+        let mut b = vec![0f32; rhs_len];
+        for p in 0..k {
+            for (j, v) in b[p * pn..][..n].iter_mut().enumerate() {
+                *v = at(&rhs, p, j);
+            }
+        }
+        b
+    });
+    let mut out = vec![0f32; pm * pn];
+    let dst_at = |i: usize, j: usize| dst.ptr.wrapping_add(i * dst.row + j * dst.col);
+    if accumulate {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: see above.
+                out[i * pn + j] = unsafe { *dst_at(i, j) };
+            }
+        }
+    }
+    let lhs = match &padded_lhs {
+        Some(a) => Operand { ptr: a.as_ptr(), row: k, col: 1, len: a.len() },
+        None => lhs,
+    };
+    let rhs = match &padded_rhs {
+        Some(b) => Operand { ptr: b.as_ptr(), row: pn, col: 1, len: b.len() },
+        None => rhs,
+    };
+    let scratch = Operand { ptr: out.as_mut_ptr(), row: pn, col: 1, len: out.len() };
+    // SAFETY: the padded operands are owned here and hold `[pm, k]`, `[k, pn]` and `[pm, pn]`;
+    // an operand not padded keeps the caller's pointer and its checked extent (`pm == m` or
+    // `pn == n` then).
+    unsafe { gemm_blocks(&Gemm { m: pm, n: pn, k, dst: scratch, lhs, rhs, accumulate, parallelism }) };
+    for i in 0..m {
+        for j in 0..n {
+            // SAFETY: see above; `dst`'s extent is the caller's alone.
+            unsafe { *dst_at(i, j) = out[i * pn + j] };
+        }
     }
     Ok(())
+}
+
+/// The `gemm` crate's call, in depth blocks of at most [`GEMM_DEPTH`] (`k` split into equal
+/// blocks, from `k` alone), each accumulating into `dst` after the first (which accumulates only
+/// when `accumulate`).
+///
+/// # Safety
+/// The operands' `[m, n]`, `[m, k]` and `[k, n]` extents lie inside valid memory (`dst`
+/// writable, its extent accessed by no other thread).
+unsafe fn gemm_blocks(p: &Gemm) {
+    let &Gemm { m, n, k, dst, lhs, rhs, accumulate, parallelism } = p;
+    let blocks = k.div_ceil(GEMM_DEPTH).max(1);
+    let depth = k.div_ceil(blocks);
+    let mut start = 0;
+    loop {
+        let kb = depth.min(k - start);
+        // SAFETY: the caller's contract; block `start .. start + kb` of the depth lies inside the
+        // `[m, k]` and `[k, n]` extents.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kb,
+                dst.ptr,
+                dst.col as isize,
+                dst.row as isize,
+                accumulate || start > 0,
+                lhs.ptr.wrapping_add(start * lhs.col),
+                lhs.col as isize,
+                lhs.row as isize,
+                rhs.ptr.wrapping_add(start * rhs.row),
+                rhs.col as isize,
+                rhs.row as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        start += kb;
+        if start >= k {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -309,36 +451,24 @@ mod tests {
         let (a, b) = (vec![1f32; 6], vec![1f32; 6]);
         let mut c = vec![0f32; 4];
         let op = |p: *const f32, row, len| Operand { ptr: p, row, col: 1, len };
+        // `[m, 3] · [3, 2]` into `c`.
+        let problem = |m, c: &mut Vec<f32>| Gemm {
+            m,
+            n: 2,
+            k: 3,
+            dst: Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
+            lhs: op(a.as_ptr(), 3, 6),
+            rhs: op(b.as_ptr(), 2, 6),
+            accumulate: false,
+            parallelism: gemm::Parallelism::None,
+        };
         // [2, 3] · [3, 2] fits.
         // SAFETY: each pointer is valid for the `len` given (its whole vector).
-        unsafe {
-            gemm_f32(
-                2,
-                2,
-                3,
-                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
-                op(a.as_ptr(), 3, 6),
-                op(b.as_ptr(), 2, 6),
-                false,
-                gemm::Parallelism::None,
-            )
-            .unwrap();
-        }
+        unsafe { gemm_f32(&problem(2, &mut c)).unwrap() };
         assert_eq!(c, vec![3.0; 4]);
         // The same call claiming 4 rows of lhs (12 floats) over a 6-float buffer is refused.
         // SAFETY: as above; the check refuses before any access.
-        let err = unsafe {
-            gemm_f32(
-                4,
-                2,
-                3,
-                Operand { ptr: c.as_mut_ptr(), row: 2, col: 1, len: 4 },
-                op(a.as_ptr(), 3, 6),
-                op(b.as_ptr(), 2, 6),
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        let err = unsafe { gemm_f32(&problem(4, &mut c)) };
         assert!(matches!(err, Err(Error::Internal { op: "gemm", .. })), "{err:?}");
         // Extents whose last index overflows are refused too.
         assert!(!Operand { ptr: (), row: usize::MAX / 2, col: 1, len: 8 }.holds(3, 1));

@@ -5,7 +5,7 @@ use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
 use super::device::{self, takes_device_path};
-use super::{gemm_f32, gemm_parallelism, run_f32, Error, Operand, Result};
+use super::{gemm_f32, gemm_parallelism, run_f32, Error, Gemm, Operand, Result};
 
 /// The kernels' name in errors.
 const OP: &str = "linear";
@@ -309,16 +309,21 @@ fn gemms(p: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<
         // for the `len` floats given (the rest of its slice, offsets checked above), which
         // `gemm_f32` checks the extents against, and `out` is owned here.
         unsafe {
-            gemm_f32(
-                p.m,
-                p.n,
-                p.k,
-                Operand { ptr: out.as_mut_ptr().add(dst_at), row: p.dst.row, col: p.dst.col, len: out.len() - dst_at },
-                Operand { ptr: x.as_ptr().add(lhs_at), row: p.lhs.row, col: p.lhs.col, len: x.len() - lhs_at },
-                Operand { ptr: w.as_ptr(), row: 1, col: p.k, len: w.len() },
-                filled,
+            gemm_f32(&Gemm {
+                m: p.m,
+                n: p.n,
+                k: p.k,
+                dst: Operand {
+                    ptr: out.as_mut_ptr().add(dst_at),
+                    row: p.dst.row,
+                    col: p.dst.col,
+                    len: out.len() - dst_at,
+                },
+                lhs: Operand { ptr: x.as_ptr().add(lhs_at), row: p.lhs.row, col: p.lhs.col, len: x.len() - lhs_at },
+                rhs: Operand { ptr: w.as_ptr(), row: 1, col: p.k, len: w.len() },
+                accumulate: filled,
                 parallelism,
-            )?
+            })?
         }
     }
     Ok(out)

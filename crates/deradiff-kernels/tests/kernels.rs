@@ -4,6 +4,7 @@
 //! shapes and odd ones (lengths not multiples of 8 or 16, head dims 1 to 64, batch 1 and 3).
 
 mod common;
+mod invariance;
 
 use candle_core::{DType, Device, Tensor};
 use common::values;

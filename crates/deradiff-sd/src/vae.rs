@@ -143,14 +143,18 @@ impl Vae {
     /// side of more than [`crate::StableDiffusion::MAX_IMAGE_SIDE`] pixels, are an
     /// [`Error::ShapeMismatch`].
     ///
-    /// On a GPU (the kernels' device path) the latents are decoded one image at a time: the decoder's mid-block attention
-    /// (candle-transformers' VAE) holds an f32 score matrix of (pixels / 64)² per image — 1 GiB
-    /// at 1024 px, 16 GiB at 2048 px — and a batch would hold one per image at once.
+    /// The latents are decoded one image at a time. On the CPU this makes each image's bits
+    /// independent of the batch it is decoded in: candle-transformers' VAE runs candle's
+    /// convolutions, whose 1×1 ones are one GEMM over every image of the batch, and the `gemm`
+    /// crate changes its reduction order with the GEMM's size. On a GPU (the kernels' device path)
+    /// it bounds memory: the decoder's mid-block attention holds an f32 score matrix of
+    /// (pixels / 64)² per image — 1 GiB at 1024 px, 16 GiB at 2048 px — and a batch would hold one
+    /// per image at once.
     pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
         self.check_latents(z)?;
         let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
         let batch = z.dim(0)?;
-        if !deradiff_kernels::takes_device_path(&self.device) || batch == 1 {
+        if batch == 1 {
             return Ok(self.model.decode(&z)?.to_dtype(DType::F32)?);
         }
         let images = (0..batch)

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use deradiff_sd::clip::encoder::linear;
 use deradiff_sd::clip::ClipActivation;
 use deradiff_sd::{Error, Result};
 
@@ -43,9 +44,9 @@ impl Attention {
         let split = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, n, self.heads, d))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
         };
-        let q = split(self.query.forward(x)?, l)?;
-        let k = split(self.key.forward(kv)?, m)?;
-        let v = split(self.value.forward(kv)?, m)?;
+        let q = split(linear(&self.query, x)?, l)?;
+        let k = split(linear(&self.key, kv)?, m)?;
+        let v = split(linear(&self.value, kv)?, m)?;
         // med.py: (q · kᵀ) / sqrt(d), plus the mask, softmax.
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
         let scores = match mask {
@@ -54,7 +55,7 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = probs.matmul(&v)?.to_dtype(dtype)?.transpose(1, 2)?.reshape((b, l, h))?;
-        self.norm.forward(&(self.dense.forward(&o)? + x)?)
+        self.norm.forward(&(linear(&self.dense, &o)? + x)?)
     }
 }
 
@@ -84,7 +85,7 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor, image: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.attention.forward(x, x, Some(mask))?;
         let x = self.cross.forward(&x, image, None)?;
-        let y = self.output.forward(&self.act.forward(&self.intermediate.forward(&x)?)?)?;
+        let y = linear(&self.output, &self.act.forward(&linear(&self.intermediate, &x)?)?)?;
         self.norm.forward(&(y + x)?)
     }
 }

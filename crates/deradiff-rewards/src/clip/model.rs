@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
+use deradiff_sd::clip::encoder::linear;
 use deradiff_sd::clip::{ClipModelConfig, ClipTextModel};
 use deradiff_sd::fs::{check_path, Kind};
 use deradiff_sd::{load_checked, Error, Result};
@@ -75,7 +76,7 @@ impl ClipModel {
 
     /// `get_image_features`: projected, unnormalised image embeddings `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        Ok(self.visual_projection.forward(&self.vision.forward(pixel_values)?)?)
+        Ok(linear(&self.visual_projection, &self.vision.forward(pixel_values)?)?)
     }
 
     /// `get_text_features`: projected, unnormalised text embeddings `[B, projection_dim]` of
@@ -97,6 +98,7 @@ impl ClipModel {
         };
         let img = normalise(self.image_features(pixel_values)?)?;
         let txt = normalise(self.text_features(ids)?)?;
-        Ok((img.matmul(&txt.t()?)? * self.logit_scale.exp())?)
+        // `img · txtᵀ` as a linear layer of weight `txt`: each image's row the same bits in any batch.
+        Ok((linear(&Linear::new(txt, None), &img)? * self.logit_scale.exp())?)
     }
 }

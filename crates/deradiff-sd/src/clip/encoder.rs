@@ -11,6 +11,15 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::config::ClipActivation;
 
+/// `l`'s forward (`x · Wᵀ + b`, `x` `[…, in]`) through [`deradiff_kernels::linear`]: on the CPU
+/// each row of `x` gets the same bits in a batch of any size and on any number of threads
+/// (candle's own matmul changes its reduction order with the number of rows: one pooled row alone
+/// takes its matrix-vector path). Every linear layer of the CLIP towers runs through it, and the
+/// reward towers built on them outside this crate call it for theirs.
+pub fn linear(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    Ok(deradiff_kernels::linear(x, l.weight(), l.bias())?)
+}
+
 /// The sizes of a tower's layers.
 #[derive(Clone, Copy, Debug)]
 pub struct EncoderSizes {
@@ -57,9 +66,9 @@ impl Attention {
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
         };
-        let q = split((self.q.forward(x)? * self.scale)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = split((linear(&self.q, x)? * self.scale)?)?;
+        let k = split(linear(&self.k, x)?)?;
+        let v = split(linear(&self.v, x)?)?;
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores.broadcast_add(mask)?,
@@ -67,7 +76,7 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = probs.matmul(&v)?.to_dtype(dtype)?.transpose(1, 2)?.reshape((b, l, h))?;
-        self.out.forward(&o)
+        linear(&self.out, &o)
     }
 }
 
@@ -129,7 +138,7 @@ impl EncoderLayer {
     /// `mask` `[L, L]` in f32 if any (the text tower's causal mask).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = (self.attn.forward(&self.ln1.forward(x)?, mask)? + x)?;
-        let y = self.act.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
-        self.fc2.forward(&y)? + x
+        let y = self.act.forward(&linear(&self.fc1, &self.ln2.forward(&x)?)?)?;
+        linear(&self.fc2, &y)? + x
     }
 }

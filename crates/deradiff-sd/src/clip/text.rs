@@ -12,7 +12,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
 use super::config::{ClipActivation, ClipTextConfig};
-use super::encoder::{EncoderLayer, EncoderSizes};
+use super::encoder::{linear, EncoderLayer, EncoderSizes};
 
 /// What one pass of the text model gives: the hidden states SD and SDXL condition on and the
 /// pooled output.
@@ -148,7 +148,7 @@ impl ClipTextModel {
         let flat = last_hidden.reshape((b * l, h))?;
         let index: Vec<u32> = positions.iter().enumerate().map(|(i, &p)| i as u32 * l as u32 + p).collect();
         let pooled = flat.index_select(&Tensor::new(index, ids.device())?, 0)?;
-        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(&pooled)).transpose()?;
+        let text_embeds = self.text_projection.as_ref().map(|p| linear(p, &pooled)).transpose()?;
         Ok(ClipOutput { last_hidden, penultimate, pooled, text_embeds })
     }
 }
