@@ -328,7 +328,7 @@ fn cuts_give_the_same_rows(label: &str, reference: &str, aligned: &str, clip: &(
     let mut setup = SdSetup::new(sd_fixture(reference), sd_fixture(aligned));
     setup.scheduler = SchedulerKind::EulerAncestral;
     setup.steps = 2;
-    setup.guidance_scale = 5.0;
+    setup.guidance_scale = Some(5.0);
     setup.size = Some((8, 8));
     let joint = SdModel::load(setup.clone()).unwrap();
     setup.load.joint_pass = false;
