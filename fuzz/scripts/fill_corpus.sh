@@ -32,7 +32,6 @@ join corpus/tokenizer/fixture-tokenizer-json "$SD/tokenizer-json/tokenizer.json"
 IR="$TUNE/image_reward"
 join corpus/tokenizer/fixture-bert-tokenizer-json "$IR/tokenizer.json"
 join corpus/tokenizer/fixture-bert-vocab "$IR/vocab.txt" /dev/null /dev/null /dev/null
-ls corpus/* | head -0
 # lora: every LoRA file and peft folder of the fixtures, framed as the target reads a folder
 # (layout byte, u16 config length, adapter_config.json, weights).
 mkdir -p corpus/lora
