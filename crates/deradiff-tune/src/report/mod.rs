@@ -205,7 +205,7 @@ pub fn write_report(path: impl AsRef<Path>) -> Result<ReportSummary> {
     };
     if sweep.is_none() && tune.is_none() && compare.is_none() {
         return Err(Error::InvalidArgument(format!(
-            "{} holds no results to report: no sweep.jsonl or sweep.shard-K-of-N.jsonl files (deradiff sweep), \
+            "{} holds no results to report: no sweep.jsonl or sweep.shard-00000-of-00004.jsonl-style shard files (deradiff sweep), \
              bo.json (deradiff tune) or agreement.json (deradiff compare)",
             dir.display()
         )));
