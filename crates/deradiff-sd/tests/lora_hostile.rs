@@ -463,9 +463,11 @@ fn non_finite_and_overflowing_values_are_refused_naming_file_and_tensor() {
     // Saving in f16 what f16 cannot hold: an error, and no file.
     let huge = LoraAdapter::load(root.join("v3.safetensors"), unet()).unwrap();
     let out = root.join("saved-f16.safetensors");
+    let before = Snapshot::of(&[&root, &lora_dir()]);
     let m = huge.save(&out, DType::F16).unwrap_err().to_string();
     assert!(m.contains("is not finite in F16") && m.contains("save the adapter in f32"), "{m}");
-    assert!(!out.exists());
+    // No file written, changed or removed: not the output, not a temporary beside it.
+    before.assert_unchanged(&[&root, &lora_dir()], "saving in f16 what f16 cannot hold");
     huge.save(&out, DType::F32).unwrap();
 }
 
