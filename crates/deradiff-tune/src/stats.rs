@@ -67,10 +67,8 @@ pub fn bootstrap_mean_interval(values: &[f64], resamples: usize, seed: u64, conf
     if n == 1 || resamples == 0 {
         return Some((mean, mean));
     }
-    let mut rng = SplitMix64::new(seed);
-    let mut means: Vec<f64> = (0..resamples.min(MAX_BOOTSTRAP))
-        .map(|_| (0..n).map(|_| values[rng.index(n)]).sum::<f64>() / n as f64)
-        .collect();
+    // The resampled means are the bootstrap stream of the module docs (as for the MAEs).
+    let mut means = bootstrap_maes(values, resamples.min(MAX_BOOTSTRAP), seed);
     means.sort_by(f64::total_cmp);
     let tail = ((1.0 - confidence.clamp(0.0, 1.0)) / 2.0).max(0.0);
     Some((quantile_sorted(&means, tail), quantile_sorted(&means, 1.0 - tail)))
@@ -176,7 +174,8 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The B bootstrap MAEs of `abs_diff` (the stream of the module docs), in draw order.
+/// The B bootstrap MAEs of `abs_diff` (the stream of the module docs), in draw order: the means
+/// of B resamples of the values given (also those of [`bootstrap_mean_interval`]).
 pub fn bootstrap_maes(abs_diff: &[f64], resamples: usize, seed: u64) -> Vec<f64> {
     let n = abs_diff.len();
     let mut rng = SplitMix64::new(seed);
