@@ -16,6 +16,16 @@ use crate::image::RgbImage;
 use crate::limits::{check_latent_size, MAX_IMAGE_SIDE};
 use crate::weights::{find_weight_files, CheckedWeights, Rename};
 
+/// The dtype a VAE of `config` runs in when `dtype` is asked for: f32 for f16 with the config's
+/// `force_upcast` (diffusers' default, against fp16 overflow in the decoder), else `dtype`.
+fn run_dtype(config: &VaeConfig, dtype: DType) -> DType {
+    if dtype == DType::F16 && config.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// A loaded VAE.
 pub struct Vae {
     model: AutoEncoderKL,
@@ -42,7 +52,7 @@ impl Vae {
         let cfg_path = config_path(dir);
         let config = VaeConfig::from_file(&cfg_path)?;
         let arch = config.arch(&cfg_path)?;
-        let dtype = if dtype == DType::F16 && config.force_upcast { DType::F32 } else { dtype };
+        let dtype = run_dtype(&config, dtype);
         let files = find_weight_files(dir, "diffusion_pytorch_model", "VAE")?;
         let weights = CheckedWeights::open(&files)?;
         let (in_c, out_c) = (config.in_channels, config.out_channels);
@@ -61,7 +71,7 @@ impl Vae {
         device: &Device,
     ) -> Result<Self> {
         let arch = config.arch(config_path)?;
-        let dtype = if dtype == DType::F16 && config.force_upcast { DType::F32 } else { dtype };
+        let dtype = run_dtype(&config, dtype);
         let (in_c, out_c) = (config.in_channels, config.out_channels);
         let (model, _) =
             weights.build_renamed(rename, dtype, device, None, |vb| AutoEncoderKL::new(vb, in_c, out_c, arch))?;
